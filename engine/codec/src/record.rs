@@ -1,0 +1,233 @@
+//! The log record model and its rkyv encodings.
+//!
+//! Owns: [`LogRecord`] (what a client sends), [`Record`] (what a reader gets
+//! back, with its `seq`), [`Level`], and the two rkyv encodings built from
+//! them: a batch payload (one per WAL frame) and a single-record value (one
+//! per key in a sealed segment). Never does I/O.
+
+use std::fmt;
+use std::ops::Deref;
+
+use rkyv::rancor;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
+
+use crate::{CodecError, Result};
+
+/// Severity of a record. Unknown levels keep their text in `Other`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[rkyv(derive(Debug))]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+    Other(String),
+}
+
+impl Level {
+    /// Parses the usual spellings (`W`, `WARNING`, `warn`, `Err`, `CRIT` ...);
+    /// anything else is kept as `Other` with its text.
+    pub fn parse(text: &str) -> Level {
+        match text.to_ascii_lowercase().as_str() {
+            "t" | "trace" | "trc" | "finest" | "finer" => Level::Trace,
+            "d" | "debug" | "dbg" | "fine" | "verbose" => Level::Debug,
+            "i" | "info" | "inf" | "information" | "notice" | "informational" => Level::Info,
+            "w" | "warn" | "warning" | "wrn" => Level::Warn,
+            "e" | "error" | "err" | "severe" => Level::Error,
+            "f" | "fatal" | "crit" | "critical" | "alert" | "emerg" | "emergency" | "panic" => {
+                Level::Fatal
+            }
+            _ => Level::Other(text.to_owned()),
+        }
+    }
+
+    /// The canonical lowercase name (`Other` gives its own text).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Fatal => "fatal",
+            Level::Other(text) => text,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A log record as a client sends it: everything but its `seq`, which the
+/// log assigns. `ts` is nanoseconds since the Unix epoch.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct LogRecord {
+    pub ts: i64,
+    pub level: Level,
+    pub service: String,
+    pub host: String,
+    pub attrs: Vec<(String, String)>,
+    pub message: String,
+}
+
+impl Default for Level {
+    fn default() -> Self {
+        Level::Info
+    }
+}
+
+impl LogRecord {
+    /// Bytes of text this record carries; a cheap size estimate used for
+    /// limits and statistics.
+    pub fn text_len(&self) -> usize {
+        let attrs: usize = self.attrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.level.as_str().len()
+            + self.service.len()
+            + self.host.len()
+            + attrs
+            + self.message.len()
+    }
+}
+
+/// A stored record: its position in the log and its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub log: LogRecord,
+}
+
+impl Deref for Record {
+    type Target = LogRecord;
+    fn deref(&self) -> &LogRecord {
+        &self.log
+    }
+}
+
+/// A borrowed batch that archives exactly like `Vec<LogRecord>`, so a
+/// caller's slice is encoded without being copied into an owned vector.
+struct BatchRef<'a>(&'a [LogRecord]);
+
+impl Archive for BatchRef<'_> {
+    type Archived = ArchivedVec<ArchivedLogRecord>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S> Serialize<S> for BatchRef<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+    LogRecord: Serialize<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// The archived form of a batch payload.
+pub type ArchivedBatch = ArchivedVec<ArchivedLogRecord>;
+
+/// Appends the rkyv encoding of `records` to `out` (which may already hold
+/// a header: rkyv offsets are relative, so the payload is valid on its own).
+pub(crate) fn encode_batch_into(records: &[LogRecord], out: Vec<u8>) -> Result<Vec<u8>> {
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(&BatchRef(records), out)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Checks and reads a batch payload in place.
+pub fn access_batch(payload: &[u8]) -> Result<&ArchivedBatch> {
+    rkyv::access::<ArchivedBatch, rancor::Error>(payload)
+        .map_err(|e| CodecError::Invalid(e.to_string()))
+}
+
+/// Encodes one record on its own: the value stored under its key in a
+/// sealed segment.
+pub fn encode_record(record: &LogRecord) -> Result<Vec<u8>> {
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, Vec::new())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Checks and reads a single-record value in place.
+pub fn access_record(bytes: &[u8]) -> Result<&ArchivedLogRecord> {
+    rkyv::access::<ArchivedLogRecord, rancor::Error>(bytes)
+        .map_err(|e| CodecError::Invalid(e.to_string()))
+}
+
+impl ArchivedLogRecord {
+    /// Copies the archived record out into an owned one.
+    pub fn to_owned_record(&self) -> Result<LogRecord> {
+        rkyv::deserialize::<LogRecord, rancor::Error>(self)
+            .map_err(|e| CodecError::Invalid(e.to_string()))
+    }
+
+    /// The record's timestamp, read in place.
+    pub fn timestamp(&self) -> i64 {
+        self.ts.to_native()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i: i64) -> LogRecord {
+        LogRecord {
+            ts: 1_700_000_000_000_000_000 + i,
+            level: if i % 2 == 0 {
+                Level::Warn
+            } else {
+                Level::Other("NOTE".into())
+            },
+            service: "api".into(),
+            host: format!("web-{i}"),
+            attrs: vec![("user".into(), format!("u{i}"))],
+            message: format!("request {i} took {} ms", i * 3),
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_behind_a_header() {
+        let records: Vec<LogRecord> = (0..50).map(sample).collect();
+        let bytes = encode_batch_into(&records, vec![0xAB; 25]).unwrap();
+        let batch = access_batch(&bytes[25..]).unwrap();
+        assert_eq!(batch.len(), 50);
+        for (archived, original) in batch.iter().zip(&records) {
+            assert_eq!(&archived.to_owned_record().unwrap(), original);
+        }
+    }
+
+    #[test]
+    fn single_record_round_trips_at_odd_offsets() {
+        let record = sample(7);
+        let bytes = encode_record(&record).unwrap();
+        let mut shifted = vec![0u8; 3];
+        shifted.extend_from_slice(&bytes);
+        let archived = access_record(&shifted[3..]).unwrap();
+        assert_eq!(archived.to_owned_record().unwrap(), record);
+        assert_eq!(archived.timestamp(), record.ts);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(access_record(&[0xFF; 40]).is_err());
+        assert!(access_batch(&[]).is_err());
+    }
+
+    #[test]
+    fn levels_normalise() {
+        assert_eq!(Level::parse("WARNING"), Level::Warn);
+        assert_eq!(Level::parse("W"), Level::Warn);
+        assert_eq!(Level::parse("err"), Level::Error);
+        assert_eq!(Level::parse("Custom"), Level::Other("Custom".into()));
+        assert_eq!(Level::Fatal.to_string(), "fatal");
+    }
+}

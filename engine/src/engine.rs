@@ -1,0 +1,346 @@
+//! The engine handle: open and recovery, appends, and the threads behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use lode_codec::{EncodedBatch, LogRecord, MAX_PAYLOAD};
+
+use crate::SeqRange;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::sealer::{RetentionReport, Sealer, SealerMsg};
+use crate::segment::SegmentMeta;
+use crate::shared::{Shared, State};
+use crate::store::Store;
+use crate::wal::{self, TailCut, WalSegment};
+use crate::writer::{AppendReq, Writer, WriterMsg};
+
+/// Appends the writer may have queued before appenders wait (back-pressure).
+const WRITER_QUEUE: usize = 1024;
+
+/// An open lode data directory. See the crate documentation for an example.
+///
+/// All methods take `&self` and may be called from many threads; share the
+/// engine with an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    writer_tx: Option<Sender<WriterMsg>>,
+    sealer_tx: Option<Sender<SealerMsg>>,
+    stop_sealer: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    _lock: File,
+}
+
+/// An append that was handed to the writer; `wait` blocks until it is
+/// durable (under the engine's durability mode).
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only by waiting on its ticket"]
+pub struct AppendTicket {
+    inner: TicketInner,
+}
+
+#[derive(Debug)]
+enum TicketInner {
+    Ready(SeqRange),
+    Waiting(Receiver<Result<SeqRange>>),
+}
+
+impl AppendTicket {
+    /// Blocks until the batch is durable; returns the seqs it was given.
+    pub fn wait(self) -> Result<SeqRange> {
+        match self.inner {
+            TicketInner::Ready(range) => Ok(range),
+            TicketInner::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("lode.lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "unknown process".to_owned(),
+            pid => format!("pid {pid}"),
+        };
+        return Err(Error::Locked {
+            path: dir.to_owned(),
+            holder,
+        });
+    }
+    file.set_len(0).map_err(Error::io("truncate", &path))?;
+    file.rewind().map_err(Error::io("seek", &path))?;
+    write!(file, "{}", std::process::id()).map_err(Error::io("write", &path))?;
+    Ok(file)
+}
+
+fn check_options(opts: &Options) -> Result<()> {
+    if opts.max_batch_bytes > MAX_PAYLOAD {
+        return Err(Error::InvalidArgument(format!(
+            "max_batch_bytes = {} exceeds the frame limit of {MAX_PAYLOAD}",
+            opts.max_batch_bytes
+        )));
+    }
+    if opts.segment_bytes < 4096 {
+        return Err(Error::InvalidArgument(format!(
+            "segment_bytes = {} is below 4096",
+            opts.segment_bytes
+        )));
+    }
+    if opts.tick.is_zero() {
+        return Err(Error::InvalidArgument("tick must be positive".to_owned()));
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(path).map_err(Error::io("create directory", path))?;
+    Ok(path.to_owned())
+}
+
+/// Reads the WAL back after the applied index: deletes files already
+/// sealed, recovers the rest in order, creates the first file if none.
+fn recover_wal(
+    wal_dir: &Path,
+    opts: &Options,
+    applied: u64,
+    expected_seq: u64,
+) -> Result<(Vec<WalSegment>, File, Vec<TailCut>)> {
+    let files = wal::list(wal_dir)?;
+    let (stale, live): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|(index, _)| *index <= applied);
+    for (_, path) in stale {
+        fs::remove_file(&path).map_err(Error::io("remove sealed WAL file", &path))?;
+    }
+    let mut expected = (applied + 1, expected_seq);
+    let mut segments = Vec::new();
+    let mut cuts = Vec::new();
+    let mut active = None;
+    let count = live.len();
+    for (i, (_, path)) in live.into_iter().enumerate() {
+        let recovered = wal::recover(&path, expected, i + 1 == count, opts.recovery)?;
+        if let Some(cut) = recovered.cut {
+            tracing::warn!(path = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, reason = %cut.reason, "cut torn WAL tail");
+            cuts.push(cut);
+        }
+        expected = (recovered.segment.next_index(), recovered.segment.end_seq());
+        segments.push(recovered.segment);
+        active = Some(recovered.file);
+    }
+    let active = match active {
+        Some(file) => file,
+        None => {
+            let (file, segment) = wal::create(wal_dir, expected.0, expected.1)?;
+            segments.push(segment);
+            file
+        }
+    };
+    Ok((segments, active, cuts))
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory `dir`, recovering
+    /// whatever a crash left: a torn WAL tail is cut and reported in
+    /// [`Engine::stats`], unsealed WAL segments are sealed in the
+    /// background.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Engine> {
+        check_options(&opts)?;
+        let dir = make_dir(dir.as_ref())?;
+        let lock = lock_dir(&dir)?;
+        let wal_dir = make_dir(&dir.join("wal"))?;
+        let tmp_dir = dir.join("tmp");
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir).map_err(Error::io("clear", &tmp_dir))?;
+        }
+        make_dir(&tmp_dir)?;
+        let store = Store::open(&dir.join("db"), opts.zstd_level)?;
+        let manifest = store.load_manifest()?;
+        store.reclaim_below(manifest.floor)?;
+        let sealed: std::collections::BTreeMap<u64, SegmentMeta> = manifest
+            .segments
+            .into_iter()
+            .map(|s| (s.first_seq, s))
+            .collect();
+        let floor = manifest.floor.max(1);
+        let expected_seq = sealed
+            .values()
+            .next_back()
+            .map_or(floor, |s| s.last_seq + 1);
+        let (wal, file, cuts) = recover_wal(&wal_dir, &opts, manifest.applied, expected_seq)?;
+        let active = wal.last().ok_or(Error::Closed)?;
+        let (next_index, next_seq, len, has_frames) = (
+            active.next_index(),
+            active.end_seq(),
+            active.len,
+            !active.frames.is_empty(),
+        );
+        let path = active.path.clone();
+        let first_seq = sealed.values().next().map_or_else(
+            || wal.first().map_or(floor, |w| w.first_seq),
+            |s| s.first_seq,
+        );
+        let state = State {
+            sealed,
+            wal: wal.into(),
+            first_seq,
+            end_seq: next_seq,
+        };
+        let shared = Arc::new(Shared::new(wal_dir, tmp_dir, opts, store, state, cuts));
+
+        let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
+        let (sealer_tx, sealer_rx) = crossbeam_channel::unbounded();
+        let stop_sealer = Arc::new(AtomicBool::new(false));
+        let sealer = Sealer {
+            shared: Arc::clone(&shared),
+            rx: sealer_rx,
+            stop: Arc::clone(&stop_sealer),
+        };
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            rx: writer_rx,
+            sealer: sealer_tx.clone(),
+            file,
+            path,
+            len,
+            next_index,
+            next_seq,
+            first_frame_at: has_frames.then(Instant::now),
+            unsynced: false,
+            last_sync: Instant::now(),
+            buf: Vec::new(),
+        };
+        // Joined in this order at shutdown: the writer finishes first and
+        // its exit disconnects the sealer's channel.
+        let threads = vec![
+            spawn("lode-writer", move || writer.run())?,
+            spawn("lode-sealer", move || sealer.run())?,
+        ];
+        let _ = sealer_tx.send(SealerMsg::Work);
+        Ok(Engine {
+            shared,
+            writer_tx: Some(writer_tx),
+            sealer_tx: Some(sealer_tx),
+            stop_sealer,
+            threads,
+            _lock: lock,
+        })
+    }
+
+    /// Appends a batch and blocks until it is durable; returns the seqs it
+    /// was given, in order. An empty batch is a no-op.
+    pub fn append(&self, batch: &[LogRecord]) -> Result<SeqRange> {
+        self.submit(batch)?.wait()
+    }
+
+    /// Encodes a batch on the calling thread and hands it to the writer
+    /// without waiting: a single thread can keep several batches in flight
+    /// and let group commit share one fsync among them.
+    pub fn submit(&self, batch: &[LogRecord]) -> Result<AppendTicket> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let writer = self.writer_tx.as_ref().ok_or(Error::Closed)?;
+        if batch.is_empty() {
+            let end = self.shared.read().end_seq;
+            return Ok(AppendTicket {
+                inner: TicketInner::Ready(SeqRange { start: end, end }),
+            });
+        }
+        let encoded = EncodedBatch::encode(batch)?;
+        let limit = self.shared.opts.max_batch_bytes;
+        if encoded.frame_len() > limit {
+            return Err(Error::BatchTooLarge {
+                bytes: encoded.frame_len(),
+                limit,
+            });
+        }
+        let (reply, rx) = bounded(1);
+        writer
+            .send(WriterMsg::Append(AppendReq {
+                batch: encoded,
+                reply,
+            }))
+            .map_err(|_| Error::Closed)?;
+        Ok(AppendTicket {
+            inner: TicketInner::Waiting(rx),
+        })
+    }
+
+    /// Seals the active segment (if it holds records) and waits until every
+    /// finished segment is sealed. Normally sealing happens by size or age
+    /// on its own; this is for tests, benchmarks and orderly shutdowns.
+    pub fn seal(&self) -> Result<()> {
+        let writer = self.writer_tx.as_ref().ok_or(Error::Closed)?;
+        let (reply, rx) = bounded(1);
+        writer
+            .send(WriterMsg::SealAll(reply))
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Applies retention now, as if the time were `now` (ns since the
+    /// epoch); the background thread does the same every tick with the
+    /// wall clock.
+    pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
+        let sealer = self.sealer_tx.as_ref().ok_or(Error::Closed)?;
+        let (reply, rx) = bounded(1);
+        sealer
+            .send(SealerMsg::Retention { now, reply })
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Sealed segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentMeta> {
+        self.shared.read().sealed.values().cloned().collect()
+    }
+
+    /// Stops the threads after the writer has written and synced every
+    /// append it accepted. Dropping the engine does the same.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        match self.shared.poisoned() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        // The writer drains its queue before it sees the channel close.
+        self.writer_tx = None;
+        self.stop_sealer.store(true, Ordering::Release);
+        self.sealer_tx = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.shared.close();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map_err(Error::io("spawn thread", name))
+}

@@ -1,0 +1,76 @@
+//! Engine options with defaults that work out of the box.
+
+use std::time::Duration;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged after `fdatasync`: concurrent appends share one write
+    /// and one sync (group commit). Survives power loss.
+    Sync,
+    /// Acknowledged after `write`; synced at most `window` later. Survives
+    /// a process crash; a power loss may lose up to `window` of appends.
+    Buffered { window: Duration },
+}
+
+/// What recovery does with a frame that fails its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Cut a torn tail of the newest WAL file; refuse to open (a `Corrupt`
+    /// error) when valid frames follow the bad one, since those may have
+    /// been acknowledged.
+    TolerateTornTail,
+    /// Cut at the first bad frame of the newest WAL file, whatever follows:
+    /// the operator's choice after a `Corrupt` error.
+    PointInTime,
+}
+
+/// Retention: sealed segments beyond these bounds are dropped whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Drop a segment once its newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Drop the oldest segments while sealed bytes exceed this.
+    pub max_bytes: Option<u64>,
+}
+
+/// Options of [`crate::Engine::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub durability: Durability,
+    /// The active segment is sealed once its WAL file reaches this size.
+    pub segment_bytes: u64,
+    /// ... or once it is this old and holds at least one record.
+    pub segment_age: Duration,
+    pub retention: Retention,
+    /// Largest encoded batch `append` accepts.
+    pub max_batch_bytes: usize,
+    /// Most bytes the writer puts in one group commit.
+    pub max_group_bytes: usize,
+    pub recovery: RecoveryMode,
+    /// How often the background thread checks retention and segment age.
+    pub tick: Duration,
+    /// zstd level of sealed segments.
+    pub zstd_level: i32,
+    /// Seal finished WAL segments in the background (the default); when
+    /// false they are sealed only by [`crate::Engine::seal`], as a bulk
+    /// loader that seals at its own checkpoints wants.
+    pub background_sealing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            segment_bytes: 64 << 20,
+            segment_age: Duration::from_secs(15 * 60),
+            retention: Retention::default(),
+            max_batch_bytes: 64 << 20,
+            max_group_bytes: 16 << 20,
+            recovery: RecoveryMode::TolerateTornTail,
+            tick: Duration::from_secs(1),
+            zstd_level: 3,
+            background_sealing: true,
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Reads: point gets, scans by seq and by time, live subscriptions, stats.
+//!
+//! A reader locates records under the state's read lock, copies out what it
+//! needs (an `Arc` of a WAL map, a frame location) and decodes after
+//! releasing it. Records in the WAL are read in place through the map, with
+//! checked access; sealed records come from RocksDB.
+
+use std::collections::VecDeque;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lode_codec::Record;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::wal::{self, FrameLoc, TailCut};
+
+/// Records fetched per step of a scan or subscription.
+const CHUNK: usize = 1024;
+
+/// Figures about the engine, cheap to take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Oldest retained seq and one past the newest durable seq.
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub records: u64,
+    pub wal_segments: u64,
+    pub wal_bytes: u64,
+    pub unsealed_records: u64,
+    pub sealed_segments: u64,
+    pub sealed_records: u64,
+    /// Bytes of sealed SST files, as written.
+    pub sealed_bytes: u64,
+    pub appends: u64,
+    pub appended_records: u64,
+    /// Write + sync rounds of the writer (each serves one or more appends).
+    pub group_commits: u64,
+    pub wal_bytes_written: u64,
+    pub seals: u64,
+    pub seal_failures: u64,
+    pub last_seal_error: Option<String>,
+    pub dropped_segments: u64,
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
+    /// What recovery cut from the WAL at open.
+    pub recovery_cuts: Vec<TailCut>,
+    /// Why writes are refused, after a failed write or fsync.
+    pub poisoned: Option<String>,
+}
+
+/// Where the next records of a range are.
+enum Source {
+    Wal {
+        map: Arc<memmap2::Mmap>,
+        path: std::path::PathBuf,
+        frames: Vec<FrameLoc>,
+    },
+    Sealed,
+    Nothing,
+}
+
+impl Shared {
+    /// Appends to `out` up to `max` records with seq in `[from, end)`, all
+    /// from one place (one WAL segment or the sealed store); returns the seq
+    /// to continue from.
+    pub(crate) fn fetch(
+        &self,
+        from: u64,
+        end: u64,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<u64> {
+        let (from, end, source) = {
+            let state = self.read();
+            let from = from.max(state.first_seq);
+            let end = end.min(state.end_seq);
+            if from >= end {
+                return Ok(from);
+            }
+            let source = match state
+                .wal
+                .iter()
+                .find(|w| from >= w.first_seq && from < w.end_seq())
+            {
+                Some(w) => {
+                    let start = w.frame_position(from).unwrap_or(w.frames.len());
+                    let mut frames = Vec::new();
+                    let mut count = 0usize;
+                    for f in w
+                        .frames
+                        .iter()
+                        .skip(start)
+                        .take_while(|f| f.first_seq < end)
+                    {
+                        frames.push(*f);
+                        count += f.count as usize;
+                        if count >= max {
+                            break;
+                        }
+                    }
+                    Source::Wal {
+                        map: Arc::clone(&w.map),
+                        path: w.path.clone(),
+                        frames,
+                    }
+                }
+                None if state.wal.front().is_some_and(|w| from < w.first_seq) => Source::Sealed,
+                None => Source::Nothing,
+            };
+            (from, end.min(from.saturating_add(max as u64)), source)
+        };
+        match source {
+            Source::Nothing => Ok(end),
+            Source::Sealed => {
+                let before = out.len();
+                self.store.scan(from, end, max, out)?;
+                // Records retention dropped while we looked are simply gone.
+                Ok(out
+                    .get(before..)
+                    .and_then(|r| r.last())
+                    .map_or(end, |r| r.seq + 1))
+            }
+            Source::Wal { map, path, frames } => {
+                let mut next = from;
+                for loc in &frames {
+                    let frame = wal::read_frame(&map, &path, loc)?;
+                    let batch = frame
+                        .batch()
+                        .map_err(|e| Error::corrupt(&path, loc.offset, e))?;
+                    for (seq, record) in (loc.first_seq..).zip(batch.iter()) {
+                        if seq < from || seq >= end {
+                            continue;
+                        }
+                        let log = record
+                            .to_owned_record()
+                            .map_err(|e| Error::corrupt(&path, loc.offset, e))?;
+                        out.push(Record { seq, log });
+                        next = seq + 1;
+                    }
+                }
+                Ok(next.max(frames.last().map_or(end, |f| f.end_seq().min(end))))
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// The record with this seq, if it is durable and retained.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>> {
+        let mut out = Vec::with_capacity(1);
+        self.shared.fetch(seq, seq.saturating_add(1), 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Records with seq in `range`, in seq order. The scan sees records
+    /// durable when each chunk is fetched, so it may also see appends made
+    /// after it started.
+    pub fn scan(&self, range: impl RangeBounds<u64>) -> Scan {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => self.shared.read().end_seq,
+        };
+        Scan::new(Arc::clone(&self.shared), vec![(start, end)], None)
+    }
+
+    /// Records with `since <= ts < until` (ns), in seq order. Segments and
+    /// WAL frames whose time range misses the window are skipped unread.
+    pub fn scan_time(&self, since: i64, until: i64) -> Scan {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut push = |start: u64, end: u64| match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => ranges.push((start, end)),
+        };
+        let state = self.shared.read();
+        for segment in state
+            .sealed
+            .values()
+            .filter(|s| s.overlaps_time(since, until))
+        {
+            push(segment.first_seq, segment.last_seq + 1);
+        }
+        for frame in state.wal.iter().flat_map(|w| w.frames.iter()) {
+            if frame.min_ts < until && frame.max_ts >= since {
+                push(frame.first_seq, frame.end_seq());
+            }
+        }
+        drop(state);
+        Scan::new(Arc::clone(&self.shared), ranges, Some((since, until)))
+    }
+
+    /// A live iterator over records from `from_seq` on: it returns what is
+    /// stored, then blocks for new records as they become durable. Records
+    /// retention dropped before they were read are skipped.
+    pub fn subscribe(&self, from_seq: u64) -> Subscription {
+        Subscription {
+            shared: Arc::clone(&self.shared),
+            next: from_seq,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let state = self.shared.read();
+        let sealed_records = state.sealed.values().map(|s| s.records).sum();
+        Stats {
+            first_seq: state.first_seq,
+            next_seq: state.end_seq,
+            records: state.end_seq - state.first_seq,
+            wal_segments: state.wal.len() as u64,
+            wal_bytes: state.wal.iter().map(|w| w.len).sum(),
+            unsealed_records: state.wal.iter().map(|w| w.records()).sum(),
+            sealed_segments: state.sealed.len() as u64,
+            sealed_records,
+            sealed_bytes: state.sealed.values().map(|s| s.sst_bytes).sum(),
+            appends: load(&c.appends),
+            appended_records: load(&c.appended_records),
+            group_commits: load(&c.group_commits),
+            wal_bytes_written: load(&c.wal_bytes_written),
+            seals: load(&c.seals),
+            seal_failures: load(&c.seal_failures),
+            last_seal_error: Shared::lock(&self.shared.last_seal_error).clone(),
+            dropped_segments: load(&c.dropped_segments),
+            dropped_records: load(&c.dropped_records),
+            dropped_bytes: load(&c.dropped_bytes),
+            recovery_cuts: self.shared.recovery.clone(),
+            poisoned: self.shared.poisoned(),
+        }
+    }
+}
+
+/// An iterator over stored records; see [`Engine::scan`].
+#[derive(Debug)]
+pub struct Scan {
+    shared: Arc<Shared>,
+    ranges: VecDeque<(u64, u64)>,
+    time: Option<(i64, i64)>,
+    buffer: VecDeque<Record>,
+    failed: bool,
+}
+
+impl Scan {
+    fn new(shared: Arc<Shared>, ranges: Vec<(u64, u64)>, time: Option<(i64, i64)>) -> Scan {
+        Scan {
+            shared,
+            ranges: ranges.into(),
+            time,
+            buffer: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        while self.buffer.is_empty() {
+            let Some(&(start, end)) = self.ranges.front() else {
+                return Ok(());
+            };
+            if start >= end {
+                self.ranges.pop_front();
+                continue;
+            }
+            let mut out = Vec::new();
+            let next = self.shared.fetch(start, end, CHUNK, &mut out)?;
+            if let Some(range) = self.ranges.front_mut() {
+                range.0 = next.max(start + 1);
+            }
+            let time = self.time;
+            self.buffer.extend(
+                out.into_iter()
+                    .filter(|r| time.is_none_or(|(s, u)| r.ts >= s && r.ts < u)),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.failed {
+            return None;
+        }
+        if let Err(e) = self.refill() {
+            self.failed = true;
+            return Some(Err(e));
+        }
+        self.buffer.pop_front().map(Ok)
+    }
+}
+
+/// A live subscription; see [`Engine::subscribe`]. Iterating blocks until
+/// the next record is durable and ends when the engine closes.
+#[derive(Debug)]
+pub struct Subscription {
+    shared: Arc<Shared>,
+    next: u64,
+    buffer: VecDeque<Record>,
+}
+
+impl Subscription {
+    /// The next record, waiting at most `timeout` for one; `Ok(None)` when
+    /// none came in time or the engine closed.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.buffer.pop_front() {
+                return Ok(Some(record));
+            }
+            let mut out = Vec::new();
+            let next = self.shared.fetch(self.next, u64::MAX, CHUNK, &mut out)?;
+            if let Some(last) = out.last() {
+                self.next = last.seq + 1;
+                self.buffer.extend(out);
+                continue;
+            }
+            self.next = self.next.max(next.min(self.shared.read().end_seq));
+            let now = Instant::now();
+            if now >= deadline || self.shared.is_closed() {
+                return Ok(None);
+            }
+            self.shared.wait_beyond(self.next, deadline - now);
+        }
+    }
+
+    /// The seq the subscription will return next.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            match self.next_timeout(Duration::from_secs(1)) {
+                Ok(Some(record)) => return Some(Ok(record)),
+                Ok(None) if self.shared.is_closed() => return None,
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}

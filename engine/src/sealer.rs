@@ -1,0 +1,232 @@
+//! The sealer thread: turns finished WAL segments into sealed segments and
+//! applies retention.
+//!
+//! Sealing one segment, in an order that is safe to cut at any point:
+//! 1. write its records, in seq order, into one SST under `tmp/` and fsync it;
+//! 2. ingest it into `records` (replacing a file a crashed earlier try left);
+//! 3. write the manifest entry and the applied WAL index, synced;
+//! 4. switch readers to it and delete the WAL file.
+//!
+//! A crash before 3 leaves the WAL file, which is sealed again at open; a
+//! crash after 3 leaves a WAL file whose index is applied, deleted at open.
+//! The sealer is the only writer of the manifest.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use lode_codec::encode_record;
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::segment::SegmentMeta;
+use crate::shared::{Counters, Shared, now_ns};
+use crate::store::file_crc;
+use crate::wal::{self, FrameLoc};
+
+pub(crate) enum SealerMsg {
+    /// A WAL segment was finished.
+    Work,
+    /// Seal everything finished, then answer.
+    Barrier(Sender<Result<()>>),
+    /// Apply retention as of `now` (ns), then answer.
+    Retention {
+        now: i64,
+        reply: Sender<Result<RetentionReport>>,
+    },
+}
+
+/// What one retention pass dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+pub(crate) struct Sealer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rx: Receiver<SealerMsg>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// A finished WAL segment, copied out of the state so the lock is not held
+/// while sealing.
+struct Finished {
+    path: PathBuf,
+    first_index: u64,
+    frames: Vec<FrameLoc>,
+    len: u64,
+    map: Arc<Mmap>,
+}
+
+impl Sealer {
+    pub(crate) fn run(self) {
+        loop {
+            match self.rx.recv_timeout(self.shared.opts.tick) {
+                Ok(SealerMsg::Work) | Err(RecvTimeoutError::Timeout) => {
+                    let sealed =
+                        !self.shared.opts.background_sealing || self.seal_finished().is_ok();
+                    if sealed {
+                        let _ = self.retention(now_ns());
+                    }
+                }
+                Ok(SealerMsg::Barrier(reply)) => {
+                    let _ = reply.send(self.seal_finished());
+                }
+                Ok(SealerMsg::Retention { now, reply }) => {
+                    let _ = reply.send(self.retention(now));
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+    }
+
+    /// Seals every WAL segment but the active one, oldest first.
+    fn seal_finished(&self) -> Result<()> {
+        while !self.stop.load(Ordering::Acquire) {
+            let next = {
+                let state = self.shared.read();
+                if state.wal.len() < 2 {
+                    return Ok(());
+                }
+                state.wal.front().map(|w| Finished {
+                    path: w.path.clone(),
+                    first_index: w.first_index,
+                    frames: w.frames.clone(),
+                    len: w.len,
+                    map: Arc::clone(&w.map),
+                })
+            };
+            let Some(finished) = next else { return Ok(()) };
+            if let Err(e) = self.seal(&finished) {
+                Counters::add(&self.shared.counters.seal_failures, 1);
+                tracing::warn!(error = %e, path = %finished.path.display(), "sealing failed; will retry");
+                *Shared::lock(&self.shared.last_seal_error) = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&self, finished: &Finished) -> Result<()> {
+        let (Some(first), Some(last)) = (finished.frames.first(), finished.frames.last()) else {
+            // An empty finished segment holds nothing to seal.
+            return self.retire(finished, None);
+        };
+        let (first_seq, last_seq) = (first.first_seq, last.end_seq() - 1);
+        let tmp = self
+            .shared
+            .tmp_dir
+            .join(format!("seal-{first_seq:020}.sst"));
+        self.write_sst(finished, &tmp)?;
+        let (sst_bytes, sst_crc32c) = file_crc(&tmp)?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io("fsync", &tmp))?;
+        self.shared.store.ingest(&tmp, first_seq, last_seq)?;
+        let meta = SegmentMeta {
+            first_seq,
+            last_seq,
+            first_index: first.index,
+            last_index: last.index,
+            min_ts: finished.frames.iter().map(|f| f.min_ts).min().unwrap_or(0),
+            max_ts: finished.frames.iter().map(|f| f.max_ts).max().unwrap_or(0),
+            records: last_seq - first_seq + 1,
+            wal_bytes: finished.len - wal::FILE_HEADER_LEN,
+            sst_bytes,
+            sst_crc32c,
+            sealed_at: now_ns(),
+        };
+        self.shared.store.commit_segment(&meta)?;
+        self.retire(finished, Some(meta))
+    }
+
+    fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<()> {
+        let mut sst = self.shared.store.sst_writer(tmp)?;
+        for loc in &finished.frames {
+            let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
+            let batch = frame
+                .batch()
+                .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
+            for (seq, record) in (loc.first_seq..).zip(batch.iter()) {
+                let owned = record
+                    .to_owned_record()
+                    .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
+                sst.put(seq, &encode_record(&owned)?)?;
+            }
+        }
+        sst.finish()
+    }
+
+    /// Switches readers from the WAL segment to its sealed form and deletes
+    /// the WAL file.
+    fn retire(&self, finished: &Finished, meta: Option<SegmentMeta>) -> Result<()> {
+        {
+            let mut state = self.shared.write();
+            if let Some(meta) = meta {
+                state.sealed.insert(meta.first_seq, meta);
+            }
+            if state
+                .wal
+                .front()
+                .is_some_and(|w| w.first_index == finished.first_index)
+            {
+                state.wal.pop_front();
+            }
+        }
+        Counters::add(&self.shared.counters.seals, 1);
+        *Shared::lock(&self.shared.last_seal_error) = None;
+        fs::remove_file(&finished.path).map_err(Error::io("remove", &finished.path))
+    }
+
+    /// Drops the oldest sealed segments beyond the retention bounds.
+    pub(crate) fn retention(&self, now: i64) -> Result<RetentionReport> {
+        let policy = self.shared.opts.retention;
+        let doomed: Vec<SegmentMeta> = {
+            let state = self.shared.read();
+            let mut total: u64 = state.sealed.values().map(|s| s.sst_bytes).sum();
+            let too_old = |s: &SegmentMeta| {
+                policy.max_age.is_some_and(|age| {
+                    s.max_ts < now.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX))
+                })
+            };
+            let mut doomed = Vec::new();
+            for segment in state.sealed.values() {
+                if !(too_old(segment) || policy.max_bytes.is_some_and(|max| total > max)) {
+                    break;
+                }
+                total -= segment.sst_bytes;
+                doomed.push(segment.clone());
+            }
+            doomed
+        };
+        let Some(last) = doomed.last() else {
+            return Ok(RetentionReport::default());
+        };
+        let floor = last.last_seq + 1;
+        self.shared.store.drop_below(floor, &doomed)?;
+        let report = RetentionReport {
+            segments: doomed.len() as u64,
+            records: doomed.iter().map(|s| s.records).sum(),
+            bytes: doomed.iter().map(|s| s.sst_bytes).sum(),
+        };
+        {
+            let mut state = self.shared.write();
+            for segment in &doomed {
+                state.sealed.remove(&segment.first_seq);
+            }
+            state.first_seq = state.first_seq.max(floor);
+        }
+        let counters = &self.shared.counters;
+        Counters::add(&counters.dropped_segments, report.segments);
+        Counters::add(&counters.dropped_records, report.records);
+        Counters::add(&counters.dropped_bytes, report.bytes);
+        Ok(report)
+    }
+}

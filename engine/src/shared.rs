@@ -1,0 +1,150 @@
+//! State shared by the engine handle, its writer and sealer threads and
+//! its readers.
+//!
+//! Owns the map of where every record lives (sealed segment or WAL frame)
+//! and the durable end of the log. Every change to it is made under the
+//! `state` write lock, briefly, after the disk already holds what it says.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+use std::time::Duration;
+
+use crate::options::Options;
+use crate::segment::SegmentMeta;
+use crate::store::Store;
+use crate::wal::{TailCut, WalSegment};
+
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Sealed segments by first seq.
+    pub(crate) sealed: BTreeMap<u64, SegmentMeta>,
+    /// WAL segments, oldest first; the last one is active.
+    pub(crate) wal: VecDeque<WalSegment>,
+    /// Oldest seq retention keeps.
+    pub(crate) first_seq: u64,
+    /// One past the newest durable seq.
+    pub(crate) end_seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) appends: AtomicU64,
+    pub(crate) appended_records: AtomicU64,
+    pub(crate) group_commits: AtomicU64,
+    pub(crate) wal_bytes_written: AtomicU64,
+    pub(crate) seals: AtomicU64,
+    pub(crate) seal_failures: AtomicU64,
+    pub(crate) dropped_segments: AtomicU64,
+    pub(crate) dropped_records: AtomicU64,
+    pub(crate) dropped_bytes: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) wal_dir: PathBuf,
+    pub(crate) tmp_dir: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) store: Store,
+    state: RwLock<State>,
+    /// Signalled whenever `end_seq` grows or the engine closes.
+    durable: Mutex<()>,
+    durable_cv: Condvar,
+    closed: AtomicBool,
+    poison: Mutex<Option<String>>,
+    pub(crate) last_seal_error: Mutex<Option<String>>,
+    pub(crate) recovery: Vec<TailCut>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        wal_dir: PathBuf,
+        tmp_dir: PathBuf,
+        opts: Options,
+        store: Store,
+        state: State,
+        recovery: Vec<TailCut>,
+    ) -> Shared {
+        Shared {
+            wal_dir,
+            tmp_dir,
+            opts,
+            store,
+            state: RwLock::new(state),
+            durable: Mutex::new(()),
+            durable_cv: Condvar::new(),
+            closed: AtomicBool::new(false),
+            poison: Mutex::new(None),
+            last_seal_error: Mutex::new(None),
+            recovery,
+            counters: Counters::default(),
+        }
+    }
+
+    // A panic in another thread never leaves these structures half-changed
+    // (each change is a few assignments), so a poisoned lock is still good.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn poison(&self, cause: String) {
+        tracing::error!(%cause, "engine poisoned: refusing further writes");
+        Self::lock(&self.poison).get_or_insert(cause);
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        Self::lock(&self.poison).clone()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Wakes readers waiting for new records.
+    pub(crate) fn notify(&self) {
+        let _guard = Self::lock(&self.durable);
+        self.durable_cv.notify_all();
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// Waits until `end_seq > seq`, the engine closes, or `timeout` passes.
+    pub(crate) fn wait_beyond(&self, seq: u64, timeout: Duration) {
+        let guard = Self::lock(&self.durable);
+        let _unused = self
+            .durable_cv
+            .wait_timeout_while(guard, timeout, |()| {
+                self.read().end_seq <= seq && !self.is_closed()
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Nanoseconds since the Unix epoch, from the wall clock.
+pub(crate) fn now_ns() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+}

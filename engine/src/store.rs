@@ -1,0 +1,275 @@
+//! RocksDB: sealed segments and the manifest.
+//!
+//! Column families:
+//! - `records`: key = seq (u64 big-endian, so keys sort by seq), value = one
+//!   record's rkyv encoding. Filled only by ingesting whole SST files, one
+//!   per sealed segment; nothing goes through the memtable, so RocksDB's own
+//!   WAL never carries a record.
+//! - `meta`: `applied` (u64 LE: last WAL index whose records are sealed),
+//!   `floor` (u64 LE: first seq retention keeps), `seg/` + first seq (u64
+//!   BE) → [`SegmentMeta`]. These few small writes go through RocksDB's WAL,
+//!   synced, which is what makes a seal or a drop durable and atomic.
+//!
+//! Owns every RocksDB call of the engine; knows nothing of WAL files.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use lode_codec::{Record, access_record};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
+};
+
+use crate::error::{Error, Result};
+use crate::segment::SegmentMeta;
+
+const CF_RECORDS: &str = "records";
+const CF_META: &str = "meta";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_FLOOR: &[u8] = b"floor";
+const SEGMENT_PREFIX: &[u8] = b"seg/";
+
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn segment_key(first_seq: u64) -> Vec<u8> {
+    let mut key = SEGMENT_PREFIX.to_vec();
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+/// What the manifest says at open.
+#[derive(Debug, Default)]
+pub(crate) struct Manifest {
+    pub(crate) segments: Vec<SegmentMeta>,
+    pub(crate) applied: u64,
+    pub(crate) floor: u64,
+}
+
+pub(crate) struct Store {
+    db: DB,
+    path: PathBuf,
+    records_options: RocksOptions,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Options of the `records` family, shared by the family and the SST
+/// writer so that ingested files match it exactly.
+fn records_options(zstd_level: i32) -> RocksOptions {
+    let mut opts = RocksOptions::default();
+    let mut table = BlockBasedOptions::default();
+    // Large blocks compress log text far better; point reads of sealed
+    // records are rare next to scans.
+    table.set_block_size(64 << 10);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Zstd);
+    opts.set_compression_options(-14, zstd_level, 0, 0);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts.set_bottommost_compression_options(-14, zstd_level, 0, 0, true);
+    // Sealed segments arrive as non-overlapping files at the bottom level
+    // and are dropped whole: there is never anything to compact.
+    opts.set_disable_auto_compactions(true);
+    opts
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path, zstd_level: i32) -> Result<Store> {
+        let mut db_opts = RocksOptions::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_log_file_size(8 << 20);
+        // Every sealed segment is one SST; keep RocksDB's table cache well
+        // inside the usual 1024 descriptors per process.
+        db_opts.set_max_open_files(512);
+        let records = ColumnFamilyDescriptor::new(CF_RECORDS, records_options(zstd_level));
+        let meta = ColumnFamilyDescriptor::new(CF_META, RocksOptions::default());
+        let db = DB::open_cf_descriptors(&db_opts, path, vec![records, meta])?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            records_options: records_options(zstd_level),
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::InvalidArgument(format!("column family {name} missing")))
+    }
+
+    fn synced() -> WriteOptions {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        opts
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<u64> {
+        let Some(value) = self.db.get_pinned_cf(self.cf(CF_META)?, key)? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| {
+            Error::corrupt(
+                &self.path,
+                0,
+                format!(
+                    "meta key {} holds {} bytes, not 8",
+                    String::from_utf8_lossy(key),
+                    value.len()
+                ),
+            )
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    pub(crate) fn load_manifest(&self) -> Result<Manifest> {
+        let mut manifest = Manifest {
+            applied: self.meta_u64(KEY_APPLIED)?,
+            floor: self.meta_u64(KEY_FLOOR)?,
+            ..Manifest::default()
+        };
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_META)?);
+        iter.seek(SEGMENT_PREFIX);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !key.starts_with(SEGMENT_PREFIX) {
+                break;
+            }
+            let meta = SegmentMeta::decode(value).map_err(|reason| {
+                Error::corrupt(&self.path, 0, format!("manifest entry: {reason}"))
+            })?;
+            manifest.segments.push(meta);
+            iter.next();
+        }
+        iter.status()?;
+        Ok(manifest)
+    }
+
+    /// Starts the SST of one segment at `path`.
+    pub(crate) fn sst_writer(&self, path: &Path) -> Result<SstBuilder<'_>> {
+        let writer = SstFileWriter::create(&self.records_options);
+        writer.open(path)?;
+        Ok(SstBuilder { writer })
+    }
+
+    /// Ingests a finished SST of one segment, replacing any file a crashed
+    /// earlier seal of the same segment left behind.
+    pub(crate) fn ingest(&self, path: &Path, first_seq: u64, last_seq: u64) -> Result<()> {
+        let records = self.cf(CF_RECORDS)?;
+        self.db
+            .delete_file_in_range_cf(records, seq_key(first_seq), seq_key(last_seq))?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(records, &opts, vec![path])?;
+        Ok(())
+    }
+
+    /// Records a sealed segment and the WAL index it covers, atomically.
+    pub(crate) fn commit_segment(&self, meta: &SegmentMeta) -> Result<()> {
+        let cf = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, segment_key(meta.first_seq), meta.encode());
+        batch.put_cf(cf, KEY_APPLIED, meta.last_index.to_le_bytes());
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Drops whole segments below `floor`: the floor and the manifest change
+    /// atomically first, then the files go.
+    pub(crate) fn drop_below(&self, floor: u64, dropped: &[SegmentMeta]) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let records = self.cf(CF_RECORDS)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_FLOOR, floor.to_le_bytes());
+        for segment in dropped {
+            batch.delete_cf(meta, segment_key(segment.first_seq));
+        }
+        batch.delete_range_cf(records, seq_key(0), seq_key(floor));
+        self.db.write_opt(batch, &Self::synced())?;
+        self.reclaim_below(floor)
+    }
+
+    /// Frees the files of records below `floor`; idempotent, run at open too.
+    pub(crate) fn reclaim_below(&self, floor: u64) -> Result<()> {
+        if floor == 0 {
+            return Ok(());
+        }
+        let records = self.cf(CF_RECORDS)?;
+        self.db
+            .delete_file_in_range_cf(records, seq_key(0), seq_key(floor - 1))?;
+        self.db
+            .compact_range_cf(records, Some(seq_key(0)), Some(seq_key(floor)));
+        Ok(())
+    }
+
+    /// Up to `max` records with seq in `[from, end)`, in seq order.
+    pub(crate) fn scan(
+        &self,
+        from: u64,
+        end: u64,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<()> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        iter.seek(seq_key(from));
+        while out.len() < max {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let seq = key.try_into().map(u64::from_be_bytes).map_err(|_| {
+                Error::corrupt(&self.path, 0, format!("record key of {} bytes", key.len()))
+            })?;
+            if seq >= end {
+                break;
+            }
+            let log = access_record(value)
+                .and_then(|r| r.to_owned_record())
+                .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
+            out.push(Record { seq, log });
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
+    }
+}
+
+/// An SST being written; keys must be added in increasing seq order.
+pub(crate) struct SstBuilder<'a> {
+    writer: SstFileWriter<'a>,
+}
+
+impl SstBuilder<'_> {
+    pub(crate) fn put(&mut self, seq: u64, value: &[u8]) -> Result<()> {
+        self.writer.put(seq_key(seq), value)?;
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.writer.finish()?;
+        Ok(())
+    }
+}
+
+/// crc32c of a whole file, read in 1 MiB steps.
+pub(crate) fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let mut file = File::open(path).map_err(Error::io("open", path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut len, mut crc) = (0u64, 0u32);
+    loop {
+        let n = file.read(&mut buf).map_err(Error::io("read", path))?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        crc = crc32c::crc32c_append(crc, chunk);
+        len += n as u64;
+    }
+    Ok((len, crc))
+}

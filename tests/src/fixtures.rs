@@ -1,0 +1,250 @@
+//! Damaged and historical on-disk states: torn tails, bit flips, missing
+//! files, and the golden WAL of format version 1.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use lode_engine::{Engine, Error, Options, RecoveryMode};
+
+use crate::record_for;
+
+/// A WAL-only data directory of format version 1, written by
+/// `golden_wal_v1_is_still_read` with `LODE_WRITE_GOLDEN=1`: three frames
+/// holding `record_for(1..=30)`.
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/wal-v1");
+
+fn append_seqs(engine: &Engine, seqs: std::ops::Range<u64>) {
+    let batch: Vec<_> = seqs.clone().map(record_for).collect();
+    let range = engine.append(&batch).expect("append");
+    assert_eq!(range.start..range.end, seqs);
+}
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir.join("wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn all_records(engine: &Engine) -> Vec<lode_engine::Record> {
+    engine.scan(..).collect::<Result<_, _>>().expect("scan")
+}
+
+/// Three appends (frames) of ten records each, closed without sealing.
+fn three_frames(dir: &Path) -> PathBuf {
+    let engine = Engine::open(dir, Options::default()).expect("open");
+    append_seqs(&engine, 1..11);
+    append_seqs(&engine, 11..21);
+    append_seqs(&engine, 21..31);
+    engine.close().expect("close");
+    let files = wal_files(dir);
+    assert_eq!(files.len(), 1);
+    files.into_iter().next().expect("one wal file")
+}
+
+#[test]
+fn torn_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = three_frames(dir.path());
+    let len = fs::metadata(&wal).expect("stat").len();
+    for cut in [1u64, 7, 30] {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), copy.path());
+        let torn = copy.path().join("wal").join(wal.file_name().expect("name"));
+        OpenOptions::new()
+            .write(true)
+            .open(&torn)
+            .expect("open")
+            .set_len(len - cut)
+            .expect("truncate");
+        let engine = Engine::open(copy.path(), Options::default()).expect("reopen with torn tail");
+        let stats = engine.stats();
+        assert_eq!(
+            stats.next_seq, 21,
+            "the torn third frame is gone, the first two stay"
+        );
+        assert_eq!(stats.recovery_cuts.len(), 1);
+        assert_eq!(
+            stats.recovery_cuts[0].bytes + stats.recovery_cuts[0].offset,
+            len - cut
+        );
+        let records = all_records(&engine);
+        assert_eq!(records.len(), 20);
+        assert!(records.iter().all(|r| r.log == record_for(r.seq)));
+        // Appends go on from the cut, with the same seqs the lost frame had.
+        append_seqs(&engine, 21..26);
+        engine.close().expect("close");
+        let engine = Engine::open(copy.path(), Options::default()).expect("reopen");
+        assert_eq!(all_records(&engine).len(), 25);
+        assert!(engine.stats().recovery_cuts.is_empty());
+    }
+}
+
+#[test]
+fn bit_flip_with_valid_frames_after_is_corruption_naming_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = three_frames(dir.path());
+    let second_frame = frame_offsets(&wal)[1];
+    flip_byte(&wal, second_frame + 40);
+    match Engine::open(dir.path(), Options::default()) {
+        Err(Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(path, wal);
+            assert_eq!(offset, second_frame);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // The operator may choose to cut there.
+    let opts = Options {
+        recovery: RecoveryMode::PointInTime,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).expect("point-in-time open");
+    assert_eq!(engine.stats().next_seq, 11);
+    assert_eq!(all_records(&engine).len(), 10);
+}
+
+#[test]
+fn bit_flip_in_last_frame_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = three_frames(dir.path());
+    let third = frame_offsets(&wal)[2];
+    flip_byte(&wal, third + 30);
+    let engine = Engine::open(dir.path(), Options::default()).expect("open");
+    assert_eq!(engine.stats().next_seq, 21);
+    assert_eq!(engine.stats().recovery_cuts[0].offset, third);
+}
+
+#[test]
+fn damage_in_an_older_wal_file_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // Tiny segments and no background sealing: finished WAL files stay.
+        let opts = Options {
+            segment_bytes: 4096,
+            background_sealing: false,
+            ..Options::default()
+        };
+        let engine = Engine::open(dir.path(), opts).expect("open");
+        for start in (1..400).step_by(20) {
+            append_seqs(&engine, start..start + 20);
+        }
+        engine.close().expect("close");
+    }
+    let files = wal_files(dir.path());
+    assert!(files.len() >= 3, "{} WAL files", files.len());
+    let older = &files[files.len() - 2];
+    flip_byte(older, 60);
+    match Engine::open(dir.path(), Options::default()) {
+        Err(Error::Corrupt { path, offset, .. }) => {
+            assert_eq!(&path, older);
+            assert_eq!(offset, 40, "the first frame is the damaged one");
+        }
+        other => panic!("expected corruption of {}, got {other:?}", older.display()),
+    }
+}
+
+#[test]
+fn missing_wal_file_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let opts = Options {
+            segment_bytes: 4096,
+            background_sealing: false,
+            ..Options::default()
+        };
+        let engine = Engine::open(dir.path(), opts).expect("open");
+        for start in (1..400).step_by(20) {
+            append_seqs(&engine, start..start + 20);
+        }
+        engine.close().expect("close");
+    }
+    let files = wal_files(dir.path());
+    assert!(files.len() >= 3, "{} WAL files", files.len());
+    fs::remove_file(&files[1]).expect("remove");
+    match Engine::open(dir.path(), Options::default()) {
+        Err(Error::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, files[2]);
+            assert!(reason.contains("expects"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn golden_wal_v1_is_still_read() {
+    let golden = Path::new(GOLDEN);
+    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+        let _ = fs::remove_dir_all(golden);
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let wal = three_frames(scratch.path());
+        fs::create_dir_all(golden.join("wal")).expect("mkdir");
+        fs::copy(
+            &wal,
+            golden.join("wal").join(wal.file_name().expect("name")),
+        )
+        .expect("copy");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(golden, dir.path());
+    let engine = Engine::open(dir.path(), Options::default()).expect("open golden fixture");
+    let records = all_records(&engine);
+    assert_eq!(records.len(), 30);
+    for record in &records {
+        assert_eq!(record.log, record_for(record.seq));
+    }
+    assert!(engine.stats().recovery_cuts.is_empty());
+    engine.seal().expect("the fixture seals");
+    assert_eq!(engine.stats().sealed_records, 30);
+}
+
+/// Offsets of the frames of a WAL file, read from its length fields.
+fn frame_offsets(wal: &Path) -> Vec<u64> {
+    let mut bytes = Vec::new();
+    fs::File::open(wal)
+        .expect("open")
+        .read_to_end(&mut bytes)
+        .expect("read");
+    let mut offsets = Vec::new();
+    let mut at = 40usize;
+    while at + 4 <= bytes.len() {
+        offsets.push(at as u64);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 25 + len;
+    }
+    offsets
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.read_exact(&mut byte).expect("read");
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.write_all(&[byte[0] ^ 0x10]).expect("write");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "lode.lock" {
+            fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! lode's cross-crate tests, in one test binary (each binary links
+//! RocksDB, so they are kept few). Helpers shared by the tests live here.
+
+// Tests index their own fixtures and fail loudly: that is what they are for.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
+
+use lode_engine::{Level, LogRecord};
+
+/// The record a test writes at `seq`: a pure function of `seq`, so a
+/// reader can check any record it finds without knowing what was acked.
+pub fn record_for(seq: u64) -> LogRecord {
+    let levels = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ];
+    let filler = "x".repeat((seq % 97) as usize);
+    LogRecord {
+        ts: 1_800_000_000_000_000_000 + (seq as i64) * 1_000_000,
+        level: levels
+            .get((seq % 6) as usize)
+            .cloned()
+            .unwrap_or(Level::Info),
+        service: format!("svc-{}", seq % 7),
+        host: format!("host-{}", seq % 13),
+        attrs: vec![("seq".into(), seq.to_string())],
+        message: format!("record {seq} {filler}"),
+    }
+}
+
+#[cfg(test)]
+mod crash;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod model;
