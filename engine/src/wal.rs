@@ -239,17 +239,19 @@ pub(crate) fn recover(
         if !is_last {
             return Err(Error::corrupt(path, good_len, reason));
         }
-        if mode == RecoveryMode::TolerateTornTail {
-            if let Some(at) = find_valid_frame_after(bytes, good_len) {
-                return Err(Error::corrupt(
-                    path,
-                    good_len,
-                    format!(
-                        "{reason}; a valid frame follows at offset {at}, so this is not a torn tail \
-                         (open with RecoveryMode::PointInTime to cut here anyway)"
-                    ),
-                ));
-            }
+        let valid_after = match mode {
+            RecoveryMode::TolerateTornTail => find_valid_frame_after(bytes, good_len),
+            RecoveryMode::PointInTime => None,
+        };
+        if let Some(at) = valid_after {
+            return Err(Error::corrupt(
+                path,
+                good_len,
+                format!(
+                    "{reason}; a valid frame follows at offset {at}, so this is not a torn tail \
+                     (open with RecoveryMode::PointInTime to cut here anyway)"
+                ),
+            ));
         }
         cut = Some(TailCut {
             path: path.to_owned(),

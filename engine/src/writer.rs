@@ -81,10 +81,10 @@ impl Writer {
                 }
                 WriterMsg::SealAll(reply) => match self.rotate() {
                     Ok(()) => {
-                        if let Err(unsent) = self.sealer.send(SealerMsg::Barrier(reply)) {
-                            if let SealerMsg::Barrier(reply) = unsent.0 {
-                                let _ = reply.send(Err(Error::Closed));
-                            }
+                        if let Err(crossbeam_channel::SendError(SealerMsg::Barrier(reply))) =
+                            self.sealer.send(SealerMsg::Barrier(reply))
+                        {
+                            let _ = reply.send(Err(Error::Closed));
                         }
                     }
                     Err(e) => {
@@ -119,12 +119,12 @@ impl Writer {
     }
 
     fn on_tick(&mut self) {
-        if let Durability::Buffered { window } = self.shared.opts.durability {
-            if self.unsynced && self.last_sync.elapsed() >= window {
-                if let Err(e) = self.sync_if_unsynced() {
-                    self.shared.poison(e.to_string());
-                }
-            }
+        let sync_due = match self.shared.opts.durability {
+            Durability::Buffered { window } => self.last_sync.elapsed() >= window,
+            Durability::Sync => false,
+        };
+        if sync_due && let Err(e) = self.sync_if_unsynced() {
+            self.shared.poison(e.to_string());
         }
         if self
             .first_frame_at

@@ -270,10 +270,10 @@ fn lode(dir: &Path, records: &[LogRecord], batch: usize, in_flight: usize) -> Ti
     let start = Instant::now();
     let mut tickets = VecDeque::new();
     for chunk in records.chunks(batch) {
-        if tickets.len() >= in_flight.max(1) {
-            if let Some(ticket) = tickets.pop_front() {
-                lode_engine::AppendTicket::wait(ticket)?;
-            }
+        if tickets.len() >= in_flight.max(1)
+            && let Some(ticket) = tickets.pop_front()
+        {
+            lode_engine::AppendTicket::wait(ticket)?;
         }
         tickets.push_back(engine.submit(chunk)?);
     }

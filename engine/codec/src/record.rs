@@ -15,11 +15,14 @@ use rkyv::{Archive, Deserialize, Place, Serialize};
 use crate::{CodecError, Result};
 
 /// Severity of a record. Unknown levels keep their text in `Other`.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default,
+)]
 #[rkyv(derive(Debug))]
 pub enum Level {
     Trace,
     Debug,
+    #[default]
     Info,
     Warn,
     Error,
@@ -75,12 +78,6 @@ pub struct LogRecord {
     pub host: String,
     pub attrs: Vec<(String, String)>,
     pub message: String,
-}
-
-impl Default for Level {
-    fn default() -> Self {
-        Level::Info
-    }
 }
 
 impl LogRecord {
