@@ -137,8 +137,8 @@ impl Shared {
                             continue;
                         }
                         let log = record
-                            .to_owned_record()
-                            .map_err(|e| Error::corrupt(&path, loc.offset, e))?;
+                            .and_then(|r| r.to_owned_record())
+                            .map_err(|e| Error::corrupt(&path, loc.offset, format!("record {seq}: {e}")))?;
                         out.push(Record { seq, log });
                         next = seq + 1;
                     }

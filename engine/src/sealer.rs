@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use lode_codec::encode_record;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
@@ -154,11 +153,12 @@ impl Sealer {
             let batch = frame
                 .batch()
                 .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
-            for (seq, record) in (loc.first_seq..).zip(batch.iter()) {
-                let owned = record
-                    .to_owned_record()
-                    .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
-                sst.put(seq, &encode_record(&owned)?)?;
+            // The record bytes are stored as they are: encoded once, at append.
+            for (i, seq) in (loc.first_seq..loc.end_seq()).enumerate() {
+                let bytes = batch
+                    .record_bytes(i)
+                    .ok_or_else(|| Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing")))?;
+                sst.put(seq, bytes)?;
             }
         }
         sst.finish()

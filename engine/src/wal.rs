@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lode_codec::{ArchivedBatch, Frame, decode_frame};
+use lode_codec::{Frame, decode_frame};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
@@ -315,8 +315,10 @@ fn check_frame(
             frame.index
         ));
     }
+    // The trailer gives count and time range; the records themselves are
+    // checked when read.
     let batch = frame.batch().map_err(|e| e.to_string())?;
-    let (min_ts, max_ts) = ts_range(batch);
+    let (min_ts, max_ts) = batch.ts_range();
     Ok(FrameLoc {
         index,
         first_seq: seq,
@@ -326,15 +328,6 @@ fn check_frame(
         min_ts,
         max_ts,
     })
-}
-
-fn ts_range(batch: &ArchivedBatch) -> (i64, i64) {
-    let mut range = (i64::MAX, i64::MIN);
-    for record in batch.iter() {
-        let ts = record.timestamp();
-        range = (range.0.min(ts), range.1.max(ts));
-    }
-    if batch.is_empty() { (0, 0) } else { range }
 }
 
 /// Looks for any checksum-valid frame past `from`: evidence that the bad

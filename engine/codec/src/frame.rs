@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  len      payload length in bytes, u32 LE
 //!      4     4  crc      crc32c of bytes 8 .. 25+len (kind, term, index, payload), u32 LE
-//!      8     1  kind     1 = batch of records (rkyv Vec<LogRecord>)
+//!      8     1  kind     1 = batch of records (see `batch.rs`)
 //!      9     8  term     Raft term, u64 LE (0 in embedded mode)
 //!     17     8  index    log index, u64 LE, dense from 1
 //!     25   len  payload
@@ -13,7 +13,8 @@
 //! Owns encoding and decoding of one frame over a byte slice. Never does
 //! I/O and never trusts its input: every failure is a [`FrameError`].
 
-use crate::record::{ArchivedBatch, LogRecord, access_batch, encode_batch_into};
+use crate::batch::{BatchView, encode_batch_into};
+use crate::record::LogRecord;
 use crate::{CodecError, Result};
 
 /// Bytes before the payload.
@@ -27,7 +28,7 @@ pub const MAX_PAYLOAD: usize = 1 << 30;
 #[repr(u8)]
 #[non_exhaustive]
 pub enum FrameKind {
-    /// A batch of log records, rkyv-encoded as `Vec<LogRecord>`.
+    /// A batch of log records: standalone rkyv archives plus a trailer.
     Batch = 1,
 }
 
@@ -69,9 +70,9 @@ impl<'a> Frame<'a> {
         HEADER_LEN + self.payload.len()
     }
 
-    /// Checks and reads the records of a batch frame in place.
-    pub fn batch(&self) -> Result<&'a ArchivedBatch> {
-        access_batch(self.payload)
+    /// The batch this frame carries, its trailer checked.
+    pub fn batch(&self) -> Result<BatchView<'a>> {
+        BatchView::parse(self.payload)
     }
 }
 
@@ -138,7 +139,7 @@ impl EncodedBatch {
         let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
             count: records.len(),
         })?;
-        let bytes = encode_batch_into(records, vec![0u8; HEADER_LEN])?;
+        let bytes = encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
         let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
         if payload.len() > MAX_PAYLOAD {
             return Err(CodecError::Frame(FrameError::TooLarge {
@@ -226,7 +227,7 @@ mod tests {
         assert_eq!(frame.encoded_len(), bytes.len());
         let decoded = frame.batch().unwrap();
         assert_eq!(decoded.len(), 10);
-        assert_eq!(decoded[9].message.as_str(), "message number 9");
+        assert_eq!(decoded.record(9).unwrap().message.as_str(), "message number 9");
     }
 
     #[test]

@@ -18,20 +18,19 @@
 //! let bytes = batch.seal(0, 1).to_vec();
 //! let frame = decode_frame(&bytes)?;
 //! assert_eq!(frame.index, 1);
-//! assert_eq!(frame.batch()?[0].message.as_str(), "slow request");
+//! assert_eq!(frame.batch()?.record(0)?.message.as_str(), "slow request");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod batch;
 mod frame;
 mod record;
 
+pub use batch::BatchView;
 pub use frame::{
     EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD, decode_frame,
 };
-pub use record::{
-    ArchivedBatch, ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_batch,
-    access_record, encode_record,
-};
+pub use record::{ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record};
 
 /// Errors of encoding and decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

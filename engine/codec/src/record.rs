@@ -1,16 +1,15 @@
 //! The log record model and its rkyv encodings.
 //!
 //! Owns: [`LogRecord`] (what a client sends), [`Record`] (what a reader gets
-//! back, with its `seq`), [`Level`], and the two rkyv encodings built from
-//! them: a batch payload (one per WAL frame) and a single-record value (one
-//! per key in a sealed segment). Never does I/O.
+//! back, with its `seq`), [`Level`], and the rkyv encoding of one record:
+//! what a batch payload holds per record and what a sealed segment stores
+//! under its key. Never does I/O.
 
 use std::fmt;
 use std::ops::Deref;
 
 use rkyv::rancor;
-use rkyv::vec::{ArchivedVec, VecResolver};
-use rkyv::{Archive, Deserialize, Place, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{CodecError, Result};
 
@@ -107,45 +106,6 @@ impl Deref for Record {
     }
 }
 
-/// A borrowed batch that archives exactly like `Vec<LogRecord>`, so a
-/// caller's slice is encoded without being copied into an owned vector.
-struct BatchRef<'a>(&'a [LogRecord]);
-
-impl Archive for BatchRef<'_> {
-    type Archived = ArchivedVec<ArchivedLogRecord>;
-    type Resolver = VecResolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
-    }
-}
-
-impl<S> Serialize<S> for BatchRef<'_>
-where
-    S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
-    LogRecord: Serialize<S>,
-{
-    fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
-        ArchivedVec::serialize_from_slice(self.0, serializer)
-    }
-}
-
-/// The archived form of a batch payload.
-pub type ArchivedBatch = ArchivedVec<ArchivedLogRecord>;
-
-/// Appends the rkyv encoding of `records` to `out` (which may already hold
-/// a header: rkyv offsets are relative, so the payload is valid on its own).
-pub(crate) fn encode_batch_into(records: &[LogRecord], out: Vec<u8>) -> Result<Vec<u8>> {
-    rkyv::api::high::to_bytes_in::<_, rancor::Error>(&BatchRef(records), out)
-        .map_err(|e| CodecError::Encode(e.to_string()))
-}
-
-/// Checks and reads a batch payload in place.
-pub fn access_batch(payload: &[u8]) -> Result<&ArchivedBatch> {
-    rkyv::access::<ArchivedBatch, rancor::Error>(payload)
-        .map_err(|e| CodecError::Invalid(e.to_string()))
-}
-
 /// Encodes one record on its own: the value stored under its key in a
 /// sealed segment.
 pub fn encode_record(record: &LogRecord) -> Result<Vec<u8>> {
@@ -192,17 +152,6 @@ mod tests {
     }
 
     #[test]
-    fn batch_round_trips_behind_a_header() {
-        let records: Vec<LogRecord> = (0..50).map(sample).collect();
-        let bytes = encode_batch_into(&records, vec![0xAB; 25]).unwrap();
-        let batch = access_batch(&bytes[25..]).unwrap();
-        assert_eq!(batch.len(), 50);
-        for (archived, original) in batch.iter().zip(&records) {
-            assert_eq!(&archived.to_owned_record().unwrap(), original);
-        }
-    }
-
-    #[test]
     fn single_record_round_trips_at_odd_offsets() {
         let record = sample(7);
         let bytes = encode_record(&record).unwrap();
@@ -216,7 +165,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(access_record(&[0xFF; 40]).is_err());
-        assert!(access_batch(&[]).is_err());
+        assert!(access_record(&[]).is_err());
     }
 
     #[test]
