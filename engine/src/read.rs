@@ -136,9 +136,9 @@ impl Shared {
                         if seq < from || seq >= end {
                             continue;
                         }
-                        let log = record
-                            .and_then(|r| r.to_owned_record())
-                            .map_err(|e| Error::corrupt(&path, loc.offset, format!("record {seq}: {e}")))?;
+                        let log = record.and_then(|r| r.to_owned_record()).map_err(|e| {
+                            Error::corrupt(&path, loc.offset, format!("record {seq}: {e}"))
+                        })?;
                         out.push(Record { seq, log });
                         next = seq + 1;
                     }

@@ -155,9 +155,9 @@ impl Sealer {
                 .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
             // The record bytes are stored as they are: encoded once, at append.
             for (i, seq) in (loc.first_seq..loc.end_seq()).enumerate() {
-                let bytes = batch
-                    .record_bytes(i)
-                    .ok_or_else(|| Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing")))?;
+                let bytes = batch.record_bytes(i).ok_or_else(|| {
+                    Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing"))
+                })?;
                 sst.put(seq, bytes)?;
             }
         }

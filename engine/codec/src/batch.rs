@@ -23,7 +23,11 @@ const FIXED_TRAILER: usize = 8 + 8 + 4;
 
 /// Appends the payload of `records` to `out` (which may already hold a
 /// frame header; offsets in the trailer are relative to `payload_start`).
-pub(crate) fn encode_batch_into(records: &[LogRecord], mut out: Vec<u8>, payload_start: usize) -> Result<Vec<u8>> {
+pub(crate) fn encode_batch_into(
+    records: &[LogRecord],
+    mut out: Vec<u8>,
+    payload_start: usize,
+) -> Result<Vec<u8>> {
     let mut ends = Vec::with_capacity(records.len());
     for record in records {
         out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, out)
@@ -32,8 +36,9 @@ pub(crate) fn encode_batch_into(records: &[LogRecord], mut out: Vec<u8>, payload
             .map_err(|_| CodecError::Encode("batch payload exceeds 4 GiB".into()))?;
         ends.push(end);
     }
-    let count =
-        u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge { count: records.len() })?;
+    let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
+        count: records.len(),
+    })?;
     out.reserve(ends.len() * 4 + FIXED_TRAILER);
     for end in ends {
         out.extend_from_slice(&end.to_le_bytes());
@@ -69,35 +74,60 @@ impl<'a> BatchView<'a> {
     /// Validates the trailer of `payload`: sizes, and record end offsets
     /// that rise and end exactly where the trailer starts.
     pub fn parse(payload: &'a [u8]) -> Result<BatchView<'a>> {
-        let fixed_at = payload
-            .len()
-            .checked_sub(FIXED_TRAILER)
-            .ok_or_else(|| invalid(format!("batch payload of {} bytes has no trailer", payload.len())))?;
-        let count = u32::from_le_bytes(le(payload, fixed_at + 16).ok_or_else(|| invalid("batch count"))?);
-        let min_ts = i64::from_le_bytes(le(payload, fixed_at).ok_or_else(|| invalid("batch min_ts"))?);
-        let max_ts = i64::from_le_bytes(le(payload, fixed_at + 8).ok_or_else(|| invalid("batch max_ts"))?);
+        let fixed_at = payload.len().checked_sub(FIXED_TRAILER).ok_or_else(|| {
+            invalid(format!(
+                "batch payload of {} bytes has no trailer",
+                payload.len()
+            ))
+        })?;
+        let count =
+            u32::from_le_bytes(le(payload, fixed_at + 16).ok_or_else(|| invalid("batch count"))?);
+        let min_ts =
+            i64::from_le_bytes(le(payload, fixed_at).ok_or_else(|| invalid("batch min_ts"))?);
+        let max_ts =
+            i64::from_le_bytes(le(payload, fixed_at + 8).ok_or_else(|| invalid("batch max_ts"))?);
         let ends_len = (count as usize)
             .checked_mul(4)
             .filter(|&len| len <= fixed_at)
-            .ok_or_else(|| invalid(format!("batch count {count} does not fit its {} bytes", payload.len())))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "batch count {count} does not fit its {} bytes",
+                    payload.len()
+                ))
+            })?;
         let records_len = fixed_at - ends_len;
-        let records = payload.get(..records_len).ok_or_else(|| invalid("batch records"))?;
-        let ends = payload.get(records_len..fixed_at).ok_or_else(|| invalid("batch ends"))?;
+        let records = payload
+            .get(..records_len)
+            .ok_or_else(|| invalid("batch records"))?;
+        let ends = payload
+            .get(records_len..fixed_at)
+            .ok_or_else(|| invalid("batch ends"))?;
         let mut previous = 0u32;
         for chunk in ends.chunks_exact(4) {
-            let end = u32::from_le_bytes(chunk.try_into().map_err(|_| invalid("batch end offset"))?);
+            let end =
+                u32::from_le_bytes(chunk.try_into().map_err(|_| invalid("batch end offset"))?);
             if end < previous || end as usize > records_len {
-                return Err(invalid(format!("batch end offset {end} out of order or past {records_len}")));
+                return Err(invalid(format!(
+                    "batch end offset {end} out of order or past {records_len}"
+                )));
             }
             previous = end;
         }
         if previous as usize != records_len {
-            return Err(invalid(format!("batch records end at {previous}, trailer starts at {records_len}")));
+            return Err(invalid(format!(
+                "batch records end at {previous}, trailer starts at {records_len}"
+            )));
         }
         if count > 0 && min_ts > max_ts {
             return Err(invalid(format!("batch min_ts {min_ts} > max_ts {max_ts}")));
         }
-        Ok(BatchView { records, ends, count, min_ts, max_ts })
+        Ok(BatchView {
+            records,
+            ends,
+            count,
+            min_ts,
+            max_ts,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -125,7 +155,9 @@ impl<'a> BatchView<'a> {
 
     /// Checks and reads record `i` in place.
     pub fn record(&self, i: usize) -> Result<&'a ArchivedLogRecord> {
-        let bytes = self.record_bytes(i).ok_or_else(|| invalid(format!("no record {i} in a batch of {}", self.count)))?;
+        let bytes = self
+            .record_bytes(i)
+            .ok_or_else(|| invalid(format!("no record {i} in a batch of {}", self.count)))?;
         access_record(bytes)
     }
 
@@ -143,7 +175,11 @@ mod tests {
     fn sample(i: i64) -> LogRecord {
         LogRecord {
             ts: 1_700_000_000_000_000_000 - i * 7,
-            level: if i % 2 == 0 { Level::Warn } else { Level::Other("NOTE".into()) },
+            level: if i % 2 == 0 {
+                Level::Warn
+            } else {
+                Level::Other("NOTE".into())
+            },
             service: "api".into(),
             host: format!("web-{i}"),
             attrs: vec![("user".into(), format!("u{i}"))],
@@ -162,7 +198,10 @@ mod tests {
             assert_eq!(&archived.unwrap().to_owned_record().unwrap(), original);
         }
         // Each record's bytes are its standalone encoding.
-        assert_eq!(view.record_bytes(3).unwrap(), crate::encode_record(&records[3]).unwrap());
+        assert_eq!(
+            view.record_bytes(3).unwrap(),
+            crate::encode_record(&records[3]).unwrap()
+        );
         assert!(view.record(50).is_err());
     }
 

@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(frame.encoded_len(), bytes.len());
         let decoded = frame.batch().unwrap();
         assert_eq!(decoded.len(), 10);
-        assert_eq!(decoded.record(9).unwrap().message.as_str(), "message number 9");
+        assert_eq!(
+            decoded.record(9).unwrap().message.as_str(),
+            "message number 9"
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub use batch::BatchView;
 pub use frame::{
     EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD, decode_frame,
 };
-pub use record::{ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record};
+pub use record::{
+    ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,
+};
 
 /// Errors of encoding and decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
