@@ -38,6 +38,8 @@ mod sealer;
 mod segment;
 mod shared;
 mod store;
+#[cfg(test)]
+mod tests;
 mod wal;
 mod writer;
 

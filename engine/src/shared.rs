@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     pub(crate) last_seal_error: Mutex<Option<String>>,
     pub(crate) recovery: Vec<TailCut>,
     pub(crate) counters: Counters,
+    /// Failpoint: the next WAL sync fails (tests only).
+    #[cfg(test)]
+    pub(crate) fail_next_sync: AtomicBool,
 }
 
 impl Shared {
@@ -88,6 +91,8 @@ impl Shared {
             last_seal_error: Mutex::new(None),
             recovery,
             counters: Counters::default(),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
         }
     }
 

@@ -215,7 +215,10 @@ impl Writer {
 
     fn sync_if_unsynced(&mut self) -> Result<()> {
         if self.unsynced {
-            if let Err(source) = self.file.sync_data() {
+            let synced = self.file.sync_data();
+            #[cfg(test)]
+            let synced = synced.and_then(|()| self.failpoint());
+            if let Err(source) = synced {
                 return Err(Error::Io {
                     op: "fsync",
                     path: self.path.clone(),
@@ -224,6 +227,18 @@ impl Writer {
             }
             self.unsynced = false;
             self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn failpoint(&self) -> std::io::Result<()> {
+        if self
+            .shared
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(std::io::Error::other("injected fsync failure"));
         }
         Ok(())
     }

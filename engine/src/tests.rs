@@ -1,0 +1,289 @@
+//! Tests of the engine's API as a whole: subscriptions, retention, limits,
+//! locking, durability modes and poisoning. (Crash, model and fixture
+//! tests are in the `lode-tests` crate.)
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::{Durability, Engine, Error, Level, LogRecord, Options, Retention};
+
+fn record(i: u64) -> LogRecord {
+    LogRecord {
+        ts: 1_000_000_000_000 + i as i64 * 1_000_000_000,
+        level: Level::Info,
+        service: "svc".into(),
+        host: "h1".into(),
+        attrs: vec![("i".into(), i.to_string())],
+        message: format!("message {i} {}", "pad ".repeat((i % 20) as usize)),
+    }
+}
+
+fn records(range: std::ops::Range<u64>) -> Vec<LogRecord> {
+    range.map(record).collect()
+}
+
+#[test]
+fn subscription_follows_appends_across_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    engine.append(&records(0..10)).unwrap();
+    let mut sub = engine.subscribe(5);
+    let reader = std::thread::spawn(move || {
+        let mut seqs = Vec::new();
+        while seqs.len() < 200 {
+            match sub.next_timeout(Duration::from_secs(10)).unwrap() {
+                Some(r) => seqs.push(r.seq),
+                None => break,
+            }
+        }
+        seqs
+    });
+    for start in (10..400).step_by(30) {
+        engine.append(&records(start..start + 30)).unwrap();
+    }
+    let seqs = reader.join().unwrap();
+    assert_eq!(seqs, (5..205).collect::<Vec<_>>());
+    assert!(
+        engine.stats().seals > 0,
+        "the subscription crossed sealed segments"
+    );
+}
+
+#[test]
+fn subscription_times_out_and_ends_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    let mut sub = engine.subscribe(1);
+    assert!(
+        sub.next_timeout(Duration::from_millis(20))
+            .unwrap()
+            .is_none()
+    );
+    engine.append(&records(0..1)).unwrap();
+    assert_eq!(
+        sub.next_timeout(Duration::from_secs(5))
+            .unwrap()
+            .unwrap()
+            .seq,
+        1
+    );
+    engine.close().unwrap();
+    assert!(
+        sub.next().is_none(),
+        "iteration ends once the engine is closed"
+    );
+}
+
+#[test]
+fn retention_drops_whole_oldest_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        retention: Retention {
+            max_age: Some(Duration::from_secs(100)),
+            max_bytes: None,
+        },
+        ..Options::default()
+    };
+    // Timestamps from the wall clock on, one second apart, so the
+    // background pass (which uses the wall clock) drops nothing by itself.
+    let base = crate::shared::now_ns();
+    let dated = |range: std::ops::Range<u64>| -> Vec<LogRecord> {
+        range
+            .map(|i| LogRecord {
+                ts: base + i as i64 * 1_000_000_000,
+                ..record(i)
+            })
+            .collect()
+    };
+    let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+    for segment in 0..4u64 {
+        engine
+            .append(&dated(segment * 100..segment * 100 + 100))
+            .unwrap();
+        engine.seal().unwrap();
+    }
+    assert_eq!(engine.segments().len(), 4);
+    // Segment 1 holds ts up to base + 199 s; "now" = base + 300 s drops the
+    // first two (their newest records are older than 100 s).
+    let now = base + 300 * 1_000_000_000;
+    let report = engine.enforce_retention(now).unwrap();
+    assert_eq!((report.segments, report.records), (2, 200));
+    let stats = engine.stats();
+    assert_eq!(
+        (
+            stats.first_seq,
+            stats.dropped_segments,
+            stats.dropped_records
+        ),
+        (201, 2, 200)
+    );
+    assert!(engine.get(200).unwrap().is_none());
+    assert_eq!(engine.get(201).unwrap().unwrap().log, dated(200..201)[0]);
+    assert_eq!(engine.scan(..).count(), 200);
+    engine.close().unwrap();
+
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    assert_eq!(engine.stats().first_seq, 201);
+    assert_eq!(engine.scan(..).count(), 200);
+    let bytes_opts = Options {
+        retention: Retention {
+            max_age: None,
+            max_bytes: Some(1),
+        },
+        ..Options::default()
+    };
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), bytes_opts).unwrap();
+    // The background pass at open may get there first; either way, after
+    // an explicit pass max_bytes has dropped segments until the rest fits.
+    engine.enforce_retention(0).unwrap();
+    assert!(engine.segments().is_empty());
+    assert_eq!(engine.stats().first_seq, 401);
+    // The WAL is never dropped: new records after retention are all there.
+    engine.append(&records(400..410)).unwrap();
+    assert_eq!(engine.scan(..).count(), 10);
+}
+
+#[test]
+fn second_open_is_refused_with_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = Engine::open(dir.path(), Options::default()).unwrap();
+    match Engine::open(dir.path(), Options::default()) {
+        Err(Error::Locked { holder, .. }) => {
+            assert_eq!(holder, format!("pid {}", std::process::id()))
+        }
+        other => panic!("expected a lock error, got {other:?}"),
+    }
+}
+
+#[test]
+fn limits_and_empty_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_batch_bytes: 10_000,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    let empty = engine.append(&[]).unwrap();
+    assert!(empty.is_empty());
+    match engine.append(&records(0..500)) {
+        Err(Error::BatchTooLarge {
+            limit: 10_000,
+            bytes,
+        }) => assert!(bytes > 10_000),
+        other => panic!("expected BatchTooLarge, got {other:?}"),
+    }
+    let range = engine.append(&records(0..3)).unwrap();
+    assert_eq!(
+        (range.start, range.end),
+        (1, 4),
+        "a refused batch takes no seqs"
+    );
+    let bad = Options {
+        segment_bytes: 10,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Engine::open(tempfile::tempdir().unwrap().path(), bad),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn failed_fsync_poisons_writes_but_keeps_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    engine.append(&records(0..5)).unwrap();
+    engine.shared.fail_next_sync.store(true, Ordering::Release);
+    assert!(matches!(
+        engine.append(&records(5..10)),
+        Err(Error::Poisoned { .. })
+    ));
+    match engine.append(&records(10..15)) {
+        Err(Error::Poisoned { cause }) => assert!(cause.contains("fsync"), "{cause}"),
+        other => panic!("expected poisoned, got {other:?}"),
+    }
+    assert!(engine.stats().poisoned.is_some());
+    assert_eq!(
+        engine.get(3).unwrap().unwrap().log,
+        record(2),
+        "reads still work"
+    );
+    assert!(engine.close().is_err(), "close reports the poisoning");
+    // A restart recovers what is on disk; the five acknowledged are there.
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    assert!(engine.stats().next_seq >= 6);
+    assert!(engine.scan(1..6).map(|r| r.unwrap().log).eq(records(0..5)));
+}
+
+#[test]
+fn buffered_durability_acknowledges_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        durability: Durability::Buffered {
+            window: Duration::from_millis(5),
+        },
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+    for start in (0..1000).step_by(100) {
+        engine.append(&records(start..start + 100)).unwrap();
+    }
+    assert!(engine.stats().group_commits >= 1);
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    assert!(engine.scan(..).map(|r| r.unwrap().log).eq(records(0..1000)));
+}
+
+#[test]
+fn old_segments_are_sealed_by_age_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_age: Duration::from_millis(50),
+        tick: Duration::from_millis(10),
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    engine.append(&records(0..10)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.stats().sealed_records < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.sealed_records, stats.unsealed_records), (10, 0));
+    assert_eq!(engine.segments()[0].records, 10);
+}
+
+#[test]
+fn concurrent_appenders_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = std::sync::Arc::clone(&engine);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let base = (t * 1000 + i * 10) as u64;
+                    engine.append(&records(base..base + 10)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.appends, stats.appended_records), (200, 2000));
+    assert!(stats.group_commits <= stats.appends);
+    let mut seen: Vec<String> = engine
+        .scan(..)
+        .map(|r| r.unwrap().attrs[0].1.clone())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2000, "every record once");
+}
