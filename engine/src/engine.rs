@@ -21,6 +21,8 @@ use crate::store::Store;
 use crate::wal::{self, TailCut, WalSegment};
 use crate::writer::{AppendReq, Writer, WriterMsg};
 
+/// How long `open` waits for the data directory's lock to free.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Appends the writer may have queued before appenders wait (back-pressure).
 const WRITER_QUEUE: usize = 1024;
 
@@ -71,7 +73,16 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(Error::io("open", &path))?;
-    if file.try_lock().is_err() {
+    // A lock that frees within a moment is waited for: a process that is
+    // closing the directory, or a forked child of this process that holds
+    // an inherited copy of the descriptor until its exec.
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut locked = file.try_lock().is_ok();
+    while !locked && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        locked = file.try_lock().is_ok();
+    }
+    if !locked {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = match holder.trim() {

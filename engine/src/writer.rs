@@ -265,6 +265,9 @@ impl Writer {
     /// Closes the active segment (synced) and opens the next; the sealer is
     /// told there is work.
     fn rotate(&mut self) -> Result<()> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
         if self.first_frame_at.is_none() {
             return Ok(());
         }

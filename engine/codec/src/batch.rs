@@ -23,11 +23,12 @@ const FIXED_TRAILER: usize = 8 + 8 + 4;
 
 /// Appends the payload of `records` to `out` (which may already hold a
 /// frame header; offsets in the trailer are relative to `payload_start`).
+/// Returns the bytes and the records' (min, max) ts.
 pub(crate) fn encode_batch_into(
     records: &[LogRecord],
     mut out: Vec<u8>,
     payload_start: usize,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, (i64, i64))> {
     let mut ends = Vec::with_capacity(records.len());
     for record in records {
         out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, out)
@@ -48,7 +49,7 @@ pub(crate) fn encode_batch_into(
     out.extend_from_slice(&min_ts.to_le_bytes());
     out.extend_from_slice(&max_ts.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
-    Ok(out)
+    Ok((out, (min_ts, max_ts)))
 }
 
 /// A checked view of a batch payload: the trailer is validated, records
@@ -190,7 +191,7 @@ mod tests {
     #[test]
     fn round_trips_behind_a_header() {
         let records: Vec<LogRecord> = (0..50).map(sample).collect();
-        let bytes = encode_batch_into(&records, vec![0xAB; 25], 25).unwrap();
+        let (bytes, _) = encode_batch_into(&records, vec![0xAB; 25], 25).unwrap();
         let view = BatchView::parse(&bytes[25..]).unwrap();
         assert_eq!(view.len(), 50);
         assert_eq!(view.ts_range(), (records[49].ts, records[0].ts));
@@ -207,7 +208,7 @@ mod tests {
 
     #[test]
     fn empty_batch_is_valid() {
-        let bytes = encode_batch_into(&[], Vec::new(), 0).unwrap();
+        let (bytes, _) = encode_batch_into(&[], Vec::new(), 0).unwrap();
         let view = BatchView::parse(&bytes).unwrap();
         assert!(view.is_empty());
     }
@@ -215,7 +216,7 @@ mod tests {
     #[test]
     fn damaged_trailers_are_errors() {
         let records: Vec<LogRecord> = (0..3).map(sample).collect();
-        let bytes = encode_batch_into(&records, Vec::new(), 0).unwrap();
+        let (bytes, _) = encode_batch_into(&records, Vec::new(), 0).unwrap();
         for cut in 0..bytes.len() {
             let _ = BatchView::parse(&bytes[..cut]);
         }

@@ -139,7 +139,8 @@ impl EncodedBatch {
         let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
             count: records.len(),
         })?;
-        let bytes = encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
+        let (bytes, (min_ts, max_ts)) =
+            encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
         let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
         if payload.len() > MAX_PAYLOAD {
             return Err(CodecError::Frame(FrameError::TooLarge {
@@ -148,8 +149,6 @@ impl EncodedBatch {
             }));
         }
         let payload_crc = crc32c::crc32c(payload);
-        let min_ts = records.iter().map(|r| r.ts).min().unwrap_or(0);
-        let max_ts = records.iter().map(|r| r.ts).max().unwrap_or(0);
         Ok(EncodedBatch {
             bytes,
             payload_crc,
