@@ -50,3 +50,59 @@ pub enum CodecError {
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, CodecError>;
+
+#[cfg(test)]
+mod proptests {
+    //! The decoders of outside bytes never panic, whatever the bytes: a
+    //! bounded, always-on companion of the cargo-fuzz target in
+    //! `engine/fuzz`.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn read_all(batch: BatchView<'_>) {
+        for record in batch.iter().flatten() {
+            let _ = record.to_owned_record();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(frame) = decode_frame(&bytes) {
+                if let Ok(batch) = frame.batch() {
+                    read_all(batch);
+                }
+            }
+            if let Ok(batch) = BatchView::parse(&bytes) {
+                read_all(batch);
+            }
+            if let Ok(record) = access_record(&bytes) {
+                let _ = record.to_owned_record();
+            }
+        }
+
+        #[test]
+        fn damaged_real_frames_never_panic(
+            message in ".{0,64}",
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let record = LogRecord { message, ..LogRecord::default() };
+            let mut batch = EncodedBatch::encode(&[record.clone(), record])?;
+            let mut bytes = batch.seal(0, 1).to_vec();
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= value;
+            }
+            // Skip the checksum so the damage reaches the payload decoders.
+            if let Some(payload) = bytes.get(HEADER_LEN..) {
+                if let Ok(batch) = BatchView::parse(payload) {
+                    read_all(batch);
+                }
+            }
+            let _ = decode_frame(&bytes);
+        }
+    }
+}
