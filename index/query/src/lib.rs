@@ -1,0 +1,36 @@
+//! lode's query language.
+//!
+//! What users type: words and `"phrases"`; `AND`, `OR`, `NOT`, `-word` and
+//! parentheses (juxtaposition means AND); `level:error`, `level:>=warn`
+//! (trace < debug < info < warn < error < fatal), `service:api`,
+//! `host:web-1`, `attrs.KEY:value`, `message:word`; prefixes `conn*` and
+//! `host:web-*`; `*` alone for everything. A time range is given beside the
+//! text ([`parse_time`]: RFC 3339 or `15m`, `2h`, `7d` before now).
+//!
+//! Word semantics, which the index, the tests and every client rely on: a
+//! word matches a record whose message contains it as a whole token,
+//! case-insensitively, where tokens are maximal runs of alphanumeric
+//! characters ([`tokens`]); a phrase matches consecutive tokens; a word
+//! that tokenizes into several tokens (`blk_42`, `10.0.0.1`) is a phrase.
+//! Field filters compare a field's whole value, case-insensitively.
+//!
+//! ```
+//! use lode_query::{parse, Query};
+//!
+//! let query = parse("level:>=warn (timeout OR \"connection refused\") -host:test-*")?;
+//! assert!(matches!(query, Query::And(_)));
+//! let err = parse("service:api (timeout").unwrap_err();
+//! assert_eq!(err.column, 21);
+//! assert_eq!(err.to_string(), "column 21: expected ')' to close the '(' at column 13");
+//! # Ok::<(), lode_query::ParseError>(())
+//! ```
+
+mod ast;
+mod matcher;
+mod parser;
+mod time;
+
+pub use ast::{Cmp, Field, Query, level_rank, tokens};
+pub use matcher::{Prepared, levels_selected};
+pub use parser::{MAX_QUERY_CHARS, ParseError, parse};
+pub use time::parse_time;
