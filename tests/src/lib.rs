@@ -37,3 +37,5 @@ mod crash;
 mod fixtures;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod search;

@@ -71,10 +71,8 @@ mod proptests {
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(frame) = decode_frame(&bytes) {
-                if let Ok(batch) = frame.batch() {
-                    read_all(batch);
-                }
+            if let Some(batch) = decode_frame(&bytes).ok().and_then(|f| f.batch().ok()) {
+                read_all(batch);
             }
             if let Ok(batch) = BatchView::parse(&bytes) {
                 read_all(batch);
@@ -97,10 +95,8 @@ mod proptests {
                 bytes[i] ^= value;
             }
             // Skip the checksum so the damage reaches the payload decoders.
-            if let Some(payload) = bytes.get(HEADER_LEN..) {
-                if let Ok(batch) = BatchView::parse(payload) {
-                    read_all(batch);
-                }
+            if let Some(Ok(batch)) = bytes.get(HEADER_LEN..).map(BatchView::parse) {
+                read_all(batch);
             }
             let _ = decode_frame(&bytes);
         }

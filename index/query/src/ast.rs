@@ -49,11 +49,13 @@ pub enum Query {
 }
 
 /// The tokens of a text: maximal runs of characters that are alphanumeric
-/// (`char::is_alphanumeric`: Unicode letters and numbers), lowercased.
+/// (`char::is_alphanumeric`: Unicode letters and numbers), lowercased
+/// character by character (`char::to_lowercase`, as tantivy's `LowerCaser`
+/// does: no context rules such as a word-final sigma).
 pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+        .map(|t| t.chars().flat_map(char::to_lowercase).collect())
 }
 
 /// The rank of a known level (trace 0 … fatal 5); `None` for others.

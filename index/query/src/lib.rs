@@ -34,3 +34,29 @@ pub use ast::{Cmp, Field, Query, level_rank, tokens};
 pub use matcher::{Prepared, levels_selected};
 pub use parser::{MAX_QUERY_CHARS, ParseError, parse};
 pub use time::parse_time;
+
+#[cfg(test)]
+mod proptests {
+    //! The parser never panics and always answers within its limits: a
+    //! bounded, always-on companion of the cargo-fuzz target in
+    //! `index/fuzz`.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_parses_or_errs_with_a_column(text in "[a-z:*()\" \\-ORANDT>=<.0-9é_]{0,40}") {
+            match parse(&text) {
+                Ok(query) => {
+                    let record = lode_codec::LogRecord { message: text.clone(), ..Default::default() };
+                    let _ = query.matches(&Prepared::new(&record));
+                }
+                Err(e) => prop_assert!(e.column >= 1 && e.column <= text.chars().count() + 1, "{e} for {text:?}"),
+            }
+            let _ = parse_time(&text, 0);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The index handle: a tantivy index that follows the engine, and searches.
+//!
+//! An indexer thread subscribes to the engine from the last seq the index
+//! committed, adds every record as a document and commits at least every
+//! `commit_interval`, writing the last indexed seq into the commit's
+//! payload. After a crash, uncommitted documents are gone and are indexed
+//! again from that seq on: the index never misses an acknowledged record
+//! and never holds one twice.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lode_engine::{Engine, Record};
+use lode_query::{Prepared, Query, parse};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::{IndexReader, IndexWriter, Order, ReloadPolicy};
+
+use crate::error::{Error, Result};
+use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, translate};
+
+/// Options of [`Index::open`].
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// New records become searchable within this (plus indexing time).
+    pub commit_interval: Duration,
+    /// Memory of tantivy's indexing buffer.
+    pub writer_memory: usize,
+    /// Largest page a search returns.
+    pub max_limit: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            commit_interval: Duration::from_millis(500),
+            writer_memory: 64 << 20,
+            max_limit: 10_000,
+        }
+    }
+}
+
+/// A search request: the query text and what to return.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    pub query: String,
+    /// Only records with `since <= ts < until` (ns).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Most records to return (default 100).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of results, newest (highest seq) first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// Pass it back as `Search::cursor` for the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Figures of the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Every record up to this seq is searchable.
+    pub indexed_upto: u64,
+    /// Durable records not yet searchable.
+    pub lag: u64,
+}
+
+/// A full-text index over an engine. See the crate documentation.
+pub struct Index {
+    engine: Arc<Engine>,
+    fields: Fields,
+    reader: IndexReader,
+    indexed_upto: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    indexer: Option<JoinHandle<Result<()>>>,
+    max_limit: usize,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("indexed_upto", &self.indexed_upto)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<u64> {
+    cursor
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("cursor '{cursor}' is not one this index gave")))
+}
+
+impl Index {
+    /// Opens (creating if needed) the index in `dir`, catches up with the
+    /// engine in the background and follows it from then on.
+    pub fn open(engine: Arc<Engine>, dir: impl AsRef<Path>, opts: IndexOptions) -> Result<Index> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+        let (schema, fields) = schema();
+        let directory = MmapDirectory::open(dir)?;
+        let index = tantivy::Index::open_or_create(directory, schema)?;
+        index.tokenizers().register(TOKENIZER, analyzer());
+        let committed: u64 = index
+            .load_metas()?
+            .payload
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let writer: IndexWriter = index.writer_with_num_threads(1, opts.writer_memory)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let indexed_upto = Arc::new(AtomicU64::new(committed));
+        let stop = Arc::new(AtomicBool::new(false));
+        let indexer = Indexer {
+            engine: Arc::clone(&engine),
+            writer,
+            reader: reader.clone(),
+            fields,
+            indexed_upto: Arc::clone(&indexed_upto),
+            stop: Arc::clone(&stop),
+            commit_interval: opts.commit_interval,
+        };
+        let handle = std::thread::Builder::new()
+            .name("lode-indexer".into())
+            .spawn(move || indexer.run(committed + 1))
+            .map_err(|e| Error::Io {
+                path: dir.to_owned(),
+                source: e,
+            })?;
+        Ok(Index {
+            engine,
+            fields,
+            reader,
+            indexed_upto,
+            stop,
+            indexer: Some(handle),
+            max_limit: opts.max_limit,
+        })
+    }
+
+    /// Newest records matching `search`, with a cursor for the next page.
+    pub fn search(&self, search: &Search) -> Result<Page> {
+        let query = parse(&search.query)?;
+        let limit = search.limit.unwrap_or(100).clamp(1, self.max_limit.max(1));
+        let before = search.cursor.as_deref().map(parse_cursor).transpose()?;
+        let tquery = restrict(
+            &self.fields,
+            translate(&self.fields, &query)?,
+            search.since,
+            search.until,
+            before,
+        );
+        let searcher = self.reader.searcher();
+        let top = searcher.search(
+            &tquery,
+            &TopDocs::with_limit(limit).order_by_fast_field::<u64>("seq", Order::Desc),
+        )?;
+        let mut records = Vec::with_capacity(top.len());
+        let mut last_seq = None;
+        for (seq, _) in &top {
+            let Some(seq) = *seq else { continue };
+            last_seq = Some(seq);
+            // Records retention dropped after they were indexed are skipped.
+            if let Some(record) = self.engine.get(seq)? {
+                records.push(record);
+            }
+        }
+        let next_cursor = if top.len() == limit {
+            last_seq.map(|s| s.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor,
+        })
+    }
+
+    /// How many records match the query in the time range.
+    pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
+        let query = parse(query)?;
+        let tquery = restrict(
+            &self.fields,
+            translate(&self.fields, &query)?,
+            since,
+            until,
+            None,
+        );
+        Ok(self.reader.searcher().search(&tquery, &Count)? as u64)
+    }
+
+    /// A live tail: records from `from_seq` on that match `query`, as they
+    /// become durable (read from the engine, filtered by the query's
+    /// brute-force meaning, so it needs no index commit).
+    pub fn tail(&self, query: &str, from_seq: u64) -> Result<Tail> {
+        Ok(Tail {
+            query: parse(query)?,
+            subscription: self.engine.subscribe(from_seq),
+        })
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let indexed_upto = self.indexed_upto.load(Ordering::Acquire);
+        let durable = self.engine.stats().next_seq.saturating_sub(1);
+        IndexStats {
+            indexed_upto,
+            lag: durable.saturating_sub(indexed_upto),
+        }
+    }
+
+    /// Waits until every record up to `seq` is searchable; false on timeout.
+    pub fn wait_indexed(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.indexed_upto.load(Ordering::Acquire) < seq {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Commits what is indexed and stops the indexer.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.indexer.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Indexer("the indexer thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A live, filtered subscription; see [`Index::tail`].
+#[derive(Debug)]
+pub struct Tail {
+    query: Query,
+    subscription: lode_engine::Subscription,
+}
+
+impl Tail {
+    /// The next matching record, waiting at most `timeout` in all.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.subscription.next_timeout(left)? {
+                Some(record) if self.query.matches(&Prepared::new(&record)) => {
+                    return Ok(Some(record));
+                }
+                Some(_) if !left.is_zero() => continue,
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
+struct Indexer {
+    engine: Arc<Engine>,
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+    indexed_upto: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    commit_interval: Duration,
+}
+
+impl Indexer {
+    fn run(mut self, from: u64) -> Result<()> {
+        let mut subscription = self.engine.subscribe(from);
+        let mut pending: Option<u64> = None;
+        let mut last_commit = Instant::now();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            if !stopping {
+                // Drain what is there, waiting a little for more.
+                while let Some(record) = subscription.next_timeout(Duration::from_millis(20))? {
+                    self.writer.add_document(document(&self.fields, &record))?;
+                    pending = Some(record.seq);
+                    if last_commit.elapsed() >= self.commit_interval
+                        || self.stop.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                }
+            }
+            if let Some(seq) =
+                pending.filter(|_| stopping || last_commit.elapsed() >= self.commit_interval)
+            {
+                self.commit(seq)?;
+                pending = None;
+                last_commit = Instant::now();
+            }
+            if stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    fn commit(&mut self, seq: u64) -> Result<()> {
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&seq.to_string());
+        prepared.commit()?;
+        self.reader.reload()?;
+        self.indexed_upto.store(seq, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! lode's search: a tantivy full-text index that follows the engine.
+//!
+//! Queries use lode's language (see [`lode_query`]): words, phrases, field
+//! filters, boolean logic, prefixes, a time range beside the text. Results
+//! come newest first with a cursor for the next page; counts and live
+//! tails too. Blocking API, no async runtime.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use lode_engine::{Engine, Level, LogRecord, Options};
+//! use lode_index::{Index, IndexOptions, Search};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default())?);
+//! let index = Index::open(Arc::clone(&engine), dir.path().join("index"), IndexOptions::default())?;
+//! let seqs = engine.append(&[LogRecord {
+//!     level: Level::Error,
+//!     service: "api".into(),
+//!     message: "Connection refused by upstream".into(),
+//!     ..LogRecord::default()
+//! }])?;
+//! assert!(index.wait_indexed(seqs.end - 1, Duration::from_secs(10)));
+//! let page = index.search(&Search { query: "\"connection refused\" level:>=warn".into(), ..Search::default() })?;
+//! assert_eq!(page.records[0].seq, seqs.start);
+//! assert_eq!(index.count("service:api", None, None)?, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod index;
+mod schema;
+
+pub use error::{Error, Result};
+pub use index::{Index, IndexOptions, IndexStats, Page, Search, Tail};
+pub use lode_query::{ParseError, Query, parse, parse_time};

@@ -1,0 +1,198 @@
+//! The tantivy schema of lode records and the translation of a parsed
+//! [`lode_query::Query`] into a tantivy query.
+//!
+//! Owns how a record becomes a document and how lode's query semantics map
+//! onto tantivy's: both sides must agree with `lode_query`'s brute-force
+//! matcher, which the oracle test checks.
+
+use std::ops::Bound;
+
+use lode_engine::Record;
+use lode_query::{Field as QField, Query, levels_selected};
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
+    TermSetQuery,
+};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
+use tantivy::{TantivyDocument, Term};
+
+/// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
+/// runs, lowercased per character).
+pub(crate) const TOKENIZER: &str = "lode";
+/// Separates an attribute's key from its value in the `attr` field.
+const ATTR_SEP: char = '\u{1f}';
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields {
+    pub(crate) seq: Field,
+    pub(crate) ts: Field,
+    pub(crate) message: Field,
+    pub(crate) level: Field,
+    pub(crate) service: Field,
+    pub(crate) host: Field,
+    pub(crate) attr: Field,
+}
+
+pub(crate) fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let message = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        seq: builder.add_u64_field("seq", FAST | INDEXED),
+        ts: builder.add_i64_field("ts", FAST | INDEXED),
+        message: builder.add_text_field("message", message),
+        level: builder.add_text_field("level", STRING),
+        service: builder.add_text_field("service", STRING),
+        host: builder.add_text_field("host", STRING),
+        attr: builder.add_text_field("attr", STRING),
+    };
+    (builder.build(), fields)
+}
+
+pub(crate) fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(LowerCaser)
+        .build()
+}
+
+fn attr_term(key: &str, value: &str) -> String {
+    format!("{key}{ATTR_SEP}{value}")
+}
+
+pub(crate) fn document(fields: &Fields, record: &Record) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    doc.add_u64(fields.seq, record.seq);
+    doc.add_i64(fields.ts, record.ts);
+    doc.add_text(fields.message, &record.message);
+    doc.add_text(fields.level, record.level.as_str().to_lowercase());
+    doc.add_text(fields.service, record.service.to_lowercase());
+    doc.add_text(fields.host, record.host.to_lowercase());
+    for (key, value) in &record.attrs {
+        doc.add_text(fields.attr, attr_term(key, &value.to_lowercase()));
+    }
+    doc
+}
+
+/// A regex that matches exactly the strings starting with `prefix`.
+fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() * 2 + 2);
+    for c in prefix.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(".*");
+    pattern
+}
+
+fn field_term(fields: &Fields, field: &QField, value: &str) -> (Field, String) {
+    match field {
+        QField::Level => (fields.level, value.to_owned()),
+        QField::Service => (fields.service, value.to_owned()),
+        QField::Host => (fields.host, value.to_owned()),
+        QField::Attr(key) => (fields.attr, attr_term(key, value)),
+    }
+}
+
+fn term_query(field: Field, text: &str) -> Box<dyn TQuery> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn regex_query(field: Field, prefix: &str) -> tantivy::Result<Box<dyn TQuery>> {
+    Ok(Box::new(RegexQuery::from_pattern(
+        &prefix_pattern(prefix),
+        field,
+    )?))
+}
+
+/// Translates a parsed query; `Err` only for a regex tantivy refuses.
+pub(crate) fn translate(fields: &Fields, query: &Query) -> tantivy::Result<Box<dyn TQuery>> {
+    Ok(match query {
+        Query::All => Box::new(AllQuery),
+        Query::Word(word) => Box::new(TermQuery::new(
+            Term::from_field_text(fields.message, word),
+            IndexRecordOption::WithFreqs,
+        )),
+        Query::WordPrefix(prefix) => regex_query(fields.message, prefix)?,
+        Query::Phrase(words) => Box::new(PhraseQuery::new(
+            words
+                .iter()
+                .map(|w| Term::from_field_text(fields.message, w))
+                .collect(),
+        )),
+        Query::FieldIs(field, value) => {
+            let (field, text) = field_term(fields, field, value);
+            term_query(field, &text)
+        }
+        Query::FieldPrefix(field, prefix) => {
+            let (field, text) = field_term(fields, field, prefix);
+            regex_query(field, &text)?
+        }
+        Query::LevelCmp(cmp, bound) => Box::new(TermSetQuery::new(
+            levels_selected(*cmp, bound)
+                .into_iter()
+                .map(|name| Term::from_field_text(fields.level, name)),
+        )),
+        Query::And(parts) => Box::new(BooleanQuery::new(
+            parts
+                .iter()
+                .map(|q| Ok((Occur::Must, translate(fields, q)?)))
+                .collect::<tantivy::Result<_>>()?,
+        )),
+        Query::Or(parts) => Box::new(BooleanQuery::new(
+            parts
+                .iter()
+                .map(|q| Ok((Occur::Should, translate(fields, q)?)))
+                .collect::<tantivy::Result<_>>()?,
+        )),
+        // tantivy's MustNot alone matches nothing: exclude from everything.
+        Query::Not(inner) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
+            (Occur::MustNot, translate(fields, inner)?),
+        ])),
+    })
+}
+
+/// `query` restricted to `since <= ts < until` and `seq < before`.
+pub(crate) fn restrict(
+    fields: &Fields,
+    query: Box<dyn TQuery>,
+    since: Option<i64>,
+    until: Option<i64>,
+    before: Option<u64>,
+) -> Box<dyn TQuery> {
+    let mut parts = vec![(Occur::Must, query)];
+    if since.is_some() || until.is_some() {
+        let lower = since.map_or(Bound::Unbounded, |s| {
+            Bound::Included(Term::from_field_i64(fields.ts, s))
+        });
+        let upper = until.map_or(Bound::Unbounded, |u| {
+            Bound::Excluded(Term::from_field_i64(fields.ts, u))
+        });
+        parts.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(lower, upper)) as Box<dyn TQuery>,
+        ));
+    }
+    if let Some(before) = before {
+        let upper = Bound::Excluded(Term::from_field_u64(fields.seq, before));
+        parts.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(Bound::Unbounded, upper)) as Box<dyn TQuery>,
+        ));
+    }
+    if parts.len() == 1 {
+        return parts.remove(0).1;
+    }
+    Box::new(BooleanQuery::new(parts))
+}
