@@ -34,6 +34,24 @@ fn all_records(engine: &Engine) -> Vec<lode_engine::Record> {
     engine.scan(..).collect::<Result<_, _>>().expect("scan")
 }
 
+/// Twenty appends into tiny segments with background sealing off: several
+/// finished WAL files that stay unsealed. Returns them, oldest first.
+fn unsealed_wal_files(dir: &Path) -> Vec<PathBuf> {
+    let opts = Options {
+        segment_bytes: 4096,
+        background_sealing: false,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir, opts).expect("open");
+    for start in (1..400).step_by(20) {
+        append_seqs(&engine, start..start + 20);
+    }
+    engine.close().expect("close");
+    let files = wal_files(dir);
+    assert!(files.len() >= 3, "{} WAL files", files.len());
+    files
+}
+
 /// Three appends (frames) of ten records each, closed without sealing.
 fn three_frames(dir: &Path) -> PathBuf {
     let engine = Engine::open(dir, Options::default()).expect("open");
@@ -126,21 +144,7 @@ fn bit_flip_in_last_frame_is_a_torn_tail() {
 #[test]
 fn damage_in_an_older_wal_file_is_corruption() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        // Tiny segments and no background sealing: finished WAL files stay.
-        let opts = Options {
-            segment_bytes: 4096,
-            background_sealing: false,
-            ..Options::default()
-        };
-        let engine = Engine::open(dir.path(), opts).expect("open");
-        for start in (1..400).step_by(20) {
-            append_seqs(&engine, start..start + 20);
-        }
-        engine.close().expect("close");
-    }
-    let files = wal_files(dir.path());
-    assert!(files.len() >= 3, "{} WAL files", files.len());
+    let files = unsealed_wal_files(dir.path());
     let older = &files[files.len() - 2];
     flip_byte(older, 60);
     match Engine::open(dir.path(), Options::default()) {
@@ -155,20 +159,7 @@ fn damage_in_an_older_wal_file_is_corruption() {
 #[test]
 fn missing_wal_file_is_corruption() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let opts = Options {
-            segment_bytes: 4096,
-            background_sealing: false,
-            ..Options::default()
-        };
-        let engine = Engine::open(dir.path(), opts).expect("open");
-        for start in (1..400).step_by(20) {
-            append_seqs(&engine, start..start + 20);
-        }
-        engine.close().expect("close");
-    }
-    let files = wal_files(dir.path());
-    assert!(files.len() >= 3, "{} WAL files", files.len());
+    let files = unsealed_wal_files(dir.path());
     fs::remove_file(&files[1]).expect("remove");
     match Engine::open(dir.path(), Options::default()) {
         Err(Error::Corrupt { path, reason, .. }) => {

@@ -171,22 +171,7 @@ impl<'a> BatchView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Level;
-
-    fn sample(i: i64) -> LogRecord {
-        LogRecord {
-            ts: 1_700_000_000_000_000_000 - i * 7,
-            level: if i % 2 == 0 {
-                Level::Warn
-            } else {
-                Level::Other("NOTE".into())
-            },
-            service: "api".into(),
-            host: format!("web-{i}"),
-            attrs: vec![("user".into(), format!("u{i}"))],
-            message: format!("request {i} took {} ms", i * 3),
-        }
-    }
+    use crate::record::tests::sample;
 
     #[test]
     fn round_trips_behind_a_header() {

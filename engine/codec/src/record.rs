@@ -133,12 +133,13 @@ impl ArchivedLogRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample(i: i64) -> LogRecord {
+    /// A varied record for codec tests.
+    pub(crate) fn sample(i: i64) -> LogRecord {
         LogRecord {
-            ts: 1_700_000_000_000_000_000 + i,
+            ts: 1_700_000_000_000_000_000 - i * 7,
             level: if i % 2 == 0 {
                 Level::Warn
             } else {
