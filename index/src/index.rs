@@ -20,7 +20,38 @@ use tantivy::directory::MmapDirectory;
 use tantivy::{IndexReader, IndexWriter, Order, ReloadPolicy};
 
 use crate::error::{Error, Result};
+use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, translate};
+
+/// Buckets of a histogram whose width is not given.
+const HISTOGRAM_BUCKETS: i64 = 24;
+
+/// Counts per time bucket: `buckets[i]` counts `start + i * width <= ts <
+/// start + (i + 1) * width`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    pub start: i64,
+    pub width: i64,
+    pub buckets: Vec<u64>,
+}
+
+/// The fields whose top values can be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FacetField {
+    Level,
+    Service,
+    Host,
+}
+
+impl FacetField {
+    fn name(self) -> &'static str {
+        match self {
+            FacetField::Level => "level",
+            FacetField::Service => "service",
+            FacetField::Host => "host",
+        }
+    }
+}
 
 /// Options of [`Index::open`].
 #[derive(Debug, Clone)]
@@ -200,6 +231,110 @@ impl Index {
             None,
         );
         Ok(self.reader.searcher().search(&tquery, &Count)? as u64)
+    }
+
+    fn query(
+        &self,
+        text: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Box<dyn tantivy::query::Query>> {
+        let query = parse(text)?;
+        Ok(restrict(
+            &self.fields,
+            translate(&self.fields, &query)?,
+            since,
+            until,
+            None,
+        ))
+    }
+
+    /// Matches per time bucket over `[since, until)` (the indexed time span
+    /// where not given); `width` in ns, or a readable one giving at most 24
+    /// buckets. Buckets start at a multiple of the width.
+    pub fn histogram(
+        &self,
+        query: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+        width: Option<i64>,
+    ) -> Result<Histogram> {
+        let tquery = self.query(query, since, until)?;
+        let searcher = self.reader.searcher();
+        let (mut low, mut high) = (i64::MAX, i64::MIN);
+        for segment in searcher
+            .segment_readers()
+            .iter()
+            .filter(|s| s.num_docs() > 0)
+        {
+            let ts = segment.fast_fields().i64("ts")?;
+            (low, high) = (low.min(ts.min_value()), high.max(ts.max_value()));
+        }
+        let since = since.unwrap_or(if low <= high { low } else { 0 });
+        let until = until.unwrap_or(if low <= high {
+            high.saturating_add(1)
+        } else {
+            since.saturating_add(1)
+        });
+        if until <= since {
+            return Err(Error::BadRequest(format!(
+                "empty time range: since {since} >= until {until}"
+            )));
+        }
+        let width = match width {
+            Some(w) if w > 0 => w,
+            Some(w) => {
+                return Err(Error::BadRequest(format!(
+                    "histogram bucket width {w} ns is not positive"
+                )));
+            }
+            None => choose_width(since, until, HISTOGRAM_BUCKETS),
+        };
+        let start = since.div_euclid(width) * width;
+        let buckets = usize::try_from(ceil_div(until - start, width))
+            .ok()
+            .filter(|&n| n <= 100_000)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "a bucket width of {width} ns gives more than 100000 buckets"
+                ))
+            })?;
+        let counts = searcher.search(
+            &tquery,
+            &HistogramCollector {
+                origin: start,
+                width,
+                buckets,
+            },
+        )?;
+        Ok(Histogram {
+            start,
+            width,
+            buckets: counts,
+        })
+    }
+
+    /// The `k` most frequent values of `field` among the matches, most
+    /// frequent first (ties by value).
+    pub fn top_values(
+        &self,
+        query: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+        field: FacetField,
+        k: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        let tquery = self.query(query, since, until)?;
+        let counts = self.reader.searcher().search(
+            &tquery,
+            &TopValuesCollector {
+                field: field.name(),
+            },
+        )?;
+        let mut top: Vec<(String, u64)> = counts.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(k);
+        Ok(top)
     }
 
     /// A live tail: records from `from_seq` on that match `query`, as they

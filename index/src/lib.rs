@@ -28,9 +28,10 @@
 //! ```
 
 mod error;
+mod facets;
 mod index;
 mod schema;
 
 pub use error::{Error, Result};
-pub use index::{Index, IndexOptions, IndexStats, Page, Search, Tail};
+pub use index::{FacetField, Histogram, Index, IndexOptions, IndexStats, Page, Search, Tail};
 pub use lode_query::{ParseError, Query, parse, parse_time};

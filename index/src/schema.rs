@@ -47,9 +47,9 @@ pub(crate) fn schema() -> (Schema, Fields) {
         seq: builder.add_u64_field("seq", FAST | INDEXED),
         ts: builder.add_i64_field("ts", FAST | INDEXED),
         message: builder.add_text_field("message", message),
-        level: builder.add_text_field("level", STRING),
-        service: builder.add_text_field("service", STRING),
-        host: builder.add_text_field("host", STRING),
+        level: builder.add_text_field("level", STRING | FAST),
+        service: builder.add_text_field("service", STRING | FAST),
+        host: builder.add_text_field("host", STRING | FAST),
         attr: builder.add_text_field("attr", STRING),
     };
     (builder.build(), fields)

@@ -3,14 +3,14 @@
 //! exactly what a brute-force scan under lode's word semantics gives,
 //! results and counts. Also after the indexing process is SIGKILLed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lode_engine::{Engine, Level, LogRecord, Options, Record};
-use lode_index::{Index, IndexOptions, Search};
+use lode_index::{FacetField, Index, IndexOptions, Search};
 use lode_query::{Prepared, parse, tokens};
 use lode_tools::{Corpus, SplitMix64};
 
@@ -211,11 +211,62 @@ fn check_oracle(index: &Index, records: &[Record], runs: usize, seed: u64) {
             "run {run}: results of {text:?} since {since:?} until {until:?}"
         );
         nonempty += usize::from(!expected.is_empty());
+        if run % 4 == 0 {
+            check_aggregations(index, records, &text, since, until, &expected);
+        }
     }
     assert!(
         nonempty * 3 >= runs,
         "only {nonempty} of {runs} queries matched anything: the generator is off"
     );
+}
+
+/// Histogram and top values of a query against the brute-force matches
+/// (`expected`: matching seqs, newest first).
+fn check_aggregations(
+    index: &Index,
+    records: &[Record],
+    text: &str,
+    since: Option<i64>,
+    until: Option<i64>,
+    expected: &[u64],
+) {
+    let by_seq = |seq: u64| &records[(seq - records[0].seq) as usize];
+    let histogram = index.histogram(text, since, until, None).unwrap();
+    assert!(
+        histogram.buckets.len() <= 24,
+        "{} buckets",
+        histogram.buckets.len()
+    );
+    let mut counts = vec![0u64; histogram.buckets.len()];
+    for &seq in expected {
+        let bucket = (by_seq(seq).ts - histogram.start) / histogram.width;
+        counts[bucket as usize] += 1;
+    }
+    assert_eq!(
+        histogram.buckets, counts,
+        "histogram of {text:?} since {since:?} until {until:?}"
+    );
+    for field in [FacetField::Level, FacetField::Service, FacetField::Host] {
+        let mut tally: HashMap<String, u64> = HashMap::new();
+        for &seq in expected {
+            let record = by_seq(seq);
+            let value = match field {
+                FacetField::Level => record.level.as_str().to_lowercase(),
+                FacetField::Service => record.service.to_lowercase(),
+                FacetField::Host => record.host.to_lowercase(),
+            };
+            *tally.entry(value).or_insert(0) += 1;
+        }
+        let mut top: Vec<(String, u64)> = tally.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(5);
+        assert_eq!(
+            index.top_values(text, since, until, field, 5).unwrap(),
+            top,
+            "top {field:?} of {text:?}"
+        );
+    }
 }
 
 fn open_both(dir: &Path) -> (Arc<Engine>, Index) {
