@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""SQLite FTS5 reference for lode's search benchmark.
+
+Loads JSON lines (as written by the benchmark) into a table with an index
+on ts and an FTS5 table over the message (unicode61 tokenizer: runs of
+letters and digits, case-folded, like lode's words), then times the same
+queries. Reads the queries as JSON from argv[2]; prints one JSON object.
+
+    sqlite_fts5.py RECORDS.jsonl QUERIES.json DBFILE RUNS
+"""
+import json, os, sqlite3, sys, time
+
+def load(path, db):
+    if os.path.exists(db):
+        os.remove(db)
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("CREATE TABLE logs(seq INTEGER PRIMARY KEY, ts INTEGER, level TEXT, service TEXT, host TEXT, message TEXT)")
+    con.execute("CREATE VIRTUAL TABLE fts USING fts5(message, content='logs', content_rowid='seq', tokenize='unicode61 remove_diacritics 0')")
+    start = time.perf_counter()
+    rows = []
+    with open(path) as f:
+        for seq, line in enumerate(f, 1):
+            r = json.loads(line)
+            rows.append((seq, r["ts_ns"], r["level"], r["service"], r["host"], r["message"]))
+            if len(rows) == 10000:
+                insert(con, rows)
+                rows = []
+    insert(con, rows)
+    con.execute("CREATE INDEX logs_ts ON logs(ts)")
+    con.commit()
+    return con, time.perf_counter() - start
+
+def insert(con, rows):
+    con.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?)", rows)
+    con.executemany("INSERT INTO fts(rowid, message) VALUES (?,?)", [(r[0], r[5]) for r in rows])
+
+def fts_phrase(words):
+    return '"' + " ".join(words) + '"'
+
+def run(con, q):
+    kind = q["kind"]
+    if kind == "top":
+        sql = "SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT 100"
+        return con.execute(sql, (fts_phrase(q["words"]),)).fetchall()
+    if kind == "field_top":
+        sql = ("SELECT logs.seq FROM fts JOIN logs ON logs.seq = fts.rowid "
+               "WHERE fts MATCH ? AND logs.service = ? ORDER BY logs.seq DESC LIMIT 100")
+        return con.execute(sql, (fts_phrase(q["words"]), q["service"])).fetchall()
+    if kind == "count":
+        return con.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (fts_phrase(q["words"]),)).fetchall()
+    if kind == "histogram":
+        sql = ("SELECT (ts - ?) / ?, count(*) FROM logs WHERE ts >= ? AND ts < ? GROUP BY 1")
+        return con.execute(sql, (q["start"], q["width"], q["since"], q["until"])).fetchall()
+    raise ValueError(kind)
+
+def main():
+    records, queries, db, runs = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], int(sys.argv[4])
+    con, load_secs = load(records, db)
+    out = {"load_secs": load_secs, "db_bytes": sum(os.path.getsize(db + s) for s in ("", "-wal") if os.path.exists(db + s)), "queries": {}}
+    for q in queries:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            result = run(con, q)
+            times.append(time.perf_counter() - t)
+        out["queries"][q["name"]] = {"times": times, "result_rows": len(result)}
+    con.close()
+    print(json.dumps(out))
+
+main()
