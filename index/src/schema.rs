@@ -14,7 +14,7 @@ use tantivy::query::{
     TermSetQuery,
 };
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
+    FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{TantivyDocument, Term};
@@ -44,8 +44,10 @@ pub(crate) fn schema() -> (Schema, Fields) {
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = Fields {
-        seq: builder.add_u64_field("seq", FAST | INDEXED),
-        ts: builder.add_i64_field("ts", FAST | INDEXED),
+        // Fast fields only: range queries run on the columns, and an
+        // inverted index of unique values would cost a term per record.
+        seq: builder.add_u64_field("seq", FAST),
+        ts: builder.add_i64_field("ts", FAST),
         message: builder.add_text_field("message", message),
         level: builder.add_text_field("level", STRING | FAST),
         service: builder.add_text_field("service", STRING | FAST),
