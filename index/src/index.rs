@@ -15,9 +15,17 @@ use std::time::{Duration, Instant};
 
 use lode_engine::{Engine, Record};
 use lode_query::{Prepared, Query, parse};
-use tantivy::collector::{Count, TopDocs};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+use tantivy::Searcher;
+use tantivy::collector::Count;
+use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
-use tantivy::{IndexReader, IndexWriter, Order, ReloadPolicy};
+use tantivy::index::SegmentId;
+use tantivy::query::{EnableScoring, Query as TQuery};
+use tantivy::{IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
@@ -113,6 +121,8 @@ pub struct Index {
     stop: Arc<AtomicBool>,
     indexer: Option<JoinHandle<Result<()>>>,
     max_limit: usize,
+    /// Segments known to be (or not to be) in seq order.
+    ordered: Mutex<HashMap<SegmentId, bool>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -179,6 +189,7 @@ impl Index {
             stop,
             indexer: Some(handle),
             max_limit: opts.max_limit,
+            ordered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -195,21 +206,16 @@ impl Index {
             before,
         );
         let searcher = self.reader.searcher();
-        let top = searcher.search(
-            &tquery,
-            &TopDocs::with_limit(limit).order_by_fast_field::<u64>("seq", Order::Desc),
-        )?;
-        let mut records = Vec::with_capacity(top.len());
-        let mut last_seq = None;
-        for (seq, _) in &top {
-            let Some(seq) = *seq else { continue };
-            last_seq = Some(seq);
+        let seqs = self.newest(&searcher, tquery.as_ref(), limit)?;
+        let mut records = Vec::with_capacity(seqs.len());
+        for &seq in &seqs {
             // Records retention dropped after they were indexed are skipped.
             if let Some(record) = self.engine.get(seq)? {
                 records.push(record);
             }
         }
-        let next_cursor = if top.len() == limit {
+        let last_seq = seqs.last().copied();
+        let next_cursor = if seqs.len() == limit {
             last_seq.map(|s| s.to_string())
         } else {
             None
@@ -218,6 +224,83 @@ impl Index {
             records,
             next_cursor,
         })
+    }
+
+    /// The seqs of the `limit` newest matches, newest first.
+    ///
+    /// Segments are visited newest seq range first and skipped once they
+    /// cannot beat the `limit`-th best; in a segment whose doc order is seq
+    /// order (what the single-threaded indexer writes) matches are read
+    /// from the end and reading stops at the first that cannot get in.
+    fn newest(&self, searcher: &Searcher, query: &dyn TQuery, limit: usize) -> Result<Vec<u64>> {
+        let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+        let mut segments = Vec::new();
+        for reader in searcher
+            .segment_readers()
+            .iter()
+            .filter(|r| r.num_docs() > 0)
+        {
+            let seqs = reader.fast_fields().u64("seq")?;
+            segments.push((seqs.max_value(), reader, seqs));
+        }
+        segments.sort_by_key(|(max, _, _)| Reverse(*max));
+        let mut best: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(limit + 1);
+        let full_and_beats = |best: &BinaryHeap<Reverse<u64>>, seq: u64| {
+            best.len() >= limit && best.peek().is_some_and(|Reverse(min)| seq <= *min)
+        };
+        for (max, reader, seqs) in &segments {
+            if full_and_beats(&best, *max) {
+                break;
+            }
+            let mut docs = Vec::new();
+            weight.for_each_no_score(reader, &mut |batch| docs.extend_from_slice(batch))?;
+            if let Some(alive) = reader.alive_bitset() {
+                docs.retain(|&doc| alive.is_alive(doc));
+            }
+            let ordered = self.seq_ordered(reader, seqs);
+            for &doc in docs.iter().rev() {
+                let Some(seq) = seqs.first(doc) else { continue };
+                if full_and_beats(&best, seq) {
+                    if ordered {
+                        break;
+                    }
+                    continue;
+                }
+                best.push(Reverse(seq));
+                if best.len() > limit {
+                    best.pop();
+                }
+            }
+        }
+        let mut out: Vec<u64> = best.into_iter().map(|Reverse(seq)| seq).collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(out)
+    }
+
+    /// Whether the segment's docs are in increasing seq order (checked once
+    /// per segment, then remembered).
+    fn seq_ordered(&self, reader: &tantivy::SegmentReader, seqs: &Column<u64>) -> bool {
+        let id = reader.segment_id();
+        if let Some(&known) = self
+            .ordered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return known;
+        }
+        let mut previous = None;
+        let ordered = (0..reader.max_doc()).all(|doc| {
+            let seq = seqs.first(doc);
+            let rising = previous.is_none_or(|p| seq > Some(p));
+            previous = seq;
+            rising
+        });
+        self.ordered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, ordered);
+        ordered
     }
 
     /// How many records match the query in the time range.

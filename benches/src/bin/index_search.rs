@@ -38,6 +38,9 @@ struct Args {
     dir: PathBuf,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Ingest repetitions (medians are compared).
+    #[arg(long, default_value_t = 3)]
+    ingest_runs: usize,
     /// Skip the SQLite FTS5 reference (it takes minutes to load).
     #[arg(long)]
     no_sqlite: bool,
@@ -65,15 +68,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jsonl = dir.join("records.jsonl");
     write_jsonl(&jsonl, &records)?;
 
-    let (lode_secs, lode_bytes, engine, index) = lode_ingest(&dir, &records)?;
-    let tantivy_secs = tantivy_alone(&dir.join("tantivy"), &records)?;
+    // Ingest is repeated, alternating, and the medians compared; the last
+    // lode run serves the queries.
+    let (mut lode_runs, mut tantivy_runs) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for run in 0..args.ingest_runs.max(1) {
+        let _ = std::fs::remove_dir_all(dir.join("data"));
+        let _ = std::fs::remove_dir_all(dir.join("index"));
+        let _ = std::fs::remove_dir_all(dir.join("tantivy"));
+        drop(last.take());
+        let (secs, bytes, engine, index) = lode_ingest(&dir, &records)?;
+        lode_runs.push(secs);
+        tantivy_runs.push(tantivy_alone(&dir.join("tantivy"), &records)?);
+        eprintln!(
+            "  ingest run {}: lode {secs:.2}s, tantivy {:.2}s",
+            run + 1,
+            tantivy_runs[run]
+        );
+        last = Some((bytes, engine, index));
+    }
+    let (lode_secs, tantivy_secs) = (median(&mut lode_runs), median(&mut tantivy_runs));
+    let (lode_bytes, engine, index) = last.ok_or("no ingest run")?;
     let n = records.len() as f64;
     println!(
         "index-search: {} records (JSON lines {:.0} MB)",
         records.len(),
         disk_bytes(&jsonl) as f64 / 1e6
     );
-    println!("\ningest, durable and searchable:");
+    println!(
+        "\ningest, durable and searchable (median of {} runs):",
+        lode_runs.len()
+    );
     println!("  lode engine + index   {:>10.0} records/s", n / lode_secs);
     println!(
         "  tantivy alone         {:>10.0} records/s",
