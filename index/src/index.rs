@@ -29,7 +29,7 @@ use tantivy::{IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
-use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, translate};
+use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, settings, translate};
 
 /// Buckets of a histogram whose width is not given.
 const HISTOGRAM_BUCKETS: i64 = 24;
@@ -150,7 +150,10 @@ impl Index {
         })?;
         let (schema, fields) = schema();
         let directory = MmapDirectory::open(dir)?;
-        let index = tantivy::Index::open_or_create(directory, schema)?;
+        let index = tantivy::Index::builder()
+            .schema(schema)
+            .settings(settings())
+            .open_or_create(directory)?;
         index.tokenizers().register(TOKENIZER, analyzer());
         let committed: u64 = index
             .load_metas()?

@@ -13,11 +13,9 @@ use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
     TermSetQuery,
 };
-use tantivy::schema::{
-    FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
-};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
-use tantivy::{TantivyDocument, Term};
+use tantivy::{IndexSettings, TantivyDocument, Term};
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
 /// runs, lowercased per character).
@@ -36,25 +34,53 @@ pub(crate) struct Fields {
     pub(crate) attr: Field,
 }
 
+/// Indexing of a field: nothing is scored, so no field norms (they cost a
+/// byte per document and field).
+fn indexing(tokenizer: &str, option: IndexRecordOption) -> TextFieldIndexing {
+    TextFieldIndexing::default()
+        .set_tokenizer(tokenizer)
+        .set_index_option(option)
+        .set_fieldnorms(false)
+}
+
 pub(crate) fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let message = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer(TOKENIZER)
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
+    let message = TextOptions::default().set_indexing_options(indexing(
+        TOKENIZER,
+        IndexRecordOption::WithFreqsAndPositions,
+    ));
+    // Whole lowercased values; a column too, for top values.
+    let value = |fast: bool| {
+        let options =
+            TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
+        if fast {
+            options.set_fast("raw")
+        } else {
+            options
+        }
+    };
     let fields = Fields {
         // Fast fields only: range queries run on the columns, and an
         // inverted index of unique values would cost a term per record.
         seq: builder.add_u64_field("seq", FAST),
         ts: builder.add_i64_field("ts", FAST),
         message: builder.add_text_field("message", message),
-        level: builder.add_text_field("level", STRING | FAST),
-        service: builder.add_text_field("service", STRING | FAST),
-        host: builder.add_text_field("host", STRING | FAST),
-        attr: builder.add_text_field("attr", STRING),
+        level: builder.add_text_field("level", value(true)),
+        service: builder.add_text_field("service", value(true)),
+        host: builder.add_text_field("host", value(true)),
+        attr: builder.add_text_field("attr", value(false)),
     };
     (builder.build(), fields)
+}
+
+/// Index settings: nothing is stored in tantivy's document store (records
+/// live in the engine), so its blocks are made large to keep its index
+/// small.
+pub(crate) fn settings() -> IndexSettings {
+    IndexSettings {
+        docstore_blocksize: 1 << 20,
+        ..IndexSettings::default()
+    }
 }
 
 pub(crate) fn analyzer() -> TextAnalyzer {

@@ -47,6 +47,9 @@ struct Args {
     /// Skip the ripgrep reference.
     #[arg(long)]
     no_ripgrep: bool,
+    /// Keep the data directories (to inspect them) instead of deleting them.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// One benchmark query, in each system's terms.
@@ -159,7 +162,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     drop(index);
     drop(engine);
-    std::fs::remove_dir_all(&dir)?;
+    if args.keep {
+        println!("kept {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(&dir)?;
+    }
     Ok(())
 }
 
@@ -208,23 +215,28 @@ fn lode_ingest(dir: &Path, records: &[LogRecord]) -> Result<Ingest, Box<dyn std:
 /// tantivy alone: the same fields and tokenizer, one writer thread with the
 /// same memory, the same records, one commit at the end.
 fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::error::Error>> {
-    use tantivy::schema::{
-        FAST, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
-    };
+    use tantivy::schema::{FAST, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
     use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
     std::fs::create_dir_all(dir)?;
-    let mut builder = Schema::builder();
-    let text = TextOptions::default().set_indexing_options(
+    // The same field options as lode's index: nothing scored, no norms.
+    let indexing = |tokenizer: &str, option| {
         TextFieldIndexing::default()
-            .set_tokenizer("lode")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
+            .set_tokenizer(tokenizer)
+            .set_index_option(option)
+            .set_fieldnorms(false)
+    };
+    let mut builder = Schema::builder();
+    let text = TextOptions::default()
+        .set_indexing_options(indexing("lode", IndexRecordOption::WithFreqsAndPositions));
+    let value = TextOptions::default()
+        .set_indexing_options(indexing("raw", IndexRecordOption::Basic))
+        .set_fast("raw");
     let seq = builder.add_u64_field("seq", FAST);
     let ts = builder.add_i64_field("ts", FAST);
     let message = builder.add_text_field("message", text);
-    let level = builder.add_text_field("level", STRING | FAST);
-    let service = builder.add_text_field("service", STRING | FAST);
-    let host = builder.add_text_field("host", STRING | FAST);
+    let level = builder.add_text_field("level", value.clone());
+    let service = builder.add_text_field("service", value.clone());
+    let host = builder.add_text_field("host", value);
     let index = tantivy::Index::create_in_dir(dir, builder.build())?;
     index.tokenizers().register(
         "lode",
