@@ -19,12 +19,15 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
+use std::ops::Bound;
 use tantivy::Searcher;
 use tantivy::collector::Count;
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
 use tantivy::index::SegmentId;
-use tantivy::query::{EnableScoring, Query as TQuery};
+
+use tantivy::Term;
+use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery};
 use tantivy::{IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::error::{Error, Result};
@@ -176,6 +179,8 @@ impl Index {
             indexed_upto: Arc::clone(&indexed_upto),
             stop: Arc::clone(&stop),
             commit_interval: opts.commit_interval,
+            pruned_below: 0,
+            prune_pending: false,
         };
         let handle = std::thread::Builder::new()
             .name("lode-indexer".into())
@@ -507,6 +512,9 @@ struct Indexer {
     indexed_upto: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     commit_interval: Duration,
+    /// Documents below this seq are deleted (or their deletion is pending).
+    pruned_below: u64,
+    prune_pending: bool,
 }
 
 impl Indexer {
@@ -528,9 +536,10 @@ impl Indexer {
                     }
                 }
             }
-            if let Some(seq) =
-                pending.filter(|_| stopping || last_commit.elapsed() >= self.commit_interval)
-            {
+            let pruned = self.prune_retained()?;
+            let due = stopping || last_commit.elapsed() >= self.commit_interval;
+            if due && (pending.is_some() || pruned) {
+                let seq = pending.unwrap_or_else(|| self.indexed_upto.load(Ordering::Acquire));
                 self.commit(seq)?;
                 pending = None;
                 last_commit = Instant::now();
@@ -541,12 +550,28 @@ impl Indexer {
         }
     }
 
+    /// Deletes the documents of records retention dropped from the engine
+    /// (below its first seq); true when there is a deletion to commit.
+    fn prune_retained(&mut self) -> Result<bool> {
+        let floor = self.engine.stats().first_seq;
+        if floor <= self.pruned_below {
+            return Ok(self.prune_pending);
+        }
+        let upper = Bound::Excluded(Term::from_field_u64(self.fields.seq, floor));
+        self.writer
+            .delete_query(Box::new(RangeQuery::new(Bound::Unbounded, upper)))?;
+        self.pruned_below = floor;
+        self.prune_pending = true;
+        Ok(true)
+    }
+
     fn commit(&mut self, seq: u64) -> Result<()> {
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&seq.to_string());
         prepared.commit()?;
         self.reader.reload()?;
         self.indexed_upto.store(seq, Ordering::Release);
+        self.prune_pending = false;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{Engine, Level, LogRecord, Options, Record};
+use lode_engine::{Engine, Level, LogRecord, Options, Record, Retention};
 use lode_index::{FacetField, Index, IndexOptions, Search};
 use lode_query::{Prepared, parse, tokens};
 use lode_tools::{Corpus, SplitMix64};
@@ -371,6 +371,55 @@ fn tail_filters_live_records() {
         }
     }
     assert_eq!(got, expected);
+}
+
+#[test]
+fn retention_drops_index_documents_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        retention: Retention {
+            max_age: None,
+            max_bytes: Some(1),
+        },
+        ..Options::default()
+    };
+    let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
+    let index_opts = IndexOptions {
+        commit_interval: Duration::from_millis(50),
+        ..IndexOptions::default()
+    };
+    let index = Index::open(Arc::clone(&engine), dir.path().join("index"), index_opts).unwrap();
+    let mut corpus = Corpus::new(4);
+    for _ in 0..3 {
+        engine.append(&corpus.take_records(1000)).unwrap();
+        engine.seal().unwrap();
+    }
+    engine.enforce_retention(0).unwrap();
+    engine.append(&corpus.take_records(500)).unwrap();
+    assert_eq!(
+        engine.stats().first_seq,
+        3001,
+        "max_bytes = 1 drops every sealed segment"
+    );
+    assert!(index.wait_indexed(3500, Duration::from_secs(20)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while index.count("*", None, None).unwrap() != 500 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        index.count("*", None, None).unwrap(),
+        500,
+        "documents of dropped records are deleted"
+    );
+    let page = index
+        .search(&Search {
+            query: "*".into(),
+            limit: Some(1000),
+            ..Search::default()
+        })
+        .unwrap();
+    assert_eq!(page.records.len(), 500);
+    assert!(page.records.iter().all(|r| r.seq > 3000));
 }
 
 const DIR_VAR: &str = "LODE_INDEX_CRASH_DIR";
