@@ -45,7 +45,7 @@ mod writer;
 
 pub use engine::{AppendTicket, Engine};
 pub use error::{Error, Result};
-pub use lode_codec::{Level, LogRecord, Record};
+pub use lode_codec::{ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record};
 pub use options::{Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;

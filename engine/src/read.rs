@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lode_codec::Record;
+use lode_codec::{ArchivedLogRecord, Record};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -53,6 +53,11 @@ pub struct Stats {
     pub poisoned: Option<String>,
 }
 
+/// What [`Shared::visit`] calls with each record; an error (a record that
+/// does not decode) stops the visit.
+pub(crate) type Visitor<'a> =
+    dyn FnMut(u64, &ArchivedLogRecord) -> std::result::Result<(), lode_codec::CodecError> + 'a;
+
 /// Where the next records of a range are.
 enum Source {
     Wal {
@@ -74,6 +79,25 @@ impl Shared {
         end: u64,
         max: usize,
         out: &mut Vec<Record>,
+    ) -> Result<u64> {
+        self.visit(from, end, max, &mut |seq, record| {
+            out.push(Record {
+                seq,
+                log: record.to_owned_record()?,
+            });
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with up to `max` records with seq in `[from, end)`, read in
+    /// place and checked, all from one place (one WAL segment or the sealed
+    /// store); returns the seq to continue from.
+    pub(crate) fn visit(
+        &self,
+        from: u64,
+        end: u64,
+        max: usize,
+        f: &mut Visitor<'_>,
     ) -> Result<u64> {
         let (from, end, source) = {
             let state = self.read();
@@ -117,13 +141,11 @@ impl Shared {
         match source {
             Source::Nothing => Ok(end),
             Source::Sealed => {
-                let before = out.len();
-                self.store.scan(from, end, max, out)?;
                 // Records retention dropped while we looked are simply gone.
-                Ok(out
-                    .get(before..)
-                    .and_then(|r| r.last())
-                    .map_or(end, |r| r.seq + 1))
+                Ok(self
+                    .store
+                    .visit(from, end, max, f)?
+                    .map_or(end, |last| last + 1))
             }
             Source::Wal { map, path, frames } => {
                 let mut next = from;
@@ -136,10 +158,12 @@ impl Shared {
                         if seq < from || seq >= end {
                             continue;
                         }
-                        let log = record.and_then(|r| r.to_owned_record()).map_err(|e| {
+                        let record = record.map_err(|e| {
                             Error::corrupt(&path, loc.offset, format!("record {seq}: {e}"))
                         })?;
-                        out.push(Record { seq, log });
+                        f(seq, record).map_err(|e| {
+                            Error::corrupt(&path, loc.offset, format!("record {seq}: {e}"))
+                        })?;
                         next = seq + 1;
                     }
                 }
@@ -197,6 +221,42 @@ impl Engine {
         }
         drop(state);
         Scan::new(Arc::clone(&self.shared), ranges, Some((since, until)))
+    }
+
+    /// Calls `f` with the durable, retained records with seq in `range`, in
+    /// seq order, read in place (checked, not copied): for consumers, such as
+    /// an indexer, that only look at each record once. Returns the seq to
+    /// continue from (the end of what was visited).
+    pub fn visit<F>(&self, range: std::ops::Range<u64>, mut f: F) -> Result<u64>
+    where
+        F: FnMut(u64, &ArchivedLogRecord),
+    {
+        let mut next = range.start;
+        while next < range.end {
+            let step = self
+                .shared
+                .visit(next, range.end, CHUNK, &mut |seq, record| {
+                    f(seq, record);
+                    Ok(())
+                })?;
+            if step <= next {
+                break;
+            }
+            next = step;
+        }
+        Ok(next)
+    }
+
+    /// One past the newest durable seq.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.read().end_seq
+    }
+
+    /// Waits until a record with seq `>= seq` is durable, the engine closes
+    /// or `timeout` passes; true if such a record is there.
+    pub fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        self.shared.wait_beyond(seq, timeout);
+        self.next_seq() > seq
     }
 
     /// A live iterator over records from `from_seq` on: it returns what is

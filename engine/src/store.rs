@@ -16,13 +16,14 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use lode_codec::{Record, access_record};
+use lode_codec::access_record;
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
 };
 
 use crate::error::{Error, Result};
+use crate::read::Visitor;
 use crate::segment::SegmentMeta;
 
 const CF_RECORDS: &str = "records";
@@ -214,17 +215,19 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `max` records with seq in `[from, end)`, in seq order.
-    pub(crate) fn scan(
+    /// Calls `f` with up to `max` records with seq in `[from, end)`, in seq
+    /// order, read in place and checked; returns the last seq visited.
+    pub(crate) fn visit(
         &self,
         from: u64,
         end: u64,
         max: usize,
-        out: &mut Vec<Record>,
-    ) -> Result<()> {
+        f: &mut Visitor<'_>,
+    ) -> Result<Option<u64>> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
         iter.seek(seq_key(from));
-        while out.len() < max {
+        let mut last = None;
+        for _ in 0..max {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
                 break;
             };
@@ -234,14 +237,14 @@ impl Store {
             if seq >= end {
                 break;
             }
-            let log = access_record(value)
-                .and_then(|r| r.to_owned_record())
+            access_record(value)
+                .and_then(|record| f(seq, record))
                 .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
-            out.push(Record { seq, log });
+            last = Some(seq);
             iter.next();
         }
         iter.status()?;
-        Ok(())
+        Ok(last)
     }
 }
 

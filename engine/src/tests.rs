@@ -287,3 +287,31 @@ fn concurrent_appenders_share_group_commits() {
     seen.dedup();
     assert_eq!(seen.len(), 2000, "every record once");
 }
+
+#[test]
+fn visit_reads_in_place_what_scan_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    engine.append(&records(0..300)).unwrap();
+    engine.seal().unwrap();
+    engine.append(&records(300..450)).unwrap();
+    let mut seen = Vec::new();
+    let next = engine
+        .visit(100..420, |seq, r| {
+            seen.push((seq, r.to_owned_record().unwrap()))
+        })
+        .unwrap();
+    assert_eq!(next, 420);
+    let scanned: Vec<_> = engine
+        .scan(100..420)
+        .map(|r| r.map(|r| (r.seq, r.log)).unwrap())
+        .collect();
+    assert_eq!(seen, scanned);
+    assert!(
+        engine.stats().sealed_records > 0 && engine.stats().unsealed_records > 0,
+        "both sources visited"
+    );
+    assert!(engine.wait_for(450, Duration::ZERO));
+    assert!(!engine.wait_for(451, Duration::from_millis(10)));
+    assert_eq!(engine.next_seq(), 451);
+}

@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, settings, translate};
 
+/// Most records the indexer adds between two looks at the commit deadline.
+const CATCH_UP_ROUND: u64 = 50_000;
 /// Buckets of a histogram whose width is not given.
 const HISTOGRAM_BUCKETS: i64 = 24;
 
@@ -519,22 +521,32 @@ struct Indexer {
 
 impl Indexer {
     fn run(mut self, from: u64) -> Result<()> {
-        let mut subscription = self.engine.subscribe(from);
+        let mut next = from;
         let mut pending: Option<u64> = None;
         let mut last_commit = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            if !stopping {
-                // Drain what is there, waiting a little for more.
-                while let Some(record) = subscription.next_timeout(Duration::from_millis(20))? {
-                    self.writer.add_document(document(&self.fields, &record))?;
-                    pending = Some(record.seq);
-                    if last_commit.elapsed() >= self.commit_interval
-                        || self.stop.load(Ordering::Acquire)
-                    {
-                        break;
+            if !stopping && self.engine.wait_for(next, Duration::from_millis(20)) {
+                // Index what is durable, in place, up to the commit deadline.
+                // Bounded rounds, so commits stay timely while catching up.
+                let end = self
+                    .engine
+                    .next_seq()
+                    .min(next.saturating_add(CATCH_UP_ROUND));
+                let (writer, fields) = (&self.writer, &self.fields);
+                let mut failed = None;
+                let reached = self.engine.visit(next..end, |seq, record| {
+                    if failed.is_none() {
+                        match writer.add_document(document(fields, seq, record)) {
+                            Ok(_) => pending = Some(seq),
+                            Err(e) => failed = Some(e),
+                        }
                     }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e.into());
                 }
+                next = reached.max(next);
             }
             let pruned = self.prune_retained()?;
             let due = stopping || last_commit.elapsed() >= self.commit_interval;

@@ -7,7 +7,7 @@
 
 use std::ops::Bound;
 
-use lode_engine::Record;
+use lode_engine::ArchivedLogRecord;
 use lode_query::{Field as QField, Query, levels_selected};
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
@@ -93,16 +93,20 @@ fn attr_term(key: &str, value: &str) -> String {
     format!("{key}{ATTR_SEP}{value}")
 }
 
-pub(crate) fn document(fields: &Fields, record: &Record) -> TantivyDocument {
+/// The document of record `seq`, built from the record read in place.
+pub(crate) fn document(fields: &Fields, seq: u64, record: &ArchivedLogRecord) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
-    doc.add_u64(fields.seq, record.seq);
-    doc.add_i64(fields.ts, record.ts);
-    doc.add_text(fields.message, &record.message);
+    doc.add_u64(fields.seq, seq);
+    doc.add_i64(fields.ts, record.timestamp());
+    doc.add_text(fields.message, record.message.as_str());
     doc.add_text(fields.level, record.level.as_str().to_lowercase());
-    doc.add_text(fields.service, record.service.to_lowercase());
-    doc.add_text(fields.host, record.host.to_lowercase());
-    for (key, value) in &record.attrs {
-        doc.add_text(fields.attr, attr_term(key, &value.to_lowercase()));
+    doc.add_text(fields.service, record.service.as_str().to_lowercase());
+    doc.add_text(fields.host, record.host.as_str().to_lowercase());
+    for attr in record.attrs.iter() {
+        doc.add_text(
+            fields.attr,
+            attr_term(attr.0.as_str(), &attr.1.as_str().to_lowercase()),
+        );
     }
     doc
 }

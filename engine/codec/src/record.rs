@@ -119,6 +119,21 @@ pub fn access_record(bytes: &[u8]) -> Result<&ArchivedLogRecord> {
         .map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
+impl ArchivedLevel {
+    /// The canonical lowercase name, as [`Level::as_str`].
+    pub fn as_str(&self) -> &str {
+        match self {
+            ArchivedLevel::Trace => "trace",
+            ArchivedLevel::Debug => "debug",
+            ArchivedLevel::Info => "info",
+            ArchivedLevel::Warn => "warn",
+            ArchivedLevel::Error => "error",
+            ArchivedLevel::Fatal => "fatal",
+            ArchivedLevel::Other(text) => text.as_str(),
+        }
+    }
+}
+
 impl ArchivedLogRecord {
     /// Copies the archived record out into an owned one.
     pub fn to_owned_record(&self) -> Result<LogRecord> {
@@ -161,6 +176,7 @@ pub(crate) mod tests {
         let archived = access_record(&shifted[3..]).unwrap();
         assert_eq!(archived.to_owned_record().unwrap(), record);
         assert_eq!(archived.timestamp(), record.ts);
+        assert_eq!(archived.level.as_str(), record.level.as_str());
     }
 
     #[test]
