@@ -252,6 +252,11 @@ impl Engine {
         self.shared.read().end_seq
     }
 
+    /// The oldest seq retention keeps.
+    pub fn first_seq(&self) -> u64 {
+        self.shared.read().first_seq
+    }
+
     /// Waits until a record with seq `>= seq` is durable, the engine closes
     /// or `timeout` passes; true if such a record is there.
     pub fn wait_for(&self, seq: u64, timeout: Duration) -> bool {

@@ -267,11 +267,13 @@ impl Index {
             if let Some(alive) = reader.alive_bitset() {
                 docs.retain(|&doc| alive.is_alive(doc));
             }
-            let ordered = self.seq_ordered(reader, seqs);
+            // Whether the segment is in seq order matters only once the top
+            // k is full (to stop early), so it is checked only then.
+            let mut ordered = None;
             for &doc in docs.iter().rev() {
                 let Some(seq) = seqs.first(doc) else { continue };
                 if full_and_beats(&best, seq) {
-                    if ordered {
+                    if *ordered.get_or_insert_with(|| self.seq_ordered(reader, seqs)) {
                         break;
                     }
                     continue;
@@ -442,7 +444,7 @@ impl Index {
 
     pub fn stats(&self) -> IndexStats {
         let indexed_upto = self.indexed_upto.load(Ordering::Acquire);
-        let durable = self.engine.stats().next_seq.saturating_sub(1);
+        let durable = self.engine.next_seq().saturating_sub(1);
         IndexStats {
             indexed_upto,
             lag: durable.saturating_sub(indexed_upto),
@@ -565,7 +567,7 @@ impl Indexer {
     /// Deletes the documents of records retention dropped from the engine
     /// (below its first seq); true when there is a deletion to commit.
     fn prune_retained(&mut self) -> Result<bool> {
-        let floor = self.engine.stats().first_seq;
+        let floor = self.engine.first_seq();
         if floor <= self.pruned_below {
             return Ok(self.prune_pending);
         }
