@@ -182,7 +182,12 @@ impl Sealer {
         }
         Counters::add(&self.shared.counters.seals, 1);
         *Shared::lock(&self.shared.last_seal_error) = None;
-        fs::remove_file(&finished.path).map_err(Error::io("remove", &finished.path))
+        // The segment is sealed either way: a WAL file left behind has an
+        // applied index and is deleted at the next open.
+        if let Err(e) = fs::remove_file(&finished.path) {
+            tracing::warn!(error = %e, path = %finished.path.display(), "could not delete a sealed WAL file");
+        }
+        Ok(())
     }
 
     /// Drops the oldest sealed segments beyond the retention bounds.
@@ -210,12 +215,8 @@ impl Sealer {
             return Ok(RetentionReport::default());
         };
         let floor = last.last_seq + 1;
-        self.shared.store.drop_below(floor, &doomed)?;
-        let report = RetentionReport {
-            segments: doomed.len() as u64,
-            records: doomed.iter().map(|s| s.records).sum(),
-            bytes: doomed.iter().map(|s| s.sst_bytes).sum(),
-        };
+        // Readers see the new first seq before any record goes, so a scan
+        // never finds a gap below a first seq that still claims it.
         {
             let mut state = self.shared.write();
             for segment in &doomed {
@@ -223,6 +224,12 @@ impl Sealer {
             }
             state.first_seq = state.first_seq.max(floor);
         }
+        self.shared.store.drop_below(floor, &doomed)?;
+        let report = RetentionReport {
+            segments: doomed.len() as u64,
+            records: doomed.iter().map(|s| s.records).sum(),
+            bytes: doomed.iter().map(|s| s.sst_bytes).sum(),
+        };
         let counters = &self.shared.counters;
         Counters::add(&counters.dropped_segments, report.segments);
         Counters::add(&counters.dropped_records, report.records);

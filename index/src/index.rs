@@ -138,6 +138,34 @@ impl std::fmt::Debug for Index {
     }
 }
 
+/// The index may hold records the engine no longer has: appends that were
+/// only buffered (`Durability::Buffered`) when the machine lost power, or a
+/// data directory restored from an older copy. Their documents are deleted
+/// before indexing resumes, or new records reusing those seqs would be
+/// indexed twice. Returns the seq the index is complete up to.
+fn forget_beyond_engine(
+    writer: &mut IndexWriter,
+    fields: &Fields,
+    committed: u64,
+    next_seq: u64,
+) -> Result<u64> {
+    let durable = next_seq.saturating_sub(1);
+    if committed <= durable {
+        return Ok(committed);
+    }
+    tracing::warn!(
+        committed,
+        durable,
+        "index is ahead of the engine; forgetting the records the engine lost"
+    );
+    let lower = Bound::Included(Term::from_field_u64(fields.seq, next_seq));
+    writer.delete_query(Box::new(RangeQuery::new(lower, Bound::Unbounded)))?;
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&durable.to_string());
+    prepared.commit()?;
+    Ok(durable)
+}
+
 fn parse_cursor(cursor: &str) -> Result<u64> {
     cursor
         .parse()
@@ -166,7 +194,8 @@ impl Index {
             .as_deref()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let writer: IndexWriter = index.writer_with_num_threads(1, opts.writer_memory)?;
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, opts.writer_memory)?;
+        let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -101,8 +101,7 @@ impl Harness {
             }
             Op::Get(pick) => {
                 let seq = pick % (self.model.len() as u64 + 2);
-                let got = self.engine().get(seq).expect("get");
-                let first = self.engine().stats().first_seq;
+                let (first, got) = self.stable(|e| e.get(seq).expect("get"));
                 let expected = (seq >= first)
                     .then(|| self.model.get(seq as usize - 1).cloned())
                     .flatten();
@@ -111,12 +110,11 @@ impl Harness {
             Op::ScanTime(start, len) => {
                 let since = self.base_ns + ((start % 500) as i64) * 1_000_000_000;
                 let until = since + (len as i64) * 1_000_000_000;
-                let first = self.engine().stats().first_seq;
-                let got: Vec<u64> = self
-                    .engine()
-                    .scan_time(since, until)
-                    .map(|r| r.expect("scan").seq)
-                    .collect();
+                let (first, got) = self.stable(|e| {
+                    e.scan_time(since, until)
+                        .map(|r| r.expect("scan").seq)
+                        .collect::<Vec<u64>>()
+                });
                 let expected: Vec<u64> = (first..=self.model.len() as u64)
                     .filter(|&s| {
                         let ts = self.model[s as usize - 1].ts;
@@ -129,13 +127,28 @@ impl Harness {
         self.check();
     }
 
+    /// Background retention may move the first seq at any moment: runs
+    /// `read` until no retention pass crossed it; returns the first seq it
+    /// saw and what it read.
+    fn stable<T>(&self, read: impl Fn(&Engine) -> T) -> (u64, T) {
+        (0..50)
+            .map(|_| {
+                let first = self.engine().stats().first_seq;
+                (first, read(self.engine()))
+            })
+            .find(|(first, _)| self.engine().stats().first_seq == *first)
+            .expect("a read that no retention pass crossed")
+    }
+
     /// The engine holds exactly the model from its first retained seq on.
     fn check(&mut self) {
-        let stats = self.engine().stats();
+        let (_, (stats, segments, records)) = self.stable(|e| {
+            let records: Vec<_> = e.scan(..).map(|r| r.expect("scan")).collect();
+            (e.stats(), e.segments(), records)
+        });
         assert_eq!(stats.next_seq, self.model.len() as u64 + 1, "durable end");
         assert!(stats.first_seq >= self.first_seq, "first seq went back");
         self.first_seq = stats.first_seq;
-        let segments = self.engine().segments();
         if let Some(oldest) = segments.first() {
             assert_eq!(
                 oldest.first_seq, stats.first_seq,
@@ -143,8 +156,7 @@ impl Harness {
             );
         }
         let mut expected = stats.first_seq;
-        for record in self.engine().scan(..) {
-            let record = record.expect("scan");
+        for record in records {
             assert_eq!(record.seq, expected);
             assert_eq!(Some(&record.log), self.model.get(record.seq as usize - 1));
             expected += 1;

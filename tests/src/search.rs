@@ -422,6 +422,38 @@ fn retention_drops_index_documents_too() {
     assert!(page.records.iter().all(|r| r.seq > 3000));
 }
 
+#[test]
+fn index_ahead_of_the_engine_forgets_what_the_engine_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (engine, index) = open_both(dir.path());
+        engine.append(&Corpus::new(1).take_records(100)).unwrap();
+        assert!(index.wait_indexed(100, Duration::from_secs(10)));
+        index.close().unwrap();
+    }
+    // The engine loses its data (say, buffered appends and a power cut);
+    // new records then take the same seqs.
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    let (engine, index) = open_both(dir.path());
+    let fresh = Corpus::new(2).take_records(50);
+    engine.append(&fresh).unwrap();
+    assert!(index.wait_indexed(50, Duration::from_secs(10)));
+    assert_eq!(
+        index.count("*", None, None).unwrap(),
+        50,
+        "no stale or doubled documents"
+    );
+    let page = index
+        .search(&Search {
+            query: "*".into(),
+            limit: Some(200),
+            ..Search::default()
+        })
+        .unwrap();
+    let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=50).rev().collect::<Vec<_>>());
+}
+
 const DIR_VAR: &str = "LODE_INDEX_CRASH_DIR";
 
 /// Child of the kill test: appends and indexes until killed.
