@@ -262,17 +262,27 @@ impl Engine {
     /// without waiting: a single thread can keep several batches in flight
     /// and let group commit share one fsync among them.
     pub fn submit(&self, batch: &[LogRecord]) -> Result<AppendTicket> {
-        if let Some(cause) = self.shared.poisoned() {
-            return Err(Error::Poisoned { cause });
-        }
-        let writer = self.writer_tx.as_ref().ok_or(Error::Closed)?;
         if batch.is_empty() {
+            self.writer()?;
             let end = self.shared.read().end_seq;
             return Ok(AppendTicket {
                 inner: TicketInner::Ready(SeqRange { start: end, end }),
             });
         }
-        let encoded = EncodedBatch::encode(batch)?;
+        self.submit_encoded(EncodedBatch::encode(batch)?)
+    }
+
+    /// As [`Engine::submit`], for a batch already encoded (and checked, see
+    /// [`EncodedBatch::from_payload`]) elsewhere: the server hands a
+    /// client's bytes to the log without decoding and re-encoding them.
+    pub fn submit_encoded(&self, encoded: EncodedBatch) -> Result<AppendTicket> {
+        let writer = self.writer()?;
+        if encoded.count() == 0 {
+            let end = self.shared.read().end_seq;
+            return Ok(AppendTicket {
+                inner: TicketInner::Ready(SeqRange { start: end, end }),
+            });
+        }
         let limit = self.shared.opts.max_batch_bytes;
         if encoded.frame_len() > limit {
             return Err(Error::BatchTooLarge {
@@ -290,6 +300,13 @@ impl Engine {
         Ok(AppendTicket {
             inner: TicketInner::Waiting(rx),
         })
+    }
+
+    fn writer(&self) -> Result<&Sender<WriterMsg>> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        self.writer_tx.as_ref().ok_or(Error::Closed)
     }
 
     /// Seals the active segment (if it holds records) and waits until every

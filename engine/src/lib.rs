@@ -45,7 +45,10 @@ mod writer;
 
 pub use engine::{AppendTicket, Engine};
 pub use error::{Error, Result};
-pub use lode_codec::{ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record};
+pub use lode_codec::{
+    ArchivedLevel, ArchivedLogRecord, EncodedBatch, Level, LogRecord, Record, format_rfc3339,
+    parse_rfc3339,
+};
 pub use options::{Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;

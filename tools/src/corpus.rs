@@ -170,7 +170,7 @@ impl Corpus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::to_json_line;
+    use lode_protocol::json::to_json_line;
 
     #[test]
     fn deterministic_and_varied() {

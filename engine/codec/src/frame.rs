@@ -158,6 +158,49 @@ impl EncodedBatch {
         })
     }
 
+    /// Takes a batch payload made elsewhere (a client, a follower) after
+    /// checking it whole: the trailer, every record's archive, and that the
+    /// trailer's time range is the records' own. Nothing unchecked reaches
+    /// the log.
+    pub fn from_payload(payload: &[u8]) -> Result<EncodedBatch> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(CodecError::Frame(FrameError::TooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD,
+            }));
+        }
+        let view = BatchView::parse(payload)?;
+        let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+        for record in view.iter() {
+            let ts = record?.timestamp();
+            (min_ts, max_ts) = (min_ts.min(ts), max_ts.max(ts));
+        }
+        if view.is_empty() {
+            (min_ts, max_ts) = (0, 0);
+        }
+        if view.ts_range() != (min_ts, max_ts) {
+            return Err(CodecError::Invalid(format!(
+                "batch trailer says ts {:?}, its records span ({min_ts}, {max_ts})",
+                view.ts_range()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.resize(HEADER_LEN, 0);
+        bytes.extend_from_slice(payload);
+        Ok(EncodedBatch {
+            bytes,
+            payload_crc: crc32c::crc32c(payload),
+            count: view.len() as u32,
+            min_ts,
+            max_ts,
+        })
+    }
+
+    /// The payload bytes (what a client sends over the wire).
+    pub fn payload(&self) -> &[u8] {
+        self.bytes.get(HEADER_LEN..).unwrap_or_default()
+    }
+
     /// Number of records in the batch.
     pub fn count(&self) -> u32 {
         self.count
@@ -230,6 +273,25 @@ mod tests {
             decoded.record(9).unwrap().message.as_str(),
             "message number 9"
         );
+    }
+
+    #[test]
+    fn a_payload_from_outside_is_checked_then_sealed_like_a_local_one() {
+        let mut local = EncodedBatch::encode(&records(5)).unwrap();
+        let mut remote = EncodedBatch::from_payload(local.payload()).unwrap();
+        assert_eq!((remote.count(), remote.ts_range()), (5, (0, 4000)));
+        assert_eq!(remote.seal(1, 7), local.seal(1, 7));
+
+        let mut lying = local.payload().to_vec();
+        let at = lying.len() - 12; // max_ts in the trailer
+        lying[at..at + 8].copy_from_slice(&99_999i64.to_le_bytes());
+        let err = EncodedBatch::from_payload(&lying).unwrap_err();
+        assert!(err.to_string().contains("span"), "{err}");
+
+        let mut damaged = local.payload().to_vec();
+        damaged[3] ^= 0xff;
+        damaged[20] ^= 0xff;
+        assert!(EncodedBatch::from_payload(&damaged).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@
 mod batch;
 mod frame;
 mod record;
+mod time;
 
 pub use batch::BatchView;
 pub use frame::{
@@ -33,6 +34,7 @@ pub use frame::{
 pub use record::{
     ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,
 };
+pub use time::{format_rfc3339, parse_rfc3339};
 
 /// Errors of encoding and decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
