@@ -1,0 +1,368 @@
+//! The binary protocol's connection loop, the same over a TCP stream and a
+//! QUIC bidirectional stream.
+//!
+//! One reader decodes frames and hands each request to its own task; one
+//! writer task sends the responses in the order they finish, tagged with
+//! their request ids. At most `max_in_flight` requests run per connection:
+//! past that the reader stops reading, so a fast client is slowed by TCP
+//! (or QUIC) flow control and a slow one only holds up itself. A frame that
+//! breaks the protocol is answered with one `bad_frame` error and closes
+//! only that connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lode_engine::Record;
+use lode_protocol::ErrorCode;
+use lode_protocol::wire::{
+    self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind, Request, Response, VERSION, WireRecord,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::service::{Failure, Outcome, Service};
+
+/// Records per response frame of a query or tail stream.
+const RECORDS_PER_FRAME: usize = 1000;
+/// A peer must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response frames queued for the writer of one connection.
+const WRITE_QUEUE: usize = 256;
+
+type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
+
+/// Where a connection's response frames go.
+#[derive(Clone)]
+struct Replies {
+    tx: mpsc::Sender<Vec<u8>>,
+    service: Arc<Service>,
+}
+
+impl Replies {
+    async fn send(&self, id: u64, more: bool, response: &Response) -> bool {
+        self.tx.send(frame(id, more, response)).await.is_ok()
+    }
+
+    fn blocking_send(&self, id: u64, more: bool, response: &Response) -> bool {
+        self.tx.blocking_send(frame(id, more, response)).is_ok()
+    }
+
+    async fn fail(&self, id: u64, failure: Failure) -> bool {
+        self.service.metrics.failed(failure.code);
+        self.send(id, false, &error(failure)).await
+    }
+}
+
+fn error(failure: Failure) -> Response {
+    Response::Error {
+        code: failure.code as u16,
+        message: failure.message,
+    }
+}
+
+fn frame(id: u64, more: bool, response: &Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Err(e) = wire::encode_response(id, more, response, &mut out) {
+        out.clear();
+        let fallback = Response::Error {
+            code: ErrorCode::Internal as u16,
+            message: format!("encoding the response: {e}"),
+        };
+        let _ = wire::encode_response(id, false, &fallback, &mut out);
+    }
+    out
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+pub(crate) async fn serve<R, W>(service: Arc<Service>, reader: R, writer: W, admitted: bool)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    service.metrics.connection_opened();
+    let mut reader = BufReader::with_capacity(256 << 10, reader);
+    let mut writer = BufWriter::with_capacity(256 << 10, writer);
+    if handshake(&mut reader, &mut writer).await {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writing = tokio::spawn(write_loop(writer, rx));
+        let replies = Replies {
+            tx,
+            service: Arc::clone(&service),
+        };
+        if admitted {
+            read_loop(&service, &mut reader, &replies).await;
+        } else {
+            let busy = Failure::new(
+                ErrorCode::Busy,
+                format!(
+                    "the server has max_connections = {} open; retry later",
+                    service.limits.max_connections
+                ),
+            );
+            replies.fail(0, busy).await;
+        }
+        drop(replies);
+        let _ = writing.await;
+    }
+    service.metrics.connection_closed();
+}
+
+/// Exchanges hellos; false when the peer is not a lode client of a
+/// version this server speaks (it is told so first).
+async fn handshake<R, W>(reader: &mut R, writer: &mut W) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut hello = [0u8; HELLO_LEN];
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.read_exact(&mut hello)).await {
+        Ok(Ok(_)) => {}
+        _ => return false,
+    }
+    let status = match wire::decode_hello(&hello) {
+        Ok((VERSION, _)) => HelloStatus::Ok,
+        Ok((_, _)) => HelloStatus::UnsupportedVersion,
+        Err(_) => return false,
+    };
+    let sent = writer
+        .write_all(&wire::encode_hello(VERSION, status))
+        .await
+        .is_ok()
+        && writer.flush().await.is_ok();
+    sent && status == HelloStatus::Ok
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: BufWriter<W>, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Flush only when no other response is ready: one syscall for a
+        // burst of small answers.
+        while let Ok(frame) = rx.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(service: &Arc<Service>, reader: &mut R, replies: &Replies) {
+    let in_flight = Arc::new(Semaphore::new(service.limits.max_in_flight.max(1)));
+    let cancels: Cancels = Arc::default();
+    loop {
+        let mut head = [0u8; FRAME_HEADER];
+        if reader.read_exact(&mut head).await.is_err() {
+            break; // the peer closed the connection
+        }
+        let header = match wire::decode_header(&head, service.limits.max_frame_bytes) {
+            Ok(header) => header,
+            Err(e) => {
+                let message = match e {
+                    wire::WireError::FrameTooLarge { len, max } => {
+                        format!("frame of {len} bytes exceeds max_frame_bytes = {max}")
+                    }
+                    other => other.to_string(),
+                };
+                replies
+                    .fail(0, Failure::new(ErrorCode::BadFrame, message))
+                    .await;
+                break;
+            }
+        };
+        let mut payload = vec![0u8; header.len as usize];
+        if reader.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let replies = replies.clone();
+        let id = header.id;
+        match header.kind {
+            Kind::Append => {
+                tokio::spawn(async move {
+                    let answer = match replies.service.append_payload(payload).await {
+                        Ok(range) => Response::Appended {
+                            start: range.start,
+                            end: range.end,
+                        },
+                        Err(failure) => {
+                            replies.service.metrics.failed(failure.code);
+                            error(failure)
+                        }
+                    };
+                    replies.send(id, false, &answer).await;
+                    drop(permit);
+                });
+            }
+            Kind::Request => match wire::decode_request(&payload) {
+                Ok(Request::Cancel { id: target }) => {
+                    if let Some(flag) = lock(&cancels).get(&target) {
+                        flag.store(true, Ordering::Release);
+                    }
+                }
+                Ok(request) => {
+                    let cancels = Arc::clone(&cancels);
+                    tokio::spawn(async move {
+                        answer(&replies, id, request, cancels).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    replies
+                        .fail(id, Failure::new(ErrorCode::BadFrame, e.to_string()))
+                        .await;
+                    break;
+                }
+            },
+            Kind::Response => {
+                let failure = Failure::new(ErrorCode::BadFrame, "a client may not send responses");
+                replies.fail(id, failure).await;
+                break;
+            }
+        }
+    }
+    // The connection is done: streams still running end.
+    for flag in lock(&cancels).values() {
+        flag.store(true, Ordering::Release);
+    }
+}
+
+fn lock(cancels: &Cancels) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
+    cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) {
+    let service = &replies.service;
+    let single = |outcome: Outcome<Response>| match outcome {
+        Ok(response) => (response, None),
+        Err(failure) => (error(failure.clone()), Some(failure.code)),
+    };
+    let (response, failed) = match request {
+        Request::Ping => single(Ok(Response::Pong {
+            server: format!("lode {}", env!("CARGO_PKG_VERSION")),
+        })),
+        Request::Count { filter } => single(
+            service
+                .count(filter)
+                .await
+                .map(|count| Response::Count { count }),
+        ),
+        Request::Histogram { filter, width } => {
+            single(service.histogram(filter, width).await.map(|h| {
+                Response::Histogram {
+                    start: h.start,
+                    width: h.width,
+                    buckets: h.buckets,
+                }
+            }))
+        }
+        Request::Top { filter, field, k } => single(
+            service
+                .top(filter, &field, k as usize)
+                .await
+                .map(|values| Response::Top { values }),
+        ),
+        Request::Stats => single(Ok(Response::Stats {
+            figures: service.figures(),
+        })),
+        Request::Query {
+            filter,
+            limit,
+            cursor,
+        } => match service.query(filter, limit as usize, cursor).await {
+            Ok(page) => {
+                send_records(replies, id, &page.records).await;
+                (
+                    Response::PageEnd {
+                        next_cursor: page.next_cursor,
+                    },
+                    None,
+                )
+            }
+            Err(failure) => single(Err(failure)),
+        },
+        Request::Tail { query, from_seq } => {
+            let cancelled = Arc::new(AtomicBool::new(false));
+            lock(&cancels).insert(id, Arc::clone(&cancelled));
+            let outcome = tail(replies, id, &query, from_seq, cancelled).await;
+            lock(&cancels).remove(&id);
+            single(outcome.map(|()| Response::Done))
+        }
+        Request::Cancel { .. } => return,
+        _ => single(Err(Failure::new(
+            ErrorCode::BadRequest,
+            "this server does not know that request",
+        ))),
+    };
+    if let Some(code) = failed {
+        service.metrics.failed(code);
+    }
+    replies.send(id, false, &response).await;
+}
+
+fn wire_records(records: &[Record]) -> Vec<WireRecord> {
+    records
+        .iter()
+        .map(|r| WireRecord {
+            seq: r.seq,
+            record: r.log.clone(),
+        })
+        .collect()
+}
+
+async fn send_records(replies: &Replies, id: u64, records: &[Record]) {
+    for chunk in records.chunks(RECORDS_PER_FRAME) {
+        let response = Response::Records {
+            records: wire_records(chunk),
+        };
+        if !replies.send(id, true, &response).await {
+            return;
+        }
+    }
+}
+
+/// Pushes matching records as they become durable until cancelled or the
+/// connection goes. Runs on a blocking thread: the engine's subscription
+/// waits on a condition variable.
+async fn tail(
+    replies: &Replies,
+    id: u64,
+    query: &str,
+    from_seq: Option<u64>,
+    cancelled: Arc<AtomicBool>,
+) -> Outcome<()> {
+    let mut tail = replies.service.tail(query, from_seq)?;
+    let replies = replies.clone();
+    tokio::task::spawn_blocking(move || {
+        while !cancelled.load(Ordering::Acquire) {
+            let mut batch = Vec::new();
+            let mut wait = Duration::from_millis(100);
+            while batch.len() < RECORDS_PER_FRAME {
+                match tail.next_timeout(wait)? {
+                    Some(record) => batch.push(record),
+                    None => break,
+                }
+                wait = Duration::ZERO;
+            }
+            if !batch.is_empty() {
+                let response = Response::Records {
+                    records: wire_records(&batch),
+                };
+                if !replies.blocking_send(id, true, &response) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, format!("tail: {e}"))))
+}

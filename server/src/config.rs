@@ -1,0 +1,224 @@
+//! The server's configuration: a TOML file, flags on top, defaults that
+//! work out of the box (data in `./lode-data`, loopback addresses).
+//!
+//! ```toml
+//! data = "/var/lib/lode"
+//! listen = "0.0.0.0:7400"      # binary protocol, TCP
+//! quic = "0.0.0.0:7400"        # binary protocol, QUIC (UDP)
+//! http = "0.0.0.0:7401"        # JSON API, Elasticsearch _bulk, /metrics
+//! syslog = "0.0.0.0:7514"      # syslog, TCP and UDP
+//!
+//! [limits]
+//! max_frame_bytes = 67108864
+//! max_batch_records = 100000
+//! max_connections = 1024
+//! max_in_flight = 64
+//! query_timeout_ms = 10000
+//! max_result_records = 10000
+//! max_body_bytes = 67108864
+//! max_syslog_bytes = 65536
+//!
+//! [tls]                        # absent: a self-signed pair in DATA/tls
+//! cert = "/etc/lode/cert.pem"
+//! key = "/etc/lode/key.pem"
+//!
+//! [storage]
+//! durability = "sync"          # or "buffered" (synced within 10 ms)
+//! segment_bytes = 67108864
+//! retention_max_age_s = 604800
+//! retention_max_bytes = 107374182400
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lode_engine::{Durability, Options, Retention};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Everything `lode serve` can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data: PathBuf,
+    /// Binary protocol over TCP.
+    pub listen: Option<SocketAddr>,
+    /// Binary protocol over QUIC.
+    pub quic: Option<SocketAddr>,
+    /// HTTP: JSON API, Elasticsearch `_bulk`, metrics, health.
+    pub http: Option<SocketAddr>,
+    /// Syslog over TCP and UDP on the same port.
+    pub syslog: Option<SocketAddr>,
+    pub limits: Limits,
+    pub tls: Option<TlsFiles>,
+    pub storage: Storage,
+}
+
+/// Every server-side limit; each error that one causes names its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest binary frame payload (an append batch, a request).
+    pub max_frame_bytes: u32,
+    /// Most records in one append (binary, HTTP body, `_bulk`).
+    pub max_batch_records: usize,
+    /// Connections open at once per listener; more are refused with `busy`.
+    pub max_connections: usize,
+    /// Requests in flight on one binary connection; the server stops
+    /// reading that connection until one finishes (back-pressure).
+    pub max_in_flight: usize,
+    /// A query, count, histogram or top-values request that runs longer is
+    /// answered with `timeout`.
+    pub query_timeout_ms: u64,
+    /// Most records one query page returns.
+    pub max_result_records: usize,
+    /// Largest HTTP request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest syslog message.
+    pub max_syslog_bytes: usize,
+}
+
+/// A certificate and key given by the operator, PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Storage choices passed to the engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `sync` (acknowledge after fdatasync) or `buffered`.
+    pub durability: String,
+    pub segment_bytes: u64,
+    pub retention_max_age_s: Option<u64>,
+    pub retention_max_bytes: Option<u64>,
+}
+
+/// Default addresses: loopback, so a first start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7401";
+pub const DEFAULT_SYSLOG: &str = "127.0.0.1:7514";
+
+fn addr(text: &str) -> Option<SocketAddr> {
+    text.parse().ok()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("./lode-data"),
+            listen: addr(DEFAULT_LISTEN),
+            quic: addr(DEFAULT_LISTEN),
+            http: addr(DEFAULT_HTTP),
+            syslog: addr(DEFAULT_SYSLOG),
+            limits: Limits::default(),
+            tls: None,
+            storage: Storage::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: lode_protocol::wire::DEFAULT_MAX_FRAME,
+            max_batch_records: 100_000,
+            max_connections: 1024,
+            max_in_flight: 64,
+            query_timeout_ms: 10_000,
+            max_result_records: 10_000,
+            max_body_bytes: 64 << 20,
+            max_syslog_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            durability: "sync".into(),
+            segment_bytes: Options::default().segment_bytes,
+            retention_max_age_s: None,
+            retention_max_bytes: None,
+        }
+    }
+}
+
+impl Limits {
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys it does not set keep their defaults.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The engine options these settings give.
+    pub fn engine_options(&self) -> Result<Options> {
+        let durability = match self.storage.durability.as_str() {
+            "sync" => Durability::Sync,
+            "buffered" => Durability::Buffered {
+                window: Duration::from_millis(10),
+            },
+            other => {
+                return Err(Error::BadConfig(format!(
+                    "storage.durability = '{other}': expected 'sync' or 'buffered'"
+                )));
+            }
+        };
+        Ok(Options {
+            durability,
+            segment_bytes: self.storage.segment_bytes,
+            retention: Retention {
+                max_age: self.storage.retention_max_age_s.map(Duration::from_secs),
+                max_bytes: self.storage.retention_max_bytes,
+            },
+            max_batch_bytes: (self.limits.max_frame_bytes as usize)
+                .min(Options::default().max_batch_bytes),
+            ..Options::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_what_it_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lode.toml");
+        std::fs::write(
+            &path,
+            "data = \"/tmp/x\"\n[limits]\nmax_in_flight = 3\n[storage]\ndurability = \"buffered\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.data, PathBuf::from("/tmp/x"));
+        assert_eq!(config.limits.max_in_flight, 3);
+        assert_eq!(config.limits.max_connections, 1024);
+        assert_eq!(config.listen, addr(DEFAULT_LISTEN));
+        assert!(matches!(
+            config.engine_options().unwrap().durability,
+            Durability::Buffered { .. }
+        ));
+        std::fs::write(&path, "[limits]\nmax_inflight = 3\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+}

@@ -1,0 +1,536 @@
+//! The HTTP front end: lode's JSON API, enough of Elasticsearch's for
+//! the shippers that speak `_bulk`, Prometheus metrics and health checks.
+//!
+//! Parsing a body and appending it run on the blocking pool. Every answer
+//! carries `X-Elastic-Product: Elasticsearch`, which Elastic's clients
+//! check before they talk to a server.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use lode_engine::LogRecord;
+use lode_protocol::ErrorCode;
+use lode_protocol::json::{JsonRecord, Shape, record_from_object, to_json_line};
+use lode_protocol::wire::Filter;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::metrics::Source;
+use crate::service::{Failure, Service};
+
+type Shared = State<Arc<Service>>;
+
+/// Most per-line errors an ingest answer lists (all are counted).
+const MAX_LISTED_ERRORS: usize = 100;
+
+pub(crate) fn router(service: Arc<Service>) -> Router {
+    let body_limit = service.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(root).head(|| async { StatusCode::OK }))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/count", get(count))
+        .route("/api/v1/histogram", get(histogram))
+        .route("/api/v1/top", get(top))
+        .route("/api/v1/tail", get(tail))
+        .route("/_bulk", post(bulk))
+        .route("/{index}/_bulk", post(bulk_into))
+        .route("/{index}/_doc", post(doc_into))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(elastic_header))
+        .with_state(service)
+}
+
+async fn elastic_header(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "x-elastic-product",
+        HeaderValue::from_static("Elasticsearch"),
+    );
+    response
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::BadQuery | ErrorCode::BadFrame => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.name(), "message": self.message}});
+        (status(self.code), axum::Json(body)).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    Failure::new(ErrorCode::BadRequest, message)
+}
+
+async fn root() -> axum::Json<Value> {
+    axum::Json(json!({
+        "name": "lode",
+        "cluster_name": "lode",
+        "cluster_uuid": "lode",
+        "version": {
+            "number": "8.11.0",
+            "build_flavor": "default",
+            "lucene_version": "9.8.0",
+            "minimum_wire_compatibility_version": "7.17.0",
+            "minimum_index_compatibility_version": "7.0.0",
+        },
+        "tagline": "You Know, for Search",
+        "lode_version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn ready(State(service): Shared) -> Response {
+    match service.engine().stats().poisoned {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {cause}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(service): Shared) -> Response {
+    let text = service.metrics.render(&service.figures());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Records parsed from a body, and what was wrong with the other lines.
+#[derive(Debug, Default)]
+struct Parsed {
+    records: Vec<LogRecord>,
+    rejected: usize,
+    errors: Vec<Value>,
+}
+
+impl Parsed {
+    fn reject(&mut self, line: usize, error: String) {
+        self.rejected += 1;
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push(json!({"line": line, "error": error}));
+        }
+    }
+}
+
+fn parse_lines(body: &[u8], now: i64) -> Parsed {
+    let shape = Shape::default();
+    let mut parsed = Parsed::default();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let outcome = std::str::from_utf8(line)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|text| lode_protocol::json::parse_record(text, &shape, now));
+        match outcome {
+            Ok((record, _)) => parsed.records.push(record),
+            Err(error) => parsed.reject(i + 1, error),
+        }
+    }
+    parsed
+}
+
+async fn on_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// `POST /api/v1/ingest`: JSON lines; answers once the accepted records
+/// are durable.
+async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure> {
+    let parsed = on_blocking(move || parse_lines(&body, now_ns())).await?;
+    let total = parsed.records.len() + parsed.rejected;
+    service.metrics.received(Source::Http, total as u64);
+    service.metrics.rejected(Source::Http, parsed.rejected as u64);
+    let accepted = parsed.records.len();
+    if accepted > 0 {
+        service.append_records(parsed.records).await?;
+    }
+    Ok(axum::Json(json!({
+        "accepted": accepted,
+        "rejected": parsed.rejected,
+        "errors": parsed.errors,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    #[serde(default)]
+    q: String,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// Histogram bucket width: `30s`, `5m`, `1h` or ns.
+    width: Option<String>,
+    field: Option<String>,
+    k: Option<usize>,
+    /// Tail: start at this seq instead of the next record.
+    from_seq: Option<u64>,
+}
+
+fn time(text: Option<&str>, name: &str) -> Result<Option<i64>, Failure> {
+    text.map(|t| lode_index::parse_time(t, now_ns()).map_err(|e| bad_request(format!("{name}: {e}"))))
+        .transpose()
+}
+
+impl Params {
+    fn filter(&self) -> Result<Filter, Failure> {
+        Ok(Filter {
+            query: self.q.clone(),
+            since: time(self.since.as_deref(), "since")?,
+            until: time(self.until.as_deref(), "until")?,
+        })
+    }
+}
+
+/// `1h` or `5m` or a number of ns.
+fn width(text: &str) -> Result<i64, Failure> {
+    if let Ok(ns) = text.parse::<i64>() {
+        return Ok(ns);
+    }
+    // A relative time is that long before 0: its negation is the duration.
+    lode_index::parse_time(text, 0)
+        .map(|t| -t)
+        .map_err(|_| bad_request(format!("width '{text}': expected a duration like 30s, 5m, 1h or ns")))
+}
+
+async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+    let page = service
+        .query(
+            params.filter()?,
+            params.limit.unwrap_or(100),
+            params.cursor.clone(),
+        )
+        .await?;
+    let records: Vec<JsonRecord<'_>> = page
+        .records
+        .iter()
+        .map(|r| JsonRecord::new(Some(r.seq), &r.log))
+        .collect();
+    Ok(axum::Json(json!({"records": records, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn count(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+    let count = service.count(params.filter()?).await?;
+    Ok(axum::Json(json!({ "count": count })).into_response())
+}
+
+async fn histogram(
+    State(service): Shared,
+    Query(params): Query<Params>,
+) -> Result<Response, Failure> {
+    let width = params.width.as_deref().map(width).transpose()?;
+    let h = service.histogram(params.filter()?, width).await?;
+    let buckets: Vec<Value> = h
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, count)| {
+            let start = h.start + i as i64 * h.width;
+            json!({"start": lode_engine::format_rfc3339(start), "count": count})
+        })
+        .collect();
+    Ok(axum::Json(json!({"width_ns": h.width, "buckets": buckets})).into_response())
+}
+
+async fn top(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+    let field = params.field.as_deref().unwrap_or("service");
+    let values = service
+        .top(params.filter()?, field, params.k.unwrap_or(10))
+        .await?;
+    let values: Vec<Value> = values
+        .into_iter()
+        .map(|(value, count)| json!({"value": value, "count": count}))
+        .collect();
+    Ok(axum::Json(json!({"field": field, "values": values})).into_response())
+}
+
+/// A body made of lines sent by a blocking tail thread.
+struct Lines(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for Lines {
+    type Item = Result<Bytes, Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|line| line.map(Ok))
+    }
+}
+
+/// `GET /api/v1/tail?q=`: matching records as JSON lines, as they arrive,
+/// until the client goes away.
+async fn tail(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+    let mut tail = service.tail(&params.q, params.from_seq)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::task::spawn_blocking(move || {
+        while !tx.is_closed() {
+            match tail.next_timeout(Duration::from_millis(200)) {
+                Ok(Some(record)) => {
+                    let mut line = Vec::new();
+                    to_json_line(Some(record.seq), &record.log, &mut line);
+                    if tx.blocking_send(Bytes::from(line)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let line = json!({"error": e.to_string()}).to_string() + "\n";
+                    let _ = tx.blocking_send(Bytes::from(line));
+                    return;
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(Lines(rx)),
+    )
+        .into_response())
+}
+
+/// One `_bulk` action and the record it carries, if any.
+#[derive(Debug)]
+enum Item {
+    Record { op: String, index: String, at: usize },
+    Refused { op: String, index: String, status: u16, kind: &'static str, reason: String },
+}
+
+fn bulk_error(reason: String) -> Response {
+    let body = json!({
+        "error": {"type": "illegal_argument_exception", "reason": reason},
+        "status": 400,
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// Reads `_bulk` NDJSON: action lines, each `index`/`create` followed by
+/// its document. `update` and `delete` are refused per item: lode is
+/// append-only.
+fn parse_bulk(body: &[u8], default_index: Option<&str>, now: i64) -> Result<(Vec<Item>, Vec<LogRecord>), String> {
+    let shape = Shape::default();
+    let mut lines = body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+    let (mut items, mut records) = (Vec::new(), Vec::new());
+    while let Some((n, line)) = lines.next() {
+        let action: Map<String, Value> = serde_json::from_slice(line)
+            .map_err(|e| format!("line {}: the action is not a JSON object: {e}", n + 1))?;
+        let Some((op, meta)) = action.into_iter().next() else {
+            return Err(format!("line {}: empty action", n + 1));
+        };
+        let index = meta
+            .get("_index")
+            .and_then(Value::as_str)
+            .or(default_index)
+            .unwrap_or("")
+            .to_owned();
+        match op.as_str() {
+            "index" | "create" => {
+                let Some((_, doc)) = lines.next() else {
+                    return Err(format!("line {}: '{op}' without a document", n + 1));
+                };
+                let parsed = match serde_json::from_slice::<Value>(doc) {
+                    Ok(Value::Object(object)) => record_from_object(object, &shape, now),
+                    Ok(_) => Err("the document is not a JSON object".to_owned()),
+                    Err(e) => Err(format!("the document is not JSON: {e}")),
+                };
+                match parsed {
+                    Ok((mut record, _)) => {
+                        if record.service.is_empty() {
+                            record.service = index.clone();
+                        }
+                        items.push(Item::Record { op, index, at: records.len() });
+                        records.push(record);
+                    }
+                    Err(reason) => items.push(Item::Refused {
+                        op,
+                        index,
+                        status: 400,
+                        kind: "document_parsing_exception",
+                        reason,
+                    }),
+                }
+            }
+            "update" | "delete" => {
+                if op == "update" {
+                    lines.next();
+                }
+                items.push(Item::Refused {
+                    reason: format!("lode is append-only: '{op}' is not supported"),
+                    op,
+                    index,
+                    status: 400,
+                    kind: "illegal_argument_exception",
+                });
+            }
+            other => return Err(format!("line {}: unknown action '{other}'", n + 1)),
+        }
+    }
+    Ok((items, records))
+}
+
+async fn bulk(State(service): Shared, body: Bytes) -> Response {
+    bulk_body(service, None, body).await
+}
+
+async fn bulk_into(
+    State(service): Shared,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Response {
+    bulk_body(service, Some(index), body).await
+}
+
+/// `POST /{index}/_bulk` and `/_bulk`: answers per item, in request order,
+/// once the accepted documents are durable.
+async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let parsed = on_blocking(move || parse_bulk(&body, index.as_deref(), now_ns())).await;
+    let (items, records) = match parsed {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(reason)) => return bulk_error(reason),
+        Err(failure) => return failure.into_response(),
+    };
+    service.metrics.received(Source::Bulk, items.len() as u64);
+    let refused = items.iter().filter(|i| matches!(i, Item::Refused { .. })).count();
+    service.metrics.rejected(Source::Bulk, refused as u64);
+    let appended = if records.is_empty() {
+        Ok(lode_engine::SeqRange { start: 0, end: 0 })
+    } else {
+        service.append_records(records).await
+    };
+    let mut errors = refused > 0;
+    let answers: Vec<Value> = items
+        .into_iter()
+        .map(|item| match (item, &appended) {
+            (Item::Record { op, index, at }, Ok(range)) => {
+                let seq = range.start + at as u64;
+                json!({ op: {
+                    "_index": index, "_id": seq.to_string(), "_version": 1,
+                    "result": "created", "status": 201, "_seq_no": seq, "_primary_term": 1,
+                    "_shards": {"total": 1, "successful": 1, "failed": 0},
+                }})
+            }
+            (Item::Record { op, index, .. }, Err(failure)) => {
+                errors = true;
+                json!({ op: {
+                    "_index": index, "status": status(failure.code).as_u16(),
+                    "error": {"type": failure.code.name(), "reason": failure.message},
+                }})
+            }
+            (Item::Refused { op, index, status, kind, reason }, _) => json!({ op: {
+                "_index": index, "status": status,
+                "error": {"type": kind, "reason": reason},
+            }}),
+        })
+        .collect();
+    let took = started.elapsed().as_millis() as u64;
+    axum::Json(json!({"took": took, "errors": errors, "items": answers})).into_response()
+}
+
+/// `POST /{index}/_doc`: one document.
+async fn doc_into(
+    State(service): Shared,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let object: Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("the document is not a JSON object: {e}")))?;
+    let (mut record, _) =
+        record_from_object(object, &Shape::default(), now_ns()).map_err(bad_request)?;
+    if record.service.is_empty() {
+        record.service = index.clone();
+    }
+    service.metrics.received(Source::Bulk, 1);
+    let range = service.append_records(vec![record]).await?;
+    let body = json!({
+        "_index": index, "_id": range.start.to_string(), "_version": 1, "result": "created",
+        "_seq_no": range.start, "_primary_term": 1,
+        "_shards": {"total": 1, "successful": 1, "failed": 0},
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_lines_are_kept_or_rejected_one_by_one() {
+        let body = b"{\"message\":\"a\"}\n\nnot json\r\n{\"ts\":\"bad\"}\n{\"message\":\"b\",\"level\":\"W\"}";
+        let parsed = parse_lines(body, 5);
+        assert_eq!(parsed.records.len(), 2);
+        assert_eq!(parsed.rejected, 2);
+        assert_eq!(parsed.errors[0]["line"], 3);
+        assert_eq!(parsed.errors[1]["line"], 4);
+        assert_eq!(parsed.records[1].level, lode_engine::Level::Warn);
+    }
+
+    #[test]
+    fn bulk_items_keep_request_order() {
+        let body = b"{\"index\":{\"_index\":\"web\"}}\n{\"message\":\"one\"}\n\
+{\"delete\":{\"_index\":\"web\",\"_id\":\"1\"}}\n\
+{\"create\":{}}\n[1]\n\
+{\"index\":{}}\n{\"message\":\"two\",\"service\":\"api\"}\n";
+        let (items, records) = parse_bulk(body, Some("logs"), 0).unwrap();
+        assert_eq!(items.len(), 4);
+        assert!(matches!(&items[0], Item::Record { at: 0, index, .. } if index == "web"));
+        assert!(matches!(&items[1], Item::Refused { op, .. } if op == "delete"));
+        assert!(matches!(&items[2], Item::Refused { status: 400, .. }));
+        assert!(matches!(&items[3], Item::Record { at: 1, index, .. } if index == "logs"));
+        assert_eq!(records[0].service, "web");
+        assert_eq!(records[1].service, "api");
+        assert!(parse_bulk(b"{\"frobnicate\":{}}\n", None, 0).is_err());
+        assert!(parse_bulk(b"{\"index\":{}}\n", None, 0).is_err());
+    }
+
+    #[test]
+    fn widths_and_times() {
+        assert_eq!(width("5m").unwrap(), 300_000_000_000);
+        assert_eq!(width("1000").unwrap(), 1000);
+        assert!(width("fortnight").is_err());
+        assert!(time(Some("yesterday"), "since").unwrap_err().message.contains("since"));
+        assert!(time(Some("2h"), "until").unwrap().is_some());
+    }
+}

@@ -1,0 +1,259 @@
+//! The server's own counters and their Prometheus text rendering.
+//!
+//! Counters are plain atomics bumped on the request path; the engine's and
+//! index's figures are read when `/metrics` is scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lode_protocol::ErrorCode;
+
+/// Where records came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Binary,
+    Http,
+    Bulk,
+    Syslog,
+}
+
+const SOURCES: [Source; 4] = [Source::Binary, Source::Http, Source::Bulk, Source::Syslog];
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Binary => "binary",
+            Source::Http => "http",
+            Source::Bulk => "bulk",
+            Source::Syslog => "syslog",
+        }
+    }
+}
+
+/// Counters of one server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    appended_records: AtomicU64,
+    appended_batches: AtomicU64,
+    received: [AtomicU64; 4],
+    rejected: [AtomicU64; 4],
+    queries: AtomicU64,
+    errors: [AtomicU64; 10],
+    connections: AtomicU64,
+    open_connections: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn add_at(counters: &[AtomicU64], i: usize, n: u64) {
+    if let Some(counter) = counters.get(i) {
+        add(counter, n);
+    }
+}
+
+fn get_at(counters: &[AtomicU64], i: usize) -> u64 {
+    counters.get(i).map_or(0, get)
+}
+
+impl Metrics {
+    pub(crate) fn appended(&self, records: u64) {
+        add(&self.appended_records, records);
+        add(&self.appended_batches, 1);
+    }
+
+    /// Records received from `source`, accepted or not.
+    pub fn received(&self, source: Source, records: u64) {
+        add_at(&self.received, source as usize, records);
+    }
+
+    /// Lines or items of `source` rejected as malformed.
+    pub fn rejected(&self, source: Source, lines: u64) {
+        add_at(&self.rejected, source as usize, lines);
+    }
+
+    pub(crate) fn query(&self) {
+        add(&self.queries, 1);
+    }
+
+    pub fn failed(&self, code: ErrorCode) {
+        add_at(&self.errors, code as usize, 1);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        add(&self.connections, 1);
+        add(&self.open_connections, 1);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The server's own figures for `stats`.
+    pub(crate) fn figures(&self) -> Vec<(String, u64)> {
+        vec![
+            ("appended_records".into(), get(&self.appended_records)),
+            ("appended_batches".into(), get(&self.appended_batches)),
+            ("queries".into(), get(&self.queries)),
+            ("open_connections".into(), get(&self.open_connections)),
+        ]
+    }
+
+    /// Prometheus text exposition of these counters and of `figures` (the
+    /// engine's and index's, as [`crate::Service::figures`] gives them).
+    pub fn render(&self, figures: &[(String, u64)]) -> String {
+        let mut out = String::new();
+        counter(
+            &mut out,
+            "lode_ingest_records_total",
+            "Records appended durably.",
+            &[("", get(&self.appended_records))],
+        );
+        counter(
+            &mut out,
+            "lode_ingest_batches_total",
+            "Appends (batches) made durable.",
+            &[("", get(&self.appended_batches))],
+        );
+        let by_source = |values: &[AtomicU64; 4]| {
+            SOURCES
+                .iter()
+                .map(|s| (format!("source=\"{}\"", s.name()), get_at(values, *s as usize)))
+                .collect::<Vec<_>>()
+        };
+        labelled(
+            &mut out,
+            "lode_received_records_total",
+            "Records received, by front end, before validation.",
+            &by_source(&self.received),
+        );
+        labelled(
+            &mut out,
+            "lode_rejected_records_total",
+            "Lines or items rejected as malformed, by front end.",
+            &by_source(&self.rejected),
+        );
+        counter(
+            &mut out,
+            "lode_queries_total",
+            "Queries, counts, histograms and top-values requests.",
+            &[("", get(&self.queries))],
+        );
+        let errors: Vec<(String, u64)> = (1..=9u16)
+            .filter_map(ErrorCode::from_u16)
+            .map(|c| {
+                (
+                    format!("code=\"{}\"", c.name()),
+                    get_at(&self.errors, c as usize),
+                )
+            })
+            .collect();
+        labelled(
+            &mut out,
+            "lode_errors_total",
+            "Requests that failed, by error code.",
+            &errors,
+        );
+        counter(
+            &mut out,
+            "lode_connections_total",
+            "Connections accepted.",
+            &[("", get(&self.connections))],
+        );
+        gauge(
+            &mut out,
+            "lode_open_connections",
+            "Connections open now.",
+            get(&self.open_connections),
+        );
+        for (name, help, kind) in ENGINE_FIGURES {
+            if let Some((_, value)) = figures.iter().find(|(n, _)| n == name) {
+                let metric = format!("lode_{name}{}", if *kind { "_total" } else { "" });
+                if *kind {
+                    counter(&mut out, &metric, help, &[("", *value)]);
+                } else {
+                    gauge(&mut out, &metric, help, *value);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Engine and index figures exported: name, help, and whether a counter.
+const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
+    ("records", "Records retained.", false),
+    ("next_seq", "The seq the next record gets.", false),
+    ("wal_segments", "WAL segment files not yet sealed.", false),
+    ("wal_bytes", "Bytes of WAL not yet sealed.", false),
+    ("unsealed_records", "Records still in the WAL.", false),
+    ("sealed_segments", "Sealed segments retained.", false),
+    ("sealed_bytes", "Bytes of sealed segment files.", false),
+    ("group_commits", "WAL write and fsync rounds.", true),
+    ("seal_failures", "Seals that failed (retried).", true),
+    ("dropped_segments", "Segments dropped by retention.", true),
+    ("index_lag", "Durable records not yet searchable.", false),
+    (
+        "poisoned",
+        "1 when the engine refuses writes after a failed fsync.",
+        false,
+    ),
+];
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
+    header(out, name, help, "counter");
+    for (labels, value) in values {
+        sample(out, name, labels, *value);
+    }
+}
+
+fn labelled(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+    header(out, name, help, "counter");
+    for (labels, value) in values {
+        sample(out, name, labels, *value);
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "gauge");
+    sample(out, name, "", value);
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_names_and_types() {
+        let metrics = Metrics::default();
+        metrics.appended(5);
+        metrics.received(Source::Syslog, 2);
+        metrics.failed(ErrorCode::BadQuery);
+        let text = metrics.render(&[("wal_bytes".into(), 77), ("group_commits".into(), 3)]);
+        assert!(text.contains("# TYPE lode_ingest_records_total counter\nlode_ingest_records_total 5\n"));
+        assert!(text.contains("lode_received_records_total{source=\"syslog\"} 2\n"));
+        assert!(text.contains("lode_errors_total{code=\"bad_query\"} 1\n"));
+        assert!(text.contains("# TYPE lode_wal_bytes gauge\nlode_wal_bytes 77\n"));
+        assert!(text.contains("lode_group_commits_total 3\n"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE") && l.ends_with("counter")) {
+            assert!(line.split(' ').nth(2).unwrap().ends_with("_total"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Starting and stopping a server: open the service, bind every listener
+//! the config names, run their accept loops, and close it all in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::{Error, Result, binary, http, syslog, tls};
+
+/// Where a started server listens (ports resolved when 0 was asked for).
+#[derive(Debug, Clone, Default)]
+pub struct Addresses {
+    pub tcp: Option<SocketAddr>,
+    pub quic: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub syslog: Option<SocketAddr>,
+    /// The QUIC certificate clients can pin.
+    pub cert: Option<PathBuf>,
+}
+
+/// A running server. Dropping it stops the listeners; [`Server::shutdown`]
+/// also closes the index and engine cleanly.
+#[derive(Debug)]
+pub struct Server {
+    service: Arc<Service>,
+    addresses: Addresses,
+    tasks: Vec<JoinHandle<()>>,
+    quic: Option<quinn::Endpoint>,
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Bind { what, addr, source }
+}
+
+impl Server {
+    /// Opens the data directory and starts every listener of `config`.
+    pub async fn start(config: Config) -> Result<Server> {
+        let opened = config.clone();
+        let service = tokio::task::spawn_blocking(move || Service::open(&opened))
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))??;
+        let service = Arc::new(service);
+        let mut server = Server {
+            service: Arc::clone(&service),
+            addresses: Addresses::default(),
+            tasks: Vec::new(),
+            quic: None,
+        };
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        if let Some(addr) = config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("the binary protocol (tcp)", addr))?;
+            server.addresses.tcp = Some(local(&listener, addr));
+            let task = accept_tcp(Arc::clone(&service), listener, Arc::clone(&connections));
+            server.tasks.push(tokio::spawn(task));
+        }
+        if let Some(addr) = config.quic {
+            let files = tls::files(&config.data, config.tls.as_ref())?;
+            let endpoint = quinn::Endpoint::server(tls::quic_server(&files)?, addr)
+                .map_err(bind_error("the binary protocol (quic)", addr))?;
+            server.addresses.quic = Some(endpoint.local_addr().unwrap_or(addr));
+            server.addresses.cert = Some(files.cert);
+            let task = accept_quic(Arc::clone(&service), endpoint.clone(), connections);
+            server.tasks.push(tokio::spawn(task));
+            server.quic = Some(endpoint);
+        }
+        if let Some(addr) = config.http {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("http", addr))?;
+            server.addresses.http = Some(local(&listener, addr));
+            let app = http::router(Arc::clone(&service));
+            server.tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "http server stopped");
+                }
+            }));
+        }
+        if let Some(addr) = config.syslog {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("syslog (tcp)", addr))?;
+            let bound = local(&tcp, addr);
+            let udp = UdpSocket::bind(bound)
+                .await
+                .map_err(bind_error("syslog (udp)", bound))?;
+            server.addresses.syslog = Some(bound);
+            server
+                .tasks
+                .push(tokio::spawn(syslog::accept_tcp(Arc::clone(&service), tcp)));
+            server
+                .tasks
+                .push(tokio::spawn(syslog::serve_udp(Arc::clone(&service), udp)));
+        }
+        Ok(server)
+    }
+
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Stops accepting, ends open connections, then closes the index and
+    /// the engine (everything acknowledged is already durable).
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop_listeners();
+        if let Some(endpoint) = self.quic.take() {
+            endpoint.wait_idle().await;
+        }
+        // Connections still being served hold the service; give them a
+        // moment to see their sockets close.
+        let mut service = Arc::clone(&self.service);
+        drop(self);
+        for _ in 0..50 {
+            match Arc::try_unwrap(service) {
+                Ok(owned) => {
+                    return tokio::task::spawn_blocking(move || owned.close())
+                        .await
+                        .map_err(|e| Error::Runtime(e.to_string()))?;
+                }
+                Err(shared) => service = shared,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::warn!("connections still open at shutdown; the engine closes when they end");
+        Ok(())
+    }
+
+    fn stop_listeners(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(endpoint) = &self.quic {
+            endpoint.close(0u32.into(), b"server shutting down");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_listeners();
+    }
+}
+
+fn local(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(asked)
+}
+
+/// A connection over the limit is still greeted, then told `busy`.
+fn admit(connections: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    Arc::clone(connections).try_acquire_owned().ok()
+}
+
+async fn accept_tcp(service: Arc<Service>, listener: TcpListener, connections: Arc<Semaphore>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = admit(&connections);
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            tracing::debug!(%peer, "binary connection");
+            let (reader, writer) = stream.into_split();
+            binary::serve(service, reader, writer, permit.is_some()).await;
+        });
+    }
+}
+
+async fn accept_quic(service: Arc<Service>, endpoint: quinn::Endpoint, connections: Arc<Semaphore>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let permit = admit(&connections);
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(e) => {
+                    tracing::debug!(error = %e, "quic handshake failed");
+                    return;
+                }
+            };
+            // Each bidirectional stream is one protocol session, so a
+            // client may open several to spread its requests.
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                let service = Arc::clone(&service);
+                let admitted = permit.is_some();
+                tokio::spawn(binary::serve(service, recv, send, admitted));
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,289 @@
+//! The one place every front end (binary protocol, HTTP, syslog, the CLI's
+//! embedded mode) reaches the engine and the index through.
+//!
+//! The engine and index are blocking; each call here moves its work to
+//! tokio's blocking pool so no async worker waits on a disk or a search.
+//! Owns the mapping of engine and index errors to wire error codes and the
+//! query time limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lode_engine::{EncodedBatch, Engine, LogRecord, Record, SeqRange};
+use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
+use lode_protocol::ErrorCode;
+use lode_protocol::wire::Filter;
+
+use crate::config::{Config, Limits};
+use crate::metrics::{Metrics, Source};
+
+/// A failed request: a stable code and a message naming what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.name())]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<lode_engine::Error> for Failure {
+    fn from(e: lode_engine::Error) -> Failure {
+        use lode_engine::Error as E;
+        let code = match &e {
+            E::BatchTooLarge { .. } => ErrorCode::TooLarge,
+            E::InvalidArgument(_) | E::Codec(_) => ErrorCode::BadRequest,
+            E::Poisoned { .. } | E::Closed => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<lode_index::Error> for Failure {
+    fn from(e: lode_index::Error) -> Failure {
+        use lode_index::Error as E;
+        match e {
+            E::Query(parse) => Failure::new(ErrorCode::BadQuery, parse.to_string()),
+            E::BadRequest(reason) => Failure::new(ErrorCode::BadRequest, reason),
+            E::Engine(engine) => engine.into(),
+            other => Failure::new(ErrorCode::Internal, other.to_string()),
+        }
+    }
+}
+
+/// Result of a service call.
+pub type Outcome<T> = std::result::Result<T, Failure>;
+
+/// An engine, its index, the limits and the figures of a server.
+#[derive(Debug)]
+pub struct Service {
+    engine: Arc<Engine>,
+    index: Arc<Index>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The engine lives in the data directory itself, the index beside it in
+/// `index/`.
+const INDEX_DIR: &str = "index";
+
+impl Service {
+    /// Opens (creating if needed) the data directory of `config`. Fails
+    /// with the engine's `Locked` error, naming the holder, when another
+    /// process has it.
+    pub fn open(config: &Config) -> crate::Result<Service> {
+        let engine = Arc::new(Engine::open(&config.data, config.engine_options()?)?);
+        let index = Index::open(
+            Arc::clone(&engine),
+            config.data.join(INDEX_DIR),
+            IndexOptions {
+                max_limit: config.limits.max_result_records,
+                ..IndexOptions::default()
+            },
+        )?;
+        Ok(Service {
+            engine,
+            index: Arc::new(index),
+            limits: config.limits.clone(),
+            metrics: Arc::default(),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Appends a batch payload a client encoded; answers once durable.
+    pub async fn append_payload(&self, payload: Vec<u8>) -> Outcome<SeqRange> {
+        let engine = Arc::clone(&self.engine);
+        let max_records = self.limits.max_batch_records;
+        let metrics = Arc::clone(&self.metrics);
+        let range = blocking(move || {
+            let batch = EncodedBatch::from_payload(&payload)
+                .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
+            check_batch_records(batch.count() as usize, max_records)?;
+            metrics.received(Source::Binary, u64::from(batch.count()));
+            Ok(engine.submit_encoded(batch)?.wait()?)
+        })
+        .await?;
+        self.metrics.appended(range.len());
+        Ok(range)
+    }
+
+    /// Appends records parsed by a front end; answers once durable.
+    pub async fn append_records(&self, records: Vec<LogRecord>) -> Outcome<SeqRange> {
+        check_batch_records(records.len(), self.limits.max_batch_records)?;
+        let engine = Arc::clone(&self.engine);
+        let range = blocking(move || Ok(engine.append(&records)?)).await?;
+        self.metrics.appended(range.len());
+        Ok(range)
+    }
+
+    /// One page of the newest matches.
+    pub async fn query(&self, filter: Filter, limit: usize, cursor: Option<String>) -> Outcome<Page> {
+        if limit > self.limits.max_result_records {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "limit {limit} exceeds max_result_records = {}",
+                    self.limits.max_result_records
+                ),
+            ));
+        }
+        let search = Search {
+            query: filter.query,
+            since: filter.since,
+            until: filter.until,
+            limit: Some(limit),
+            cursor,
+        };
+        self.timed(move |index| Ok(index.search(&search)?)).await
+    }
+
+    pub async fn count(&self, filter: Filter) -> Outcome<u64> {
+        self.timed(move |index| Ok(index.count(&filter.query, filter.since, filter.until)?))
+            .await
+    }
+
+    pub async fn histogram(&self, filter: Filter, width: Option<i64>) -> Outcome<Histogram> {
+        self.timed(move |index| {
+            Ok(index.histogram(&filter.query, filter.since, filter.until, width)?)
+        })
+        .await
+    }
+
+    pub async fn top(&self, filter: Filter, field: &str, k: usize) -> Outcome<Vec<(String, u64)>> {
+        let field = match field {
+            "level" => FacetField::Level,
+            "service" => FacetField::Service,
+            "host" => FacetField::Host,
+            other => {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("top values of '{other}': expected level, service or host"),
+                ));
+            }
+        };
+        self.timed(move |index| {
+            Ok(index.top_values(&filter.query, filter.since, filter.until, field, k)?)
+        })
+        .await
+    }
+
+    /// A live tail from `from_seq` (the next record when `None`).
+    pub fn tail(&self, query: &str, from_seq: Option<u64>) -> Outcome<Tail> {
+        let from = from_seq.unwrap_or_else(|| self.engine.next_seq());
+        Ok(self.index.tail(query, from)?)
+    }
+
+    /// The engine's, index's and server's figures, by name.
+    pub fn figures(&self) -> Vec<(String, u64)> {
+        let s = self.engine.stats();
+        let i = self.index.stats();
+        let mut figures: Vec<(String, u64)> = [
+            ("records", s.records),
+            ("first_seq", s.first_seq),
+            ("next_seq", s.next_seq),
+            ("wal_segments", s.wal_segments),
+            ("wal_bytes", s.wal_bytes),
+            ("unsealed_records", s.unsealed_records),
+            ("sealed_segments", s.sealed_segments),
+            ("sealed_records", s.sealed_records),
+            ("sealed_bytes", s.sealed_bytes),
+            ("group_commits", s.group_commits),
+            ("seal_failures", s.seal_failures),
+            ("dropped_segments", s.dropped_segments),
+            ("dropped_records", s.dropped_records),
+            ("indexed_upto", i.indexed_upto),
+            ("index_lag", i.lag),
+            ("poisoned", u64::from(s.poisoned.is_some())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        figures.extend(self.metrics.figures());
+        figures
+    }
+
+    /// Reads one record (for the CLI and tests).
+    pub fn get(&self, seq: u64) -> Outcome<Option<Record>> {
+        Ok(self.engine.get(seq)?)
+    }
+
+    /// Runs a read on the blocking pool, bounded by `query_timeout_ms`.
+    async fn timed<T, F>(&self, work: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Outcome<T> + Send + 'static,
+    {
+        self.metrics.query();
+        let index = Arc::clone(&self.index);
+        let timeout = self.limits.query_timeout();
+        let result = match tokio::time::timeout(timeout, blocking(move || work(&index))).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request ran past query_timeout_ms = {}",
+                    timeout.as_millis()
+                ),
+            )),
+        };
+        if let Err(failure) = &result {
+            self.metrics.failed(failure.code);
+        }
+        result
+    }
+
+    /// Waits until every durable record is searchable (tests, the CLI).
+    pub fn wait_indexed(&self, timeout: Duration) -> bool {
+        let last = self.engine.next_seq().saturating_sub(1);
+        self.index.wait_indexed(last, timeout)
+    }
+
+    /// Stops the indexer and closes the engine, when this is the last
+    /// holder of them.
+    pub fn close(self) -> crate::Result<()> {
+        if let Ok(index) = Arc::try_unwrap(self.index) {
+            index.close()?;
+        }
+        if let Ok(engine) = Arc::try_unwrap(self.engine) {
+            engine.close()?;
+        }
+        Ok(())
+    }
+}
+
+fn check_batch_records(count: usize, max: usize) -> Outcome<()> {
+    if count > max {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("batch of {count} records exceeds max_batch_records = {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T, F>(work: F) -> Outcome<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Outcome<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, format!("worker: {e}"))))
+}
+

@@ -1,0 +1,108 @@
+//! Syslog listeners: TCP (octet-counted or newline framed, per message)
+//! and UDP (one message per datagram). Messages read together are
+//! appended as one batch; the next read waits for that append to be
+//! durable, so a fast sender is slowed by TCP rather than buffered here.
+
+use std::sync::Arc;
+
+use lode_engine::LogRecord;
+use lode_protocol::syslog;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::http::now_ns;
+use crate::metrics::Source;
+use crate::service::Service;
+
+/// Most messages appended as one batch.
+const BATCH: usize = 1000;
+
+pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_tcp(Arc::clone(&service), stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "syslog accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_tcp(service: Arc<Service>, mut stream: TcpStream) {
+    let max = service.limits.max_syslog_bytes;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let now = now_ns();
+        let mut records = Vec::new();
+        let mut used = 0;
+        let mut broken = false;
+        loop {
+            match syslog::split_frame(buf.get(used..).unwrap_or_default(), max) {
+                Ok(Some((message, len))) => {
+                    if !message.is_empty() {
+                        records.push(syslog::parse(message, now));
+                    }
+                    used += len;
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    tracing::warn!(%reason, "closing a syslog connection");
+                    service.metrics.rejected(Source::Syslog, 1);
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..used);
+        if n == 0 && !broken && !buf.is_empty() {
+            // The last message of a stream may lack its newline.
+            records.push(syslog::parse(&buf, now));
+        }
+        append(&service, records).await;
+        if n == 0 || broken {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn serve_udp(service: Arc<Service>, socket: UdpSocket) {
+    let mut datagram = vec![0u8; 64 << 10];
+    loop {
+        let mut records = Vec::new();
+        let Ok(n) = socket.recv(&mut datagram).await else {
+            continue;
+        };
+        let now = now_ns();
+        records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now));
+        // Take what else already arrived, without waiting.
+        while records.len() < BATCH {
+            match socket.try_recv(&mut datagram) {
+                Ok(n) => records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now)),
+                Err(_) => break,
+            }
+        }
+        append(&service, records).await;
+    }
+}
+
+async fn append(service: &Service, records: Vec<LogRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    service.metrics.received(Source::Syslog, records.len() as u64);
+    for batch in records.chunks(BATCH) {
+        if let Err(failure) = service.append_records(batch.to_vec()).await {
+            tracing::error!(%failure, "syslog append failed");
+            service.metrics.failed(failure.code);
+        }
+    }
+}
