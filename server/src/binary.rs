@@ -20,7 +20,7 @@ use lode_protocol::wire::{
     self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind, Request, Response, VERSION, WireRecord,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::service::{Failure, Outcome, Service};
 
@@ -134,7 +134,10 @@ where
     sent && status == HelloStatus::Ok
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: BufWriter<W>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: BufWriter<W>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
     while let Some(frame) = rx.recv().await {
         if writer.write_all(&frame).await.is_err() {
             return;
@@ -153,9 +156,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: BufWriter<W>, mut rx: mps
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(service: &Arc<Service>, reader: &mut R, replies: &Replies) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    service: &Arc<Service>,
+    reader: &mut R,
+    replies: &Replies,
+) {
     let in_flight = Arc::new(Semaphore::new(service.limits.max_in_flight.max(1)));
     let cancels: Cancels = Arc::default();
+    let (appends, pending) = mpsc::channel(service.limits.max_in_flight.max(1));
+    tokio::spawn(submit_loop(replies.clone(), pending));
     loop {
         let mut head = [0u8; FRAME_HEADER];
         if reader.read_exact(&mut head).await.is_err() {
@@ -187,20 +196,9 @@ async fn read_loop<R: AsyncRead + Unpin>(service: &Arc<Service>, reader: &mut R,
         let id = header.id;
         match header.kind {
             Kind::Append => {
-                tokio::spawn(async move {
-                    let answer = match replies.service.append_payload(payload).await {
-                        Ok(range) => Response::Appended {
-                            start: range.start,
-                            end: range.end,
-                        },
-                        Err(failure) => {
-                            replies.service.metrics.failed(failure.code);
-                            error(failure)
-                        }
-                    };
-                    replies.send(id, false, &answer).await;
-                    drop(permit);
-                });
+                if appends.send((id, payload, permit)).await.is_err() {
+                    break;
+                }
             }
             Kind::Request => match wire::decode_request(&payload) {
                 Ok(Request::Cancel { id: target }) => {
@@ -235,8 +233,41 @@ async fn read_loop<R: AsyncRead + Unpin>(service: &Arc<Service>, reader: &mut R,
     }
 }
 
+type PendingAppend = (u64, Vec<u8>, OwnedSemaphorePermit);
+
+/// Hands a connection's appends to the engine one after the other, so they
+/// get seqs in the order the client sent them; their acknowledgements are
+/// awaited concurrently, so group commit can share one fsync among them.
+async fn submit_loop(replies: Replies, mut pending: mpsc::Receiver<PendingAppend>) {
+    while let Some((id, payload, permit)) = pending.recv().await {
+        match replies.service.submit_payload(payload).await {
+            Ok(ticket) => {
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    match replies.service.wait(ticket).await {
+                        Ok(range) => {
+                            let appended = Response::Appended {
+                                start: range.start,
+                                end: range.end,
+                            };
+                            replies.send(id, false, &appended).await
+                        }
+                        Err(failure) => replies.fail(id, failure).await,
+                    };
+                    drop(permit);
+                });
+            }
+            Err(failure) => {
+                replies.fail(id, failure).await;
+            }
+        }
+    }
+}
+
 fn lock(cancels: &Cancels) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
-    cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    cancels
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) {
@@ -255,15 +286,13 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
                 .await
                 .map(|count| Response::Count { count }),
         ),
-        Request::Histogram { filter, width } => {
-            single(service.histogram(filter, width).await.map(|h| {
-                Response::Histogram {
-                    start: h.start,
-                    width: h.width,
-                    buckets: h.buckets,
-                }
-            }))
-        }
+        Request::Histogram { filter, width } => single(service.histogram(filter, width).await.map(
+            |h| Response::Histogram {
+                start: h.start,
+                width: h.width,
+                buckets: h.buckets,
+            },
+        )),
         Request::Top { filter, field, k } => single(
             service
                 .top(filter, &field, k as usize)

@@ -169,7 +169,9 @@ fn parse_lines(body: &[u8], now: i64) -> Parsed {
     parsed
 }
 
-async fn on_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+async fn on_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failure> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))
@@ -181,7 +183,9 @@ async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure
     let parsed = on_blocking(move || parse_lines(&body, now_ns())).await?;
     let total = parsed.records.len() + parsed.rejected;
     service.metrics.received(Source::Http, total as u64);
-    service.metrics.rejected(Source::Http, parsed.rejected as u64);
+    service
+        .metrics
+        .rejected(Source::Http, parsed.rejected as u64);
     let accepted = parsed.records.len();
     if accepted > 0 {
         service.append_records(parsed.records).await?;
@@ -211,8 +215,10 @@ struct Params {
 }
 
 fn time(text: Option<&str>, name: &str) -> Result<Option<i64>, Failure> {
-    text.map(|t| lode_index::parse_time(t, now_ns()).map_err(|e| bad_request(format!("{name}: {e}"))))
-        .transpose()
+    text.map(|t| {
+        lode_index::parse_time(t, now_ns()).map_err(|e| bad_request(format!("{name}: {e}")))
+    })
+    .transpose()
 }
 
 impl Params {
@@ -231,9 +237,11 @@ fn width(text: &str) -> Result<i64, Failure> {
         return Ok(ns);
     }
     // A relative time is that long before 0: its negation is the duration.
-    lode_index::parse_time(text, 0)
-        .map(|t| -t)
-        .map_err(|_| bad_request(format!("width '{text}': expected a duration like 30s, 5m, 1h or ns")))
+    lode_index::parse_time(text, 0).map(|t| -t).map_err(|_| {
+        bad_request(format!(
+            "width '{text}': expected a duration like 30s, 5m, 1h or ns"
+        ))
+    })
 }
 
 async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
@@ -331,8 +339,18 @@ async fn tail(State(service): Shared, Query(params): Query<Params>) -> Result<Re
 /// One `_bulk` action and the record it carries, if any.
 #[derive(Debug)]
 enum Item {
-    Record { op: String, index: String, at: usize },
-    Refused { op: String, index: String, status: u16, kind: &'static str, reason: String },
+    Record {
+        op: String,
+        index: String,
+        at: usize,
+    },
+    Refused {
+        op: String,
+        index: String,
+        status: u16,
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 fn bulk_error(reason: String) -> Response {
@@ -346,7 +364,11 @@ fn bulk_error(reason: String) -> Response {
 /// Reads `_bulk` NDJSON: action lines, each `index`/`create` followed by
 /// its document. `update` and `delete` are refused per item: lode is
 /// append-only.
-fn parse_bulk(body: &[u8], default_index: Option<&str>, now: i64) -> Result<(Vec<Item>, Vec<LogRecord>), String> {
+fn parse_bulk(
+    body: &[u8],
+    default_index: Option<&str>,
+    now: i64,
+) -> Result<(Vec<Item>, Vec<LogRecord>), String> {
     let shape = Shape::default();
     let mut lines = body
         .split(|b| *b == b'\n')
@@ -380,7 +402,11 @@ fn parse_bulk(body: &[u8], default_index: Option<&str>, now: i64) -> Result<(Vec
                         if record.service.is_empty() {
                             record.service = index.clone();
                         }
-                        items.push(Item::Record { op, index, at: records.len() });
+                        items.push(Item::Record {
+                            op,
+                            index,
+                            at: records.len(),
+                        });
                         records.push(record);
                     }
                     Err(reason) => items.push(Item::Refused {
@@ -414,11 +440,7 @@ async fn bulk(State(service): Shared, body: Bytes) -> Response {
     bulk_body(service, None, body).await
 }
 
-async fn bulk_into(
-    State(service): Shared,
-    Path(index): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn bulk_into(State(service): Shared, Path(index): Path<String>, body: Bytes) -> Response {
     bulk_body(service, Some(index), body).await
 }
 
@@ -433,7 +455,10 @@ async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) ->
         Err(failure) => return failure.into_response(),
     };
     service.metrics.received(Source::Bulk, items.len() as u64);
-    let refused = items.iter().filter(|i| matches!(i, Item::Refused { .. })).count();
+    let refused = items
+        .iter()
+        .filter(|i| matches!(i, Item::Refused { .. }))
+        .count();
     service.metrics.rejected(Source::Bulk, refused as u64);
     let appended = if records.is_empty() {
         Ok(lode_engine::SeqRange { start: 0, end: 0 })
@@ -459,7 +484,16 @@ async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) ->
                     "error": {"type": failure.code.name(), "reason": failure.message},
                 }})
             }
-            (Item::Refused { op, index, status, kind, reason }, _) => json!({ op: {
+            (
+                Item::Refused {
+                    op,
+                    index,
+                    status,
+                    kind,
+                    reason,
+                },
+                _,
+            ) => json!({ op: {
                 "_index": index, "status": status,
                 "error": {"type": kind, "reason": reason},
             }}),
@@ -530,7 +564,12 @@ mod tests {
         assert_eq!(width("5m").unwrap(), 300_000_000_000);
         assert_eq!(width("1000").unwrap(), 1000);
         assert!(width("fortnight").is_err());
-        assert!(time(Some("yesterday"), "since").unwrap_err().message.contains("since"));
+        assert!(
+            time(Some("yesterday"), "since")
+                .unwrap_err()
+                .message
+                .contains("since")
+        );
         assert!(time(Some("2h"), "until").unwrap().is_some());
     }
 }

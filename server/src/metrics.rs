@@ -123,7 +123,12 @@ impl Metrics {
         let by_source = |values: &[AtomicU64; 4]| {
             SOURCES
                 .iter()
-                .map(|s| (format!("source=\"{}\"", s.name()), get_at(values, *s as usize)))
+                .map(|s| {
+                    (
+                        format!("source=\"{}\"", s.name()),
+                        get_at(values, *s as usize),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         labelled(
@@ -247,13 +252,23 @@ mod tests {
         metrics.received(Source::Syslog, 2);
         metrics.failed(ErrorCode::BadQuery);
         let text = metrics.render(&[("wal_bytes".into(), 77), ("group_commits".into(), 3)]);
-        assert!(text.contains("# TYPE lode_ingest_records_total counter\nlode_ingest_records_total 5\n"));
+        assert!(
+            text.contains(
+                "# TYPE lode_ingest_records_total counter\nlode_ingest_records_total 5\n"
+            )
+        );
         assert!(text.contains("lode_received_records_total{source=\"syslog\"} 2\n"));
         assert!(text.contains("lode_errors_total{code=\"bad_query\"} 1\n"));
         assert!(text.contains("# TYPE lode_wal_bytes gauge\nlode_wal_bytes 77\n"));
         assert!(text.contains("lode_group_commits_total 3\n"));
-        for line in text.lines().filter(|l| l.starts_with("# TYPE") && l.ends_with("counter")) {
-            assert!(line.split(' ').nth(2).unwrap().ends_with("_total"), "{line}");
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE") && l.ends_with("counter"))
+        {
+            assert!(
+                line.split(' ').nth(2).unwrap().ends_with("_total"),
+                "{line}"
+            );
         }
     }
 }

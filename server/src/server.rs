@@ -183,7 +183,11 @@ async fn accept_tcp(service: Arc<Service>, listener: TcpListener, connections: A
     }
 }
 
-async fn accept_quic(service: Arc<Service>, endpoint: quinn::Endpoint, connections: Arc<Semaphore>) {
+async fn accept_quic(
+    service: Arc<Service>,
+    endpoint: quinn::Endpoint,
+    connections: Arc<Semaphore>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let permit = admit(&connections);
         let service = Arc::clone(&service);

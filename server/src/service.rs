@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{EncodedBatch, Engine, LogRecord, Record, SeqRange};
+use lode_engine::{AppendTicket, EncodedBatch, Engine, LogRecord, Record, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
@@ -105,19 +105,25 @@ impl Service {
         &self.index
     }
 
-    /// Appends a batch payload a client encoded; answers once durable.
-    pub async fn append_payload(&self, payload: Vec<u8>) -> Outcome<SeqRange> {
+    /// Checks a batch payload a client encoded and hands it to the log
+    /// without waiting: appends submitted in order get seqs in order.
+    pub async fn submit_payload(&self, payload: Vec<u8>) -> Outcome<AppendTicket> {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
-        let range = blocking(move || {
+        blocking(move || {
             let batch = EncodedBatch::from_payload(&payload)
                 .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
-            Ok(engine.submit_encoded(batch)?.wait()?)
+            Ok(engine.submit_encoded(batch)?)
         })
-        .await?;
+        .await
+    }
+
+    /// Waits until a submitted append is durable.
+    pub async fn wait(&self, ticket: AppendTicket) -> Outcome<SeqRange> {
+        let range = blocking(move || Ok(ticket.wait()?)).await?;
         self.metrics.appended(range.len());
         Ok(range)
     }
@@ -132,7 +138,12 @@ impl Service {
     }
 
     /// One page of the newest matches.
-    pub async fn query(&self, filter: Filter, limit: usize, cursor: Option<String>) -> Outcome<Page> {
+    pub async fn query(
+        &self,
+        filter: Filter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Outcome<Page> {
         if limit > self.limits.max_result_records {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
@@ -142,6 +153,7 @@ impl Service {
                 ),
             ));
         }
+        let filter = everything_if_empty(filter);
         let search = Search {
             query: filter.query,
             since: filter.since,
@@ -153,11 +165,13 @@ impl Service {
     }
 
     pub async fn count(&self, filter: Filter) -> Outcome<u64> {
+        let filter = everything_if_empty(filter);
         self.timed(move |index| Ok(index.count(&filter.query, filter.since, filter.until)?))
             .await
     }
 
     pub async fn histogram(&self, filter: Filter, width: Option<i64>) -> Outcome<Histogram> {
+        let filter = everything_if_empty(filter);
         self.timed(move |index| {
             Ok(index.histogram(&filter.query, filter.since, filter.until, width)?)
         })
@@ -165,6 +179,7 @@ impl Service {
     }
 
     pub async fn top(&self, filter: Filter, field: &str, k: usize) -> Outcome<Vec<(String, u64)>> {
+        let filter = everything_if_empty(filter);
         let field = match field {
             "level" => FacetField::Level,
             "service" => FacetField::Service,
@@ -185,6 +200,7 @@ impl Service {
     /// A live tail from `from_seq` (the next record when `None`).
     pub fn tail(&self, query: &str, from_seq: Option<u64>) -> Outcome<Tail> {
         let from = from_seq.unwrap_or_else(|| self.engine.next_seq());
+        let query = if query.trim().is_empty() { "*" } else { query };
         Ok(self.index.tail(query, from)?)
     }
 
@@ -266,6 +282,14 @@ impl Service {
     }
 }
 
+/// No query text means every record (the parser itself wants `*`).
+fn everything_if_empty(mut filter: Filter) -> Filter {
+    if filter.query.trim().is_empty() {
+        filter.query = "*".into();
+    }
+    filter
+}
+
 fn check_batch_records(count: usize, max: usize) -> Outcome<()> {
     if count > max {
         return Err(Failure::new(
@@ -286,4 +310,3 @@ where
         .await
         .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, format!("worker: {e}"))))
 }
-

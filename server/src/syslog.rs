@@ -98,7 +98,9 @@ async fn append(service: &Service, records: Vec<LogRecord>) {
     if records.is_empty() {
         return;
     }
-    service.metrics.received(Source::Syslog, records.len() as u64);
+    service
+        .metrics
+        .received(Source::Syslog, records.len() as u64);
     for batch in records.chunks(BATCH) {
         if let Err(failure) = service.append_records(batch.to_vec()).await {
             tracing::error!(%failure, "syslog append failed");

@@ -39,3 +39,5 @@ mod fixtures;
 mod model;
 #[cfg(test)]
 mod search;
+#[cfg(test)]
+mod server;

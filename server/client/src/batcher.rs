@@ -1,13 +1,13 @@
 //! Batching with back-pressure: records are gathered into batches, each
-//! batch is sent as soon as it is full, and at most `window` batches wait
-//! for their acknowledgement at once.
+//! batch is sent as soon as it is full (in order: seqs follow the order of
+//! `push`), and at most `window` batches wait for their acknowledgement at
+//! once.
 
 use std::collections::VecDeque;
 
 use lode_codec::{EncodedBatch, LogRecord};
-use tokio::task::JoinHandle;
 
-use crate::{Appended, Client, ClientError, Result};
+use crate::{Client, ClientError, PendingAppend, Result};
 
 /// Gathers records into batches and appends them pipelined.
 ///
@@ -27,7 +27,7 @@ pub struct Batcher {
     records: Vec<LogRecord>,
     batch_records: usize,
     window: usize,
-    in_flight: VecDeque<JoinHandle<Result<Appended>>>,
+    in_flight: VecDeque<PendingAppend>,
     acknowledged: u64,
 }
 
@@ -66,20 +66,17 @@ impl Batcher {
         while self.in_flight.len() >= self.window {
             self.settle_one().await?;
         }
-        let batch = EncodedBatch::encode(&self.records)
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let batch =
+            EncodedBatch::encode(&self.records).map_err(|e| ClientError::Encode(e.to_string()))?;
         self.records.clear();
-        let client = self.client.clone();
-        self.in_flight
-            .push_back(tokio::spawn(async move { client.append_encoded(&batch).await }));
+        let pending = self.client.submit_encoded(&batch).await?;
+        self.in_flight.push_back(pending);
         Ok(())
     }
 
     async fn settle_one(&mut self) -> Result<()> {
-        if let Some(task) = self.in_flight.pop_front() {
-            let appended = task
-                .await
-                .map_err(|e| ClientError::io("append task", e))??;
+        if let Some(pending) = self.in_flight.pop_front() {
+            let appended = pending.wait().await?;
             self.acknowledged += appended.end - appended.start;
         }
         Ok(())

@@ -42,7 +42,9 @@ impl std::fmt::Debug for Connection {
 }
 
 fn lock(routes: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
-    routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    routes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The answer frames of one request.
@@ -70,7 +72,11 @@ impl Stream {
 
 impl Connection {
     /// Says hello and starts the reader and writer.
-    pub(crate) async fn start<R, W>(reader: R, writer: W, options: &ClientOptions) -> Result<Connection>
+    pub(crate) async fn start<R, W>(
+        reader: R,
+        writer: W,
+        options: &ClientOptions,
+    ) -> Result<Connection>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -93,16 +99,20 @@ impl Connection {
         match wire::decode_hello(&answer)? {
             (VERSION, HelloStatus::Ok) => {}
             (peer, _) => {
-                return Err(ClientError::Protocol(
-                    wire::WireError::UnsupportedVersion { peer },
-                ));
+                return Err(ClientError::Protocol(wire::WireError::UnsupportedVersion {
+                    peer,
+                }));
             }
         }
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (tx, rx) = mpsc::channel(256);
         let tasks = vec![
             tokio::spawn(write_loop(writer, rx)),
-            tokio::spawn(read_loop(reader, Arc::clone(&routes), options.max_frame_bytes)),
+            tokio::spawn(read_loop(
+                reader,
+                Arc::clone(&routes),
+                options.max_frame_bytes,
+            )),
         ];
         Ok(Connection {
             tx,
@@ -176,7 +186,10 @@ impl Drop for Connection {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: BufWriter<W>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: BufWriter<W>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
     while let Some(frame) = rx.recv().await {
         if writer.write_all(&frame).await.is_err() {
             return;
@@ -193,7 +206,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: BufWriter<W>, mut rx: mps
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: BufReader<R>, routes: Arc<Mutex<Routes>>, max_frame: u32) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: BufReader<R>,
+    routes: Arc<Mutex<Routes>>,
+    max_frame: u32,
+) {
     let reason = loop {
         let mut head = [0u8; FRAME_HEADER];
         if let Err(e) = reader.read_exact(&mut head).await {

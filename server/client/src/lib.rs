@@ -136,10 +136,13 @@ impl Client {
     }
 
     pub async fn connect_tcp_with(addr: &str, options: ClientOptions) -> Result<Client> {
-        let stream = tokio::time::timeout(options.connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::io(&format!("connect to {addr}"), "timed out"))?
-            .map_err(|e| ClientError::io(&format!("connect to {addr}"), e))?;
+        let stream = tokio::time::timeout(
+            options.connect_timeout,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| ClientError::io(&format!("connect to {addr}"), "timed out"))?
+        .map_err(|e| ClientError::io(&format!("connect to {addr}"), e))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         let connection = Connection::start(reader, writer, &options).await?;
@@ -207,11 +210,15 @@ impl Client {
     /// Appends a batch already encoded (encode once, send many times in
     /// benchmarks; or encode on another thread).
     pub async fn append_encoded(&self, batch: &EncodedBatch) -> Result<Appended> {
-        let mut stream = self.connection.send_append(batch.payload()).await?;
-        match stream.next().await? {
-            (Response::Appended { start, end }, _) => Ok(Appended { start, end }),
-            (other, _) => Err(server_error(other)),
-        }
+        self.submit_encoded(batch).await?.wait().await
+    }
+
+    /// Sends an append and returns without waiting for its
+    /// acknowledgement. Appends submitted one after the other on a client
+    /// get seqs in that order.
+    pub async fn submit_encoded(&self, batch: &EncodedBatch) -> Result<PendingAppend> {
+        let stream = self.connection.send_append(batch.payload()).await?;
+        Ok(PendingAppend { stream })
     }
 
     /// One page of the newest records matching `filter`.
@@ -298,6 +305,22 @@ impl Client {
     async fn single(&self, request: &Request) -> Result<Response> {
         let mut stream = self.connection.send_request(request).await?;
         Ok(stream.next().await?.0)
+    }
+}
+
+/// An append sent and not yet acknowledged; see [`Client::submit_encoded`].
+#[derive(Debug)]
+pub struct PendingAppend {
+    stream: ResponseStream,
+}
+
+impl PendingAppend {
+    /// Waits until the server has made the batch durable.
+    pub async fn wait(mut self) -> Result<Appended> {
+        match self.stream.next().await? {
+            (Response::Appended { start, end }, _) => Ok(Appended { start, end }),
+            (other, _) => Err(server_error(other)),
+        }
     }
 }
 

@@ -1,0 +1,663 @@
+//! The server over loopback: every operation over TCP and QUIC, bad input
+//! that must close only its own connection, the HTTP API and
+//! Elasticsearch `_bulk`, syslog, and SIGKILL of the server during binary
+//! and HTTP ingest.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lode_client::{Batcher, Client, ClientError, ErrorCode, Filter};
+use lode_engine::{Engine, Level, LogRecord, Options};
+use lode_protocol::wire::{self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind};
+use lode_server::{Addresses, Config, Server};
+use lode_tools::SplitMix64;
+use serde_json::Value;
+
+use crate::record_for;
+
+fn loopback() -> Option<SocketAddr> {
+    "127.0.0.1:0".parse().ok()
+}
+
+fn config(data: &Path) -> Config {
+    Config {
+        data: data.to_owned(),
+        listen: loopback(),
+        quic: loopback(),
+        http: loopback(),
+        syslog: loopback(),
+        ..Config::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Bounds every async step of a test.
+async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than 30 s"))
+}
+
+fn filter(query: &str) -> Filter {
+    Filter {
+        query: query.into(),
+        ..Filter::default()
+    }
+}
+
+async fn clients(addresses: &Addresses) -> Vec<(&'static str, Client)> {
+    let tcp = Client::connect_tcp(&addresses.tcp.unwrap().to_string())
+        .await
+        .unwrap();
+    let quic = Client::connect_quic(
+        addresses.quic.unwrap(),
+        addresses.cert.as_deref().unwrap(),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    vec![("tcp", tcp), ("quic", quic)]
+}
+
+async fn wait_indexed(server: &Server) {
+    let service = std::sync::Arc::clone(server.service());
+    tokio::task::spawn_blocking(move || assert!(service.wait_indexed(Duration::from_secs(20))))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn every_operation_over_tcp_and_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let server = Server::start(config(dir.path())).await.unwrap();
+        for (name, client) in clients(server.addresses()).await {
+            within(name, async {
+                assert!(client.ping().await.unwrap().starts_with("lode "));
+                let service = format!("svc-{name}");
+                let batch: Vec<LogRecord> = (0..250)
+                    .map(|i| LogRecord {
+                        ts: 1_800_000_000_000_000_000 + i * 1_000_000_000,
+                        level: if i % 5 == 0 { Level::Error } else { Level::Info },
+                        service: service.clone(),
+                        host: format!("h{}", i % 3),
+                        attrs: vec![("i".into(), i.to_string())],
+                        message: format!("request {i} served over {name}"),
+                    })
+                    .collect();
+                let first = client.append(&batch[..100]).await.unwrap();
+                let second = client.append(&batch[100..]).await.unwrap();
+                assert_eq!(first.end, second.start, "{name}: seqs are dense");
+                wait_indexed(&server).await;
+
+                // Paging with the cursor walks all 250, newest first.
+                let query = format!("service:{service}");
+                let mut seen = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = client.query(filter(&query), 70, cursor).await.unwrap();
+                    seen.extend(page.records.iter().map(|r| r.seq));
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                let expected: Vec<u64> = (first.start..second.end).rev().collect();
+                assert_eq!(seen, expected, "{name}: pages");
+
+                let errors = format!("{query} level:error");
+                assert_eq!(client.count(filter(&errors)).await.unwrap(), 50);
+                let hist = client.histogram(filter(&query), Some(100_000_000_000)).await.unwrap();
+                assert_eq!(hist.buckets.iter().sum::<u64>(), 250);
+                assert_eq!(hist.buckets.len(), 3);
+                let top = client.top(filter(&query), "host", 2).await.unwrap();
+                assert_eq!(top, vec![("h0".into(), 84), ("h1".into(), 83)]);
+                let stats = client.stats().await.unwrap();
+                assert!(stats.iter().any(|(k, v)| k == "records" && *v >= 250));
+
+                // A tail sees what is appended after it starts.
+                let mut tail = client.tail(&format!("{query} live"), None).await.unwrap();
+                let live = LogRecord {
+                    ts: 1_800_000_000_000_000_000,
+                    service: service.clone(),
+                    message: "live one".into(),
+                    ..LogRecord::default()
+                };
+                let noise = LogRecord {
+                    ts: 1_800_000_000_000_000_000,
+                    service: service.clone(),
+                    message: "not for the tail".into(),
+                    ..LogRecord::default()
+                };
+                client.append(&[noise, live]).await.unwrap();
+                let got = tail.next().await.unwrap().unwrap();
+                assert_eq!(got.len(), 1);
+                assert_eq!(got[0].record.message, "live one");
+                drop(tail);
+
+                // Typed errors, and the connection goes on after them.
+                let bad = client.count(filter("level:>=")).await.unwrap_err();
+                assert!(
+                    matches!(&bad, ClientError::Server { code: Some(ErrorCode::BadQuery), message } if message.contains("column")),
+                    "{bad}"
+                );
+                let big = client.query(filter(""), 1_000_000, None).await.unwrap_err();
+                assert!(big.to_string().contains("max_result_records"), "{big}");
+                let top = client.top(filter(""), "colour", 3).await.unwrap_err();
+                assert!(matches!(top, ClientError::Server { code: Some(ErrorCode::BadRequest), .. }));
+                assert!(client.ping().await.is_ok());
+            })
+            .await;
+        }
+        server.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn many_requests_in_flight_and_a_batcher() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let server = Server::start(config(dir.path())).await.unwrap();
+        let client = Client::connect_tcp(&server.addresses().tcp.unwrap().to_string())
+            .await
+            .unwrap();
+        within("batcher", async {
+            let mut batcher = Batcher::new(client.clone(), 100, 8);
+            for seq in 1..=5000 {
+                batcher.push(record_for(seq)).await.unwrap();
+            }
+            assert_eq!(batcher.finish().await.unwrap(), 5000);
+            // 200 pings at once on one connection, answered by id.
+            let pings: Vec<_> = (0..200)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move { client.ping().await })
+                })
+                .collect();
+            for ping in pings {
+                assert!(ping.await.unwrap().is_ok());
+            }
+        })
+        .await;
+        let engine = server.service().engine();
+        assert_eq!(engine.stats().records, 5000);
+        for seq in [1, 777, 5000] {
+            assert_eq!(engine.get(seq).unwrap().unwrap().log, record_for(seq));
+        }
+        server.shutdown().await.unwrap();
+    });
+}
+
+/// Writes a hello and returns the server's answer.
+fn raw_hello(addr: SocketAddr, version: u16) -> (TcpStream, [u8; HELLO_LEN]) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(&wire::encode_hello(version, HelloStatus::Ok))
+        .unwrap();
+    let mut answer = [0u8; HELLO_LEN];
+    stream.read_exact(&mut answer).unwrap();
+    (stream, answer)
+}
+
+fn read_response(stream: &mut TcpStream) -> (u64, wire::Response) {
+    let mut head = [0u8; FRAME_HEADER];
+    stream.read_exact(&mut head).unwrap();
+    let header = wire::decode_header(&head, wire::DEFAULT_MAX_FRAME).unwrap();
+    let mut payload = vec![0u8; header.len as usize];
+    stream.read_exact(&mut payload).unwrap();
+    (header.id, wire::decode_response(&payload).unwrap())
+}
+
+fn error_code(response: &wire::Response) -> Option<ErrorCode> {
+    match response {
+        wire::Response::Error { code, .. } => ErrorCode::from_u16(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn bad_input_closes_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().tcp.unwrap();
+
+    // An unknown version is refused in the hello.
+    let (_, answer) = raw_hello(addr, 99);
+    assert_eq!(
+        wire::decode_hello(&answer).unwrap(),
+        (wire::VERSION, HelloStatus::UnsupportedVersion)
+    );
+
+    // A well-framed append of garbage is a bad request; the connection lives.
+    let (mut stream, _) = raw_hello(addr, wire::VERSION);
+    let mut frame = Vec::new();
+    wire::encode_frame(Kind::Append, 0, 5, b"definitely not a batch", &mut frame).unwrap();
+    stream.write_all(&frame).unwrap();
+    let (id, response) = read_response(&mut stream);
+    assert_eq!(
+        (id, error_code(&response)),
+        (5, Some(ErrorCode::BadRequest))
+    );
+    let mut ping = Vec::new();
+    wire::encode_request(6, &wire::Request::Ping, &mut ping).unwrap();
+    stream.write_all(&ping).unwrap();
+    assert!(matches!(
+        read_response(&mut stream),
+        (6, wire::Response::Pong { .. })
+    ));
+
+    // A broken header gets one bad_frame error, then the connection closes.
+    stream.write_all(&[0xff; FRAME_HEADER]).unwrap();
+    let (id, response) = read_response(&mut stream);
+    assert_eq!((id, error_code(&response)), (0, Some(ErrorCode::BadFrame)));
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap_or(0), 0, "closed");
+
+    // A frame over max_frame_bytes names the limit.
+    let (mut stream, _) = raw_hello(addr, wire::VERSION);
+    let mut huge = Vec::new();
+    wire::encode_header(Kind::Append, 0, 1, u32::MAX, &mut huge);
+    stream.write_all(&huge).unwrap();
+    match read_response(&mut stream).1 {
+        wire::Response::Error { message, .. } => assert!(message.contains("max_frame_bytes")),
+        other => panic!("{other:?}"),
+    }
+
+    // Meanwhile another client is served as usual.
+    rt.block_on(async {
+        let client = Client::connect_tcp(&addr.to_string()).await.unwrap();
+        assert!(client.append(&[record_for(1)]).await.is_ok());
+    });
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// A minimal HTTP/1.1 exchange: status, headers (lowercase names), body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lode\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn http_api_and_elasticsearch_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().http.unwrap();
+
+    let body = b"{\"ts\":\"2027-01-01T00:00:00Z\",\"level\":\"ERROR\",\"service\":\"web\",\"message\":\"checkout failed\",\"order\":17}\n\
+not json\n\
+{\"ts\":1798761600000000001,\"service\":\"web\",\"host\":\"h1\",\"message\":\"checkout ok\"}\n";
+    let (status, head, reply) = http(addr, "POST", "/api/v1/ingest", body);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-elastic-product: elasticsearch"));
+    let reply = json(&reply);
+    assert_eq!(
+        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(reply["errors"][0]["line"], 2);
+
+    let (status, _, reply) = http(
+        addr,
+        "POST",
+        "/_bulk",
+        b"{\"index\":{\"_index\":\"shop\"}}\n{\"@timestamp\":\"2027-01-01T00:00:01Z\",\"message\":\"bulk checkout\"}\n{\"delete\":{\"_id\":\"1\"}}\n",
+    );
+    assert_eq!(status, 200);
+    let reply = json(&reply);
+    assert_eq!(reply["errors"], true);
+    assert_eq!(reply["items"][0]["index"]["status"], 201);
+    assert_eq!(reply["items"][1]["delete"]["status"], 400);
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/shop/_bulk",
+        b"{\"create\":{}}\n{\"message\":\"x\"}\n",
+    );
+    assert_eq!(status, 200);
+    rt.block_on(wait_indexed(&server));
+
+    let (status, _, reply) = http(addr, "GET", "/api/v1/query?q=checkout&limit=2", b"");
+    assert_eq!(status, 200);
+    let reply = json(&reply);
+    assert_eq!(reply["records"][0]["message"], "bulk checkout");
+    assert_eq!(reply["records"][0]["service"], "shop");
+    assert_eq!(reply["records"][1]["message"], "checkout ok");
+    assert!(reply["next_cursor"].is_string());
+    let cursor = reply["next_cursor"].as_str().unwrap();
+    let (_, _, reply) = http(
+        addr,
+        "GET",
+        &format!("/api/v1/query?q=checkout&cursor={cursor}"),
+        b"",
+    );
+    let reply = json(&reply);
+    assert_eq!(reply["records"][0]["attrs"]["order"], "17");
+    assert_eq!(reply["records"][0]["level"], "error");
+    assert_eq!(reply["records"][0]["ts"], "2027-01-01T00:00:00.000000000Z");
+    assert!(reply["next_cursor"].is_null());
+
+    let (_, _, reply) = http(addr, "GET", "/api/v1/count?q=service:web", b"");
+    assert_eq!(json(&reply)["count"], 2);
+    let (_, _, reply) = http(
+        addr,
+        "GET",
+        "/api/v1/histogram?q=checkout&width=1s&since=2027-01-01T00:00:00Z&until=2027-01-01T00:00:02Z",
+        b"",
+    );
+    let buckets: u64 = json(&reply)["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(buckets, 3);
+    let (_, _, reply) = http(addr, "GET", "/api/v1/top?field=service&k=1", b"");
+    assert_eq!(json(&reply)["values"][0]["value"], "shop");
+    let (status, _, reply) = http(addr, "GET", "/api/v1/count?q=level:%3E%3D", b"");
+    assert_eq!(status, 400);
+    assert_eq!(json(&reply)["error"]["code"], "bad_query");
+    let (status, _, _) = http(addr, "GET", "/api/v1/query?since=yesterday", b"");
+    assert_eq!(status, 400);
+
+    let (status, head, reply) = http(addr, "GET", "/", b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("x-elastic-product: elasticsearch"));
+    assert!(
+        json(&reply)["version"]["number"]
+            .as_str()
+            .unwrap()
+            .starts_with('8')
+    );
+    assert_eq!(http(addr, "GET", "/health", b"").0, 200);
+    assert_eq!(http(addr, "GET", "/ready", b"").0, 200);
+    let (_, head, metrics) = http(addr, "GET", "/metrics", b"");
+    assert!(head.contains("text/plain; version=0.0.4"));
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("lode_ingest_records_total 4\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lode_rejected_records_total{source=\"http\"} 1\n"));
+
+    // A body over max_body_bytes is 413.
+    let big = vec![b'x'; 65 << 20];
+    assert_eq!(http(addr, "POST", "/api/v1/ingest", &big).0, 413);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn http_tail_streams_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().http.unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /api/v1/tail?q=wanted HTTP/1.1\r\nHost: lode\r\n\r\n")
+        .unwrap();
+    // Once the head is back the tail is subscribed.
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let ingest = b"{\"message\":\"unwanted\"}\n{\"message\":\"wanted one\"}\n";
+    assert_eq!(http(addr, "POST", "/api/v1/ingest", ingest).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut found = false;
+    while !found && Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        assert!(!line.contains("unwanted"));
+        found = line.contains("\"message\":\"wanted one\"");
+    }
+    assert!(found, "the tail delivered the record");
+    drop(reader);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn syslog_over_tcp_and_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().syslog.unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    let framed = "<11>1 2027-01-01T00:00:00Z db1 postgres 42 - - connection reset";
+    tcp.write_all(format!("{} {framed}", framed.len()).as_bytes())
+        .unwrap();
+    tcp.write_all(b"<30>Jan  2 03:04:05 web2 nginx[7]: GET /index.html 200\n")
+        .unwrap();
+    drop(tcp);
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"<12>1 - cache1 redis - - - memory low", addr)
+        .unwrap();
+    let service = server.service();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while service.engine().stats().records < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let records: Vec<_> = service.engine().scan(..).map(|r| r.unwrap().log).collect();
+    assert_eq!(records.len(), 3);
+    let find = |service: &str| records.iter().find(|r| r.service == service).unwrap();
+    let pg = find("postgres");
+    assert_eq!((pg.level.clone(), pg.host.as_str()), (Level::Error, "db1"));
+    assert_eq!(pg.message, "connection reset");
+    let nginx = find("nginx");
+    assert_eq!(
+        (nginx.level.clone(), nginx.host.as_str()),
+        (Level::Info, "web2")
+    );
+    let redis = find("redis");
+    assert_eq!(
+        (redis.level.clone(), redis.message.as_str()),
+        (Level::Warn, "memory low")
+    );
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+const DIR_VAR: &str = "LODE_SERVER_CRASH_DIR";
+
+/// The server process of the SIGKILL test; runs only when started by it.
+#[test]
+#[ignore = "run by server::sigkill_during_binary_and_http_ingest in a child process"]
+fn server_child() {
+    let Ok(dir) = std::env::var(DIR_VAR) else {
+        return;
+    };
+    runtime().block_on(async {
+        let config = Config {
+            quic: None,
+            syslog: None,
+            ..config(Path::new(&dir))
+        };
+        let server = Server::start(config).await.expect("child server");
+        let a = server.addresses();
+        println!("listening {} {}", a.tcp.unwrap(), a.http.unwrap());
+        std::future::pending::<()>().await;
+    });
+}
+
+/// What the ingesting threads learned: ids acknowledged and ids sent.
+#[derive(Default)]
+struct Sent {
+    acked: Vec<u64>,
+    /// Acknowledged or in flight when the server died.
+    sent: Vec<u64>,
+}
+
+fn tagged(id: u64) -> LogRecord {
+    let mut record = record_for(id);
+    record.attrs = vec![("id".into(), id.to_string())];
+    record
+}
+
+/// Sends batches over the binary protocol until the server dies.
+fn binary_ingest(addr: SocketAddr, first_id: u64) -> Sent {
+    let mut sent = Sent::default();
+    let rt = runtime();
+    rt.block_on(async {
+        let Ok(client) = Client::connect_tcp(&addr.to_string()).await else {
+            return;
+        };
+        let mut id = first_id;
+        loop {
+            let batch: Vec<LogRecord> = (id..id + 50).map(tagged).collect();
+            sent.sent.extend(id..id + 50);
+            match client.append(&batch).await {
+                Ok(_) => sent.acked.extend(id..id + 50),
+                Err(_) => return,
+            }
+            id += 50;
+        }
+    });
+    sent
+}
+
+/// Sends JSON lines over HTTP until the server dies.
+fn http_ingest(addr: SocketAddr, first_id: u64) -> Sent {
+    let mut sent = Sent::default();
+    let mut id = first_id;
+    loop {
+        let mut body = Vec::new();
+        for i in id..id + 20 {
+            lode_tools::to_json_line(None, &tagged(i), &mut body);
+        }
+        sent.sent.extend(id..id + 20);
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return sent;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let head = format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nHost: l\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut response = Vec::new();
+        let ok = stream.write_all(head.as_bytes()).is_ok()
+            && stream.write_all(&body).is_ok()
+            && stream.read_to_end(&mut response).is_ok()
+            && response.starts_with(b"HTTP/1.1 200")
+            && String::from_utf8_lossy(&response).contains("\"accepted\":20");
+        if !ok {
+            return sent;
+        }
+        sent.acked.extend(id..id + 20);
+        id += 20;
+    }
+}
+
+const KILLS: usize = 20;
+
+#[test]
+fn sigkill_during_binary_and_http_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix64::new(0xdead);
+    let started = Instant::now();
+    let mut acked: Vec<u64> = Vec::new();
+    let mut sent = std::collections::HashSet::new();
+    for round in 0..KILLS as u64 {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args([
+                "server::server_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DIR_VAR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addrs = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.split("listening ").nth(1).map(str::to_owned))
+            .expect("the child server started");
+        let mut addrs = addrs.split(' ').map(|a| a.parse::<SocketAddr>().unwrap());
+        let (tcp, http_addr) = (addrs.next().unwrap(), addrs.next().unwrap());
+        // Ids are unique per round: binary from round*10^6, http from
+        // round*10^6 + 500,000.
+        let base = (round + 1) * 1_000_000;
+        let binary = std::thread::spawn(move || binary_ingest(tcp, base));
+        let web = std::thread::spawn(move || http_ingest(http_addr, base + 500_000));
+        std::thread::sleep(Duration::from_millis(50 + rng.below(300)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for result in [binary.join().unwrap(), web.join().unwrap()] {
+            acked.extend(result.acked);
+            sent.extend(result.sent);
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "too slow");
+    }
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    let mut found = std::collections::HashSet::new();
+    for record in engine.scan(..) {
+        let record = record.unwrap();
+        let id: u64 = record.attrs[0].1.parse().unwrap();
+        assert_eq!(record.log, tagged(id), "record {id} intact");
+        assert!(found.insert(id), "record {id} stored twice");
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !found.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    eprintln!(
+        "{KILLS} kills, {} records acknowledged, {} stored",
+        acked.len(),
+        found.len()
+    );
+    assert!(
+        acked.len() > 1000,
+        "the test ingested too little: {}",
+        acked.len()
+    );
+    let strangers: Vec<_> = found.iter().filter(|id| !sent.contains(id)).collect();
+    assert!(strangers.is_empty(), "records nobody sent: {strangers:?}");
+}
