@@ -1,0 +1,184 @@
+//! Where a CLI command's requests go: a running server (binary protocol,
+//! TCP or QUIC), or a data directory opened in this process when `--data`
+//! is given. Both answer the same calls with the same types.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lode_client::{Client, Filter};
+use lode_engine::{LogRecord, Record};
+use lode_server::{Config, Service};
+
+use crate::CliError;
+
+/// Where to send requests, from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    /// Server to talk to: HOST:PORT over TCP, or quic://HOST:PORT.
+    #[arg(long, short = 's', default_value = lode_server::DEFAULT_LISTEN, env = "LODE_SERVER")]
+    pub(crate) server: String,
+    /// Open this data directory in this process instead of talking to a
+    /// server (it must not be held by a running server).
+    #[arg(long, short = 'd')]
+    pub(crate) data: Option<PathBuf>,
+    /// Certificate to trust for quic:// (the server's DATA/tls/cert.pem).
+    #[arg(long, default_value = "./lode-data/tls/cert.pem")]
+    pub(crate) cert: PathBuf,
+}
+
+/// One page of results.
+pub(crate) struct Page {
+    pub(crate) records: Vec<Record>,
+    pub(crate) next_cursor: Option<String>,
+}
+
+pub(crate) enum Backend {
+    Remote(Client),
+    Local(Box<Service>),
+}
+
+impl Backend {
+    pub(crate) async fn connect(target: &Target) -> Result<Backend, CliError> {
+        if let Some(data) = &target.data {
+            return open_local(data).await;
+        }
+        let client = match target.server.strip_prefix("quic://") {
+            Some(addr) => {
+                let addr = tokio::net::lookup_host(addr)
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| CliError::new(format!("cannot resolve '{addr}'")))?;
+                Client::connect_quic(addr, &target.cert, "localhost").await
+            }
+            None => Client::connect_tcp(&target.server).await,
+        };
+        client.map(Backend::Remote).map_err(|e| {
+            CliError::new(format!(
+                "no lode server at {} ({e})\n  start one with `lode serve`, or open a data directory directly with --data DIR",
+                target.server
+            ))
+        })
+    }
+
+    pub(crate) async fn append(&self, records: Vec<LogRecord>) -> Result<u64, CliError> {
+        let n = records.len() as u64;
+        match self {
+            Backend::Remote(client) => {
+                client.append(&records).await?;
+            }
+            Backend::Local(service) => {
+                service.append_records(records).await?;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn query(
+        &self,
+        filter: Filter,
+        limit: u32,
+        cursor: Option<String>,
+    ) -> Result<Page, CliError> {
+        match self {
+            Backend::Remote(client) => {
+                let page = client.query(filter, limit, cursor).await?;
+                Ok(Page {
+                    records: page
+                        .records
+                        .into_iter()
+                        .map(|r| Record {
+                            seq: r.seq,
+                            log: r.record,
+                        })
+                        .collect(),
+                    next_cursor: page.next_cursor,
+                })
+            }
+            Backend::Local(service) => {
+                let page = service.query(filter, limit as usize, cursor).await?;
+                Ok(Page {
+                    records: page.records,
+                    next_cursor: page.next_cursor,
+                })
+            }
+        }
+    }
+
+    pub(crate) async fn count(&self, filter: Filter) -> Result<u64, CliError> {
+        Ok(match self {
+            Backend::Remote(client) => client.count(filter).await?,
+            Backend::Local(service) => service.count(filter).await?,
+        })
+    }
+
+    pub(crate) async fn stats(&self) -> Result<Vec<(String, u64)>, CliError> {
+        Ok(match self {
+            Backend::Remote(client) => client.stats().await?,
+            Backend::Local(service) => service.figures(),
+        })
+    }
+
+    /// Calls `each` with every record matching `query` from now on.
+    pub(crate) async fn tail(
+        &self,
+        query: &str,
+        mut each: impl FnMut(&Record) -> std::io::Result<()>,
+    ) -> Result<(), CliError> {
+        match self {
+            Backend::Remote(client) => {
+                let mut tail = client.tail(query, None).await?;
+                while let Some(records) = tail.next().await? {
+                    for r in records {
+                        each(&Record {
+                            seq: r.seq,
+                            log: r.record,
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            Backend::Local(service) => {
+                let mut tail = service.tail(query, None)?;
+                loop {
+                    let next = tokio::task::block_in_place(|| {
+                        tail.next_timeout(Duration::from_millis(200))
+                    });
+                    if let Some(record) = next.map_err(|e| CliError::new(e.to_string()))? {
+                        each(&record)?;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn close(self) -> Result<(), CliError> {
+        if let Backend::Local(service) = self {
+            (*service).close()?;
+        }
+        Ok(())
+    }
+}
+
+async fn open_local(data: &Path) -> Result<Backend, CliError> {
+    let config = Config {
+        data: data.to_owned(),
+        ..Config::default()
+    };
+    let service = tokio::task::spawn_blocking(move || Service::open(&config))
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?
+        .map_err(|e| match e {
+            lode_server::Error::Engine(locked @ lode_engine::Error::Locked { .. }) => CliError::new(format!(
+                "{locked}\n  if that is a lode server, talk to it with --server instead of --data"
+            )),
+            other => other.into(),
+        })?;
+    // A directory opened cold may have records its index has not caught
+    // up with yet; queries should see them.
+    let caught_up = tokio::task::block_in_place(|| service.wait_indexed(Duration::from_secs(120)));
+    if !caught_up {
+        eprintln!("lode: the index is still catching up; results may miss the newest records");
+    }
+    Ok(Backend::Local(Box::new(service)))
+}

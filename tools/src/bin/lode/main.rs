@@ -1,0 +1,479 @@
+//! The `lode` command line: run a server, send it logs, search them.
+
+mod backend;
+mod output;
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use backend::{Backend, Target};
+use clap::{Parser, Subcommand};
+use lode_client::{Batcher, Filter};
+use lode_engine::{Engine, LogRecord, Options};
+use lode_protocol::json::{Shape, parse_record};
+use lode_server::{Config, Server};
+use lode_tools::{Corpus, format_rfc3339};
+use output::{Format, Printer};
+
+/// lode: a log database. Takes in logs over its binary protocol, HTTP
+/// (JSON lines, Elasticsearch _bulk) and syslog; finds them again by words,
+/// phrases and fields; follows them live.
+///
+/// Start a server (data in ./lode-data, loopback only):
+///   lode serve
+/// Send it logs, one JSON object per line:
+///   echo '{"level":"error","service":"api","message":"upstream timed out"}' | lode ingest
+///   loadgen -n 100000 | lode ingest
+/// Search, newest first:
+///   lode query 'timed out' --since 1h
+///   lode query 'service:api level:>=warn "connection refused"' --limit 20
+///   lode count 'level:error' --since 24h
+///   lode tail 'service:api'                 follow new records
+///   lode stats
+/// Without a server, open a data directory in this process:
+///   lode query 'error' --data ./lode-data
+///
+/// Query language: words (all must appear), "a phrase", OR, NOT or -word,
+/// parentheses, field:value on level, service, host and attrs.KEY,
+/// level:>=warn, prefixes conn*, and * for everything.
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server: binary protocol (TCP and QUIC), HTTP and syslog.
+    ///
+    /// Listeners take HOST:PORT, or `off`. Flags override the config file.
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+    /// Send JSON lines (a file, or - for standard input) to lode.
+    ///
+    /// Each line: {"ts":"2026-01-01T10:00:00Z" or ns, "level", "service",
+    /// "host", "attrs":{...}, "message"}; other fields become attrs.
+    #[command(verbatim_doc_comment)]
+    Ingest {
+        /// File of JSON lines; - or nothing reads standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the newest records matching a query.
+    Query {
+        /// The query; empty or * for everything.
+        #[arg(default_value = "*")]
+        query: String,
+        #[command(flatten)]
+        range: Range,
+        /// Most records to print.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        limit: u64,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Default)]
+        output: Format,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Count the records matching a query.
+    Count {
+        #[arg(default_value = "*")]
+        query: String,
+        #[command(flatten)]
+        range: Range,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow new records matching a query as they arrive (Ctrl-C stops).
+    Tail {
+        #[arg(default_value = "*")]
+        query: String,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Default)]
+        output: Format,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the figures of a server or data directory.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Store generated sample logs into a data directory (no server).
+    Demo {
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "./lode-data")]
+        data: PathBuf,
+        /// Records to store.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Seed of the sample generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Range {
+    /// Only records at or after this: RFC 3339, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML); see the README for its keys.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./lode-data].
+    #[arg(long, short = 'd')]
+    data: Option<PathBuf>,
+    /// Binary protocol over TCP [default: 127.0.0.1:7400].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Binary protocol over QUIC [default: 127.0.0.1:7400 (UDP)].
+    #[arg(long)]
+    quic: Option<String>,
+    /// HTTP: JSON API, Elasticsearch _bulk, /metrics [default: 127.0.0.1:7401].
+    #[arg(long)]
+    http: Option<String>,
+    /// Syslog over TCP and UDP [default: 127.0.0.1:7514].
+    #[arg(long)]
+    syslog: Option<String>,
+}
+
+/// An error for the user: printed as `lode: MESSAGE`.
+#[derive(Debug)]
+pub(crate) struct CliError(String);
+
+impl CliError {
+    pub(crate) fn new(message: impl Into<String>) -> CliError {
+        CliError(message.into())
+    }
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> CliError {
+        CliError(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lode: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(message)) if message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(CliError(message)) => {
+            eprintln!("lode: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Ingest {
+            file,
+            batch,
+            target,
+        } => ingest(&file, batch.max(1), &target).await,
+        Command::Query {
+            query,
+            range,
+            limit,
+            output,
+            target,
+        } => {
+            let backend = Backend::connect(&target).await?;
+            let result = print_query(&backend, filter(query, &range)?, limit, output).await;
+            backend.close()?;
+            result
+        }
+        Command::Count {
+            query,
+            range,
+            target,
+        } => {
+            let backend = Backend::connect(&target).await?;
+            println!("{}", backend.count(filter(query, &range)?).await?);
+            backend.close()
+        }
+        Command::Tail {
+            query,
+            output,
+            target,
+        } => {
+            let backend = Backend::connect(&target).await?;
+            let mut printer = Printer::new(output);
+            backend
+                .tail(&query, |record| {
+                    printer.print(record)?;
+                    printer.flush()
+                })
+                .await
+        }
+        Command::Stats { target } => {
+            let backend = Backend::connect(&target).await?;
+            let figures = backend.stats().await?;
+            let width = figures.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (name, value) in figures {
+                println!("{name:<width$}  {value}");
+            }
+            backend.close()
+        }
+        Command::Demo {
+            data,
+            records,
+            seed,
+        } => demo(&data, records, seed),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn filter(query: String, range: &Range) -> Result<Filter, CliError> {
+    let time = |text: &Option<String>, name: &str| {
+        text.as_deref()
+            .map(|t| {
+                lode_index::parse_time(t, now_ns())
+                    .map_err(|e| CliError::new(format!("--{name}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(Filter {
+        query,
+        since: time(&range.since, "since")?,
+        until: time(&range.until, "until")?,
+    })
+}
+
+async fn print_query(
+    backend: &Backend,
+    filter: Filter,
+    limit: u64,
+    format: Format,
+) -> Result<(), CliError> {
+    let mut printer = Printer::new(format);
+    let mut left = limit;
+    let mut cursor = None;
+    while left > 0 {
+        let page_size = left.min(1000) as u32;
+        let page = backend.query(filter.clone(), page_size, cursor).await?;
+        for record in &page.records {
+            printer.print(record)?;
+        }
+        left = left.saturating_sub(page.records.len() as u64);
+        match page.next_cursor {
+            Some(next) if !page.records.is_empty() => cursor = Some(next),
+            _ => break,
+        }
+    }
+    Ok(printer.flush()?)
+}
+
+/// Reads JSON lines and sends them in batches; malformed lines are
+/// reported with their numbers and skipped.
+async fn ingest(file: &std::path::Path, batch: usize, target: &Target) -> Result<(), CliError> {
+    let reader: Box<dyn BufRead + Send> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+    } else {
+        let opened = std::fs::File::open(file)
+            .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, opened))
+    };
+    let backend = Backend::connect(target).await?;
+    let started = Instant::now();
+    let shape = Shape::default();
+    let mut rejected = 0u64;
+    let mut pending: Vec<LogRecord> = Vec::with_capacity(batch);
+    let mut batcher = match &backend {
+        Backend::Remote(client) => Some(Batcher::new(client.clone(), batch, 8)),
+        Backend::Local(_) => None,
+    };
+    let mut sent_local = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| CliError::new(format!("line {}: {e}", i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_record(&line, &shape, now_ns()) {
+            Ok((record, _)) => match &mut batcher {
+                Some(batcher) => batcher.push(record).await?,
+                None => {
+                    pending.push(record);
+                    if pending.len() >= batch {
+                        sent_local += backend.append(std::mem::take(&mut pending)).await?;
+                    }
+                }
+            },
+            Err(error) => {
+                rejected += 1;
+                if rejected <= 10 {
+                    eprintln!("lode: line {}: {error}", i + 1);
+                }
+            }
+        }
+    }
+    let durable = match batcher {
+        Some(batcher) => batcher.finish().await?,
+        None => sent_local + backend.append(pending).await?,
+    };
+    let elapsed = started.elapsed();
+    if std::io::stderr().is_terminal() || rejected > 0 {
+        eprintln!(
+            "ingested {durable} records in {elapsed:.2?} ({:.0} records/s){}",
+            durable as f64 / elapsed.as_secs_f64().max(1e-9),
+            if rejected > 0 {
+                format!(", {rejected} lines rejected")
+            } else {
+                String::new()
+            }
+        );
+    }
+    backend.close()?;
+    if rejected > 0 {
+        return Err(CliError::new(format!("{rejected} lines were not records")));
+    }
+    Ok(())
+}
+
+fn listener(
+    flag: &Option<String>,
+    current: Option<SocketAddr>,
+    name: &str,
+) -> Result<Option<SocketAddr>, CliError> {
+    match flag.as_deref() {
+        None => Ok(current),
+        Some("off") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| {
+            CliError::new(format!("--{name} {text}: {e} (expected HOST:PORT or off)"))
+        }),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = &args.data {
+        config.data = data.clone();
+    }
+    config.listen = listener(&args.listen, config.listen, "listen")?;
+    config.quic = listener(&args.quic, config.quic, "quic")?;
+    config.http = listener(&args.http, config.http, "http")?;
+    config.syslog = listener(&args.syslog, config.syslog, "syslog")?;
+    let data = config.data.clone();
+    let server = Server::start(config).await?;
+    let a = server.addresses();
+    println!(
+        "lode {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        data.display()
+    );
+    if let Some(addr) = a.tcp {
+        println!("  binary (tcp)   {addr}");
+    }
+    if let (Some(addr), Some(cert)) = (a.quic, &a.cert) {
+        println!("  binary (quic)  {addr}  cert {}", cert.display());
+    }
+    if let Some(addr) = a.http {
+        println!("  http           http://{addr}");
+    }
+    if let Some(addr) = a.syslog {
+        println!("  syslog         {addr} (tcp, udp)");
+    }
+    wait_for_signal().await;
+    eprintln!("lode: shutting down");
+    Ok(server.shutdown().await?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn demo(data: &std::path::Path, records: usize, seed: u64) -> Result<(), CliError> {
+    let engine = Engine::open(data, Options::default())?;
+    let before = engine.stats().next_seq;
+    let mut corpus = Corpus::new(seed);
+    let start = Instant::now();
+    let mut left = records;
+    while left > 0 {
+        let n = left.min(1000);
+        engine.append(&corpus.take_records(n))?;
+        left -= n;
+    }
+    let appended = start.elapsed();
+    engine.seal()?;
+    println!(
+        "stored {records} records in {appended:.2?} ({:.0} records/s durable), sealed after {:.2?}",
+        records as f64 / appended.as_secs_f64(),
+        start.elapsed()
+    );
+    println!("\nlast records:");
+    let stats = engine.stats();
+    for record in engine.scan(stats.next_seq.saturating_sub(5).max(before)..) {
+        let r = record?;
+        println!(
+            "  #{:<8} {} {:<5} {:<10} {:<13} {}",
+            r.seq,
+            format_rfc3339(r.ts),
+            r.level,
+            r.service,
+            r.host,
+            r.message
+        );
+    }
+    println!(
+        "\n{} records, {} sealed segments, {:.1} bytes/record sealed\ndata directory: {}",
+        stats.records,
+        stats.sealed_segments,
+        stats.sealed_bytes as f64 / stats.sealed_records.max(1) as f64,
+        data.display()
+    );
+    Ok(engine.close()?)
+}
