@@ -43,16 +43,7 @@ pub fn disk_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-/// Median of `values` (the mean of the middle two for an even count).
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
+pub use lode_tools::median;
 
 /// Runs this same executable with `args` and parses the last line of its
 /// standard output as JSON.

@@ -8,3 +8,19 @@ pub use corpus::Corpus;
 pub use lode_engine::format_rfc3339;
 pub use lode_protocol::json::{JsonRecord, to_json_line};
 pub use rng::SplitMix64;
+
+/// Median of `values` (the mean of the middle two for an even count; NaN
+/// for none). Benchmarks quote medians: these machines are noisy.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match (
+        values.get(n / 2),
+        n.checked_sub(1)
+            .and_then(|_| values.get(n.saturating_sub(1) / 2)),
+    ) {
+        (Some(high), Some(low)) if n.is_multiple_of(2) => (low + high) / 2.0,
+        (Some(mid), _) => *mid,
+        _ => f64::NAN,
+    }
+}

@@ -1,6 +1,7 @@
 //! The `lode` command line: run a server, send it logs, search them.
 
 mod backend;
+mod bench;
 mod output;
 
 use std::io::{BufRead, IsTerminal};
@@ -106,6 +107,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Measure ingest over the binary protocol (TCP, QUIC) and HTTP beside
+    /// embedded ingest, and query round trips beside in-process calls.
+    ///
+    ///   lode bench                       1,000,000 records, 3 runs
+    ///   lode bench --records 200000 --runs 5
+    #[command(verbatim_doc_comment)]
+    Bench(bench::BenchArgs),
     /// Store generated sample logs into a data directory (no server).
     Demo {
         /// Data directory (created if missing).
@@ -242,6 +250,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             backend.close()
         }
+        Command::Bench(args) => bench::bench(args).await,
         Command::Demo {
             data,
             records,

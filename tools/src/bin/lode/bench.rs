@@ -1,0 +1,476 @@
+//! `lode bench`: ingest over the binary protocol (TCP and QUIC) from this
+//! process into a `lode serve` child process, beside the embedded ingest of
+//! the same records in this process; HTTP JSON-lines ingest; and query
+//! round trips beside the in-process call. Fresh data directories for
+//! every measurement; medians over runs, in one invocation.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lode_client::{Client, Filter};
+use lode_engine::{EncodedBatch, LogRecord};
+use lode_server::{Config, Service};
+use lode_tools::{Corpus, median, to_json_line};
+
+use crate::CliError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Records ingested by each transport in each run.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Records per batch (binary) or per HTTP request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches in flight at once, embedded and over the wire alike.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Runs; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Round trips per query for the latency figures.
+    #[arg(long, default_value_t = 300)]
+    queries: usize,
+    /// Concurrent HTTP connections for JSON-lines ingest.
+    #[arg(long, default_value_t = 4)]
+    http_connections: usize,
+    /// Where the data directories go (a temporary directory by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Queries timed over the wire and in process: name, query, kind.
+const QUERIES: [(&str, &str, bool); 4] = [
+    ("ping (no work)", "", false),
+    ("rare word, top 100", "timed", false),
+    ("service + word, top 100", "service:hdfs block", false),
+    ("count level:error", "level:error", true),
+];
+
+struct Figures {
+    embedded: Vec<f64>,
+    tcp: Vec<f64>,
+    quic: Vec<f64>,
+    http: Vec<f64>,
+    /// Per query: in-process and over-the-wire times, ms.
+    timings: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
+    let temp;
+    let root = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = TempDir::new()?;
+            temp.0.clone()
+        }
+    };
+    eprintln!("generating {} records ...", args.records);
+    let records = Arc::new(Corpus::new(1).take_records(args.records));
+    let batches: Vec<Vec<LogRecord>> = records
+        .chunks(args.batch.max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    let batches = Arc::new(batches);
+    let mut f = Figures {
+        embedded: vec![],
+        tcp: vec![],
+        quic: vec![],
+        http: vec![],
+        timings: vec![(vec![], vec![]); QUERIES.len()],
+    };
+    for run in 0..args.runs.max(1) {
+        eprintln!("run {}/{}", run + 1, args.runs);
+        let service = embedded(
+            &root.join(format!("embedded-{run}")),
+            &batches,
+            &args,
+            &mut f,
+        )
+        .await?;
+        let tcp_dir = root.join(format!("tcp-{run}"));
+        let (child, line) = start_server(&tcp_dir, ["--listen", "127.0.0.1:0"])?;
+        let addr = field(&line, "binary (tcp)")?;
+        let client = Client::connect_tcp(&addr).await?;
+        let rate = remote_ingest(&client, &batches, args.window).await?;
+        f.tcp.push(rate);
+        eprintln!("  binary over tcp   {rate:>12.0} records/s");
+        latency(&service, &client, args.queries, &mut f).await?;
+        drop(client);
+        drop(child);
+        service.close()?;
+
+        let (child, line) =
+            start_server(&root.join(format!("quic-{run}")), ["--quic", "127.0.0.1:0"])?;
+        let addr: SocketAddr = field(&line, "binary (quic)")?
+            .parse()
+            .map_err(|e| CliError::new(format!("quic address: {e}")))?;
+        let cert = PathBuf::from(field(&line, "cert")?);
+        let client = Client::connect_quic(addr, &cert, "localhost").await?;
+        let rate = remote_ingest(&client, &batches, args.window).await?;
+        f.quic.push(rate);
+        eprintln!("  binary over quic  {rate:>12.0} records/s");
+        drop(client);
+        drop(child);
+
+        let (child, line) =
+            start_server(&root.join(format!("http-{run}")), ["--http", "127.0.0.1:0"])?;
+        let addr = field(&line, "http")?
+            .trim_start_matches("http://")
+            .to_owned();
+        let rate = http_ingest(&addr, &records, args.batch, args.http_connections)?;
+        f.http.push(rate);
+        eprintln!("  http json lines   {rate:>12.0} records/s");
+        drop(child);
+        for dir in ["embedded", "tcp", "quic", "http"] {
+            let _ = std::fs::remove_dir_all(root.join(format!("{dir}-{run}")));
+        }
+    }
+    report(&args, &mut f);
+    Ok(())
+}
+
+/// The embedded reference: the same batches through an engine and index
+/// opened in this process, `window` appends in flight from one thread.
+async fn embedded(
+    dir: &Path,
+    batches: &Arc<Vec<Vec<LogRecord>>>,
+    args: &BenchArgs,
+    f: &mut Figures,
+) -> Result<Service, CliError> {
+    let config = Config {
+        data: dir.to_owned(),
+        ..Config::default()
+    };
+    let service = tokio::task::spawn_blocking(move || Service::open(&config))
+        .await
+        .map_err(|e| CliError::new(e.to_string()))??;
+    let window = args.window.max(1);
+    let rate = tokio::task::block_in_place(|| -> Result<f64, CliError> {
+        let started = Instant::now();
+        let mut in_flight = VecDeque::new();
+        let mut acked = 0u64;
+        for batch in batches.iter() {
+            if in_flight.len() >= window
+                && let Some(ticket) = in_flight.pop_front()
+            {
+                let ticket: lode_engine::AppendTicket = ticket;
+                acked += ticket.wait()?.len();
+            }
+            in_flight.push_back(service.engine().submit(batch)?);
+        }
+        for ticket in in_flight {
+            acked += ticket.wait()?.len();
+        }
+        Ok(acked as f64 / started.elapsed().as_secs_f64())
+    })?;
+    f.embedded.push(rate);
+    eprintln!("  embedded          {rate:>12.0} records/s");
+    Ok(service)
+}
+
+/// Sends every batch over `client`, `window` in flight; records per second
+/// acknowledged (durable on the server).
+async fn remote_ingest(
+    client: &Client,
+    batches: &Arc<Vec<Vec<LogRecord>>>,
+    window: usize,
+) -> Result<f64, CliError> {
+    let started = Instant::now();
+    let mut in_flight = VecDeque::new();
+    let mut acked = 0u64;
+    for batch in batches.iter() {
+        if in_flight.len() >= window.max(1)
+            && let Some(pending) = in_flight.pop_front()
+        {
+            let pending: lode_client::PendingAppend = pending;
+            let done = pending.wait().await?;
+            acked += done.end - done.start;
+        }
+        let encoded = EncodedBatch::encode(batch)?;
+        in_flight.push_back(client.submit_encoded(&encoded).await?);
+    }
+    for pending in in_flight {
+        let done = pending.wait().await?;
+        acked += done.end - done.start;
+    }
+    Ok(acked as f64 / started.elapsed().as_secs_f64())
+}
+
+fn filter(query: &str) -> Filter {
+    Filter {
+        query: query.to_owned(),
+        ..Filter::default()
+    }
+}
+
+/// Times each query over the wire and in process, alternating.
+async fn latency(
+    service: &Service,
+    client: &Client,
+    rounds: usize,
+    f: &mut Figures,
+) -> Result<(), CliError> {
+    // Both sides must have every record searchable first.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let lag = client
+            .stats()
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == "index_lag")
+            .map_or(0, |(_, v)| v);
+        if lag == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| service.wait_indexed(Duration::from_secs(300)));
+    for ((_, query, is_count), (local_ms, remote_ms)) in QUERIES.iter().zip(f.timings.iter_mut()) {
+        for _ in 0..rounds {
+            let started = Instant::now();
+            match (query.is_empty(), is_count) {
+                (true, _) => {
+                    client.ping().await?;
+                }
+                (false, true) => {
+                    client.count(filter(query)).await?;
+                }
+                (false, false) => {
+                    client.query(filter(query), 100, None).await?;
+                }
+            }
+            remote_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = Instant::now();
+            match (query.is_empty(), is_count) {
+                (true, _) => {}
+                (false, true) => {
+                    service.count(filter(query)).await?;
+                }
+                (false, false) => {
+                    service.query(filter(query), 100, None).await?;
+                }
+            }
+            local_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(())
+}
+
+/// POSTs JSON lines, `batch` per request, over `connections` keep-alive
+/// connections; records per second accepted (durable).
+fn http_ingest(
+    addr: &str,
+    records: &[LogRecord],
+    batch: usize,
+    connections: usize,
+) -> Result<f64, CliError> {
+    let bodies: Vec<Vec<u8>> = records
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let mut body = Vec::with_capacity(chunk.len() * 256);
+            for record in chunk {
+                to_json_line(None, record, &mut body);
+            }
+            body
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections.max(1))
+        .map(|_| {
+            let (bodies, next, addr) = (Arc::clone(&bodies), Arc::clone(&next), addr.to_owned());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut stream = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+                let mut accepted = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else {
+                        return Ok(accepted);
+                    };
+                    let head = format!(
+                        "POST /api/v1/ingest HTTP/1.1\r\nHost: lode\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    stream.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+                    stream.write_all(body).map_err(|e| e.to_string())?;
+                    let answer = read_http_response(&mut reader)?;
+                    let count = answer
+                        .split("\"accepted\":")
+                        .nth(1)
+                        .and_then(|rest| rest.split([',', '}']).next())
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .ok_or_else(|| format!("unexpected answer: {answer}"))?;
+                    accepted += count;
+                }
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for worker in workers {
+        accepted += worker
+            .join()
+            .map_err(|_| CliError::new("an http worker panicked"))?
+            .map_err(|e| CliError::new(format!("http ingest: {e}")))?;
+    }
+    Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
+fn read_http_response(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let mut length = 0usize;
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| e.to_string())?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("http status: {}", status.trim()));
+    }
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value
+                .trim()
+                .parse()
+                .map_err(|_| "content-length".to_owned())?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Starts `lode serve` on a fresh directory with only the listener asked
+/// for; returns the child and what it printed about its listeners.
+fn start_server(dir: &Path, listener: [&str; 2]) -> Result<(ServerChild, String), CliError> {
+    let exe = std::env::current_exe()?;
+    let mut args = vec!["serve"];
+    for flag in ["--listen", "--quic", "--http", "--syslog"] {
+        let value = if flag == listener[0] {
+            listener[1]
+        } else {
+            "off"
+        };
+        args.extend([flag, value]);
+    }
+    let mut child = ServerChild(
+        Command::new(exe)
+            .args(&args)
+            .arg("--data")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let stdout = child
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| CliError::new("no stdout from the server"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = String::new();
+    for line in lines.by_ref() {
+        let line = line?;
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("  ") {
+            // One listener per run: its line is the one we need.
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok((child, printed));
+        }
+    }
+    drop(child);
+    Err(CliError::new(format!(
+        "the server did not start: {printed}"
+    )))
+}
+
+/// The value after `name` on the server's listener line.
+fn field(printed: &str, name: &str) -> Result<String, CliError> {
+    printed
+        .lines()
+        .filter(|line| line.starts_with("  "))
+        .find_map(|line| {
+            let at = line.find(name)?;
+            line.get(at + name.len()..)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| CliError::new(format!("the server did not print '{name}': {printed}")))
+}
+
+/// A `lode serve` child, killed when dropped (on errors too).
+struct ServerChild(Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, CliError> {
+        let dir = std::env::temp_dir().join(format!("lode-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn report(args: &BenchArgs, f: &mut Figures) {
+    let embedded = median(&mut f.embedded);
+    println!(
+        "\nlode bench: {} records, batches of {}, {} in flight, medians of {} runs",
+        args.records, args.batch, args.window, args.runs
+    );
+    println!(
+        "{:<40} {:>14} {:>12}",
+        "ingest (acknowledged = durable)", "records/s", "vs embedded"
+    );
+    let rows = [
+        ("embedded (engine + index, in process)", embedded),
+        ("binary protocol over tcp (2 processes)", median(&mut f.tcp)),
+        (
+            "binary protocol over quic (2 processes)",
+            median(&mut f.quic),
+        ),
+        ("http json lines", median(&mut f.http)),
+    ];
+    for (name, rate) in rows {
+        println!("{name:<40} {rate:>14.0} {:>11.2}x", rate / embedded);
+    }
+    println!(
+        "\n{:<40} {:>12} {:>12} {:>12}",
+        "query round trip (median ms)", "in process", "over tcp", "added"
+    );
+    for ((name, _, _), (local_ms, remote_ms)) in QUERIES.iter().zip(f.timings.iter_mut()) {
+        let local = median(local_ms);
+        let remote = median(remote_ms);
+        println!(
+            "{name:<40} {local:>12.3} {remote:>12.3} {:>12.3}",
+            remote - local
+        );
+    }
+}
