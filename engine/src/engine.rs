@@ -19,7 +19,7 @@ use crate::segment::SegmentMeta;
 use crate::shared::{Shared, State};
 use crate::store::Store;
 use crate::wal::{self, TailCut, WalSegment};
-use crate::writer::{AppendReq, Writer, WriterMsg};
+use crate::writer::{AppendReq, Reply, Writer, WriterMsg};
 
 /// How long `open` waits for the data directory's lock to free.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -98,6 +98,23 @@ fn lock_dir(dir: &Path) -> Result<File> {
     file.rewind().map_err(Error::io("seek", &path))?;
     write!(file, "{}", std::process::id()).map_err(Error::io("write", &path))?;
     Ok(file)
+}
+
+/// Raises the calling thread's nice value by `niceness` (Linux: nice is
+/// per thread, and threads it spawns inherit it). Background work (sealing,
+/// indexing) runs this way so that on a busy machine the CPU goes to
+/// acknowledging appends first. Best effort: a failure changes nothing.
+pub fn lower_thread_priority(niceness: i32) {
+    if niceness <= 0 {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: setpriority takes plain integers and touches no memory of
+    // ours; on Linux, PRIO_PROCESS with who = 0 is the calling thread.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, niceness) };
+    if result != 0 {
+        tracing::debug!(niceness, "could not lower a background thread's priority");
+    }
 }
 
 fn check_options(opts: &Options) -> Result<()> {
@@ -237,9 +254,13 @@ impl Engine {
         };
         // Joined in this order at shutdown: the writer finishes first and
         // its exit disconnects the sealer's channel.
+        let background_niceness = shared.opts.background_niceness;
         let threads = vec![
             spawn("lode-writer", move || writer.run())?,
-            spawn("lode-sealer", move || sealer.run())?,
+            spawn("lode-sealer", move || {
+                lower_thread_priority(background_niceness);
+                sealer.run()
+            })?,
         ];
         let _ = sealer_tx.send(SealerMsg::Work);
         Ok(Engine {
@@ -276,12 +297,42 @@ impl Engine {
     /// [`EncodedBatch::from_payload`]) elsewhere: the server hands a
     /// client's bytes to the log without decoding and re-encoding them.
     pub fn submit_encoded(&self, encoded: EncodedBatch) -> Result<AppendTicket> {
+        let (reply, rx) = bounded(1);
+        Ok(AppendTicket {
+            inner: match self.send_append(encoded, Reply::Channel(reply))? {
+                Some(range) => TicketInner::Ready(range),
+                None => TicketInner::Waiting(rx),
+            },
+        })
+    }
+
+    /// As [`Engine::submit_encoded`], but `done` is called with the outcome
+    /// instead of a ticket being waited on: an async server wakes its task
+    /// from there and keeps no thread blocked per append. `done` runs on
+    /// the writer thread and must return quickly. When this returns an
+    /// error, `done` is not called.
+    pub fn submit_encoded_then(
+        &self,
+        encoded: EncodedBatch,
+        done: impl FnOnce(Result<SeqRange>) + Send + 'static,
+    ) -> Result<()> {
+        if encoded.count() == 0 {
+            self.writer()?;
+            let end = self.shared.read().end_seq;
+            done(Ok(SeqRange { start: end, end }));
+            return Ok(());
+        }
+        self.send_append(encoded, Reply::Callback(Box::new(done)))
+            .map(|_| ())
+    }
+
+    /// Hands a batch to the writer; `Some(range)` when there was nothing to
+    /// write (an empty batch), and `reply` is dropped unused.
+    fn send_append(&self, encoded: EncodedBatch, reply: Reply) -> Result<Option<SeqRange>> {
         let writer = self.writer()?;
         if encoded.count() == 0 {
             let end = self.shared.read().end_seq;
-            return Ok(AppendTicket {
-                inner: TicketInner::Ready(SeqRange { start: end, end }),
-            });
+            return Ok(Some(SeqRange { start: end, end }));
         }
         let limit = self.shared.opts.max_batch_bytes;
         if encoded.frame_len() > limit {
@@ -290,16 +341,13 @@ impl Engine {
                 limit,
             });
         }
-        let (reply, rx) = bounded(1);
         writer
             .send(WriterMsg::Append(AppendReq {
                 batch: encoded,
                 reply,
             }))
             .map_err(|_| Error::Closed)?;
-        Ok(AppendTicket {
-            inner: TicketInner::Waiting(rx),
-        })
+        Ok(None)
     }
 
     fn writer(&self) -> Result<&Sender<WriterMsg>> {

@@ -43,11 +43,11 @@ mod tests;
 mod wal;
 mod writer;
 
-pub use engine::{AppendTicket, Engine};
+pub use engine::{AppendTicket, Engine, lower_thread_priority};
 pub use error::{Error, Result};
 pub use lode_codec::{
-    ArchivedLevel, ArchivedLogRecord, EncodedBatch, Level, LogRecord, Record, format_rfc3339,
-    parse_rfc3339,
+    ArchivedLevel, ArchivedLogRecord, EncodedBatch, HEADER_LEN, Level, LogRecord, Record,
+    format_rfc3339, parse_rfc3339,
 };
 pub use options::{Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};

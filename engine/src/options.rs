@@ -60,6 +60,9 @@ pub struct Options {
     /// false they are sealed only by [`crate::Engine::seal`], as a bulk
     /// loader that seals at its own checkpoints wants.
     pub background_sealing: bool,
+    /// Nice value added to the sealing thread (see
+    /// [`crate::lower_thread_priority`]); 0 keeps the caller's priority.
+    pub background_niceness: i32,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             zstd_level: 1,
             sealed_block_bytes: 512 << 10,
             background_sealing: true,
+            background_niceness: 10,
         }
     }
 }

@@ -25,7 +25,26 @@ use crate::wal::{self, FrameLoc};
 
 pub(crate) struct AppendReq {
     pub(crate) batch: EncodedBatch,
-    pub(crate) reply: Sender<Result<SeqRange>>,
+    pub(crate) reply: Reply,
+}
+
+/// How an append learns its outcome: a channel a thread blocks on, or a
+/// callback run on the writer thread (it must be quick: an async task's
+/// waker, say).
+pub(crate) enum Reply {
+    Channel(Sender<Result<SeqRange>>),
+    Callback(Box<dyn FnOnce(Result<SeqRange>) + Send>),
+}
+
+impl Reply {
+    pub(crate) fn send(self, outcome: Result<SeqRange>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Callback(done) => done(outcome),
+        }
+    }
 }
 
 pub(crate) enum WriterMsg {
@@ -137,7 +156,7 @@ impl Writer {
     fn commit(&mut self, group: Vec<AppendReq>) {
         if let Some(cause) = self.shared.poisoned() {
             for req in group {
-                let _ = req.reply.send(Err(Error::Poisoned {
+                req.reply.send(Err(Error::Poisoned {
                     cause: cause.clone(),
                 }));
             }
@@ -181,14 +200,14 @@ impl Writer {
                 );
                 Counters::add(&counters.wal_bytes_written, self.buf.len() as u64);
                 for (reply, range) in replies {
-                    let _ = reply.send(Ok(range));
+                    reply.send(Ok(range));
                 }
             }
             Err(e) => {
                 let cause = e.to_string();
                 self.shared.poison(cause.clone());
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(Error::Poisoned {
+                    reply.send(Err(Error::Poisoned {
                         cause: cause.clone(),
                     }));
                 }

@@ -75,6 +75,11 @@ pub struct IndexOptions {
     pub writer_memory: usize,
     /// Largest page a search returns.
     pub max_limit: usize,
+    /// Nice value added to the indexing threads (Linux: per thread), so
+    /// that on a busy machine acknowledging appends wins the CPU and the
+    /// index lags (reported as `lag`) rather than ingest slowing. 0 keeps
+    /// the caller's priority.
+    pub niceness: i32,
 }
 
 impl Default for IndexOptions {
@@ -83,6 +88,7 @@ impl Default for IndexOptions {
             commit_interval: Duration::from_millis(500),
             writer_memory: 64 << 20,
             max_limit: 10_000,
+            niceness: 10,
         }
     }
 }
@@ -194,7 +200,18 @@ impl Index {
             .as_deref()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, opts.writer_memory)?;
+        // Tantivy's indexing and merge threads inherit the niceness of the
+        // thread that creates the writer.
+        let niceness = opts.niceness;
+        let mut writer: IndexWriter = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    lode_engine::lower_thread_priority(niceness);
+                    index.writer_with_num_threads(1, opts.writer_memory)
+                })
+                .join()
+                .map_err(|_| Error::Indexer("creating the index writer panicked".into()))
+        })??;
         let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
         let reader = index
             .reader_builder()
@@ -215,7 +232,10 @@ impl Index {
         };
         let handle = std::thread::Builder::new()
             .name("lode-indexer".into())
-            .spawn(move || indexer.run(committed + 1))
+            .spawn(move || {
+                lode_engine::lower_thread_priority(niceness);
+                indexer.run(committed + 1)
+            })
             .map_err(|e| Error::Io {
                 path: dir.to_owned(),
                 source: e,

@@ -185,8 +185,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break;
             }
         };
-        let mut payload = vec![0u8; header.len as usize];
-        if reader.read_exact(&mut payload).await.is_err() {
+        // An append's payload is read after room for the WAL frame header,
+        // so it reaches the log without another copy.
+        let room = if header.kind == Kind::Append {
+            lode_engine::HEADER_LEN
+        } else {
+            0
+        };
+        let mut payload = vec![0u8; room + header.len as usize];
+        if reader
+            .read_exact(payload.get_mut(room..).unwrap_or_default())
+            .await
+            .is_err()
+        {
             break;
         }
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -241,10 +252,10 @@ type PendingAppend = (u64, Vec<u8>, OwnedSemaphorePermit);
 async fn submit_loop(replies: Replies, mut pending: mpsc::Receiver<PendingAppend>) {
     while let Some((id, payload, permit)) = pending.recv().await {
         match replies.service.submit_payload(payload).await {
-            Ok(ticket) => {
+            Ok(pending) => {
                 let replies = replies.clone();
                 tokio::spawn(async move {
-                    match replies.service.wait(ticket).await {
+                    match replies.service.acknowledged(pending).await {
                         Ok(range) => {
                             let appended = Response::Appended {
                                 start: range.start,
@@ -308,7 +319,7 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
             cursor,
         } => match service.query(filter, limit as usize, cursor).await {
             Ok(page) => {
-                send_records(replies, id, &page.records).await;
+                send_records(replies, id, page.records).await;
                 (
                     Response::PageEnd {
                         next_cursor: page.next_cursor,
@@ -337,18 +348,20 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
     replies.send(id, false, &response).await;
 }
 
-fn wire_records(records: &[Record]) -> Vec<WireRecord> {
+fn wire_records(records: Vec<Record>) -> Vec<WireRecord> {
     records
-        .iter()
+        .into_iter()
         .map(|r| WireRecord {
             seq: r.seq,
-            record: r.log.clone(),
+            record: r.log,
         })
         .collect()
 }
 
-async fn send_records(replies: &Replies, id: u64, records: &[Record]) {
-    for chunk in records.chunks(RECORDS_PER_FRAME) {
+async fn send_records(replies: &Replies, id: u64, records: Vec<Record>) {
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<Record> = records.by_ref().take(RECORDS_PER_FRAME).collect();
         let response = Response::Records {
             records: wire_records(chunk),
         };
@@ -383,7 +396,7 @@ async fn tail(
             }
             if !batch.is_empty() {
                 let response = Response::Records {
-                    records: wire_records(&batch),
+                    records: wire_records(std::mem::take(&mut batch)),
                 };
                 if !replies.blocking_send(id, true, &response) {
                     break;

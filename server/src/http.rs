@@ -46,9 +46,12 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/api/v1/histogram", get(histogram))
         .route("/api/v1/top", get(top))
         .route("/api/v1/tail", get(tail))
-        .route("/_bulk", post(bulk))
-        .route("/{index}/_bulk", post(bulk_into))
+        // Elasticsearch takes PUT and POST alike for these.
+        .route("/_bulk", post(bulk).put(bulk))
+        .route("/{index}/_bulk", post(bulk_into).put(bulk_into))
         .route("/{index}/_doc", post(doc_into))
+        .route("/{index}/_doc/{id}", post(doc_with_id).put(doc_with_id))
+        .route("/{index}/_create/{id}", post(doc_with_id).put(doc_with_id))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(elastic_header))
         .with_state(service)
@@ -501,6 +504,16 @@ async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) ->
         .collect();
     let took = started.elapsed().as_millis() as u64;
     axum::Json(json!({"took": took, "errors": errors, "items": answers})).into_response()
+}
+
+/// `PUT /{index}/_doc/{id}`: one document; the id is not kept (lode gives
+/// each record its seq).
+async fn doc_with_id(
+    state: Shared,
+    Path((index, _id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    doc_into(state, Path(index), body).await
 }
 
 /// `POST /{index}/_doc`: one document.

@@ -32,4 +32,4 @@ pub use config::{Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, S
 pub use error::{Error, Result};
 pub use metrics::{Metrics, Source};
 pub use server::{Addresses, Server};
-pub use service::{Failure, Outcome, Service};
+pub use service::{Failure, Outcome, PendingAppend, Service};

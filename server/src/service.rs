@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{AppendTicket, EncodedBatch, Engine, LogRecord, Record, SeqRange};
+use lode_engine::{EncodedBatch, Engine, LogRecord, Record, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
+use tokio::sync::oneshot;
 
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, Source};
@@ -105,25 +106,32 @@ impl Service {
         &self.index
     }
 
-    /// Checks a batch payload a client encoded and hands it to the log
-    /// without waiting: appends submitted in order get seqs in order.
-    pub async fn submit_payload(&self, payload: Vec<u8>) -> Outcome<AppendTicket> {
+    /// Checks a batch payload a client encoded (in `reserved`, after
+    /// `HEADER_LEN` bytes of room) and hands it to the log without waiting:
+    /// appends submitted in order get seqs in order.
+    pub async fn submit_payload(&self, reserved: Vec<u8>) -> Outcome<PendingAppend> {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
         blocking(move || {
-            let batch = EncodedBatch::from_payload(&payload)
+            let batch = EncodedBatch::from_reserved(reserved)
                 .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
-            Ok(engine.submit_encoded(batch)?)
+            submit(&engine, batch)
         })
         .await
     }
 
-    /// Waits until a submitted append is durable.
-    pub async fn wait(&self, ticket: AppendTicket) -> Outcome<SeqRange> {
-        let range = blocking(move || Ok(ticket.wait()?)).await?;
+    /// Waits, without holding a thread, until a submitted append is durable.
+    pub async fn acknowledged(&self, pending: PendingAppend) -> Outcome<SeqRange> {
+        let outcome = pending.0.await.map_err(|_| {
+            Failure::new(
+                ErrorCode::Unavailable,
+                "the engine closed before the append was durable",
+            )
+        })?;
+        let range = outcome?;
         self.metrics.appended(range.len());
         Ok(range)
     }
@@ -132,9 +140,12 @@ impl Service {
     pub async fn append_records(&self, records: Vec<LogRecord>) -> Outcome<SeqRange> {
         check_batch_records(records.len(), self.limits.max_batch_records)?;
         let engine = Arc::clone(&self.engine);
-        let range = blocking(move || Ok(engine.append(&records)?)).await?;
-        self.metrics.appended(range.len());
-        Ok(range)
+        let pending = blocking(move || {
+            let batch = EncodedBatch::encode(&records).map_err(lode_engine::Error::from)?;
+            submit(&engine, batch)
+        })
+        .await?;
+        self.acknowledged(pending).await
     }
 
     /// One page of the newest matches.
@@ -280,6 +291,18 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// An append handed to the engine, not yet durable.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<lode_engine::Result<SeqRange>>);
+
+fn submit(engine: &Engine, batch: EncodedBatch) -> Outcome<PendingAppend> {
+    let (tx, rx) = oneshot::channel();
+    engine.submit_encoded_then(batch, move |outcome| {
+        let _ = tx.send(outcome);
+    })?;
+    Ok(PendingAppend(rx))
 }
 
 /// No query text means every record (the parser itself wants `*`).

@@ -32,6 +32,8 @@ pub fn record_for(seq: u64) -> LogRecord {
 }
 
 #[cfg(test)]
+mod clients;
+#[cfg(test)]
 mod crash;
 #[cfg(test)]
 mod fixtures;

@@ -163,6 +163,21 @@ impl EncodedBatch {
     /// trailer's time range is the records' own. Nothing unchecked reaches
     /// the log.
     pub fn from_payload(payload: &[u8]) -> Result<EncodedBatch> {
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.resize(HEADER_LEN, 0);
+        bytes.extend_from_slice(payload);
+        EncodedBatch::from_reserved(bytes)
+    }
+
+    /// As [`EncodedBatch::from_payload`] for a payload read into a buffer
+    /// after `HEADER_LEN` bytes of room for the frame header, so that it
+    /// is not copied again.
+    pub fn from_reserved(bytes: Vec<u8>) -> Result<EncodedBatch> {
+        let payload = bytes.get(HEADER_LEN..).ok_or_else(|| {
+            CodecError::Invalid(format!(
+                "a reserved buffer needs {HEADER_LEN} bytes of room"
+            ))
+        })?;
         if payload.len() > MAX_PAYLOAD {
             return Err(CodecError::Frame(FrameError::TooLarge {
                 len: payload.len(),
@@ -184,13 +199,12 @@ impl EncodedBatch {
                 view.ts_range()
             )));
         }
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.resize(HEADER_LEN, 0);
-        bytes.extend_from_slice(payload);
+        let count = view.len() as u32;
+        let payload_crc = crc32c::crc32c(payload);
         Ok(EncodedBatch {
             bytes,
-            payload_crc: crc32c::crc32c(payload),
-            count: view.len() as u32,
+            payload_crc,
+            count,
             min_ts,
             max_ts,
         })

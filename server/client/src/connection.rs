@@ -82,7 +82,9 @@ impl Connection {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut reader = BufReader::with_capacity(256 << 10, reader);
-        let mut writer = BufWriter::with_capacity(256 << 10, writer);
+        // Frames larger than the buffer bypass it: an append batch goes to the
+        // socket without another copy.
+        let mut writer = BufWriter::with_capacity(64 << 10, writer);
         let hello = async {
             writer
                 .write_all(&wire::encode_hello(VERSION, HelloStatus::Ok))

@@ -30,6 +30,9 @@ pub(crate) struct BenchArgs {
     /// Batches in flight at once, embedded and over the wire alike.
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Connections the binary ingest spreads its batches over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Runs; figures are medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -93,15 +96,23 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             &mut f,
         )
         .await?;
+        // Each measurement starts on a quiet machine: the embedded index
+        // catches up before the server is started.
+        tokio::task::block_in_place(|| service.wait_indexed(Duration::from_secs(600)));
         let tcp_dir = root.join(format!("tcp-{run}"));
         let (child, line) = start_server(&tcp_dir, ["--listen", "127.0.0.1:0"])?;
         let addr = field(&line, "binary (tcp)")?;
-        let client = Client::connect_tcp(&addr).await?;
-        let rate = remote_ingest(&client, &batches, args.window).await?;
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            clients.push(Client::connect_tcp(&addr).await?);
+        }
+        let rate = remote_ingest(&clients, &batches, args.window).await?;
         f.tcp.push(rate);
         eprintln!("  binary over tcp   {rate:>12.0} records/s");
-        latency(&service, &client, args.queries, &mut f).await?;
-        drop(client);
+        if let Some(client) = clients.first() {
+            latency(&service, client, args.queries, &mut f).await?;
+        }
+        drop(clients);
         drop(child);
         service.close()?;
 
@@ -111,11 +122,14 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             .parse()
             .map_err(|e| CliError::new(format!("quic address: {e}")))?;
         let cert = PathBuf::from(field(&line, "cert")?);
-        let client = Client::connect_quic(addr, &cert, "localhost").await?;
-        let rate = remote_ingest(&client, &batches, args.window).await?;
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            clients.push(Client::connect_quic(addr, &cert, "localhost").await?);
+        }
+        let rate = remote_ingest(&clients, &batches, args.window).await?;
         f.quic.push(rate);
         eprintln!("  binary over quic  {rate:>12.0} records/s");
-        drop(client);
+        drop(clients);
         drop(child);
 
         let (child, line) =
@@ -174,21 +188,20 @@ async fn embedded(
     Ok(service)
 }
 
-/// Sends every batch over `client`, `window` in flight; records per second
-/// acknowledged (durable on the server).
+/// Sends every batch, round robin over `clients`, `window` in flight in
+/// all; records per second acknowledged (durable on the server).
 async fn remote_ingest(
-    client: &Client,
+    clients: &[Client],
     batches: &Arc<Vec<Vec<LogRecord>>>,
     window: usize,
 ) -> Result<f64, CliError> {
     let started = Instant::now();
-    let mut in_flight = VecDeque::new();
+    let mut in_flight: VecDeque<lode_client::PendingAppend> = VecDeque::new();
     let mut acked = 0u64;
-    for batch in batches.iter() {
+    for (batch, client) in batches.iter().zip(clients.iter().cycle()) {
         if in_flight.len() >= window.max(1)
             && let Some(pending) = in_flight.pop_front()
         {
-            let pending: lode_client::PendingAppend = pending;
             let done = pending.wait().await?;
             acked += done.end - done.start;
         }

@@ -1,0 +1,19 @@
+//! Feeds arbitrary bytes to the parsers of shipper input: JSON records and
+//! syslog messages with their framing. Nothing may panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lode_protocol::{json, syslog};
+
+fuzz_target!(|data: &[u8]| {
+    let now = 1_767_225_600_000_000_000;
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = json::parse_record(text, &json::Shape::default(), now);
+    }
+    let mut rest = data;
+    while let Ok(Some((message, used))) = syslog::split_frame(rest, 4096) {
+        let _ = syslog::parse(message, now);
+        rest = rest.get(used..).unwrap_or_default();
+    }
+    let _ = syslog::parse(data, now);
+});

@@ -1,0 +1,307 @@
+//! Real clients nobody here wrote, against a server on loopback: util-linux
+//! `logger` (syslog over TCP and UDP, both RFC formats, octet counting),
+//! Python's `elasticsearch` client (`helpers.bulk`), rsyslog forwarding to
+//! `_bulk` with `omelasticsearch`, and `promtool check metrics`. Each is
+//! checked by querying what arrived.
+//!
+//! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
+//! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`); a missing
+//! one fails its test with that hint rather than passing silently.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lode_server::{Config, Server, Service};
+
+use crate::server::runtime;
+
+fn require(program: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "'{program}' is not installed: run the tests through `tools/with-deps --test`"
+    );
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    require(program);
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn start(rt: &tokio::runtime::Runtime, data: &Path) -> Server {
+    let loopback: Option<SocketAddr> = "127.0.0.1:0".parse().ok();
+    let config = Config {
+        data: data.to_owned(),
+        listen: None,
+        quic: None,
+        http: loopback,
+        syslog: loopback,
+        ..Config::default()
+    };
+    rt.block_on(Server::start(config)).unwrap()
+}
+
+/// Polls until `query` counts `expected` records (they arrive
+/// asynchronously through the shippers), at most 30 s.
+fn wait_count(rt: &tokio::runtime::Runtime, service: &Arc<Service>, query: &str, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut count = 0;
+    while Instant::now() < deadline {
+        assert!(service.wait_indexed(Duration::from_secs(10)));
+        let filter = lode_protocol::wire::Filter {
+            query: query.into(),
+            ..Default::default()
+        };
+        count = rt.block_on(service.count(filter)).unwrap();
+        if count >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count, expected, "records matching '{query}'");
+}
+
+fn messages(service: &Service, service_name: &str) -> Vec<lode_engine::LogRecord> {
+    service
+        .engine()
+        .scan(..)
+        .map(|r| r.unwrap().log)
+        .filter(|r| r.service == service_name)
+        .collect()
+}
+
+#[test]
+fn logger_over_tcp_and_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let port = server.addresses().syslog.unwrap().port().to_string();
+    let base = ["-n", "127.0.0.1", "-P", port.as_str()];
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["-T", "-t", "lgtcp", "-p", "user.err"],
+            "logger rfc5424 over tcp",
+        ),
+        (
+            &["-d", "-t", "lgudp", "-p", "user.warning"],
+            "logger rfc5424 over udp",
+        ),
+        (
+            &["-T", "--rfc3164", "-t", "lgbsd", "-p", "daemon.info"],
+            "logger rfc3164 over tcp",
+        ),
+        (
+            &["-T", "--octet-count", "-t", "lgoct", "-p", "local0.debug"],
+            "logger octet counted",
+        ),
+    ];
+    for (flags, message) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(flags);
+        args.push(message);
+        run("logger", &args);
+    }
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "logger", 4);
+    let expect = [
+        (
+            "lgtcp",
+            lode_engine::Level::Error,
+            "logger rfc5424 over tcp",
+        ),
+        ("lgudp", lode_engine::Level::Warn, "logger rfc5424 over udp"),
+        ("lgbsd", lode_engine::Level::Info, "logger rfc3164 over tcp"),
+        ("lgoct", lode_engine::Level::Debug, "logger octet counted"),
+    ];
+    for (app, level, message) in expect {
+        let found = messages(&service, app);
+        assert_eq!(found.len(), 1, "{app}");
+        assert_eq!(
+            (&found[0].level, found[0].message.as_str()),
+            (&level, message)
+        );
+        assert!(
+            !found[0].host.is_empty(),
+            "{app}: logger sends the hostname"
+        );
+    }
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+const BULK_PY: &str = r#"
+import sys
+from elasticsearch import Elasticsearch, helpers
+es = Elasticsearch(sys.argv[1], request_timeout=30)
+assert es.info()["version"]["number"].startswith("8."), "an 8.x version"
+docs = ({"_index": "pyshop", "message": f"python order {i} shipped",
+         "level": "warning" if i % 10 == 0 else "info", "order": i}
+        for i in range(int(sys.argv[2])))
+ok, errors = helpers.bulk(es, docs, chunk_size=200)
+assert ok == int(sys.argv[2]) and not errors, (ok, errors)
+print("bulk ok", ok)
+"#;
+
+#[test]
+fn python_elasticsearch_helpers_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let script = dir.path().join("bulk.py");
+    std::fs::write(&script, BULK_PY).unwrap();
+    let out = run("python3", &[script.to_str().unwrap(), &url, "1000"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bulk ok 1000"));
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:pyshop shipped", 1000);
+    wait_count(&rt, &service, "service:pyshop level:warn", 100);
+    let one = messages(&service, "pyshop")
+        .into_iter()
+        .find(|r| r.message == "python order 7 shipped")
+        .unwrap();
+    assert!(one.attrs.contains(&("order".into(), "7".into())));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// An rsyslogd of its own, stopped when dropped.
+struct Rsyslog(Child);
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn rsyslog_forwards_to_bulk() {
+    require("rsyslogd");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, &dir.path().join("data"));
+    let http = server.addresses().http.unwrap();
+    let input = free_port();
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = format!(
+        r#"global(workDirectory="{work}")
+module(load="imtcp")
+module(load="omelasticsearch")
+template(name="lodejson" type="list" option.jsonf="on") {{
+  property(outname="@timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="host" name="hostname" format="jsonf")
+  property(outname="severity" name="syslogseverity-text" format="jsonf")
+  property(outname="program" name="programname" format="jsonf")
+  property(outname="message" name="msg" format="jsonf")
+}}
+input(type="imtcp" port="{input}" address="127.0.0.1")
+action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex="rsyslog"
+       template="lodejson" bulkmode="on" action.resumeInterval="1")
+"#,
+        work = work.display(),
+        port = http.port()
+    );
+    let conf_path = work.join("rsyslog.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let pid = work.join("rsyslogd.pid");
+    let _rsyslog = Rsyslog(
+        Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(&pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // rsyslog listens once its config is loaded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", input)).is_err() {
+        assert!(Instant::now() < deadline, "rsyslogd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = input.to_string();
+    for i in 0..20 {
+        let message = format!("payment {i} settled via rsyslog");
+        run(
+            "logger",
+            &[
+                "-n",
+                "127.0.0.1",
+                "-P",
+                &port,
+                "-T",
+                "-t",
+                "payments",
+                "-p",
+                "user.warning",
+                &message,
+            ],
+        );
+    }
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:payments settled level:warn", 20);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    require("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let service = Arc::clone(server.service());
+    let record = crate::record_for(1);
+    rt.block_on(service.append_records(vec![record])).unwrap();
+    let (status, head, body) =
+        crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain; version=0.0.4"));
+    let text = String::from_utf8(body).unwrap();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("lode_ingest_records_total 1\n"));
+    rt.block_on(server.shutdown()).unwrap();
+}
