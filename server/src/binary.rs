@@ -82,7 +82,9 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     service.metrics.connection_opened();
-    let mut reader = BufReader::with_capacity(256 << 10, reader);
+    // Reads larger than the buffer bypass it: an append's payload goes
+    // from the socket straight into its own buffer.
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut writer = BufWriter::with_capacity(256 << 10, writer);
     if handshake(&mut reader, &mut writer).await {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -192,12 +194,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
         } else {
             0
         };
-        let mut payload = vec![0u8; room + header.len as usize];
-        if reader
-            .read_exact(payload.get_mut(room..).unwrap_or_default())
-            .await
-            .is_err()
-        {
+        let len = header.len as usize;
+        let mut payload = Vec::with_capacity(room + len);
+        payload.resize(room, 0);
+        // Into the Vec's spare capacity: no zeroing pass over the payload.
+        let read = (&mut *reader)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .await;
+        if !matches!(read, Ok(n) if n == len) {
             break;
         }
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {

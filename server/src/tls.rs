@@ -81,5 +81,7 @@ pub fn quic_server(files: &TlsFiles) -> Result<quinn::ServerConfig> {
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| tls_error(&files.cert, e))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(lode_client::quic_transport()));
+    Ok(config)
 }

@@ -210,6 +210,13 @@ impl EncodedBatch {
         })
     }
 
+    /// The whole buffer: `HEADER_LEN` bytes of room for the frame header,
+    /// then the payload. A client writes its own, shorter wire header at
+    /// the end of that room and sends the payload without copying it.
+    pub fn into_reserved(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// The payload bytes (what a client sends over the wire).
     pub fn payload(&self) -> &[u8] {
         self.bytes.get(HEADER_LEN..).unwrap_or_default()

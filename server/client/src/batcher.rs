@@ -69,7 +69,7 @@ impl Batcher {
         let batch =
             EncodedBatch::encode(&self.records).map_err(|e| ClientError::Encode(e.to_string()))?;
         self.records.clear();
-        let pending = self.client.submit_encoded(&batch).await?;
+        let pending = self.client.submit_encoded(batch).await?;
         self.in_flight.push_back(pending);
         Ok(())
     }

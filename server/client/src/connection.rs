@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use lode_codec::{EncodedBatch, HEADER_LEN};
+
 use crate::{ClientError, ClientOptions, Result};
 
 type Routed = (Response, bool);
@@ -25,7 +27,8 @@ struct Routes {
 }
 
 pub(crate) struct Connection {
-    tx: mpsc::Sender<Vec<u8>>,
+    /// Frames to write: the bytes and where the frame starts in them.
+    tx: mpsc::Sender<(Vec<u8>, usize)>,
     routes: Arc<Mutex<Routes>>,
     next_id: AtomicU64,
     in_flight: Arc<Semaphore>,
@@ -131,12 +134,24 @@ impl Connection {
         self.kept = Some(Box::new(value));
     }
 
-    async fn send(&self, kind: Kind, payload: &[u8]) -> Result<Stream> {
+    /// Sends `bytes[start..]`, a frame whose header (its first
+    /// `FRAME_HEADER` bytes) is filled in here with a fresh id.
+    async fn send(&self, kind: Kind, mut bytes: Vec<u8>, start: usize) -> Result<Stream> {
+        let payload_len = bytes
+            .len()
+            .checked_sub(start + FRAME_HEADER)
+            .and_then(|len| u32::try_from(len).ok())
+            .ok_or_else(|| ClientError::Encode("frame buffer too short or too long".into()))?;
         let permit = Arc::clone(&self.in_flight)
             .acquire_owned()
             .await
             .map_err(|_| ClientError::Closed(None))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut header = Vec::with_capacity(FRAME_HEADER);
+        wire::encode_header(kind, 0, id, payload_len, &mut header);
+        if let Some(room) = bytes.get_mut(start..start + FRAME_HEADER) {
+            room.copy_from_slice(&header);
+        }
         let (route, rx) = mpsc::unbounded_channel();
         {
             let mut routes = lock(&self.routes);
@@ -145,9 +160,7 @@ impl Connection {
             }
             routes.pending.insert(id, route);
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        wire::encode_frame(kind, 0, id, payload, &mut frame)?;
-        if self.tx.send(frame).await.is_err() {
+        if self.tx.send((bytes, start)).await.is_err() {
             lock(&self.routes).pending.remove(&id);
             return Err(ClientError::Closed(lock(&self.routes).closed.clone()));
         }
@@ -159,15 +172,17 @@ impl Connection {
         })
     }
 
-    pub(crate) async fn send_append(&self, payload: &[u8]) -> Result<Stream> {
-        self.send(Kind::Append, payload).await
+    /// Sends a batch without copying it: the wire header goes at the end
+    /// of the room the batch reserved for the WAL's longer one.
+    pub(crate) async fn send_append(&self, batch: EncodedBatch) -> Result<Stream> {
+        let start = HEADER_LEN - FRAME_HEADER;
+        self.send(Kind::Append, batch.into_reserved(), start).await
     }
 
     pub(crate) async fn send_request(&self, request: &Request) -> Result<Stream> {
         let mut frame = Vec::new();
         wire::encode_request(0, request, &mut frame)?;
-        let payload = frame.get(FRAME_HEADER..).unwrap_or_default();
-        self.send(Kind::Request, payload).await
+        self.send(Kind::Request, frame, 0).await
     }
 
     /// Asks the server to end stream `id`, without waiting.
@@ -175,7 +190,7 @@ impl Connection {
         lock(&self.routes).pending.remove(&id);
         let mut frame = Vec::new();
         if wire::encode_request(id, &Request::Cancel { id }, &mut frame).is_ok() {
-            let _ = self.tx.try_send(frame);
+            let _ = self.tx.try_send((frame, 0));
         }
     }
 }
@@ -190,14 +205,22 @@ impl Drop for Connection {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: BufWriter<W>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<(Vec<u8>, usize)>,
 ) {
-    while let Some(frame) = rx.recv().await {
-        if writer.write_all(&frame).await.is_err() {
+    while let Some((bytes, start)) = rx.recv().await {
+        if writer
+            .write_all(bytes.get(start..).unwrap_or_default())
+            .await
+            .is_err()
+        {
             return;
         }
-        while let Ok(frame) = rx.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
+        while let Ok((bytes, start)) = rx.try_recv() {
+            if writer
+                .write_all(bytes.get(start..).unwrap_or_default())
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -206,7 +206,7 @@ async fn remote_ingest(
             acked += done.end - done.start;
         }
         let encoded = EncodedBatch::encode(batch)?;
-        in_flight.push_back(client.submit_encoded(&encoded).await?);
+        in_flight.push_back(client.submit_encoded(encoded).await?);
     }
     for pending in in_flight {
         let done = pending.wait().await?;
