@@ -38,6 +38,8 @@ mod crash;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod import;
+#[cfg(test)]
 mod model;
 #[cfg(test)]
 mod search;

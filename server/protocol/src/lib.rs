@@ -8,6 +8,8 @@
 //! - [`json`]: records as JSON objects, in (lenient) and out.
 //! - [`syslog`]: RFC 5424 and RFC 3164 lines, octet-counted or newline
 //!   framed.
+//! - [`lines`]: log files' lines: JSON, syslog, logfmt, regex layouts and
+//!   their detection, timestamps in the common layouts.
 //!
 //! ```
 //! use lode_protocol::wire::{self, Kind, Request};
@@ -21,6 +23,7 @@
 //! ```
 
 pub mod json;
+pub mod lines;
 pub mod syslog;
 pub mod wire;
 
