@@ -19,7 +19,10 @@ enum Field {
 /// Per sample: the columns compared and the regex a user would write.
 /// loghub's headers misname two columns: Linux's "Level" and OpenSSH's
 /// "Component" hold the host name.
-const SAMPLES: &[(&str, &[(&str, Field)], &str)] = &[
+/// Sample name, compared (column, field) pairs, the user's regex.
+type Sample = (&'static str, &'static [(&'static str, Field)], &'static str);
+
+const SAMPLES: &[Sample] = &[
     (
         "Apache",
         &[("Level", Field::Level), ("Content", Field::Message)],
