@@ -2,6 +2,8 @@
 //! generator that tests, benchmarks and the demo use, and JSON lines output.
 
 mod corpus;
+pub mod export;
+pub mod import;
 mod rng;
 
 pub use corpus::Corpus;

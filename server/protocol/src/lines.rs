@@ -199,6 +199,14 @@ pub enum Line {
     Empty,
 }
 
+/// A line read without the stream's state; see [`LineParser::parse_raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raw {
+    Record { record: LogRecord, has_ts: bool },
+    NoMatch(String),
+    Empty,
+}
+
 /// Options of a [`LineParser`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -237,10 +245,20 @@ impl LineParser {
         &self.format
     }
 
+    /// Parses one line with this stream's state: a carried timestamp, the
+    /// default service, continuations.
     pub fn parse(&mut self, line: &str) -> Line {
+        let raw = self.parse_raw(line);
+        self.settle(raw, line)
+    }
+
+    /// The part of [`LineParser::parse`] that needs no state of the
+    /// stream, so lines can be read by several threads and settled in
+    /// order after.
+    pub fn parse_raw(&self, line: &str) -> Raw {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
-            return Line::Empty;
+            return Raw::Empty;
         }
         let parsed = match &self.format {
             Format::Jsonl(shape) => {
@@ -252,7 +270,20 @@ impl LineParser {
             Format::Auto => Err("format 'auto' must be detected first".into()),
         };
         match parsed {
-            Ok((mut record, has_ts)) => {
+            Ok((record, has_ts)) => Raw::Record { record, has_ts },
+            Err(reason) => Raw::NoMatch(reason),
+        }
+    }
+
+    /// Applies the stream's state to a line read by [`LineParser::parse_raw`].
+    pub fn settle(&mut self, raw: Raw, line: &str) -> Line {
+        match raw {
+            Raw::Empty => Line::Empty,
+            Raw::NoMatch(_) if self.options.multiline => {
+                Line::Continuation(line.strip_suffix('\r').unwrap_or(line).to_owned())
+            }
+            Raw::NoMatch(reason) => Line::Rejected(reason),
+            Raw::Record { mut record, has_ts } => {
                 if !has_ts {
                     self.defaulted_ts += 1;
                     record.ts = self.last_ts.unwrap_or(self.now);
@@ -265,8 +296,6 @@ impl LineParser {
                 self.last_ts = Some(record.ts);
                 Line::Record(record)
             }
-            Err(_) if self.options.multiline => Line::Continuation(line.to_owned()),
-            Err(reason) => Line::Rejected(reason),
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bulk;
 mod output;
 
 use std::io::{BufRead, IsTerminal};
@@ -107,6 +108,20 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Import log files (plain, .gz, .zst, or - for standard input).
+    ///
+    ///   lode import --data ./lode-data app.log.gz             offline, fastest
+    ///   lode import --format log4j --multiline app.log         to the running server
+    ///   lode import -f 'regex:^(?P<ts>\S+) (?P<level>\w+) (?P<message>.*)$' x.log
+    ///   lode import -f jsonl --ts-field time --msg-field text events.jsonl
+    #[command(verbatim_doc_comment)]
+    Import(bulk::ImportArgs),
+    /// Export records (a query and time range) as JSON lines or raw text.
+    ///
+    ///   lode export --data ./lode-data -o all.jsonl.zst
+    ///   lode export 'level:error' --since 24h -f raw
+    #[command(verbatim_doc_comment)]
+    Export(bulk::ExportArgs),
     /// Measure ingest over the binary protocol (TCP, QUIC) and HTTP beside
     /// embedded ingest, and query round trips beside in-process calls.
     ///
@@ -129,7 +144,7 @@ enum Command {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-struct Range {
+pub(crate) struct Range {
     /// Only records at or after this: RFC 3339, or a duration ago (15m, 2h, 7d).
     #[arg(long)]
     since: Option<String>,
@@ -251,6 +266,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             backend.close()
         }
         Command::Bench(args) => bench::bench(args).await,
+        Command::Import(args) => bulk::import_command(args).await,
+        Command::Export(args) => bulk::export_command(args).await,
         Command::Demo {
             data,
             records,
@@ -259,14 +276,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
 
-fn filter(query: String, range: &Range) -> Result<Filter, CliError> {
+pub(crate) fn time_range(range: &Range) -> Result<(Option<i64>, Option<i64>), CliError> {
     let time = |text: &Option<String>, name: &str| {
         text.as_deref()
             .map(|t| {
@@ -275,10 +292,15 @@ fn filter(query: String, range: &Range) -> Result<Filter, CliError> {
             })
             .transpose()
     };
+    Ok((time(&range.since, "since")?, time(&range.until, "until")?))
+}
+
+fn filter(query: String, range: &Range) -> Result<Filter, CliError> {
+    let (since, until) = time_range(range)?;
     Ok(Filter {
         query,
-        since: time(&range.since, "since")?,
-        until: time(&range.until, "until")?,
+        since,
+        until,
     })
 }
 
