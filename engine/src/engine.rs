@@ -357,6 +357,18 @@ impl Engine {
         self.writer_tx.as_ref().ok_or(Error::Closed)
     }
 
+    /// Makes every append acknowledged so far durable (an fdatasync of the
+    /// WAL); under `Durability::Sync` they already are. A bulk loader
+    /// appends with `Durability::Buffered` and calls this at checkpoints.
+    pub fn sync(&self) -> Result<()> {
+        let writer = self.writer()?;
+        let (reply, rx) = bounded(1);
+        writer
+            .send(WriterMsg::Sync(reply))
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
     /// Seals the active segment (if it holds records) and waits until every
     /// finished segment is sealed. Normally sealing happens by size or age
     /// on its own; this is for tests, benchmarks and orderly shutdowns.

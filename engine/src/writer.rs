@@ -52,6 +52,8 @@ pub(crate) enum WriterMsg {
     /// Start a new segment (if the active one holds anything) and wait until
     /// every finished segment is sealed.
     SealAll(Sender<Result<()>>),
+    /// fdatasync what is written (under `Durability::Buffered`).
+    Sync(Sender<Result<()>>),
 }
 
 pub(crate) struct Writer {
@@ -97,6 +99,13 @@ impl Writer {
                     let (group, next) = self.gather(first);
                     pending = next;
                     self.commit(group);
+                }
+                WriterMsg::Sync(reply) => {
+                    let synced = self.sync_if_unsynced();
+                    if let Err(e) = &synced {
+                        self.shared.poison(e.to_string());
+                    }
+                    let _ = reply.send(synced);
                 }
                 WriterMsg::SealAll(reply) => match self.rotate() {
                     Ok(()) => {

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lode_engine::LogRecord;
 use lode_protocol::ErrorCode;
-use lode_protocol::json::{JsonRecord, Shape, record_from_object, to_json_line};
+use lode_protocol::json::{JsonRecord, Shape, parse_record, to_json_line};
 use lode_protocol::wire::Filter;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -163,7 +163,7 @@ fn parse_lines(body: &[u8], now: i64) -> Parsed {
         }
         let outcome = std::str::from_utf8(line)
             .map_err(|e| format!("not UTF-8: {e}"))
-            .and_then(|text| lode_protocol::json::parse_record(text, &shape, now));
+            .and_then(|text| parse_record(text, &shape, now));
         match outcome {
             Ok((record, _)) => parsed.records.push(record),
             Err(error) => parsed.reject(i + 1, error),
@@ -395,11 +395,9 @@ fn parse_bulk(
                 let Some((_, doc)) = lines.next() else {
                     return Err(format!("line {}: '{op}' without a document", n + 1));
                 };
-                let parsed = match serde_json::from_slice::<Value>(doc) {
-                    Ok(Value::Object(object)) => record_from_object(object, &shape, now),
-                    Ok(_) => Err("the document is not a JSON object".to_owned()),
-                    Err(e) => Err(format!("the document is not JSON: {e}")),
-                };
+                let parsed = std::str::from_utf8(doc)
+                    .map_err(|e| format!("the document is not UTF-8: {e}"))
+                    .and_then(|text| parse_record(text, &shape, now));
                 match parsed {
                     Ok((mut record, _)) => {
                         if record.service.is_empty() {
@@ -522,10 +520,9 @@ async fn doc_into(
     Path(index): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let object: Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("the document is not a JSON object: {e}")))?;
-    let (mut record, _) =
-        record_from_object(object, &Shape::default(), now_ns()).map_err(bad_request)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| bad_request(format!("the document is not UTF-8: {e}")))?;
+    let (mut record, _) = parse_record(text, &Shape::default(), now_ns()).map_err(bad_request)?;
     if record.service.is_empty() {
         record.service = index.clone();
     }

@@ -26,9 +26,11 @@ pub trait Sink {
 }
 
 /// The offline path: an engine opened in this process, appends written
-/// without an fsync each (`Durability::Buffered`), sealed (and so synced)
-/// at every checkpoint. A kill at any moment leaves a prefix of the import:
+/// without an fsync each (`Durability::Buffered`), the WAL synced at every
+/// checkpoint. A kill at any moment leaves a prefix of the import:
 /// everything up to the last checkpoint reported, and perhaps more.
+/// Segments are sealed in the background as they fill, at low priority;
+/// what is left is sealed when the directory is next opened.
 #[derive(Debug)]
 pub struct EngineSink {
     engine: Engine,
@@ -83,7 +85,7 @@ impl Sink for EngineSink {
         while !self.tickets.is_empty() {
             self.settle_one()?;
         }
-        self.engine.seal().map_err(|e| e.to_string())?;
+        self.engine.sync().map_err(|e| e.to_string())?;
         Ok(self.appended)
     }
 }
