@@ -17,6 +17,7 @@
 //! max_result_records = 10000
 //! max_body_bytes = 67108864
 //! max_syslog_bytes = 65536
+//! max_http_requests = 256
 //!
 //! [tls]                        # absent: a self-signed pair in DATA/tls
 //! cert = "/etc/lode/cert.pem"
@@ -64,7 +65,8 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Most records in one append (binary, HTTP body, `_bulk`).
     pub max_batch_records: usize,
-    /// Connections open at once per listener; more are refused with `busy`.
+    /// Connections open at once per listener (binary protocol, syslog TCP);
+    /// more are refused (`busy` on the binary protocol).
     pub max_connections: usize,
     /// Requests in flight on one binary connection; the server stops
     /// reading that connection until one finishes (back-pressure).
@@ -78,6 +80,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest syslog message.
     pub max_syslog_bytes: usize,
+    /// HTTP requests served at once; more are answered 429.
+    pub max_http_requests: usize,
 }
 
 /// A certificate and key given by the operator, PEM.
@@ -134,6 +138,7 @@ impl Default for Limits {
             max_result_records: 10_000,
             max_body_bytes: 64 << 20,
             max_syslog_bytes: 64 << 10,
+            max_http_requests: 256,
         }
     }
 }

@@ -23,7 +23,7 @@ use lode_protocol::json::{JsonRecord, Shape, parse_record, to_json_line};
 use lode_protocol::wire::Filter;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::metrics::Source;
 use crate::service::{Failure, Service};
@@ -35,6 +35,7 @@ const MAX_LISTED_ERRORS: usize = 100;
 
 pub(crate) fn router(service: Arc<Service>) -> Router {
     let body_limit = service.limits.max_body_bytes;
+    let in_flight = Arc::new(Semaphore::new(service.limits.max_http_requests.max(1)));
     Router::new()
         .route("/", get(root).head(|| async { StatusCode::OK }))
         .route("/health", get(|| async { "ok\n" }))
@@ -53,8 +54,31 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/{index}/_doc/{id}", post(doc_with_id).put(doc_with_id))
         .route("/{index}/_create/{id}", post(doc_with_id).put(doc_with_id))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            in_flight,
+            limit_requests,
+        ))
         .layer(axum::middleware::map_response(elastic_header))
         .with_state(service)
+}
+
+/// At most `max_http_requests` requests are served at once; the others
+/// are answered 429 at once rather than queued.
+async fn limit_requests(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(permit) = in_flight.try_acquire() else {
+        let busy = Failure::new(
+            ErrorCode::Busy,
+            "the server is serving max_http_requests requests; retry later",
+        );
+        return busy.into_response();
+    };
+    let response = next.run(request).await;
+    drop(permit);
+    response
 }
 
 async fn elastic_header(mut response: Response) -> Response {

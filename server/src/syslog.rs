@@ -9,6 +9,7 @@ use lode_engine::LogRecord;
 use lode_protocol::syslog;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::http::now_ns;
 use crate::metrics::Source;
@@ -18,10 +19,20 @@ use crate::service::Service;
 const BATCH: usize = 1000;
 
 pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
+    let connections = Arc::new(Semaphore::new(service.limits.max_connections.max(1)));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_tcp(Arc::clone(&service), stream));
+            Ok((stream, peer)) => {
+                // Over max_connections, the sender is disconnected.
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    tracing::warn!(%peer, "syslog connection refused: max_connections reached");
+                    continue;
+                };
+                let service = Arc::clone(&service);
+                tokio::spawn(async move {
+                    serve_tcp(service, stream).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "syslog accept failed");

@@ -666,3 +666,51 @@ fn sigkill_during_binary_and_http_ingest() {
     let strangers: Vec<_> = found.iter().filter(|id| !sent.contains(id)).collect();
     assert!(strangers.is_empty(), "records nobody sent: {strangers:?}");
 }
+
+#[test]
+fn limits_answer_busy_rather_than_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut config = config(dir.path());
+    config.limits.max_http_requests = 1;
+    config.limits.max_connections = 1;
+    let server = rt.block_on(Server::start(config)).unwrap();
+    let http_addr = server.addresses().http.unwrap();
+
+    // A request whose body has not all arrived holds the only HTTP slot.
+    let mut slow = TcpStream::connect(http_addr).unwrap();
+    slow.write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: l\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    while status != 429 && Instant::now() < deadline {
+        status = http(http_addr, "GET", "/health", b"").0;
+    }
+    assert_eq!(
+        status, 429,
+        "a second request is refused while the first is served"
+    );
+    let (_, _, body) = http(http_addr, "GET", "/health", b"");
+    assert!(String::from_utf8_lossy(&body).contains("max_http_requests"));
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(http_addr, "GET", "/health", b"").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the slot frees when the request ends"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The binary protocol: a second connection is told busy.
+    rt.block_on(async {
+        let addr = server.addresses().tcp.unwrap().to_string();
+        let first = Client::connect_tcp(&addr).await.unwrap();
+        assert!(first.ping().await.is_ok());
+        let second = Client::connect_tcp(&addr).await.unwrap();
+        let refused = within("busy", second.ping()).await.unwrap_err();
+        assert!(refused.to_string().contains("max_connections"), "{refused}");
+        assert!(first.ping().await.is_ok(), "the first connection goes on");
+    });
+    rt.block_on(server.shutdown()).unwrap();
+}
