@@ -37,6 +37,9 @@ use output::{Format, Printer};
 ///   lode stats
 /// Without a server, open a data directory in this process:
 ///   lode query 'error' --data ./lode-data
+/// Move logs in and out in bulk:
+///   lode import --data ./lode-data app.log.gz syslog.zst   formats detected
+///   lode export 'level:error' --since 24h -o errors.jsonl.zst
 ///
 /// Query language: words (all must appear), "a phrase", OR, NOT or -word,
 /// parentheses, field:value on level, service, host and attrs.KEY,
