@@ -324,9 +324,10 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
             cursor,
         } => match service.query(filter, limit as usize, cursor).await {
             Ok(page) => {
-                send_records(replies, id, page.records).await;
+                let last = send_all_but_last(replies, id, page.records).await;
                 (
                     Response::PageEnd {
+                        records: last,
                         next_cursor: page.next_cursor,
                     },
                     None,
@@ -363,17 +364,27 @@ fn wire_records(records: Vec<Record>) -> Vec<WireRecord> {
         .collect()
 }
 
-async fn send_records(replies: &Replies, id: u64, records: Vec<Record>) {
+/// Sends a page's records in frames of `RECORDS_PER_FRAME`, all but the
+/// last, which is returned to travel in the final frame (for most pages,
+/// the only frame).
+async fn send_all_but_last(replies: &Replies, id: u64, records: Vec<Record>) -> Vec<WireRecord> {
+    let mut chunks: Vec<Vec<WireRecord>> = Vec::new();
     let mut records = records.into_iter().peekable();
     while records.peek().is_some() {
-        let chunk: Vec<Record> = records.by_ref().take(RECORDS_PER_FRAME).collect();
-        let response = Response::Records {
-            records: wire_records(chunk),
-        };
-        if !replies.send(id, true, &response).await {
-            return;
+        chunks.push(wire_records(
+            records.by_ref().take(RECORDS_PER_FRAME).collect(),
+        ));
+    }
+    let last = chunks.pop().unwrap_or_default();
+    for chunk in chunks {
+        if !replies
+            .send(id, true, &Response::Records { records: chunk })
+            .await
+        {
+            break;
         }
     }
+    last
 }
 
 /// Pushes matching records as they become durable until cancelled or the

@@ -177,6 +177,12 @@ fn many_requests_in_flight_and_a_batcher() {
                 batcher.push(record_for(seq)).await.unwrap();
             }
             assert_eq!(batcher.finish().await.unwrap(), 5000);
+            // A page of more than one frame's records (1,000) arrives whole.
+            wait_indexed(&server).await;
+            let page = client.query(filter("*"), 2500, None).await.unwrap();
+            let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (2501..=5000).rev().collect::<Vec<_>>());
+            assert!(page.next_cursor.is_some());
             // 200 pings at once on one connection, answered by id.
             let pings: Vec<_> = (0..200)
                 .map(|_| {

@@ -232,7 +232,14 @@ impl Client {
         loop {
             match stream.next().await? {
                 (Response::Records { records: more }, true) => records.extend(more),
-                (Response::PageEnd { next_cursor }, _) => {
+                (
+                    Response::PageEnd {
+                        records: last,
+                        next_cursor,
+                    },
+                    _,
+                ) => {
+                    records.extend(last);
                     return Ok(Page {
                         records,
                         next_cursor,

@@ -232,7 +232,8 @@ pub struct Filter {
 #[non_exhaustive]
 pub enum Request {
     Ping,
-    /// Newest first; answered by `Records` frames then `PageEnd`.
+    /// Newest first; answered by `PageEnd`, after `Records` frames when
+    /// the page holds more than fits one frame.
     Query {
         filter: Filter,
         limit: u32,
@@ -280,8 +281,10 @@ pub enum Response {
     Records {
         records: Vec<WireRecord>,
     },
-    /// The last frame of a query's answer.
+    /// The last frame of a query's answer: its last records and the cursor.
     PageEnd {
+        /// The page's last (often only) records.
+        records: Vec<WireRecord>,
         next_cursor: Option<String>,
     },
     Count {
