@@ -89,8 +89,14 @@ pub(crate) async fn serve_udp(service: Arc<Service>, socket: UdpSocket) {
     let mut datagram = vec![0u8; 64 << 10];
     loop {
         let mut records = Vec::new();
-        let Ok(n) = socket.recv(&mut datagram).await else {
-            continue;
+        let n = match socket.recv(&mut datagram).await {
+            Ok(n) => n,
+            Err(e) => {
+                // A persistent error must not spin the loop.
+                tracing::warn!(error = %e, "syslog udp receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let now = now_ns();
         records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now));
