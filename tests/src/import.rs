@@ -250,7 +250,7 @@ mod bulk {
             let file = dir.path().join(name);
             export_to(&engine, &file);
             let target = dir.path().join(format!("from-{name}"));
-            let mut sink = EngineSink::open(&target).unwrap();
+            let mut sink = EngineSink::open(&target, 2).unwrap();
             let report = import::import(&[file], &options(1_000_000), &mut sink, &Quiet).unwrap();
             sink.close().unwrap();
             assert_eq!(
@@ -308,7 +308,7 @@ mod bulk {
         let (Ok(dir), Ok(file)) = (std::env::var(DIR_VAR), std::env::var(FILE_VAR)) else {
             return;
         };
-        let mut sink = EngineSink::open(Path::new(&dir)).unwrap();
+        let mut sink = EngineSink::open(Path::new(&dir), 2).unwrap();
         println!("ready");
         import::import(
             &[PathBuf::from(file)],

@@ -307,9 +307,14 @@ pub(crate) fn http(
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    // A server refusing a body (413) may answer and close before all of it
+    // is written: the answer is what counts.
+    let _ = stream.write_all(body);
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    let mut chunk = [0u8; 64 << 10];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        response.extend_from_slice(&chunk[..n]);
+    }
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use lode_engine::{AppendTicket, Durability, Engine, LogRecord, Options};
+use lode_engine::{AppendTicket, Durability, EncodedBatch, Engine, LogRecord, Options};
 use lode_protocol::json::Shape;
 use lode_protocol::lines::{self, Format, Line, LineParser, Raw};
 
@@ -34,6 +34,14 @@ pub trait Sink {
 #[derive(Debug)]
 pub struct EngineSink {
     engine: Engine,
+    /// Batches to encode, numbered; encoded batches come back numbered.
+    to_encode: Option<crossbeam_channel::Sender<(u64, Vec<LogRecord>)>>,
+    encoded: crossbeam_channel::Receiver<(u64, Result<EncodedBatch, String>)>,
+    encoders: Vec<std::thread::JoinHandle<()>>,
+    /// Encoded batches that arrived ahead of their turn.
+    waiting: BTreeMap<u64, Result<EncodedBatch, String>>,
+    sent: u64,
+    submitted: u64,
     tickets: VecDeque<AppendTicket>,
     appended: u64,
 }
@@ -42,7 +50,9 @@ pub struct EngineSink {
 const WINDOW: usize = 8;
 
 impl EngineSink {
-    pub fn open(data: &Path) -> Result<EngineSink, String> {
+    /// Opens the engine; batches are encoded (and their records freed) on
+    /// `threads` threads, then handed to the log in order.
+    pub fn open(data: &Path, threads: usize) -> Result<EngineSink, String> {
         let options = Options {
             durability: Durability::Buffered {
                 window: Duration::from_secs(1),
@@ -50,8 +60,31 @@ impl EngineSink {
             ..Options::default()
         };
         let engine = Engine::open(data, options).map_err(|e| e.to_string())?;
+        let threads = threads.max(1);
+        let (to_encode, jobs) = bounded::<(u64, Vec<LogRecord>)>(threads * 2);
+        let (done, encoded) = bounded(threads * 2 + WINDOW);
+        let encoders = (0..threads)
+            .map(|_| {
+                let (jobs, done) = (jobs.clone(), done.clone());
+                std::thread::spawn(move || {
+                    for (order, records) in jobs {
+                        let batch = EncodedBatch::encode(&records).map_err(|e| e.to_string());
+                        drop(records);
+                        if done.send((order, batch)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
         Ok(EngineSink {
             engine,
+            to_encode: Some(to_encode),
+            encoded,
+            encoders,
+            waiting: BTreeMap::new(),
+            sent: 0,
+            submitted: 0,
             tickets: VecDeque::new(),
             appended: 0,
         })
@@ -59,6 +92,10 @@ impl EngineSink {
 
     pub fn close(mut self) -> Result<u64, String> {
         let durable = self.checkpoint()?;
+        self.to_encode = None;
+        for encoder in self.encoders.drain(..) {
+            let _ = encoder.join();
+        }
         self.engine.close().map_err(|e| e.to_string())?;
         Ok(durable)
     }
@@ -69,19 +106,65 @@ impl EngineSink {
         }
         Ok(())
     }
+
+    /// Submits, in order, the encoded batches that are ready; with `all`,
+    /// waits for every batch sent so far.
+    fn submit_ready(&mut self, all: bool) -> Result<(), String> {
+        loop {
+            while let Ok((order, batch)) = self.encoded.try_recv() {
+                self.waiting.insert(order, batch);
+            }
+            while let Some(batch) = self.waiting.remove(&self.submitted) {
+                while self.tickets.len() >= WINDOW {
+                    self.settle_one()?;
+                }
+                let ticket = self
+                    .engine
+                    .submit_encoded(batch?)
+                    .map_err(|e| e.to_string())?;
+                self.tickets.push_back(ticket);
+                self.submitted += 1;
+            }
+            if !all || self.submitted == self.sent {
+                return Ok(());
+            }
+            let (order, batch) = self
+                .encoded
+                .recv()
+                .map_err(|_| "the encoder threads stopped".to_owned())?;
+            self.waiting.insert(order, batch);
+        }
+    }
 }
 
 impl Sink for EngineSink {
     fn append(&mut self, records: Vec<LogRecord>) -> Result<(), String> {
-        while self.tickets.len() >= WINDOW {
-            self.settle_one()?;
+        let to_encode = self.to_encode.clone().ok_or("the sink is closed")?;
+        // A full queue means the encoders are behind: submit what they
+        // finished so the queue drains.
+        let mut job = (self.sent, records);
+        loop {
+            match to_encode.try_send(job) {
+                Ok(()) => break,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    job = back;
+                    if let Ok((order, batch)) = self.encoded.recv_timeout(Duration::from_millis(5))
+                    {
+                        self.waiting.insert(order, batch);
+                    }
+                    self.submit_ready(false)?;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    return Err("the encoder threads stopped".into());
+                }
+            }
         }
-        let ticket = self.engine.submit(&records).map_err(|e| e.to_string())?;
-        self.tickets.push_back(ticket);
-        Ok(())
+        self.sent += 1;
+        self.submit_ready(false)
     }
 
     fn checkpoint(&mut self) -> Result<u64, String> {
+        self.submit_ready(true)?;
         while !self.tickets.is_empty() {
             self.settle_one()?;
         }

@@ -238,7 +238,7 @@ pub(crate) async fn import_command(args: ImportArgs) -> Result<(), CliError> {
         Some(data) => {
             let data = data.clone();
             tokio::task::spawn_blocking(move || -> Result<Report, String> {
-                let mut sink = EngineSink::open(&data)?;
+                let mut sink = EngineSink::open(&data, options.threads)?;
                 let report = import::import(&files, &options, &mut sink, &progress);
                 progress.bar.finish_and_clear();
                 sink.close()?;
