@@ -688,11 +688,22 @@ fn limits_answer_busy_rather_than_queue() {
     let server = rt.block_on(Server::start(config)).unwrap();
     let http_addr = server.addresses().http.unwrap();
 
-    // A request whose body has not all arrived holds the only HTTP slot.
-    let mut slow = TcpStream::connect(http_addr).unwrap();
-    slow.write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: l\r\nContent-Length: 100\r\n\r\n{")
-        .unwrap();
+    // A request whose body has not all arrived holds the only HTTP slot
+    // (once it is being served: one refused itself is tried again).
     let deadline = Instant::now() + Duration::from_secs(10);
+    let slow = loop {
+        let mut slow = TcpStream::connect(http_addr).unwrap();
+        slow.write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: l\r\nContent-Length: 100\r\n\r\n{")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        slow.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut answer = [0u8; 64];
+        match slow.read(&mut answer) {
+            Ok(n) if n > 0 => assert!(Instant::now() < deadline, "never served"),
+            _ => break slow,
+        }
+    };
     let mut status = 0;
     while status != 429 && Instant::now() < deadline {
         status = http(http_addr, "GET", "/health", b"").0;
