@@ -418,6 +418,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
