@@ -264,7 +264,7 @@ impl LineParser {
             Format::Jsonl(shape) => {
                 parse_record(line, shape, self.now).map(|(record, p)| (record, !p.defaulted_ts))
             }
-            Format::Syslog => Ok(self.syslog(line)),
+            Format::Syslog => Ok(syslog::parse_with_ts(line.as_bytes(), self.now)),
             Format::Logfmt => self.logfmt(line),
             Format::Regex(layout) => self.regex(layout, line),
             Format::Auto => Err("format 'auto' must be detected first".into()),
@@ -297,14 +297,6 @@ impl LineParser {
                 Line::Record(record)
             }
         }
-    }
-
-    fn syslog(&self, line: &str) -> (LogRecord, bool) {
-        // The syslog parser stands `now` in for a missing timestamp: give
-        // it a value no real time has, to tell.
-        let record = syslog::parse(line.as_bytes(), i64::MIN);
-        let has_ts = record.ts != i64::MIN;
-        (record, has_ts)
     }
 
     fn ts(&self, text: &str) -> Option<i64> {
@@ -598,6 +590,19 @@ mod tests {
                 .unwrap_err()
                 .contains("log4j")
         );
+    }
+
+    #[test]
+    fn syslog_lines_keep_their_own_timestamps() {
+        let mut parser = LineParser::new(Format::Syslog, Options::default(), NOW);
+        let Line::Record(r) = parser.parse("<34>Oct 11 22:14:15 host su: failed") else {
+            panic!("no record");
+        };
+        assert_eq!(r.ts, ts("2025-10-11T22:14:15Z"));
+        let Line::Record(r) = parser.parse("<34>no time here") else {
+            panic!("no record");
+        };
+        assert_eq!((r.ts, parser.defaulted_ts), (ts("2025-10-11T22:14:15Z"), 1));
     }
 
     #[test]

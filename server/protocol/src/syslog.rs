@@ -50,16 +50,22 @@ pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, Str
 /// Parses one syslog message; `now` (ns) gives the year of an RFC 3164
 /// timestamp and stands in for a missing one.
 pub fn parse(message: &[u8], now: i64) -> LogRecord {
+    parse_with_ts(message, now).0
+}
+
+/// As [`parse`], and whether the message had a timestamp of its own.
+pub fn parse_with_ts(message: &[u8], now: i64) -> (LogRecord, bool) {
     let text = String::from_utf8_lossy(message);
     let text = text.trim_end_matches(['\n', '\r', '\0']);
     let Some((pri, rest)) = priority(text) else {
-        return LogRecord {
+        let record = LogRecord {
             ts: now,
             message: text.to_owned(),
             ..LogRecord::default()
         };
+        return (record, false);
     };
-    let mut record = match rest.strip_prefix("1 ") {
+    let (mut record, has_ts) = match rest.strip_prefix("1 ") {
         Some(rest5424) => parse_5424(rest5424, now),
         None => parse_3164(rest, now),
     };
@@ -67,7 +73,7 @@ pub fn parse(message: &[u8], now: i64) -> LogRecord {
     record
         .attrs
         .insert(0, ("facility".into(), (pri / 8).to_string()));
-    record
+    (record, has_ts)
 }
 
 fn priority(text: &str) -> Option<(u8, &str)> {
@@ -95,7 +101,7 @@ fn nil(field: &str) -> String {
     }
 }
 
-fn parse_5424(rest: &str, now: i64) -> LogRecord {
+fn parse_5424(rest: &str, now: i64) -> (LogRecord, bool) {
     let mut fields = rest.splitn(6, ' ');
     let ts = fields.next().unwrap_or("-");
     let host = fields.next().unwrap_or("-");
@@ -111,14 +117,16 @@ fn parse_5424(rest: &str, now: i64) -> LogRecord {
     }
     let message = structured_data(tail, &mut attrs);
     let message = message.strip_prefix('\u{feff}').unwrap_or(message);
-    LogRecord {
-        ts: parse_rfc3339(ts).unwrap_or(now),
+    let ts = parse_rfc3339(ts);
+    let record = LogRecord {
+        ts: ts.unwrap_or(now),
         level: Level::Info,
         service: nil(app),
         host: nil(host),
         attrs,
         message: message.to_owned(),
-    }
+    };
+    (record, ts.is_some())
 }
 
 /// Reads `[id key="value" ...]...` into attributes `id.key`; returns the
@@ -198,10 +206,10 @@ pub fn bsd_timestamp(text: &str, now: i64) -> Option<i64> {
     Some(ts)
 }
 
-fn parse_3164(rest: &str, now: i64) -> LogRecord {
+fn parse_3164(rest: &str, now: i64) -> (LogRecord, bool) {
     let (ts, rest) = match bsd_timestamp(rest, now) {
-        Some(ts) => (ts, rest.get(16..).unwrap_or_default()),
-        None => (now, rest),
+        Some(ts) => (Some(ts), rest.get(16..).unwrap_or_default()),
+        None => (None, rest),
     };
     // HOSTNAME is optional in practice: a first word that ends in ':' or
     // holds '[' is the tag.
@@ -225,14 +233,15 @@ fn parse_3164(rest: &str, now: i64) -> LogRecord {
         }
         _ => ("", rest),
     };
-    LogRecord {
-        ts,
+    let record = LogRecord {
+        ts: ts.unwrap_or(now),
         level: Level::Info,
         service: service.to_owned(),
         host: host.to_owned(),
         attrs,
         message: message.to_owned(),
-    }
+    };
+    (record, ts.is_some())
 }
 
 #[cfg(test)]
