@@ -45,22 +45,13 @@ pub struct Engine {
 #[derive(Debug)]
 #[must_use = "an append is acknowledged only by waiting on its ticket"]
 pub struct AppendTicket {
-    inner: TicketInner,
-}
-
-#[derive(Debug)]
-enum TicketInner {
-    Ready(SeqRange),
-    Waiting(Receiver<Result<SeqRange>>),
+    rx: Receiver<Result<SeqRange>>,
 }
 
 impl AppendTicket {
     /// Blocks until the batch is durable; returns the seqs it was given.
     pub fn wait(self) -> Result<SeqRange> {
-        match self.inner {
-            TicketInner::Ready(range) => Ok(range),
-            TicketInner::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
-        }
+        self.rx.recv().map_err(|_| Error::Closed)?
     }
 }
 
@@ -283,13 +274,6 @@ impl Engine {
     /// without waiting: a single thread can keep several batches in flight
     /// and let group commit share one fsync among them.
     pub fn submit(&self, batch: &[LogRecord]) -> Result<AppendTicket> {
-        if batch.is_empty() {
-            self.writer()?;
-            let end = self.shared.read().end_seq;
-            return Ok(AppendTicket {
-                inner: TicketInner::Ready(SeqRange { start: end, end }),
-            });
-        }
         self.submit_encoded(EncodedBatch::encode(batch)?)
     }
 
@@ -298,12 +282,8 @@ impl Engine {
     /// client's bytes to the log without decoding and re-encoding them.
     pub fn submit_encoded(&self, encoded: EncodedBatch) -> Result<AppendTicket> {
         let (reply, rx) = bounded(1);
-        Ok(AppendTicket {
-            inner: match self.send_append(encoded, Reply::Channel(reply))? {
-                Some(range) => TicketInner::Ready(range),
-                None => TicketInner::Waiting(rx),
-            },
-        })
+        self.send_append(encoded, Reply::Channel(reply))?;
+        Ok(AppendTicket { rx })
     }
 
     /// As [`Engine::submit_encoded`], but `done` is called with the outcome
@@ -316,23 +296,17 @@ impl Engine {
         encoded: EncodedBatch,
         done: impl FnOnce(Result<SeqRange>) + Send + 'static,
     ) -> Result<()> {
-        if encoded.count() == 0 {
-            self.writer()?;
-            let end = self.shared.read().end_seq;
-            done(Ok(SeqRange { start: end, end }));
-            return Ok(());
-        }
         self.send_append(encoded, Reply::Callback(Box::new(done)))
-            .map(|_| ())
     }
 
-    /// Hands a batch to the writer; `Some(range)` when there was nothing to
-    /// write (an empty batch), and `reply` is dropped unused.
-    fn send_append(&self, encoded: EncodedBatch, reply: Reply) -> Result<Option<SeqRange>> {
+    /// Hands a batch to the writer, which answers `reply`; an empty batch
+    /// is answered at once with the empty range at the end of the log.
+    fn send_append(&self, encoded: EncodedBatch, reply: Reply) -> Result<()> {
         let writer = self.writer()?;
         if encoded.count() == 0 {
             let end = self.shared.read().end_seq;
-            return Ok(Some(SeqRange { start: end, end }));
+            reply.send(Ok(SeqRange { start: end, end }));
+            return Ok(());
         }
         let limit = self.shared.opts.max_batch_bytes;
         if encoded.frame_len() > limit {
@@ -346,8 +320,7 @@ impl Engine {
                 batch: encoded,
                 reply,
             }))
-            .map_err(|_| Error::Closed)?;
-        Ok(None)
+            .map_err(|_| Error::Closed)
     }
 
     fn writer(&self) -> Result<&Sender<WriterMsg>> {

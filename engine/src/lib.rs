@@ -53,6 +53,7 @@ pub use options::{Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use segment::SegmentMeta;
+pub use shared::now_ns;
 pub use wal::TailCut;
 
 /// Seqs given to one append: `start..end`.

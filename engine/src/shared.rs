@@ -147,7 +147,7 @@ impl Shared {
 }
 
 /// Nanoseconds since the Unix epoch, from the wall clock.
-pub(crate) fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -49,6 +49,8 @@ impl Replies {
         self.tx.blocking_send(frame(id, more, response)).is_ok()
     }
 
+    /// Sends a failure of this front end's own (a bad frame, busy) and
+    /// counts it; `Service` failures are counted by the service.
     async fn fail(&self, id: u64, failure: Failure) -> bool {
         self.service.metrics.failed(failure.code);
         self.send(id, false, &error(failure)).await
@@ -268,13 +270,13 @@ async fn submit_loop(replies: Replies, mut pending: mpsc::Receiver<PendingAppend
                             };
                             replies.send(id, false, &appended).await
                         }
-                        Err(failure) => replies.fail(id, failure).await,
+                        Err(failure) => replies.send(id, false, &error(failure)).await,
                     };
                     drop(permit);
                 });
             }
             Err(failure) => {
-                replies.fail(id, failure).await;
+                replies.send(id, false, &error(failure)).await;
             }
         }
     }
@@ -286,38 +288,35 @@ fn lock(cancels: &Cancels) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicB
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Answers one request. Failures of `Service` calls are counted there;
+/// only this front end's own (an unknown request) are counted here.
 async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) {
     let service = &replies.service;
-    let single = |outcome: Outcome<Response>| match outcome {
-        Ok(response) => (response, None),
-        Err(failure) => (error(failure.clone()), Some(failure.code)),
-    };
-    let (response, failed) = match request {
-        Request::Ping => single(Ok(Response::Pong {
+    let outcome: Outcome<Response> = match request {
+        Request::Ping => Ok(Response::Pong {
             server: format!("lode {}", env!("CARGO_PKG_VERSION")),
-        })),
-        Request::Count { filter } => single(
+        }),
+        Request::Count { filter } => service
+            .count(filter)
+            .await
+            .map(|count| Response::Count { count }),
+        Request::Histogram { filter, width } => {
             service
-                .count(filter)
+                .histogram(filter, width)
                 .await
-                .map(|count| Response::Count { count }),
-        ),
-        Request::Histogram { filter, width } => single(service.histogram(filter, width).await.map(
-            |h| Response::Histogram {
-                start: h.start,
-                width: h.width,
-                buckets: h.buckets,
-            },
-        )),
-        Request::Top { filter, field, k } => single(
-            service
-                .top(filter, &field, k as usize)
-                .await
-                .map(|values| Response::Top { values }),
-        ),
-        Request::Stats => single(Ok(Response::Stats {
+                .map(|h| Response::Histogram {
+                    start: h.start,
+                    width: h.width,
+                    buckets: h.buckets,
+                })
+        }
+        Request::Top { filter, field, k } => service
+            .top(filter, &field, k as usize)
+            .await
+            .map(|values| Response::Top { values }),
+        Request::Stats => Ok(Response::Stats {
             figures: service.figures(),
-        })),
+        }),
         Request::Query {
             filter,
             limit,
@@ -325,33 +324,33 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
         } => match service.query(filter, limit as usize, cursor).await {
             Ok(page) => {
                 let last = send_all_but_last(replies, id, page.records).await;
-                (
-                    Response::PageEnd {
-                        records: last,
-                        next_cursor: page.next_cursor,
-                    },
-                    None,
-                )
+                Ok(Response::PageEnd {
+                    records: last,
+                    next_cursor: page.next_cursor,
+                })
             }
-            Err(failure) => single(Err(failure)),
+            Err(failure) => Err(failure),
         },
         Request::Tail { query, from_seq } => {
             let cancelled = Arc::new(AtomicBool::new(false));
             lock(&cancels).insert(id, Arc::clone(&cancelled));
             let outcome = tail(replies, id, &query, from_seq, cancelled).await;
             lock(&cancels).remove(&id);
-            single(outcome.map(|()| Response::Done))
+            outcome.map(|()| Response::Done)
         }
         Request::Cancel { .. } => return,
-        _ => single(Err(Failure::new(
-            ErrorCode::BadRequest,
-            "this server does not know that request",
-        ))),
+        _ => {
+            let unknown = Failure::new(
+                ErrorCode::BadRequest,
+                "this server does not know that request",
+            );
+            service.metrics.failed(unknown.code);
+            Err(unknown)
+        }
     };
-    if let Some(code) = failed {
-        service.metrics.failed(code);
-    }
-    replies.send(id, false, &response).await;
+    replies
+        .send(id, false, &outcome.unwrap_or_else(error))
+        .await;
 }
 
 fn wire_records(records: Vec<Record>) -> Vec<WireRecord> {
@@ -404,7 +403,11 @@ async fn tail(
             let mut batch = Vec::new();
             let mut wait = Duration::from_millis(100);
             while batch.len() < RECORDS_PER_FRAME {
-                match tail.next_timeout(wait)? {
+                let next = tail.next_timeout(wait).map_err(Failure::from);
+                if let Err(failure) = &next {
+                    replies.service.metrics.failed(failure.code);
+                }
+                match next? {
                     Some(record) => batch.push(record),
                     None => break,
                 }

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lode_engine::LogRecord;
+use lode_engine::{LogRecord, now_ns};
 use lode_protocol::ErrorCode;
 use lode_protocol::json::{JsonRecord, Shape, parse_record, to_json_line};
 use lode_protocol::wire::Filter;
@@ -87,13 +87,6 @@ async fn elastic_header(mut response: Response) -> Response {
         HeaderValue::from_static("Elasticsearch"),
     );
     response
-}
-
-pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn status(code: ErrorCode) -> StatusCode {

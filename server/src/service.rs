@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{EncodedBatch, Engine, LogRecord, Record, SeqRange};
+use lode_engine::{EncodedBatch, Engine, LogRecord, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
@@ -113,38 +113,42 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
-        blocking(move || {
+        let submitted = blocking(move || {
             let batch = EncodedBatch::from_reserved(reserved)
                 .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
             submit(&engine, batch)
         })
-        .await
+        .await;
+        self.counted(submitted)
     }
 
     /// Waits, without holding a thread, until a submitted append is durable.
     pub async fn acknowledged(&self, pending: PendingAppend) -> Outcome<SeqRange> {
-        let outcome = pending.0.await.map_err(|_| {
-            Failure::new(
+        let outcome = match pending.0.await {
+            Ok(outcome) => outcome.map_err(Failure::from),
+            Err(_) => Err(Failure::new(
                 ErrorCode::Unavailable,
                 "the engine closed before the append was durable",
-            )
-        })?;
-        let range = outcome?;
+            )),
+        };
+        let range = self.counted(outcome)?;
         self.metrics.appended(range.len());
         Ok(range)
     }
 
     /// Appends records parsed by a front end; answers once durable.
     pub async fn append_records(&self, records: Vec<LogRecord>) -> Outcome<SeqRange> {
-        check_batch_records(records.len(), self.limits.max_batch_records)?;
+        let max_records = self.limits.max_batch_records;
         let engine = Arc::clone(&self.engine);
-        let pending = blocking(move || {
+        let submitted = blocking(move || {
+            check_batch_records(records.len(), max_records)?;
             let batch = EncodedBatch::encode(&records).map_err(lode_engine::Error::from)?;
             submit(&engine, batch)
         })
-        .await?;
+        .await;
+        let pending = self.counted(submitted)?;
         self.acknowledged(pending).await
     }
 
@@ -155,15 +159,7 @@ impl Service {
         limit: usize,
         cursor: Option<String>,
     ) -> Outcome<Page> {
-        if limit > self.limits.max_result_records {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "limit {limit} exceeds max_result_records = {}",
-                    self.limits.max_result_records
-                ),
-            ));
-        }
+        let max = self.limits.max_result_records;
         let filter = everything_if_empty(filter);
         let search = Search {
             query: filter.query,
@@ -172,7 +168,16 @@ impl Service {
             limit: Some(limit),
             cursor,
         };
-        self.timed(move |index| Ok(index.search(&search)?)).await
+        self.timed(move |index| {
+            if limit > max {
+                return Err(Failure::new(
+                    ErrorCode::TooLarge,
+                    format!("limit {limit} exceeds max_result_records = {max}"),
+                ));
+            }
+            Ok(index.search(&search)?)
+        })
+        .await
     }
 
     pub async fn count(&self, filter: Filter) -> Outcome<u64> {
@@ -192,18 +197,16 @@ impl Service {
     pub async fn top(&self, filter: Filter, field: &str, k: usize) -> Outcome<Vec<(String, u64)>> {
         let filter = everything_if_empty(filter);
         let field = match field {
-            "level" => FacetField::Level,
-            "service" => FacetField::Service,
-            "host" => FacetField::Host,
-            other => {
-                return Err(Failure::new(
-                    ErrorCode::BadRequest,
-                    format!("top values of '{other}': expected level, service or host"),
-                ));
-            }
+            "level" => Ok(FacetField::Level),
+            "service" => Ok(FacetField::Service),
+            "host" => Ok(FacetField::Host),
+            other => Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("top values of '{other}': expected level, service or host"),
+            )),
         };
         self.timed(move |index| {
-            Ok(index.top_values(&filter.query, filter.since, filter.until, field, k)?)
+            Ok(index.top_values(&filter.query, filter.since, filter.until, field?, k)?)
         })
         .await
     }
@@ -212,7 +215,7 @@ impl Service {
     pub fn tail(&self, query: &str, from_seq: Option<u64>) -> Outcome<Tail> {
         let from = from_seq.unwrap_or_else(|| self.engine.next_seq());
         let query = if query.trim().is_empty() { "*" } else { query };
-        Ok(self.index.tail(query, from)?)
+        self.counted(self.index.tail(query, from).map_err(Failure::from))
     }
 
     /// The engine's, index's and server's figures, by name.
@@ -244,9 +247,14 @@ impl Service {
         figures
     }
 
-    /// Reads one record (for the CLI and tests).
-    pub fn get(&self, seq: u64) -> Outcome<Option<Record>> {
-        Ok(self.engine.get(seq)?)
+    /// Counts a failure in the metrics: every failure a `Service` call
+    /// returns is counted here, once; front ends count only their own
+    /// (bad frames, busy).
+    fn counted<T>(&self, outcome: Outcome<T>) -> Outcome<T> {
+        if let Err(failure) = &outcome {
+            self.metrics.failed(failure.code);
+        }
+        outcome
     }
 
     /// Runs a read on the blocking pool, bounded by `query_timeout_ms`.
@@ -268,10 +276,7 @@ impl Service {
                 ),
             )),
         };
-        if let Err(failure) = &result {
-            self.metrics.failed(failure.code);
-        }
-        result
+        self.counted(result)
     }
 
     /// Waits until every durable record is searchable (tests, the CLI).

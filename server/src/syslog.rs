@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use lode_engine::LogRecord;
+use lode_engine::{LogRecord, now_ns};
 use lode_protocol::syslog;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::http::now_ns;
 use crate::metrics::Source;
 use crate::service::Service;
 
@@ -121,7 +120,6 @@ async fn append(service: &Service, records: Vec<LogRecord>) {
     for batch in records.chunks(BATCH) {
         if let Err(failure) = service.append_records(batch.to_vec()).await {
             tracing::error!(%failure, "syslog append failed");
-            service.metrics.failed(failure.code);
         }
     }
 }

@@ -133,6 +133,16 @@ pub struct EncodedBatch {
     max_ts: i64,
 }
 
+fn check_payload_len(len: usize) -> Result<()> {
+    if len > MAX_PAYLOAD {
+        return Err(CodecError::Frame(FrameError::TooLarge {
+            len,
+            max: MAX_PAYLOAD,
+        }));
+    }
+    Ok(())
+}
+
 impl EncodedBatch {
     /// Encodes `records` as the payload of a batch frame.
     pub fn encode(records: &[LogRecord]) -> Result<EncodedBatch> {
@@ -142,12 +152,7 @@ impl EncodedBatch {
         let (bytes, (min_ts, max_ts)) =
             encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
         let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
-        if payload.len() > MAX_PAYLOAD {
-            return Err(CodecError::Frame(FrameError::TooLarge {
-                len: payload.len(),
-                max: MAX_PAYLOAD,
-            }));
-        }
+        check_payload_len(payload.len())?;
         let payload_crc = crc32c::crc32c(payload);
         Ok(EncodedBatch {
             bytes,
@@ -178,12 +183,7 @@ impl EncodedBatch {
                 "a reserved buffer needs {HEADER_LEN} bytes of room"
             ))
         })?;
-        if payload.len() > MAX_PAYLOAD {
-            return Err(CodecError::Frame(FrameError::TooLarge {
-                len: payload.len(),
-                max: MAX_PAYLOAD,
-            }));
-        }
+        check_payload_len(payload.len())?;
         let view = BatchView::parse(payload)?;
         let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
         for record in view.iter() {

@@ -54,6 +54,14 @@ impl Batcher {
         Ok(())
     }
 
+    /// Adds many records, as [`Batcher::push`] does one by one.
+    pub async fn extend(&mut self, records: Vec<LogRecord>) -> Result<()> {
+        for record in records {
+            self.push(record).await?;
+        }
+        Ok(())
+    }
+
     /// Records acknowledged (durable) so far.
     pub fn acknowledged(&self) -> u64 {
         self.acknowledged
@@ -82,13 +90,18 @@ impl Batcher {
         Ok(())
     }
 
-    /// Sends what is left and waits for every acknowledgement; returns the
-    /// records acknowledged in all.
-    pub async fn finish(mut self) -> Result<u64> {
+    /// Sends what is gathered and waits for every acknowledgement; returns
+    /// the records acknowledged in all. The batcher can go on after.
+    pub async fn flush(&mut self) -> Result<u64> {
         self.send().await?;
         while !self.in_flight.is_empty() {
             self.settle_one().await?;
         }
         Ok(self.acknowledged)
+    }
+
+    /// [`Batcher::flush`], when done.
+    pub async fn finish(mut self) -> Result<u64> {
+        self.flush().await
     }
 }

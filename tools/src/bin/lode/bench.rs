@@ -167,13 +167,12 @@ async fn embedded(
     let window = args.window.max(1);
     let rate = tokio::task::block_in_place(|| -> Result<f64, CliError> {
         let started = Instant::now();
-        let mut in_flight = VecDeque::new();
+        let mut in_flight: VecDeque<lode_engine::AppendTicket> = VecDeque::new();
         let mut acked = 0u64;
         for batch in batches.iter() {
             if in_flight.len() >= window
                 && let Some(ticket) = in_flight.pop_front()
             {
-                let ticket: lode_engine::AppendTicket = ticket;
                 acked += ticket.wait()?.len();
             }
             in_flight.push_back(service.engine().submit(batch)?);

@@ -1,22 +1,21 @@
 //! `lode import` and `lode export`: the CLI around `lode_tools::import`
 //! and `lode_tools::export`, with progress bars and summaries.
 
-use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lode_client::{Client, PendingAppend};
-use lode_engine::{EncodedBatch, Engine, LogRecord, Options};
+use lode_client::Batcher;
+use lode_engine::{Engine, LogRecord, Options, now_ns};
 use lode_protocol::json::Shape;
 use lode_protocol::lines;
 use lode_tools::export::{self, ExportFormat, Selection};
 use lode_tools::import::{self, EngineSink, ImportOptions, Progress, Report, Sink};
 
 use crate::backend::{Backend, Target};
-use crate::{CliError, Range, now_ns, time_range};
+use crate::{CliError, Range, time_range};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ImportArgs {
@@ -150,47 +149,24 @@ impl Progress for ImportProgress {
     }
 }
 
-/// The online path: batches to a server, `window` in flight, each
-/// checkpoint waits for every acknowledgement.
+/// The online path: a [`Batcher`] to a server; a checkpoint waits for
+/// every acknowledgement.
 struct ServerSink {
-    client: Client,
+    batcher: Batcher,
     runtime: tokio::runtime::Handle,
-    pending: VecDeque<PendingAppend>,
-    acknowledged: u64,
-}
-
-impl ServerSink {
-    fn settle_one(&mut self) -> Result<(), String> {
-        if let Some(pending) = self.pending.pop_front() {
-            let done = self
-                .runtime
-                .block_on(pending.wait())
-                .map_err(|e| e.to_string())?;
-            self.acknowledged += done.end - done.start;
-        }
-        Ok(())
-    }
 }
 
 impl Sink for ServerSink {
     fn append(&mut self, records: Vec<LogRecord>) -> Result<(), String> {
-        while self.pending.len() >= 8 {
-            self.settle_one()?;
-        }
-        let batch = EncodedBatch::encode(&records).map_err(|e| e.to_string())?;
-        let pending = self
-            .runtime
-            .block_on(self.client.submit_encoded(batch))
-            .map_err(|e| e.to_string())?;
-        self.pending.push_back(pending);
-        Ok(())
+        self.runtime
+            .block_on(self.batcher.extend(records))
+            .map_err(|e| e.to_string())
     }
 
     fn checkpoint(&mut self) -> Result<u64, String> {
-        while !self.pending.is_empty() {
-            self.settle_one()?;
-        }
-        Ok(self.acknowledged)
+        self.runtime
+            .block_on(self.batcher.flush())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -254,10 +230,8 @@ pub(crate) async fn import_command(args: ImportArgs) -> Result<(), CliError> {
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || -> Result<Report, String> {
                 let mut sink = ServerSink {
-                    client,
+                    batcher: Batcher::new(client, options.batch, 8),
                     runtime,
-                    pending: VecDeque::new(),
-                    acknowledged: 0,
                 };
                 let report = import::import(&files, &options, &mut sink, &progress);
                 progress.bar.finish_and_clear();

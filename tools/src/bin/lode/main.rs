@@ -14,7 +14,7 @@ use std::time::Instant;
 use backend::{Backend, Target};
 use clap::{Parser, Subcommand};
 use lode_client::{Batcher, Filter};
-use lode_engine::{Engine, LogRecord, Options};
+use lode_engine::{Engine, LogRecord, Options, now_ns};
 use lode_protocol::json::{Shape, parse_record};
 use lode_server::{Config, Server};
 use lode_tools::{Corpus, format_rfc3339};
@@ -277,13 +277,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             seed,
         } => demo(&data, records, seed),
     }
-}
-
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 pub(crate) fn time_range(range: &Range) -> Result<(Option<i64>, Option<i64>), CliError> {
