@@ -281,11 +281,33 @@ struct Source {
 }
 
 impl Source {
-    fn next_line(&mut self) -> Result<Option<String>, String> {
-        match self.head.pop_front() {
-            Some(line) => Ok(Some(line)),
-            None => self.read_line(),
+    /// Reads up to `CHUNK_LINES` lines into one buffer; `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<Lines>, String> {
+        let mut bytes = Vec::with_capacity(CHUNK_BYTES);
+        let mut ends = Vec::with_capacity(CHUNK_LINES);
+        while ends.len() < CHUNK_LINES && bytes.len() < CHUNK_BYTES {
+            match self.head.pop_front() {
+                Some(line) => bytes.extend_from_slice(line.as_bytes()),
+                None => {
+                    let start = bytes.len();
+                    let read = self
+                        .reader
+                        .read_until(b'\n', &mut bytes)
+                        .map_err(|e| format!("{}: {e}", self.name))?;
+                    if read == 0 {
+                        break;
+                    }
+                    if bytes.len() > start && bytes.last() == Some(&b'\n') {
+                        bytes.pop();
+                    }
+                }
+            }
+            ends.push(bytes.len());
         }
+        if ends.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Lines::new(bytes, ends)))
     }
 
     fn read_line(&mut self) -> Result<Option<String>, String> {
@@ -296,13 +318,57 @@ impl Source {
                 if buf.last() == Some(&b'\n') {
                     buf.pop();
                 }
-                Ok(Some(match String::from_utf8(buf) {
-                    Ok(text) => text,
-                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                }))
+                Ok(Some(lossy(buf)))
             }
             Err(e) => Err(format!("{}: {e}", self.name)),
         }
+    }
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Lines in one buffer (no allocation per line); a byte sequence that is
+/// not UTF-8 is replaced, line by line, as `String::from_utf8_lossy` does.
+struct Lines {
+    text: String,
+    /// Where each line ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    fn new(bytes: Vec<u8>, ends: Vec<usize>) -> Lines {
+        match String::from_utf8(bytes) {
+            Ok(text) => Lines { text, ends },
+            Err(e) => {
+                let bytes = e.into_bytes();
+                let mut text = String::with_capacity(bytes.len());
+                let mut fixed = Vec::with_capacity(ends.len());
+                let mut start = 0;
+                for end in ends {
+                    let line = bytes.get(start..end).unwrap_or_default();
+                    text.push_str(&String::from_utf8_lossy(line));
+                    fixed.push(text.len());
+                    start = end;
+                }
+                Lines { text, ends: fixed }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| self.text.get(start..end).unwrap_or_default())
     }
 }
 
@@ -311,9 +377,11 @@ struct Chunk {
     order: u64,
     file: usize,
     first_line: u64,
-    lines: Vec<String>,
+    lines: Lines,
 }
 
+/// A chunk is cut at this many lines or bytes, whichever comes first.
+const CHUNK_BYTES: usize = 1 << 20;
 const CHUNK_LINES: usize = 4096;
 const DETECT_LINES: usize = 200;
 
@@ -353,17 +421,7 @@ pub fn import(
         let mut order = 0;
         for (file, mut source) in sources.into_iter().enumerate() {
             let mut line_no = 1;
-            loop {
-                let mut lines = Vec::with_capacity(CHUNK_LINES);
-                while lines.len() < CHUNK_LINES {
-                    match source.next_line()? {
-                        Some(line) => lines.push(line),
-                        None => break,
-                    }
-                }
-                if lines.is_empty() {
-                    break;
-                }
+            while let Some(lines) = source.next_chunk()? {
                 let n = lines.len() as u64;
                 let chunk = Chunk {
                     order,
@@ -590,5 +648,55 @@ impl Settler<'_> {
             out.flush().map_err(|e| format!("rejects file: {e}"))?;
         }
         self.checkpoint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(input: &[u8], head: &[&str]) -> Vec<Vec<String>> {
+        let mut source = Source {
+            name: "test".into(),
+            reader: Box::new(std::io::Cursor::new(input.to_vec())),
+            head: head.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        let mut out = Vec::new();
+        while let Some(lines) = source.next_chunk().expect("read") {
+            assert_eq!(lines.len(), lines.iter().count());
+            out.push(lines.iter().map(str::to_owned).collect());
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_keep_every_line_and_its_boundaries() {
+        let got = chunks(b"a\n\nb\r\nlast", &["head"]);
+        assert_eq!(got, vec![vec!["head", "a", "", "b\r", "last"]]);
+        assert!(chunks(b"", &[]).is_empty());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_replaced_in_their_own_line() {
+        let got = chunks(b"ok\nbad \xff\xfe here\nfine\n", &[]);
+        assert_eq!(got, vec![vec!["ok", "bad \u{fffd}\u{fffd} here", "fine"]]);
+    }
+
+    #[test]
+    fn a_chunk_is_cut_at_its_line_count() {
+        let input: Vec<u8> = (0..CHUNK_LINES + 3)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let got = chunks(&input, &[]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), CHUNK_LINES);
+        assert_eq!(
+            got[1],
+            vec![
+                CHUNK_LINES.to_string(),
+                (CHUNK_LINES + 1).to_string(),
+                (CHUNK_LINES + 2).to_string()
+            ]
+        );
     }
 }

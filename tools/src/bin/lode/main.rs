@@ -25,6 +25,20 @@ use output::{Format, Printer};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, v3).
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed pages are given back to the OS after a second instead of 10 ms:
+/// import frees and reallocates large buffers (chunks, batches) faster
+/// than that, and refaulting them cost 11% of its CPU in `clear_page`
+/// (perf; 1M lines: 1.09-1.14 s -> 0.81-0.94 s).
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mi_option_set only stores an integer option; it is called
+    // once, before the threads that allocate are started.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 1000) };
+}
+
 /// lode: a log database. Takes in logs over its binary protocol, HTTP
 /// (JSON lines, Elasticsearch _bulk) and syslog; finds them again by words,
 /// phrases and fields; follows them live.
@@ -200,6 +214,7 @@ impl<E: std::error::Error> From<E> for CliError {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
