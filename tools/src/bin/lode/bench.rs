@@ -452,14 +452,24 @@ impl Drop for TempDir {
 }
 
 fn report(args: &BenchArgs, f: &mut Figures) {
+    // Per-run ratios first: `median` sorts its argument.
+    let ratios = |rates: &[f64]| -> f64 {
+        let mut r: Vec<f64> = rates
+            .iter()
+            .zip(&f.embedded)
+            .map(|(rate, embedded)| rate / embedded)
+            .collect();
+        median(&mut r)
+    };
+    let run_ratios = [1.0, ratios(&f.tcp), ratios(&f.quic), ratios(&f.http)];
     let embedded = median(&mut f.embedded);
     println!(
         "\nlode bench: {} records, batches of {}, {} in flight, medians of {} runs",
         args.records, args.batch, args.window, args.runs
     );
     println!(
-        "{:<40} {:>14} {:>12}",
-        "ingest (acknowledged = durable)", "records/s", "vs embedded"
+        "{:<40} {:>14} {:>12} {:>12}",
+        "ingest (acknowledged = durable)", "records/s", "vs embedded", "run ratios"
     );
     let rows = [
         ("embedded (engine + index, in process)", embedded),
@@ -470,9 +480,16 @@ fn report(args: &BenchArgs, f: &mut Figures) {
         ),
         ("http json lines", median(&mut f.http)),
     ];
-    for (name, rate) in rows {
-        println!("{name:<40} {rate:>14.0} {:>11.2}x", rate / embedded);
+    for ((name, rate), run_ratio) in rows.into_iter().zip(run_ratios) {
+        println!(
+            "{name:<40} {rate:>14.0} {:>11.2}x {run_ratio:>11.2}x",
+            rate / embedded
+        );
     }
+    println!(
+        "(vs embedded: ratio of the medians; run ratios: median over runs of\n\
+         each run's rate over the embedded rate of the same run)"
+    );
     println!(
         "\n{:<40} {:>12} {:>12} {:>12}",
         "query round trip (median ms)", "in process", "over tcp", "added"
