@@ -24,6 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::service::{Failure, Outcome, Service};
 
+/// Bytes of a frame's payload reserved before they arrive.
+const PAYLOAD_RESERVE: usize = 1 << 20;
+
 /// Records per response frame of a query or tail stream.
 const RECORDS_PER_FRAME: usize = 1000;
 /// A peer must say hello within this.
@@ -197,7 +200,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             0
         };
         let len = header.len as usize;
-        let mut payload = Vec::with_capacity(room + len);
+        // Memory is reserved for what the header announces only up to
+        // `PAYLOAD_RESERVE`; beyond, it grows as the bytes arrive, so a peer
+        // announcing large frames and sending nothing holds little.
+        let mut payload = Vec::with_capacity(room + len.min(PAYLOAD_RESERVE));
         payload.resize(room, 0);
         // Into the Vec's spare capacity: no zeroing pass over the payload.
         let read = (&mut *reader)

@@ -145,6 +145,23 @@ fn every_operation_over_tcp_and_quic() {
                 assert_eq!(got[0].record.message, "live one");
                 drop(tail);
 
+                // A frame larger than the payload memory reserved up front
+                // (1 MiB) arrives whole.
+                let big_service = format!("{service}-big");
+                let big_batch: Vec<LogRecord> = (0..3000)
+                    .map(|i| LogRecord {
+                        ts: 1_800_000_000_000_000_000 + i,
+                        service: big_service.clone(),
+                        message: format!("bulky {i} {}", "x".repeat(600)),
+                        ..LogRecord::default()
+                    })
+                    .collect();
+                let appended = client.append(&big_batch).await.unwrap();
+                assert_eq!(appended.end - appended.start, 3000);
+                wait_indexed(&server).await;
+                let bulky = filter(&format!("service:{big_service} bulky"));
+                assert_eq!(client.count(bulky).await.unwrap(), 3000);
+
                 // Typed errors, and the connection goes on after them.
                 let bad = client.count(filter("level:>=")).await.unwrap_err();
                 assert!(
