@@ -218,7 +218,8 @@ fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::
     use tantivy::schema::{FAST, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
     use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
     std::fs::create_dir_all(dir)?;
-    // The same field options as lode's index: nothing scored, no norms.
+    // The same fields and options as lode's index: nothing scored, no
+    // norms; values lowercased as lode does.
     let indexing = |tokenizer: &str, option| {
         TextFieldIndexing::default()
             .set_tokenizer(tokenizer)
@@ -228,15 +229,17 @@ fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::
     let mut builder = Schema::builder();
     let text = TextOptions::default()
         .set_indexing_options(indexing("lode", IndexRecordOption::WithFreqsAndPositions));
-    let value = TextOptions::default()
-        .set_indexing_options(indexing("raw", IndexRecordOption::Basic))
-        .set_fast("raw");
+    let plain = TextOptions::default()
+        .set_indexing_options(indexing("raw", IndexRecordOption::Basic));
+    let value = plain.clone().set_fast("raw");
     let seq = builder.add_u64_field("seq", FAST);
     let ts = builder.add_i64_field("ts", FAST);
     let message = builder.add_text_field("message", text);
     let level = builder.add_text_field("level", value.clone());
     let service = builder.add_text_field("service", value.clone());
     let host = builder.add_text_field("host", value);
+    // Attributes as lode indexes them: a `key\x1fvalue` term each, no column.
+    let attr = builder.add_text_field("attr", plain);
     let index = tantivy::Index::create_in_dir(dir, builder.build())?;
     index.tokenizers().register(
         "lode",
@@ -252,9 +255,12 @@ fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::
         doc.add_u64(seq, i as u64 + 1);
         doc.add_i64(ts, r.ts);
         doc.add_text(message, &r.message);
-        doc.add_text(level, r.level.as_str());
-        doc.add_text(service, &r.service);
-        doc.add_text(host, &r.host);
+        doc.add_text(level, r.level.as_str().to_lowercase());
+        doc.add_text(service, r.service.to_lowercase());
+        doc.add_text(host, r.host.to_lowercase());
+        for (key, value) in &r.attrs {
+            doc.add_text(attr, format!("{key}\u{1f}{}", value.to_lowercase()));
+        }
         writer.add_document(doc)?;
     }
     writer.commit()?;
