@@ -14,8 +14,8 @@ use tantivy::query::{
     TermSetQuery,
 };
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
-use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric

@@ -14,6 +14,7 @@
 //! max_connections = 1024
 //! max_in_flight = 64
 //! query_timeout_ms = 10000
+//! max_queries = 16
 //! max_result_records = 10000
 //! max_body_bytes = 67108864
 //! max_syslog_bytes = 65536
@@ -74,6 +75,11 @@ pub struct Limits {
     /// A query, count, histogram or top-values request that runs longer is
     /// answered with `timeout`.
     pub query_timeout_ms: u64,
+    /// Queries (search, count, histogram, top values) running at once;
+    /// more wait for a turn within their `query_timeout_ms`. A query
+    /// answered `timeout` keeps its turn until its work ends, so abandoned
+    /// work cannot pile up.
+    pub max_queries: usize,
     /// Most records one query page returns.
     pub max_result_records: usize,
     /// Largest HTTP request body (413 beyond).
@@ -135,6 +141,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_in_flight: 64,
             query_timeout_ms: 10_000,
+            max_queries: 16,
             max_result_records: 10_000,
             max_body_bytes: 64 << 20,
             max_syslog_bytes: 64 << 10,

@@ -13,7 +13,7 @@ use lode_engine::{EncodedBatch, Engine, LogRecord, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, Source};
@@ -70,6 +70,8 @@ pub struct Service {
     index: Arc<Index>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Turns of `limits.max_queries`.
+    queries: Arc<Semaphore>,
 }
 
 /// The engine lives in the data directory itself, the index beside it in
@@ -95,6 +97,7 @@ impl Service {
             index: Arc::new(index),
             limits: config.limits.clone(),
             metrics: Arc::default(),
+            queries: Arc::new(Semaphore::new(config.limits.max_queries.max(1))),
         })
     }
 
@@ -266,13 +269,29 @@ impl Service {
         self.metrics.query();
         let index = Arc::clone(&self.index);
         let timeout = self.limits.query_timeout();
-        let result = match tokio::time::timeout(timeout, blocking(move || work(&index))).await {
+        let turns = Arc::clone(&self.queries);
+        // The turn goes with the work: a query that times out still holds it
+        // until its blocking work ends.
+        let run = async move {
+            let turn = turns
+                .acquire_owned()
+                .await
+                .map_err(|_| Failure::new(ErrorCode::Internal, "the server is closing"))?;
+            blocking(move || {
+                let result = work(&index);
+                drop(turn);
+                result
+            })
+            .await
+        };
+        let result = match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
             Err(_) => Err(Failure::new(
                 ErrorCode::Timeout,
                 format!(
-                    "the request ran past query_timeout_ms = {}",
-                    timeout.as_millis()
+                    "the request ran past query_timeout_ms = {} (max_queries = {} run at once)",
+                    timeout.as_millis(),
+                    self.limits.max_queries
                 ),
             )),
         };
@@ -337,4 +356,51 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(Failure::new(ErrorCode::Internal, format!("worker: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A query past its timeout keeps its turn until its work ends: with
+    /// one turn, the next query waits for it (and times out too), and
+    /// runs once it is over.
+    #[test]
+    fn abandoned_query_work_keeps_its_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data: dir.path().to_owned(),
+            ..Config::default()
+        };
+        config.limits.max_queries = 1;
+        config.limits.query_timeout_ms = 100;
+        let service = Service::open(&config).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let started = Instant::now();
+            let slow = service
+                .timed(|_| {
+                    std::thread::sleep(Duration::from_millis(600));
+                    Ok(1)
+                })
+                .await;
+            assert_eq!(slow.unwrap_err().code, ErrorCode::Timeout);
+            let waiting = service.timed(|_| Ok(2)).await;
+            let failure = waiting.unwrap_err();
+            assert_eq!(failure.code, ErrorCode::Timeout);
+            assert!(
+                failure.message.contains("max_queries = 1"),
+                "{}",
+                failure.message
+            );
+            tokio::time::sleep(Duration::from_millis(600).saturating_sub(started.elapsed())).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(service.timed(|_| Ok(3)).await.unwrap(), 3);
+        });
+        service.close().unwrap();
+    }
 }

@@ -229,8 +229,8 @@ fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::
     let mut builder = Schema::builder();
     let text = TextOptions::default()
         .set_indexing_options(indexing("lode", IndexRecordOption::WithFreqsAndPositions));
-    let plain = TextOptions::default()
-        .set_indexing_options(indexing("raw", IndexRecordOption::Basic));
+    let plain =
+        TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
     let value = plain.clone().set_fast("raw");
     let seq = builder.add_u64_field("seq", FAST);
     let ts = builder.add_i64_field("ts", FAST);
