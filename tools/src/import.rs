@@ -654,6 +654,7 @@ impl Settler<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Just;
 
     fn chunks(input: &[u8], head: &[&str]) -> Vec<Vec<String>> {
         let mut source = Source {
@@ -680,6 +681,30 @@ mod tests {
     fn bytes_that_are_not_utf8_are_replaced_in_their_own_line() {
         let got = chunks(b"ok\nbad \xff\xfe here\nfine\n", &[]);
         assert_eq!(got, vec![vec!["ok", "bad \u{fffd}\u{fffd} here", "fine"]]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the chunks hold the input's lines in order,
+        /// each converted on its own as `String::from_utf8_lossy` does.
+        #[test]
+        fn chunks_are_the_lines_of_any_input(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    Just(b'\n'), Just(b'\r'), Just(0xffu8), Just(0xc3u8), Just(0xa9u8), 0u8..128
+                ],
+                0..3000,
+            )
+        ) {
+            let mut expected: Vec<String> = input
+                .split(|b| *b == b'\n')
+                .map(|line| String::from_utf8_lossy(line).into_owned())
+                .collect();
+            if input.last().is_none_or(|b| *b == b'\n') {
+                expected.pop(); // after the last newline, no line
+            }
+            let got: Vec<String> = chunks(&input, &[]).into_iter().flatten().collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]
