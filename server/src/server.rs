@@ -63,7 +63,7 @@ impl Server {
         }
         if let Some(addr) = config.quic {
             let files = tls::files(&config.data, config.tls.as_ref())?;
-            let endpoint = quinn::Endpoint::server(tls::quic_server(&files)?, addr)
+            let endpoint = lode_client::quic_endpoint(addr, Some(tls::quic_server(&files)?))
                 .map_err(bind_error("the binary protocol (quic)", addr))?;
             server.addresses.quic = Some(endpoint.local_addr().unwrap_or(addr));
             server.addresses.cert = Some(files.cert);
