@@ -146,8 +146,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rg_ms = (!args.no_ripgrep)
             .then(|| ripgrep_ms(&query.rg, &jsonl, (args.runs / 5).max(3)))
             .transpose()?;
-        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-        let ratio = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}x", v / lode));
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        // Ratios under 10 keep two decimals: 0.07x is not 0x.
+        let ratio = |v: Option<f64>| {
+            v.map_or("-".to_owned(), |v| match v / lode {
+                r if r < 10.0 => format!("{r:.2}x"),
+                r => format!("{r:.0}x"),
+            })
+        };
         println!(
             "{:<28} {lode:>10.3} {p99:>10.3} {:>12} {:>12} {:>10} {:>10}",
             query.name,
