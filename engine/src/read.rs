@@ -150,15 +150,16 @@ impl Shared {
             Source::Wal { map, path, frames } => {
                 let mut next = from;
                 for loc in &frames {
-                    let frame = wal::read_frame(&map, &path, loc)?;
+                    let frame = wal::read_indexed_frame(&map, &path, loc)?;
                     let batch = frame
                         .batch()
                         .map_err(|e| Error::corrupt(&path, loc.offset, e))?;
-                    for (seq, record) in (loc.first_seq..).zip(batch.iter()) {
-                        if seq < from || seq >= end {
-                            continue;
-                        }
-                        let record = record.map_err(|e| {
+                    // Only the records asked for are checked (a point read
+                    // must not check the frame's other records).
+                    let first = from.max(loc.first_seq);
+                    let last = end.min(loc.first_seq + batch.len() as u64);
+                    for seq in first..last {
+                        let record = batch.record((seq - loc.first_seq) as usize).map_err(|e| {
                             Error::corrupt(&path, loc.offset, format!("record {seq}: {e}"))
                         })?;
                         f(seq, record).map_err(|e| {

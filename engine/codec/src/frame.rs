@@ -86,8 +86,30 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(raw.try_into().ok()?))
 }
 
-/// Decodes the frame at the start of `bytes`.
+/// Decodes the frame at the start of `bytes`, checking its checksum.
 pub fn decode_frame(bytes: &[u8]) -> std::result::Result<Frame<'_>, FrameError> {
+    let truncated = |needed| FrameError::Truncated {
+        needed,
+        available: bytes.len(),
+    };
+    let len = read_u32(bytes, 0).ok_or(truncated(HEADER_LEN))? as usize;
+    if len <= MAX_PAYLOAD {
+        let end = HEADER_LEN + len;
+        let checked = bytes.get(8..end).ok_or(truncated(end))?;
+        let expected = read_u32(bytes, 4).ok_or(truncated(HEADER_LEN))?;
+        let got = crc32c::crc32c(checked);
+        if got != expected {
+            return Err(FrameError::ChecksumMismatch { expected, got });
+        }
+    }
+    decode_frame_unchecksummed(bytes)
+}
+
+/// Decodes the frame at the start of `bytes` without its checksum: for a
+/// frame whose checksum was checked when it was written or recovered and
+/// whose bytes are read again in place. Bounds and kind are still checked,
+/// and records are still checked when accessed.
+pub fn decode_frame_unchecksummed(bytes: &[u8]) -> std::result::Result<Frame<'_>, FrameError> {
     let truncated = |needed| FrameError::Truncated {
         needed,
         available: bytes.len(),
@@ -100,11 +122,8 @@ pub fn decode_frame(bytes: &[u8]) -> std::result::Result<Frame<'_>, FrameError> 
         });
     }
     let end = HEADER_LEN + len;
-    let checked = bytes.get(8..end).ok_or(truncated(end))?;
-    let expected = read_u32(bytes, 4).ok_or(truncated(HEADER_LEN))?;
-    let got = crc32c::crc32c(checked);
-    if got != expected {
-        return Err(FrameError::ChecksumMismatch { expected, got });
+    if bytes.len() < end {
+        return Err(truncated(end));
     }
     let kind_byte = *bytes.get(8).ok_or(truncated(HEADER_LEN))?;
     let kind = FrameKind::from_byte(kind_byte).ok_or(FrameError::UnknownKind(kind_byte))?;
@@ -322,14 +341,33 @@ mod tests {
             .seal(0, 1)
             .to_vec();
         for cut in 0..bytes.len() {
-            assert!(
-                matches!(
-                    decode_frame(&bytes[..cut]),
-                    Err(FrameError::Truncated { .. })
-                ),
-                "cut at {cut}"
-            );
+            for decoded in [
+                decode_frame(&bytes[..cut]),
+                decode_frame_unchecksummed(&bytes[..cut]),
+            ] {
+                assert!(
+                    matches!(decoded, Err(FrameError::Truncated { .. })),
+                    "cut at {cut}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn only_the_checked_decoder_reads_the_checksum() {
+        let bytes = EncodedBatch::encode(&records(2))
+            .unwrap()
+            .seal(1, 7)
+            .to_vec();
+        let mut wrong_crc = bytes.clone();
+        wrong_crc[4] ^= 1;
+        assert!(matches!(
+            decode_frame(&wrong_crc),
+            Err(FrameError::ChecksumMismatch { .. })
+        ));
+        let frame = decode_frame_unchecksummed(&wrong_crc).unwrap();
+        assert_eq!(frame.payload, decode_frame(&bytes).unwrap().payload);
+        assert_eq!((frame.term, frame.index), (1, 7));
     }
 
     #[test]

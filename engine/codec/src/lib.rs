@@ -30,6 +30,7 @@ mod time;
 pub use batch::BatchView;
 pub use frame::{
     EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD, decode_frame,
+    decode_frame_unchecksummed,
 };
 pub use record::{
     ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,
@@ -76,6 +77,9 @@ mod proptests {
             if let Some(batch) = decode_frame(&bytes).ok().and_then(|f| f.batch().ok()) {
                 read_all(batch);
             }
+            if let Some(batch) = decode_frame_unchecksummed(&bytes).ok().and_then(|f| f.batch().ok()) {
+                read_all(batch);
+            }
             if let Ok(batch) = BatchView::parse(&bytes) {
                 read_all(batch);
             }
@@ -101,6 +105,9 @@ mod proptests {
                 read_all(batch);
             }
             let _ = decode_frame(&bytes);
+            if let Some(batch) = decode_frame_unchecksummed(&bytes).ok().and_then(|f| f.batch().ok()) {
+                read_all(batch);
+            }
         }
     }
 }
