@@ -5,7 +5,7 @@
 //! releasing it. Records in the WAL are read in place through the map, with
 //! checked access; sealed records come from RocksDB.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -180,6 +180,42 @@ impl Engine {
         let mut out = Vec::with_capacity(1);
         self.shared.fetch(seq, seq.saturating_add(1), 1, &mut out)?;
         Ok(out.pop())
+    }
+
+    /// The records with these seqs that are durable and retained, in the
+    /// order of `seqs`, missing ones left out and a repeated one given
+    /// once (a search's page): sealed
+    /// records are read through one store iterator, records in the WAL in
+    /// place.
+    pub fn get_many(&self, seqs: &[u64]) -> Result<Vec<Record>> {
+        let (first, end, wal_first) = {
+            let state = self.shared.read();
+            let wal_first = state.wal.front().map_or(state.end_seq, |w| w.first_seq);
+            (state.first_seq, state.end_seq, wal_first)
+        };
+        let mut sorted: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| (first..end).contains(seq))
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let (sealed, unsealed) = sorted.split_at(sorted.partition_point(|&seq| seq < wal_first));
+        let mut found = HashMap::with_capacity(sorted.len());
+        self.shared.store.visit_seqs(sealed, &mut |seq, record| {
+            found.insert(seq, record.to_owned_record()?);
+            Ok(())
+        })?;
+        for &seq in unsealed {
+            // Sealed meanwhile, the record is found in the store instead.
+            let mut out = Vec::with_capacity(1);
+            self.shared.fetch(seq, seq + 1, 1, &mut out)?;
+            found.extend(out.into_iter().map(|r| (r.seq, r.log)));
+        }
+        Ok(seqs
+            .iter()
+            .filter_map(|&seq| found.remove(&seq).map(|log| Record { seq, log }))
+            .collect())
     }
 
     /// Records with seq in `range`, in seq order. The scan sees records

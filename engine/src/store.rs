@@ -248,6 +248,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Calls `f` with each of `seqs` (ascending) that is stored, read in
+    /// place and checked; one iterator serves them all (a point read
+    /// otherwise pays for an iterator of its own).
+    pub(crate) fn visit_seqs(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<()> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        for &seq in seqs {
+            iter.seek(seq_key(seq));
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                continue;
+            };
+            if key != seq_key(seq).as_slice() {
+                continue; // dropped by retention
+            }
+            access_record(value)
+                .and_then(|record| f(seq, record))
+                .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
+        }
+        iter.status()?;
+        Ok(())
+    }
+}
+
 /// An SST being written; keys must be added in increasing seq order.
 pub(crate) struct SstBuilder<'a> {
     writer: SstFileWriter<'a>,

@@ -294,6 +294,28 @@ fn concurrent_appenders_share_group_commits() {
 }
 
 #[test]
+fn get_many_answers_in_the_order_asked_from_both_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    engine.append(&records(0..300)).unwrap();
+    engine.seal().unwrap();
+    engine.append(&records(300..450)).unwrap();
+    let stats = engine.stats();
+    assert!(stats.sealed_records > 0 && stats.unsealed_records > 0);
+    // Newest first, sealed and unsealed mixed, a repeat, and seqs that
+    // are not there (0 is never used, 451 is past the end).
+    let asked = [449, 450, 12, 301, 451, 0, 299, 1, 12];
+    let got = engine.get_many(&asked).unwrap();
+    let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![449, 450, 12, 301, 299, 1]);
+    for record in &got {
+        assert_eq!(Some(record), engine.get(record.seq).unwrap().as_ref());
+        assert_eq!(record.log, self::record(record.seq - 1));
+    }
+    assert!(engine.get_many(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn visit_reads_in_place_what_scan_copies() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), Options::default()).unwrap();

@@ -266,13 +266,8 @@ impl Index {
         );
         let searcher = self.reader.searcher();
         let seqs = self.newest(&searcher, tquery.as_ref(), limit)?;
-        let mut records = Vec::with_capacity(seqs.len());
-        for &seq in &seqs {
-            // Records retention dropped after they were indexed are skipped.
-            if let Some(record) = self.engine.get(seq)? {
-                records.push(record);
-            }
-        }
+        // Records retention dropped after they were indexed are left out.
+        let records = self.engine.get_many(&seqs)?;
         let last_seq = seqs.last().copied();
         let next_cursor = if seqs.len() == limit {
             last_seq.map(|s| s.to_string())
