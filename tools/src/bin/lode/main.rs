@@ -25,7 +25,8 @@ use output::{Format, Printer};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (mimalloc.h, v3).
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h v3, as vendored by the
+/// pinned libmimalloc-sys 0.1.49; the crate exports no name for it).
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Freed pages are given back to the OS after a second instead of 10 ms:
