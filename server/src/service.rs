@@ -260,7 +260,8 @@ impl Service {
         outcome
     }
 
-    /// Runs a read on the blocking pool, bounded by `query_timeout_ms`.
+    /// Runs a read on the blocking pool in one of `max_queries` turns,
+    /// bounded (waiting for the turn included) by `query_timeout_ms`.
     async fn timed<T, F>(&self, work: F) -> Outcome<T>
     where
         T: Send + 'static,
