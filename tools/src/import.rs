@@ -281,7 +281,8 @@ struct Source {
 }
 
 impl Source {
-    /// Reads up to `CHUNK_LINES` lines into one buffer; `None` at the end.
+    /// Reads up to `CHUNK_LINES` lines, or about `CHUNK_BYTES`, into one
+    /// buffer; `None` at the end.
     fn next_chunk(&mut self) -> Result<Option<Lines>, String> {
         let mut bytes = Vec::with_capacity(CHUNK_BYTES);
         let mut ends = Vec::with_capacity(CHUNK_LINES);
