@@ -82,6 +82,10 @@ enum Command {
     ///
     /// Each line: {"ts":"2026-01-01T10:00:00Z" or ns, "level", "service",
     /// "host", "attrs":{...}, "message"}; other fields become attrs.
+    /// Lines are parsed on one thread, as they come (a stream, a pipe).
+    /// For large files or other formats, use
+    /// `lode import`, which parses on every core:
+    ///   lode import --server 127.0.0.1:7400 big.jsonl.zst
     #[command(verbatim_doc_comment)]
     Ingest {
         /// File of JSON lines; - or nothing reads standard input.
