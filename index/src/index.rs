@@ -28,7 +28,7 @@ use tantivy::index::SegmentId;
 
 use tantivy::Term;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery};
-use tantivy::{IndexReader, IndexWriter, ReloadPolicy};
+use tantivy::{DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
@@ -283,9 +283,12 @@ impl Index {
     /// The seqs of the `limit` newest matches, newest first.
     ///
     /// Segments are visited newest seq range first and skipped once they
-    /// cannot beat the `limit`-th best; in a segment whose doc order is seq
-    /// order (what the single-threaded indexer writes) matches are read
-    /// from the end and reading stops at the first that cannot get in.
+    /// cannot beat the `limit`-th best. In a segment whose doc order is seq
+    /// order (what the single-threaded indexer writes) matches are read in
+    /// windows of docs from the end (4096 docs, then twice as many each
+    /// time) and reading stops at the first that cannot get in, so a common
+    /// word's page does not read the word's whole doclist. Other segments
+    /// are read whole.
     fn newest(&self, searcher: &Searcher, query: &dyn TQuery, limit: usize) -> Result<Vec<u64>> {
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         let mut segments = Vec::new();
@@ -302,30 +305,53 @@ impl Index {
         let full_and_beats = |best: &BinaryHeap<Reverse<u64>>, seq: u64| {
             best.len() >= limit && best.peek().is_some_and(|Reverse(min)| seq <= *min)
         };
+        let offer = |best: &mut BinaryHeap<Reverse<u64>>, seq: u64| {
+            best.push(Reverse(seq));
+            if best.len() > limit {
+                best.pop();
+            }
+        };
         for (max, reader, seqs) in &segments {
             if full_and_beats(&best, *max) {
                 break;
             }
-            let mut docs = Vec::new();
-            weight.for_each_no_score(reader, &mut |batch| docs.extend_from_slice(batch))?;
-            if let Some(alive) = reader.alive_bitset() {
-                docs.retain(|&doc| alive.is_alive(doc));
-            }
-            // Whether the segment is in seq order matters only once the top
-            // k is full (to stop early), so it is checked only then.
-            let mut ordered = None;
-            for &doc in docs.iter().rev() {
-                let Some(seq) = seqs.first(doc) else { continue };
-                if full_and_beats(&best, seq) {
-                    if *ordered.get_or_insert_with(|| self.seq_ordered(reader, seqs)) {
-                        break;
+            let alive = |doc: DocId| reader.alive_bitset().is_none_or(|a| a.is_alive(doc));
+            if self.seq_ordered(reader, seqs) {
+                // Newest docs last: matches are read in windows from the
+                // end, each twice the last, until one cannot get in.
+                let mut end = reader.max_doc();
+                let mut window: DocId = 4096;
+                'windows: while end > 0 {
+                    let start = end.saturating_sub(window);
+                    let mut docs = Vec::new();
+                    let mut scorer = weight.scorer(reader, 1.0)?;
+                    let mut doc = scorer.seek(start.max(scorer.doc()));
+                    while doc < end {
+                        if alive(doc) {
+                            docs.push(doc);
+                        }
+                        doc = scorer.advance();
                     }
-                    continue;
+                    for &doc in docs.iter().rev() {
+                        let Some(seq) = seqs.first(doc) else { continue };
+                        if full_and_beats(&best, seq) {
+                            break 'windows;
+                        }
+                        offer(&mut best, seq);
+                    }
+                    end = start;
+                    window = window.saturating_mul(2);
                 }
-                best.push(Reverse(seq));
-                if best.len() > limit {
-                    best.pop();
-                }
+            } else {
+                weight.for_each_no_score(reader, &mut |docs| {
+                    for &doc in docs {
+                        if let Some(seq) = seqs.first(doc).filter(|_| alive(doc)) {
+                            if !full_and_beats(&best, seq) {
+                                offer(&mut best, seq);
+                            }
+                        }
+                    }
+                })?;
             }
         }
         let mut out: Vec<u64> = best.into_iter().map(|Reverse(seq)| seq).collect();
