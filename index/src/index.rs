@@ -345,10 +345,10 @@ impl Index {
             } else {
                 weight.for_each_no_score(reader, &mut |docs| {
                     for &doc in docs {
-                        if let Some(seq) = seqs.first(doc).filter(|_| alive(doc)) {
-                            if !full_and_beats(&best, seq) {
-                                offer(&mut best, seq);
-                            }
+                        if let Some(seq) = seqs.first(doc).filter(|_| alive(doc))
+                            && !full_and_beats(&best, seq)
+                        {
+                            offer(&mut best, seq);
                         }
                     }
                 })?;
