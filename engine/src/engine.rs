@@ -187,7 +187,12 @@ impl Engine {
             fs::remove_dir_all(&tmp_dir).map_err(Error::io("clear", &tmp_dir))?;
         }
         make_dir(&tmp_dir)?;
-        let store = Store::open(&dir.join("db"), opts.zstd_level, opts.sealed_block_bytes)?;
+        let store = Store::open(
+            &dir.join("db"),
+            opts.zstd_level,
+            opts.sealed_block_bytes,
+            opts.block_cache_bytes,
+        )?;
         let manifest = store.load_manifest()?;
         store.reclaim_below(manifest.floor)?;
         let sealed: std::collections::BTreeMap<u64, SegmentMeta> = manifest

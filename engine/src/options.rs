@@ -56,6 +56,11 @@ pub struct Options {
     /// Block size of sealed segments: larger compresses better, smaller
     /// makes point reads of sealed records cheaper.
     pub sealed_block_bytes: usize,
+    /// Memory for decompressed blocks of sealed segments (RocksDB's block
+    /// cache). With RocksDB's default of 32 MiB, a page of 100 records
+    /// spread over old segments did not fit (100 blocks of 512 KiB) and
+    /// every read of it decompressed them all again.
+    pub block_cache_bytes: usize,
     /// Seal finished WAL segments in the background (the default); when
     /// false they are sealed only by [`crate::Engine::seal`], as a bulk
     /// loader that seals at its own checkpoints wants.
@@ -78,6 +83,7 @@ impl Default for Options {
             tick: Duration::from_secs(1),
             zstd_level: 1,
             sealed_block_bytes: 512 << 10,
+            block_cache_bytes: 256 << 20,
             background_sealing: true,
             background_niceness: 10,
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use lode_engine::{Engine, Record};
 use lode_query::{Prepared, Query, parse};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use std::ops::Bound;
@@ -28,7 +28,10 @@ use tantivy::index::SegmentId;
 
 use tantivy::Term;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery};
-use tantivy::{DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy};
+use tantivy::{
+    DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SearcherGeneration, SegmentReader,
+    Warmer,
+};
 
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
@@ -132,8 +135,55 @@ pub struct Index {
     stop: Arc<AtomicBool>,
     indexer: Option<JoinHandle<Result<()>>>,
     max_limit: usize,
-    /// Segments known to be (or not to be) in seq order.
-    ordered: Mutex<HashMap<SegmentId, bool>>,
+    /// Segments known to be (or not to be) in seq order; also a warmer of
+    /// the reader, which keeps it alive only through this `Arc`.
+    ordered: Arc<SeqOrder>,
+}
+
+/// Which segments have their docs in increasing seq order: worked out when
+/// the reader warms a new searcher (on the indexer's thread, after a
+/// commit), so no query pays for it, and forgotten with the segment.
+#[derive(Default)]
+struct SeqOrder(Mutex<HashMap<SegmentId, bool>>);
+
+impl SeqOrder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, bool>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the segment is in seq order (checked once, then remembered).
+    fn of(&self, reader: &SegmentReader, seqs: &Column<u64>) -> bool {
+        let id = reader.segment_id();
+        if let Some(&known) = self.lock().get(&id) {
+            return known;
+        }
+        let mut previous = None;
+        let ordered = (0..reader.max_doc()).all(|doc| {
+            let seq = seqs.first(doc);
+            let rising = previous.is_none_or(|p| seq > Some(p));
+            previous = seq;
+            rising
+        });
+        self.lock().insert(id, ordered);
+        ordered
+    }
+}
+
+impl Warmer for SeqOrder {
+    fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
+        for reader in searcher.segment_readers() {
+            self.of(reader, &reader.fast_fields().u64("seq")?);
+        }
+        Ok(())
+    }
+
+    fn garbage_collect(&self, live: &[&SearcherGeneration]) {
+        let live: HashSet<SegmentId> = live
+            .iter()
+            .flat_map(|generation| generation.segments().keys().copied())
+            .collect();
+        self.lock().retain(|id, _| live.contains(id));
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -213,9 +263,12 @@ impl Index {
                 .map_err(|_| Error::Indexer("creating the index writer panicked".into()))
         })??;
         let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
+        let ordered = Arc::new(SeqOrder::default());
+        let warmer: Arc<dyn Warmer> = ordered.clone();
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
+            .warmers(vec![Arc::downgrade(&warmer)])
             .try_into()?;
         let indexed_upto = Arc::new(AtomicU64::new(committed));
         let stop = Arc::new(AtomicBool::new(false));
@@ -248,7 +301,7 @@ impl Index {
             stop,
             indexer: Some(handle),
             max_limit: opts.max_limit,
-            ordered: Mutex::new(HashMap::new()),
+            ordered,
         })
     }
 
@@ -316,7 +369,7 @@ impl Index {
                 break;
             }
             let alive = |doc: DocId| reader.alive_bitset().is_none_or(|a| a.is_alive(doc));
-            if self.seq_ordered(reader, seqs) {
+            if self.ordered.of(reader, seqs) {
                 // Newest docs last: matches are read in windows from the
                 // end, each twice the last, until one cannot get in.
                 let mut end = reader.max_doc();
@@ -357,32 +410,6 @@ impl Index {
         let mut out: Vec<u64> = best.into_iter().map(|Reverse(seq)| seq).collect();
         out.sort_unstable_by(|a, b| b.cmp(a));
         Ok(out)
-    }
-
-    /// Whether the segment's docs are in increasing seq order (checked once
-    /// per segment, then remembered).
-    fn seq_ordered(&self, reader: &tantivy::SegmentReader, seqs: &Column<u64>) -> bool {
-        let id = reader.segment_id();
-        if let Some(&known) = self
-            .ordered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-        {
-            return known;
-        }
-        let mut previous = None;
-        let ordered = (0..reader.max_doc()).all(|doc| {
-            let seq = seqs.first(doc);
-            let rising = previous.is_none_or(|p| seq > Some(p));
-            previous = seq;
-            rising
-        });
-        self.ordered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, ordered);
-        ordered
     }
 
     /// How many records match the query in the time range.
