@@ -259,9 +259,7 @@ impl Store {
         iter.status()?;
         Ok(last)
     }
-}
 
-impl Store {
     /// Calls `f` with each of `seqs` (ascending) that is stored, read in
     /// place and checked; one iterator serves them all (a point read
     /// otherwise pays for an iterator of its own).

@@ -293,13 +293,19 @@ fn concurrent_appenders_share_group_commits() {
     assert_eq!(seen.len(), 2000, "every record once");
 }
 
-#[test]
-fn get_many_answers_in_the_order_asked_from_both_sources() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+/// Records 1..=300 sealed, 301..=450 still in the WAL.
+fn sealed_and_unsealed(dir: &std::path::Path) -> Engine {
+    let engine = Engine::open(dir, Options::default()).unwrap();
     engine.append(&records(0..300)).unwrap();
     engine.seal().unwrap();
     engine.append(&records(300..450)).unwrap();
+    engine
+}
+
+#[test]
+fn get_many_answers_in_the_order_asked_from_both_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = sealed_and_unsealed(dir.path());
     let stats = engine.stats();
     assert!(stats.sealed_records > 0 && stats.unsealed_records > 0);
     // Newest first, sealed and unsealed mixed, a repeat, and seqs that
@@ -318,10 +324,7 @@ fn get_many_answers_in_the_order_asked_from_both_sources() {
 #[test]
 fn visit_reads_in_place_what_scan_copies() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), Options::default()).unwrap();
-    engine.append(&records(0..300)).unwrap();
-    engine.seal().unwrap();
-    engine.append(&records(300..450)).unwrap();
+    let engine = sealed_and_unsealed(dir.path());
     let mut seen = Vec::new();
     let next = engine
         .visit(100..420, |seq, r| {
