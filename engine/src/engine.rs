@@ -13,7 +13,7 @@ use lode_codec::{EncodedBatch, LogRecord, MAX_PAYLOAD};
 
 use crate::SeqRange;
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{Background, Options};
 use crate::sealer::{RetentionReport, Sealer, SealerMsg};
 use crate::segment::SegmentMeta;
 use crate::shared::{Shared, State};
@@ -91,20 +91,39 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Raises the calling thread's nice value by `niceness` (Linux: nice is
-/// per thread, and threads it spawns inherit it). Background work (sealing,
-/// indexing) runs this way so that on a busy machine the CPU goes to
-/// acknowledging appends first. Best effort: a failure changes nothing.
-pub fn lower_thread_priority(niceness: i32) {
-    if niceness <= 0 {
-        return;
-    }
-    #[allow(unsafe_code)]
-    // SAFETY: setpriority takes plain integers and touches no memory of
-    // ours; on Linux, PRIO_PROCESS with who = 0 is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, niceness) };
+/// Lowers the calling thread's scheduling priority as `priority` says
+/// (Linux: priority is per thread, and threads it spawns inherit it).
+/// Background work (sealing, indexing, merging) runs this way so that the
+/// CPU goes to acknowledging appends first. Best effort: a failure is
+/// logged and changes nothing.
+pub fn lower_thread_priority(priority: Background) {
+    let result = match priority {
+        Background::Normal => return,
+        Background::Nice(niceness) => {
+            #[allow(unsafe_code)]
+            // SAFETY: setpriority takes plain integers and touches no memory
+            // of ours; on Linux, PRIO_PROCESS with who = 0 is the calling
+            // thread.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, niceness.clamp(0, 19))
+            }
+        }
+        Background::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            #[allow(unsafe_code)]
+            // SAFETY: `param` is a valid sched_param that outlives the call;
+            // pid 0 is the calling thread.
+            unsafe {
+                libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param)
+            }
+        }
+    };
     if result != 0 {
-        tracing::debug!(niceness, "could not lower a background thread's priority");
+        tracing::debug!(
+            ?priority,
+            error = %std::io::Error::last_os_error(),
+            "could not lower a background thread's priority"
+        );
     }
 }
 
@@ -250,11 +269,11 @@ impl Engine {
         };
         // Joined in this order at shutdown: the writer finishes first and
         // its exit disconnects the sealer's channel.
-        let background_niceness = shared.opts.background_niceness;
+        let background = shared.opts.background;
         let threads = vec![
             spawn("lode-writer", move || writer.run())?,
             spawn("lode-sealer", move || {
-                lower_thread_priority(background_niceness);
+                lower_thread_priority(background);
                 sealer.run()
             })?,
         ];

@@ -49,7 +49,7 @@ pub use lode_codec::{
     ArchivedLevel, ArchivedLogRecord, EncodedBatch, HEADER_LEN, Level, LogRecord, Record,
     format_rfc3339, parse_rfc3339,
 };
-pub use options::{Durability, Options, RecoveryMode, Retention};
+pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use segment::SegmentMeta;

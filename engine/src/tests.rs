@@ -373,3 +373,35 @@ fn buffered_appends_are_made_durable_by_sync_and_a_failed_sync_poisons() {
     let engine = Engine::open(dir.path(), opts).unwrap();
     assert!(engine.scan(1..6).map(|r| r.unwrap().log).eq(records(0..5)));
 }
+
+/// The calling thread's (nice, scheduling policy), from /proc.
+fn thread_priority() -> (i64, u64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the command name, which is in parentheses: state is
+    // field 3, nice field 19, policy field 41.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (rest[19 - 3].parse().unwrap(), rest[41 - 3].parse().unwrap())
+}
+
+#[test]
+fn background_priorities_are_applied_to_the_calling_thread() {
+    use crate::{Background, lower_thread_priority};
+    const SCHED_OTHER: u64 = 0;
+    const SCHED_IDLE: u64 = 5;
+    let on_a_thread = |priority| {
+        std::thread::spawn(move || {
+            let before = thread_priority();
+            lower_thread_priority(priority);
+            (before, thread_priority())
+        })
+        .join()
+        .unwrap()
+    };
+    let (before, after) = on_a_thread(Background::Idle);
+    assert_eq!((before.1, after.1), (SCHED_OTHER, SCHED_IDLE));
+    let (before, after) = on_a_thread(Background::Nice(3));
+    if before.0 <= 3 {
+        assert_eq!(after, (3, SCHED_OTHER));
+    }
+    assert_eq!(on_a_thread(Background::Normal).1, thread_priority());
+}

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lode_engine::{Engine, Record};
+use lode_engine::{Background, Engine, Record};
 use lode_query::{Prepared, Query, parse};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -78,11 +78,10 @@ pub struct IndexOptions {
     pub writer_memory: usize,
     /// Largest page a search returns.
     pub max_limit: usize,
-    /// Nice value added to the indexing threads (Linux: per thread), so
-    /// that on a busy machine acknowledging appends wins the CPU and the
-    /// index lags (reported as `lag`) rather than ingest slowing. 0 keeps
-    /// the caller's priority.
-    pub niceness: i32,
+    /// Scheduling priority of the indexing and merge threads, so that on
+    /// a busy machine acknowledging appends wins the CPU and the index lags
+    /// (reported as `lag`) rather than ingest slowing.
+    pub background: Background,
 }
 
 impl Default for IndexOptions {
@@ -91,7 +90,7 @@ impl Default for IndexOptions {
             commit_interval: Duration::from_millis(500),
             writer_memory: 64 << 20,
             max_limit: 10_000,
-            niceness: 10,
+            background: Background::Idle,
         }
     }
 }
@@ -250,13 +249,13 @@ impl Index {
             .as_deref()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        // Tantivy's indexing and merge threads inherit the niceness of the
+        // Tantivy's indexing and merge threads inherit the priority of the
         // thread that creates the writer.
-        let niceness = opts.niceness;
+        let background = opts.background;
         let mut writer: IndexWriter = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    lode_engine::lower_thread_priority(niceness);
+                    lode_engine::lower_thread_priority(background);
                     index.writer_with_num_threads(1, opts.writer_memory)
                 })
                 .join()
@@ -286,7 +285,7 @@ impl Index {
         let handle = std::thread::Builder::new()
             .name("lode-indexer".into())
             .spawn(move || {
-                lode_engine::lower_thread_priority(niceness);
+                lode_engine::lower_thread_priority(background);
                 indexer.run(committed + 1)
             })
             .map_err(|e| Error::Io {

@@ -27,6 +27,7 @@
 //! [storage]
 //! durability = "sync"          # or "buffered" (synced within 10 ms)
 //! segment_bytes = 67108864
+//! background = "idle"         # sealing and indexing: "idle", "nice:N" or "normal"
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
 //! ```
@@ -35,7 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lode_engine::{Durability, Options, Retention};
+use lode_engine::{Background, Durability, Options, Retention};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -105,6 +106,9 @@ pub struct Storage {
     /// `sync` (acknowledge after fdatasync) or `buffered`.
     pub durability: String,
     pub segment_bytes: u64,
+    /// Priority of sealing and indexing: `idle` (only CPU time nothing
+    /// else wants), `nice:N` or `normal`; see [`lode_engine::Background`].
+    pub background: String,
     pub retention_max_age_s: Option<u64>,
     pub retention_max_bytes: Option<u64>,
 }
@@ -155,6 +159,7 @@ impl Default for Storage {
         Storage {
             durability: "sync".into(),
             segment_bytes: Options::default().segment_bytes,
+            background: "idle".into(),
             retention_max_age_s: None,
             retention_max_bytes: None,
         }
@@ -180,6 +185,14 @@ impl Config {
         })
     }
 
+    /// Priority of the background threads (sealing, indexing).
+    pub fn background(&self) -> Result<Background> {
+        self.storage
+            .background
+            .parse()
+            .map_err(|e| Error::BadConfig(format!("storage.background = {e}")))
+    }
+
     /// The engine options these settings give.
     pub fn engine_options(&self) -> Result<Options> {
         let durability = match self.storage.durability.as_str() {
@@ -196,6 +209,7 @@ impl Config {
         Ok(Options {
             durability,
             segment_bytes: self.storage.segment_bytes,
+            background: self.background()?,
             retention: Retention {
                 max_age: self.storage.retention_max_age_s.map(Duration::from_secs),
                 max_bytes: self.storage.retention_max_bytes,
@@ -232,5 +246,26 @@ mod tests {
         std::fs::write(&path, "[limits]\nmax_inflight = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn background_priority_is_parsed_and_bad_values_are_named() {
+        let mut config = Config::default();
+        assert_eq!(config.background().unwrap(), Background::Idle);
+        config.storage.background = "nice:7".into();
+        assert_eq!(
+            config.engine_options().unwrap().background,
+            Background::Nice(7)
+        );
+        config.storage.background = "normal".into();
+        assert_eq!(config.background().unwrap(), Background::Normal);
+        for bad in ["nice:0", "nice:20", "nice:x", "low"] {
+            config.storage.background = bad.into();
+            let err = config.engine_options().unwrap_err().to_string();
+            assert!(
+                err.contains("storage.background") && err.contains(bad),
+                "{err}"
+            );
+        }
     }
 }

@@ -89,6 +89,7 @@ impl Service {
             config.data.join(INDEX_DIR),
             IndexOptions {
                 max_limit: config.limits.max_result_records,
+                background: config.background()?,
                 ..IndexOptions::default()
             },
         )?;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lode_client::{Client, Filter};
+use lode_client::{Client, ClientOptions, Filter};
 use lode_engine::{EncodedBatch, LogRecord};
 use lode_server::{Config, Service};
 use lode_tools::{Corpus, median, to_json_line};
@@ -45,6 +45,10 @@ pub(crate) struct BenchArgs {
     /// Where the data directories go (a temporary directory by default).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Priority of sealing and indexing, embedded and in the server alike:
+    /// idle, nice:N or normal (the config key storage.background).
+    #[arg(long, default_value = "idle")]
+    background: String,
 }
 
 /// Queries timed over the wire and in process: name, query, kind.
@@ -65,6 +69,7 @@ struct Figures {
 }
 
 pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
+    check_args(&args)?;
     let temp;
     let root = match &args.dir {
         Some(dir) => dir.clone(),
@@ -100,7 +105,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         // catches up before the server is started.
         tokio::task::block_in_place(|| service.wait_indexed(Duration::from_secs(600)));
         let tcp_dir = root.join(format!("tcp-{run}"));
-        let (child, line) = start_server(&tcp_dir, ["--listen", "127.0.0.1:0"])?;
+        let (child, line) = start_server(&tcp_dir, ["--listen", "127.0.0.1:0"], &args.background)?;
         let addr = field(&line, "binary (tcp)")?;
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
@@ -116,8 +121,11 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         drop(child);
         service.close()?;
 
-        let (child, line) =
-            start_server(&root.join(format!("quic-{run}")), ["--quic", "127.0.0.1:0"])?;
+        let (child, line) = start_server(
+            &root.join(format!("quic-{run}")),
+            ["--quic", "127.0.0.1:0"],
+            &args.background,
+        )?;
         let addr: SocketAddr = field(&line, "binary (quic)")?
             .parse()
             .map_err(|e| CliError::new(format!("quic address: {e}")))?;
@@ -132,8 +140,11 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         drop(clients);
         drop(child);
 
-        let (child, line) =
-            start_server(&root.join(format!("http-{run}")), ["--http", "127.0.0.1:0"])?;
+        let (child, line) = start_server(
+            &root.join(format!("http-{run}")),
+            ["--http", "127.0.0.1:0"],
+            &args.background,
+        )?;
         let addr = field(&line, "http")?
             .trim_start_matches("http://")
             .to_owned();
@@ -143,6 +154,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         drop(child);
         for dir in ["embedded", "tcp", "quic", "http"] {
             let _ = std::fs::remove_dir_all(root.join(format!("{dir}-{run}")));
+            let _ = std::fs::remove_file(root.join(format!("{dir}-{run}.toml")));
         }
     }
     report(&args, &mut f);
@@ -157,10 +169,11 @@ async fn embedded(
     args: &BenchArgs,
     f: &mut Figures,
 ) -> Result<Service, CliError> {
-    let config = Config {
+    let mut config = Config {
         data: dir.to_owned(),
         ..Config::default()
     };
+    config.storage.background.clone_from(&args.background);
     let service = tokio::task::spawn_blocking(move || Service::open(&config))
         .await
         .map_err(|e| CliError::new(e.to_string()))??;
@@ -366,8 +379,18 @@ fn read_http_response(reader: &mut BufReader<TcpStream>) -> Result<String, Strin
 
 /// Starts `lode serve` on a fresh directory with only the listener asked
 /// for; returns the child and what it printed about its listeners.
-fn start_server(dir: &Path, listener: [&str; 2]) -> Result<(ServerChild, String), CliError> {
+fn start_server(
+    dir: &Path,
+    listener: [&str; 2],
+    background: &str,
+) -> Result<(ServerChild, String), CliError> {
     let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(dir)?;
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nbackground = {}\n", toml_string(background)),
+    )?;
     let mut args = vec!["serve"];
     for flag in ["--listen", "--quic", "--http", "--syslog"] {
         let value = if flag == listener[0] {
@@ -382,6 +405,8 @@ fn start_server(dir: &Path, listener: [&str; 2]) -> Result<(ServerChild, String)
             .args(&args)
             .arg("--data")
             .arg(dir)
+            .arg("--config")
+            .arg(&config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -408,6 +433,32 @@ fn start_server(dir: &Path, listener: [&str; 2]) -> Result<(ServerChild, String)
     Err(CliError::new(format!(
         "the server did not start: {printed}"
     )))
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// Refuses settings that cannot run: an append holds one of a
+/// connection's `max_in_flight` slots until it is acknowledged and waited
+/// for, so a window wider than all the connections' slots would wait
+/// forever for a slot only its own unread acknowledgements hold.
+fn check_args(args: &BenchArgs) -> Result<(), CliError> {
+    let slots = args.connections.max(1) * ClientOptions::default().max_in_flight;
+    if args.window > slots {
+        return Err(CliError::new(format!(
+            "--window {} exceeds the {slots} appends {} connection(s) may have in flight \
+             ({} each); raise --connections or lower --window",
+            args.window,
+            args.connections.max(1),
+            ClientOptions::default().max_in_flight
+        )));
+    }
+    args.background
+        .parse::<lode_engine::Background>()
+        .map_err(|e| CliError::new(format!("--background {e}")))?;
+    Ok(())
 }
 
 /// The value after `name` on the server's listener line.
@@ -464,8 +515,8 @@ fn report(args: &BenchArgs, f: &mut Figures) {
     let run_ratios = [1.0, ratios(&f.tcp), ratios(&f.quic), ratios(&f.http)];
     let embedded = median(&mut f.embedded);
     println!(
-        "\nlode bench: {} records, batches of {}, {} in flight, medians of {} runs",
-        args.records, args.batch, args.window, args.runs
+        "\nlode bench: {} records, batches of {}, {} in flight, medians of {} runs, background {}",
+        args.records, args.batch, args.window, args.runs, args.background
     );
     println!(
         "{:<40} {:>14} {:>12} {:>12}",
