@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lode_client::{Batcher, Client, ClientError, ErrorCode, Filter};
+use lode_client::{Batcher, Client, ClientError, ClientOptions, ErrorCode, Filter};
 use lode_engine::{Engine, Level, LogRecord, Options};
 use lode_protocol::wire::{self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind};
 use lode_server::{Addresses, Config, Server};
@@ -194,11 +194,27 @@ fn many_requests_in_flight_and_a_batcher() {
                 batcher.push(record_for(seq)).await.unwrap();
             }
             assert_eq!(batcher.finish().await.unwrap(), 5000);
+            // A window wider than the connection's in-flight slots is
+            // narrowed to them (it used to wait forever for a slot).
+            let narrow = Client::connect_tcp_with(
+                &server.addresses().tcp.unwrap().to_string(),
+                ClientOptions {
+                    max_in_flight: 2,
+                    ..ClientOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            let mut batcher = Batcher::new(narrow, 10, 16);
+            for seq in 5001..=5100 {
+                batcher.push(record_for(seq)).await.unwrap();
+            }
+            assert_eq!(batcher.finish().await.unwrap(), 100);
             // A page of more than one frame's records (1,000) arrives whole.
             wait_indexed(&server).await;
             let page = client.query(filter("*"), 2500, None).await.unwrap();
             let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
-            assert_eq!(seqs, (2501..=5000).rev().collect::<Vec<_>>());
+            assert_eq!(seqs, (2601..=5100).rev().collect::<Vec<_>>());
             assert!(page.next_cursor.is_some());
             // 200 pings at once on one connection, answered by id.
             let pings: Vec<_> = (0..200)
@@ -213,8 +229,8 @@ fn many_requests_in_flight_and_a_batcher() {
         })
         .await;
         let engine = server.service().engine();
-        assert_eq!(engine.stats().records, 5000);
-        for seq in [1, 777, 5000] {
+        assert_eq!(engine.stats().records, 5100);
+        for seq in [1, 777, 5000, 5100] {
             assert_eq!(engine.get(seq).unwrap().unwrap().log, record_for(seq));
         }
         server.shutdown().await.unwrap();

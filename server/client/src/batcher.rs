@@ -32,13 +32,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Batches of `batch_records`, at most `window` unacknowledged.
+    /// Batches of `batch_records`, at most `window` unacknowledged (and
+    /// at most the client's `max_in_flight`: each unacknowledged batch
+    /// holds one of its slots).
     pub fn new(client: Client, batch_records: usize, window: usize) -> Batcher {
         Batcher {
+            window: window.clamp(1, client.max_in_flight()),
             client,
             records: Vec::with_capacity(batch_records),
             batch_records: batch_records.max(1),
-            window: window.max(1),
             in_flight: VecDeque::new(),
             acknowledged: 0,
         }

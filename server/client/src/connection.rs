@@ -32,6 +32,7 @@ pub(crate) struct Connection {
     routes: Arc<Mutex<Routes>>,
     next_id: AtomicU64,
     in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
     tasks: Vec<JoinHandle<()>>,
     kept: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -124,9 +125,14 @@ impl Connection {
             routes,
             next_id: AtomicU64::new(1),
             in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            max_in_flight: options.max_in_flight.max(1),
             tasks,
             kept: None,
         })
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     /// Keeps `value` alive as long as the connection (a QUIC endpoint).

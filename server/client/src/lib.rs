@@ -212,9 +212,20 @@ impl Client {
         self.submit_encoded(batch).await?.wait().await
     }
 
+    /// Requests this connection keeps outstanding at most (its
+    /// [`ClientOptions::max_in_flight`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.connection.max_in_flight()
+    }
+
     /// Sends an append and returns without waiting for its
     /// acknowledgement. Appends submitted one after the other on a client
     /// get seqs in that order.
+    ///
+    /// The returned [`PendingAppend`] holds one of the connection's
+    /// `max_in_flight` slots until it is waited for or dropped: a task that
+    /// keeps more than that many unwaited waits here forever ([`Batcher`]
+    /// bounds its window for this reason).
     pub async fn submit_encoded(&self, batch: EncodedBatch) -> Result<PendingAppend> {
         let stream = self.connection.send_append(batch).await?;
         Ok(PendingAppend { stream })
@@ -315,6 +326,8 @@ impl Client {
 }
 
 /// An append sent and not yet acknowledged; see [`Client::submit_encoded`].
+/// It holds one of its connection's in-flight slots until waited for or
+/// dropped.
 #[derive(Debug)]
 pub struct PendingAppend {
     stream: ResponseStream,
