@@ -41,20 +41,29 @@ def insert(con, rows):
 def fts_phrase(words):
     return '"' + " ".join(words) + '"'
 
+# Every query returns what lode's returns: whole records (seq, ts, level,
+# service, host, message) for the top-100 queries, and a histogram of the
+# same word's matches. (Until 2026-11-22 the top-100 queries returned
+# rowids only and the histogram counted every record, not the word's.)
+RECORD = "logs.seq, logs.ts, logs.level, logs.service, logs.host, logs.message"
+
 def run(con, q):
     kind = q["kind"]
     if kind == "top":
-        sql = "SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT 100"
+        sql = (f"SELECT {RECORD} FROM logs WHERE logs.seq IN "
+               "(SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT 100) "
+               "ORDER BY logs.seq DESC")
         return con.execute(sql, (fts_phrase(q["words"]),)).fetchall()
     if kind == "field_top":
-        sql = ("SELECT logs.seq FROM fts JOIN logs ON logs.seq = fts.rowid "
+        sql = (f"SELECT {RECORD} FROM fts JOIN logs ON logs.seq = fts.rowid "
                "WHERE fts MATCH ? AND logs.service = ? ORDER BY logs.seq DESC LIMIT 100")
         return con.execute(sql, (fts_phrase(q["words"]), q["service"])).fetchall()
     if kind == "count":
         return con.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (fts_phrase(q["words"]),)).fetchall()
     if kind == "histogram":
-        sql = ("SELECT (ts - ?) / ?, count(*) FROM logs WHERE ts >= ? AND ts < ? GROUP BY 1")
-        return con.execute(sql, (q["start"], q["width"], q["since"], q["until"])).fetchall()
+        sql = ("SELECT (logs.ts - ?) / ?, count(*) FROM fts JOIN logs ON logs.seq = fts.rowid "
+               "WHERE fts MATCH ? AND logs.ts >= ? AND logs.ts < ? GROUP BY 1")
+        return con.execute(sql, (q["start"], q["width"], fts_phrase(q["words"]), q["since"], q["until"])).fetchall()
     raise ValueError(kind)
 
 def main():

@@ -40,9 +40,57 @@ pub(crate) struct HistogramCollector {
 
 pub(crate) struct HistogramSegment {
     ts: Column<i64>,
+    buckets: Buckets,
+    /// Timestamps of one block of matches.
+    block: Vec<Option<i64>>,
+}
+
+/// Counts per bucket of `width` from `origin`; timestamps outside are
+/// not counted.
+#[derive(Debug, Clone)]
+struct Buckets {
     origin: i64,
     width: i64,
     counts: Vec<u64>,
+    /// The bucket the last timestamp fell in, `[low, high)`: matches come
+    /// in doc order, which is nearly time order, so most land in the same
+    /// bucket as the one before and need no division.
+    last: Option<(i64, i64, usize)>,
+}
+
+impl Buckets {
+    fn new(origin: i64, width: i64, buckets: usize) -> Buckets {
+        Buckets {
+            origin,
+            width,
+            counts: vec![0; buckets],
+            last: None,
+        }
+    }
+
+    fn count(&mut self, ts: i64) {
+        if let Some((low, high, bucket)) = self.last
+            && low <= ts
+            && ts < high
+            && let Some(count) = self.counts.get_mut(bucket)
+        {
+            *count += 1;
+            return;
+        }
+        let offset = ts.saturating_sub(self.origin);
+        if offset < 0 {
+            return;
+        }
+        let Some(bucket) = usize::try_from(offset / self.width).ok() else {
+            return;
+        };
+        let Some(count) = self.counts.get_mut(bucket) else {
+            return;
+        };
+        *count += 1;
+        let low = self.origin + bucket as i64 * self.width;
+        self.last = Some((low, low.saturating_add(self.width), bucket));
+    }
 }
 
 impl Collector for HistogramCollector {
@@ -56,9 +104,8 @@ impl Collector for HistogramCollector {
     ) -> tantivy::Result<HistogramSegment> {
         Ok(HistogramSegment {
             ts: segment.fast_fields().i64("ts")?,
-            origin: self.origin,
-            width: self.width,
-            counts: vec![0; self.buckets],
+            buckets: Buckets::new(self.origin, self.width, self.buckets),
+            block: Vec::new(),
         })
     }
 
@@ -81,21 +128,25 @@ impl SegmentCollector for HistogramSegment {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        let Some(ts) = self.ts.first(doc) else { return };
-        let offset = ts.saturating_sub(self.origin);
-        if offset < 0 {
-            return;
-        }
-        if let Some(count) = usize::try_from(offset / self.width)
-            .ok()
-            .and_then(|b| self.counts.get_mut(b))
-        {
-            *count += 1;
+        if let Some(ts) = self.ts.first(doc) {
+            self.buckets.count(ts);
         }
     }
 
+    /// A block of matches at once: their timestamps are read together.
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        block.resize(docs.len(), None);
+        self.ts.first_vals(docs, &mut block);
+        for ts in block.iter().flatten() {
+            self.buckets.count(*ts);
+        }
+        self.block = block;
+    }
+
     fn harvest(self) -> Vec<u64> {
-        self.counts
+        self.buckets.counts
     }
 }
 
@@ -178,6 +229,32 @@ impl SegmentCollector for TopValuesSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The remembered last bucket gives the counts a division per
+        /// timestamp gives, for any order and any values (out of range,
+        /// extreme).
+        #[test]
+        fn bucket_counts_equal_one_division_each(
+            origin in -1_000i64..1_000,
+            width in 1i64..50,
+            buckets in 1usize..30,
+            stamps in proptest::collection::vec(
+                prop_oneof![-2_000i64..2_000, any::<i64>()], 0..300),
+        ) {
+            let mut counted = Buckets::new(origin, width, buckets);
+            let mut expected = vec![0u64; buckets];
+            for &ts in &stamps {
+                counted.count(ts);
+                let offset = i128::from(ts) - i128::from(origin);
+                if offset >= 0 && offset / i128::from(width) < buckets as i128 {
+                    expected[(offset / i128::from(width)) as usize] += 1;
+                }
+            }
+            prop_assert_eq!(counted.counts, expected);
+        }
+    }
 
     #[test]
     fn widths_are_nice_and_bounded() {

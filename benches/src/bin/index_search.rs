@@ -341,7 +341,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         })
     };
     let phrase_text = format!("\"{}\"", phrase.join(" "));
-    let (count_word, hist_word) = (common.clone(), common.clone());
+    let (count_word, hist_word, hist_sql_word) = (common.clone(), common.clone(), common.clone());
     vec![
         BenchQuery {
             name: "rare word top-100",
@@ -382,7 +382,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
                     .histogram(&hist_word, Some(min_ts), Some(max_ts + 1), Some(width))
                     .map_or(0, |h| h.buckets.len())
             }),
-            sqlite: json!({"name": "24-bucket histogram", "kind": "histogram", "start": min_ts, "width": width, "since": min_ts, "until": max_ts + 1}),
+            sqlite: json!({"name": "24-bucket histogram", "kind": "histogram", "words": [hist_sql_word], "start": min_ts, "width": width, "since": min_ts, "until": max_ts + 1}),
             rg: vec!["-c".into(), "-i".into(), "-w".into(), common],
         },
     ]
