@@ -339,8 +339,9 @@ impl Index {
     /// order (what the single-threaded indexer writes) matches are read in
     /// windows of docs from the end (4096 docs, then twice as many each
     /// time) and reading stops at the first that cannot get in, so a common
-    /// word's page does not read the word's whole doclist. Other segments
-    /// are read whole.
+    /// word's page does not read the word's whole doclist; a query with at
+    /// most a window's worth of matches in the segment is read in one pass.
+    /// Other segments are read whole.
     fn newest(&self, searcher: &Searcher, query: &dyn TQuery, limit: usize) -> Result<Vec<u64>> {
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         let mut segments = Vec::new();
@@ -373,10 +374,19 @@ impl Index {
                 // end, each twice the last, until one cannot get in.
                 let mut end = reader.max_doc();
                 let mut window: DocId = 4096;
+                let mut first = Some(weight.scorer(reader, 1.0)?);
+                if first.as_ref().is_some_and(|s| s.size_hint() <= window) {
+                    // Few matches (a rare word): one pass over them all
+                    // rather than a new scorer for every window.
+                    window = end;
+                }
                 'windows: while end > 0 {
                     let start = end.saturating_sub(window);
+                    let mut scorer = match first.take() {
+                        Some(scorer) => scorer,
+                        None => weight.scorer(reader, 1.0)?,
+                    };
                     let mut docs = Vec::new();
-                    let mut scorer = weight.scorer(reader, 1.0)?;
                     let mut doc = scorer.seek(start.max(scorer.doc()));
                     while doc < end {
                         if alive(doc) {
