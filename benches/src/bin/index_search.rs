@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lode_benches::{disk_bytes, median};
-use lode_engine::{Engine, LogRecord, Options};
+use lode_engine::{Background, Engine, LogRecord, Options};
 use lode_index::{Index, IndexOptions, Search};
 use lode_query::tokens;
 use lode_tools::{Corpus, SplitMix64};
@@ -41,6 +41,10 @@ struct Args {
     /// Ingest repetitions (medians are compared).
     #[arg(long, default_value_t = 3)]
     ingest_runs: usize,
+    /// Priority of lode's sealing and indexing threads: idle, nice:N or
+    /// normal (the server's storage.background).
+    #[arg(long, default_value = "idle", value_parser = parse_background)]
+    background: Background,
     /// Skip the SQLite FTS5 reference (it takes minutes to load).
     #[arg(long)]
     no_sqlite: bool,
@@ -80,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_dir_all(dir.join("index"));
         let _ = std::fs::remove_dir_all(dir.join("tantivy"));
         drop(last.take());
-        let (secs, bytes, engine, index) = lode_ingest(&dir, &records)?;
+        let (secs, bytes, engine, index) = lode_ingest(&dir, &records, args.background)?;
         lode_runs.push(secs);
         tantivy_runs.push(tantivy_alone(&dir.join("tantivy"), &records)?);
         eprintln!(
@@ -189,12 +193,29 @@ fn write_jsonl(path: &Path, records: &[LogRecord]) -> std::io::Result<()> {
 
 type Ingest = (f64, u64, Arc<Engine>, Index);
 
-fn lode_ingest(dir: &Path, records: &[LogRecord]) -> Result<Ingest, Box<dyn std::error::Error>> {
-    let engine = Arc::new(Engine::open(dir.join("data"), Options::default())?);
+fn parse_background(text: &str) -> Result<Background, String> {
+    text.parse()
+}
+
+fn lode_ingest(
+    dir: &Path,
+    records: &[LogRecord],
+    background: Background,
+) -> Result<Ingest, Box<dyn std::error::Error>> {
+    let engine = Arc::new(Engine::open(
+        dir.join("data"),
+        Options {
+            background,
+            ..Options::default()
+        },
+    )?);
     let index = Index::open(
         Arc::clone(&engine),
         dir.join("index"),
-        IndexOptions::default(),
+        IndexOptions {
+            background,
+            ..IndexOptions::default()
+        },
     )?;
     let start = Instant::now();
     let mut tickets = std::collections::VecDeque::new();
