@@ -27,6 +27,7 @@ use tantivy::directory::MmapDirectory;
 use tantivy::index::SegmentId;
 
 use tantivy::Term;
+use tantivy::indexer::UserOperation;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery};
 use tantivy::{
     DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SearcherGeneration, SegmentReader,
@@ -39,6 +40,10 @@ use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, set
 
 /// Most records the indexer adds between two looks at the commit deadline.
 const CATCH_UP_ROUND: u64 = 50_000;
+/// Documents handed to tantivy's indexing thread at once: one channel send
+/// each (one per document spun on the full channel: 4% of a 1M ingest's
+/// CPU in perf).
+const DOCS_PER_SEND: usize = 256;
 /// Buckets of a histogram whose width is not given.
 const HISTOGRAM_BUCKETS: i64 = 24;
 
@@ -643,14 +648,24 @@ impl Indexer {
                     .min(next.saturating_add(CATCH_UP_ROUND));
                 let (writer, fields) = (&self.writer, &self.fields);
                 let mut failed = None;
+                let mut batch = Vec::with_capacity(DOCS_PER_SEND);
                 let reached = self.engine.visit(next..end, |seq, record| {
                     if failed.is_none() {
-                        match writer.add_document(document(fields, seq, record)) {
-                            Ok(_) => pending = Some(seq),
-                            Err(e) => failed = Some(e),
+                        batch.push(UserOperation::Add(document(fields, seq, record)));
+                        pending = Some(seq);
+                        if batch.len() >= DOCS_PER_SEND
+                            && let Err(e) = writer.run(batch.drain(..))
+                        {
+                            failed = Some(e);
                         }
                     }
                 })?;
+                if failed.is_none()
+                    && !batch.is_empty()
+                    && let Err(e) = writer.run(batch.drain(..))
+                {
+                    failed = Some(e);
+                }
                 if let Some(e) = failed {
                     return Err(e.into());
                 }
