@@ -28,7 +28,7 @@ use tantivy::index::SegmentId;
 
 use tantivy::Term;
 use tantivy::indexer::UserOperation;
-use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery};
+use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery, Weight};
 use tantivy::{
     DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SearcherGeneration, SegmentReader,
     Warmer,
@@ -340,13 +340,10 @@ impl Index {
     /// The seqs of the `limit` newest matches, newest first.
     ///
     /// Segments are visited newest seq range first and skipped once they
-    /// cannot beat the `limit`-th best. In a segment whose doc order is seq
-    /// order (what the single-threaded indexer writes) matches are read in
-    /// windows of docs from the end (4096 docs, then twice as many each
-    /// time) and reading stops at the first that cannot get in, so a common
-    /// word's page does not read the word's whole doclist; a query with at
-    /// most a window's worth of matches in the segment is read in one pass.
-    /// Other segments are read whole.
+    /// cannot beat the `limit`-th best. A segment whose doc order is seq
+    /// order (what the single-threaded indexer writes) is read from its end
+    /// and only as far as matches can get in ([`newest_from_end`]); other
+    /// segments are read whole.
     fn newest(&self, searcher: &Searcher, query: &dyn TQuery, limit: usize) -> Result<Vec<u64>> {
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         let mut segments = Vec::new();
@@ -359,71 +356,24 @@ impl Index {
             segments.push((seqs.max_value(), reader, seqs));
         }
         segments.sort_by_key(|(max, _, _)| Reverse(*max));
-        let mut best: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(limit + 1);
-        let full_and_beats = |best: &BinaryHeap<Reverse<u64>>, seq: u64| {
-            best.len() >= limit && best.peek().is_some_and(|Reverse(min)| seq <= *min)
-        };
-        let offer = |best: &mut BinaryHeap<Reverse<u64>>, seq: u64| {
-            best.push(Reverse(seq));
-            if best.len() > limit {
-                best.pop();
-            }
-        };
+        let mut best = TopSeqs::new(limit);
         for (max, reader, seqs) in &segments {
-            if full_and_beats(&best, *max) {
+            if best.rejects(*max) {
                 break;
             }
-            let alive = |doc: DocId| reader.alive_bitset().is_none_or(|a| a.is_alive(doc));
             if self.ordered.of(reader, seqs) {
-                // Newest docs last: matches are read in windows from the
-                // end, each twice the last, until one cannot get in.
-                let mut end = reader.max_doc();
-                let mut window: DocId = 4096;
-                let mut first = Some(weight.scorer(reader, 1.0)?);
-                if first.as_ref().is_some_and(|s| s.size_hint() <= window) {
-                    // Few matches (a rare word): one pass over them all
-                    // rather than a new scorer for every window.
-                    window = end;
-                }
-                'windows: while end > 0 {
-                    let start = end.saturating_sub(window);
-                    let mut scorer = match first.take() {
-                        Some(scorer) => scorer,
-                        None => weight.scorer(reader, 1.0)?,
-                    };
-                    let mut docs = Vec::new();
-                    let mut doc = scorer.seek(start.max(scorer.doc()));
-                    while doc < end {
-                        if alive(doc) {
-                            docs.push(doc);
-                        }
-                        doc = scorer.advance();
-                    }
-                    for &doc in docs.iter().rev() {
-                        let Some(seq) = seqs.first(doc) else { continue };
-                        if full_and_beats(&best, seq) {
-                            break 'windows;
-                        }
-                        offer(&mut best, seq);
-                    }
-                    end = start;
-                    window = window.saturating_mul(2);
-                }
+                newest_from_end(weight.as_ref(), reader, seqs, &mut best)?;
             } else {
                 weight.for_each_no_score(reader, &mut |docs| {
                     for &doc in docs {
-                        if let Some(seq) = seqs.first(doc).filter(|_| alive(doc))
-                            && !full_and_beats(&best, seq)
-                        {
-                            offer(&mut best, seq);
+                        if let Some(seq) = seqs.first(doc).filter(|_| alive(reader, doc)) {
+                            best.offer(seq);
                         }
                     }
                 })?;
             }
         }
-        let mut out: Vec<u64> = best.into_iter().map(|Reverse(seq)| seq).collect();
-        out.sort_unstable_by(|a, b| b.cmp(a));
-        Ok(out)
+        Ok(best.newest_first())
     }
 
     /// How many records match the query in the time range.
@@ -587,6 +537,92 @@ impl Index {
             None => Ok(()),
         }
     }
+}
+
+/// The `limit` highest seqs offered so far.
+struct TopSeqs {
+    best: BinaryHeap<Reverse<u64>>,
+    limit: usize,
+}
+
+impl TopSeqs {
+    fn new(limit: usize) -> TopSeqs {
+        TopSeqs {
+            best: BinaryHeap::with_capacity(limit + 1),
+            limit,
+        }
+    }
+
+    /// Whether `seq` (and so any lower seq) cannot get in any more.
+    fn rejects(&self, seq: u64) -> bool {
+        self.best.len() >= self.limit && self.best.peek().is_some_and(|Reverse(min)| seq <= *min)
+    }
+
+    /// Keeps `seq` if it is among the best so far; false if it is not.
+    fn offer(&mut self, seq: u64) -> bool {
+        if self.rejects(seq) {
+            return false;
+        }
+        self.best.push(Reverse(seq));
+        if self.best.len() > self.limit {
+            self.best.pop();
+        }
+        true
+    }
+
+    fn newest_first(self) -> Vec<u64> {
+        let mut out: Vec<u64> = self.best.into_iter().map(|Reverse(seq)| seq).collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out
+    }
+}
+
+fn alive(reader: &SegmentReader, doc: DocId) -> bool {
+    reader.alive_bitset().is_none_or(|a| a.is_alive(doc))
+}
+
+/// Offers the matches of a segment whose docs are in seq order, newest
+/// first: read in windows of docs from the end (4096 docs, then twice as
+/// many each time) until a match cannot get in, so a common word's page
+/// does not read the word's whole doclist; a segment with at most a
+/// window's worth of matches (a rare word) is read in one pass rather than
+/// with a new scorer per window.
+fn newest_from_end(
+    weight: &dyn Weight,
+    reader: &SegmentReader,
+    seqs: &Column<u64>,
+    best: &mut TopSeqs,
+) -> Result<()> {
+    let mut end = reader.max_doc();
+    let mut window: DocId = 4096;
+    let mut first = Some(weight.scorer(reader, 1.0)?);
+    if first.as_ref().is_some_and(|s| s.size_hint() <= window) {
+        window = end;
+    }
+    while end > 0 {
+        let start = end.saturating_sub(window);
+        let mut scorer = match first.take() {
+            Some(scorer) => scorer,
+            None => weight.scorer(reader, 1.0)?,
+        };
+        let mut docs = Vec::new();
+        let mut doc = scorer.seek(start.max(scorer.doc()));
+        while doc < end {
+            if alive(reader, doc) {
+                docs.push(doc);
+            }
+            doc = scorer.advance();
+        }
+        for &doc in docs.iter().rev() {
+            let Some(seq) = seqs.first(doc) else { continue };
+            if !best.offer(seq) {
+                return Ok(());
+            }
+        }
+        end = start;
+        window = window.saturating_mul(2);
+    }
+    Ok(())
 }
 
 impl Drop for Index {

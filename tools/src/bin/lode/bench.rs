@@ -389,7 +389,8 @@ fn start_server(
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
-        format!("[storage]\nbackground = {}\n", toml_string(background)),
+        // `background` was checked by `check_args`: a plain word.
+        format!("[storage]\nbackground = \"{background}\"\n"),
     )?;
     let mut args = vec!["serve"];
     for flag in ["--listen", "--quic", "--http", "--syslog"] {
@@ -433,11 +434,6 @@ fn start_server(
     Err(CliError::new(format!(
         "the server did not start: {printed}"
     )))
-}
-
-/// `text` as a TOML basic string.
-fn toml_string(text: &str) -> String {
-    format!("{text:?}")
 }
 
 /// Refuses settings that cannot run: an append holds one of a
