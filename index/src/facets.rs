@@ -2,10 +2,14 @@
 //! top values of a field, read from tantivy's fast fields.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
+
+use crate::schema::{SEQ_FIELD, TS_FIELD};
+use crate::time::{ExactTs, span};
 
 /// Histogram bucket widths a person reads easily, in seconds.
 const NICE_WIDTHS: [i64; 22] = [
@@ -36,13 +40,25 @@ pub(crate) struct HistogramCollector {
     pub(crate) origin: i64,
     pub(crate) width: i64,
     pub(crate) buckets: usize,
+    /// Exact times, for matches in a grain that a bucket edge cuts.
+    pub(crate) exact: Arc<ExactTs>,
 }
 
 pub(crate) struct HistogramSegment {
-    ts: Column<i64>,
+    ms: Column<i64>,
+    seqs: Column<u64>,
+    exact: Arc<ExactTs>,
     buckets: Buckets,
-    /// Timestamps of one block of matches.
+    /// Grains of one block of matches.
     block: Vec<Option<i64>>,
+}
+
+/// Where a time falls among the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Before,
+    In(usize),
+    After,
 }
 
 /// Counts per bucket of `width` from `origin`; timestamps outside are
@@ -52,8 +68,8 @@ struct Buckets {
     origin: i64,
     width: i64,
     counts: Vec<u64>,
-    /// The bucket the last timestamp fell in, `[low, high)`: matches come
-    /// in doc order, which is nearly time order, so most land in the same
+    /// The bucket the last match fell in, `[low, high)`: matches come in
+    /// doc order, which is nearly time order, so most land in the same
     /// bucket as the one before and need no division.
     last: Option<(i64, i64, usize)>,
 }
@@ -68,28 +84,66 @@ impl Buckets {
         }
     }
 
-    fn count(&mut self, ts: i64) {
-        if let Some((low, high, bucket)) = self.last
-            && low <= ts
-            && ts < high
-            && let Some(count) = self.counts.get_mut(bucket)
-        {
-            *count += 1;
-            return;
-        }
-        let offset = ts.saturating_sub(self.origin);
+    fn place(&self, ts: i64) -> Place {
+        let offset = i128::from(ts) - i128::from(self.origin);
         if offset < 0 {
+            return Place::Before;
+        }
+        match usize::try_from(offset / i128::from(self.width)) {
+            Ok(bucket) if bucket < self.counts.len() => Place::In(bucket),
+            _ => Place::After,
+        }
+    }
+
+    /// Counts one match in `bucket` and remembers it as the last.
+    fn add(&mut self, bucket: usize) {
+        if let Some(count) = self.counts.get_mut(bucket) {
+            *count += 1;
+            let low = i128::from(self.origin) + bucket as i128 * i128::from(self.width);
+            let clamp = |t: i128| t.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+            self.last = Some((clamp(low), clamp(low + i128::from(self.width)), bucket));
+        }
+    }
+
+    /// Counts one match in the last bucket if `[low, high]` lies in it.
+    fn add_to_last(&mut self, low: i64, high: i64) -> bool {
+        match self.last {
+            Some((start, end, bucket)) if start <= low && high < end => {
+                if let Some(count) = self.counts.get_mut(bucket) {
+                    *count += 1;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn count(&mut self, ts: i64) {
+        if self.add_to_last(ts, ts) {
             return;
         }
-        let Some(bucket) = usize::try_from(offset / self.width).ok() else {
+        if let Place::In(bucket) = self.place(ts) {
+            self.add(bucket);
+        }
+    }
+
+    /// Counts a match of grain `ms`: in the bucket holding the whole grain,
+    /// or, when an edge cuts the grain, by its exact time (`exact`; not
+    /// counted when `None`).
+    fn count_grain(&mut self, ms: i64, exact: impl FnOnce() -> Option<i64>) {
+        let (low, high) = span(ms);
+        if self.add_to_last(low, high) {
             return;
-        };
-        let Some(count) = self.counts.get_mut(bucket) else {
-            return;
-        };
-        *count += 1;
-        let low = self.origin + bucket as i64 * self.width;
-        self.last = Some((low, low.saturating_add(self.width), bucket));
+        }
+        match (self.place(low), self.place(high)) {
+            (Place::In(a), Place::In(b)) if a == b => self.add(a),
+            (a, b) if a == b => {}
+            _ => {
+                if let Some(ts) = exact() {
+                    self.count(ts);
+                }
+            }
+        }
     }
 }
 
@@ -103,7 +157,9 @@ impl Collector for HistogramCollector {
         segment: &SegmentReader,
     ) -> tantivy::Result<HistogramSegment> {
         Ok(HistogramSegment {
-            ts: segment.fast_fields().i64("ts")?,
+            ms: segment.fast_fields().i64(TS_FIELD)?,
+            seqs: segment.fast_fields().u64(SEQ_FIELD)?,
+            exact: Arc::clone(&self.exact),
             buckets: Buckets::new(self.origin, self.width, self.buckets),
             block: Vec::new(),
         })
@@ -124,23 +180,33 @@ impl Collector for HistogramCollector {
     }
 }
 
+impl HistogramSegment {
+    fn count(&mut self, doc: DocId, ms: i64) {
+        let (seqs, exact) = (&self.seqs, &self.exact);
+        self.buckets
+            .count_grain(ms, || seqs.first(doc).and_then(|seq| exact.of(seq)));
+    }
+}
+
 impl SegmentCollector for HistogramSegment {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        if let Some(ts) = self.ts.first(doc) {
-            self.buckets.count(ts);
+        if let Some(ms) = self.ms.first(doc) {
+            self.count(doc, ms);
         }
     }
 
-    /// A block of matches at once: their timestamps are read together.
+    /// A block of matches at once: their grains are read together.
     fn collect_block(&mut self, docs: &[DocId]) {
         let mut block = std::mem::take(&mut self.block);
         block.clear();
         block.resize(docs.len(), None);
-        self.ts.first_vals(docs, &mut block);
-        for ts in block.iter().flatten() {
-            self.buckets.count(*ts);
+        self.ms.first_vals(docs, &mut block);
+        for (&doc, ms) in docs.iter().zip(&block) {
+            if let Some(ms) = *ms {
+                self.count(doc, ms);
+            }
         }
         self.block = block;
     }
@@ -231,6 +297,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    use crate::time::{GRAIN_NS, grain};
+
     proptest! {
         /// The remembered last bucket gives the counts a division per
         /// timestamp gives, for any order and any values (out of range,
@@ -253,6 +321,30 @@ mod tests {
                 }
             }
             prop_assert_eq!(counted.counts, expected);
+        }
+
+        /// Counting by grain gives the counts of exact times, and reads an
+        /// exact time only for a grain that a bucket edge cuts.
+        #[test]
+        fn grain_counts_equal_exact_counts(
+            origin in -5_000_000i64..5_000_000,
+            width in prop_oneof![1i64..3_000_000, (1i64..5).prop_map(|k| k * GRAIN_NS)],
+            buckets in 1usize..30,
+            stamps in proptest::collection::vec(
+                prop_oneof![-60_000_000i64..60_000_000, any::<i64>()], 0..300),
+        ) {
+            let mut by_grain = Buckets::new(origin, width, buckets);
+            let mut exact = Buckets::new(origin, width, buckets);
+            for &ts in &stamps {
+                let mut read = false;
+                by_grain.count_grain(grain(ts), || { read = true; Some(ts) });
+                exact.count(ts);
+                let (low, high) = span(grain(ts));
+                if read {
+                    prop_assert_ne!(by_grain.place(low), by_grain.place(high));
+                }
+            }
+            prop_assert_eq!(by_grain.counts, exact.counts);
         }
     }
 

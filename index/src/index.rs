@@ -36,7 +36,11 @@ use tantivy::{
 
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
-use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, settings, translate};
+use crate::schema::{
+    Fields, SEQ_FIELD, TOKENIZER, TS_FIELD, analyzer, document, restrict, schema, settings,
+    translate,
+};
+use crate::time::{ExactTs, TimeRange, span};
 
 /// Most records the indexer adds between two looks at the commit deadline.
 const CATCH_UP_ROUND: u64 = 50_000;
@@ -176,7 +180,7 @@ impl SeqOrder {
 impl Warmer for SeqOrder {
     fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
         for reader in searcher.segment_readers() {
-            self.of(reader, &reader.fast_fields().u64("seq")?);
+            self.of(reader, &reader.fast_fields().u64(SEQ_FIELD)?);
         }
         Ok(())
     }
@@ -226,6 +230,36 @@ fn forget_beyond_engine(
     Ok(durable)
 }
 
+/// Opens or creates the tantivy index in `dir`. An index of another schema
+/// (an older lode's) is derived data: it is removed and rebuilt from the
+/// engine, which the indexer does from seq 1 on.
+fn open_tantivy(dir: &Path) -> Result<(tantivy::Index, Fields)> {
+    let (schema, fields) = schema();
+    let open = || {
+        tantivy::Index::builder()
+            .schema(schema.clone())
+            .settings(settings())
+            .open_or_create(MmapDirectory::open(dir)?)
+    };
+    let index = match open() {
+        Err(tantivy::TantivyError::SchemaError(reason)) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "{reason} The index was built by another lode version: rebuilding it from the engine"
+            );
+            let io = |source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            };
+            std::fs::remove_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(io)?;
+            open()?
+        }
+        other => other?,
+    };
+    Ok((index, fields))
+}
+
 fn parse_cursor(cursor: &str) -> Result<u64> {
     cursor
         .parse()
@@ -241,12 +275,7 @@ impl Index {
             path: dir.to_owned(),
             source: e,
         })?;
-        let (schema, fields) = schema();
-        let directory = MmapDirectory::open(dir)?;
-        let index = tantivy::Index::builder()
-            .schema(schema)
-            .settings(settings())
-            .open_or_create(directory)?;
+        let (index, fields) = open_tantivy(dir)?;
         index.tokenizers().register(TOKENIZER, analyzer());
         let committed: u64 = index
             .load_metas()?
@@ -311,18 +340,13 @@ impl Index {
 
     /// Newest records matching `search`, with a cursor for the next page.
     pub fn search(&self, search: &Search) -> Result<Page> {
-        let query = parse(&search.query)?;
         let limit = search.limit.unwrap_or(100).clamp(1, self.max_limit.max(1));
         let before = search.cursor.as_deref().map(parse_cursor).transpose()?;
-        let tquery = restrict(
-            &self.fields,
-            translate(&self.fields, &query)?,
-            search.since,
-            search.until,
-            before,
-        );
+        let exact = ExactTs::new(Arc::clone(&self.engine));
+        let tquery = self.query(&search.query, search.since, search.until, before, &exact)?;
         let searcher = self.reader.searcher();
         let seqs = self.newest(&searcher, tquery.as_ref(), limit)?;
+        exact.finish()?;
         // Records retention dropped after they were indexed are left out.
         let records = self.engine.get_many(&seqs)?;
         let last_seq = seqs.last().copied();
@@ -352,7 +376,7 @@ impl Index {
             .iter()
             .filter(|r| r.num_docs() > 0)
         {
-            let seqs = reader.fast_fields().u64("seq")?;
+            let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
             segments.push((seqs.max_value(), reader, seqs));
         }
         segments.sort_by_key(|(max, _, _)| Reverse(*max));
@@ -378,30 +402,31 @@ impl Index {
 
     /// How many records match the query in the time range.
     pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
-        let query = parse(query)?;
-        let tquery = restrict(
-            &self.fields,
-            translate(&self.fields, &query)?,
-            since,
-            until,
-            None,
-        );
-        Ok(self.reader.searcher().search(&tquery, &Count)? as u64)
+        let exact = ExactTs::new(Arc::clone(&self.engine));
+        let tquery = self.query(query, since, until, None, &exact)?;
+        let count = self.reader.searcher().search(&tquery, &Count)?;
+        exact.finish()?;
+        Ok(count as u64)
     }
 
+    /// `text` parsed and translated, restricted to `since <= ts < until`
+    /// (exact times read through `exact`) and to `seq < before`.
     fn query(
         &self,
         text: &str,
         since: Option<i64>,
         until: Option<i64>,
+        before: Option<u64>,
+        exact: &Arc<ExactTs>,
     ) -> Result<Box<dyn tantivy::query::Query>> {
         let query = parse(text)?;
+        let time = (since.is_some() || until.is_some())
+            .then(|| TimeRange::new(since, until, Arc::clone(exact)));
         Ok(restrict(
             &self.fields,
             translate(&self.fields, &query)?,
-            since,
-            until,
-            None,
+            time,
+            before,
         ))
     }
 
@@ -415,7 +440,8 @@ impl Index {
         until: Option<i64>,
         width: Option<i64>,
     ) -> Result<Histogram> {
-        let tquery = self.query(query, since, until)?;
+        let exact = ExactTs::new(Arc::clone(&self.engine));
+        let tquery = self.query(query, since, until, None, &exact)?;
         let searcher = self.reader.searcher();
         let (mut low, mut high) = (i64::MAX, i64::MIN);
         for segment in searcher
@@ -423,8 +449,9 @@ impl Index {
             .iter()
             .filter(|s| s.num_docs() > 0)
         {
-            let ts = segment.fast_fields().i64("ts")?;
-            (low, high) = (low.min(ts.min_value()), high.max(ts.max_value()));
+            let ms = segment.fast_fields().i64(TS_FIELD)?;
+            low = low.min(span(ms.min_value()).0);
+            high = high.max(span(ms.max_value()).1);
         }
         let since = since.unwrap_or(if low <= high { low } else { 0 });
         let until = until.unwrap_or(if low <= high {
@@ -461,8 +488,10 @@ impl Index {
                 origin: start,
                 width,
                 buckets,
+                exact: Arc::clone(&exact),
             },
         )?;
+        exact.finish()?;
         Ok(Histogram {
             start,
             width,
@@ -480,13 +509,15 @@ impl Index {
         field: FacetField,
         k: usize,
     ) -> Result<Vec<(String, u64)>> {
-        let tquery = self.query(query, since, until)?;
+        let exact = ExactTs::new(Arc::clone(&self.engine));
+        let tquery = self.query(query, since, until, None, &exact)?;
         let counts = self.reader.searcher().search(
             &tquery,
             &TopValuesCollector {
                 field: field.name(),
             },
         )?;
+        exact.finish()?;
         let mut top: Vec<(String, u64)> = counts.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(k);
@@ -744,5 +775,89 @@ impl Indexer {
         self.indexed_upto.store(seq, Ordering::Release);
         self.prune_pending = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lode_engine::{LogRecord, Options};
+
+    use super::*;
+
+    fn open(dir: &Path, times: &[i64]) -> (Arc<Engine>, Index) {
+        let engine = Arc::new(Engine::open(dir.join("data"), Options::default()).unwrap());
+        let records: Vec<LogRecord> = times
+            .iter()
+            .map(|&ts| LogRecord {
+                ts,
+                message: "tick".into(),
+                ..LogRecord::default()
+            })
+            .collect();
+        engine.append(&records).unwrap();
+        let index = Index::open(
+            Arc::clone(&engine),
+            dir.join("index"),
+            IndexOptions::default(),
+        )
+        .unwrap();
+        assert!(index.wait_indexed(times.len() as u64, Duration::from_secs(30)));
+        (engine, index)
+    }
+
+    /// Three records in one millisecond and one in the next: bounds and
+    /// bucket edges that cut the millisecond are settled by exact times.
+    #[test]
+    fn bounds_and_edges_inside_a_millisecond_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = 1_700_000_000_000_000_000;
+        let (_engine, index) = open(dir.path(), &[ms + 100, ms + 500, ms + 900, ms + 1_000_100]);
+        let count = |since, until| index.count("tick", since, until).unwrap();
+        assert_eq!(count(Some(ms + 500), None), 3);
+        assert_eq!(count(Some(ms + 501), None), 2);
+        assert_eq!(count(None, Some(ms + 500)), 1);
+        assert_eq!(count(Some(ms + 100), Some(ms + 901)), 3);
+        assert_eq!(count(Some(ms + 101), Some(ms + 900)), 1);
+        assert_eq!(count(Some(ms), Some(ms + 1_000_000)), 3);
+        assert_eq!(count(Some(ms + 1_000_000), Some(ms + 1_000_101)), 1);
+        assert_eq!(count(Some(ms + 1), Some(ms)), 0);
+        let page = index
+            .search(&Search {
+                query: "tick".into(),
+                since: Some(ms + 200),
+                until: Some(ms + 1_000_000),
+                ..Search::default()
+            })
+            .unwrap();
+        let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [3, 2]);
+        let histogram = index
+            .histogram("*", Some(ms), Some(ms + 2_000_000), Some(400))
+            .unwrap();
+        assert_eq!(histogram.start, ms);
+        let nonzero: Vec<(usize, u64)> = histogram
+            .buckets
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(nonzero, [(0, 1), (1, 1), (2, 1), (2500, 1)]);
+        let whole = index.histogram("*", None, None, None).unwrap();
+        assert_eq!(whole.buckets.iter().sum::<u64>(), 4);
+    }
+
+    /// An index of another schema (an older lode's) is rebuilt from the
+    /// engine instead of refusing to open.
+    #[test]
+    fn an_index_of_another_schema_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = dir.path().join("index");
+        std::fs::create_dir_all(&index_dir).unwrap();
+        let mut builder = tantivy::schema::Schema::builder();
+        builder.add_i64_field("ts", tantivy::schema::FAST);
+        tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
+        let (_engine, index) = open(dir.path(), &[1, 2, 3]);
+        assert_eq!(index.count("*", None, None).unwrap(), 3);
     }
 }

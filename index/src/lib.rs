@@ -31,6 +31,7 @@ mod error;
 mod facets;
 mod index;
 mod schema;
+mod time;
 
 pub use error::{Error, Result};
 pub use index::{FacetField, Histogram, Index, IndexOptions, IndexStats, Page, Search, Tail};

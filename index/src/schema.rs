@@ -8,6 +8,8 @@
 use std::ops::Bound;
 
 use lode_engine::ArchivedLogRecord;
+
+use crate::time::{TimeRange, grain};
 use lode_query::{Field as QField, Query, levels_selected};
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
@@ -21,6 +23,11 @@ use tantivy::{IndexSettings, TantivyDocument, Term};
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
 /// runs, lowercased per character).
 pub(crate) const TOKENIZER: &str = "lode";
+/// Column of each record's seq.
+pub(crate) const SEQ_FIELD: &str = "seq";
+/// Column of each record's time in milliseconds ([`crate::time`]); named
+/// for its unit so that an index holding nanoseconds does not open as this.
+pub(crate) const TS_FIELD: &str = "ts_ms";
 /// Separates an attribute's key from its value in the `attr` field.
 const ATTR_SEP: char = '\u{1f}';
 
@@ -63,8 +70,8 @@ pub(crate) fn schema() -> (Schema, Fields) {
     let fields = Fields {
         // Fast fields only: range queries run on the columns, and an
         // inverted index of unique values would cost a term per record.
-        seq: builder.add_u64_field("seq", FAST),
-        ts: builder.add_i64_field("ts", FAST),
+        seq: builder.add_u64_field(SEQ_FIELD, FAST),
+        ts: builder.add_i64_field(TS_FIELD, FAST),
         message: builder.add_text_field("message", message),
         level: builder.add_text_field("level", value(true)),
         service: builder.add_text_field("service", value(true)),
@@ -102,7 +109,7 @@ fn attr_term(key: &str, value: &str) -> String {
 pub(crate) fn document(fields: &Fields, seq: u64, record: &ArchivedLogRecord) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     doc.add_u64(fields.seq, seq);
-    doc.add_i64(fields.ts, record.timestamp());
+    doc.add_i64(fields.ts, grain(record.timestamp()));
     doc.add_text(fields.message, record.message.as_str());
     doc.add_text(fields.level, record.level.as_str().to_lowercase());
     doc.add_text(fields.service, record.service.as_str().to_lowercase());
@@ -200,26 +207,16 @@ pub(crate) fn translate(fields: &Fields, query: &Query) -> tantivy::Result<Box<d
     })
 }
 
-/// `query` restricted to `since <= ts < until` and `seq < before`.
+/// `query` restricted to a time range and to `seq < before`.
 pub(crate) fn restrict(
     fields: &Fields,
     query: Box<dyn TQuery>,
-    since: Option<i64>,
-    until: Option<i64>,
+    time: Option<TimeRange>,
     before: Option<u64>,
 ) -> Box<dyn TQuery> {
     let mut parts = vec![(Occur::Must, query)];
-    if since.is_some() || until.is_some() {
-        let lower = since.map_or(Bound::Unbounded, |s| {
-            Bound::Included(Term::from_field_i64(fields.ts, s))
-        });
-        let upper = until.map_or(Bound::Unbounded, |u| {
-            Bound::Excluded(Term::from_field_i64(fields.ts, u))
-        });
-        parts.push((
-            Occur::Must,
-            Box::new(RangeQuery::new(lower, upper)) as Box<dyn TQuery>,
-        ));
+    if let Some(time) = time {
+        parts.push((Occur::Must, Box::new(time) as Box<dyn TQuery>));
     }
     if let Some(before) = before {
         let upper = Bound::Excluded(Term::from_field_u64(fields.seq, before));
