@@ -9,7 +9,7 @@ use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 
 use crate::schema::{SEQ_FIELD, TS_FIELD};
-use crate::time::{ExactTs, span};
+use crate::time::{ExactTs, GRAIN_NS, span};
 
 /// Histogram bucket widths a person reads easily, in seconds.
 const NICE_WIDTHS: [i64; 22] = [
@@ -26,7 +26,13 @@ pub(crate) fn ceil_div(a: i64, b: i64) -> i64 {
 /// nice width that needs at most `target` buckets once the first bucket is
 /// aligned to a multiple of the width.
 pub(crate) fn choose_width(since: i64, until: i64, target: i64) -> i64 {
-    let buckets = |w: i64| ceil_div(until.saturating_sub(since.div_euclid(w) * w).max(1), w);
+    let buckets = |w: i64| {
+        since
+            .div_euclid(w)
+            .checked_mul(w)
+            .and_then(|start| until.checked_sub(start))
+            .map_or(i64::MAX, |span| ceil_div(span.max(1), w))
+    };
     NICE_WIDTHS
         .iter()
         .map(|s| s * 1_000_000_000)
@@ -74,9 +80,10 @@ struct Buckets {
     since: i64,
     until: i64,
     counts: Vec<u64>,
-    /// The bucket the last match fell in, `[low, high)`: matches come in
-    /// doc order, which is nearly time order, so most land in the same
-    /// bucket as the one before and need no division.
+    /// The grains wholly inside the last match's bucket and the range
+    /// (first, last inclusive) and that bucket: matches come in doc order,
+    /// which is nearly time order, so most land in the same bucket as the
+    /// one before and need one comparison.
     last: Option<(i64, i64, usize)>,
 }
 
@@ -103,55 +110,56 @@ impl Buckets {
         }
     }
 
-    /// Counts one match in `bucket` and remembers it as the last.
     fn add(&mut self, bucket: usize) {
         if let Some(count) = self.counts.get_mut(bucket) {
             *count += 1;
-            let low = i128::from(self.origin) + bucket as i128 * i128::from(self.width);
-            let clamp = |t: i128| t.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
-            self.last = Some((clamp(low), clamp(low + i128::from(self.width)), bucket));
         }
     }
 
-    /// Counts one match in the last bucket if `[low, high]` lies in it.
-    fn add_to_last(&mut self, low: i64, high: i64) -> bool {
-        match self.last {
-            Some((start, end, bucket)) if start <= low && high < end => {
-                if let Some(count) = self.counts.get_mut(bucket) {
-                    *count += 1;
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
+    /// Counts a match at exact time `ts`.
     fn count(&mut self, ts: i64) {
-        if ts < self.since || ts >= self.until {
-            return;
-        }
-        if self.add_to_last(ts, ts) {
-            return;
-        }
-        if let Place::In(bucket) = self.place(ts) {
+        if self.since <= ts
+            && ts < self.until
+            && let Place::In(bucket) = self.place(ts)
+        {
             self.add(bucket);
         }
+    }
+
+    /// The grains wholly inside `bucket` and the range, if any.
+    fn grains_of(&self, bucket: usize) -> Option<(i64, i64, usize)> {
+        let start = i128::from(self.origin) + bucket as i128 * i128::from(self.width);
+        let low = start.max(self.since.into());
+        let high = (start + i128::from(self.width)).min(self.until.into());
+        let grain = i128::from(GRAIN_NS);
+        let first = -(-low).div_euclid(grain);
+        let last = high.div_euclid(grain) - 1;
+        let first = i64::try_from(first).ok()?;
+        let last = i64::try_from(last).ok()?;
+        (first <= last).then_some((first, last, bucket))
     }
 
     /// Counts a match of grain `ms`: in the bucket holding the whole grain,
     /// or, when a bucket edge or the time range cuts the grain, by its exact
     /// time (`exact`; not counted when `None`).
     fn count_grain(&mut self, ms: i64, exact: impl FnOnce() -> Option<i64>) {
+        if let Some((first, last, bucket)) = self.last
+            && first <= ms
+            && ms <= last
+        {
+            self.add(bucket);
+            return;
+        }
         let (low, high) = span(ms);
         if high < self.since || low >= self.until {
             return;
         }
         let inside = self.since <= low && high < self.until;
-        if inside && self.add_to_last(low, high) {
-            return;
-        }
         match (self.place(low), self.place(high)) {
-            (Place::In(a), Place::In(b)) if inside && a == b => self.add(a),
+            (Place::In(a), Place::In(b)) if inside && a == b => {
+                self.add(a);
+                self.last = self.grains_of(a);
+            }
             (a, b) if inside && a == b => {}
             _ => {
                 if let Some(ts) = exact() {
@@ -317,12 +325,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::time::{GRAIN_NS, grain};
+    use crate::time::grain;
 
     proptest! {
-        /// The remembered last bucket gives the counts a division per
-        /// timestamp gives, for any order and any values (out of range,
-        /// extreme).
+        /// Counting exact times gives what a division per timestamp gives,
+        /// for any order and any values (out of range, extreme).
         #[test]
         fn bucket_counts_equal_one_division_each(
             origin in -1_000i64..1_000,

@@ -420,8 +420,11 @@ impl Index {
         exact: &Arc<ExactTs>,
     ) -> Result<Box<dyn tantivy::query::Query>> {
         let query = parse(text)?;
-        let time = (since.is_some() || until.is_some())
-            .then(|| TimeRange::new(since, until, Arc::clone(exact)));
+        let time = (since.is_some() || until.is_some()).then(|| TimeRange {
+            since,
+            until,
+            exact: Arc::clone(exact),
+        });
         Ok(restrict(
             &self.fields,
             translate(&self.fields, &query)?,
@@ -475,15 +478,17 @@ impl Index {
             }
             None => choose_width(since, until, HISTOGRAM_BUCKETS),
         };
-        let start = since.div_euclid(width) * width;
-        let buckets = usize::try_from(ceil_div(until - start, width))
-            .ok()
+        let start = since.div_euclid(width).checked_mul(width);
+        let buckets = start
+            .and_then(|start| until.checked_sub(start))
+            .and_then(|span| usize::try_from(ceil_div(span, width)).ok())
             .filter(|&n| n <= 100_000)
             .ok_or_else(|| {
                 Error::BadRequest(format!(
-                    "a bucket width of {width} ns gives more than 100000 buckets"
+                    "a bucket width of {width} ns gives more than 100000 buckets over the time range"
                 ))
             })?;
+        let start = start.unwrap_or(since);
         let counts = searcher.search(
             &tquery,
             &HistogramCollector {
@@ -849,6 +854,30 @@ mod tests {
         assert_eq!(nonzero, [(0, 1), (1, 1), (2, 1), (2500, 1)]);
         let whole = index.histogram("*", None, None, None).unwrap();
         assert_eq!(whole.buckets.iter().sum::<u64>(), 4);
+    }
+
+    /// Bounds at the ends of time: the grains of i64::MIN and i64::MAX
+    /// are cut like any other.
+    #[test]
+    fn bounds_at_the_ends_of_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (low, high) = (i64::MIN + 5, i64::MAX - 5);
+        let (_engine, index) = open(dir.path(), &[low, high]);
+        let count = |since, until| index.count("tick", since, until).unwrap();
+        assert_eq!(count(None, Some(i64::MAX)), 2);
+        assert_eq!(count(Some(i64::MAX), None), 0);
+        assert_eq!(count(Some(high), None), 1);
+        assert_eq!(count(Some(high + 1), None), 0);
+        assert_eq!(count(Some(i64::MIN), Some(low)), 0);
+        assert_eq!(count(Some(i64::MIN), Some(low + 1)), 1);
+        assert_eq!(count(None, Some(i64::MIN)), 0);
+        let last = index.histogram("tick", Some(high - 1000), None, None);
+        assert_eq!(last.unwrap().buckets.iter().sum::<u64>(), 1);
+        // Every time there is: counted, or refused as too many buckets.
+        match index.histogram("tick", None, None, None) {
+            Ok(histogram) => assert_eq!(histogram.buckets.iter().sum::<u64>(), 2),
+            Err(e) => assert!(e.to_string().contains("buckets"), "{e}"),
+        }
     }
 
     /// An index of another schema (an older lode's) is rebuilt from the

@@ -79,29 +79,21 @@ impl ExactTs {
 /// the grain column, with the matches of a cut grain settled exactly.
 #[derive(Debug, Clone)]
 pub(crate) struct TimeRange {
-    pub(crate) since: i64,
-    pub(crate) until: i64,
+    pub(crate) since: Option<i64>,
+    pub(crate) until: Option<i64>,
     pub(crate) exact: Arc<ExactTs>,
 }
 
 impl TimeRange {
-    pub(crate) fn new(since: Option<i64>, until: Option<i64>, exact: Arc<ExactTs>) -> TimeRange {
-        TimeRange {
-            since: since.unwrap_or(i64::MIN),
-            until: until.unwrap_or(i64::MAX),
-            exact,
-        }
-    }
-
     /// The grains a bound cuts through: their records may lie on either
     /// side of it.
     fn cut_grains(&self) -> Vec<i64> {
-        let mut cut = Vec::with_capacity(2);
-        for bound in [self.since, self.until] {
-            if bound.rem_euclid(GRAIN_NS) != 0 && bound != i64::MIN && bound != i64::MAX {
-                cut.push(grain(bound));
-            }
-        }
+        let mut cut: Vec<i64> = [self.since, self.until]
+            .into_iter()
+            .flatten()
+            .filter(|bound| bound.rem_euclid(GRAIN_NS) != 0)
+            .map(grain)
+            .collect();
         cut.dedup();
         cut
     }
@@ -109,8 +101,9 @@ impl TimeRange {
     /// Whether record `seq` (of a cut grain) lies in the range by its exact
     /// time; a record that is gone does not.
     fn holds_exactly(&self, seq: Option<u64>) -> bool {
-        seq.and_then(|seq| self.exact.of(seq))
-            .is_some_and(|ts| self.since <= ts && ts < self.until)
+        seq.and_then(|seq| self.exact.of(seq)).is_some_and(|ts| {
+            self.since.is_none_or(|since| since <= ts) && self.until.is_none_or(|until| ts < until)
+        })
     }
 }
 
@@ -118,11 +111,16 @@ impl Query for TimeRange {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
         let field = scoring.schema().get_field(TS_FIELD)?;
         let term = |ms| Term::from_field_i64(field, ms);
-        let upper = match self.until.checked_sub(1) {
-            Some(last) => Bound::Included(term(grain(last))),
-            None => Bound::Excluded(term(i64::MIN)),
-        };
-        let grains = RangeQuery::new(Bound::Included(term(grain(self.since))), upper);
+        let lower = self.since.map_or(Bound::Unbounded, |since| {
+            Bound::Included(term(grain(since)))
+        });
+        let upper = self
+            .until
+            .map_or(Bound::Unbounded, |until| match until.checked_sub(1) {
+                Some(last) => Bound::Included(term(grain(last))),
+                None => Bound::Excluded(term(i64::MIN)),
+            });
+        let grains = RangeQuery::new(lower, upper);
         Ok(Box::new(TimeRangeWeight {
             grains: grains.weight(scoring)?,
             range: self.clone(),
