@@ -342,11 +342,10 @@ impl Index {
     pub fn search(&self, search: &Search) -> Result<Page> {
         let limit = search.limit.unwrap_or(100).clamp(1, self.max_limit.max(1));
         let before = search.cursor.as_deref().map(parse_cursor).transpose()?;
-        let exact = ExactTs::new(Arc::clone(&self.engine));
-        let tquery = self.query(&search.query, search.since, search.until, before, &exact)?;
-        let searcher = self.reader.searcher();
-        let seqs = self.newest(&searcher, tquery.as_ref(), limit)?;
-        exact.finish()?;
+        let seqs = self.exactly(|exact| {
+            let tquery = self.query(&search.query, search.since, search.until, before, exact)?;
+            self.newest(&self.reader.searcher(), tquery.as_ref(), limit)
+        })?;
         // Records retention dropped after they were indexed are left out.
         let records = self.engine.get_many(&seqs)?;
         let last_seq = seqs.last().copied();
@@ -402,11 +401,19 @@ impl Index {
 
     /// How many records match the query in the time range.
     pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
+        self.exactly(|exact| {
+            let tquery = self.query(query, since, until, None, exact)?;
+            Ok(self.reader.searcher().search(&tquery, &Count)? as u64)
+        })
+    }
+
+    /// Runs `search` with a reader of exact times from the engine, and
+    /// fails with the first engine error that reader met.
+    fn exactly<T>(&self, search: impl FnOnce(&Arc<ExactTs>) -> Result<T>) -> Result<T> {
         let exact = ExactTs::new(Arc::clone(&self.engine));
-        let tquery = self.query(query, since, until, None, &exact)?;
-        let count = self.reader.searcher().search(&tquery, &Count)?;
+        let out = search(&exact)?;
         exact.finish()?;
-        Ok(count as u64)
+        Ok(out)
     }
 
     /// `text` parsed and translated, restricted to `since <= ts < until`
@@ -443,10 +450,6 @@ impl Index {
         until: Option<i64>,
         width: Option<i64>,
     ) -> Result<Histogram> {
-        let exact = ExactTs::new(Arc::clone(&self.engine));
-        // The collector applies the time range (it reads every match's
-        // grain anyway), which spares the query a time filter.
-        let tquery = self.query(query, None, None, None, &exact)?;
         let searcher = self.reader.searcher();
         let (mut low, mut high) = (i64::MAX, i64::MIN);
         for segment in searcher
@@ -478,29 +481,32 @@ impl Index {
             }
             None => choose_width(since, until, HISTOGRAM_BUCKETS),
         };
-        let start = since.div_euclid(width).checked_mul(width);
-        let buckets = start
-            .and_then(|start| until.checked_sub(start))
-            .and_then(|span| usize::try_from(ceil_div(span, width)).ok())
-            .filter(|&n| n <= 100_000)
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "a bucket width of {width} ns gives more than 100000 buckets over the time range"
-                ))
-            })?;
-        let start = start.unwrap_or(since);
-        let counts = searcher.search(
-            &tquery,
-            &HistogramCollector {
+        let sized = since
+            .div_euclid(width)
+            .checked_mul(width)
+            .and_then(|start| {
+                let buckets = usize::try_from(ceil_div(until.checked_sub(start)?, width)).ok()?;
+                (buckets <= 100_000).then_some((start, buckets))
+            });
+        let (start, buckets) = sized.ok_or_else(|| {
+            Error::BadRequest(format!(
+                "a bucket width of {width} ns gives more than 100000 buckets over the time range"
+            ))
+        })?;
+        let counts = self.exactly(|exact| {
+            // The collector applies the time range (it reads every match's
+            // grain anyway), which spares the query a time filter.
+            let tquery = self.query(query, None, None, None, exact)?;
+            let collector = HistogramCollector {
                 origin: start,
                 width,
                 buckets,
                 since,
                 until,
-                exact: Arc::clone(&exact),
-            },
-        )?;
-        exact.finish()?;
+                exact: Arc::clone(exact),
+            };
+            Ok(searcher.search(&tquery, &collector)?)
+        })?;
         Ok(Histogram {
             start,
             width,
@@ -518,15 +524,13 @@ impl Index {
         field: FacetField,
         k: usize,
     ) -> Result<Vec<(String, u64)>> {
-        let exact = ExactTs::new(Arc::clone(&self.engine));
-        let tquery = self.query(query, since, until, None, &exact)?;
-        let counts = self.reader.searcher().search(
-            &tquery,
-            &TopValuesCollector {
+        let counts = self.exactly(|exact| {
+            let tquery = self.query(query, since, until, None, exact)?;
+            let collector = TopValuesCollector {
                 field: field.name(),
-            },
-        )?;
-        exact.finish()?;
+            };
+            Ok(self.reader.searcher().search(&tquery, &collector)?)
+        })?;
         let mut top: Vec<(String, u64)> = counts.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(k);
