@@ -50,7 +50,8 @@ pub(crate) struct HistogramCollector {
     pub(crate) buckets: usize,
     pub(crate) since: i64,
     pub(crate) until: i64,
-    /// Exact times, for matches in a grain that a bucket edge cuts.
+    /// Exact times, for matches in a grain that a bucket edge or a bound
+    /// cuts.
     pub(crate) exact: Arc<ExactTs>,
 }
 
