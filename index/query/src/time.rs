@@ -5,9 +5,14 @@ use lode_codec::parse_rfc3339;
 /// Parses `text` as a time in ns since the epoch: RFC 3339
 /// (`2026-01-01T10:00:00Z`, `2026-01-01T10:00:00.5+02:00`) or relative
 /// to `now` (`15m`, `2h`, `7d`, `30s`, `1w`: that long before `now`).
+///
+/// A relative time counts back from `now` read to the millisecond: the
+/// index keeps times to the millisecond, and a bound inside one makes it
+/// read the exact time of that millisecond's matches from the engine.
 pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
     let text = text.trim();
     if let Some(ago) = parse_relative(text) {
+        let now = now.div_euclid(1_000_000).saturating_mul(1_000_000);
         return Ok(now.saturating_sub(ago));
     }
     parse_rfc3339(text).ok_or_else(|| {
@@ -54,6 +59,12 @@ mod tests {
             Ok(1_000_000_000_000 - 900_000_000_000)
         );
         assert_eq!(parse_time("2h", 0), Ok(-7_200_000_000_000));
+        assert_eq!(
+            parse_time("1s", 5_000_999_999),
+            Ok(4_000_000_000),
+            "now is read to the millisecond"
+        );
+        assert_eq!(parse_time("0s", -1), Ok(-1_000_000));
         assert!(parse_time("yesterday", 0).unwrap_err().contains("RFC 3339"));
         assert!(parse_time("2026-13-01T00:00:00Z", 0).is_err());
         assert!(parse_time("99999999999999999999d", 0).is_err());
