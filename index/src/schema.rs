@@ -8,8 +8,6 @@
 use std::ops::Bound;
 
 use lode_engine::ArchivedLogRecord;
-
-use crate::time::{TimeRange, grain};
 use lode_query::{Field as QField, Query, levels_selected};
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
@@ -19,6 +17,8 @@ use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing,
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
+
+use crate::time::{TimeRange, grain};
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
 /// runs, lowercased per character).
@@ -34,7 +34,7 @@ const ATTR_SEP: char = '\u{1f}';
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
     pub(crate) seq: Field,
-    pub(crate) ts: Field,
+    pub(crate) ts_ms: Field,
     pub(crate) message: Field,
     pub(crate) level: Field,
     pub(crate) service: Field,
@@ -71,7 +71,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         // Fast fields only: range queries run on the columns, and an
         // inverted index of unique values would cost a term per record.
         seq: builder.add_u64_field(SEQ_FIELD, FAST),
-        ts: builder.add_i64_field(TS_FIELD, FAST),
+        ts_ms: builder.add_i64_field(TS_FIELD, FAST),
         message: builder.add_text_field("message", message),
         level: builder.add_text_field("level", value(true)),
         service: builder.add_text_field("service", value(true)),
@@ -109,7 +109,7 @@ fn attr_term(key: &str, value: &str) -> String {
 pub(crate) fn document(fields: &Fields, seq: u64, record: &ArchivedLogRecord) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     doc.add_u64(fields.seq, seq);
-    doc.add_i64(fields.ts, grain(record.timestamp()));
+    doc.add_i64(fields.ts_ms, grain(record.timestamp()));
     doc.add_text(fields.message, record.message.as_str());
     doc.add_text(fields.level, record.level.as_str().to_lowercase());
     doc.add_text(fields.service, record.service.as_str().to_lowercase());

@@ -14,11 +14,11 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lode_engine::Engine;
-
-use crate::schema::{SEQ_FIELD, TS_FIELD};
 use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, Weight};
 use tantivy::{DocId, DocSet, Score, SegmentReader, TERMINATED, Term};
+
+use crate::schema::{SEQ_FIELD, TS_FIELD};
 
 /// Nanoseconds per unit of the index's time column.
 pub(crate) const GRAIN_NS: i64 = 1_000_000;
@@ -54,8 +54,12 @@ impl ExactTs {
     /// The exact time of record `seq`; `None` when retention dropped it
     /// (it matches nothing any more) or reading it failed.
     pub(crate) fn of(&self, seq: u64) -> Option<i64> {
-        match self.engine.get(seq) {
-            Ok(record) => record.map(|r| r.ts),
+        // Read in place: only the time is wanted, not an owned record.
+        let mut ts = None;
+        match self.engine.visit(seq..seq.saturating_add(1), |_, record| {
+            ts = Some(record.timestamp());
+        }) {
+            Ok(_) => ts,
             Err(e) => {
                 let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
                 failure.get_or_insert(e);
@@ -123,6 +127,7 @@ impl Query for TimeRange {
         let grains = RangeQuery::new(lower, upper);
         Ok(Box::new(TimeRangeWeight {
             grains: grains.weight(scoring)?,
+            cut: self.cut_grains(),
             range: self.clone(),
         }))
     }
@@ -130,6 +135,8 @@ impl Query for TimeRange {
 
 struct TimeRangeWeight {
     grains: Box<dyn Weight>,
+    /// The grains the bounds cut through, worked out once per query.
+    cut: Vec<i64>,
     range: TimeRange,
 }
 
@@ -139,11 +146,14 @@ impl Weight for TimeRangeWeight {
     /// span holds no cut grain, the column range alone.
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
         let grains = self.grains.scorer(reader, boost)?;
+        if self.cut.is_empty() {
+            return Ok(grains);
+        }
         let ms = reader.fast_fields().i64(TS_FIELD)?;
         let cut: Vec<i64> = self
-            .range
-            .cut_grains()
-            .into_iter()
+            .cut
+            .iter()
+            .copied()
             .filter(|&g| ms.min_value() <= g && g <= ms.max_value())
             .collect();
         if cut.is_empty() {
