@@ -184,38 +184,56 @@ impl Engine {
 
     /// The records with these seqs that are durable and retained, in the
     /// order of `seqs`, missing ones left out and a repeated one given
-    /// once (a search's page): sealed
-    /// records are read through one store iterator, records in the WAL in
-    /// place.
+    /// once (a search's page); read as [`Engine::visit_seqs`] reads them.
     pub fn get_many(&self, seqs: &[u64]) -> Result<Vec<Record>> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut found = HashMap::with_capacity(sorted.len());
+        self.visit_held(&sorted, &mut |seq, record| {
+            found.insert(seq, record.to_owned_record()?);
+            Ok(())
+        })?;
+        Ok(seqs
+            .iter()
+            .filter_map(|&seq| found.remove(&seq).map(|log| Record { seq, log }))
+            .collect())
+    }
+
+    /// Calls `f` with each record of `seqs` (ascending) that is durable and
+    /// retained, read in place (checked, not copied), in seq order: for a
+    /// batch of scattered records, such as a search's candidates. Sealed
+    /// records are read through one store iterator (a point read otherwise
+    /// pays for an iterator of its own), records in the WAL in place.
+    pub fn visit_seqs<F>(&self, seqs: &[u64], mut f: F) -> Result<()>
+    where
+        F: FnMut(u64, &ArchivedLogRecord),
+    {
+        self.visit_held(seqs, &mut |seq, record| {
+            f(seq, record);
+            Ok(())
+        })
+    }
+
+    /// [`Engine::visit_seqs`] with a visitor that can fail.
+    fn visit_held(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<()> {
         let (first, end, wal_first) = {
             let state = self.shared.read();
             let wal_first = state.wal.front().map_or(state.end_seq, |w| w.first_seq);
             (state.first_seq, state.end_seq, wal_first)
         };
-        let mut sorted: Vec<u64> = seqs
+        let held: Vec<u64> = seqs
             .iter()
             .copied()
             .filter(|seq| (first..end).contains(seq))
             .collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let (sealed, unsealed) = sorted.split_at(sorted.partition_point(|&seq| seq < wal_first));
-        let mut found = HashMap::with_capacity(sorted.len());
-        self.shared.store.visit_seqs(sealed, &mut |seq, record| {
-            found.insert(seq, record.to_owned_record()?);
-            Ok(())
-        })?;
+        let (sealed, unsealed) = held.split_at(held.partition_point(|&seq| seq < wal_first));
+        self.shared.store.visit_seqs(sealed, f)?;
         for &seq in unsealed {
             // Sealed meanwhile, the record is found in the store instead.
-            let mut out = Vec::with_capacity(1);
-            self.shared.fetch(seq, seq + 1, 1, &mut out)?;
-            found.extend(out.into_iter().map(|r| (r.seq, r.log)));
+            self.shared.visit(seq, seq + 1, 1, f)?;
         }
-        Ok(seqs
-            .iter()
-            .filter_map(|&seq| found.remove(&seq).map(|log| Record { seq, log }))
-            .collect())
+        Ok(())
     }
 
     /// Records with seq in `range`, in seq order. The scan sees records

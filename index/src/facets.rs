@@ -8,8 +8,9 @@ use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 
+use crate::recheck::Recheck;
 use crate::schema::{SEQ_FIELD, TS_FIELD};
-use crate::time::{ExactTs, GRAIN_NS, span};
+use crate::time::{GRAIN_NS, span};
 
 /// Histogram bucket widths a person reads easily, in seconds.
 const NICE_WIDTHS: [i64; 22] = [
@@ -52,13 +53,13 @@ pub(crate) struct HistogramCollector {
     pub(crate) until: i64,
     /// Exact times, for matches in a grain that a bucket edge or a bound
     /// cuts.
-    pub(crate) exact: Arc<ExactTs>,
+    pub(crate) recheck: Arc<Recheck>,
 }
 
 pub(crate) struct HistogramSegment {
     ms: Column<i64>,
     seqs: Column<u64>,
-    exact: Arc<ExactTs>,
+    recheck: Arc<Recheck>,
     buckets: Buckets,
     /// Grains of one block of matches.
     block: Vec<Option<i64>>,
@@ -183,7 +184,7 @@ impl Collector for HistogramCollector {
         Ok(HistogramSegment {
             ms: segment.fast_fields().i64(TS_FIELD)?,
             seqs: segment.fast_fields().u64(SEQ_FIELD)?,
-            exact: Arc::clone(&self.exact),
+            recheck: Arc::clone(&self.recheck),
             buckets: Buckets::new(
                 self.origin,
                 self.width,
@@ -211,9 +212,9 @@ impl Collector for HistogramCollector {
 
 impl HistogramSegment {
     fn count(&mut self, doc: DocId, ms: i64) {
-        let (seqs, exact) = (&self.seqs, &self.exact);
+        let (seqs, recheck) = (&self.seqs, &self.recheck);
         self.buckets
-            .count_grain(ms, || seqs.first(doc).and_then(|seq| exact.of(seq)));
+            .count_grain(ms, || seqs.first(doc).and_then(|seq| recheck.ts(seq)));
     }
 }
 

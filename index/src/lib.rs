@@ -30,6 +30,8 @@
 mod error;
 mod facets;
 mod index;
+mod phrase;
+mod recheck;
 mod schema;
 mod time;
 

@@ -9,6 +9,8 @@ use std::ops::Bound;
 
 use lode_engine::ArchivedLogRecord;
 use lode_query::{Field as QField, Query, levels_selected};
+use std::sync::Arc;
+
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
     TermSetQuery,
@@ -18,6 +20,8 @@ use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
+use crate::phrase::Phrase;
+use crate::recheck::Recheck;
 use crate::time::{TimeRange, grain};
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
@@ -40,6 +44,9 @@ pub(crate) struct Fields {
     pub(crate) service: Field,
     pub(crate) host: Field,
     pub(crate) attr: Field,
+    /// Whether the message field keeps word positions: phrases then run on
+    /// them instead of reading candidates' messages.
+    pub(crate) positions: bool,
 }
 
 /// Indexing of a field: nothing is scored, so no field norms (they cost a
@@ -51,12 +58,18 @@ fn indexing(tokenizer: &str, option: IndexRecordOption) -> TextFieldIndexing {
         .set_fieldnorms(false)
 }
 
-pub(crate) fn schema() -> (Schema, Fields) {
+/// The schema; `positions` as [`crate::IndexOptions::positions`]. An index
+/// of the other choice does not open as this schema and is rebuilt.
+pub(crate) fn schema(positions: bool) -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let message = TextOptions::default().set_indexing_options(indexing(
-        TOKENIZER,
-        IndexRecordOption::WithFreqsAndPositions,
-    ));
+    // Without positions, which words a message holds, not where: phrases
+    // are settled by reading the message ([`crate::phrase`]).
+    let message_option = if positions {
+        IndexRecordOption::WithFreqsAndPositions
+    } else {
+        IndexRecordOption::Basic
+    };
+    let message = TextOptions::default().set_indexing_options(indexing(TOKENIZER, message_option));
     // Whole lowercased values; a column too, for top values.
     let value = |fast: bool| {
         let options =
@@ -77,6 +90,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         service: builder.add_text_field("service", value(true)),
         host: builder.add_text_field("host", value(true)),
         attr: builder.add_text_field("attr", value(false)),
+        positions,
     };
     (builder.build(), fields)
 }
@@ -159,21 +173,28 @@ fn regex_query(field: Field, prefix: &str) -> tantivy::Result<Box<dyn TQuery>> {
     )?))
 }
 
-/// Translates a parsed query; `Err` only for a regex tantivy refuses.
-pub(crate) fn translate(fields: &Fields, query: &Query) -> tantivy::Result<Box<dyn TQuery>> {
+/// Translates a parsed query; phrases read candidates' messages through
+/// `recheck`. `Err` only for a regex tantivy refuses.
+pub(crate) fn translate(
+    fields: &Fields,
+    query: &Query,
+    recheck: &Arc<Recheck>,
+) -> tantivy::Result<Box<dyn TQuery>> {
     Ok(match query {
         Query::All => Box::new(AllQuery),
-        Query::Word(word) => Box::new(TermQuery::new(
-            Term::from_field_text(fields.message, word),
-            IndexRecordOption::WithFreqs,
-        )),
+        Query::Word(word) => term_query(fields.message, word),
         Query::WordPrefix(prefix) => regex_query(fields.message, prefix)?,
-        Query::Phrase(words) => Box::new(PhraseQuery::new(
+        Query::Phrase(words) if fields.positions => Box::new(PhraseQuery::new(
             words
                 .iter()
                 .map(|w| Term::from_field_text(fields.message, w))
                 .collect(),
         )),
+        Query::Phrase(words) => Box::new(Phrase {
+            field: fields.message,
+            words: words.as_slice().into(),
+            recheck: Arc::clone(recheck),
+        }),
         Query::FieldIs(field, value) => {
             let (field, text) = field_term(fields, field, value);
             term_query(field, &text)
@@ -190,19 +211,19 @@ pub(crate) fn translate(fields: &Fields, query: &Query) -> tantivy::Result<Box<d
         Query::And(parts) => Box::new(BooleanQuery::new(
             parts
                 .iter()
-                .map(|q| Ok((Occur::Must, translate(fields, q)?)))
+                .map(|q| Ok((Occur::Must, translate(fields, q, recheck)?)))
                 .collect::<tantivy::Result<_>>()?,
         )),
         Query::Or(parts) => Box::new(BooleanQuery::new(
             parts
                 .iter()
-                .map(|q| Ok((Occur::Should, translate(fields, q)?)))
+                .map(|q| Ok((Occur::Should, translate(fields, q, recheck)?)))
                 .collect::<tantivy::Result<_>>()?,
         )),
         // tantivy's MustNot alone matches nothing: exclude from everything.
         Query::Not(inner) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-            (Occur::MustNot, translate(fields, inner)?),
+            (Occur::MustNot, translate(fields, inner, recheck)?),
         ])),
     })
 }

@@ -7,17 +7,16 @@
 //! each to bitpack). A millisecond lies wholly inside or outside a time
 //! bound or a histogram bucket, except the one a boundary cuts through: only
 //! the matches in such a cut millisecond are settled by reading their exact
-//! time from the engine ([`ExactTs`]). Bounds and bucket edges on whole
+//! time from the engine ([`Recheck`]). Bounds and bucket edges on whole
 //! milliseconds (every nice histogram width) cut none.
 
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use lode_engine::Engine;
-use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, Weight};
-use tantivy::{DocId, DocSet, Score, SegmentReader, TERMINATED, Term};
+use tantivy::{DocId, Score, SegmentReader, Term};
 
+use crate::recheck::{Filtered, Recheck, explain};
 use crate::schema::{SEQ_FIELD, TS_FIELD};
 
 /// Nanoseconds per unit of the index's time column.
@@ -34,58 +33,13 @@ pub(crate) fn span(ms: i64) -> (i64, i64) {
     (low, low.saturating_add(GRAIN_NS - 1))
 }
 
-/// Reads records' exact times from the engine, for matches in a cut grain.
-/// Collectors and scorers cannot fail, so the first read error is kept and
-/// returned by [`ExactTs::finish`] once the search is over.
-#[derive(Debug)]
-pub(crate) struct ExactTs {
-    engine: Arc<Engine>,
-    failure: Mutex<Option<lode_engine::Error>>,
-}
-
-impl ExactTs {
-    pub(crate) fn new(engine: Arc<Engine>) -> Arc<ExactTs> {
-        Arc::new(ExactTs {
-            engine,
-            failure: Mutex::new(None),
-        })
-    }
-
-    /// The exact time of record `seq`; `None` when retention dropped it
-    /// (it matches nothing any more) or reading it failed.
-    pub(crate) fn of(&self, seq: u64) -> Option<i64> {
-        // Read in place: only the time is wanted, not an owned record.
-        let mut ts = None;
-        match self.engine.visit(seq..seq.saturating_add(1), |_, record| {
-            ts = Some(record.timestamp());
-        }) {
-            Ok(_) => ts,
-            Err(e) => {
-                let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-                failure.get_or_insert(e);
-                None
-            }
-        }
-    }
-
-    /// The first read error met during the search, if any.
-    pub(crate) fn finish(&self) -> crate::Result<()> {
-        let failure = self
-            .failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        failure.map_or(Ok(()), |e| Err(e.into()))
-    }
-}
-
 /// Records with `since <= ts < until` (ns, `None` unbounded): a range over
 /// the grain column, with the matches of a cut grain settled exactly.
 #[derive(Debug, Clone)]
 pub(crate) struct TimeRange {
     pub(crate) since: Option<i64>,
     pub(crate) until: Option<i64>,
-    pub(crate) exact: Arc<ExactTs>,
+    pub(crate) recheck: Arc<Recheck>,
 }
 
 impl TimeRange {
@@ -105,7 +59,7 @@ impl TimeRange {
     /// Whether record `seq` (of a cut grain) lies in the range by its exact
     /// time; a record that is gone does not.
     fn holds_exactly(&self, seq: Option<u64>) -> bool {
-        seq.and_then(|seq| self.exact.of(seq)).is_some_and(|ts| {
+        seq.and_then(|seq| self.recheck.ts(seq)).is_some_and(|ts| {
             self.since.is_none_or(|since| since <= ts) && self.until.is_none_or(|until| ts < until)
         })
     }
@@ -159,88 +113,24 @@ impl Weight for TimeRangeWeight {
         if cut.is_empty() {
             return Ok(grains);
         }
-        let mut scorer = CutFilter {
-            grains,
-            ms,
-            seqs: reader.fast_fields().u64(SEQ_FIELD)?,
-            cut,
-            range: self.range.clone(),
+        let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
+        let range = self.range.clone();
+        // Each candidate's grain is read: only in the segments whose time
+        // span holds a cut grain.
+        let keeps = move |docs: &[DocId]| {
+            docs.iter()
+                .map(|&doc| match ms.first(doc) {
+                    Some(ms) if cut.contains(&ms) => range.holds_exactly(seqs.first(doc)),
+                    _ => true,
+                })
+                .collect()
         };
-        scorer.skip_outside();
-        Ok(Box::new(scorer))
+        // A candidate costs a grain lookup; few are read from the engine.
+        Ok(Box::new(Filtered::new(grains, keeps, 1)))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let mut scorer = self.scorer(reader, 1.0)?;
-        if scorer.seek(doc) == doc {
-            Ok(Explanation::new("TimeRange", 1.0))
-        } else {
-            Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} is outside the time range"
-            )))
-        }
-    }
-}
-
-/// The docs of the grain range but those of a cut grain that lie outside
-/// by their exact time. Reads each candidate's grain: used only in the
-/// segments whose time span holds a cut grain.
-struct CutFilter {
-    grains: Box<dyn Scorer>,
-    ms: Column<i64>,
-    seqs: Column<u64>,
-    cut: Vec<i64>,
-    range: TimeRange,
-}
-
-impl CutFilter {
-    fn keeps(&self, doc: DocId) -> bool {
-        match self.ms.first(doc) {
-            Some(ms) if self.cut.contains(&ms) => self.range.holds_exactly(self.seqs.first(doc)),
-            _ => true,
-        }
-    }
-
-    /// Moves on from the current doc to the first one kept.
-    fn skip_outside(&mut self) -> DocId {
-        let mut doc = self.grains.doc();
-        while doc != TERMINATED && !self.keeps(doc) {
-            doc = self.grains.advance();
-        }
-        doc
-    }
-}
-
-impl DocSet for CutFilter {
-    fn advance(&mut self) -> DocId {
-        self.grains.advance();
-        self.skip_outside()
-    }
-
-    fn seek(&mut self, target: DocId) -> DocId {
-        if self.grains.doc() >= target {
-            return self.grains.doc();
-        }
-        self.grains.seek(target);
-        self.skip_outside()
-    }
-
-    fn doc(&self) -> DocId {
-        self.grains.doc()
-    }
-
-    fn size_hint(&self) -> u32 {
-        self.grains.size_hint()
-    }
-
-    fn cost(&self) -> u64 {
-        self.grains.cost()
-    }
-}
-
-impl Scorer for CutFilter {
-    fn score(&mut self) -> Score {
-        1.0
+        explain(self, reader, doc, "TimeRange")
     }
 }
 

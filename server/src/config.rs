@@ -28,6 +28,7 @@
 //! durability = "sync"          # or "buffered" (synced within 10 ms)
 //! segment_bytes = 67108864
 //! background = "idle"         # sealing and indexing: "idle", "nice:N" or "normal"
+//! phrase_positions = false     # true: fast phrase counts, index 11 bytes/record larger
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
 //! ```
@@ -109,6 +110,9 @@ pub struct Storage {
     /// Priority of sealing and indexing: `idle` (only CPU time nothing
     /// else wants), `nice:N` or `normal`; see [`lode_engine::Background`].
     pub background: String,
+    /// Keep word positions in the index; see
+    /// [`lode_index::IndexOptions::positions`].
+    pub phrase_positions: bool,
     pub retention_max_age_s: Option<u64>,
     pub retention_max_bytes: Option<u64>,
 }
@@ -160,6 +164,7 @@ impl Default for Storage {
             durability: "sync".into(),
             segment_bytes: Options::default().segment_bytes,
             background: "idle".into(),
+            phrase_positions: false,
             retention_max_age_s: None,
             retention_max_bytes: None,
         }

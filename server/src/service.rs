@@ -90,6 +90,7 @@ impl Service {
             IndexOptions {
                 max_limit: config.limits.max_result_records,
                 background: config.background()?,
+                positions: config.storage.phrase_positions,
                 ..IndexOptions::default()
             },
         )?;

@@ -281,7 +281,7 @@ fn check_aggregations(
     }
 }
 
-fn open_both(dir: &Path) -> (Arc<Engine>, Index) {
+fn open_both(dir: &Path, positions: bool) -> (Arc<Engine>, Index) {
     let engine = Arc::new(
         Engine::open(
             dir.join("data"),
@@ -294,6 +294,7 @@ fn open_both(dir: &Path) -> (Arc<Engine>, Index) {
     );
     let opts = IndexOptions {
         commit_interval: Duration::from_millis(100),
+        positions,
         ..IndexOptions::default()
     };
     let index = Index::open(Arc::clone(&engine), dir.join("index"), opts).unwrap();
@@ -306,8 +307,19 @@ fn all_records(engine: &Engine) -> Vec<Record> {
 
 #[test]
 fn random_queries_match_a_brute_force_scan() {
+    oracle_then_reopen(false);
+}
+
+#[test]
+fn random_queries_match_a_brute_force_scan_with_positions() {
+    oracle_then_reopen(true);
+}
+
+/// The oracle over sealed and WAL records, then over the reopened index;
+/// phrases run on positions or on messages read from the engine.
+fn oracle_then_reopen(positions: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, index) = open_both(dir.path());
+    let (engine, index) = open_both(dir.path(), positions);
     for chunk in corpus().chunks(1000) {
         engine.append(chunk).unwrap();
     }
@@ -326,7 +338,10 @@ fn random_queries_match_a_brute_force_scan() {
     let index = Index::open(
         Arc::clone(&engine),
         dir.path().join("index"),
-        IndexOptions::default(),
+        IndexOptions {
+            positions,
+            ..IndexOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(index.stats().indexed_upto, records.len() as u64);
@@ -341,7 +356,7 @@ fn random_queries_match_a_brute_force_scan() {
 #[test]
 fn bad_queries_are_errors_with_columns() {
     let dir = tempfile::tempdir().unwrap();
-    let (_engine, index) = open_both(dir.path());
+    let (_engine, index) = open_both(dir.path(), false);
     let err = index
         .search(&Search {
             query: "a (b".into(),
@@ -366,7 +381,7 @@ fn bad_queries_are_errors_with_columns() {
 #[test]
 fn tail_filters_live_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, index) = open_both(dir.path());
+    let (engine, index) = open_both(dir.path(), false);
     let mut tail = index.tail("level:>=error", 1).unwrap();
     let records = Corpus::new(3).take_records(2000);
     engine.append(&records).unwrap();
@@ -438,7 +453,7 @@ fn retention_drops_index_documents_too() {
 fn index_ahead_of_the_engine_forgets_what_the_engine_lost() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (engine, index) = open_both(dir.path());
+        let (engine, index) = open_both(dir.path(), false);
         engine.append(&Corpus::new(1).take_records(100)).unwrap();
         assert!(index.wait_indexed(100, Duration::from_secs(10)));
         index.close().unwrap();
@@ -446,7 +461,7 @@ fn index_ahead_of_the_engine_forgets_what_the_engine_lost() {
     // The engine loses its data (say, buffered appends and a power cut);
     // new records then take the same seqs.
     std::fs::remove_dir_all(dir.path().join("data")).unwrap();
-    let (engine, index) = open_both(dir.path());
+    let (engine, index) = open_both(dir.path(), false);
     let fresh = Corpus::new(2).take_records(50);
     engine.append(&fresh).unwrap();
     assert!(index.wait_indexed(50, Duration::from_secs(10)));
@@ -475,7 +490,7 @@ fn index_child() {
     let Ok(dir) = std::env::var(DIR_VAR) else {
         return;
     };
-    let (engine, _index) = open_both(Path::new(&dir));
+    let (engine, _index) = open_both(Path::new(&dir), false);
     let mut corpus = Corpus::new(engine.stats().next_seq);
     println!("ready");
     loop {
@@ -506,7 +521,7 @@ fn kill_during_indexing_then_oracle() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let (engine, index) = open_both(dir.path());
+    let (engine, index) = open_both(dir.path(), false);
     let records = all_records(&engine);
     assert!(
         records.len() > 1000,

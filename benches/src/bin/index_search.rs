@@ -21,7 +21,7 @@ use lode_tools::{Corpus, SplitMix64};
 use serde_json::json;
 
 /// Index N generated records with lode (engine + index) and with tantivy
-/// alone; then time six queries on lode, SQLite FTS5 (Python's sqlite3)
+/// alone; then time seven queries on lode, SQLite FTS5 (Python's sqlite3)
 /// and ripgrep over the same records as JSON lines.
 ///
 /// Example:
@@ -51,6 +51,10 @@ struct Args {
     /// Skip the ripgrep reference.
     #[arg(long)]
     no_ripgrep: bool,
+    /// Keep word positions in the index (the server's
+    /// storage.phrase_positions): phrases run on them.
+    #[arg(long)]
+    positions: bool,
     /// Keep the data directories (to inspect them) instead of deleting them.
     #[arg(long)]
     keep: bool,
@@ -84,7 +88,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_dir_all(dir.join("index"));
         let _ = std::fs::remove_dir_all(dir.join("tantivy"));
         drop(last.take());
-        let (secs, bytes, engine, index) = lode_ingest(&dir, &records, args.background)?;
+        let (secs, bytes, engine, index) =
+            lode_ingest(&dir, &records, args.background, args.positions)?;
         lode_runs.push(secs);
         tantivy_runs.push(tantivy_alone(&dir.join("tantivy"), &records)?);
         eprintln!(
@@ -206,6 +211,7 @@ fn lode_ingest(
     dir: &Path,
     records: &[LogRecord],
     background: Background,
+    positions: bool,
 ) -> Result<Ingest, Box<dyn std::error::Error>> {
     let engine = Arc::new(Engine::open(
         dir.join("data"),
@@ -219,6 +225,7 @@ fn lode_ingest(
         dir.join("index"),
         IndexOptions {
             background,
+            positions,
             ..IndexOptions::default()
         },
     )?;
@@ -356,7 +363,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.get(at).copied().unwrap_or(f64::NAN)
 }
 
-/// The six queries, chosen from the records' own token frequencies.
+/// The seven queries, chosen from the records' own token frequencies.
 fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
     let mut freq: HashMap<String, u32> = HashMap::new();
     for r in records {
@@ -418,6 +425,8 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         })
     };
     let phrase_text = format!("\"{}\"", phrase.join(" "));
+    let count_phrase_text = phrase_text.clone();
+    let phrase_rg = format!(r"\b{}\b", phrase.join(r"\W+"));
     let (count_word, hist_word, hist_sql_word) = (common.clone(), common.clone(), common.clone());
     vec![
         BenchQuery {
@@ -430,7 +439,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
             name: "phrase top-100",
             lode: top(phrase_text),
             sqlite: json!({"name": "phrase top-100", "kind": "top", "words": phrase}),
-            rg: vec!["-i".into(), format!(r"\b{}\b", phrase.join(r"\W+"))],
+            rg: vec!["-i".into(), phrase_rg.clone()],
         },
         BenchQuery {
             name: "common word top-100",
@@ -451,6 +460,16 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
             }),
             sqlite: json!({"name": "count common word", "kind": "count", "words": [common]}),
             rg: vec!["-c".into(), "-i".into(), "-w".into(), common.clone()],
+        },
+        // Phrases are settled by reading each candidate's message: a count
+        // reads them all.
+        BenchQuery {
+            name: "count phrase",
+            lode: Box::new(move |index: &Index| {
+                index.count(&count_phrase_text, None, None).unwrap_or(0) as usize
+            }),
+            sqlite: json!({"name": "count phrase", "kind": "count", "words": phrase}),
+            rg: vec!["-c".into(), "-i".into(), phrase_rg],
         },
         BenchQuery {
             name: "24-bucket histogram",

@@ -53,9 +53,25 @@ pub enum Query {
 /// character by character (`char::to_lowercase`, as tantivy's `LowerCaser`
 /// does: no context rules such as a word-final sigma).
 pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    raw_tokens(text).map(|t| t.chars().flat_map(char::to_lowercase).collect())
+}
+
+/// The tokens of a text as they are written (not lowercased).
+fn raw_tokens(text: &str) -> impl Iterator<Item = &str> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .map(|t| t.chars().flat_map(char::to_lowercase).collect())
+}
+
+/// Whether `text` holds `words` (lowercase tokens) as consecutive tokens;
+/// never for no words. What a phrase means; compares in place, without
+/// lowercased copies of the text's tokens.
+pub fn has_phrase(text: &str, words: &[String]) -> bool {
+    let same = |raw: &str, word: &String| raw.chars().flat_map(char::to_lowercase).eq(word.chars());
+    let raw: Vec<&str> = raw_tokens(text).collect();
+    !words.is_empty()
+        && raw
+            .windows(words.len())
+            .any(|window| window.iter().zip(words).all(|(raw, word)| same(raw, word)))
 }
 
 /// The rank of a known level (trace 0 … fatal 5); `None` for others.

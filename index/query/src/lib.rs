@@ -30,7 +30,7 @@ mod matcher;
 mod parser;
 mod time;
 
-pub use ast::{Cmp, Field, Query, level_rank, tokens};
+pub use ast::{Cmp, Field, Query, has_phrase, level_rank, tokens};
 pub use matcher::{Prepared, levels_selected};
 pub use parser::{MAX_QUERY_CHARS, ParseError, parse};
 pub use time::parse_time;
@@ -57,6 +57,27 @@ mod proptests {
                 Err(e) => prop_assert!(e.column >= 1 && e.column <= text.chars().count() + 1, "{e} for {text:?}"),
             }
             let _ = parse_time(&text, 0);
+        }
+
+        /// A phrase is found exactly where the lowercased tokens hold it
+        /// consecutively; phrases are cut from the text's own tokens half
+        /// the time, so that both answers are tried.
+        #[test]
+        fn has_phrase_is_consecutive_lowercased_tokens(
+            text in "[a-cA-CÉé1 ,.]{0,30}",
+            picked in proptest::collection::vec("[a-cé1]{1,2}", 1..4),
+            start in 0usize..10,
+            own in any::<bool>(),
+        ) {
+            let all: Vec<String> = tokens(&text).collect();
+            let words: Vec<String> = if own && !all.is_empty() {
+                let from = start % all.len();
+                all[from..all.len().min(from + picked.len())].to_vec()
+            } else {
+                picked
+            };
+            let expected = all.windows(words.len()).any(|w| w == words.as_slice());
+            prop_assert_eq!(has_phrase(&text, &words), expected);
         }
     }
 }

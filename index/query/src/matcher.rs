@@ -3,7 +3,7 @@
 
 use lode_codec::{Level, LogRecord};
 
-use crate::ast::{Field, Query, level_rank, tokens};
+use crate::ast::{Field, Query, has_phrase, level_rank, tokens};
 
 /// A record prepared for matching: its message tokens computed once.
 #[derive(Debug)]
@@ -44,13 +44,7 @@ impl Query {
             Query::WordPrefix(prefix) => {
                 record.tokens.iter().any(|t| t.starts_with(prefix.as_str()))
             }
-            Query::Phrase(words) => {
-                !words.is_empty()
-                    && record
-                        .tokens
-                        .windows(words.len())
-                        .any(|w| w == words.as_slice())
-            }
+            Query::Phrase(words) => has_phrase(&record.record.message, words),
             Query::FieldIs(field, value) => field_values(record.record, field)
                 .iter()
                 .any(|v| v.to_lowercase() == *value),

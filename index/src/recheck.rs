@@ -1,0 +1,188 @@
+//! What the index does not keep, read back from the engine: a record's
+//! exact time (the index keeps its millisecond, [`crate::time`]) and the
+//! order of its message's words (the index keeps which words a message
+//! holds, not where, [`crate::phrase`]).
+//!
+//! Both work the same way: the index finds the candidates, and a
+//! [`Filtered`] scorer keeps those whose record, read in place from the
+//! engine, passes the check.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lode_engine::{ArchivedLogRecord, Engine};
+use tantivy::query::{Explanation, Scorer, Weight};
+use tantivy::{DocId, DocSet, Score, SegmentReader, TERMINATED};
+
+/// Reads records from the engine during a search. Collectors and scorers
+/// cannot fail, so the first read error is kept and returned by
+/// [`Recheck::finish`] once the search is over.
+#[derive(Debug)]
+pub(crate) struct Recheck {
+    engine: Arc<Engine>,
+    failure: Mutex<Option<lode_engine::Error>>,
+}
+
+impl Recheck {
+    pub(crate) fn new(engine: Arc<Engine>) -> Arc<Recheck> {
+        Arc::new(Recheck {
+            engine,
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// `look` applied to each record of `seqs` read in place, in the order
+    /// of `seqs`; `None` for a record retention dropped (it matches nothing
+    /// any more) or when reading failed. One pass over the engine reads
+    /// them all.
+    pub(crate) fn read_many<T: Copy>(
+        &self,
+        seqs: &[u64],
+        mut look: impl FnMut(&ArchivedLogRecord) -> T,
+    ) -> Vec<Option<T>> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut found: Vec<(u64, T)> = Vec::with_capacity(sorted.len());
+        if let Err(e) = self
+            .engine
+            .visit_seqs(&sorted, |seq, record| found.push((seq, look(record))))
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            failure.get_or_insert(e);
+        }
+        seqs.iter()
+            .map(|seq| {
+                let at = found.binary_search_by_key(seq, |(s, _)| *s).ok()?;
+                found.get(at).map(|(_, value)| *value)
+            })
+            .collect()
+    }
+
+    /// The exact time (ns) of record `seq`, as [`Recheck::read_many`].
+    pub(crate) fn ts(&self, seq: u64) -> Option<i64> {
+        self.read_many(&[seq], ArchivedLogRecord::timestamp)
+            .pop()
+            .flatten()
+    }
+
+    /// The first read error met during the search, if any.
+    pub(crate) fn finish(&self) -> crate::Result<()> {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        failure.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+/// Most candidates checked at once.
+const MAX_BATCH: usize = 64;
+
+/// The docs of `inner` that `keeps` keeps. `keeps` gets candidates in
+/// batches and says which to keep, so that a check reading records reads a
+/// batch in one pass over the engine. A batch starts at one candidate after
+/// a seek and doubles as the scorer advances, so that a search reading a
+/// few docs from a seek (a newest-first page) checks few beyond them.
+pub(crate) struct Filtered<F> {
+    inner: Box<dyn Scorer>,
+    keeps: F,
+    /// Kept docs not yet reached, ascending; all before `inner.doc()`,
+    /// which is the first candidate not yet checked.
+    kept: VecDeque<DocId>,
+    batch: usize,
+    candidates: Vec<DocId>,
+    /// Cost of checking a candidate, in tantivy's units of `cost`.
+    check_cost: u64,
+}
+
+impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> Filtered<F> {
+    pub(crate) fn new(inner: Box<dyn Scorer>, keeps: F, check_cost: u64) -> Filtered<F> {
+        let mut filtered = Filtered {
+            inner,
+            keeps,
+            kept: VecDeque::new(),
+            batch: 1,
+            candidates: Vec::new(),
+            check_cost,
+        };
+        filtered.check_until_kept();
+        filtered
+    }
+
+    /// Checks batches of candidates until one is kept or none is left.
+    fn check_until_kept(&mut self) -> DocId {
+        while self.kept.is_empty() && self.inner.doc() != TERMINATED {
+            self.candidates.clear();
+            let mut doc = self.inner.doc();
+            while doc != TERMINATED && self.candidates.len() < self.batch {
+                self.candidates.push(doc);
+                doc = self.inner.advance();
+            }
+            let keep = (self.keeps)(&self.candidates);
+            self.kept.extend(
+                self.candidates
+                    .iter()
+                    .zip(keep)
+                    .filter_map(|(&doc, keep)| keep.then_some(doc)),
+            );
+            self.batch = (self.batch * 2).min(MAX_BATCH);
+        }
+        self.doc()
+    }
+}
+
+impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> DocSet for Filtered<F> {
+    fn advance(&mut self) -> DocId {
+        self.kept.pop_front();
+        self.check_until_kept()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        while self.kept.front().is_some_and(|&doc| doc < target) {
+            self.kept.pop_front();
+        }
+        if self.kept.is_empty() && self.inner.doc() < target {
+            self.inner.seek(target);
+            self.batch = 1;
+        }
+        self.check_until_kept()
+    }
+
+    fn doc(&self) -> DocId {
+        self.kept.front().copied().unwrap_or(TERMINATED)
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.inner.size_hint()
+    }
+
+    fn cost(&self) -> u64 {
+        self.inner.cost().saturating_mul(self.check_cost)
+    }
+}
+
+impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> Scorer for Filtered<F> {
+    fn score(&mut self) -> Score {
+        1.0
+    }
+}
+
+/// `Weight::explain` of a weight without scores: whether its scorer
+/// reaches `doc`.
+pub(crate) fn explain(
+    weight: &dyn Weight,
+    reader: &SegmentReader,
+    doc: DocId,
+    name: &'static str,
+) -> tantivy::Result<Explanation> {
+    let mut scorer = weight.scorer(reader, 1.0)?;
+    if scorer.seek(doc) == doc {
+        Ok(Explanation::new(name, 1.0))
+    } else {
+        Err(tantivy::TantivyError::InvalidArgument(format!(
+            "document {doc} does not match {name}"
+        )))
+    }
+}
