@@ -186,3 +186,94 @@ pub(crate) fn explain(
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Candidates from a sorted list.
+    struct Docs {
+        docs: Vec<DocId>,
+        at: usize,
+    }
+
+    impl DocSet for Docs {
+        fn advance(&mut self) -> DocId {
+            self.at += 1;
+            self.doc()
+        }
+
+        fn doc(&self) -> DocId {
+            self.docs.get(self.at).copied().unwrap_or(TERMINATED)
+        }
+
+        fn size_hint(&self) -> u32 {
+            self.docs.len() as u32
+        }
+    }
+
+    impl Scorer for Docs {
+        fn score(&mut self) -> Score {
+            1.0
+        }
+    }
+
+    /// A step of a search through a scorer.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Advance,
+        /// Seek this far past the current doc.
+        Seek(DocId),
+    }
+
+    proptest! {
+        /// Checked in batches, a filtered scorer visits exactly the kept
+        /// candidates, under any mix of advances and seeks, and checks no
+        /// candidate twice.
+        #[test]
+        fn filtered_is_the_kept_candidates(
+            mut docs in proptest::collection::vec(0u32..500, 0..200),
+            kept_mod in 1u32..5,
+            steps in proptest::collection::vec(
+                prop_oneof![Just(Step::Advance), (0u32..60).prop_map(Step::Seek)],
+                0..100,
+            ),
+        ) {
+            docs.sort_unstable();
+            docs.dedup();
+            let keeps = move |doc: DocId| doc.is_multiple_of(kept_mod);
+            let expected: Vec<DocId> = docs.iter().copied().filter(|&d| keeps(d)).collect();
+            let checked = Arc::new(Mutex::new(Vec::new()));
+            let log = Arc::clone(&checked);
+            let inner = Box::new(Docs { docs: docs.clone(), at: 0 });
+            let mut filtered = Filtered::new(
+                inner,
+                move |batch: &[DocId]| {
+                    log.lock().unwrap().extend_from_slice(batch);
+                    batch.iter().map(|&d| keeps(d)).collect()
+                },
+                1,
+            );
+            let first_kept = |from: DocId| {
+                expected.iter().copied().find(|&d| d >= from).unwrap_or(TERMINATED)
+            };
+            prop_assert_eq!(filtered.doc(), first_kept(0));
+            for step in steps {
+                let doc = filtered.doc();
+                if doc == TERMINATED {
+                    break;
+                }
+                let (got, want) = match step {
+                    Step::Advance => (filtered.advance(), first_kept(doc + 1)),
+                    Step::Seek(by) => (filtered.seek(doc + by), first_kept(doc + by)),
+                };
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(filtered.doc(), want);
+            }
+            let checked = checked.lock().unwrap();
+            prop_assert!(checked.windows(2).all(|w| w[0] < w[1]), "checked twice or out of order: {:?}", checked);
+        }
+    }
+}
