@@ -236,7 +236,7 @@ mod tests {
         let path = dir.path().join("lode.toml");
         std::fs::write(
             &path,
-            "data = \"/tmp/x\"\n[limits]\nmax_in_flight = 3\n[storage]\ndurability = \"buffered\"\n",
+            "data = \"/tmp/x\"\n[limits]\nmax_in_flight = 3\n[storage]\ndurability = \"buffered\"\nphrase_positions = true\n",
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
@@ -248,6 +248,8 @@ mod tests {
             config.engine_options().unwrap().durability,
             Durability::Buffered { .. }
         ));
+        assert!(config.storage.phrase_positions);
+        assert!(!Config::default().storage.phrase_positions);
         std::fs::write(&path, "[limits]\nmax_inflight = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");
