@@ -68,6 +68,8 @@ impl Weight for PhraseWeight {
         let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
         let Phrase { words, recheck, .. } = self.phrase.clone();
         let keeps = move |docs: &[DocId]| {
+            // Every document has a seq; one without would read no record
+            // (no seq is u64::MAX) and so match nothing.
             let seqs: Vec<u64> = docs
                 .iter()
                 .map(|&doc| seqs.first(doc).unwrap_or(u64::MAX))

@@ -91,7 +91,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (secs, bytes, engine, index) =
             lode_ingest(&dir, &records, args.background, args.positions)?;
         lode_runs.push(secs);
-        tantivy_runs.push(tantivy_alone(&dir.join("tantivy"), &records)?);
+        tantivy_runs.push(tantivy_alone(
+            &dir.join("tantivy"),
+            &records,
+            args.positions,
+        )?);
         eprintln!(
             "  ingest run {}: lode {secs:.2}s, tantivy {:.2}s",
             run + 1,
@@ -302,9 +306,14 @@ fn print_index_space(dir: &Path, records: f64) -> Result<(), Box<dyn std::error:
     Ok(())
 }
 
-/// tantivy alone: the same fields and tokenizer, one writer thread with the
-/// same memory, the same records, one commit at the end.
-fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::error::Error>> {
+/// tantivy alone: the same fields, options (word positions or not) and
+/// tokenizer, one writer thread with the same memory, the same records, one
+/// commit at the end.
+fn tantivy_alone(
+    dir: &Path,
+    records: &[LogRecord],
+    positions: bool,
+) -> Result<f64, Box<dyn std::error::Error>> {
     use tantivy::schema::{FAST, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
     use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
     std::fs::create_dir_all(dir)?;
@@ -317,8 +326,12 @@ fn tantivy_alone(dir: &Path, records: &[LogRecord]) -> Result<f64, Box<dyn std::
             .set_fieldnorms(false)
     };
     let mut builder = Schema::builder();
-    let text = TextOptions::default()
-        .set_indexing_options(indexing("lode", IndexRecordOption::WithFreqsAndPositions));
+    let words = if positions {
+        IndexRecordOption::WithFreqsAndPositions
+    } else {
+        IndexRecordOption::Basic
+    };
+    let text = TextOptions::default().set_indexing_options(indexing("lode", words));
     let plain =
         TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
     let value = plain.clone().set_fast("raw");
