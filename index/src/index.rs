@@ -418,8 +418,7 @@ impl Index {
     }
 
     /// Runs `search` with a reader of records from the engine (exact times,
-    /// phrases), and
-    /// fails with the first engine error that reader met.
+    /// phrases), and fails with the first engine error that reader met.
     fn rechecking<T>(&self, search: impl FnOnce(&Arc<Recheck>) -> Result<T>) -> Result<T> {
         let recheck = Recheck::new(Arc::clone(&self.engine));
         let out = search(&recheck)?;

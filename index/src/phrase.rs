@@ -19,7 +19,7 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Score, SegmentReader, Term};
 
-use crate::recheck::{Filtered, Recheck, explain};
+use crate::recheck::{Filtered, Recheck, explain, seqs_of};
 use crate::schema::SEQ_FIELD;
 
 /// What checking a candidate costs beside stepping through a posting list
@@ -68,12 +68,7 @@ impl Weight for PhraseWeight {
         let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
         let Phrase { words, recheck, .. } = self.phrase.clone();
         let keeps = move |docs: &[DocId]| {
-            // Every document has a seq; one without would read no record
-            // (no seq is u64::MAX) and so match nothing.
-            let seqs: Vec<u64> = docs
-                .iter()
-                .map(|&doc| seqs.first(doc).unwrap_or(u64::MAX))
-                .collect();
+            let seqs = seqs_of(&seqs, docs.iter().copied());
             recheck
                 .read_many(&seqs, |record| has_phrase(&record.message, &words))
                 .into_iter()

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lode_engine::{ArchivedLogRecord, Engine};
+use tantivy::columnar::Column;
 use tantivy::query::{Explanation, Scorer, Weight};
 use tantivy::{DocId, DocSet, Score, SegmentReader, TERMINATED};
 
@@ -75,6 +76,14 @@ impl Recheck {
             .take();
         failure.map_or(Ok(()), |e| Err(e.into()))
     }
+}
+
+/// The seqs of `docs`, to read through [`Recheck::read_many`]. Every
+/// document has a seq; one without would read no record (no record has seq
+/// u64::MAX) and so match nothing.
+pub(crate) fn seqs_of(seqs: &Column<u64>, docs: impl Iterator<Item = DocId>) -> Vec<u64> {
+    docs.map(|doc| seqs.first(doc).unwrap_or(u64::MAX))
+        .collect()
 }
 
 /// Most candidates checked at once.

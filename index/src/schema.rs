@@ -6,11 +6,10 @@
 //! matcher, which the oracle test checks.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use lode_engine::ArchivedLogRecord;
 use lode_query::{Field as QField, Query, levels_selected};
-use std::sync::Arc;
-
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
     TermSetQuery,

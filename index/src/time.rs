@@ -13,10 +13,11 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
+use lode_engine::ArchivedLogRecord;
 use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, Weight};
 use tantivy::{DocId, Score, SegmentReader, Term};
 
-use crate::recheck::{Filtered, Recheck, explain};
+use crate::recheck::{Filtered, Recheck, explain, seqs_of};
 use crate::schema::{SEQ_FIELD, TS_FIELD};
 
 /// Nanoseconds per unit of the index's time column.
@@ -56,12 +57,9 @@ impl TimeRange {
         cut
     }
 
-    /// Whether record `seq` (of a cut grain) lies in the range by its exact
-    /// time; a record that is gone does not.
-    fn holds_exactly(&self, seq: Option<u64>) -> bool {
-        seq.and_then(|seq| self.recheck.ts(seq)).is_some_and(|ts| {
-            self.since.is_none_or(|since| since <= ts) && self.until.is_none_or(|until| ts < until)
-        })
+    /// Whether exact time `ts` lies in the range.
+    fn holds(&self, ts: i64) -> bool {
+        self.since.is_none_or(|since| since <= ts) && self.until.is_none_or(|until| ts < until)
     }
 }
 
@@ -118,11 +116,24 @@ impl Weight for TimeRangeWeight {
         // Each candidate's grain is read: only in the segments whose time
         // span holds a cut grain.
         let keeps = move |docs: &[DocId]| {
-            docs.iter()
-                .map(|&doc| match ms.first(doc) {
-                    Some(ms) if cut.contains(&ms) => range.holds_exactly(seqs.first(doc)),
-                    _ => true,
-                })
+            // Only the candidates of a cut grain are read, a batch's at once.
+            let is_cut: Vec<bool> = docs
+                .iter()
+                .map(|&doc| ms.first(doc).is_some_and(|ms| cut.contains(&ms)))
+                .collect();
+            let of_cut = docs
+                .iter()
+                .zip(&is_cut)
+                .filter(|(_, c)| **c)
+                .map(|(d, _)| *d);
+            let mut exact = range
+                .recheck
+                .read_many(&seqs_of(&seqs, of_cut), ArchivedLogRecord::timestamp)
+                .into_iter();
+            // A record that is gone (`None`) lies in no range.
+            is_cut
+                .iter()
+                .map(|&c| !c || exact.next().flatten().is_some_and(|ts| range.holds(ts)))
                 .collect()
         };
         // A candidate costs a grain lookup; few are read from the engine.
