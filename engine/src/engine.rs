@@ -265,7 +265,6 @@ impl Engine {
             first_frame_at: has_frames.then(Instant::now),
             unsynced: false,
             last_sync: Instant::now(),
-            buf: Vec::new(),
         };
         // Joined in this order at shutdown: the writer finishes first and
         // its exit disconnects the sealer's channel.

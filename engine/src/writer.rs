@@ -8,7 +8,7 @@
 //! written, every append is refused with the cause.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +69,6 @@ pub(crate) struct Writer {
     pub(crate) first_frame_at: Option<Instant>,
     pub(crate) unsynced: bool,
     pub(crate) last_sync: Instant,
-    pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
@@ -171,21 +170,22 @@ impl Writer {
             }
             return;
         }
-        self.buf.clear();
         let mut locs = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
-        for AppendReq { mut batch, reply } in group {
+        let mut batches = Vec::with_capacity(group.len());
+        let mut end = self.len;
+        for AppendReq { batch, reply } in group {
             let (min_ts, max_ts) = batch.ts_range();
             let loc = FrameLoc {
                 index: self.next_index,
                 first_seq: self.next_seq,
                 count: batch.count(),
-                offset: self.len + self.buf.len() as u64,
+                offset: end,
                 len: batch.frame_len() as u32,
                 min_ts,
                 max_ts,
             };
-            self.buf.extend_from_slice(batch.seal(0, loc.index));
+            end += batch.frame_len() as u64;
             self.next_index += 1;
             self.next_seq = loc.end_seq();
             replies.push((
@@ -196,8 +196,12 @@ impl Writer {
                 },
             ));
             locs.push(loc);
+            batches.push(batch);
         }
-        let outcome = self.write_group().and_then(|()| self.publish(&locs));
+        let written = end - self.len;
+        let outcome = self
+            .write_group(&mut batches, &locs)
+            .and_then(|()| self.publish(&locs));
         match outcome {
             Ok(()) => {
                 let counters = &self.shared.counters;
@@ -207,7 +211,7 @@ impl Writer {
                     &counters.appended_records,
                     locs.iter().map(|l| u64::from(l.count)).sum(),
                 );
-                Counters::add(&counters.wal_bytes_written, self.buf.len() as u64);
+                Counters::add(&counters.wal_bytes_written, written);
                 for (reply, range) in replies {
                     reply.send(Ok(range));
                 }
@@ -224,15 +228,26 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self) -> Result<()> {
-        if let Err(source) = self.file.write_all_at(&self.buf, self.len) {
+    /// Seals each batch's frame header in place and writes the frames from
+    /// the batches' own buffers, one vectored write: no copy into a group
+    /// buffer (perf: that copy was a quarter of the writer's CPU).
+    fn write_group(&mut self, batches: &mut [EncodedBatch], locs: &[FrameLoc]) -> Result<()> {
+        let mut frames: Vec<IoSlice<'_>> = batches
+            .iter_mut()
+            .zip(locs)
+            .map(|(batch, loc)| IoSlice::new(batch.seal(0, loc.index)))
+            .collect();
+        let written = write_all_vectored_at(&self.file, self.len, &mut frames);
+        if let Err(source) = written {
             return Err(Error::Io {
                 op: "write",
                 path: self.path.clone(),
                 source,
             });
         }
-        self.len += self.buf.len() as u64;
+        self.len = locs
+            .last()
+            .map_or(self.len, |l| l.offset + u64::from(l.len));
         self.unsynced = true;
         let due = match self.shared.opts.durability {
             Durability::Sync => true,
@@ -310,4 +325,24 @@ impl Writer {
         let _ = self.sealer.send(SealerMsg::Work);
         Ok(())
     }
+}
+
+/// Writes all of `bufs` at `offset`. The writer is the only writer of its
+/// file, so a seek then `writev` (std caps each call at IOV_MAX slices)
+/// does what a positional vectored write would.
+fn write_all_vectored_at(
+    mut file: &File,
+    offset: u64,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

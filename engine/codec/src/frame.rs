@@ -264,7 +264,7 @@ impl EncodedBatch {
         fields[0] = FrameKind::Batch as u8;
         fields[1..9].copy_from_slice(&term.to_le_bytes());
         fields[9..17].copy_from_slice(&index.to_le_bytes());
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&fields), self.payload_crc, payload_len);
+        let crc = crate::crc::combine(crc32c::crc32c(&fields), self.payload_crc, payload_len);
         let mut header = [0u8; HEADER_LEN];
         header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         header[4..8].copy_from_slice(&crc.to_le_bytes());

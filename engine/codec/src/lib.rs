@@ -23,6 +23,7 @@
 //! ```
 
 mod batch;
+mod crc;
 mod frame;
 mod record;
 mod time;
