@@ -31,6 +31,14 @@ const CF_META: &str = "meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_FLOOR: &[u8] = b"floor";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
+/// Keys between full keys in a block of `records`: a seek within a block
+/// binary-searches the full keys, then decodes keys one by one from there,
+/// half this many on average.
+const RESTART_INTERVAL: u64 = 128;
+/// A wanted seq at most this far past the iterator's key is reached by
+/// stepping (one key decoded a step) rather than by seeking (a binary
+/// search, then `RESTART_INTERVAL / 2` keys decoded on average).
+const STEP_LIMIT: u64 = RESTART_INTERVAL / 2;
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -75,7 +83,7 @@ fn records_options(zstd_level: i32, block_bytes: usize, cache: Option<&Cache>) -
     // records are read mostly by scans; a point read decompresses a block.
     table.set_block_size(block_bytes);
     // Fewer full keys and restart offsets: seq keys delta-encode to a byte.
-    table.set_block_restart_interval(128);
+    table.set_block_restart_interval(RESTART_INTERVAL as i32);
     opts.set_block_based_table_factory(&table);
     opts.set_compression_type(DBCompressionType::Zstd);
     opts.set_compression_options(-14, zstd_level, 0, 0);
@@ -241,15 +249,10 @@ impl Store {
         iter.seek(seq_key(from));
         let mut last = None;
         for _ in 0..max {
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            let Some(seq) = self.key_seq(&iter)?.filter(|&seq| seq < end) else {
                 break;
             };
-            let seq = key.try_into().map(u64::from_be_bytes).map_err(|_| {
-                Error::corrupt(&self.path, 0, format!("record key of {} bytes", key.len()))
-            })?;
-            if seq >= end {
-                break;
-            }
+            let value = iter.value().unwrap_or_default();
             access_record(value)
                 .and_then(|record| f(seq, record))
                 .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
@@ -262,23 +265,46 @@ impl Store {
 
     /// Calls `f` with each of `seqs` (ascending) that is stored, read in
     /// place and checked; one iterator serves them all (a point read
-    /// otherwise pays for an iterator of its own).
+    /// otherwise pays for an iterator of its own). A seq a little past the
+    /// previous one is reached by stepping, not seeking (`STEP_LIMIT`): a
+    /// page of a common word's matches is a few records apart.
     pub(crate) fn visit_seqs(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<()> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        let mut at: Option<u64> = None;
         for &seq in seqs {
-            iter.seek(seq_key(seq));
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-                continue;
-            };
-            if key != seq_key(seq).as_slice() {
+            match at {
+                Some(key) if key <= seq && seq - key <= STEP_LIMIT => {
+                    while at.is_some_and(|key| key < seq) {
+                        iter.next();
+                        at = self.key_seq(&iter)?;
+                    }
+                }
+                _ => {
+                    iter.seek(seq_key(seq));
+                    at = self.key_seq(&iter)?;
+                }
+            }
+            if at != Some(seq) {
                 continue; // dropped by retention
             }
+            let value = iter.value().unwrap_or_default();
             access_record(value)
                 .and_then(|record| f(seq, record))
                 .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
         }
         iter.status()?;
         Ok(())
+    }
+
+    /// The seq of the iterator's key; `None` past the end.
+    fn key_seq(&self, iter: &rocksdb::DBRawIterator<'_>) -> Result<Option<u64>> {
+        iter.key()
+            .map(|key| {
+                key.try_into().map(u64::from_be_bytes).map_err(|_| {
+                    Error::corrupt(&self.path, 0, format!("record key of {} bytes", key.len()))
+                })
+            })
+            .transpose()
     }
 }
 

@@ -18,6 +18,9 @@ enum Op {
     /// Retention as of `base + secs` seconds.
     Retain(u64),
     Get(u64),
+    /// Reads of many seqs at once: a start, then gaps (small ones are
+    /// stepped to, larger ones sought).
+    GetMany(u64, Vec<u64>),
     ScanTime(u64, u64),
 }
 
@@ -28,6 +31,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Seal),
         1 => (0u64..4000).prop_map(Op::Retain),
         2 => any::<u64>().prop_map(Op::Get),
+        2 => (
+            any::<u64>(),
+            proptest::collection::vec(prop_oneof![0u64..4, 60u64..70, 0u64..2000], 0..40),
+        )
+            .prop_map(|(start, gaps)| Op::GetMany(start, gaps)),
         2 => (any::<u64>(), 0u64..400).prop_map(|(a, b)| Op::ScanTime(a, b)),
     ]
 }
@@ -106,6 +114,24 @@ impl Harness {
                     .then(|| self.model.get(seq as usize - 1).cloned())
                     .flatten();
                 assert_eq!(got.map(|r| r.log), expected, "get({seq})");
+            }
+            Op::GetMany(start, ref gaps) => {
+                let mut seq = start % (self.model.len() as u64 + 2);
+                let mut asked = vec![seq];
+                for gap in gaps {
+                    seq = seq.saturating_add(*gap);
+                    asked.push(seq);
+                }
+                let (first, got) = self.stable(|e| e.get_many(&asked).expect("get_many"));
+                let mut wanted = asked.clone();
+                wanted.dedup();
+                let expected: Vec<(u64, LogRecord)> = wanted
+                    .into_iter()
+                    .filter(|&s| s >= first.max(1) && s <= self.model.len() as u64)
+                    .map(|s| (s, self.model[s as usize - 1].clone()))
+                    .collect();
+                let got: Vec<(u64, LogRecord)> = got.into_iter().map(|r| (r.seq, r.log)).collect();
+                assert_eq!(got, expected, "get_many({asked:?})");
             }
             Op::ScanTime(start, len) => {
                 let since = self.base_ns + ((start % 500) as i64) * 1_000_000_000;
