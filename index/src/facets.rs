@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::StrColumn;
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 
+use crate::columns::SegmentColumns;
 use crate::recheck::Recheck;
-use crate::schema::{SEQ_FIELD, TS_FIELD};
 use crate::time::{GRAIN_NS, span};
 
 /// Histogram bucket widths a person reads easily, in seconds.
@@ -57,8 +57,8 @@ pub(crate) struct HistogramCollector {
 }
 
 pub(crate) struct HistogramSegment {
-    ms: Column<i64>,
-    seqs: Column<u64>,
+    /// The segment's time and seq columns.
+    columns: Arc<SegmentColumns>,
     recheck: Arc<Recheck>,
     buckets: Buckets,
     /// Grains of one block of matches.
@@ -182,8 +182,7 @@ impl Collector for HistogramCollector {
         segment: &SegmentReader,
     ) -> tantivy::Result<HistogramSegment> {
         Ok(HistogramSegment {
-            ms: segment.fast_fields().i64(TS_FIELD)?,
-            seqs: segment.fast_fields().u64(SEQ_FIELD)?,
+            columns: self.recheck.columns(segment)?,
             recheck: Arc::clone(&self.recheck),
             buckets: Buckets::new(
                 self.origin,
@@ -212,7 +211,7 @@ impl Collector for HistogramCollector {
 
 impl HistogramSegment {
     fn count(&mut self, doc: DocId, ms: i64) {
-        let (seqs, recheck) = (&self.seqs, &self.recheck);
+        let (seqs, recheck) = (&self.columns.seqs, &self.recheck);
         self.buckets
             .count_grain(ms, || seqs.first(doc).and_then(|seq| recheck.ts(seq)));
     }
@@ -222,7 +221,7 @@ impl SegmentCollector for HistogramSegment {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        if let Some(ms) = self.ms.first(doc) {
+        if let Some(ms) = self.columns.ms.first(doc) {
             self.count(doc, ms);
         }
     }
@@ -232,7 +231,7 @@ impl SegmentCollector for HistogramSegment {
         let mut block = std::mem::take(&mut self.block);
         block.clear();
         block.resize(docs.len(), None);
-        self.ms.first_vals(docs, &mut block);
+        self.columns.ms.first_vals(docs, &mut block);
         for (&doc, ms) in docs.iter().zip(&block) {
             if let Some(ms) = *ms {
                 self.count(doc, ms);

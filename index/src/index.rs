@@ -16,31 +16,24 @@ use std::time::{Duration, Instant};
 use lode_engine::{Background, Engine, Record};
 use lode_query::{Prepared, Query, parse};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::BinaryHeap;
 
 use std::ops::Bound;
 use tantivy::Searcher;
 use tantivy::collector::Count;
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
-use tantivy::index::SegmentId;
 
 use tantivy::Term;
 use tantivy::indexer::UserOperation;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery, Weight};
-use tantivy::{
-    DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SearcherGeneration, SegmentReader,
-    Warmer,
-};
+use tantivy::{DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, Warmer};
 
+use crate::columns::Columns;
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::recheck::Recheck;
-use crate::schema::{
-    Fields, SEQ_FIELD, TOKENIZER, TS_FIELD, analyzer, document, restrict, schema, settings,
-    translate,
-};
+use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, settings, translate};
 use crate::time::{TimeRange, span};
 
 /// Most records the indexer adds between two looks at the commit deadline.
@@ -153,55 +146,9 @@ pub struct Index {
     stop: Arc<AtomicBool>,
     indexer: Option<JoinHandle<Result<()>>>,
     max_limit: usize,
-    /// Segments known to be (or not to be) in seq order; also a warmer of
-    /// the reader, which keeps it alive only through this `Arc`.
-    ordered: Arc<SeqOrder>,
-}
-
-/// Which segments have their docs in increasing seq order: worked out when
-/// the reader warms a new searcher (on the indexer's thread, after a
-/// commit), so no query pays for it, and forgotten with the segment.
-#[derive(Default)]
-struct SeqOrder(Mutex<HashMap<SegmentId, bool>>);
-
-impl SeqOrder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, bool>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether the segment is in seq order (checked once, then remembered).
-    fn of(&self, reader: &SegmentReader, seqs: &Column<u64>) -> bool {
-        let id = reader.segment_id();
-        if let Some(&known) = self.lock().get(&id) {
-            return known;
-        }
-        let mut previous = None;
-        let ordered = (0..reader.max_doc()).all(|doc| {
-            let seq = seqs.first(doc);
-            let rising = previous.is_none_or(|p| seq > Some(p));
-            previous = seq;
-            rising
-        });
-        self.lock().insert(id, ordered);
-        ordered
-    }
-}
-
-impl Warmer for SeqOrder {
-    fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
-        for reader in searcher.segment_readers() {
-            self.of(reader, &reader.fast_fields().u64(SEQ_FIELD)?);
-        }
-        Ok(())
-    }
-
-    fn garbage_collect(&self, live: &[&SearcherGeneration]) {
-        let live: HashSet<SegmentId> = live
-            .iter()
-            .flat_map(|generation| generation.segments().keys().copied())
-            .collect();
-        self.lock().retain(|id, _| live.contains(id));
-    }
+    /// Each segment's seq and time columns; also a warmer of the reader,
+    /// which keeps it alive only through this `Arc`.
+    columns: Arc<Columns>,
 }
 
 impl std::fmt::Debug for Index {
@@ -306,8 +253,8 @@ impl Index {
                 .map_err(|_| Error::Indexer("creating the index writer panicked".into()))
         })??;
         let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
-        let ordered = Arc::new(SeqOrder::default());
-        let warmer: Arc<dyn Warmer> = ordered.clone();
+        let columns = Arc::new(Columns::default());
+        let warmer: Arc<dyn Warmer> = columns.clone();
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -344,7 +291,7 @@ impl Index {
             stop,
             indexer: Some(handle),
             max_limit: opts.max_limit,
-            ordered,
+            columns,
         })
     }
 
@@ -385,16 +332,17 @@ impl Index {
             .iter()
             .filter(|r| r.num_docs() > 0)
         {
-            let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
-            segments.push((seqs.max_value(), reader, seqs));
+            let columns = self.columns.of(reader)?;
+            segments.push((columns.seqs.max_value(), reader, columns));
         }
         segments.sort_by_key(|(max, _, _)| Reverse(*max));
         let mut best = TopSeqs::new(limit);
-        for (max, reader, seqs) in &segments {
+        for (max, reader, columns) in &segments {
             if best.rejects(*max) {
                 break;
             }
-            if self.ordered.of(reader, seqs) {
+            let seqs = &columns.seqs;
+            if columns.ordered {
                 newest_from_end(weight.as_ref(), reader, seqs, &mut best)?;
             } else {
                 weight.for_each_no_score(reader, &mut |docs| {
@@ -420,7 +368,7 @@ impl Index {
     /// Runs `search` with a reader of records from the engine (exact times,
     /// phrases), and fails with the first engine error that reader met.
     fn rechecking<T>(&self, search: impl FnOnce(&Arc<Recheck>) -> Result<T>) -> Result<T> {
-        let recheck = Recheck::new(Arc::clone(&self.engine));
+        let recheck = Recheck::new(Arc::clone(&self.engine), Arc::clone(&self.columns));
         let out = search(&recheck)?;
         recheck.finish()?;
         Ok(out)
@@ -467,7 +415,7 @@ impl Index {
             .iter()
             .filter(|s| s.num_docs() > 0)
         {
-            let ms = segment.fast_fields().i64(TS_FIELD)?;
+            let ms = &self.columns.of(segment)?.ms;
             low = low.min(span(ms.min_value()).0);
             high = high.max(span(ms.max_value()).1);
         }

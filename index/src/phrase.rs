@@ -20,7 +20,6 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Score, SegmentReader, Term};
 
 use crate::recheck::{Filtered, Recheck, explain, seqs_of};
-use crate::schema::SEQ_FIELD;
 
 /// What checking a candidate costs beside stepping through a posting list
 /// (tantivy's unit of `cost`): reading a record from the engine takes some
@@ -65,10 +64,10 @@ impl Weight for PhraseWeight {
     /// The docs holding every word whose message has them in order.
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
         let candidates = self.all_words.scorer(reader, boost)?;
-        let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
         let Phrase { words, recheck, .. } = self.phrase.clone();
+        let columns = recheck.columns(reader)?;
         let keeps = move |docs: &[DocId]| {
-            let seqs = seqs_of(&seqs, docs.iter().copied());
+            let seqs = seqs_of(&columns.seqs, docs.iter().copied());
             recheck
                 .read_many(&seqs, |record| has_phrase(&record.message, &words))
                 .into_iter()

@@ -15,21 +15,32 @@ use tantivy::columnar::Column;
 use tantivy::query::{Explanation, Scorer, Weight};
 use tantivy::{DocId, DocSet, Score, SegmentReader, TERMINATED};
 
+use crate::columns::{Columns, SegmentColumns};
+
 /// Reads records from the engine during a search. Collectors and scorers
 /// cannot fail, so the first read error is kept and returned by
-/// [`Recheck::finish`] once the search is over.
+/// [`Recheck::finish`] once the search is over. Also hands the scorers and
+/// collectors of the search each segment's columns (the index's cache),
+/// which map their docs to seqs and times.
 #[derive(Debug)]
 pub(crate) struct Recheck {
     engine: Arc<Engine>,
+    columns: Arc<Columns>,
     failure: Mutex<Option<lode_engine::Error>>,
 }
 
 impl Recheck {
-    pub(crate) fn new(engine: Arc<Engine>) -> Arc<Recheck> {
+    pub(crate) fn new(engine: Arc<Engine>, columns: Arc<Columns>) -> Arc<Recheck> {
         Arc::new(Recheck {
             engine,
+            columns,
             failure: Mutex::new(None),
         })
+    }
+
+    /// The seq and time columns of `reader`'s segment.
+    pub(crate) fn columns(&self, reader: &SegmentReader) -> tantivy::Result<Arc<SegmentColumns>> {
+        self.columns.of(reader)
     }
 
     /// `look` applied to each record of `seqs` read in place, in the order

@@ -18,7 +18,7 @@ use tantivy::query::{EnableScoring, Explanation, Query, RangeQuery, Scorer, Weig
 use tantivy::{DocId, Score, SegmentReader, Term};
 
 use crate::recheck::{Filtered, Recheck, explain, seqs_of};
-use crate::schema::{SEQ_FIELD, TS_FIELD};
+use crate::schema::TS_FIELD;
 
 /// Nanoseconds per unit of the index's time column.
 pub(crate) const GRAIN_NS: i64 = 1_000_000;
@@ -101,17 +101,16 @@ impl Weight for TimeRangeWeight {
         if self.cut.is_empty() {
             return Ok(grains);
         }
-        let ms = reader.fast_fields().i64(TS_FIELD)?;
+        let columns = self.range.recheck.columns(reader)?;
         let cut: Vec<i64> = self
             .cut
             .iter()
             .copied()
-            .filter(|&g| ms.min_value() <= g && g <= ms.max_value())
+            .filter(|&g| columns.ms.min_value() <= g && g <= columns.ms.max_value())
             .collect();
         if cut.is_empty() {
             return Ok(grains);
         }
-        let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
         let range = self.range.clone();
         // Each candidate's grain is read: only in the segments whose time
         // span holds a cut grain.
@@ -119,7 +118,7 @@ impl Weight for TimeRangeWeight {
             // Only the candidates of a cut grain are read, a batch's at once.
             let is_cut: Vec<bool> = docs
                 .iter()
-                .map(|&doc| ms.first(doc).is_some_and(|ms| cut.contains(&ms)))
+                .map(|&doc| columns.ms.first(doc).is_some_and(|ms| cut.contains(&ms)))
                 .collect();
             let of_cut = docs
                 .iter()
@@ -128,7 +127,10 @@ impl Weight for TimeRangeWeight {
                 .map(|(d, _)| *d);
             let mut exact = range
                 .recheck
-                .read_many(&seqs_of(&seqs, of_cut), ArchivedLogRecord::timestamp)
+                .read_many(
+                    &seqs_of(&columns.seqs, of_cut),
+                    ArchivedLogRecord::timestamp,
+                )
                 .into_iter();
             // A record that is gone (`None`) lies in no range.
             is_cut

@@ -1,0 +1,85 @@
+//! Each segment's seq and millisecond columns, opened once per segment
+//! rather than once per query.
+//!
+//! Opening a tantivy column reads its block index: 5 µs per 100,000 docs
+//! for each column, measured on a 1M-record index (five segments, 53 µs a
+//! query for the seq column alone), when a rare word's whole page took
+//! 62 µs. Segments are immutable, so their columns are opened when the
+//! reader warms a new searcher (on the indexer's thread, after a commit)
+//! and dropped with the segment.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tantivy::columnar::Column;
+use tantivy::index::SegmentId;
+use tantivy::{Searcher, SearcherGeneration, SegmentReader, Warmer};
+
+use crate::schema::{SEQ_FIELD, TS_FIELD};
+
+/// A segment's columns.
+#[derive(Debug)]
+pub(crate) struct SegmentColumns {
+    /// Each doc's record seq.
+    pub(crate) seqs: Column<u64>,
+    /// Each doc's record time, to the millisecond.
+    pub(crate) ms: Column<i64>,
+    /// Whether the docs are in increasing seq order (what the
+    /// single-threaded indexer writes; a merge may interleave).
+    pub(crate) ordered: bool,
+}
+
+impl SegmentColumns {
+    fn open(reader: &SegmentReader) -> tantivy::Result<SegmentColumns> {
+        let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
+        let ms = reader.fast_fields().i64(TS_FIELD)?;
+        let mut previous = None;
+        let ordered = (0..reader.max_doc()).all(|doc| {
+            let seq = seqs.first(doc);
+            let rising = previous.is_none_or(|p| seq > Some(p));
+            previous = seq;
+            rising
+        });
+        Ok(SegmentColumns { seqs, ms, ordered })
+    }
+}
+
+/// The columns of the segments live searchers use; also a warmer of the
+/// reader, which keeps it alive only through an `Arc`.
+#[derive(Debug, Default)]
+pub(crate) struct Columns(Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>);
+
+impl Columns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Arc<SegmentColumns>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The columns of `reader`'s segment: from the cache, or opened and
+    /// kept.
+    pub(crate) fn of(&self, reader: &SegmentReader) -> tantivy::Result<Arc<SegmentColumns>> {
+        let id = reader.segment_id();
+        if let Some(columns) = self.lock().get(&id) {
+            return Ok(Arc::clone(columns));
+        }
+        let columns = Arc::new(SegmentColumns::open(reader)?);
+        self.lock().insert(id, Arc::clone(&columns));
+        Ok(columns)
+    }
+}
+
+impl Warmer for Columns {
+    fn warm(&self, searcher: &Searcher) -> tantivy::Result<()> {
+        for reader in searcher.segment_readers() {
+            self.of(reader)?;
+        }
+        Ok(())
+    }
+
+    fn garbage_collect(&self, live: &[&SearcherGeneration]) {
+        let live: HashSet<SegmentId> = live
+            .iter()
+            .flat_map(|generation| generation.segments().keys().copied())
+            .collect();
+        self.lock().retain(|id, _| live.contains(id));
+    }
+}
