@@ -33,7 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u64>().prop_map(Op::Get),
         2 => (
             any::<u64>(),
-            proptest::collection::vec(prop_oneof![0u64..4, 60u64..70, 0u64..2000], 0..40),
+            proptest::collection::vec(prop_oneof![0u64..4, 12u64..20, 0u64..2000], 0..40),
         )
             .prop_map(|(start, gaps)| Op::GetMany(start, gaps)),
         2 => (any::<u64>(), 0u64..400).prop_map(|(a, b)| Op::ScanTime(a, b)),
