@@ -2,7 +2,7 @@
 //!
 //! Appenders encode their batch on their own thread and send it here; the
 //! writer takes every batch waiting in the channel (up to a byte budget),
-//! gives each its log index and seqs, writes them with one `pwrite`, syncs
+//! gives each its log index and seqs, writes them with one `writev`, syncs
 //! once, publishes the new frames to readers, and only then acknowledges.
 //! After a failed write or sync the engine is poisoned: nothing more is
 //! written, every append is refused with the cause.
