@@ -40,8 +40,8 @@ const RESTART_INTERVAL: u64 = 128;
 /// `RESTART_INTERVAL / 2` keys decoded on average). A step goes through
 /// RocksDB's whole iterator stack and costs several in-block key decodes:
 /// a phrase's page at 1M records, whose candidates lie about 25 records
-/// apart, took 0.97–1.0 ms with a limit of 64, 0.72–0.80 with 16 and
-/// 0.74–1.26 with 8 (alternated four times).
+/// apart, took 0.97–1.60 ms with a limit of 64 and 0.73–0.75 with 16
+/// (`index-pages`, see ARCHITECTURE).
 const STEP_LIMIT: u64 = 16;
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
