@@ -63,6 +63,8 @@ struct Args {
 /// One benchmark query, in each system's terms.
 struct BenchQuery {
     name: &'static str,
+    /// What lode is asked, as `index-pages --query` takes it.
+    text: String,
     lode: Box<dyn Fn(&Index) -> usize>,
     sqlite: serde_json::Value,
     rg: Vec<String>,
@@ -141,6 +143,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print_index_space(&dir.join("index"), n)?;
 
     let queries = pick_queries(&records);
+    println!("\nqueries (as index-pages --query takes them):");
+    for query in &queries {
+        println!("  {:<28} {}", query.name, query.text);
+    }
     let sqlite = (!args.no_sqlite)
         .then(|| sqlite_times(&dir, &jsonl, &queries, args.runs))
         .transpose()?;
@@ -444,30 +450,35 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
     vec![
         BenchQuery {
             name: "rare word top-100",
+            text: rare.clone(),
             lode: top(rare.clone()),
             sqlite: json!({"name": "rare word top-100", "kind": "top", "words": [rare]}),
             rg: vec!["-i".into(), "-w".into(), rare.clone()],
         },
         BenchQuery {
             name: "phrase top-100",
+            text: phrase_text.clone(),
             lode: top(phrase_text),
             sqlite: json!({"name": "phrase top-100", "kind": "top", "words": phrase}),
             rg: vec!["-i".into(), phrase_rg.clone()],
         },
         BenchQuery {
             name: "common word top-100",
+            text: common.clone(),
             lode: top(common.clone()),
             sqlite: json!({"name": "common word top-100", "kind": "top", "words": [common]}),
             rg: vec!["-i".into(), "-w".into(), common.clone()],
         },
         BenchQuery {
             name: "service:hdfs + word top-100",
+            text: format!("service:hdfs {hdfs_word}"),
             lode: top(format!("service:hdfs {hdfs_word}")),
             sqlite: json!({"name": "service:hdfs + word top-100", "kind": "field_top", "words": [hdfs_word], "service": "hdfs"}),
             rg: vec!["-i".into(), format!(r#""service":"hdfs".*\b{hdfs_word}\b"#)],
         },
         BenchQuery {
             name: "count common word",
+            text: common.clone(),
             lode: Box::new(move |index: &Index| {
                 index.count(&count_word, None, None).unwrap_or(0) as usize
             }),
@@ -478,6 +489,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         // reads them all.
         BenchQuery {
             name: "count phrase",
+            text: count_phrase_text.clone(),
             lode: Box::new(move |index: &Index| {
                 index.count(&count_phrase_text, None, None).unwrap_or(0) as usize
             }),
@@ -486,6 +498,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "24-bucket histogram",
+            text: common.clone(),
             lode: Box::new(move |index: &Index| {
                 index
                     .histogram(&hist_word, Some(min_ts), Some(max_ts + 1), Some(width))
