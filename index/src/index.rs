@@ -33,7 +33,9 @@ use crate::columns::Columns;
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::recheck::Recheck;
-use crate::schema::{Fields, TOKENIZER, analyzer, document, restrict, schema, settings, translate};
+use crate::schema::{
+    Fields, TOKENIZER, analyzer, document, schema, settings, translate_restricted,
+};
 use crate::time::{TimeRange, span};
 
 /// Most records the indexer adds between two looks at the commit deadline.
@@ -390,12 +392,13 @@ impl Index {
             until,
             recheck: Arc::clone(recheck),
         });
-        Ok(restrict(
+        Ok(translate_restricted(
             &self.fields,
-            translate(&self.fields, &query, recheck)?,
+            &query,
             time,
             before,
-        ))
+            recheck,
+        )?)
     }
 
     /// Matches per time bucket over `[since, until)` (the indexed time span
@@ -858,6 +861,60 @@ mod tests {
         tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
         let (_engine, index) = open(dir.path(), &[1, 2, 3]);
         assert_eq!(index.count("*", None, None).unwrap(), 3);
+    }
+
+    /// Phrases beside other conditions of an AND are checked together,
+    /// after the rest: each phrase must hold, with or without positions.
+    #[test]
+    fn phrases_in_one_conjunction_each_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default()).unwrap());
+        let records = [
+            ("api", "disk full on sda"),
+            ("api", "full disk on sda"),
+            ("api", "disk full sda on"),
+            ("db", "disk full on sda"),
+            ("api", "on sda disk full"),
+        ];
+        let records: Vec<LogRecord> = records
+            .iter()
+            .map(|(service, message)| LogRecord {
+                service: (*service).into(),
+                message: (*message).into(),
+                ..LogRecord::default()
+            })
+            .collect();
+        engine.append(&records).unwrap();
+        for positions in [false, true] {
+            let opts = IndexOptions {
+                positions,
+                ..IndexOptions::default()
+            };
+            let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
+            assert!(index.wait_indexed(5, Duration::from_secs(30)));
+            let seqs = |query: &str| -> Vec<u64> {
+                let search = Search {
+                    query: query.into(),
+                    ..Search::default()
+                };
+                let page = index.search(&search).unwrap();
+                page.records.iter().map(|r| r.seq).collect()
+            };
+            assert_eq!(seqs("\"disk full\" \"on sda\""), [5, 4, 1], "{positions}");
+            assert_eq!(seqs("\"on sda\" \"disk full\" service:api"), [5, 1]);
+            assert_eq!(seqs("-\"on sda\""), [3]);
+            assert_eq!(seqs("disk -\"on sda\""), [3]);
+            let not_phrase = "\"disk full\" -\"on sda\"";
+            assert_eq!(index.count(not_phrase, None, None).unwrap(), 1);
+            assert_eq!(seqs(not_phrase), [3]);
+            assert_eq!(seqs("(\"disk full\" \"full on\") OR \"sda on\""), [4, 3, 1]);
+            assert_eq!(seqs("(\"full disk\" \"disk on\") OR \"sda on\""), [3, 2]);
+            assert_eq!(
+                index.count("service:db \"full disk\"", None, None).unwrap(),
+                0
+            );
+            index.close().unwrap();
+        }
     }
 
     /// Turning positions on or off rebuilds the index; phrases give the

@@ -10,6 +10,7 @@
 //! are read in vain; a newest-first page reads about as many messages as
 //! it returns.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use lode_query::has_phrase;
@@ -27,49 +28,60 @@ use crate::recheck::{Filtered, Recheck, explain, seqs_of};
 /// newest-first page reads candidates a window at a time.
 const READ_COST: u64 = 100;
 
-/// Records whose `field` (the message) holds `words` consecutively.
+/// Records that every query of `within` matches and whose `field` (the
+/// message) holds each of `phrases`, its words consecutively. The index
+/// finds the records holding every word of the phrases and matching
+/// `within`; only those are read and checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Phrase {
     pub(crate) field: Field,
-    pub(crate) words: Arc<[String]>,
+    pub(crate) phrases: Arc<[Arc<[String]>]>,
+    pub(crate) within: Arc<[Box<dyn Query>]>,
     pub(crate) recheck: Arc<Recheck>,
 }
 
 impl Query for Phrase {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        let all_words = BooleanQuery::new(
-            self.words
-                .iter()
-                .map(|word| {
-                    let term = Term::from_field_text(self.field, word);
-                    let query: Box<dyn Query> =
-                        Box::new(TermQuery::new(term, IndexRecordOption::Basic));
-                    (Occur::Must, query)
-                })
+        let words: BTreeSet<&String> = self.phrases.iter().flat_map(|p| p.iter()).collect();
+        let words = words.into_iter().map(|word| {
+            let term = Term::from_field_text(self.field, word);
+            let query: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+            query
+        });
+        let candidates = BooleanQuery::new(
+            words
+                .chain(self.within.iter().map(|q| q.box_clone()))
+                .map(|query| (Occur::Must, query))
                 .collect(),
         );
         Ok(Box::new(PhraseWeight {
-            all_words: all_words.weight(scoring)?,
+            candidates: candidates.weight(scoring)?,
             phrase: self.clone(),
         }))
     }
 }
 
 struct PhraseWeight {
-    all_words: Box<dyn Weight>,
+    candidates: Box<dyn Weight>,
     phrase: Phrase,
 }
 
 impl Weight for PhraseWeight {
-    /// The docs holding every word whose message has them in order.
+    /// The candidates whose message holds every phrase.
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        let candidates = self.all_words.scorer(reader, boost)?;
-        let Phrase { words, recheck, .. } = self.phrase.clone();
+        let candidates = self.candidates.scorer(reader, boost)?;
+        let Phrase {
+            phrases, recheck, ..
+        } = self.phrase.clone();
         let columns = recheck.columns(reader)?;
         let keeps = move |docs: &[DocId]| {
             let seqs = seqs_of(&columns.seqs, docs.iter().copied());
             recheck
-                .read_many(&seqs, |record| has_phrase(&record.message, &words))
+                .read_many(&seqs, |record| {
+                    phrases
+                        .iter()
+                        .all(|words| has_phrase(&record.message, words))
+                })
                 .into_iter()
                 .map(|holds| holds.unwrap_or(false))
                 .collect()

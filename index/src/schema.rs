@@ -172,9 +172,28 @@ fn regex_query(field: Field, prefix: &str) -> tantivy::Result<Box<dyn TQuery>> {
     )?))
 }
 
-/// Translates a parsed query; phrases read candidates' messages through
-/// `recheck`. `Err` only for a regex tantivy refuses.
-pub(crate) fn translate(
+/// Translates a parsed query restricted to a time range and to
+/// `seq < before`; phrases read candidates' messages through `recheck`.
+/// `Err` only for a regex tantivy refuses.
+pub(crate) fn translate_restricted(
+    fields: &Fields,
+    query: &Query,
+    time: Option<TimeRange>,
+    before: Option<u64>,
+    recheck: &Arc<Recheck>,
+) -> tantivy::Result<Box<dyn TQuery>> {
+    let mut also: Vec<Box<dyn TQuery>> = Vec::new();
+    if let Some(time) = time {
+        also.push(Box::new(time));
+    }
+    if let Some(before) = before {
+        let upper = Bound::Excluded(Term::from_field_u64(fields.seq, before));
+        also.push(Box::new(RangeQuery::new(Bound::Unbounded, upper)));
+    }
+    conjunction(fields, query, also, recheck)
+}
+
+fn translate(
     fields: &Fields,
     query: &Query,
     recheck: &Arc<Recheck>,
@@ -183,17 +202,7 @@ pub(crate) fn translate(
         Query::All => Box::new(AllQuery),
         Query::Word(word) => term_query(fields.message, word),
         Query::WordPrefix(prefix) => regex_query(fields.message, prefix)?,
-        Query::Phrase(words) if fields.positions => Box::new(PhraseQuery::new(
-            words
-                .iter()
-                .map(|w| Term::from_field_text(fields.message, w))
-                .collect(),
-        )),
-        Query::Phrase(words) => Box::new(Phrase {
-            field: fields.message,
-            words: words.as_slice().into(),
-            recheck: Arc::clone(recheck),
-        }),
+        Query::Phrase(_) | Query::And(_) => conjunction(fields, query, Vec::new(), recheck)?,
         Query::FieldIs(field, value) => {
             let (field, text) = field_term(fields, field, value);
             term_query(field, &text)
@@ -206,12 +215,6 @@ pub(crate) fn translate(
             levels_selected(*cmp, bound)
                 .into_iter()
                 .map(|name| Term::from_field_text(fields.level, name)),
-        )),
-        Query::And(parts) => Box::new(BooleanQuery::new(
-            parts
-                .iter()
-                .map(|q| Ok((Occur::Must, translate(fields, q, recheck)?)))
-                .collect::<tantivy::Result<_>>()?,
         )),
         Query::Or(parts) => Box::new(BooleanQuery::new(
             parts
@@ -227,26 +230,61 @@ pub(crate) fn translate(
     })
 }
 
-/// `query` restricted to a time range and to `seq < before`.
-pub(crate) fn restrict(
+/// The parts of `query` that must all hold: an AND's parts (nested ANDs
+/// flattened), or the query itself.
+fn conjuncts(query: &Query) -> Vec<&Query> {
+    match query {
+        Query::And(parts) => parts.iter().flat_map(conjuncts).collect(),
+        other => vec![other],
+    }
+}
+
+/// Every conjunct of `query` and every query of `also`. Without positions,
+/// the phrases among the conjuncts are settled last, in one check: only
+/// the records that every other conjunct and every word of the phrases
+/// match are read (two-phase matching). A phrase beside a filter, a time
+/// range or a page's cursor reads no record the rest excludes.
+fn conjunction(
     fields: &Fields,
-    query: Box<dyn TQuery>,
-    time: Option<TimeRange>,
-    before: Option<u64>,
-) -> Box<dyn TQuery> {
-    let mut parts = vec![(Occur::Must, query)];
-    if let Some(time) = time {
-        parts.push((Occur::Must, Box::new(time) as Box<dyn TQuery>));
+    query: &Query,
+    also: Vec<Box<dyn TQuery>>,
+    recheck: &Arc<Recheck>,
+) -> tantivy::Result<Box<dyn TQuery>> {
+    let mut within = also;
+    let mut phrases: Vec<Arc<[String]>> = Vec::new();
+    for part in conjuncts(query) {
+        match part {
+            Query::Phrase(words) if fields.positions => within.push(Box::new(PhraseQuery::new(
+                words
+                    .iter()
+                    .map(|w| Term::from_field_text(fields.message, w))
+                    .collect(),
+            ))),
+            Query::Phrase(words) => phrases.push(words.as_slice().into()),
+            other => within.push(translate(fields, other, recheck)?),
+        }
     }
-    if let Some(before) = before {
-        let upper = Bound::Excluded(Term::from_field_u64(fields.seq, before));
-        parts.push((
-            Occur::Must,
-            Box::new(RangeQuery::new(Bound::Unbounded, upper)) as Box<dyn TQuery>,
-        ));
+    if phrases.is_empty() {
+        return Ok(all_of(within));
     }
-    if parts.len() == 1 {
-        return parts.remove(0).1;
+    Ok(Box::new(Phrase {
+        field: fields.message,
+        phrases: phrases.into(),
+        within: within.into(),
+        recheck: Arc::clone(recheck),
+    }))
+}
+
+/// A query matching what every one of `parts` matches.
+fn all_of(mut parts: Vec<Box<dyn TQuery>>) -> Box<dyn TQuery> {
+    match parts.pop() {
+        Some(only) if parts.is_empty() => only,
+        last => Box::new(BooleanQuery::new(
+            parts
+                .into_iter()
+                .chain(last)
+                .map(|q| (Occur::Must, q))
+                .collect(),
+        )),
     }
-    Box::new(BooleanQuery::new(parts))
 }
