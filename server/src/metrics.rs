@@ -199,6 +199,7 @@ const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
     ("unsealed_records", "Records still in the WAL.", false),
     ("sealed_segments", "Sealed segments retained.", false),
     ("sealed_bytes", "Bytes of sealed segment files.", false),
+    ("wal_appends", "Batches appended to the WAL.", true),
     ("group_commits", "WAL write and fsync rounds.", true),
     ("seal_failures", "Seals that failed (retried).", true),
     ("dropped_segments", "Segments dropped by retention.", true),

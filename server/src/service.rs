@@ -237,6 +237,7 @@ impl Service {
             ("sealed_segments", s.sealed_segments),
             ("sealed_records", s.sealed_records),
             ("sealed_bytes", s.sealed_bytes),
+            ("wal_appends", s.appends),
             ("group_commits", s.group_commits),
             ("seal_failures", s.seal_failures),
             ("dropped_segments", s.dropped_segments),

@@ -64,6 +64,8 @@ struct Figures {
     tcp: Vec<f64>,
     quic: Vec<f64>,
     http: Vec<f64>,
+    /// Batches per WAL group commit, embedded, over tcp and over quic.
+    per_commit: [Vec<f64>; 3],
     /// Per query: in-process and over-the-wire times, ms.
     timings: Vec<(Vec<f64>, Vec<f64>)>,
 }
@@ -90,6 +92,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         tcp: vec![],
         quic: vec![],
         http: vec![],
+        per_commit: [vec![], vec![], vec![]],
         timings: vec![(vec![], vec![]); QUERIES.len()],
     };
     for run in 0..args.runs.max(1) {
@@ -112,6 +115,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             clients.push(Client::connect_tcp(&addr).await?);
         }
         let rate = remote_ingest(&clients, &batches, args.window).await?;
+        f.per_commit[1].push(batches_per_commit(&clients).await?);
         f.tcp.push(rate);
         eprintln!("  binary over tcp   {rate:>12.0} records/s");
         if let Some(client) = clients.first() {
@@ -135,6 +139,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             clients.push(Client::connect_quic(addr, &cert, "localhost").await?);
         }
         let rate = remote_ingest(&clients, &batches, args.window).await?;
+        f.per_commit[2].push(batches_per_commit(&clients).await?);
         f.quic.push(rate);
         eprintln!("  binary over quic  {rate:>12.0} records/s");
         drop(clients);
@@ -195,6 +200,8 @@ async fn embedded(
         }
         Ok(acked as f64 / started.elapsed().as_secs_f64())
     })?;
+    let stats = service.engine().stats();
+    f.per_commit[0].push(stats.appends as f64 / stats.group_commits.max(1) as f64);
     f.embedded.push(rate);
     eprintln!("  embedded          {rate:>12.0} records/s");
     Ok(service)
@@ -225,6 +232,16 @@ async fn remote_ingest(
         acked += done.end - done.start;
     }
     Ok(acked as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Batches the server's WAL wrote per group commit (write and fsync).
+async fn batches_per_commit(clients: &[Client]) -> Result<f64, CliError> {
+    let Some(client) = clients.first() else {
+        return Ok(0.0);
+    };
+    let stats = client.stats().await?;
+    let figure = |name: &str| stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
+    Ok(figure("wal_appends") as f64 / figure("group_commits").max(1) as f64)
 }
 
 fn filter(query: &str) -> Filter {
@@ -515,8 +532,8 @@ fn report(args: &BenchArgs, f: &mut Figures) {
         args.records, args.batch, args.window, args.runs, args.background
     );
     println!(
-        "{:<40} {:>14} {:>12} {:>12}",
-        "ingest (acknowledged = durable)", "records/s", "vs embedded", "run ratios"
+        "{:<40} {:>14} {:>12} {:>12} {:>12}",
+        "ingest (acknowledged = durable)", "records/s", "vs embedded", "run ratios", "per commit"
     );
     let rows = [
         ("embedded (engine + index, in process)", embedded),
@@ -527,15 +544,23 @@ fn report(args: &BenchArgs, f: &mut Figures) {
         ),
         ("http json lines", median(&mut f.http)),
     ];
-    for ((name, rate), run_ratio) in rows.into_iter().zip(run_ratios) {
+    let per_commit: Vec<String> = f
+        .per_commit
+        .iter_mut()
+        .map(|v| format!("{:.1}", median(v)))
+        .chain(["-".to_owned()])
+        .collect();
+    for (((name, rate), run_ratio), per_commit) in rows.into_iter().zip(run_ratios).zip(per_commit)
+    {
         println!(
-            "{name:<40} {rate:>14.0} {:>11.2}x {run_ratio:>11.2}x",
+            "{name:<40} {rate:>14.0} {:>11.2}x {run_ratio:>11.2}x {per_commit:>12}",
             rate / embedded
         );
     }
     println!(
         "(vs embedded: ratio of the medians; run ratios: median over runs of\n\
-         each run's rate over the embedded rate of the same run)"
+         each run's rate over the embedded rate of the same run; per commit:\n\
+         batches the WAL wrote per group commit, a write and an fsync)"
     );
     println!(
         "\n{:<40} {:>12} {:>12} {:>12}",
