@@ -97,16 +97,15 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     };
     for run in 0..args.runs.max(1) {
         eprintln!("run {}/{}", run + 1, args.runs);
-        let service = embedded(
-            &root.join(format!("embedded-{run}")),
-            &batches,
-            &args,
-            &mut f,
-        )
-        .await?;
+        let embedded_dir = root.join(format!("embedded-{run}"));
+        let service = embedded(&embedded_dir, &batches, &args, &mut f).await?;
         // Each measurement starts on a quiet machine: the embedded index
-        // catches up before the server is started.
-        tokio::task::block_in_place(|| service.wait_indexed(Duration::from_secs(600)));
+        // catches up, and the embedded service is closed (its index merges
+        // would compete with the server) until the query timings.
+        tokio::task::block_in_place(|| {
+            service.wait_indexed(Duration::from_secs(600));
+            service.close()
+        })?;
         let tcp_dir = root.join(format!("tcp-{run}"));
         let (child, line) = start_server(&tcp_dir, ["--listen", "127.0.0.1:0"], &args.background)?;
         let addr = field(&line, "binary (tcp)")?;
@@ -118,12 +117,13 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         f.per_commit[1].push(batches_per_commit(&clients).await?);
         f.tcp.push(rate);
         eprintln!("  binary over tcp   {rate:>12.0} records/s");
+        let service = open_service(&embedded_dir, &args).await?;
         if let Some(client) = clients.first() {
             latency(&service, client, args.queries, &mut f).await?;
         }
         drop(clients);
         drop(child);
-        service.close()?;
+        tokio::task::block_in_place(|| service.close())?;
 
         let (child, line) = start_server(
             &root.join(format!("quic-{run}")),
@@ -166,14 +166,8 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The embedded reference: the same batches through an engine and index
-/// opened in this process, `window` appends in flight from one thread.
-async fn embedded(
-    dir: &Path,
-    batches: &Arc<Vec<Vec<LogRecord>>>,
-    args: &BenchArgs,
-    f: &mut Figures,
-) -> Result<Service, CliError> {
+/// The engine and index of `dir`, opened in this process.
+async fn open_service(dir: &Path, args: &BenchArgs) -> Result<Service, CliError> {
     let mut config = Config {
         data: dir.to_owned(),
         ..Config::default()
@@ -182,6 +176,18 @@ async fn embedded(
     let service = tokio::task::spawn_blocking(move || Service::open(&config))
         .await
         .map_err(|e| CliError::new(e.to_string()))??;
+    Ok(service)
+}
+
+/// The embedded reference: the same batches through an engine and index
+/// opened in this process, `window` appends in flight from one thread.
+async fn embedded(
+    dir: &Path,
+    batches: &Arc<Vec<Vec<LogRecord>>>,
+    args: &BenchArgs,
+    f: &mut Figures,
+) -> Result<Service, CliError> {
+    let service = open_service(dir, args).await?;
     let window = args.window.max(1);
     let rate = tokio::task::block_in_place(|| -> Result<f64, CliError> {
         let started = Instant::now();
