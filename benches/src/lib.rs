@@ -4,7 +4,7 @@
 // Benchmarks read only their own generated data.
 #![allow(clippy::indexing_slicing)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Peak resident set size of this process so far, in KiB (Linux).
@@ -64,6 +64,24 @@ pub fn run_child<T: serde::de::DeserializeOwned>(args: &[String]) -> Result<T, S
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).map_err(|e| format!("child output {last:?}: {e}"))
+}
+
+/// The SQLite FTS5 reference script: where this crate was built, or, for a
+/// binary run from another checkout, under `benches/py/` of the current
+/// directory (a repository root).
+pub fn sqlite_script() -> Result<PathBuf, String> {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/sqlite_fts5.py");
+    let here = Path::new("benches/py/sqlite_fts5.py").to_owned();
+    [built.clone(), here.clone()]
+        .into_iter()
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            format!(
+                "the SQLite reference script is at neither {} nor {} (run from the repository root, or pass --no-sqlite)",
+                built.display(),
+                here.display()
+            )
+        })
 }
 
 #[cfg(test)]

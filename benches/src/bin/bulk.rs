@@ -141,7 +141,7 @@ fn main() {
 
         if !args.no_sqlite {
             let db = root.join("fts.db");
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/sqlite_fts5.py");
+            let script = lode_benches::sqlite_script().expect("the SQLite reference script");
             let output = Command::new("python3")
                 .arg(script)
                 .arg(&input)

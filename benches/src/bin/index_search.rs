@@ -521,14 +521,11 @@ fn sqlite_times(
         &spec,
         serde_json::to_string(&queries.iter().map(|q| &q.sqlite).collect::<Vec<_>>())?,
     )?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/sqlite_fts5.py");
+    let script = lode_benches::sqlite_script()?;
     eprintln!("loading SQLite FTS5 (this takes a while)");
     let output = Command::new("python3")
-        .args([
-            script,
-            &jsonl.display().to_string(),
-            &spec.display().to_string(),
-        ])
+        .arg(script)
+        .args([&jsonl.display().to_string(), &spec.display().to_string()])
         .arg(dir.join("fts5.db"))
         .arg(runs.to_string())
         .output()?;
