@@ -246,8 +246,12 @@ async fn batches_per_commit(clients: &[Client]) -> Result<f64, CliError> {
         return Ok(0.0);
     };
     let stats = client.stats().await?;
-    let figure = |name: &str| stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
-    Ok(figure("wal_appends") as f64 / figure("group_commits").max(1) as f64)
+    Ok(figure(&stats, "wal_appends") as f64 / figure(&stats, "group_commits").max(1) as f64)
+}
+
+/// The server's figure `name` among its stats (0 when absent).
+fn figure(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
 }
 
 fn filter(query: &str) -> Filter {
@@ -267,12 +271,7 @@ async fn latency(
     // Both sides must have every record searchable first.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let lag = client
-            .stats()
-            .await?
-            .into_iter()
-            .find(|(k, _)| k == "index_lag")
-            .map_or(0, |(_, v)| v);
+        let lag = figure(&client.stats().await?, "index_lag");
         if lag == 0 || Instant::now() > deadline {
             break;
         }
