@@ -405,3 +405,42 @@ fn background_priorities_are_applied_to_the_calling_thread() {
     }
     assert_eq!(on_a_thread(Background::Normal).1, thread_priority());
 }
+
+#[test]
+fn closed_segments_tile_the_log_before_and_after_sealing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        background_sealing: false,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    for start in (1..400).step_by(30) {
+        engine.append(&records(start..start + 30)).unwrap();
+    }
+    let check = |engine: &Engine| {
+        let closed = engine.closed_segments();
+        assert!(closed.len() > 2, "small segments rotate: {closed:?}");
+        let mut expected_start = 1;
+        for range in &closed {
+            assert_eq!(range.start, expected_start, "{closed:?}");
+            for seq in range.clone() {
+                assert_eq!(engine.segment_end(seq), Some(range.end));
+            }
+            expected_start = range.end;
+        }
+        // Past the last closed segment lies the active one.
+        for seq in expected_start..engine.next_seq() + 2 {
+            assert_eq!(engine.segment_end(seq), None, "seq {seq}");
+        }
+        closed
+    };
+    let unsealed = check(&engine);
+    assert!(engine.segments().is_empty(), "no sealing in the background");
+    engine.seal().unwrap();
+    let sealed = check(&engine);
+    assert_eq!(engine.segments().len(), sealed.len());
+    // Sealing the active segment closed it; the closed ones stayed as they were.
+    assert_eq!(sealed.get(..unsealed.len()), Some(&unsealed[..]));
+    assert_eq!(sealed.last().map(|r| r.end), Some(engine.next_seq()));
+}

@@ -7,6 +7,7 @@
 //! again from that seq on: the index never misses an acknowledged record
 //! and never holds one twice.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use tantivy::Searcher;
 use tantivy::collector::Count;
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
+use tantivy::index::SegmentId;
 
 use tantivy::Term;
 use tantivy::indexer::UserOperation;
@@ -32,6 +34,7 @@ use tantivy::{DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SegmentRead
 use crate::columns::Columns;
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
+use crate::merge::AlignedMerges;
 use crate::recheck::Recheck;
 use crate::schema::{
     Fields, TOKENIZER, analyzer, document, schema, settings, translate_restricted,
@@ -254,6 +257,10 @@ impl Index {
                 .join()
                 .map_err(|_| Error::Indexer("creating the index writer panicked".into()))
         })??;
+        writer.set_merge_policy(Box::new(AlignedMerges::new(
+            index.clone(),
+            Arc::clone(&engine),
+        )));
         let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
         let columns = Arc::new(Columns::default());
         let warmer: Arc<dyn Warmer> = columns.clone();
@@ -274,6 +281,7 @@ impl Index {
             commit_interval: opts.commit_interval,
             pruned_below: 0,
             prune_pending: false,
+            closed_seen: 0,
         };
         let handle = std::thread::Builder::new()
             .name("lode-indexer".into())
@@ -675,29 +683,44 @@ struct Indexer {
     /// Documents below this seq are deleted (or their deletion is pending).
     pruned_below: u64,
     prune_pending: bool,
+    /// End of the last closed engine segment a commit was made for.
+    closed_seen: u64,
 }
 
 impl Indexer {
     fn run(mut self, from: u64) -> Result<()> {
         let mut next = from;
-        let mut pending: Option<u64> = None;
-        let mut last_commit = Instant::now();
+        // The first and last seq added and not committed.
+        let mut pending: Option<(u64, u64)> = None;
+        let mut last_refresh = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             if !stopping && self.engine.wait_for(next, Duration::from_millis(20)) {
                 // Index what is durable, in place, up to the commit deadline.
                 // Bounded rounds, so commits stay timely while catching up.
-                let end = self
-                    .engine
-                    .next_seq()
-                    .min(next.saturating_add(CATCH_UP_ROUND));
+                let durable = self.engine.next_seq();
+                // One commit never spans two engine segments (see `merge`).
+                // Asked after `durable` was read: if the pending records'
+                // segment is still open now, every durable record is in it.
+                if let Some((first, _)) = pending
+                    && self
+                        .engine
+                        .segment_end(first)
+                        .is_some_and(|end| end <= next)
+                {
+                    self.commit_pending(&mut pending, &mut last_refresh)?;
+                }
+                let segment_end = self.engine.segment_end(next);
+                let end = durable
+                    .min(next.saturating_add(CATCH_UP_ROUND))
+                    .min(segment_end.unwrap_or(u64::MAX));
                 let (writer, fields) = (&self.writer, &self.fields);
                 let mut failed = None;
                 let mut batch = Vec::with_capacity(DOCS_PER_SEND);
                 let reached = self.engine.visit(next..end, |seq, record| {
                     if failed.is_none() {
                         batch.push(UserOperation::Add(document(fields, seq, record)));
-                        pending = Some(seq);
+                        pending = Some((pending.map_or(seq, |(first, _)| first), seq));
                         if batch.len() >= DOCS_PER_SEND
                             && let Err(e) = writer.run(batch.drain(..))
                         {
@@ -715,14 +738,19 @@ impl Indexer {
                     return Err(e.into());
                 }
                 next = reached.max(next);
+                // A closed segment's last records: committed now, so its
+                // runs can be merged into one.
+                if pending.is_some() && segment_end == Some(next) {
+                    self.commit_pending(&mut pending, &mut last_refresh)?;
+                }
             }
             let pruned = self.prune_retained()?;
-            let due = stopping || last_commit.elapsed() >= self.commit_interval;
-            if due && (pending.is_some() || pruned) {
-                let seq = pending.unwrap_or_else(|| self.indexed_upto.load(Ordering::Acquire));
-                self.commit(seq)?;
-                pending = None;
-                last_commit = Instant::now();
+            let due = stopping || last_refresh.elapsed() >= self.commit_interval;
+            if due && (pending.is_some() || pruned || self.closed_since_commit()) {
+                self.commit_pending(&mut pending, &mut last_refresh)?;
+            } else if due {
+                self.see_merges()?;
+                last_refresh = Instant::now();
             }
             if stopping {
                 return Ok(());
@@ -743,6 +771,58 @@ impl Indexer {
         self.pruned_below = floor;
         self.prune_pending = true;
         Ok(true)
+    }
+
+    /// Whether the engine segment of the last committed record closed
+    /// since, with no record after it: a commit, even with nothing new,
+    /// lets the merge policy see it closed.
+    fn closed_since_commit(&mut self) -> bool {
+        let upto = self.indexed_upto.load(Ordering::Acquire);
+        match self.engine.segment_end(upto) {
+            Some(end) if upto > 0 && end == upto + 1 && end > self.closed_seen => {
+                self.closed_seen = end;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reloads the reader when merges changed the committed segments, so
+    /// searches use the merged segments and the files they replace can go.
+    fn see_merges(&mut self) -> Result<()> {
+        let committed: HashSet<SegmentId> = self
+            .writer
+            .index()
+            .searchable_segment_ids()?
+            .into_iter()
+            .collect();
+        let searched: HashSet<SegmentId> = self
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(SegmentReader::segment_id)
+            .collect();
+        if committed != searched {
+            self.reader.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Commits what was added (`pending`: first and last seq) and what
+    /// was deleted.
+    fn commit_pending(
+        &mut self,
+        pending: &mut Option<(u64, u64)>,
+        last_refresh: &mut Instant,
+    ) -> Result<()> {
+        let seq = match pending.take() {
+            Some((_, last)) => last,
+            None => self.indexed_upto.load(Ordering::Acquire),
+        };
+        self.commit(seq)?;
+        *last_refresh = Instant::now();
+        Ok(())
     }
 
     fn commit(&mut self, seq: u64) -> Result<()> {
@@ -951,5 +1031,97 @@ mod tests {
             assert_eq!(index.count("connection refused", None, None).unwrap(), 2);
             index.close().unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod aligned {
+    use lode_engine::{LogRecord, Options};
+
+    use super::*;
+    use crate::merge::seq_run;
+
+    /// The seq run of each searched tantivy segment, in seq order (`None`
+    /// for one whose docs are not consecutive seqs).
+    fn searched_runs(index: &Index) -> Vec<Option<std::ops::Range<u64>>> {
+        let mut runs: Vec<_> = index
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(seq_run)
+            .collect();
+        runs.sort_by_key(|run| run.as_ref().map(|r| r.start));
+        runs
+    }
+
+    fn append(engine: &Engine, batch: u64) -> u64 {
+        let records: Vec<LogRecord> = (0..50)
+            .map(|i| LogRecord {
+                ts: 1_700_000_000_000_000_000 + (batch * 50 + i) as i64,
+                message: format!("record {i} of batch {batch} {}", "x".repeat(40)),
+                ..LogRecord::default()
+            })
+            .collect();
+        engine.append(&records).unwrap().end - 1
+    }
+
+    /// Waits (30 s at most) until the searched tantivy segments are the
+    /// engine's closed segments, one each, and checks that they are.
+    fn check_aligned(engine: &Engine, index: &Index) {
+        let expected: Vec<_> = engine.closed_segments().into_iter().map(Some).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut runs = searched_runs(index);
+        while runs != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            runs = searched_runs(index);
+        }
+        assert_eq!(runs, expected);
+    }
+
+    /// Many small commits over several engine segments: once the segments
+    /// are closed, each is one tantivy segment of its records in seq order,
+    /// so a doc id is a record's offset in its segment. Also when the last
+    /// segment closes after all its records were committed, in two commits,
+    /// and nothing follows.
+    #[test]
+    fn each_closed_engine_segment_becomes_one_tantivy_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            segment_bytes: 64 << 10,
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
+        let index = Index::open(
+            Arc::clone(&engine),
+            dir.path().join("index"),
+            IndexOptions {
+                commit_interval: Duration::from_millis(5),
+                ..IndexOptions::default()
+            },
+        )
+        .unwrap();
+        let mut appended = 0;
+        for batch in 0..60 {
+            appended = append(&engine, batch);
+            // Let the indexer commit parts of a segment on their own.
+            if batch % 4 == 0 {
+                assert!(index.wait_indexed(appended, Duration::from_secs(30)));
+            }
+        }
+        engine.seal().unwrap();
+        assert!(
+            engine.closed_segments().len() >= 3,
+            "several engine segments"
+        );
+        check_aligned(&engine, &index);
+        for batch in 60..62 {
+            appended = append(&engine, batch);
+            assert!(index.wait_indexed(appended, Duration::from_secs(30)));
+        }
+        engine.seal().unwrap();
+        check_aligned(&engine, &index);
+        assert_eq!(index.count("*", None, None).unwrap(), appended);
+        assert_eq!(index.count("batch", None, None).unwrap(), appended);
     }
 }

@@ -31,6 +31,7 @@ mod columns;
 mod error;
 mod facets;
 mod index;
+mod merge;
 mod phrase;
 mod recheck;
 mod schema;
