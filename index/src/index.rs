@@ -21,7 +21,7 @@ use std::collections::BinaryHeap;
 
 use std::ops::Bound;
 use tantivy::Searcher;
-use tantivy::collector::Count;
+use tantivy::collector::{Collector, Count};
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
 use tantivy::index::SegmentId;
@@ -29,7 +29,9 @@ use tantivy::index::SegmentId;
 use tantivy::Term;
 use tantivy::indexer::UserOperation;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery, Weight};
-use tantivy::{DocId, DocSet, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, Warmer};
+use tantivy::{
+    DocId, DocSet, Executor, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, Warmer,
+};
 
 use crate::columns::Columns;
 use crate::error::{Error, Result};
@@ -154,6 +156,9 @@ pub struct Index {
     /// Each segment's seq and time columns; also a warmer of the reader,
     /// which keeps it alive only through this `Arc`.
     columns: Arc<Columns>,
+    /// Runs a histogram's or top values' collection of each segment on a
+    /// thread of a pool, one per core: they read every match.
+    scans: Executor,
 }
 
 impl std::fmt::Debug for Index {
@@ -220,6 +225,19 @@ fn open_tantivy(dir: &Path, positions: bool) -> Result<(tantivy::Index, Fields)>
         other => other?,
     };
     Ok((index, fields))
+}
+
+/// A pool of one thread per core for [`Index::scan`]; one thread, the
+/// caller's, when there is one core or the pool cannot start.
+fn scan_executor() -> Executor {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores < 2 {
+        return Executor::single_thread();
+    }
+    Executor::multi_thread(cores.min(8), "lode-scan-").unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no thread pool for scans; scanning on one thread");
+        Executor::single_thread()
+    })
 }
 
 fn parse_cursor(cursor: &str) -> Result<u64> {
@@ -302,6 +320,7 @@ impl Index {
             indexer: Some(handle),
             max_limit: opts.max_limit,
             columns,
+            scans: scan_executor(),
         })
     }
 
@@ -474,7 +493,7 @@ impl Index {
                 until,
                 recheck: Arc::clone(recheck),
             };
-            Ok(searcher.search(&tquery, &collector)?)
+            Ok(self.scan(&searcher, tquery.as_ref(), &collector)?)
         })?;
         Ok(Histogram {
             start,
@@ -498,12 +517,23 @@ impl Index {
             let collector = TopValuesCollector {
                 field: field.name(),
             };
-            Ok(self.reader.searcher().search(&tquery, &collector)?)
+            Ok(self.scan(&self.reader.searcher(), tquery.as_ref(), &collector)?)
         })?;
         let mut top: Vec<(String, u64)> = counts.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(k);
         Ok(top)
+    }
+
+    /// Collects every match of `query`, segments in parallel.
+    fn scan<C: Collector>(
+        &self,
+        searcher: &Searcher,
+        query: &dyn TQuery,
+        collector: &C,
+    ) -> tantivy::Result<C::Fruit> {
+        let scoring = EnableScoring::disabled_from_searcher(searcher);
+        searcher.search_with_executor(query, collector, &self.scans, scoring)
     }
 
     /// A live tail: records from `from_seq` on that match `query`, as they

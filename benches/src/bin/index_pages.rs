@@ -29,6 +29,10 @@ struct Args {
     /// Timed pages per query (the median is printed).
     #[arg(long, default_value_t = 3000)]
     runs: usize,
+    /// Time a histogram of each query's matches over all time (24 buckets,
+    /// as `index-search`) instead of a page.
+    #[arg(long)]
+    histogram: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,11 +57,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut ms: Vec<f64> = Vec::with_capacity(args.runs);
         for _ in 0..args.runs.max(1) {
             let started = Instant::now();
-            found = index.search(&search)?.records.len();
+            found = if args.histogram {
+                let histogram = index.histogram(query, None, None, None)?;
+                histogram.buckets.iter().sum::<u64>() as usize
+            } else {
+                index.search(&search)?.records.len()
+            };
             ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
         println!(
-            "{query:<30} {found:>4} records  median {:.3} ms",
+            "{query:<30} {found:>7} records  median {:.3} ms",
             median(&mut ms)
         );
     }
