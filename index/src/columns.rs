@@ -15,6 +15,7 @@ use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
 use tantivy::{Searcher, SearcherGeneration, SegmentReader, Warmer};
 
+use crate::bitmaps::FieldBitmaps;
 use crate::schema::{SEQ_FIELD, TS_FIELD};
 
 /// A segment's columns.
@@ -27,6 +28,8 @@ pub(crate) struct SegmentColumns {
     /// Whether the docs are in increasing seq order (what the
     /// single-threaded indexer writes; a merge may interleave).
     pub(crate) ordered: bool,
+    /// Docs per value of level, service and host.
+    pub(crate) bitmaps: FieldBitmaps,
 }
 
 impl SegmentColumns {
@@ -40,7 +43,12 @@ impl SegmentColumns {
             previous = seq;
             rising
         });
-        Ok(SegmentColumns { seqs, ms, ordered })
+        Ok(SegmentColumns {
+            seqs,
+            ms,
+            ordered,
+            bitmaps: FieldBitmaps::build(reader)?,
+        })
     }
 }
 

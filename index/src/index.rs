@@ -7,7 +7,9 @@
 //! again from that seq on: the index never misses an acknowledged record
 //! and never holds one twice.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,24 +18,19 @@ use std::time::{Duration, Instant};
 
 use lode_engine::{Background, Engine, Record};
 use lode_query::{Prepared, Query, parse};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
-use std::ops::Bound;
-use tantivy::Searcher;
+use roaring::RoaringBitmap;
 use tantivy::collector::{Collector, Count};
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
 use tantivy::index::SegmentId;
-
-use tantivy::Term;
 use tantivy::indexer::UserOperation;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery, Weight};
 use tantivy::{
-    DocId, DocSet, Executor, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, Warmer,
+    DocId, DocSet, Executor, IndexReader, IndexWriter, ReloadPolicy, Searcher, SegmentReader, Term,
+    Warmer,
 };
 
-use crate::columns::Columns;
+use crate::columns::{Columns, SegmentColumns};
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::merge::AlignedMerges;
@@ -70,7 +67,7 @@ pub enum FacetField {
 }
 
 impl FacetField {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FacetField::Level => "level",
             FacetField::Service => "service",
@@ -142,6 +139,8 @@ pub struct IndexStats {
     pub indexed_upto: u64,
     /// Durable records not yet searchable.
     pub lag: u64,
+    /// Memory the segments' field bitmaps take ([`crate::bitmaps`]).
+    pub bitmap_bytes: u64,
 }
 
 /// A full-text index over an engine. See the crate documentation.
@@ -388,6 +387,12 @@ impl Index {
 
     /// How many records match the query in the time range.
     pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
+        if since.is_none()
+            && until.is_none()
+            && let Some(matched) = self.field_matches(query)?
+        {
+            return Ok(matched.iter().map(|(_, docs)| docs.len()).sum());
+        }
         self.rechecking(|recheck| {
             let tquery = self.query(query, since, until, None, recheck)?;
             Ok(self.reader.searcher().search(&tquery, &Count)? as u64)
@@ -512,6 +517,12 @@ impl Index {
         field: FacetField,
         k: usize,
     ) -> Result<Vec<(String, u64)>> {
+        if since.is_none()
+            && until.is_none()
+            && let Some(matched) = self.field_matches(query)?
+        {
+            return Ok(top_k(tally_values(&matched, field), k));
+        }
         let counts = self.rechecking(|recheck| {
             let tquery = self.query(query, since, until, None, recheck)?;
             let collector = TopValuesCollector {
@@ -519,10 +530,25 @@ impl Index {
             };
             Ok(self.scan(&self.reader.searcher(), tquery.as_ref(), &collector)?)
         })?;
-        let mut top: Vec<(String, u64)> = counts.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(k);
-        Ok(top)
+        Ok(top_k(counts, k))
+    }
+
+    /// Each segment's matches of `text` from its field bitmaps, when every
+    /// segment answers it so (a query of field filters only, segments
+    /// without deleted docs: see [`crate::bitmaps`]).
+    fn field_matches(&self, text: &str) -> Result<Option<Matched>> {
+        let query = parse(text)?;
+        let searcher = self.reader.searcher();
+        let mut matched = Vec::new();
+        for reader in searcher.segment_readers() {
+            let columns = self.columns.of(reader)?;
+            let docs = match columns.bitmaps.matches(&query) {
+                Some(docs) if !reader.has_deletes() => docs,
+                _ => return Ok(None),
+            };
+            matched.push((columns, docs));
+        }
+        Ok(Some(matched))
     }
 
     /// Collects every match of `query`, segments in parallel.
@@ -549,9 +575,17 @@ impl Index {
     pub fn stats(&self) -> IndexStats {
         let indexed_upto = self.indexed_upto.load(Ordering::Acquire);
         let durable = self.engine.next_seq().saturating_sub(1);
+        let searcher = self.reader.searcher();
+        let bitmap_bytes = searcher
+            .segment_readers()
+            .iter()
+            .filter_map(|reader| self.columns.of(reader).ok())
+            .map(|columns| columns.bitmaps.bytes())
+            .sum();
         IndexStats {
             indexed_upto,
             lag: durable.saturating_sub(indexed_upto),
+            bitmap_bytes,
         }
     }
 
@@ -580,6 +614,31 @@ impl Index {
             None => Ok(()),
         }
     }
+}
+
+/// Each segment's matching docs, from its field bitmaps.
+type Matched = Vec<(Arc<SegmentColumns>, RoaringBitmap)>;
+
+/// How many of each segment's matches hold each value of `field`.
+fn tally_values(matched: &Matched, field: FacetField) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for (columns, docs) in matched {
+        for (value, holding) in columns.bitmaps.of(field) {
+            let n = docs.intersection_len(holding);
+            if n > 0 {
+                *counts.entry(value.clone()).or_insert(0) += n;
+            }
+        }
+    }
+    counts
+}
+
+/// The `k` largest counts, largest first (ties by value).
+fn top_k(counts: HashMap<String, u64>, k: usize) -> Vec<(String, u64)> {
+    let mut top: Vec<(String, u64)> = counts.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(k);
+    top
 }
 
 /// The `limit` highest seqs offered so far.
@@ -1066,7 +1125,7 @@ mod tests {
 
 #[cfg(test)]
 mod aligned {
-    use lode_engine::{LogRecord, Options};
+    use lode_engine::{Level, LogRecord, Options};
 
     use super::*;
     use crate::merge::seq_run;
@@ -1153,5 +1212,83 @@ mod aligned {
         check_aligned(&engine, &index);
         assert_eq!(index.count("*", None, None).unwrap(), appended);
         assert_eq!(index.count("batch", None, None).unwrap(), appended);
+    }
+
+    /// Counts and top values of field-filter queries, answered from the
+    /// field bitmaps, equal what tantivy finds (forced by a time range that
+    /// holds every record), over several segments, odd levels and empty
+    /// values included.
+    #[test]
+    fn field_bitmaps_answer_as_tantivy_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            segment_bytes: 32 << 10,
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
+        let levels = [
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+            Level::Other("NOTICE".into()),
+        ];
+        let records: Vec<LogRecord> = (0..3000u64)
+            .map(|i| LogRecord {
+                ts: 1_700_000_000_000_000_000 + i as i64,
+                level: levels[(i % 7 % 4) as usize].clone(),
+                service: ["api", "db", "", "Web"][(i % 5 % 4) as usize].into(),
+                host: format!("h{}", i % 3),
+                message: format!("message {i}"),
+                ..LogRecord::default()
+            })
+            .collect();
+        for chunk in records.chunks(100) {
+            engine.append(chunk).unwrap();
+        }
+        engine.seal().unwrap();
+        let index = Index::open(
+            Arc::clone(&engine),
+            dir.path().join("index"),
+            IndexOptions::default(),
+        )
+        .unwrap();
+        assert!(index.wait_indexed(3000, Duration::from_secs(30)));
+        assert!(index.reader.searcher().segment_readers().len() > 1);
+        let queries = [
+            "*",
+            "level:error",
+            "level:notice",
+            "level:>=warn",
+            "NOT level:info",
+            "service:api OR host:h2",
+            "service:web level:error",
+            "(service:db OR service:api) -host:h1",
+            "service:nothing",
+        ];
+        for query in queries {
+            assert!(index.field_matches(query).unwrap().is_some(), "{query}");
+            let everything = Some(0);
+            assert_eq!(
+                index.count(query, None, None).unwrap(),
+                index.count(query, everything, None).unwrap(),
+                "count of {query}"
+            );
+            for field in [FacetField::Level, FacetField::Service, FacetField::Host] {
+                assert_eq!(
+                    index.top_values(query, None, None, field, 3).unwrap(),
+                    index.top_values(query, everything, None, field, 3).unwrap(),
+                    "top {field:?} of {query}"
+                );
+            }
+        }
+        // Words are not in the bitmaps: tantivy answers.
+        assert!(
+            index
+                .field_matches("message level:error")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(index.count("*", None, None).unwrap(), 3000);
+        assert!(index.stats().bitmap_bytes > 0);
     }
 }

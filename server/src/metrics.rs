@@ -205,6 +205,11 @@ const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
     ("dropped_segments", "Segments dropped by retention.", true),
     ("index_lag", "Durable records not yet searchable.", false),
     (
+        "index_bitmap_bytes",
+        "Memory the index's field bitmaps take.",
+        false,
+    ),
+    (
         "poisoned",
         "1 when the engine refuses writes after a failed fsync.",
         false,

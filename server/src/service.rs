@@ -244,6 +244,7 @@ impl Service {
             ("dropped_records", s.dropped_records),
             ("indexed_upto", i.indexed_upto),
             ("index_lag", i.lag),
+            ("index_bitmap_bytes", i.bitmap_bytes),
             ("poisoned", u64::from(s.poisoned.is_some())),
         ]
         .into_iter()

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lode_benches::median;
 use lode_engine::{Engine, Options};
-use lode_index::{Index, IndexOptions, Search};
+use lode_index::{FacetField, Index, IndexOptions, Search};
 
-/// Time top-100 pages of each `--query` over `DIR/data` and `DIR/index`.
+/// Time top-100 pages (or counts, histograms, top services: `--kind`) of
+/// each `--query` over `DIR/data` and `DIR/index`.
 ///
 /// Example:
 ///   index-search --records 1000000 --runs 1 --ingest-runs 1 --no-sqlite --no-ripgrep --keep --dir /var/tmp/k
 ///   index-pages --dir /var/tmp/k/lode-bench-search-NNN --query proxy --query '"unix sshd"'
+///   index-pages --dir /var/tmp/k/lode-bench-search-NNN --kind top-services --query '*'
 #[derive(Parser, Debug)]
 #[command(verbatim_doc_comment)]
 struct Args {
@@ -29,10 +31,21 @@ struct Args {
     /// Timed pages per query (the median is printed).
     #[arg(long, default_value_t = 3000)]
     runs: usize,
-    /// Time a histogram of each query's matches over all time (24 buckets,
-    /// as `index-search`) instead of a page.
-    #[arg(long)]
-    histogram: bool,
+    /// What to time for each query.
+    #[arg(long, value_enum, default_value_t = Kind::Page)]
+    kind: Kind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Kind {
+    /// The newest 100 matches.
+    Page,
+    /// How many records match.
+    Count,
+    /// A histogram of the matches over all time (24 buckets).
+    Histogram,
+    /// The 5 most frequent services among the matches.
+    TopServices,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,16 +70,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut ms: Vec<f64> = Vec::with_capacity(args.runs);
         for _ in 0..args.runs.max(1) {
             let started = Instant::now();
-            found = if args.histogram {
-                let histogram = index.histogram(query, None, None, None)?;
-                histogram.buckets.iter().sum::<u64>() as usize
-            } else {
-                index.search(&search)?.records.len()
+            found = match args.kind {
+                Kind::Page => index.search(&search)?.records.len() as u64,
+                Kind::Count => index.count(query, None, None)?,
+                Kind::Histogram => index
+                    .histogram(query, None, None, None)?
+                    .buckets
+                    .iter()
+                    .sum(),
+                Kind::TopServices => index
+                    .top_values(query, None, None, FacetField::Service, 5)?
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum(),
             };
             ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
         println!(
-            "{query:<30} {found:>7} records  median {:.3} ms",
+            "{query:<30} {found:>8} records  median {:.3} ms",
             median(&mut ms)
         );
     }

@@ -141,6 +141,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         settled as f64 / n
     );
     print_index_space(&dir.join("index"), n)?;
+    println!(
+        "  field bitmaps in memory per record: {:.2} bytes",
+        index.stats().bitmap_bytes as f64 / n
+    );
 
     let queries = pick_queries(&records);
     println!("\nqueries (as index-pages --query takes them):");
