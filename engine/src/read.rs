@@ -6,7 +6,7 @@
 //! checked access; sealed records come from RocksDB.
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::{Bound, Range, RangeBounds};
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -305,38 +305,6 @@ impl Engine {
     /// One past the newest durable seq.
     pub fn next_seq(&self) -> u64 {
         self.shared.read().end_seq
-    }
-
-    /// The seq ranges of the closed segments (sealed, or finished WAL files
-    /// not yet sealed), oldest first. The active segment, which still
-    /// grows, is not among them. A record never moves to another segment,
-    /// so an index can keep its own units aligned with these.
-    pub fn closed_segments(&self) -> Vec<Range<u64>> {
-        let state = self.shared.read();
-        let sealed = state.sealed.values().map(|m| m.first_seq..m.last_seq + 1);
-        let finished = state
-            .wal
-            .iter()
-            .zip(state.wal.iter().skip(1))
-            .map(|(wal, next)| wal.first_seq..next.first_seq);
-        sealed.chain(finished).filter(|r| !r.is_empty()).collect()
-    }
-
-    /// One past the last seq of the closed segment that holds `seq`, or
-    /// `None` while `seq` is in the active segment or beyond the log. A seq
-    /// retention dropped gives the oldest seq kept.
-    pub fn segment_end(&self, seq: u64) -> Option<u64> {
-        let state = self.shared.read();
-        if seq < state.first_seq {
-            return Some(state.first_seq);
-        }
-        if let Some((_, meta)) = state.sealed.range(..=seq).next_back()
-            && seq <= meta.last_seq
-        {
-            return Some(meta.last_seq + 1);
-        }
-        let holder = state.wal.iter().rposition(|w| w.first_seq <= seq)?;
-        state.wal.get(holder + 1).map(|next| next.first_seq)
     }
 
     /// The oldest seq retention keeps.

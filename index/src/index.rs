@@ -8,7 +8,7 @@
 //! and never holds one twice.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +22,6 @@ use roaring::RoaringBitmap;
 use tantivy::collector::{Collector, Count};
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
-use tantivy::index::SegmentId;
 use tantivy::indexer::UserOperation;
 use tantivy::query::{EnableScoring, Query as TQuery, RangeQuery, Weight};
 use tantivy::{
@@ -33,7 +32,6 @@ use tantivy::{
 use crate::columns::{Columns, SegmentColumns};
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
-use crate::merge::AlignedMerges;
 use crate::recheck::Recheck;
 use crate::schema::{
     Fields, TOKENIZER, analyzer, document, schema, settings, translate_restricted,
@@ -274,10 +272,6 @@ impl Index {
                 .join()
                 .map_err(|_| Error::Indexer("creating the index writer panicked".into()))
         })??;
-        writer.set_merge_policy(Box::new(AlignedMerges::new(
-            index.clone(),
-            Arc::clone(&engine),
-        )));
         let committed = forget_beyond_engine(&mut writer, &fields, committed, engine.next_seq())?;
         let columns = Arc::new(Columns::default());
         let warmer: Arc<dyn Warmer> = columns.clone();
@@ -298,7 +292,6 @@ impl Index {
             commit_interval: opts.commit_interval,
             pruned_below: 0,
             prune_pending: false,
-            closed_seen: 0,
         };
         let handle = std::thread::Builder::new()
             .name("lode-indexer".into())
@@ -772,44 +765,29 @@ struct Indexer {
     /// Documents below this seq are deleted (or their deletion is pending).
     pruned_below: u64,
     prune_pending: bool,
-    /// End of the last closed engine segment a commit was made for.
-    closed_seen: u64,
 }
 
 impl Indexer {
     fn run(mut self, from: u64) -> Result<()> {
         let mut next = from;
-        // The first and last seq added and not committed.
-        let mut pending: Option<(u64, u64)> = None;
-        let mut last_refresh = Instant::now();
+        let mut pending: Option<u64> = None;
+        let mut last_commit = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             if !stopping && self.engine.wait_for(next, Duration::from_millis(20)) {
                 // Index what is durable, in place, up to the commit deadline.
                 // Bounded rounds, so commits stay timely while catching up.
-                let durable = self.engine.next_seq();
-                // One commit never spans two engine segments (see `merge`).
-                // Asked after `durable` was read: if the pending records'
-                // segment is still open now, every durable record is in it.
-                if let Some((first, _)) = pending
-                    && self
-                        .engine
-                        .segment_end(first)
-                        .is_some_and(|end| end <= next)
-                {
-                    self.commit_pending(&mut pending, &mut last_refresh)?;
-                }
-                let segment_end = self.engine.segment_end(next);
-                let end = durable
-                    .min(next.saturating_add(CATCH_UP_ROUND))
-                    .min(segment_end.unwrap_or(u64::MAX));
+                let end = self
+                    .engine
+                    .next_seq()
+                    .min(next.saturating_add(CATCH_UP_ROUND));
                 let (writer, fields) = (&self.writer, &self.fields);
                 let mut failed = None;
                 let mut batch = Vec::with_capacity(DOCS_PER_SEND);
                 let reached = self.engine.visit(next..end, |seq, record| {
                     if failed.is_none() {
                         batch.push(UserOperation::Add(document(fields, seq, record)));
-                        pending = Some((pending.map_or(seq, |(first, _)| first), seq));
+                        pending = Some(seq);
                         if batch.len() >= DOCS_PER_SEND
                             && let Err(e) = writer.run(batch.drain(..))
                         {
@@ -827,19 +805,14 @@ impl Indexer {
                     return Err(e.into());
                 }
                 next = reached.max(next);
-                // A closed segment's last records: committed now, so its
-                // runs can be merged into one.
-                if pending.is_some() && segment_end == Some(next) {
-                    self.commit_pending(&mut pending, &mut last_refresh)?;
-                }
             }
             let pruned = self.prune_retained()?;
-            let due = stopping || last_refresh.elapsed() >= self.commit_interval;
-            if due && (pending.is_some() || pruned || self.closed_since_commit()) {
-                self.commit_pending(&mut pending, &mut last_refresh)?;
-            } else if due {
-                self.see_merges()?;
-                last_refresh = Instant::now();
+            let due = stopping || last_commit.elapsed() >= self.commit_interval;
+            if due && (pending.is_some() || pruned) {
+                let seq = pending.unwrap_or_else(|| self.indexed_upto.load(Ordering::Acquire));
+                self.commit(seq)?;
+                pending = None;
+                last_commit = Instant::now();
             }
             if stopping {
                 return Ok(());
@@ -860,58 +833,6 @@ impl Indexer {
         self.pruned_below = floor;
         self.prune_pending = true;
         Ok(true)
-    }
-
-    /// Whether the engine segment of the last committed record closed
-    /// since, with no record after it: a commit, even with nothing new,
-    /// lets the merge policy see it closed.
-    fn closed_since_commit(&mut self) -> bool {
-        let upto = self.indexed_upto.load(Ordering::Acquire);
-        match self.engine.segment_end(upto) {
-            Some(end) if upto > 0 && end == upto + 1 && end > self.closed_seen => {
-                self.closed_seen = end;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Reloads the reader when merges changed the committed segments, so
-    /// searches use the merged segments and the files they replace can go.
-    fn see_merges(&mut self) -> Result<()> {
-        let committed: HashSet<SegmentId> = self
-            .writer
-            .index()
-            .searchable_segment_ids()?
-            .into_iter()
-            .collect();
-        let searched: HashSet<SegmentId> = self
-            .reader
-            .searcher()
-            .segment_readers()
-            .iter()
-            .map(SegmentReader::segment_id)
-            .collect();
-        if committed != searched {
-            self.reader.reload()?;
-        }
-        Ok(())
-    }
-
-    /// Commits what was added (`pending`: first and last seq) and what
-    /// was deleted.
-    fn commit_pending(
-        &mut self,
-        pending: &mut Option<(u64, u64)>,
-        last_refresh: &mut Instant,
-    ) -> Result<()> {
-        let seq = match pending.take() {
-            Some((_, last)) => last,
-            None => self.indexed_upto.load(Ordering::Acquire),
-        };
-        self.commit(seq)?;
-        *last_refresh = Instant::now();
-        Ok(())
     }
 
     fn commit(&mut self, seq: u64) -> Result<()> {
@@ -1124,63 +1045,19 @@ mod tests {
 }
 
 #[cfg(test)]
-mod aligned {
+mod field_bitmaps {
     use lode_engine::{Level, LogRecord, Options};
 
     use super::*;
-    use crate::merge::seq_run;
 
-    /// The seq run of each searched tantivy segment, in seq order (`None`
-    /// for one whose docs are not consecutive seqs).
-    fn searched_runs(index: &Index) -> Vec<Option<std::ops::Range<u64>>> {
-        let mut runs: Vec<_> = index
-            .reader
-            .searcher()
-            .segment_readers()
-            .iter()
-            .map(seq_run)
-            .collect();
-        runs.sort_by_key(|run| run.as_ref().map(|r| r.start));
-        runs
-    }
-
-    fn append(engine: &Engine, batch: u64) -> u64 {
-        let records: Vec<LogRecord> = (0..50)
-            .map(|i| LogRecord {
-                ts: 1_700_000_000_000_000_000 + (batch * 50 + i) as i64,
-                message: format!("record {i} of batch {batch} {}", "x".repeat(40)),
-                ..LogRecord::default()
-            })
-            .collect();
-        engine.append(&records).unwrap().end - 1
-    }
-
-    /// Waits (30 s at most) until the searched tantivy segments are the
-    /// engine's closed segments, one each, and checks that they are.
-    fn check_aligned(engine: &Engine, index: &Index) {
-        let expected: Vec<_> = engine.closed_segments().into_iter().map(Some).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut runs = searched_runs(index);
-        while runs != expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            runs = searched_runs(index);
-        }
-        assert_eq!(runs, expected);
-    }
-
-    /// Many small commits over several engine segments: once the segments
-    /// are closed, each is one tantivy segment of its records in seq order,
-    /// so a doc id is a record's offset in its segment. Also when the last
-    /// segment closes after all its records were committed, in two commits,
-    /// and nothing follows.
+    /// Counts and top values of field-filter queries, answered from the
+    /// field bitmaps, equal what tantivy finds (forced by a time range that
+    /// holds every record), over several segments, odd levels and empty
+    /// values included.
     #[test]
-    fn each_closed_engine_segment_becomes_one_tantivy_segment() {
+    fn field_bitmaps_answer_as_tantivy_does() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            segment_bytes: 64 << 10,
-            ..Options::default()
-        };
-        let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
+        let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default()).unwrap());
         let index = Index::open(
             Arc::clone(&engine),
             dir.path().join("index"),
@@ -1190,42 +1067,6 @@ mod aligned {
             },
         )
         .unwrap();
-        let mut appended = 0;
-        for batch in 0..60 {
-            appended = append(&engine, batch);
-            // Let the indexer commit parts of a segment on their own.
-            if batch % 4 == 0 {
-                assert!(index.wait_indexed(appended, Duration::from_secs(30)));
-            }
-        }
-        engine.seal().unwrap();
-        assert!(
-            engine.closed_segments().len() >= 3,
-            "several engine segments"
-        );
-        check_aligned(&engine, &index);
-        for batch in 60..62 {
-            appended = append(&engine, batch);
-            assert!(index.wait_indexed(appended, Duration::from_secs(30)));
-        }
-        engine.seal().unwrap();
-        check_aligned(&engine, &index);
-        assert_eq!(index.count("*", None, None).unwrap(), appended);
-        assert_eq!(index.count("batch", None, None).unwrap(), appended);
-    }
-
-    /// Counts and top values of field-filter queries, answered from the
-    /// field bitmaps, equal what tantivy finds (forced by a time range that
-    /// holds every record), over several segments, odd levels and empty
-    /// values included.
-    #[test]
-    fn field_bitmaps_answer_as_tantivy_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            segment_bytes: 32 << 10,
-            ..Options::default()
-        };
-        let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
         let levels = [
             Level::Info,
             Level::Warn,
@@ -1242,17 +1083,11 @@ mod aligned {
                 ..LogRecord::default()
             })
             .collect();
-        for chunk in records.chunks(100) {
-            engine.append(chunk).unwrap();
+        // One commit (a segment) per chunk.
+        for chunk in records.chunks(500) {
+            let appended = engine.append(chunk).unwrap();
+            assert!(index.wait_indexed(appended.end - 1, Duration::from_secs(30)));
         }
-        engine.seal().unwrap();
-        let index = Index::open(
-            Arc::clone(&engine),
-            dir.path().join("index"),
-            IndexOptions::default(),
-        )
-        .unwrap();
-        assert!(index.wait_indexed(3000, Duration::from_secs(30)));
         assert!(index.reader.searcher().segment_readers().len() > 1);
         let queries = [
             "*",

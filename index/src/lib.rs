@@ -32,7 +32,6 @@ mod columns;
 mod error;
 mod facets;
 mod index;
-mod merge;
 mod phrase;
 mod recheck;
 mod schema;
