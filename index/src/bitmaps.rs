@@ -3,9 +3,7 @@
 //!
 //! A segment's bitmaps are built from its postings of those fields when a
 //! reader first warms it (with its columns, [`crate::columns`]) and kept
-//! while the segment lives. In a segment that holds one engine segment
-//! ([`crate::merge`]) a doc id is the record's offset in it, so a bitmap
-//! is the set of offsets holding the value.
+//! while the segment lives.
 //!
 //! A count or a top-values tally of a query made only of those field
 //! filters (`level:error`, `level:>=warn`, `service:api OR host:web-1`,

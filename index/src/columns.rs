@@ -6,7 +6,8 @@
 //! query for the seq column alone), when a rare word's whole page took
 //! 62 µs. Segments are immutable, so their columns are opened when the
 //! reader warms a new searcher (on the indexer's thread, after a commit)
-//! and dropped with the segment.
+//! and dropped with the segment. The segment's field bitmaps
+//! ([`crate::bitmaps`]) are built then too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1126,4 +1126,64 @@ mod field_bitmaps {
         assert_eq!(index.count("*", None, None).unwrap(), 3000);
         assert!(index.stats().bitmap_bytes > 0);
     }
+
+    /// Retention deletes the oldest records from a segment that also holds
+    /// newer ones: its bitmaps still hold the deleted docs, so counts and
+    /// top values of field filters go through tantivy.
+    #[test]
+    fn a_segment_with_deleted_docs_is_not_answered_from_bitmaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            retention: lode_engine::Retention {
+                max_age: Some(Duration::from_secs(100)),
+                max_bytes: None,
+            },
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(dir.path().join("data"), opts).unwrap());
+        let base = lode_engine::now_ns();
+        for segment in 0..4u64 {
+            let records: Vec<LogRecord> = (segment * 100..segment * 100 + 100)
+                .map(|i| LogRecord {
+                    ts: base + i as i64 * 1_000_000_000,
+                    level: if i % 2 == 0 {
+                        Level::Error
+                    } else {
+                        Level::Info
+                    },
+                    message: format!("message {i}"),
+                    ..LogRecord::default()
+                })
+                .collect();
+            engine.append(&records).unwrap();
+            engine.seal().unwrap();
+        }
+        // Indexed after the fact: one commit, one segment for all four.
+        let index = Index::open(
+            Arc::clone(&engine),
+            dir.path().join("index"),
+            IndexOptions {
+                commit_interval: Duration::from_millis(5),
+                ..IndexOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(index.wait_indexed(400, Duration::from_secs(30)));
+        assert_eq!(index.reader.searcher().segment_readers().len(), 1);
+        // Drops the first two engine segments (seqs 1 to 200).
+        let now = base + 300 * 1_000_000_000;
+        assert_eq!(engine.enforce_retention(now).unwrap().records, 200);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while index.count("*", Some(0), None).unwrap() != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(index.count("*", None, None).unwrap(), 200);
+        assert_eq!(index.count("level:error", None, None).unwrap(), 100);
+        assert_eq!(
+            index
+                .top_values("*", None, None, FacetField::Level, 2)
+                .unwrap(),
+            vec![("error".to_owned(), 100), ("info".to_owned(), 100)]
+        );
+    }
 }
