@@ -1050,6 +1050,15 @@ mod field_bitmaps {
 
     use super::*;
 
+    /// An index over `engine` in `dir/index` that commits every 5 ms.
+    fn quick_index(engine: &Arc<Engine>, dir: &Path) -> Index {
+        let opts = IndexOptions {
+            commit_interval: Duration::from_millis(5),
+            ..IndexOptions::default()
+        };
+        Index::open(Arc::clone(engine), dir.join("index"), opts).unwrap()
+    }
+
     /// Counts and top values of field-filter queries, answered from the
     /// field bitmaps, equal what tantivy finds (forced by a time range that
     /// holds every record), over several segments, odd levels and empty
@@ -1058,15 +1067,7 @@ mod field_bitmaps {
     fn field_bitmaps_answer_as_tantivy_does() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default()).unwrap());
-        let index = Index::open(
-            Arc::clone(&engine),
-            dir.path().join("index"),
-            IndexOptions {
-                commit_interval: Duration::from_millis(5),
-                ..IndexOptions::default()
-            },
-        )
-        .unwrap();
+        let index = quick_index(&engine, dir.path());
         let levels = [
             Level::Info,
             Level::Warn,
@@ -1159,15 +1160,7 @@ mod field_bitmaps {
             engine.seal().unwrap();
         }
         // Indexed after the fact: one commit, one segment for all four.
-        let index = Index::open(
-            Arc::clone(&engine),
-            dir.path().join("index"),
-            IndexOptions {
-                commit_interval: Duration::from_millis(5),
-                ..IndexOptions::default()
-            },
-        )
-        .unwrap();
+        let index = quick_index(&engine, dir.path());
         assert!(index.wait_indexed(400, Duration::from_secs(30)));
         assert_eq!(index.reader.searcher().segment_readers().len(), 1);
         // Drops the first two engine segments (seqs 1 to 200).
