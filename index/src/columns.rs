@@ -29,12 +29,13 @@ pub(crate) struct SegmentColumns {
     /// Whether the docs are in increasing seq order (what the
     /// single-threaded indexer writes; a merge may interleave).
     pub(crate) ordered: bool,
-    /// Docs per value of level, service and host.
-    pub(crate) bitmaps: FieldBitmaps,
+    /// Docs per value of level, service and host, unless turned off
+    /// ([`crate::IndexOptions::field_bitmaps`]).
+    pub(crate) bitmaps: Option<FieldBitmaps>,
 }
 
 impl SegmentColumns {
-    fn open(reader: &SegmentReader) -> tantivy::Result<SegmentColumns> {
+    fn open(reader: &SegmentReader, bitmaps: bool) -> tantivy::Result<SegmentColumns> {
         let seqs = reader.fast_fields().u64(SEQ_FIELD)?;
         let ms = reader.fast_fields().i64(TS_FIELD)?;
         let mut previous = None;
@@ -48,7 +49,7 @@ impl SegmentColumns {
             seqs,
             ms,
             ordered,
-            bitmaps: FieldBitmaps::build(reader)?,
+            bitmaps: bitmaps.then(|| FieldBitmaps::build(reader)).transpose()?,
         })
     }
 }
@@ -56,11 +57,22 @@ impl SegmentColumns {
 /// The columns of the segments live searchers use; also a warmer of the
 /// reader, which keeps it alive only through an `Arc`.
 #[derive(Debug, Default)]
-pub(crate) struct Columns(Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>);
+pub(crate) struct Columns {
+    open: Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>,
+    /// Whether segments get field bitmaps.
+    bitmaps: bool,
+}
 
 impl Columns {
+    pub(crate) fn new(bitmaps: bool) -> Columns {
+        Columns {
+            open: Mutex::default(),
+            bitmaps,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Arc<SegmentColumns>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The columns of `reader`'s segment: from the cache, or opened and
@@ -70,7 +82,7 @@ impl Columns {
         if let Some(columns) = self.lock().get(&id) {
             return Ok(Arc::clone(columns));
         }
-        let columns = Arc::new(SegmentColumns::open(reader)?);
+        let columns = Arc::new(SegmentColumns::open(reader, self.bitmaps)?);
         self.lock().insert(id, Arc::clone(&columns));
         Ok(columns)
     }

@@ -91,6 +91,7 @@ impl Service {
                 max_limit: config.limits.max_result_records,
                 background: config.background()?,
                 positions: config.storage.phrase_positions,
+                field_bitmaps: config.storage.field_bitmaps,
                 ..IndexOptions::default()
             },
         )?;
