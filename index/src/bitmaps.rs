@@ -24,13 +24,13 @@ use crate::FacetField;
 pub(crate) type ValueBitmaps = HashMap<String, RoaringBitmap>;
 
 /// A segment's bitmaps; see the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FieldBitmaps {
     level: ValueBitmaps,
     service: ValueBitmaps,
     host: ValueBitmaps,
-    /// Every doc of the segment.
-    all: RoaringBitmap,
+    /// Docs in the segment, deleted ones included.
+    max_doc: u32,
 }
 
 impl FieldBitmaps {
@@ -39,7 +39,7 @@ impl FieldBitmaps {
             level: value_bitmaps(reader, FacetField::Level)?,
             service: value_bitmaps(reader, FacetField::Service)?,
             host: value_bitmaps(reader, FacetField::Host)?,
-            all: (0..reader.max_doc()).collect(),
+            max_doc: reader.max_doc(),
         })
     }
 
@@ -55,21 +55,26 @@ impl FieldBitmaps {
         self.of(field).get(value).cloned().unwrap_or_default()
     }
 
-    /// Bytes the bitmaps take in memory (serialized size, about the same).
+    /// Every doc of the segment.
+    fn all(&self) -> RoaringBitmap {
+        let mut all = RoaringBitmap::new();
+        all.insert_range(0..self.max_doc);
+        all
+    }
+
+    /// Bytes the bitmaps take serialized; in memory they take at least
+    /// this.
     pub(crate) fn bytes(&self) -> u64 {
         let fields = [&self.level, &self.service, &self.host];
         let values = fields.iter().flat_map(|f| f.values());
-        values
-            .chain(std::iter::once(&self.all))
-            .map(|b| b.serialized_size() as u64)
-            .sum()
+        values.map(|b| b.serialized_size() as u64).sum()
     }
 
     /// The docs `query` matches, deleted ones included, if it is made only
     /// of what the bitmaps answer; `None` otherwise.
     pub(crate) fn matches(&self, query: &Query) -> Option<RoaringBitmap> {
         Some(match query {
-            Query::All => self.all.clone(),
+            Query::All => self.all(),
             Query::FieldIs(field, value) => self.value(facet(field)?, value),
             Query::LevelCmp(cmp, bound) => levels_selected(*cmp, bound)
                 .into_iter()
@@ -83,7 +88,7 @@ impl FieldBitmaps {
             Query::Or(parts) => parts.iter().try_fold(RoaringBitmap::new(), |either, q| {
                 Some(either | self.matches(q)?)
             })?,
-            Query::Not(inner) => &self.all - self.matches(inner)?,
+            Query::Not(inner) => self.all() - self.matches(inner)?,
             Query::Word(_) | Query::WordPrefix(_) | Query::Phrase(_) | Query::FieldPrefix(..) => {
                 return None;
             }

@@ -56,7 +56,7 @@ impl SegmentColumns {
 
 /// The columns of the segments live searchers use; also a warmer of the
 /// reader, which keeps it alive only through an `Arc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Columns {
     open: Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>,
     /// Whether segments get field bitmaps.
