@@ -30,7 +30,7 @@ use tantivy::{
 };
 
 use crate::bitmaps::FieldBitmaps;
-use crate::columns::{Columns, SegmentColumns};
+use crate::columns::Columns;
 use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::recheck::Recheck;
@@ -389,9 +389,9 @@ impl Index {
     pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
         if since.is_none()
             && until.is_none()
-            && let Some(matched) = self.field_matches(query)?
+            && let Some(counts) = self.field_matches(query, |_, docs| docs.len())?
         {
-            return Ok(matched.iter().map(|(_, docs)| docs.len()).sum());
+            return Ok(counts.iter().sum());
         }
         self.rechecking(|recheck| {
             let tquery = self.query(query, since, until, None, recheck)?;
@@ -519,9 +519,14 @@ impl Index {
     ) -> Result<Vec<(String, u64)>> {
         if since.is_none()
             && until.is_none()
-            && let Some(matched) = self.field_matches(query)?
+            && let Some(tallies) =
+                self.field_matches(query, |b, docs| tally_values(b, docs, field))?
         {
-            return Ok(top_k(tally_values(&matched, field), k));
+            let mut counts = HashMap::new();
+            for (value, n) in tallies.into_iter().flatten() {
+                *counts.entry(value).or_insert(0) += n;
+            }
+            return Ok(top_k(counts, k));
         }
         let counts = self.rechecking(|recheck| {
             let tquery = self.query(query, since, until, None, recheck)?;
@@ -533,23 +538,28 @@ impl Index {
         Ok(top_k(counts, k))
     }
 
-    /// Each segment's matches of `text` from its field bitmaps, when every
-    /// segment answers it so (a query of field filters only, segments
-    /// without deleted docs: see [`crate::bitmaps`]).
-    fn field_matches(&self, text: &str) -> Result<Option<Matched>> {
+    /// `each` of each segment's bitmaps and matches of `text`, from its
+    /// field bitmaps, when every segment answers it so (a query of field
+    /// filters only, segments without deleted docs: see
+    /// [`crate::bitmaps`]).
+    fn field_matches<T>(
+        &self,
+        text: &str,
+        mut each: impl FnMut(&FieldBitmaps, &RoaringBitmap) -> T,
+    ) -> Result<Option<Vec<T>>> {
         let query = parse(text)?;
         let searcher = self.reader.searcher();
-        let mut matched = Vec::new();
+        let mut out = Vec::new();
         for reader in searcher.segment_readers() {
             let columns = self.columns.of(reader)?;
-            let bitmaps = columns.bitmaps.as_ref();
-            let docs = match bitmaps.and_then(|b| b.matches(&query)) {
-                Some(docs) if !reader.has_deletes() => docs,
-                _ => return Ok(None),
+            let bitmaps = columns.bitmaps.as_ref().filter(|_| !reader.has_deletes());
+            let Some((bitmaps, docs)) = bitmaps.and_then(|b| Some((b, b.matches(reader, &query)?)))
+            else {
+                return Ok(None);
             };
-            matched.push((columns, docs));
+            out.push(each(bitmaps, &docs));
         }
-        Ok(Some(matched))
+        Ok(Some(out))
     }
 
     /// Collects every match of `query`, segments in parallel.
@@ -617,19 +627,17 @@ impl Index {
     }
 }
 
-/// Each segment's matching docs, from its field bitmaps.
-type Matched = Vec<(Arc<SegmentColumns>, RoaringBitmap)>;
-
-/// How many of each segment's matches hold each value of `field`.
-fn tally_values(matched: &Matched, field: FacetField) -> HashMap<String, u64> {
+/// How many of a segment's matches `docs` hold each value of `field`.
+fn tally_values(
+    bitmaps: &FieldBitmaps,
+    docs: &RoaringBitmap,
+    field: FacetField,
+) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
-    for (columns, docs) in matched {
-        let values = columns.bitmaps.as_ref().map(|b| b.of(field));
-        for (value, holding) in values.into_iter().flatten() {
-            let n = docs.intersection_len(holding);
-            if n > 0 {
-                *counts.entry(value.clone()).or_insert(0) += n;
-            }
+    for (value, holding) in bitmaps.of(field) {
+        let n = docs.intersection_len(holding);
+        if n > 0 {
+            counts.insert(value.clone(), n);
         }
     }
     counts
@@ -1105,8 +1113,15 @@ mod field_bitmaps {
                 level: levels[(i % 7 % 4) as usize].clone(),
                 service: ["api", "db", "", "Web"][(i % 5 % 4) as usize].into(),
                 host: format!("h{}", i % 3),
+                attrs: vec![
+                    (
+                        "component".into(),
+                        ["Dfs", "net", "gc"][(i % 3) as usize].into(),
+                    ),
+                    // 500 values in each segment: too many for bitmaps.
+                    ("id".into(), i.to_string()),
+                ],
                 message: format!("message {i}"),
-                ..LogRecord::default()
             })
             .collect();
         // One commit (a segment) per chunk.
@@ -1125,9 +1140,16 @@ mod field_bitmaps {
             "service:web level:error",
             "(service:db OR service:api) -host:h1",
             "service:nothing",
+            "attrs.component:dfs",
+            "attrs.component:net level:error",
+            "NOT attrs.component:gc OR host:h1",
+            "attrs.nothing:x",
         ];
         for query in queries {
-            assert!(index.field_matches(query).unwrap().is_some(), "{query}");
+            assert!(
+                index.field_matches(query, |_, _| ()).unwrap().is_some(),
+                "{query}"
+            );
             let everything = Some(0);
             assert_eq!(
                 index.count(query, None, None).unwrap(),
@@ -1142,13 +1164,27 @@ mod field_bitmaps {
                 );
             }
         }
-        // Words are not in the bitmaps: tantivy answers.
-        assert!(
-            index
-                .field_matches("message level:error")
-                .unwrap()
-                .is_none()
-        );
+        // Words and attribute keys with many values are not in the
+        // bitmaps: tantivy answers.
+        for query in [
+            "message level:error",
+            "attrs.id:7",
+            "attrs.id:7 OR level:info",
+        ] {
+            assert!(
+                index.field_matches(query, |_, _| ()).unwrap().is_none(),
+                "{query}"
+            );
+        }
+        assert_eq!(index.count("attrs.id:7", None, None).unwrap(), 1);
+        // Attribute bitmaps are built when a query first asks for one.
+        let searcher = index.reader.searcher();
+        let segment = &searcher.segment_readers()[0];
+        let bitmaps = FieldBitmaps::build(segment).unwrap();
+        let before = bitmaps.bytes();
+        let query = parse("attrs.component:net").unwrap();
+        assert!(bitmaps.matches(segment, &query).is_some());
+        assert!(bitmaps.bytes() > before);
         assert_eq!(index.count("*", None, None).unwrap(), 3000);
         assert!(index.stats().bitmap_bytes > 0);
     }
@@ -1208,7 +1244,12 @@ mod field_bitmaps {
         };
         let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
         assert!(index.wait_indexed(100, Duration::from_secs(30)));
-        assert!(index.field_matches("level:error").unwrap().is_none());
+        assert!(
+            index
+                .field_matches("level:error", |_, _| ())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(index.count("level:error", None, None).unwrap(), 25);
         assert_eq!(
             index

@@ -28,11 +28,13 @@ use crate::time::{TimeRange, grain};
 pub(crate) const TOKENIZER: &str = "lode";
 /// Column of each record's seq.
 pub(crate) const SEQ_FIELD: &str = "seq";
+/// Attribute terms: key, [`ATTR_SEP`], lowercased value.
+pub(crate) const ATTR_FIELD: &str = "attr";
 /// Column of each record's time in milliseconds ([`crate::time`]); named
 /// for its unit so that an index holding nanoseconds does not open as this.
 pub(crate) const TS_FIELD: &str = "ts_ms";
 /// Separates an attribute's key from its value in the `attr` field.
-const ATTR_SEP: char = '\u{1f}';
+pub(crate) const ATTR_SEP: char = '\u{1f}';
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
@@ -88,7 +90,7 @@ pub(crate) fn schema(positions: bool) -> (Schema, Fields) {
         level: builder.add_text_field("level", value(true)),
         service: builder.add_text_field("service", value(true)),
         host: builder.add_text_field("host", value(true)),
-        attr: builder.add_text_field("attr", value(false)),
+        attr: builder.add_text_field(ATTR_FIELD, value(false)),
         positions,
     };
     (builder.build(), fields)
@@ -114,7 +116,7 @@ pub(crate) fn analyzer() -> TextAnalyzer {
         .build()
 }
 
-fn attr_term(key: &str, value: &str) -> String {
+pub(crate) fn attr_term(key: &str, value: &str) -> String {
     format!("{key}{ATTR_SEP}{value}")
 }
 

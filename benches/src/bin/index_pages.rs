@@ -19,6 +19,7 @@ use lode_index::{FacetField, Index, IndexOptions, Search};
 ///   index-search --records 1000000 --runs 1 --ingest-runs 1 --no-sqlite --no-ripgrep --keep --dir /var/tmp/k
 ///   index-pages --dir /var/tmp/k/lode-bench-search-NNN --query proxy --query '"unix sshd"'
 ///   index-pages --dir /var/tmp/k/lode-bench-search-NNN --kind top-services --query '*'
+///   index-pages --dir /var/tmp/k/lode-bench-search-NNN --kind count --no-field-bitmaps --query 'level:error'
 #[derive(Parser, Debug)]
 #[command(verbatim_doc_comment)]
 struct Args {
@@ -34,6 +35,11 @@ struct Args {
     /// What to time for each query.
     #[arg(long, value_enum, default_value_t = Kind::Page)]
     kind: Kind,
+    /// Answer counts and top values of field filters through tantivy, not
+    /// the field bitmaps (`IndexOptions::field_bitmaps`): the bitmaps'
+    /// figures are the same queries with and without this.
+    #[arg(long)]
+    no_field_bitmaps: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -54,7 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let index = Index::open(
         Arc::clone(&engine),
         args.dir.join("index"),
-        IndexOptions::default(),
+        IndexOptions {
+            field_bitmaps: !args.no_field_bitmaps,
+            ..IndexOptions::default()
+        },
     )?;
     let last = engine.next_seq().saturating_sub(1);
     if !index.wait_indexed(last, Duration::from_secs(600)) {
