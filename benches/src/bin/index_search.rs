@@ -66,6 +66,9 @@ struct BenchQuery {
     /// What lode is asked, as `index-pages --query` takes it.
     text: String,
     lode: Box<dyn Fn(&Index) -> usize>,
+    /// Whether `lode` is a top-100 page (whose records are then also read
+    /// alone, by seq, for the floor of what a page costs).
+    page: bool,
     sqlite: serde_json::Value,
     rg: Vec<String>,
 }
@@ -194,6 +197,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "(targets at 10M records: rare word and phrase top-100 < 5 ms; >= 10x SQLite FTS5, >= 100x ripgrep)"
     );
+    print_page_reads(&engine, &index, &queries, args.runs)?;
     drop(index);
     drop(engine);
     if args.keep {
@@ -387,6 +391,44 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 }
 
 /// The seven queries, chosen from the records' own token frequencies.
+/// The time of reading each page's records alone, by seq from the engine,
+/// as the page does once the index has found them: what a page costs at
+/// least whatever the index does.
+fn print_page_reads(
+    engine: &Engine,
+    index: &Index,
+    queries: &[BenchQuery],
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\nthe pages' records read alone by seq (engine get_many, median ms):");
+    for query in queries.iter().filter(|q| q.page) {
+        let search = Search {
+            query: query.text.clone(),
+            limit: Some(100),
+            ..Search::default()
+        };
+        let seqs: Vec<u64> = index
+            .search(&search)?
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            std::hint::black_box(engine.get_many(&seqs)?);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "  {:<28} {:>4} records {:>10.3}",
+            query.name,
+            seqs.len(),
+            median(&mut times)
+        );
+    }
+    Ok(())
+}
+
 fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
     let mut freq: HashMap<String, u32> = HashMap::new();
     for r in records {
@@ -454,6 +496,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
     vec![
         BenchQuery {
             name: "rare word top-100",
+            page: true,
             text: rare.clone(),
             lode: top(rare.clone()),
             sqlite: json!({"name": "rare word top-100", "kind": "top", "words": [rare]}),
@@ -461,6 +504,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "phrase top-100",
+            page: true,
             text: phrase_text.clone(),
             lode: top(phrase_text),
             sqlite: json!({"name": "phrase top-100", "kind": "top", "words": phrase}),
@@ -468,6 +512,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "common word top-100",
+            page: true,
             text: common.clone(),
             lode: top(common.clone()),
             sqlite: json!({"name": "common word top-100", "kind": "top", "words": [common]}),
@@ -475,6 +520,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "service:hdfs + word top-100",
+            page: true,
             text: format!("service:hdfs {hdfs_word}"),
             lode: top(format!("service:hdfs {hdfs_word}")),
             sqlite: json!({"name": "service:hdfs + word top-100", "kind": "field_top", "words": [hdfs_word], "service": "hdfs"}),
@@ -482,6 +528,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "count common word",
+            page: false,
             text: common.clone(),
             lode: Box::new(move |index: &Index| {
                 index.count(&count_word, None, None).unwrap_or(0) as usize
@@ -493,6 +540,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         // reads them all.
         BenchQuery {
             name: "count phrase",
+            page: false,
             text: count_phrase_text.clone(),
             lode: Box::new(move |index: &Index| {
                 index.count(&count_phrase_text, None, None).unwrap_or(0) as usize
@@ -502,6 +550,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
         },
         BenchQuery {
             name: "24-bucket histogram",
+            page: false,
             text: common.clone(),
             lode: Box::new(move |index: &Index| {
                 index
