@@ -4,7 +4,7 @@
 //! round trips beside the in-process call. Fresh data directories for
 //! every measurement; medians over runs, in one invocation.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -68,6 +68,9 @@ struct Figures {
     per_commit: [Vec<f64>; 3],
     /// Per query: in-process and over-the-wire times, ms.
     timings: Vec<(Vec<f64>, Vec<f64>)>,
+    /// CPU the threads ran while ingesting, embedded, over tcp and over
+    /// quic (this process and the server together).
+    cpu: [Vec<Cpu>; 3],
 }
 
 pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
@@ -94,6 +97,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         http: vec![],
         per_commit: [vec![], vec![], vec![]],
         timings: vec![(vec![], vec![]); QUERIES.len()],
+        cpu: [vec![], vec![], vec![]],
     };
     for run in 0..args.runs.max(1) {
         eprintln!("run {}/{}", run + 1, args.runs);
@@ -113,7 +117,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         for _ in 0..args.connections.max(1) {
             clients.push(Client::connect_tcp(&addr).await?);
         }
+        let before = Cpu::now(Some(child.0.id()));
         let rate = remote_ingest(&clients, &batches, args.window).await?;
+        f.cpu[1].push(Cpu::now(Some(child.0.id())).since(&before));
         f.per_commit[1].push(batches_per_commit(&clients).await?);
         f.tcp.push(rate);
         eprintln!("  binary over tcp   {rate:>12.0} records/s");
@@ -138,7 +144,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         for _ in 0..args.connections.max(1) {
             clients.push(Client::connect_quic(addr, &cert, "localhost").await?);
         }
+        let before = Cpu::now(Some(child.0.id()));
         let rate = remote_ingest(&clients, &batches, args.window).await?;
+        f.cpu[2].push(Cpu::now(Some(child.0.id())).since(&before));
         f.per_commit[2].push(batches_per_commit(&clients).await?);
         f.quic.push(rate);
         eprintln!("  binary over quic  {rate:>12.0} records/s");
@@ -189,6 +197,7 @@ async fn embedded(
 ) -> Result<Service, CliError> {
     let service = open_service(dir, args).await?;
     let window = args.window.max(1);
+    let before = Cpu::now(None);
     let rate = tokio::task::block_in_place(|| -> Result<f64, CliError> {
         let started = Instant::now();
         let mut in_flight: VecDeque<lode_engine::AppendTicket> = VecDeque::new();
@@ -206,6 +215,7 @@ async fn embedded(
         }
         Ok(acked as f64 / started.elapsed().as_secs_f64())
     })?;
+    f.cpu[0].push(Cpu::now(None).since(&before));
     let stats = service.engine().stats();
     f.per_commit[0].push(stats.appends as f64 / stats.group_commits.max(1) as f64);
     f.embedded.push(rate);
@@ -494,6 +504,38 @@ fn field(printed: &str, name: &str) -> Result<String, CliError> {
         .ok_or_else(|| CliError::new(format!("the server did not print '{name}': {printed}")))
 }
 
+/// CPU per record while ingesting, split by scheduling class: on a
+/// machine where foreground threads fill the cores, a transport's rate is
+/// bound by cores / foreground CPU per record.
+fn report_cpu(args: &BenchArgs, f: &Figures) {
+    println!(
+        "\n{:<40} {:>12} {:>12} {:>12}  busiest foreground threads (last run)",
+        "cpu per record (median us)", "all threads", "foreground", "idle"
+    );
+    let names = [
+        "embedded",
+        "binary over tcp (both)",
+        "binary over quic (both)",
+    ];
+    for (name, runs) in names.iter().zip(&f.cpu) {
+        let mut split: [Vec<f64>; 3] = [vec![], vec![], vec![]];
+        for run in runs {
+            for (into, us) in split.iter_mut().zip(run.per_record(args.records)) {
+                into.push(us);
+            }
+        }
+        let [all, fg, idle] = split.map(|mut v| median(&mut v));
+        let busiest = runs
+            .last()
+            .map_or(String::new(), |c| c.busiest(args.records, 4));
+        println!("{name:<40} {all:>12.3} {fg:>12.3} {idle:>12.3}  {busiest}");
+    }
+    println!(
+        "(idle: SCHED_IDLE threads, sealing and indexing with --background idle;\n\
+         over the wire: this process, the client, and the server together)"
+    );
+}
+
 /// A `lode serve` child, killed when dropped (on errors too).
 struct ServerChild(Child);
 
@@ -567,6 +609,7 @@ fn report(args: &BenchArgs, f: &mut Figures) {
          each run's rate over the embedded rate of the same run; per commit:\n\
          batches the WAL wrote per group commit, a write and an fsync)"
     );
+    report_cpu(args, f);
     println!(
         "\n{:<40} {:>12} {:>12} {:>12}",
         "query round trip (median ms)", "in process", "over tcp", "added"
@@ -577,6 +620,143 @@ fn report(args: &BenchArgs, f: &mut Figures) {
         println!(
             "{name:<40} {local:>12.3} {remote:>12.3} {:>12.3}",
             remote - local
+        );
+    }
+}
+
+/// CPU time the threads of some processes ran, per thread name (digits
+/// trimmed, the server's prefixed with `server `) and scheduling class,
+/// from `/proc/PID/task/TID/schedstat` (ns on a CPU) and `stat`.
+#[derive(Debug, Clone, Default)]
+struct Cpu(HashMap<(String, bool), u64>);
+
+/// `SCHED_IDLE`: the policy of sealing and indexing (`--background idle`).
+const SCHED_IDLE: u32 = 5;
+
+impl Cpu {
+    /// The CPU time so far of this process's threads and those of
+    /// `server` (a child process).
+    fn now(server: Option<u32>) -> Cpu {
+        let mut cpu = Cpu::default();
+        cpu.add(std::process::id(), "");
+        if let Some(pid) = server {
+            cpu.add(pid, "server ");
+        }
+        cpu
+    }
+
+    fn add(&mut self, pid: u32, prefix: &str) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let read = |file: &str| std::fs::read_to_string(path.join(file)).ok();
+            let (Some(schedstat), Some(stat)) = (read("schedstat"), read("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            if let Some((name, idle, ns)) = parse_thread(&stat, &schedstat) {
+                *self.0.entry((format!("{prefix}{name}"), idle)).or_insert(0) += ns;
+            }
+        }
+    }
+
+    /// What ran since `before` (a thread that ended in between counts
+    /// nothing).
+    fn since(&self, before: &Cpu) -> Cpu {
+        let mut out = Cpu::default();
+        for (key, &ns) in &self.0 {
+            let earlier = before.0.get(key).copied().unwrap_or(0);
+            out.0.insert(key.clone(), ns.saturating_sub(earlier));
+        }
+        out
+    }
+
+    /// Microseconds per record: of all threads, of those not idle, of the
+    /// idle ones.
+    fn per_record(&self, records: usize) -> [f64; 3] {
+        let us = |idle: Option<bool>| {
+            let ns: u64 = self
+                .0
+                .iter()
+                .filter(|((_, i), _)| idle.is_none_or(|want| *i == want))
+                .map(|(_, ns)| ns)
+                .sum();
+            ns as f64 / 1e3 / records.max(1) as f64
+        };
+        [us(None), us(Some(false)), us(Some(true))]
+    }
+
+    /// The busiest threads not idle, with microseconds per record.
+    fn busiest(&self, records: usize, n: usize) -> String {
+        let mut threads: Vec<(&str, u64)> = self
+            .0
+            .iter()
+            .filter(|((_, idle), _)| !idle)
+            .map(|((name, _), ns)| (name.as_str(), *ns))
+            .collect();
+        threads.sort_by_key(|&(_, ns)| std::cmp::Reverse(ns));
+        let shown: Vec<String> = threads
+            .iter()
+            .take(n)
+            .map(|(name, ns)| format!("{name} {:.2}", *ns as f64 / 1e3 / records.max(1) as f64))
+            .collect();
+        shown.join(", ")
+    }
+}
+
+/// A thread's name (trailing digits trimmed), whether it is `SCHED_IDLE`,
+/// and its ns on a CPU, from its `/proc` `stat` ("tid (comm) state ...",
+/// where the name may hold spaces and parentheses) and `schedstat`.
+fn parse_thread(stat: &str, schedstat: &str) -> Option<(String, bool, u64)> {
+    let ns = schedstat.split_whitespace().next()?.parse().ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?;
+    // The policy is the 41st field, the 39th after the name.
+    let policy: u32 = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(38)?
+        .parse()
+        .ok()?;
+    let name = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    Some((name.to_owned(), policy == SCHED_IDLE, ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_lines_parse() {
+        // Fields after the name: state, then 37 more, then the policy.
+        let after: Vec<String> = (0..38).map(|i| i.to_string()).collect();
+        let stat = format!("4242 (a) b (c7) S {} 5 0 0", after[1..].join(" "));
+        assert_eq!(
+            parse_thread(&stat, "123456 10 20\n"),
+            Some(("a) b (c".to_owned(), true, 123_456))
+        );
+        let stat = format!("4242 (lode-writer) S {} 0 0 0", after[1..].join(" "));
+        assert_eq!(
+            parse_thread(&stat, "9 1 1"),
+            Some(("lode-writer".to_owned(), false, 9))
+        );
+        assert_eq!(parse_thread("4242 (x) S 1 2", "9 1 1"), None);
+        assert_eq!(parse_thread(&stat, ""), None);
+    }
+
+    #[test]
+    fn this_process_has_run() {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(0);
+        }
+        let cpu = Cpu::now(None);
+        let [all, foreground, idle] = cpu.per_record(1);
+        assert!(all >= 10_000.0, "{all} us");
+        assert!(
+            (all - (foreground + idle)).abs() < 1e-6,
+            "{all} != {foreground} + {idle}"
         );
     }
 }
