@@ -77,6 +77,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let newest: Vec<u64> = (end - PAGE..end).rev().collect();
     let oldest: Vec<u64> = (1..=PAGE).collect();
     let spread: Vec<u64> = (0..PAGE).map(|i| 1 + i * (sealed / PAGE)).collect();
+    // A common word's page (a match every 11 records) and a phrase's
+    // candidates (every 25), in sealed records.
+    let every = |gap: u64| -> Vec<u64> { (0..PAGE).map(|i| 1 + i * gap).collect() };
+    let (every_11, every_25) = (every(11), every(25));
     let spread_first = time(1, || engine.get_many(&spread));
     let rows = [
         (
@@ -101,6 +105,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "sealed, consecutive: get_many",
             time(args.runs, || engine.get_many(&oldest)),
+            time(args.runs, || scan(1)),
+        ),
+        (
+            "sealed, every 11th: get_many",
+            time(args.runs, || engine.get_many(&every_11)),
+            time(args.runs, || scan(1)),
+        ),
+        (
+            "sealed, every 25th: get_many",
+            time(args.runs, || engine.get_many(&every_25)),
             time(args.runs, || scan(1)),
         ),
         (
