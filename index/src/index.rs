@@ -327,8 +327,9 @@ impl Index {
     pub fn search(&self, search: &Search) -> Result<Page> {
         let limit = search.limit.unwrap_or(100).clamp(1, self.max_limit.max(1));
         let before = search.cursor.as_deref().map(parse_cursor).transpose()?;
+        let query = parse(&search.query)?;
         let seqs = self.rechecking(|recheck| {
-            let tquery = self.query(&search.query, search.since, search.until, before, recheck)?;
+            let tquery = self.query(&query, search.since, search.until, before, recheck)?;
             self.newest(&self.reader.searcher(), tquery.as_ref(), limit)
         })?;
         // Records retention dropped after they were indexed are left out.
@@ -386,16 +387,17 @@ impl Index {
     }
 
     /// How many records match the query in the time range.
-    pub fn count(&self, query: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
+    pub fn count(&self, text: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
+        let query = parse(text)?;
         if since.is_none()
             && until.is_none()
-            && let Some(counts) = self.field_matches(query, |_, docs| docs.len())?
+            && let Some(counts) = self.field_matches(&query, |_, docs| docs.len())?
         {
             return Ok(counts.iter().sum());
         }
-        let reads_messages = !self.fields.positions && has_phrase(&parse(query)?);
+        let reads_messages = !self.fields.positions && has_phrase(&query);
         self.rechecking(|recheck| {
-            let tquery = self.query(query, since, until, None, recheck)?;
+            let tquery = self.query(&query, since, until, None, recheck)?;
             let searcher = self.reader.searcher();
             // Counting a phrase reads its candidates' messages from the
             // engine: worth a thread per core. Other counts take
@@ -418,17 +420,16 @@ impl Index {
         Ok(out)
     }
 
-    /// `text` parsed and translated, restricted to `since <= ts < until`
-    /// (exact times and phrases read through `recheck`) and to `seq < before`.
+    /// `query` translated, restricted to `since <= ts < until` (exact
+    /// times and phrases read through `recheck`) and to `seq < before`.
     fn query(
         &self,
-        text: &str,
+        query: &Query,
         since: Option<i64>,
         until: Option<i64>,
         before: Option<u64>,
         recheck: &Arc<Recheck>,
     ) -> Result<Box<dyn tantivy::query::Query>> {
-        let query = parse(text)?;
         let time = (since.is_some() || until.is_some()).then(|| TimeRange {
             since,
             until,
@@ -436,7 +437,7 @@ impl Index {
         });
         Ok(translate_restricted(
             &self.fields,
-            &query,
+            query,
             time,
             before,
             recheck,
@@ -453,6 +454,7 @@ impl Index {
         until: Option<i64>,
         width: Option<i64>,
     ) -> Result<Histogram> {
+        let parsed = parse(query)?;
         let searcher = self.reader.searcher();
         let (mut low, mut high) = (i64::MAX, i64::MIN);
         for segment in searcher
@@ -499,7 +501,7 @@ impl Index {
         let counts = self.rechecking(|recheck| {
             // The collector applies the time range (it reads every match's
             // grain anyway), which spares the query a time filter.
-            let tquery = self.query(query, None, None, None, recheck)?;
+            let tquery = self.query(&parsed, None, None, None, recheck)?;
             let collector = HistogramCollector {
                 origin: start,
                 width,
@@ -527,10 +529,11 @@ impl Index {
         field: FacetField,
         k: usize,
     ) -> Result<Vec<(String, u64)>> {
+        let parsed = parse(query)?;
         if since.is_none()
             && until.is_none()
             && let Some(tallies) =
-                self.field_matches(query, |b, docs| tally_values(b, docs, field))?
+                self.field_matches(&parsed, |b, docs| tally_values(b, docs, field))?
         {
             let mut counts = HashMap::new();
             for (value, n) in tallies.into_iter().flatten() {
@@ -539,7 +542,7 @@ impl Index {
             return Ok(top_k(counts, k));
         }
         let counts = self.rechecking(|recheck| {
-            let tquery = self.query(query, since, until, None, recheck)?;
+            let tquery = self.query(&parsed, since, until, None, recheck)?;
             let collector = TopValuesCollector {
                 field: field.name(),
             };
@@ -548,22 +551,21 @@ impl Index {
         Ok(top_k(counts, k))
     }
 
-    /// `each` of each segment's bitmaps and matches of `text`, from its
+    /// `each` of each segment's bitmaps and matches of `query`, from its
     /// field bitmaps, when every segment answers it so (a query of field
     /// filters only, segments without deleted docs: see
     /// [`crate::bitmaps`]).
     fn field_matches<T>(
         &self,
-        text: &str,
+        query: &Query,
         mut each: impl FnMut(&FieldBitmaps, &RoaringBitmap) -> T,
     ) -> Result<Option<Vec<T>>> {
-        let query = parse(text)?;
         let searcher = self.reader.searcher();
         let mut out = Vec::new();
         for reader in searcher.segment_readers() {
             let columns = self.columns.of(reader)?;
             let bitmaps = columns.bitmaps.as_ref().filter(|_| !reader.has_deletes());
-            let Some((bitmaps, docs)) = bitmaps.and_then(|b| Some((b, b.matches(reader, &query)?)))
+            let Some((bitmaps, docs)) = bitmaps.and_then(|b| Some((b, b.matches(reader, query)?)))
             else {
                 return Ok(None);
             };
@@ -1172,7 +1174,10 @@ mod field_bitmaps {
         ];
         for query in queries {
             assert!(
-                index.field_matches(query, |_, _| ()).unwrap().is_some(),
+                index
+                    .field_matches(&parse(query).unwrap(), |_, _| ())
+                    .unwrap()
+                    .is_some(),
                 "{query}"
             );
             let everything = Some(0);
@@ -1197,7 +1202,10 @@ mod field_bitmaps {
             "attrs.id:7 OR level:info",
         ] {
             assert!(
-                index.field_matches(query, |_, _| ()).unwrap().is_none(),
+                index
+                    .field_matches(&parse(query).unwrap(), |_, _| ())
+                    .unwrap()
+                    .is_none(),
                 "{query}"
             );
         }
@@ -1271,7 +1279,7 @@ mod field_bitmaps {
         assert!(index.wait_indexed(100, Duration::from_secs(30)));
         assert!(
             index
-                .field_matches("level:error", |_, _| ())
+                .field_matches(&parse("level:error").unwrap(), |_, _| ())
                 .unwrap()
                 .is_none()
         );
