@@ -151,9 +151,12 @@ enum Command {
     Export(bulk::ExportArgs),
     /// Measure ingest over the binary protocol (TCP, QUIC) and HTTP beside
     /// embedded ingest, and query round trips beside in-process calls.
+    /// Also prints the CPU time per record that every thread ran during
+    /// each ingest (this process and the server), foreground and idle.
     ///
     ///   lode bench                       1,000,000 records, 3 runs
     ///   lode bench --records 200000 --runs 5
+    ///   lode bench --runs 5 --window 16 --connections 2   the README's figures
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// Store generated sample logs into a data directory (no server).
