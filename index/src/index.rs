@@ -697,6 +697,11 @@ impl TopSeqs {
         self.best.len() >= self.limit && self.best.peek().is_some_and(|Reverse(min)| seq <= *min)
     }
 
+    /// How many more seqs it takes to hold `limit`.
+    fn missing(&self) -> usize {
+        self.limit.saturating_sub(self.best.len())
+    }
+
     /// Keeps `seq` if it is among the best so far; false if it is not.
     fn offer(&mut self, seq: u64) -> bool {
         if self.rejects(seq) {
@@ -721,12 +726,14 @@ fn alive(reader: &SegmentReader, doc: DocId) -> bool {
 }
 
 /// Offers the matches of a segment whose docs are in seq order, newest
-/// first: read in windows of docs from the end (4096 docs, then twice as
-/// many each time) until a match cannot get in, so a common word's page
-/// does not read the word's whole doclist; a segment whose matches cost
-/// at most a window's worth of docs to read (a rare word, not a phrase
-/// whose candidates are read from the engine) is read in one pass rather
-/// than with a new scorer per window.
+/// first: read in windows of docs from the end until a match cannot get
+/// in, so a common word's page does not read the word's whole doclist.
+/// The first window is 4096 docs; each next one is sized by
+/// [`next_window`] from the matches the last one held, so that a phrase,
+/// whose candidates are read from the engine, checks about as many more
+/// as the page still lacks. A segment whose matches cost at most a
+/// window's worth of docs to read (a rare word, not a phrase) is read in
+/// one pass rather than with a new scorer per window.
 fn newest_from_end(
     weight: &dyn Weight,
     reader: &SegmentReader,
@@ -763,9 +770,24 @@ fn newest_from_end(
             }
         }
         end = start;
-        window = window.saturating_mul(2);
+        window = next_window(window, docs.len(), best.missing());
     }
     Ok(())
+}
+
+/// The docs of the next window back: enough for the `missing` matches at
+/// the density the last window (of `window` docs, `found` matches)
+/// showed, and a quarter more, between a sixteenth and eight times the
+/// last window; twice the last window if it held no match.
+fn next_window(window: DocId, found: usize, missing: usize) -> DocId {
+    if found == 0 {
+        return window.saturating_mul(2);
+    }
+    let wanted = (missing.max(1) as u64 * u64::from(window) * 5 / 4).div_ceil(found as u64);
+    let (low, high) = ((window / 16).max(64), window.saturating_mul(8));
+    DocId::try_from(wanted)
+        .unwrap_or(DocId::MAX)
+        .clamp(low, high.max(low))
 }
 
 impl Drop for Index {
@@ -895,6 +917,22 @@ mod tests {
     use lode_engine::{LogRecord, Options};
 
     use super::*;
+
+    /// A window back from the end is sized by the density the last one
+    /// showed, within bounds, and doubles when the last held nothing.
+    #[test]
+    fn next_window_follows_the_density_seen() {
+        // 80 matches in 4096 docs, 20 missing: 20 / (80 / 4096) * 1.25.
+        assert_eq!(next_window(4096, 80, 20), 1280);
+        assert_eq!(next_window(4096, 0, 20), 8192);
+        // Dense: a sixteenth of the window at least (and 64 docs).
+        assert_eq!(next_window(4096, 4000, 1), 256);
+        assert_eq!(next_window(100, 100, 1), 64);
+        // Sparse: eight times the window at most.
+        assert_eq!(next_window(4096, 1, 99), 32768);
+        assert_eq!(next_window(DocId::MAX, 1, 100), DocId::MAX);
+        assert_eq!(next_window(DocId::MAX, 0, 100), DocId::MAX);
+    }
 
     fn open(dir: &Path, times: &[i64]) -> (Arc<Engine>, Index) {
         let engine = Arc::new(Engine::open(dir.join("data"), Options::default()).unwrap());
