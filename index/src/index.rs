@@ -330,7 +330,7 @@ impl Index {
         let query = parse(&search.query)?;
         let seqs = self.rechecking(|recheck| {
             let tquery = self.query(&query, search.since, search.until, before, recheck)?;
-            self.newest(&self.reader.searcher(), tquery.as_ref(), limit)
+            self.newest(&self.reader.searcher(), tquery.as_ref(), limit, recheck)
         })?;
         // Records retention dropped after they were indexed are left out.
         let records = self.engine.get_many(&seqs)?;
@@ -353,7 +353,13 @@ impl Index {
     /// order (what the single-threaded indexer writes) is read from its end
     /// and only as far as matches can get in ([`newest_from_end`]); other
     /// segments are read whole.
-    fn newest(&self, searcher: &Searcher, query: &dyn TQuery, limit: usize) -> Result<Vec<u64>> {
+    fn newest(
+        &self,
+        searcher: &Searcher,
+        query: &dyn TQuery,
+        limit: usize,
+        recheck: &Recheck,
+    ) -> Result<Vec<u64>> {
         let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         let mut segments = Vec::new();
         for reader in searcher
@@ -372,7 +378,7 @@ impl Index {
             }
             let seqs = &columns.seqs;
             if columns.ordered {
-                newest_from_end(weight.as_ref(), reader, seqs, &mut best)?;
+                newest_from_end(weight.as_ref(), reader, seqs, &mut best, recheck)?;
             } else {
                 weight.for_each_no_score(reader, &mut |docs| {
                     for &doc in docs {
@@ -733,27 +739,37 @@ fn alive(reader: &SegmentReader, doc: DocId) -> bool {
 /// whose candidates are read from the engine, checks about as many more
 /// as the page still lacks. A segment whose matches cost at most a
 /// window's worth of docs to read (a rare word, not a phrase) is read in
-/// one pass rather than with a new scorer per window.
+/// one pass rather than with a new scorer per window. Each window's
+/// filtered parts (phrases, cut milliseconds) check only the window's
+/// candidates (see [`Recheck::scorer_within`]).
 fn newest_from_end(
     weight: &dyn Weight,
     reader: &SegmentReader,
     seqs: &Column<u64>,
     best: &mut TopSeqs,
+    recheck: &Recheck,
 ) -> Result<()> {
     let mut end = reader.max_doc();
     let mut window: DocId = 4096;
-    let mut first = Some(weight.scorer(reader, 1.0)?);
+    // The first scorer serves the first window or, if cheap, the whole
+    // segment (made again without bounds if its filtered parts had them).
+    let (scorer, bound) = recheck.scorer_within(weight, reader, end.saturating_sub(window)..end)?;
+    let mut first = Some(scorer);
     if first
         .as_ref()
         .is_some_and(|s| s.cost() <= u64::from(window))
     {
+        // Cheap to read whole: in one pass, by a scorer of every doc.
         window = end;
+        if bound {
+            first = Some(weight.scorer(reader, 1.0)?);
+        }
     }
     while end > 0 {
         let start = end.saturating_sub(window);
         let mut scorer = match first.take() {
             Some(scorer) => scorer,
-            None => weight.scorer(reader, 1.0)?,
+            None => recheck.scorer_within(weight, reader, start..end)?.0,
         };
         let mut docs = Vec::new();
         let mut doc = scorer.seek(start.max(scorer.doc()));

@@ -74,6 +74,7 @@ impl Weight for PhraseWeight {
             phrases, recheck, ..
         } = self.phrase.clone();
         let columns = recheck.columns(reader)?;
+        let within = recheck.bound_for(candidates.as_ref());
         let keeps = move |docs: &[DocId]| {
             let seqs = seqs_of(&columns.seqs, docs.iter().copied());
             recheck
@@ -86,7 +87,9 @@ impl Weight for PhraseWeight {
                 .map(|holds| holds.unwrap_or(false))
                 .collect()
         };
-        Ok(Box::new(Filtered::new(candidates, keeps, READ_COST)))
+        Ok(Box::new(Filtered::new(
+            candidates, keeps, READ_COST, within,
+        )))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {

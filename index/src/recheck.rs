@@ -8,6 +8,7 @@
 //! engine, passes the check.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lode_engine::{ArchivedLogRecord, Engine};
@@ -27,6 +28,10 @@ pub(crate) struct Recheck {
     engine: Arc<Engine>,
     columns: Arc<Columns>,
     failure: Mutex<Option<lode_engine::Error>>,
+    /// The docs the filtered scorers made now check (see
+    /// [`Recheck::scorer_within`]; all of them otherwise), and whether one
+    /// with candidates was made.
+    scorer_bound: Mutex<(Range<DocId>, bool)>,
 }
 
 impl Recheck {
@@ -35,7 +40,43 @@ impl Recheck {
             engine,
             columns,
             failure: Mutex::new(None),
+            scorer_bound: Mutex::new((ALL_DOCS, false)),
         })
+    }
+
+    /// A scorer of `weight` over `reader` for a search that wants only the
+    /// docs of `docs` (a newest-first page's window): its filtered parts
+    /// check only the candidates there, rather than from the segment's
+    /// first doc (which a window back from the end throws away) to the
+    /// first kept one, however far. Also whether any filtered part with
+    /// candidates was so bound: if none, the scorer sees every match of
+    /// the segment. Not for searches that run on several threads at once.
+    pub(crate) fn scorer_within(
+        &self,
+        weight: &dyn Weight,
+        reader: &SegmentReader,
+        docs: Range<DocId>,
+    ) -> tantivy::Result<(Box<dyn Scorer>, bool)> {
+        *self.lock_bound() = (docs, false);
+        let scorer = weight.scorer(reader, 1.0);
+        let (_, bound) = std::mem::replace(&mut *self.lock_bound(), (ALL_DOCS, false));
+        Ok((scorer?, bound))
+    }
+
+    /// The docs a filtered scorer made now over `candidates` checks (see
+    /// [`Recheck::scorer_within`]).
+    pub(crate) fn bound_for(&self, candidates: &dyn DocSet) -> Range<DocId> {
+        let mut bound = self.lock_bound();
+        if bound.0 != ALL_DOCS && candidates.doc() != TERMINATED {
+            bound.1 = true;
+        }
+        bound.0.clone()
+    }
+
+    fn lock_bound(&self) -> std::sync::MutexGuard<'_, (Range<DocId>, bool)> {
+        self.scorer_bound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The seq and time columns of `reader`'s segment.
@@ -97,6 +138,9 @@ pub(crate) fn seqs_of(seqs: &Column<u64>, docs: impl Iterator<Item = DocId>) -> 
         .collect()
 }
 
+/// Every doc id.
+const ALL_DOCS: Range<DocId> = 0..TERMINATED;
+
 /// Most candidates checked at once.
 const MAX_BATCH: usize = 64;
 
@@ -115,10 +159,23 @@ pub(crate) struct Filtered<F> {
     candidates: Vec<DocId>,
     /// Cost of checking a candidate, in tantivy's units of `cost`.
     check_cost: u64,
+    /// Candidates from here on are not checked (`TERMINATED`: none).
+    end: DocId,
 }
 
 impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> Filtered<F> {
-    pub(crate) fn new(inner: Box<dyn Scorer>, keeps: F, check_cost: u64) -> Filtered<F> {
+    /// Filters `inner`'s docs within `docs` (see
+    /// [`Recheck::scorer_within`]; [`ALL_DOCS`] for all of them): those
+    /// past its end are left unchecked, as if `inner` ended there.
+    pub(crate) fn new(
+        mut inner: Box<dyn Scorer>,
+        keeps: F,
+        check_cost: u64,
+        docs: Range<DocId>,
+    ) -> Filtered<F> {
+        if inner.doc() < docs.start {
+            inner.seek(docs.start);
+        }
         let mut filtered = Filtered {
             inner,
             keeps,
@@ -126,6 +183,7 @@ impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> Filtered<F> {
             batch: 1,
             candidates: Vec::new(),
             check_cost,
+            end: docs.end,
         };
         filtered.check_until_kept();
         filtered
@@ -133,10 +191,10 @@ impl<F: FnMut(&[DocId]) -> Vec<bool> + Send + 'static> Filtered<F> {
 
     /// Checks batches of candidates until one is kept or none is left.
     fn check_until_kept(&mut self) -> DocId {
-        while self.kept.is_empty() && self.inner.doc() != TERMINATED {
+        while self.kept.is_empty() && self.inner.doc() < self.end {
             self.candidates.clear();
             let mut doc = self.inner.doc();
-            while doc != TERMINATED && self.candidates.len() < self.batch {
+            while doc < self.end && self.candidates.len() < self.batch {
                 self.candidates.push(doc);
                 doc = self.inner.advance();
             }
@@ -250,12 +308,14 @@ mod tests {
 
     proptest! {
         /// Checked in batches, a filtered scorer visits exactly the kept
-        /// candidates, under any mix of advances and seeks, and checks no
-        /// candidate twice.
+        /// candidates within its docs, under any mix of advances and
+        /// seeks, and checks no candidate twice or outside its docs.
         #[test]
         fn filtered_is_the_kept_candidates(
             mut docs in proptest::collection::vec(0u32..500, 0..200),
             kept_mod in 1u32..5,
+            start in prop_oneof![Just(0u32), 0u32..600],
+            len in prop_oneof![Just(TERMINATED), 0u32..600],
             steps in proptest::collection::vec(
                 prop_oneof![Just(Step::Advance), (0u32..60).prop_map(Step::Seek)],
                 0..100,
@@ -264,7 +324,12 @@ mod tests {
             docs.sort_unstable();
             docs.dedup();
             let keeps = move |doc: DocId| doc.is_multiple_of(kept_mod);
-            let expected: Vec<DocId> = docs.iter().copied().filter(|&d| keeps(d)).collect();
+            let end = start.saturating_add(len).min(TERMINATED);
+            let expected: Vec<DocId> = docs
+                .iter()
+                .copied()
+                .filter(|&d| keeps(d) && (start..end).contains(&d))
+                .collect();
             let checked = Arc::new(Mutex::new(Vec::new()));
             let log = Arc::clone(&checked);
             let inner = Box::new(Docs { docs: docs.clone(), at: 0 });
@@ -275,11 +340,12 @@ mod tests {
                     batch.iter().map(|&d| keeps(d)).collect()
                 },
                 1,
+                start..end,
             );
             let first_kept = |from: DocId| {
                 expected.iter().copied().find(|&d| d >= from).unwrap_or(TERMINATED)
             };
-            prop_assert_eq!(filtered.doc(), first_kept(0));
+            prop_assert_eq!(filtered.doc(), first_kept(start));
             for step in steps {
                 let doc = filtered.doc();
                 if doc == TERMINATED {
@@ -294,6 +360,7 @@ mod tests {
             }
             let checked = checked.lock().unwrap();
             prop_assert!(checked.windows(2).all(|w| w[0] < w[1]), "checked twice or out of order: {:?}", checked);
+            prop_assert!(checked.iter().all(|d| (start..end).contains(d)), "checked outside {}..{}: {:?}", start, end, checked);
         }
     }
 }

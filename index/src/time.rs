@@ -102,6 +102,7 @@ impl Weight for TimeRangeWeight {
             return Ok(grains);
         }
         let columns = self.range.recheck.columns(reader)?;
+        let within = self.range.recheck.bound_for(grains.as_ref());
         let cut: Vec<i64> = self
             .cut
             .iter()
@@ -139,7 +140,7 @@ impl Weight for TimeRangeWeight {
                 .collect()
         };
         // A candidate costs a grain lookup; few are read from the engine.
-        Ok(Box::new(Filtered::new(grains, keeps, 1)))
+        Ok(Box::new(Filtered::new(grains, keeps, 1, within)))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
