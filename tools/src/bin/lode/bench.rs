@@ -682,7 +682,7 @@ impl Cpu {
                 .filter(|((_, i), _)| idle.is_none_or(|want| *i == want))
                 .map(|(_, ns)| ns)
                 .sum();
-            ns as f64 / 1e3 / records.max(1) as f64
+            us_per_record(ns, records)
         };
         [us(None), us(Some(false)), us(Some(true))]
     }
@@ -699,10 +699,14 @@ impl Cpu {
         let shown: Vec<String> = threads
             .iter()
             .take(n)
-            .map(|(name, ns)| format!("{name} {:.2}", *ns as f64 / 1e3 / records.max(1) as f64))
+            .map(|(name, ns)| format!("{name} {:.2}", us_per_record(*ns, records)))
             .collect();
         shown.join(", ")
     }
+}
+
+fn us_per_record(ns: u64, records: usize) -> f64 {
+    ns as f64 / 1e3 / records.max(1) as f64
 }
 
 /// A thread's name (trailing digits trimmed), whether it is `SCHED_IDLE`,
