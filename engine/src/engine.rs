@@ -151,22 +151,37 @@ fn make_dir(path: &Path) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// What recovery found in the WAL directory.
+struct RecoveredWal {
+    /// Live segments, oldest first; the last is active.
+    segments: Vec<WalSegment>,
+    /// Replicated mode: sealed segments kept as the Raft log.
+    retained: Vec<WalSegment>,
+    active: File,
+    cuts: Vec<TailCut>,
+}
+
 /// Reads the WAL back after the applied index: deletes files already
 /// sealed, recovers the rest in order, creates the first file if none.
+/// A replicated log keeps its sealed files (they are the Raft log until
+/// purged) and starts where its oldest file says.
 fn recover_wal(
     wal_dir: &Path,
     opts: &Options,
-    applied: u64,
+    applied: Option<u64>,
     expected_seq: u64,
-) -> Result<(Vec<WalSegment>, File, Vec<TailCut>)> {
+) -> Result<RecoveredWal> {
     let files = wal::list(wal_dir)?;
-    let (stale, live): (Vec<_>, Vec<_>) =
-        files.into_iter().partition(|(index, _)| *index <= applied);
+    let sealed_through = applied.unwrap_or(0);
+    let (stale, live): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(index, _)| !opts.replicated && *index <= sealed_through);
     for (_, path) in stale {
         fs::remove_file(&path).map_err(Error::io("remove sealed WAL file", &path))?;
     }
-    let mut expected = (applied + 1, expected_seq);
+    let mut expected = (!opts.replicated).then_some((sealed_through + 1, expected_seq));
     let mut segments = Vec::new();
+    let mut retained = Vec::new();
     let mut cuts = Vec::new();
     let mut active = None;
     let count = live.len();
@@ -176,19 +191,49 @@ fn recover_wal(
             tracing::warn!(path = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, reason = %cut.reason, "cut torn WAL tail");
             cuts.push(cut);
         }
-        expected = (recovered.segment.next_index(), recovered.segment.end_seq());
-        segments.push(recovered.segment);
-        active = Some(recovered.file);
+        let segment = recovered.segment;
+        expected = Some((segment.next_index(), segment.end_seq()));
+        let sealed = opts.replicated
+            && applied.is_some()
+            && segment.end_seq() <= expected_seq
+            && segment
+                .last_index()
+                .is_some_and(|last| last <= sealed_through);
+        if sealed && segments.is_empty() {
+            retained.push(segment);
+        } else {
+            segments.push(segment);
+            active = Some(recovered.file);
+        }
+    }
+    if let Some(first) = segments.iter().find(|w| w.records() > 0)
+        && opts.replicated
+        && first.first_seq != expected_seq
+    {
+        return Err(Error::corrupt(
+            &first.path,
+            24,
+            format!(
+                "the first unsealed WAL file starts at seq {}; the sealed segments end before {expected_seq}",
+                first.first_seq
+            ),
+        ));
     }
     let active = match active {
         Some(file) => file,
         None => {
-            let (file, segment) = wal::create(wal_dir, expected.0, expected.1)?;
+            let (index, seq) = expected.unwrap_or((0, expected_seq));
+            let (file, segment) = wal::create(wal_dir, index, seq, 0)?;
             segments.push(segment);
             file
         }
     };
-    Ok((segments, active, cuts))
+    Ok(RecoveredWal {
+        segments,
+        retained,
+        active,
+        cuts,
+    })
 }
 
 impl Engine {
@@ -224,7 +269,16 @@ impl Engine {
             .values()
             .next_back()
             .map_or(floor, |s| s.last_seq + 1);
-        let (wal, file, cuts) = recover_wal(&wal_dir, &opts, manifest.applied, expected_seq)?;
+        // The manifest's applied index is the last sealed entry's; 0 with no
+        // sealed segment means nothing sealed (a replicated log may start
+        // at index 0).
+        let applied = (!sealed.is_empty() || !opts.replicated).then_some(manifest.applied);
+        let RecoveredWal {
+            segments: wal,
+            retained,
+            active: file,
+            cuts,
+        } = recover_wal(&wal_dir, &opts, applied, expected_seq)?;
         let active = wal.last().ok_or(Error::Closed)?;
         let (next_index, next_seq, len, has_frames) = (
             active.next_index(),
@@ -240,8 +294,16 @@ impl Engine {
         let state = State {
             sealed,
             wal: wal.into(),
+            retained: retained.into(),
+            applied: applied.filter(|_| opts.replicated),
             first_seq,
-            end_seq: next_seq,
+            // A replicated log's records are readable once applied: at open,
+            // those sealed; the consensus layer applies the rest again.
+            end_seq: if opts.replicated {
+                expected_seq
+            } else {
+                next_seq
+            },
         };
         let shared = Arc::new(Shared::new(wal_dir, tmp_dir, opts, store, state, cuts));
 
@@ -326,6 +388,12 @@ impl Engine {
     /// is answered at once with the empty range at the end of the log.
     fn send_append(&self, encoded: EncodedBatch, reply: Reply) -> Result<()> {
         let writer = self.writer()?;
+        if self.shared.opts.replicated {
+            return Err(Error::InvalidArgument(
+                "a replicated log takes entries from its consensus layer (append_entries)"
+                    .to_owned(),
+            ));
+        }
         if encoded.count() == 0 {
             let end = self.shared.read().end_seq;
             reply.send(Ok(SeqRange { start: end, end }));
@@ -340,13 +408,14 @@ impl Engine {
         }
         writer
             .send(WriterMsg::Append(AppendReq {
-                batch: encoded,
+                batch: Arc::new(encoded),
+                log_id: None,
                 reply,
             }))
             .map_err(|_| Error::Closed)
     }
 
-    fn writer(&self) -> Result<&Sender<WriterMsg>> {
+    pub(crate) fn writer(&self) -> Result<&Sender<WriterMsg>> {
         if let Some(cause) = self.shared.poisoned() {
             return Err(Error::Poisoned { cause });
         }

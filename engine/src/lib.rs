@@ -32,6 +32,7 @@
 
 mod engine;
 mod error;
+mod log;
 mod options;
 mod read;
 mod sealer;
@@ -46,9 +47,10 @@ mod writer;
 pub use engine::{AppendTicket, Engine, lower_thread_priority};
 pub use error::{Error, Result};
 pub use lode_codec::{
-    ArchivedLevel, ArchivedLogRecord, EncodedBatch, HEADER_LEN, Level, LogRecord, Record,
-    format_rfc3339, parse_rfc3339,
+    ArchivedLevel, ArchivedLogRecord, EncodedBatch, FrameKind, HEADER_LEN, Level, LogRecord,
+    Record, format_rfc3339, parse_rfc3339,
 };
+pub use log::{LogBounds, LogEntry};
 pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;

@@ -67,6 +67,14 @@ pub struct Options {
     pub background_sealing: bool,
     /// Scheduling priority of the sealing thread (see [`Background`]).
     pub background: Background,
+    /// The log is a replicated (Raft) log: entries arrive with their term
+    /// and index from the consensus layer ([`crate::Engine::append_entries`]),
+    /// an uncommitted suffix can be cut ([`crate::Engine::truncate_after`]),
+    /// and records become readable only once their entry is applied
+    /// ([`crate::Engine::apply`]). Sealed WAL files are kept for the log
+    /// until [`crate::Engine::purge`]. Off: the embedded engine, whose
+    /// appends are readable once durable.
+    pub replicated: bool,
 }
 
 /// How background threads (sealing, indexing, index merges) share the CPU
@@ -125,6 +133,7 @@ impl Default for Options {
             block_cache_bytes: 256 << 20,
             background_sealing: true,
             background: Background::Idle,
+            replicated: false,
         }
     }
 }

@@ -149,7 +149,7 @@ impl Shared {
             }
             Source::Wal { map, path, frames } => {
                 let mut next = from;
-                for loc in &frames {
+                for loc in frames.iter().filter(|f| f.count > 0) {
                     let frame = wal::read_indexed_frame(&map, &path, loc)?;
                     let batch = frame
                         .batch()
@@ -240,16 +240,7 @@ impl Engine {
     /// durable when each chunk is fetched, so it may also see appends made
     /// after it started.
     pub fn scan(&self, range: impl RangeBounds<u64>) -> Scan {
-        let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&e) => e.saturating_add(1),
-            Bound::Excluded(&e) => e,
-            Bound::Unbounded => self.shared.read().end_seq,
-        };
+        let (start, end) = half_open(&range, || self.shared.read().end_seq);
         Scan::new(Arc::clone(&self.shared), vec![(start, end)], None)
     }
 
@@ -360,6 +351,21 @@ impl Engine {
             poisoned: self.shared.poisoned(),
         }
     }
+}
+
+/// `[start, end)` of a range of positions; an unbounded end is `end()`.
+pub(crate) fn half_open(range: &impl RangeBounds<u64>, end: impl FnOnce() -> u64) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => end(),
+    };
+    (start, end)
 }
 
 /// An iterator over stored records; see [`Engine::scan`].

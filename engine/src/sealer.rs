@@ -94,6 +94,15 @@ impl Sealer {
                 if state.wal.len() < 2 {
                     return Ok(());
                 }
+                // A replicated log seals only applied (committed) entries:
+                // nothing sealed can be cut.
+                let unapplied = |w: &crate::wal::WalSegment| {
+                    w.last_index()
+                        .is_some_and(|last| state.applied.is_none_or(|a| last > a))
+                };
+                if self.shared.opts.replicated && state.wal.front().is_some_and(unapplied) {
+                    return Ok(());
+                }
                 state.wal.front().map(|w| Finished {
                     path: w.path.clone(),
                     first_index: w.first_index,
@@ -118,6 +127,11 @@ impl Sealer {
             // An empty finished segment holds nothing to seal.
             return self.retire(finished, None);
         };
+        if first.first_seq == last.end_seq() {
+            // Only entries without records (a replicated log's blank and
+            // membership entries).
+            return self.retire(finished, None);
+        }
         let (first_seq, last_seq) = (first.first_seq, last.end_seq() - 1);
         let tmp = self
             .shared
@@ -148,7 +162,7 @@ impl Sealer {
 
     fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<()> {
         let mut sst = self.shared.store.sst_writer(tmp)?;
-        for loc in &finished.frames {
+        for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
             let batch = frame
                 .batch()
@@ -165,8 +179,9 @@ impl Sealer {
     }
 
     /// Switches readers from the WAL segment to its sealed form and deletes
-    /// the WAL file.
+    /// the WAL file (a replicated log keeps it until purged).
     fn retire(&self, finished: &Finished, meta: Option<SegmentMeta>) -> Result<()> {
+        let replicated = self.shared.opts.replicated;
         {
             let mut state = self.shared.write();
             if let Some(meta) = meta {
@@ -176,12 +191,17 @@ impl Sealer {
                 .wal
                 .front()
                 .is_some_and(|w| w.first_index == finished.first_index)
+                && let Some(segment) = state.wal.pop_front()
+                && replicated
             {
-                state.wal.pop_front();
+                state.retained.push_back(segment);
             }
         }
         Counters::add(&self.shared.counters.seals, 1);
         *Shared::lock(&self.shared.last_seal_error) = None;
+        if replicated {
+            return Ok(());
+        }
         // The segment is sealed either way: a WAL file left behind has an
         // applied index and is deleted at the next open.
         if let Err(e) = fs::remove_file(&finished.path) {

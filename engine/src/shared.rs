@@ -24,10 +24,24 @@ pub(crate) struct State {
     pub(crate) sealed: BTreeMap<u64, SegmentMeta>,
     /// WAL segments, oldest first; the last one is active.
     pub(crate) wal: VecDeque<WalSegment>,
+    /// Replicated mode: WAL files already sealed, kept as the Raft log
+    /// until purged. Records are read from the sealed segments, never here.
+    pub(crate) retained: VecDeque<WalSegment>,
+    /// Replicated mode: the last applied log index; records of entries up
+    /// to it are readable (`end_seq`), later ones are not yet.
+    pub(crate) applied: Option<u64>,
     /// Oldest seq retention keeps.
     pub(crate) first_seq: u64,
-    /// One past the newest durable seq.
+    /// One past the newest readable seq: durable, and in replicated mode
+    /// also applied.
     pub(crate) end_seq: u64,
+}
+
+impl State {
+    /// Every WAL segment still on disk, oldest first: retained, then live.
+    pub(crate) fn log_segments(&self) -> impl DoubleEndedIterator<Item = &WalSegment> {
+        self.retained.iter().chain(self.wal.iter())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +135,15 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// The replicated log's state file (vote, committed index), beside the
+    /// WAL directory.
+    pub(crate) fn state_path(&self) -> PathBuf {
+        self.wal_dir
+            .parent()
+            .unwrap_or(&self.wal_dir)
+            .join("raft-state")
     }
 
     /// Wakes readers waiting for new records.

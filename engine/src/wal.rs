@@ -4,7 +4,9 @@
 //! file header (40 bytes)
 //!      0     8  magic      "LODEWAL\0"
 //!      8     4  version    u32 LE, 1
-//!     12     4  reserved   zero
+//!     12     4  flags      u32 LE: bit 0 = restart (replicated logs: the
+//!                          log restarts at first_index, the entries before
+//!                          it were purged under a snapshot); other bits zero
 //!     16     8  first_index  log index of the first frame, u64 LE
 //!     24     8  first_seq    seq of the first record, u64 LE
 //!     32     4  crc        crc32c of bytes 0..32, u32 LE
@@ -21,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lode_codec::{Frame, decode_frame, decode_frame_unchecksummed};
+use lode_codec::{Frame, FrameKind, decode_frame, decode_frame_unchecksummed};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
@@ -30,6 +32,9 @@ use crate::options::RecoveryMode;
 const MAGIC: &[u8; 8] = b"LODEWAL\0";
 const VERSION: u32 = 1;
 pub(crate) const FILE_HEADER_LEN: u64 = 40;
+/// Header flag: this file's first index does not follow the previous file's
+/// last (a replicated log restarted after a purge past its end).
+pub(crate) const RESTART: u32 = 1;
 /// Maps grow in steps of this size so the writer rarely remaps.
 const MAP_STEP: u64 = 64 << 20;
 
@@ -97,10 +102,11 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-fn encode_header(first_index: u64, first_seq: u64) -> [u8; FILE_HEADER_LEN as usize] {
+fn encode_header(first_index: u64, first_seq: u64, flags: u32) -> [u8; FILE_HEADER_LEN as usize] {
     let mut header = [0u8; FILE_HEADER_LEN as usize];
     header[0..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&flags.to_le_bytes());
     header[16..24].copy_from_slice(&first_index.to_le_bytes());
     header[24..32].copy_from_slice(&first_seq.to_le_bytes());
     let crc = crc32c::crc32c(&header[0..32]);
@@ -108,7 +114,15 @@ fn encode_header(first_index: u64, first_seq: u64) -> [u8; FILE_HEADER_LEN as us
     header
 }
 
-fn decode_header(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+/// A WAL file's header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    first_index: u64,
+    first_seq: u64,
+    flags: u32,
+}
+
+fn decode_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     let header = bytes
         .get(..FILE_HEADER_LEN as usize)
         .ok_or_else(|| Error::corrupt(path, 0, "file shorter than its header"))?;
@@ -137,24 +151,46 @@ fn decode_header(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
             format!("unsupported WAL version {version}"),
         ));
     }
-    Ok((u64::from_le_bytes(field(16)), u64::from_le_bytes(field(24))))
+    let flags = u32::from_le_bytes(field(8)[4..].try_into().unwrap_or([0; 4]));
+    if flags & !RESTART != 0 {
+        return Err(Error::corrupt(
+            path,
+            12,
+            format!("unknown header flags {flags:#x}"),
+        ));
+    }
+    Ok(Header {
+        first_index: u64::from_le_bytes(field(16)),
+        first_seq: u64::from_le_bytes(field(24)),
+        flags,
+    })
 }
 
 fn map_file(file: &File, path: &Path, len: u64) -> Result<Arc<Mmap>> {
     let map_len = len.div_ceil(MAP_STEP).max(1) * MAP_STEP;
     // SAFETY: the engine holds the data directory's lock, so no other lode
-    // process writes this file; this process only appends to it and never
-    // truncates it while a map exists (recovery truncates before mapping).
-    // Readers only touch offsets below the durable length, which lie inside
-    // the file, never the part of the map beyond its end.
+    // process writes this file. This process appends to it, and shortens it
+    // only in two places: recovery, before mapping, and a replicated log's
+    // `cut_after`, under the state write lock. Readers copy frame locations
+    // under the state read lock and only touch offsets below the durable
+    // length of frames that exist at that moment; a cut removes only frames
+    // that were never applied, which record readers never see, and log
+    // readers copy frame bytes while holding the read lock. So no access
+    // lands beyond the file's end.
     #[expect(unsafe_code, reason = "memory-mapped WAL reads; invariant above")]
     let map = unsafe { MmapOptions::new().len(map_len as usize).map(file) };
     map.map(Arc::new).map_err(Error::io("mmap", path))
 }
 
 /// Creates a new WAL file and syncs it and its directory; returns the file
-/// opened for appending, positioned after the header.
-pub(crate) fn create(dir: &Path, first_index: u64, first_seq: u64) -> Result<(File, WalSegment)> {
+/// opened for appending, positioned after the header. `flags` is
+/// [`RESTART`] or 0. A file of the same name is replaced.
+pub(crate) fn create(
+    dir: &Path,
+    first_index: u64,
+    first_seq: u64,
+    flags: u32,
+) -> Result<(File, WalSegment)> {
     let path = dir.join(file_name(first_index));
     let tmp = dir.join(format!("{}.tmp", file_name(first_index)));
     let mut file = OpenOptions::new()
@@ -164,7 +200,7 @@ pub(crate) fn create(dir: &Path, first_index: u64, first_seq: u64) -> Result<(Fi
         .write(true)
         .open(&tmp)
         .map_err(Error::io("create", &tmp))?;
-    file.write_all(&encode_header(first_index, first_seq))
+    file.write_all(&encode_header(first_index, first_seq, flags))
         .map_err(Error::io("write", &tmp))?;
     file.sync_all().map_err(Error::io("fsync", &tmp))?;
     fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
@@ -197,13 +233,15 @@ pub(crate) struct Recovered {
 
 /// Reads a WAL file back, checking every frame.
 ///
-/// `expected` is the (index, seq) the file must start at. A bad frame in a
-/// file that is not the newest (`is_last == false`) is corruption; in the
+/// `expected` is the (index, seq) the file must start at; `None` takes the
+/// header as it is (the oldest file of a replicated log). A file flagged
+/// [`RESTART`] may start at a later index, never at another seq. A bad
+/// frame in a file that is not the newest (`is_last == false`) is corruption; in the
 /// newest it is a torn tail, cut back to the last whole frame, unless
 /// valid frames follow it and `mode` is `TolerateTornTail`.
 pub(crate) fn recover(
     path: &Path,
-    expected: (u64, u64),
+    expected: Option<(u64, u64)>,
     is_last: bool,
     mode: RecoveryMode,
 ) -> Result<Recovered> {
@@ -215,7 +253,11 @@ pub(crate) fn recover(
     let file_len = file.metadata().map_err(Error::io("stat", path))?.len();
     let map = map_file(&file, path, file_len)?;
     let bytes = map.get(..file_len as usize).unwrap_or_default();
-    let (first_index, first_seq) = decode_header(path, bytes)?;
+    let Header {
+        first_index,
+        first_seq,
+        flags,
+    } = decode_header(path, bytes)?;
     if path.file_name().and_then(|n| n.to_str()) != Some(file_name(first_index).as_str()) {
         return Err(Error::corrupt(
             path,
@@ -223,13 +265,15 @@ pub(crate) fn recover(
             format!("file name does not match its first index {first_index}"),
         ));
     }
-    if (first_index, first_seq) != expected {
+    let (expected_index, expected_seq) = expected.unwrap_or((first_index, first_seq));
+    let restarts = flags & RESTART != 0 && first_index > expected_index;
+    if first_seq != expected_seq || (first_index != expected_index && !restarts) {
+        let (expected_index, expected_seq) = (expected_index, expected_seq);
         return Err(Error::corrupt(
             path,
             16,
             format!(
-                "file starts at index {first_index}, seq {first_seq}; the log expects index {}, seq {}",
-                expected.0, expected.1
+                "file starts at index {first_index}, seq {first_seq}; the log expects index {expected_index}, seq {expected_seq}"
             ),
         ));
     }
@@ -316,13 +360,18 @@ fn check_frame(
         ));
     }
     // The trailer gives count and time range; the records themselves are
-    // checked when read.
-    let batch = frame.batch().map_err(|e| e.to_string())?;
-    let (min_ts, max_ts) = batch.ts_range();
+    // checked when read. Other kinds hold no records.
+    let (count, (min_ts, max_ts)) = match frame.kind {
+        FrameKind::Batch => {
+            let batch = frame.batch().map_err(|e| e.to_string())?;
+            (batch.len() as u32, batch.ts_range())
+        }
+        _ => (0, (i64::MAX, i64::MIN)),
+    };
     Ok(FrameLoc {
         index,
         first_seq: seq,
-        count: batch.len() as u32,
+        count,
         offset,
         len: frame.encoded_len() as u32,
         min_ts,
@@ -360,6 +409,31 @@ impl WalSegment {
             .get(pos)
             .filter(|f| f.first_seq <= seq)
             .map(|_| pos)
+    }
+
+    /// The index of the last frame, if any.
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        self.frames.last().map(|f| f.index)
+    }
+
+    /// Cuts the frames after `index` (all of them for `None`) from the file
+    /// and syncs it. The caller holds the state write lock (see `map_file`).
+    pub(crate) fn cut_after(&mut self, index: Option<u64>) -> Result<()> {
+        let keep = index.map_or(0, |i| self.frames.partition_point(|f| f.index <= i));
+        let Some(first_cut) = self.frames.get(keep) else {
+            return Ok(());
+        };
+        let len = first_cut.offset;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(Error::io("open", &self.path))?;
+        file.set_len(len)
+            .map_err(Error::io("truncate", &self.path))?;
+        file.sync_all().map_err(Error::io("fsync", &self.path))?;
+        self.frames.truncate(keep);
+        self.len = len;
+        Ok(())
     }
 
     /// Appends newly durable frames; remaps when the file outgrew the map.
@@ -405,8 +479,15 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let header = encode_header(7, 99);
-        assert_eq!(decode_header(Path::new("x"), &header).unwrap(), (7, 99));
+        let header = encode_header(7, 99, RESTART);
+        assert_eq!(
+            decode_header(Path::new("x"), &header).unwrap(),
+            Header {
+                first_index: 7,
+                first_seq: 99,
+                flags: RESTART
+            }
+        );
         let mut bad = header;
         bad[20] ^= 1;
         assert!(matches!(

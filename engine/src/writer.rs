@@ -7,7 +7,7 @@
 //! After a failed write or sync the engine is poisoned: nothing more is
 //! written, every append is refused with the cause.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +21,15 @@ use crate::error::{Error, Result};
 use crate::options::Durability;
 use crate::sealer::SealerMsg;
 use crate::shared::{Counters, Shared};
-use crate::wal::{self, FrameLoc};
+use crate::wal::{self, FrameLoc, WalSegment};
 
 pub(crate) struct AppendReq {
-    pub(crate) batch: EncodedBatch,
+    /// Shared, not owned: a replicated log's entry is also held by the
+    /// consensus layer; the writer only reads it.
+    pub(crate) batch: Arc<EncodedBatch>,
+    /// Replicated mode: the entry's (term, index), given by the consensus
+    /// layer; the writer checks that the index follows the log.
+    pub(crate) log_id: Option<(u64, u64)>,
     pub(crate) reply: Reply,
 }
 
@@ -54,6 +59,29 @@ pub(crate) enum WriterMsg {
     SealAll(Sender<Result<()>>),
     /// fdatasync what is written (under `Durability::Buffered`).
     Sync(Sender<Result<()>>),
+    /// Replicated mode: cut the entries after this index (all for `None`).
+    Truncate {
+        after: Option<u64>,
+        reply: Sender<Result<()>>,
+    },
+    /// Replicated mode: make the records of entries up to this index
+    /// readable; answers each newly applied entry's index and seqs.
+    Apply {
+        through: u64,
+        reply: Sender<Result<Vec<(u64, SeqRange)>>>,
+    },
+    /// Replicated mode: entries up to this index are covered by a snapshot;
+    /// delete the sealed WAL files that hold only such entries.
+    Purge {
+        through: u64,
+        reply: Sender<Result<()>>,
+    },
+    /// Replicated mode: replace the log's state file (vote, committed
+    /// index) atomically, ordered with appends.
+    SaveState {
+        bytes: Vec<u8>,
+        reply: Sender<Result<()>>,
+    },
 }
 
 pub(crate) struct Writer {
@@ -105,6 +133,18 @@ impl Writer {
                         self.shared.poison(e.to_string());
                     }
                     let _ = reply.send(synced);
+                }
+                WriterMsg::Truncate { after, reply } => {
+                    let _ = reply.send(self.guarded(|w| w.truncate(after)));
+                }
+                WriterMsg::Apply { through, reply } => {
+                    let _ = reply.send(self.apply(through));
+                }
+                WriterMsg::Purge { through, reply } => {
+                    let _ = reply.send(self.guarded(|w| w.purge(through)));
+                }
+                WriterMsg::SaveState { bytes, reply } => {
+                    let _ = reply.send(self.guarded(|w| w.save_state(&bytes)));
                 }
                 WriterMsg::SealAll(reply) => match self.rotate() {
                     Ok(()) => {
@@ -173,8 +213,34 @@ impl Writer {
         let mut locs = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len());
+        let mut terms = Vec::with_capacity(group.len());
+        let mut group = group.into_iter();
+        if let Err(e) = self.start_log_at_first_entry(group.as_slice().first()) {
+            let cause = e.to_string();
+            self.shared.poison(cause.clone());
+            return self.fail_group(group, || Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
         let mut end = self.len;
-        for AppendReq { batch, reply } in group {
+        while let Some(AppendReq {
+            batch,
+            log_id,
+            reply,
+        }) = group.next()
+        {
+            if let Some((_, index)) = log_id
+                && index != self.next_index
+            {
+                let reason = format!(
+                    "log entry {index} does not follow the log's next index {}",
+                    self.next_index
+                );
+                reply.send(Err(Error::InvalidArgument(reason.clone())));
+                self.fail_group(group, || Error::InvalidArgument(reason.clone()));
+                break;
+            }
+            terms.push(log_id.map_or(0, |(term, _)| term));
             let (min_ts, max_ts) = batch.ts_range();
             let loc = FrameLoc {
                 index: self.next_index,
@@ -198,9 +264,12 @@ impl Writer {
             locs.push(loc);
             batches.push(batch);
         }
+        if locs.is_empty() {
+            return;
+        }
         let written = end - self.len;
         let outcome = self
-            .write_group(&mut batches, &locs)
+            .write_group(&batches, &terms, &locs)
             .and_then(|()| self.publish(&locs));
         match outcome {
             Ok(()) => {
@@ -228,14 +297,24 @@ impl Writer {
         }
     }
 
-    /// Seals each batch's frame header in place and writes the frames from
-    /// the batches' own buffers, one vectored write: no copy into a group
+    /// Writes each frame as its header (made here) and its payload from
+    /// the batch's own buffer, one vectored write: no copy into a group
     /// buffer (perf: that copy was a quarter of the writer's CPU).
-    fn write_group(&mut self, batches: &mut [EncodedBatch], locs: &[FrameLoc]) -> Result<()> {
-        let mut frames: Vec<IoSlice<'_>> = batches
-            .iter_mut()
-            .zip(locs)
-            .map(|(batch, loc)| IoSlice::new(batch.seal(0, loc.index)))
+    fn write_group(
+        &mut self,
+        batches: &[Arc<EncodedBatch>],
+        terms: &[u64],
+        locs: &[FrameLoc],
+    ) -> Result<()> {
+        let headers: Vec<[u8; lode_codec::HEADER_LEN]> = batches
+            .iter()
+            .zip(terms.iter().zip(locs))
+            .map(|(batch, (&term, loc))| batch.header(term, loc.index))
+            .collect();
+        let mut frames: Vec<IoSlice<'_>> = headers
+            .iter()
+            .zip(batches)
+            .flat_map(|(header, batch)| [IoSlice::new(header), IoSlice::new(batch.payload())])
             .collect();
         let written = write_all_vectored_at(&self.file, self.len, &mut frames);
         if let Err(source) = written {
@@ -292,7 +371,9 @@ impl Writer {
             let mut state = self.shared.write();
             let active = state.wal.back_mut().ok_or(Error::Closed)?;
             active.extend(&self.file, locs, self.len)?;
-            state.end_seq = self.next_seq;
+            if !self.shared.opts.replicated {
+                state.end_seq = self.next_seq;
+            }
         }
         self.first_frame_at.get_or_insert_with(Instant::now);
         self.shared.notify();
@@ -315,15 +396,246 @@ impl Writer {
             return Ok(());
         }
         self.sync_if_unsynced()?;
-        let (file, segment) = wal::create(&self.shared.wal_dir, self.next_index, self.next_seq)?;
-        let segment_path = segment.path.clone();
-        self.shared.write().wal.push_back(segment);
-        self.file = file;
-        self.path = segment_path;
-        self.len = wal::FILE_HEADER_LEN;
-        self.first_frame_at = None;
+        self.start_file(self.next_index, 0)?;
         let _ = self.sealer.send(SealerMsg::Work);
         Ok(())
+    }
+
+    /// Opens a new active WAL file at `first_index` and the next seq, after
+    /// the current one (which the caller has finished or removed).
+    fn start_file(&mut self, first_index: u64, flags: u32) -> Result<()> {
+        let (file, segment) = wal::create(&self.shared.wal_dir, first_index, self.next_seq, flags)?;
+        self.path = segment.path.clone();
+        self.shared.write().wal.push_back(segment);
+        self.file = file;
+        self.len = wal::FILE_HEADER_LEN;
+        self.next_index = first_index;
+        self.first_frame_at = None;
+        Ok(())
+    }
+
+    /// Answers every append of `rest` with an error `e` makes.
+    fn fail_group(&self, rest: impl Iterator<Item = AppendReq>, e: impl Fn() -> Error) {
+        for req in rest {
+            req.reply.send(Err(e()));
+        }
+    }
+
+    /// Runs a replicated-log operation: refused on a poisoned or embedded
+    /// engine, and a failure of its I/O poisons the engine (the log's state
+    /// on disk is then unknown).
+    fn guarded(&mut self, op: impl FnOnce(&mut Writer) -> Result<()>) -> Result<()> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        if !self.shared.opts.replicated {
+            return Err(Error::InvalidArgument(
+                "not a replicated log (Options::replicated is off)".to_owned(),
+            ));
+        }
+        let outcome = op(self);
+        if let Err(e @ Error::Io { .. }) = &outcome {
+            self.shared.poison(e.to_string());
+        }
+        outcome
+    }
+
+    /// Replicated mode: an empty log starts wherever its first entry says
+    /// (index 0 for a new Raft group, later after a snapshot). The empty
+    /// active file is replaced by one that starts there.
+    fn start_log_at_first_entry(&mut self, first: Option<&AppendReq>) -> Result<()> {
+        let Some((_, index)) = first.and_then(|req| req.log_id) else {
+            return Ok(());
+        };
+        let empty = {
+            let state = self.shared.read();
+            state.log_segments().all(|w| w.frames.is_empty())
+        };
+        if index == self.next_index || !empty {
+            return Ok(());
+        }
+        self.replace_empty_active(index)
+    }
+
+    /// Replaces the active file, which holds no frame, by one starting at
+    /// `first_index` (flagged as a restart when other WAL files precede it).
+    fn replace_empty_active(&mut self, first_index: u64) -> Result<()> {
+        let old = {
+            let mut state = self.shared.write();
+            let old = state.wal.pop_back().ok_or(Error::Closed)?;
+            (state.log_segments().next().is_some(), old)
+        };
+        let (others, old) = old;
+        let flags = if others { wal::RESTART } else { 0 };
+        self.start_file(first_index, flags)?;
+        if old.path != self.path {
+            fs::remove_file(&old.path).map_err(Error::io("remove", &old.path))?;
+            wal::sync_dir(&self.shared.wal_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the log after `after` (all of it for `None`), never below the
+    /// applied index, then starts a new active file where the log now ends:
+    /// a file the sealer may be reading is never written to again.
+    fn truncate(&mut self, after: Option<u64>) -> Result<()> {
+        self.sync_if_unsynced()?;
+        let mut removed = Vec::new();
+        let next_index = {
+            let mut state = self.shared.write();
+            if let Some(applied) = state.applied
+                && after.is_none_or(|a| a < applied)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot cut the log after {after:?}: entries up to {applied} are applied"
+                )));
+            }
+            let first_cut = state
+                .wal
+                .iter()
+                .find_map(|w| w.frames.iter().find(|f| after.is_none_or(|a| f.index > a)))
+                .map(|f| (f.index, f.first_seq));
+            let Some((first_cut_index, first_cut_seq)) = first_cut else {
+                return Ok(());
+            };
+            while let Some(back) = state.wal.back_mut() {
+                if back
+                    .frames
+                    .first()
+                    .is_none_or(|f| f.index >= first_cut_index)
+                {
+                    let doomed = state.wal.pop_back().ok_or(Error::Closed)?;
+                    removed.push(doomed.path);
+                } else {
+                    back.cut_after(after)?;
+                    break;
+                }
+            }
+            self.next_seq = first_cut_seq;
+            first_cut_index
+        };
+        for path in &removed {
+            fs::remove_file(path).map_err(Error::io("remove", path))?;
+        }
+        let flags = {
+            let state = self.shared.read();
+            let last = state.log_segments().next_back();
+            match last {
+                Some(w) if w.next_index() != next_index => wal::RESTART,
+                _ => 0,
+            }
+        };
+        self.start_file(next_index, flags)?;
+        wal::sync_dir(&self.shared.wal_dir)
+    }
+
+    /// Makes the records of entries up to `through` readable.
+    fn apply(&mut self, through: u64) -> Result<Vec<(u64, SeqRange)>> {
+        if !self.shared.opts.replicated {
+            return Err(Error::InvalidArgument(
+                "not a replicated log (Options::replicated is off)".to_owned(),
+            ));
+        }
+        let (applied, finished_now) = {
+            let mut state = self.shared.write();
+            let after = state.applied;
+            if after.is_some_and(|a| through <= a) {
+                return Ok(Vec::new());
+            }
+            let applied: Vec<(u64, SeqRange)> = state
+                .wal
+                .iter()
+                .flat_map(|w| w.frames.iter())
+                .filter(|f| after.is_none_or(|a| f.index > a) && f.index <= through)
+                .map(|f| {
+                    let range = SeqRange {
+                        start: f.first_seq,
+                        end: f.end_seq(),
+                    };
+                    (f.index, range)
+                })
+                .collect();
+            // Entries below the oldest one on disk were purged: their
+            // records, if any, are sealed and readable already.
+            let first_on_disk = state
+                .log_segments()
+                .find_map(|w| w.frames.first().map(|f| f.index))
+                .or_else(|| state.wal.back().map(WalSegment::next_index));
+            if applied.is_empty() && first_on_disk.is_some_and(|first| through < first) {
+                state.applied = Some(through);
+                return Ok(Vec::new());
+            }
+            if applied.last().map(|(index, _)| *index) != Some(through) {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot apply up to entry {through}: the log holds no such entry after {after:?}"
+                )));
+            }
+            if let Some((_, range)) = applied.last() {
+                state.end_seq = state.end_seq.max(range.end);
+            }
+            state.applied = Some(through);
+            let finished_now = state.wal.len() > 1
+                && state
+                    .wal
+                    .front()
+                    .and_then(WalSegment::last_index)
+                    .is_some_and(|last| last <= through);
+            (applied, finished_now)
+        };
+        self.shared.notify();
+        if finished_now {
+            let _ = self.sealer.send(SealerMsg::Work);
+        }
+        Ok(applied)
+    }
+
+    /// Deletes the sealed WAL files whose entries are all at or below
+    /// `through`; when the whole log is, the log restarts after it.
+    fn purge(&mut self, through: u64) -> Result<()> {
+        let (doomed, whole_log) = {
+            let mut state = self.shared.write();
+            let mut doomed = Vec::new();
+            while state
+                .retained
+                .front()
+                .is_some_and(|w| w.last_index().is_none_or(|last| last <= through))
+            {
+                if let Some(w) = state.retained.pop_front() {
+                    doomed.push(w.path);
+                }
+            }
+            let last = state.log_segments().rev().find_map(WalSegment::last_index);
+            (
+                doomed,
+                last.is_none_or(|last| last <= through) && self.next_index <= through,
+            )
+        };
+        for path in &doomed {
+            fs::remove_file(path).map_err(Error::io("remove", path))?;
+        }
+        if whole_log {
+            if self.first_frame_at.is_some() {
+                self.sync_if_unsynced()?;
+                self.start_file(through + 1, wal::RESTART)?;
+                let _ = self.sealer.send(SealerMsg::Work);
+            } else {
+                self.replace_empty_active(through + 1)?;
+            }
+        }
+        wal::sync_dir(&self.shared.wal_dir)
+    }
+
+    /// Replaces the log's state file: written beside it, synced, renamed
+    /// over it, directory synced.
+    fn save_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let path = self.shared.state_path();
+        let tmp = path.with_extension("tmp");
+        let mut file = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        file.write_all(bytes).map_err(Error::io("write", &tmp))?;
+        file.sync_all().map_err(Error::io("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
+        let dir = path.parent().unwrap_or(&self.shared.wal_dir);
+        wal::sync_dir(dir)
     }
 }
 

@@ -42,6 +42,8 @@ mod import;
 #[cfg(test)]
 mod model;
 #[cfg(test)]
+mod raft_log;
+#[cfg(test)]
 mod search;
 #[cfg(test)]
 mod server;

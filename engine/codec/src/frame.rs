@@ -4,7 +4,10 @@
 //! offset  size  field
 //!      0     4  len      payload length in bytes, u32 LE
 //!      4     4  crc      crc32c of bytes 8 .. 25+len (kind, term, index, payload), u32 LE
-//!      8     1  kind     1 = batch of records (see `batch.rs`)
+//!      8     1  kind     1 = batch of records (see `batch.rs`), 2 = blank (a
+//!                        Raft leader's first entry), 3 = membership (a Raft
+//!                        configuration, opaque to the engine); only batches
+//!                        hold records
 //!      9     8  term     Raft term, u64 LE (0 in embedded mode)
 //!     17     8  index    log index, u64 LE, dense from 1
 //!     25   len  payload
@@ -30,12 +33,19 @@ pub const MAX_PAYLOAD: usize = 1 << 30;
 pub enum FrameKind {
     /// A batch of log records: standalone rkyv archives plus a trailer.
     Batch = 1,
+    /// A Raft leader's blank entry: no payload, no records.
+    Blank = 2,
+    /// A Raft membership change: a payload the replication layer encodes,
+    /// no records.
+    Membership = 3,
 }
 
 impl FrameKind {
     fn from_byte(byte: u8) -> Option<FrameKind> {
         match byte {
             1 => Some(FrameKind::Batch),
+            2 => Some(FrameKind::Blank),
+            3 => Some(FrameKind::Membership),
             _ => None,
         }
     }
@@ -143,8 +153,9 @@ pub fn decode_frame_unchecksummed(bytes: &[u8]) -> std::result::Result<Frame<'_>
 /// The payload's checksum is computed by the encoding thread; the log's
 /// writer fills in term and index and combines the checksums, so the
 /// single writer thread never touches the payload bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EncodedBatch {
+    kind: FrameKind,
     bytes: Vec<u8>,
     payload_crc: u32,
     count: u32,
@@ -174,12 +185,54 @@ impl EncodedBatch {
         check_payload_len(payload.len())?;
         let payload_crc = crc32c::crc32c(payload);
         Ok(EncodedBatch {
+            kind: FrameKind::Batch,
             bytes,
             payload_crc,
             count,
             min_ts,
             max_ts,
         })
+    }
+
+    /// A frame of a kind that holds no records (a Raft blank or membership
+    /// entry) with `payload` as it is. Its time range is empty
+    /// (`i64::MAX, i64::MIN`), so it never widens a segment's.
+    pub fn without_records(kind: FrameKind, payload: &[u8]) -> Result<EncodedBatch> {
+        if kind == FrameKind::Batch {
+            return EncodedBatch::from_payload(payload);
+        }
+        check_payload_len(payload.len())?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.resize(HEADER_LEN, 0);
+        bytes.extend_from_slice(payload);
+        Ok(EncodedBatch {
+            kind,
+            bytes,
+            payload_crc: crc32c::crc32c(payload),
+            count: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+        })
+    }
+
+    /// A frame already in the log (checked when it was written or
+    /// recovered), copied out with its header's room so that it can be
+    /// appended or shipped again: the trailer is read for count and time
+    /// range, the records are not checked again.
+    pub fn from_frame(frame: &Frame<'_>) -> Result<EncodedBatch> {
+        let mut batch = EncodedBatch::without_records(FrameKind::Blank, frame.payload)?;
+        batch.kind = frame.kind;
+        if frame.kind == FrameKind::Batch {
+            let view = frame.batch()?;
+            batch.count = view.len() as u32;
+            (batch.min_ts, batch.max_ts) = view.ts_range();
+        }
+        Ok(batch)
+    }
+
+    /// What the frame carries.
+    pub fn kind(&self) -> FrameKind {
+        self.kind
     }
 
     /// Takes a batch payload made elsewhere (a client, a follower) after
@@ -221,6 +274,7 @@ impl EncodedBatch {
         let count = view.len() as u32;
         let payload_crc = crc32c::crc32c(payload);
         Ok(EncodedBatch {
+            kind: FrameKind::Batch,
             bytes,
             payload_crc,
             count,
@@ -256,12 +310,13 @@ impl EncodedBatch {
         self.bytes.len()
     }
 
-    /// Fills in the header for `term` and `index` and returns the finished
-    /// frame bytes.
-    pub fn seal(&mut self, term: u64, index: u64) -> &[u8] {
+    /// The frame header for `term` and `index`: length, checksum (the
+    /// header fields' combined with the payload's, so the payload is not
+    /// read again), kind, term, index.
+    pub fn header(&self, term: u64, index: u64) -> [u8; HEADER_LEN] {
         let payload_len = self.bytes.len() - HEADER_LEN;
         let mut fields = [0u8; HEADER_LEN - 8];
-        fields[0] = FrameKind::Batch as u8;
+        fields[0] = self.kind as u8;
         fields[1..9].copy_from_slice(&term.to_le_bytes());
         fields[9..17].copy_from_slice(&index.to_le_bytes());
         let crc = crate::crc::combine(crc32c::crc32c(&fields), self.payload_crc, payload_len);
@@ -269,6 +324,13 @@ impl EncodedBatch {
         header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         header[4..8].copy_from_slice(&crc.to_le_bytes());
         header[8..].copy_from_slice(&fields);
+        header
+    }
+
+    /// Fills in the header for `term` and `index` and returns the finished
+    /// frame bytes.
+    pub fn seal(&mut self, term: u64, index: u64) -> &[u8] {
+        let header = self.header(term, index);
         // `bytes` was created with the header's room reserved.
         if let Some(room) = self.bytes.get_mut(..HEADER_LEN) {
             room.copy_from_slice(&header);
@@ -332,6 +394,30 @@ mod tests {
         damaged[3] ^= 0xff;
         damaged[20] ^= 0xff;
         assert!(EncodedBatch::from_payload(&damaged).is_err());
+    }
+
+    #[test]
+    fn frames_without_records_round_trip_with_their_kind() {
+        for (kind, payload) in [
+            (FrameKind::Blank, &b""[..]),
+            (FrameKind::Membership, &b"voters 1 2 3"[..]),
+        ] {
+            let mut frame = EncodedBatch::without_records(kind, payload).unwrap();
+            assert_eq!((frame.count(), frame.kind()), (0, kind));
+            assert_eq!(frame.ts_range(), (i64::MAX, i64::MIN));
+            let bytes = frame.seal(4, 9).to_vec();
+            let decoded = decode_frame(&bytes).unwrap();
+            assert_eq!(
+                (decoded.kind, decoded.term, decoded.index, decoded.payload),
+                (kind, 4, 9, payload)
+            );
+        }
+        let mut bytes = EncodedBatch::without_records(FrameKind::Blank, b"")
+            .unwrap()
+            .seal(1, 1)
+            .to_vec();
+        bytes[8] = 9;
+        assert!(decode_frame_unchecksummed(&bytes).is_err());
     }
 
     #[test]

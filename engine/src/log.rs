@@ -1,0 +1,256 @@
+//! The replicated log: what a consensus layer needs of the WAL.
+//!
+//! With [`Options::replicated`](crate::Options::replicated) the WAL is the
+//! Raft log. Entries arrive with their term and index already decided; the
+//! writer thread checks that each follows the log, writes the frame bytes
+//! as given, and reports them durable after the group's fsync. Every
+//! operation that changes the log or its state file (cut, apply, purge,
+//! save the vote) goes through the same writer queue, so they happen in the
+//! order they were asked for. Records become readable only when their entry
+//! is applied; seqs are positions among records in the log, so every node
+//! that holds the same log gives a record the same seq.
+//!
+//! Owns no consensus logic: which entries are committed, when to cut or
+//! purge, and what the state file says are the caller's.
+
+use std::ops::RangeBounds;
+
+use crossbeam_channel::bounded;
+use lode_codec::{EncodedBatch, FrameKind};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::writer::{AppendReq, Reply, WriterMsg};
+use crate::{SeqRange, wal};
+
+/// One entry of a replicated log, as stored.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub term: u64,
+    pub index: u64,
+    /// The frame's kind and payload (a batch's records and trailer, the
+    /// bytes of a membership entry, or nothing), with room for its header.
+    pub frame: EncodedBatch,
+}
+
+impl LogEntry {
+    pub fn kind(&self) -> FrameKind {
+        self.frame.kind()
+    }
+}
+
+/// Where a replicated log starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// Index of the oldest entry still on disk.
+    pub first_index: u64,
+    /// (term, index) of the newest durable entry.
+    pub last: (u64, u64),
+}
+
+impl Engine {
+    fn writer_call<T>(
+        &self,
+        msg: impl FnOnce(crossbeam_channel::Sender<Result<T>>) -> WriterMsg,
+    ) -> Result<T> {
+        let writer = self.writer()?;
+        let (reply, rx) = bounded(1);
+        writer.send(msg(reply)).map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Appends entries of a replicated log, each `(term, index, frame)`
+    /// (shared: the caller may keep the frame, it is only read);
+    /// `done` is called on the writer thread once all are durable, or with
+    /// the first failure. The first entry of an empty log may have any
+    /// index; every other must follow the log's last. Entries are readable
+    /// by [`Engine::read_entries`] once durable; a caller that must read
+    /// them sooner keeps them until `done`.
+    pub fn append_entries(
+        &self,
+        entries: Vec<(u64, u64, std::sync::Arc<EncodedBatch>)>,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        if !self.shared.opts.replicated {
+            return Err(Error::InvalidArgument(
+                "append_entries needs a replicated log (Options::replicated)".to_owned(),
+            ));
+        }
+        let writer = self.writer()?;
+        let count = entries.len();
+        if count == 0 {
+            done(Ok(()));
+            return Ok(());
+        }
+        // Only the last entry's reply reaches `done`; an earlier failure is
+        // kept and reported there (a failed entry fails all after it).
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let mut done = Some(done);
+        for (i, (term, index, batch)) in entries.into_iter().enumerate() {
+            let failed = std::sync::Arc::clone(&failed);
+            let reply: Reply = if i + 1 == count {
+                let done = done.take();
+                Reply::Callback(Box::new(move |outcome| {
+                    let earlier = crate::shared::Shared::lock(&failed).take();
+                    let outcome = match (earlier, outcome) {
+                        (Some(reason), _) => Err(Error::InvalidArgument(reason)),
+                        (None, outcome) => outcome.map(|_| ()),
+                    };
+                    if let Some(done) = done {
+                        done(outcome);
+                    }
+                }))
+            } else {
+                Reply::Callback(Box::new(move |outcome| {
+                    if let Err(e) = outcome {
+                        crate::shared::Shared::lock(&failed)
+                            .get_or_insert_with(|| format!("entry {index}: {e}"));
+                    }
+                }))
+            };
+            let limit = self.shared.opts.max_batch_bytes;
+            if batch.frame_len() > limit {
+                let e = Error::BatchTooLarge {
+                    bytes: batch.frame_len(),
+                    limit,
+                };
+                reply.send(Err(e));
+                continue;
+            }
+            writer
+                .send(WriterMsg::Append(AppendReq {
+                    batch,
+                    log_id: Some((term, index)),
+                    reply,
+                }))
+                .map_err(|_| Error::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The durable entries with index in `range` that the log holds, in
+    /// order (checked frames, copied out).
+    pub fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<LogEntry>> {
+        let (start, end) = crate::read::half_open(&range, || u64::MAX);
+        let range = start..end;
+        let state = self.shared.read();
+        let mut out = Vec::new();
+        for segment in state.log_segments() {
+            let (Some(first), Some(last)) = (segment.frames.first(), segment.frames.last()) else {
+                continue;
+            };
+            if last.index < range.start || first.index >= range.end {
+                continue;
+            }
+            let start = segment.frames.partition_point(|f| f.index < range.start);
+            for loc in segment
+                .frames
+                .iter()
+                .skip(start)
+                .take_while(|f| f.index < range.end)
+            {
+                // Copied under the read lock: a cut of the log (under the
+                // write lock) cannot shorten the file meanwhile.
+                let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
+                out.push(LogEntry {
+                    term: frame.term,
+                    index: frame.index,
+                    frame: EncodedBatch::from_frame(&frame)
+                        .map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest entry of `kind` at or below index `through`, found by
+    /// frame headers from the end (a membership entry, at start-up).
+    pub fn last_entry_of_kind(&self, kind: FrameKind, through: u64) -> Result<Option<LogEntry>> {
+        let state = self.shared.read();
+        for segment in state.log_segments().rev() {
+            for loc in segment
+                .frames
+                .iter()
+                .rev()
+                .filter(|f| f.index <= through && f.count == 0)
+            {
+                let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
+                if frame.kind == kind {
+                    return Ok(Some(LogEntry {
+                        term: frame.term,
+                        index: frame.index,
+                        frame: EncodedBatch::from_frame(&frame)
+                            .map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// First and last entry of the log on disk, `None` when it holds none.
+    pub fn log_bounds(&self) -> Result<Option<LogBounds>> {
+        let state = self.shared.read();
+        let first = state
+            .log_segments()
+            .find_map(|w| w.frames.first().map(|f| f.index));
+        let last = state
+            .log_segments()
+            .rev()
+            .find_map(|w| w.frames.last().map(|f| (w, *f)));
+        let (Some(first_index), Some((segment, loc))) = (first, last) else {
+            return Ok(None);
+        };
+        let frame = wal::read_indexed_frame(&segment.map, &segment.path, &loc)?;
+        Ok(Some(LogBounds {
+            first_index,
+            last: (frame.term, frame.index),
+        }))
+    }
+
+    /// Cuts the log's entries after `after` (all of them for `None`):
+    /// a follower's uncommitted suffix that conflicts with its leader's.
+    /// Refused below the applied index. Synced before it returns.
+    pub fn truncate_after(&self, after: Option<u64>) -> Result<()> {
+        self.writer_call(|reply| WriterMsg::Truncate { after, reply })
+    }
+
+    /// Makes the records of every entry up to `through` readable (the
+    /// entries are committed); returns each newly applied entry's index
+    /// and seqs (empty for entries without records), in order. Entries
+    /// already applied are skipped, so applying again after a restart is
+    /// harmless.
+    pub fn apply(&self, through: u64) -> Result<Vec<(u64, SeqRange)>> {
+        self.writer_call(|reply| WriterMsg::Apply { through, reply })
+    }
+
+    /// The last applied index, `None` before the first apply.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.shared.read().applied
+    }
+
+    /// Entries up to `through` are no longer needed by the log (a snapshot
+    /// covers them): sealed WAL files holding only such entries are
+    /// deleted. When the whole log is below it, the next entry may start at
+    /// `through + 1`.
+    pub fn purge(&self, through: u64) -> Result<()> {
+        self.writer_call(|reply| WriterMsg::Purge { through, reply })
+    }
+
+    /// Replaces the log's state file (the consensus layer's vote and
+    /// committed index) atomically and durably, after every append asked
+    /// for before it.
+    pub fn save_log_state(&self, bytes: Vec<u8>) -> Result<()> {
+        self.writer_call(|reply| WriterMsg::SaveState { bytes, reply })
+    }
+
+    /// The bytes last given to [`Engine::save_log_state`], if any.
+    pub fn log_state(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.shared.state_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! lode's replication: one Raft group whose log is the lode WAL.
+//!
+//! [openraft](https://docs.rs/openraft) decides what is committed and who
+//! leads; this crate gives it storage, a network and a node to run in:
+//! - [`store`]: the log over the engine's replicated WAL (each entry
+//!   written once, as the frame every node stores), the state machine over
+//!   the engine's apply (records readable and given their seqs once
+//!   committed);
+//! - [`wire`]: the messages between nodes and the log's state file, pure
+//!   functions over bytes;
+//! - `net`: those messages over QUIC, one stream per openraft client;
+//! - [`tls`]: the cluster CA and each node's certificate (mutual TLS);
+//! - [`ClusterNode`]: all of it started over an engine.
+//!
+//! This is the only crate that imports openraft: no openraft type appears
+//! in another crate's public API.
+
+mod net;
+mod node;
+pub mod store;
+pub mod tls;
+mod types;
+pub mod wire;
+
+pub use node::{ClusterConfig, ClusterNode, Error, Result, Status};
+pub use store::{LogStore, SegmentList, StateMachine, open};
+pub use types::{Applied, Batch, Entry, LogId, Membership, Node, NodeId, Raft, TypeConfig, Vote};

@@ -1,0 +1,432 @@
+//! Raft messages between nodes over QUIC with mutual TLS.
+//!
+//! One connection per pair of nodes; on it, each openraft client (the
+//! replication stream to a follower, the heartbeat and vote client, the
+//! snapshot client) has its own long-lived bidirectional stream, so a
+//! large append never holds up a heartbeat or a vote. On a stream,
+//! requests and responses are [`wire`] messages, one answered before the
+//! next is sent. Any failure drops the stream (and, when the connection
+//! is gone, the connection); the next call dials again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::OptionalSend;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+
+use crate::store::SegmentList;
+use crate::tls::{self, NodeTls, TlsError};
+use crate::types::{Node, NodeId, Raft, TypeConfig, Vote};
+use crate::wire::{self, Request, Response};
+
+/// How long dialling a peer may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+fn network(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(e.to_string()))
+}
+
+/// The node's QUIC endpoint, its TLS and its open connections; cheap to
+/// clone. The endpoint sits in a slot that `close` empties: openraft's
+/// clients may outlive the node briefly, and a quinn endpoint keeps its
+/// UDP port while any handle to it lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    endpoint: Arc<Mutex<Option<quinn::Endpoint>>>,
+    client: quinn::ClientConfig,
+    conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+}
+
+impl Network {
+    /// Binds the node's peer endpoint on `addr` with its TLS identity.
+    pub(crate) fn bind(addr: SocketAddr, tls: &NodeTls) -> Result<Network, TlsError> {
+        let server = tls.server_config()?;
+        let client = tls.client_config()?;
+        let endpoint = lode_client::quic_endpoint(addr, Some(server)).map_err(|e| TlsError {
+            path: std::path::PathBuf::from(addr.to_string()),
+            reason: format!("bind the peer endpoint: {e}"),
+        })?;
+        Ok(Network {
+            endpoint: Arc::new(Mutex::new(Some(endpoint))),
+            client,
+            conns: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The address the endpoint listens on.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint()
+            .ok_or_else(|| std::io::Error::other("the node stopped"))?
+            .local_addr()
+    }
+
+    /// Serves peers' requests to `raft` until the endpoint closes.
+    pub(crate) async fn serve(self, raft: Raft) {
+        let Some(endpoint) = self.endpoint() else {
+            return;
+        };
+        while let Some(incoming) = endpoint.accept().await {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => serve_connection(conn, raft).await,
+                    Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
+                }
+            });
+        }
+    }
+
+    /// Sends one request to `target` on a stream of its own and waits for
+    /// the answer (a forwarded write: many may be in flight at once).
+    pub(crate) async fn request(
+        &self,
+        target: NodeId,
+        addr: &str,
+        request: &Request,
+        ttl: Duration,
+    ) -> RpcResult<Response> {
+        let exchange = async {
+            let conn = self.connection(target, addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(unreachable)?;
+            send.write_all(&wire::encode_request(1, request))
+                .await
+                .map_err(network)?;
+            let _ = send.finish();
+            let reply = read_message(&mut recv)
+                .await
+                .map_err(network)?
+                .ok_or_else(|| network(format!("node {target} closed the stream")))?;
+            wire::decode_response(&reply)
+                .map(|(_, r)| r)
+                .map_err(network)
+        };
+        tokio::time::timeout(ttl, exchange)
+            .await
+            .map_err(|_| unreachable(format!("node {target} did not answer within {ttl:?}")))?
+    }
+
+    /// Closes the endpoint and every connection, and waits (a moment at
+    /// most) until the peers were told.
+    pub(crate) async fn close(&self) {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(0u32.into(), b"node stopped");
+            let started = std::time::Instant::now();
+            let idle = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+            tracing::debug!(idle = idle.is_ok(), waited = ?started.elapsed(), "peer endpoint closed");
+        }
+    }
+
+    async fn connection(&self, target: NodeId, addr: &str) -> RpcResult<quinn::Connection> {
+        let existing = self
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+            .filter(|c| c.close_reason().is_none())
+            .cloned();
+        if let Some(conn) = existing {
+            return Ok(conn);
+        }
+        let sock: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(unreachable)?
+            .next()
+            .ok_or_else(|| unreachable(format!("{addr} resolves to no address")))?;
+        let name = tls::node_name(target);
+        let endpoint = self
+            .endpoint()
+            .ok_or_else(|| unreachable("this node stopped"))?;
+        let connecting = endpoint
+            .connect_with(self.client.clone(), sock, &name)
+            .map_err(unreachable)?;
+        drop(endpoint);
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unreachable(format!("dialling node {target} at {addr} timed out")))?
+            .map_err(|e| unreachable(format!("dialling node {target} at {addr}: {e}")))?;
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target, conn.clone());
+        Ok(conn)
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, raft: Raft) {
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(send, recv, raft.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "peer connection closed");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one framed message; `Ok(None)` at a clean end of the stream.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, String> {
+    let mut head = [0u8; 4];
+    match recv.read_exact(&mut head).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let total = wire::message_len(&head)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(4);
+    let mut bytes = vec![0u8; total];
+    if let Some(start) = bytes.get_mut(..4) {
+        start.copy_from_slice(&head);
+    }
+    if let Some(rest) = bytes.get_mut(4..) {
+        recv.read_exact(rest).await.map_err(|e| e.to_string())?;
+    }
+    Ok(Some(bytes))
+}
+
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, raft: Raft) {
+    loop {
+        let bytes = match read_message(&mut recv).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer stream ended");
+                return;
+            }
+        };
+        let (id, response) = match wire::decode_request(&bytes) {
+            Ok((id, request)) => (id, answer(&raft, request).await),
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a malformed peer message");
+                let _ = send
+                    .write_all(&wire::encode_response(0, &Response::Error(e.to_string())))
+                    .await;
+                return;
+            }
+        };
+        if send
+            .write_all(&wire::encode_response(id, &response))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn answer(raft: &Raft, request: Request) -> Response {
+    if let Request::Forward(batch) = request {
+        return crate::node::write_here(raft, batch).await;
+    }
+    let failed = |e: &dyn std::fmt::Display| Response::Error(e.to_string());
+    match request {
+        Request::Vote(req) => raft
+            .vote(req)
+            .await
+            .map_or_else(|e| failed(&e), Response::Vote),
+        Request::PreVote(req) => raft
+            .pre_vote(req)
+            .await
+            .map_or_else(|e| failed(&e), Response::Vote),
+        Request::Append(req) => raft
+            .append_entries(req)
+            .await
+            .map_or_else(|e| failed(&e), Response::Append),
+        Request::TransferLeader(req) => match raft.handle_transfer_leader(req).await {
+            Ok(outcome) => Response::TransferLeader(outcome.map_err(|e| e.to_string())),
+            Err(e) => failed(&e),
+        },
+        Request::Forward(_) => Response::Error("forward handled above".to_owned()),
+    }
+}
+
+/// Makes a [`PeerClient`] per openraft client; all share the node's
+/// [`Network`].
+#[derive(Debug, Clone)]
+pub(crate) struct NetworkFactory {
+    pub(crate) network: Network,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            network: self.network.clone(),
+            target,
+            addr: node.addr.clone(),
+            stream: None,
+            next_id: 1,
+        }
+    }
+}
+
+/// One openraft client of one peer: its own stream on the connection.
+#[derive(Debug)]
+pub(crate) struct PeerClient {
+    network: Network,
+    target: NodeId,
+    addr: String,
+    stream: Option<(quinn::SendStream, quinn::RecvStream)>,
+    next_id: u64,
+}
+
+impl PeerClient {
+    async fn call(&mut self, request: &Request, ttl: Duration) -> RpcResult<Response> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = wire::encode_request(id, request);
+        let outcome = tokio::time::timeout(ttl, self.exchange(&bytes)).await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => Err(unreachable(format!(
+                "node {} did not answer within {ttl:?}",
+                self.target
+            ))),
+        };
+        match outcome {
+            Ok((got, response)) if got == id => match response {
+                Response::Error(reason) => Err(network(format!("node {}: {reason}", self.target))),
+                other => Ok(other),
+            },
+            Ok((got, _)) => {
+                self.stream = None;
+                Err(network(format!(
+                    "node {} answered request {got}, not {id}",
+                    self.target
+                )))
+            }
+            Err(e) => {
+                // The stream's state is unknown: the next call opens another.
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, bytes: &[u8]) -> RpcResult<(u64, Response)> {
+        if self.stream.is_none() {
+            let conn = self.network.connection(self.target, &self.addr).await?;
+            self.stream = Some(conn.open_bi().await.map_err(unreachable)?);
+        }
+        let Some((send, recv)) = self.stream.as_mut() else {
+            return Err(unreachable("no stream"));
+        };
+        send.write_all(bytes).await.map_err(network)?;
+        let reply = read_message(recv)
+            .await
+            .map_err(network)?
+            .ok_or_else(|| network(format!("node {} closed the stream", self.target)))?;
+        wire::decode_response(&reply).map_err(network)
+    }
+}
+
+fn unexpected(target: NodeId, response: &Response) -> RPCError<TypeConfig> {
+    network(format!("node {target} answered with {response:?}"))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SegmentList;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        match self.call(&Request::Append(rpc), option.hard_ttl()).await? {
+            Response::Append(r) => Ok(r),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        match self.call(&Request::Vote(rpc), option.hard_ttl()).await? {
+            Response::Vote(r) => Ok(r),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    /// Asks the peer whether it would grant the vote, without it changing
+    /// its term (openraft's default grants every pre-vote unasked).
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        match self.call(&Request::PreVote(rpc), option.hard_ttl()).await? {
+            Response::Vote(r) => Ok(r),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        match self
+            .call(&Request::TransferLeader(req), option.hard_ttl())
+            .await?
+        {
+            Response::TransferLeader(Ok(())) => Ok(Ok(())),
+            Response::TransferLeader(Err(reason)) => Err(network(format!(
+                "node {} refused the transfer: {reason}",
+                self.target
+            ))),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: Vote,
+        _snapshot: openraft::alias::SnapshotOf<TypeConfig, SegmentList>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // Logs are never purged before segment transfer exists, so no
+        // follower needs a snapshot; refuse rather than pretend.
+        Err(StreamingError::Unreachable(Unreachable::from_string(
+            format!(
+                "node {} needs a snapshot: segment transfer is not built yet",
+                self.target
+            ),
+        )))
+    }
+}

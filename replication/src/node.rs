@@ -1,0 +1,375 @@
+//! One node of a cluster: the engine, openraft over it, and the peer
+//! endpoint, started together.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lode_engine::{EncodedBatch, Engine, SeqRange};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+
+use crate::net::{Network, NetworkFactory};
+use crate::tls::{NodeTls, NodeTlsFiles};
+use crate::types::{Batch, Node, NodeId, Raft};
+use crate::wire::{Request, Response};
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("invalid cluster configuration: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// This node does not lead; `leader` is the one it knows of.
+    #[error("node {node} is not the leader{}", match .leader { Some((id, addr)) => format!(" (node {id} at {addr} is)"), None => " and knows of none".to_owned() })]
+    NotLeader {
+        node: NodeId,
+        leader: Option<(NodeId, String)>,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How long a forwarded write may take before the follower gives up.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A write this node cannot make: it does not lead. The batch comes back
+/// for forwarding.
+struct Forward {
+    batch: EncodedBatch,
+    leader: Option<(NodeId, String)>,
+}
+
+/// The leader this node knows of, with its peer address.
+fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
+    let m = raft.metrics().borrow_watched().clone();
+    let id = m.current_leader?;
+    let addr = m
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    Some((id, addr))
+}
+
+/// Writes through this node's Raft if it leads; otherwise hands the batch
+/// back for forwarding. (Not cloned to find out: the batch moves into the
+/// log whole, and its bytes are written as they are.)
+async fn write_local(
+    raft: &Raft,
+    batch: EncodedBatch,
+) -> std::result::Result<Result<SeqRange>, Forward> {
+    if !raft.is_leader() {
+        return Err(Forward {
+            batch,
+            leader: known_leader(raft),
+        });
+    }
+    match raft.client_write(Batch::new(batch)).await {
+        Ok(response) => Ok(Ok(response.data.seqs)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            // Leadership moved while the write was on its way in.
+            Ok(Err(Error::NotLeader {
+                node: *raft.node_id(),
+                leader: forward
+                    .leader_id
+                    .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
+            }))
+        }
+        Err(e) => Ok(Err(Error::Raft(e.to_string()))),
+    }
+}
+
+/// Serves a forwarded write: written here if this node leads.
+pub(crate) async fn write_here(raft: &Raft, batch: EncodedBatch) -> Response {
+    match write_local(raft, batch).await {
+        Ok(Ok(seqs)) => Response::Written {
+            start: seqs.start,
+            end: seqs.end,
+        },
+        Ok(Err(e)) => Response::Error(e.to_string()),
+        Err(Forward { leader, .. }) => Response::NotLeader(leader),
+    }
+}
+
+/// Binds the peer endpoint, waiting up to ten seconds for an address that
+/// a node just stopped in this process is still releasing.
+async fn bind_retrying(addr: SocketAddr, tls: &NodeTls) -> Result<Network> {
+    let mut tries = 0;
+    let started = std::time::Instant::now();
+    loop {
+        match Network::bind(addr, tls) {
+            Ok(bound) => {
+                if tries > 0 {
+                    tracing::info!(waited = ?started.elapsed(), %addr, "peer address free again");
+                }
+                return Ok(bound);
+            }
+            Err(e) if tries < 200 && e.reason.contains("in use") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What a node needs to join its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// Every voter of the initial cluster by id: its peer address
+    /// (`host:port`), this node's included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub tls: NodeTlsFiles,
+    /// Timing, in milliseconds: a leader is suspected gone after a random
+    /// time in `election_timeout`; it sends heartbeats every `heartbeat`.
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+}
+
+impl ClusterConfig {
+    /// A configuration with the default timing: heartbeats every 50 ms,
+    /// elections after 150-300 ms of silence (a new leader in well under a
+    /// second on a LAN).
+    pub fn new(
+        node_id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        tls: NodeTlsFiles,
+    ) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            peers,
+            tls,
+            heartbeat_ms: 50,
+            election_timeout_ms: (150, 300),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Arc<Config>> {
+        let config = Config {
+            cluster_name: "lode".to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms.0,
+            election_timeout_max: self.election_timeout_ms.1,
+            // The log is purged only once segment transfer can bring a
+            // follower back from a snapshot.
+            snapshot_policy: SnapshotPolicy::Never,
+            enable_pre_vote: Some(true),
+            max_payload_entries: 64,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+/// The state of one node, as its Raft metrics say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    /// Per follower (on the leader): the index it is known to hold.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct ClusterNode {
+    id: NodeId,
+    raft: Raft,
+    network: Network,
+    engine: Arc<Engine>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterNode {
+    /// Starts the node over `engine` (opened with `Options::replicated`):
+    /// binds its peer address, starts Raft, and on a pristine log
+    /// initializes the cluster with `config.peers` (every initial node does
+    /// so with the same membership, which openraft allows).
+    pub async fn start(engine: Arc<Engine>, config: &ClusterConfig) -> Result<ClusterNode> {
+        let own = config.peers.get(&config.node_id).ok_or_else(|| {
+            Error::Config(format!("node {} is not among the peers", config.node_id))
+        })?;
+        let addr: SocketAddr = own.parse().map_err(|e| {
+            Error::Config(format!(
+                "peer address '{own}' of node {}: {e}",
+                config.node_id
+            ))
+        })?;
+        let tls = NodeTls::load(&config.tls)?;
+        let network = bind_retrying(addr, &tls).await?;
+        let (log, sm) = crate::store::open(Arc::clone(&engine))?;
+        let factory = NetworkFactory {
+            network: network.clone(),
+        };
+        let raft = Raft::new(config.node_id, config.raft_config()?, factory, log, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let serve = tokio::spawn(network.clone().serve(raft.clone()));
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<NodeId, Node> = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "cluster already initialized");
+            }
+        }
+        Ok(ClusterNode {
+            id: config.node_id,
+            raft,
+            network,
+            engine,
+            serve,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.network.local_addr()
+    }
+
+    /// Appends a batch through the leader's log: returns its seqs once a
+    /// quorum holds it durably and the leader applied it. A follower
+    /// forwards the batch to the leader it knows (once; a leader that moved
+    /// meanwhile answers [`Error::NotLeader`], which the caller may retry).
+    pub async fn write(&self, batch: EncodedBatch) -> Result<SeqRange> {
+        match write_local(&self.raft, batch).await {
+            Err(Forward {
+                batch,
+                leader: Some((id, addr)),
+            }) if id != self.id => {
+                let response = self
+                    .network
+                    .request(id, &addr, &Request::Forward(batch), FORWARD_TIMEOUT)
+                    .await
+                    .map_err(|e| {
+                        Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
+                    })?;
+                match response {
+                    Response::Written { start, end } => Ok(SeqRange { start, end }),
+                    Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
+                    Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
+                    other => Err(Error::Raft(format!(
+                        "node {id} answered a forward with {other:?}"
+                    ))),
+                }
+            }
+            Err(Forward { leader, .. }) => Err(Error::NotLeader {
+                node: self.id,
+                leader,
+            }),
+            Ok(outcome) => outcome,
+        }
+    }
+
+    /// Appends a batch only if this node leads: no forwarding.
+    pub async fn write_if_leader(&self, batch: EncodedBatch) -> Result<SeqRange> {
+        match write_local(&self.raft, batch).await {
+            Ok(outcome) => outcome,
+            Err(Forward { leader, .. }) => Err(Error::NotLeader {
+                node: self.id,
+                leader,
+            }),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower => "follower",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Status {
+            node_id: self.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.map(|c| c.index),
+            applied: m.last_applied.map(|a| a.index),
+            matched,
+        }
+    }
+
+    /// Waits until this node sees a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        metrics
+            .current_leader
+            .ok_or_else(|| Error::Raft("no leader".to_owned()))
+    }
+
+    /// Waits until this node has applied at least `index`, up to `timeout`.
+    pub async fn wait_for_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Asks this node (the leader) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Stops Raft and the peer endpoint (its address is free once this
+    /// returns); the engine stays open for its owner to close.
+    pub async fn shutdown(self) -> Result<()> {
+        let stopped = self.raft.shutdown().await;
+        self.serve.abort();
+        let _ = self.serve.await;
+        self.network.close().await;
+        stopped.map_err(|e| Error::Raft(e.to_string()))
+    }
+}

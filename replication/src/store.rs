@@ -1,0 +1,499 @@
+//! openraft's storage over the lode engine: the WAL is the Raft log, the
+//! engine's apply is the state machine.
+//!
+//! [`LogStore`] maps openraft's log calls onto the engine's replicated-log
+//! operations; the vote, the committed log id, the purged log id and the
+//! last snapshot's metadata live in the engine's state file, replaced
+//! atomically on the writer thread, so they are ordered with appends.
+//! Entries handed to `append` stay readable from memory until the engine
+//! reports them durable (openraft reads them at once, to replicate them
+//! while the fsync runs). [`StateMachine`] applies committed entries: that
+//! makes their records readable and gives them their seqs.
+//!
+//! Must never decide anything of consensus: which entry is committed, when
+//! to cut, and who leads are openraft's.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::{Stream, StreamExt};
+use lode_engine::{EncodedBatch, Engine, FrameKind, LogEntry, SegmentMeta, SeqRange};
+use openraft::entry::RaftEntry;
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder,
+    RaftStateMachine, Snapshot, SnapshotMeta,
+};
+use openraft::{EntryPayload, OptionalSend};
+
+use crate::types::{Applied, Batch, Entry, LogId, StoredMembership, TypeConfig, Vote};
+use crate::wire::{self, SnapshotState};
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// What log and state machine share: the engine and the state file's
+/// contents (kept in memory, written through on every change).
+#[derive(Debug)]
+struct Shared {
+    engine: Arc<Engine>,
+    state: Mutex<wire::LogState>,
+    /// Entries appended but not yet reported durable, by index.
+    pending: Mutex<BTreeMap<u64, Entry>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Changes the state file's contents and writes them, ordered after
+    /// every append asked for before.
+    async fn update(&self, change: impl FnOnce(&mut wire::LogState)) -> io::Result<()> {
+        let bytes = {
+            let mut state = lock(&self.state);
+            change(&mut state);
+            wire::encode_state(&state)
+        };
+        let engine = Arc::clone(&self.engine);
+        blocking(move || engine.save_log_state(bytes)).await
+    }
+}
+
+/// Runs blocking engine work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> lode_engine::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)
+}
+
+/// Opens openraft's storage over a replicated engine (one opened with
+/// `Options::replicated`): the log and the state machine, which share it.
+pub fn open(engine: Arc<Engine>) -> io::Result<(LogStore, StateMachine)> {
+    let state = match engine.log_state().map_err(io_err)? {
+        Some(bytes) => wire::decode_state(&bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("raft-state file: {e}"))
+        })?,
+        None => wire::LogState::default(),
+    };
+    let shared = Arc::new(Shared {
+        engine,
+        state: Mutex::new(state),
+        pending: Mutex::new(BTreeMap::new()),
+    });
+    let (applied, membership) = recovered_applied_state(&shared)?;
+    let sm = StateMachine {
+        shared: Arc::clone(&shared),
+        applied,
+        membership,
+    };
+    Ok((LogStore { shared }, sm))
+}
+
+/// The state machine's applied state after a restart: the engine keeps the
+/// records of sealed entries readable, so the newest sealed entry (or the
+/// last snapshot, if later) is applied; openraft applies the rest again.
+/// The membership is the newest membership entry at or below it, else the
+/// snapshot's.
+fn recovered_applied_state(shared: &Shared) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let snapshot = lock(&shared.state).snapshot.clone();
+    let engine = &shared.engine;
+    let sealed = match engine.applied_index() {
+        Some(index) => engine
+            .read_entries(index..index + 1)
+            .map_err(io_err)?
+            .first()
+            .map(|e| wire::log_id(e.term, e.index)),
+        None => None,
+    };
+    let from_snapshot = snapshot.as_ref().and_then(|s| s.last_log_id);
+    let applied = sealed.max(from_snapshot);
+    if let Some(applied) = applied {
+        // Records below a snapshot's last entry are readable at once.
+        let _ = engine.apply(applied.index);
+    }
+    let in_log = match applied {
+        Some(applied) => engine
+            .last_entry_of_kind(FrameKind::Membership, applied.index)
+            .map_err(io_err)?,
+        None => None,
+    };
+    let snapshot_is_newer = |entry: &LogEntry| {
+        snapshot
+            .as_ref()
+            .is_some_and(|s| s.membership_log_id.is_some_and(|m| m.index > entry.index))
+    };
+    let membership = match in_log {
+        Some(entry) if !snapshot_is_newer(&entry) => {
+            let m = wire::decode_membership(entry.frame.payload()).map_err(io_err)?;
+            StoredMembership::new(Some(wire::log_id(entry.term, entry.index)), m)
+        }
+        _ => match snapshot {
+            Some(s) => StoredMembership::new(s.membership_log_id, s.membership),
+            None => StoredMembership::default(),
+        },
+    };
+    Ok((applied, membership))
+}
+
+/// An entry as openraft sees it, from the engine's stored form.
+fn to_entry(stored: LogEntry) -> io::Result<Entry> {
+    let log_id = wire::log_id(stored.term, stored.index);
+    let payload = match stored.kind() {
+        FrameKind::Batch => EntryPayload::Normal(Batch::new(stored.frame)),
+        FrameKind::Membership => EntryPayload::Membership(
+            wire::decode_membership(stored.frame.payload()).map_err(io_err)?,
+        ),
+        _ => EntryPayload::Blank,
+    };
+    Ok(Entry::new(log_id, payload))
+}
+
+/// The engine's frame for an entry: a batch's own bytes (shared, not
+/// copied), or the kind's.
+fn to_frame(entry: &Entry) -> io::Result<Arc<EncodedBatch>> {
+    match &entry.payload {
+        EntryPayload::Normal(batch) => Ok(Arc::clone(&batch.0)),
+        EntryPayload::Blank => EncodedBatch::without_records(FrameKind::Blank, b"")
+            .map(Arc::new)
+            .map_err(io_err),
+        EntryPayload::Membership(m) => {
+            EncodedBatch::without_records(FrameKind::Membership, &wire::encode_membership(m))
+                .map(Arc::new)
+                .map_err(io_err)
+        }
+    }
+}
+
+/// openraft's log storage over the engine's WAL. Cheap to clone: the
+/// clones share the engine.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl LogStore {
+    /// Entries in `range` above the purged point: the durable ones from
+    /// the engine, the rest from those still in flight.
+    fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
+        let purged = lock(&self.shared.state).purged.map(|p| p.index);
+        let kept = |index: u64| purged.is_none_or(|p| index > p);
+        let pending: Vec<Entry> = lock(&self.shared.pending)
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let stored = self.shared.engine.read_entries(range).map_err(io_err)?;
+        let mut out = Vec::with_capacity(stored.len() + pending.len());
+        for entry in stored.into_iter().filter(|e| kept(e.index)) {
+            out.push(to_entry(entry)?);
+        }
+        let next = out.last().map(|e| e.index() + 1);
+        out.extend(
+            pending
+                .into_iter()
+                .filter(|e| kept(e.index()) && next.is_none_or(|n| e.index() >= n)),
+        );
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.entries(range))
+            .await
+            .map_err(io_err)?
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(lock(&self.shared.state).vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let purged = lock(&self.shared.state).purged;
+        let in_flight = lock(&self.shared.pending)
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
+        let on_disk = self
+            .shared
+            .engine
+            .log_bounds()
+            .map_err(io_err)?
+            .map(|b| wire::log_id(b.last.0, b.last.1));
+        let last = in_flight
+            .max(on_disk)
+            .filter(|l| purged.is_none_or(|p| l.index > p.index));
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let vote = *vote;
+        self.shared.update(|s| s.vote = Some(vote)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        self.shared.update(|s| s.committed = committed).await
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(lock(&self.shared.state).committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut frames = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            frames.push((entry.log_id.leader_id.term, entry.index(), to_frame(entry)?));
+        }
+        let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+        {
+            let mut pending = lock(&self.shared.pending);
+            for entry in entries {
+                pending.insert(entry.index(), entry);
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        let done = move |outcome: lode_engine::Result<()>| {
+            let mut pending = lock(&shared.pending);
+            for id in &ids {
+                if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                    pending.remove(&id.index);
+                }
+            }
+            drop(pending);
+            callback.io_completed(outcome.map_err(io_err));
+        };
+        self.shared
+            .engine
+            .append_entries(frames, done)
+            .map_err(io_err)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let committed = lock(&self.shared.state).committed;
+        if let Some(committed) = committed
+            && last_log_id.is_none_or(|l| l.index < committed.index)
+        {
+            return Err(io_err(format!(
+                "refusing to cut the log after {last_log_id:?}: {committed} is committed"
+            )));
+        }
+        let after = last_log_id.map(|l| l.index);
+        lock(&self.shared.pending).retain(|&index, _| after.is_some_and(|a| index <= a));
+        let engine = Arc::clone(&self.shared.engine);
+        blocking(move || engine.truncate_after(after)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        self.shared
+            .update(|s| s.purged = s.purged.max(Some(log_id)))
+            .await?;
+        lock(&self.shared.pending).retain(|&index, _| index > log_id.index);
+        let engine = Arc::clone(&self.shared.engine);
+        blocking(move || engine.purge(log_id.index)).await
+    }
+}
+
+/// A snapshot's data: the sealed segments it stands for (their files and
+/// checksums are in each entry). Taking one copies nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentList(pub Vec<SegmentMeta>);
+
+/// openraft's state machine over the engine: applying an entry makes its
+/// records readable and answers their seqs.
+#[derive(Debug)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    fn snapshot_meta(
+        &self,
+    ) -> SnapshotMeta<
+        openraft::alias::CommittedLeaderIdOf<TypeConfig>,
+        crate::types::NodeId,
+        crate::types::Node,
+    > {
+        SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        }
+    }
+}
+
+/// Builds snapshots of a [`StateMachine`] at the moment it was asked for.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    meta: SnapshotMeta<
+        openraft::alias::CommittedLeaderIdOf<TypeConfig>,
+        crate::types::NodeId,
+        crate::types::Node,
+    >,
+}
+
+type LodeSnapshot = Snapshot<
+    openraft::alias::CommittedLeaderIdOf<TypeConfig>,
+    crate::types::NodeId,
+    crate::types::Node,
+    SegmentList,
+>;
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SegmentList;
+
+    async fn build_snapshot(&mut self) -> io::Result<LodeSnapshot> {
+        let meta = self.meta.clone();
+        let kept = SnapshotState {
+            last_log_id: meta.last_log_id,
+            membership_log_id: *meta.last_membership.log_id(),
+            membership: meta.last_membership.membership().clone(),
+        };
+        self.shared.update(|s| s.snapshot = Some(kept)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: SegmentList(self.shared.engine.segments()),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SegmentList;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        let Some(last) = batch.last().map(|(e, _)| e.log_id) else {
+            return Ok(());
+        };
+        let engine = Arc::clone(&self.shared.engine);
+        let has_records = batch
+            .iter()
+            .any(|(e, _)| matches!(e.payload, EntryPayload::Normal(_)));
+        let applied = match blocking(move || engine.apply(last.index)).await {
+            Ok(applied) => applied,
+            // Entries without records change nothing in the engine; the
+            // log may not hold them when the state machine is driven on
+            // its own (openraft's storage suite does so).
+            Err(_) if !has_records => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let seqs: BTreeMap<u64, SeqRange> = applied.into_iter().collect();
+        for (entry, responder) in batch {
+            if let Some(m) = entry.get_membership() {
+                self.membership = StoredMembership::new(Some(entry.log_id), m);
+            }
+            if let Some(responder) = responder {
+                let seqs = seqs
+                    .get(&entry.index())
+                    .copied()
+                    .unwrap_or(SeqRange { start: 0, end: 0 });
+                responder.send(Applied { seqs });
+            }
+        }
+        self.applied = Some(last);
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+            meta: self.snapshot_meta(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<
+            openraft::alias::CommittedLeaderIdOf<TypeConfig>,
+            crate::types::NodeId,
+            crate::types::Node,
+        >,
+        snapshot: SegmentList,
+    ) -> io::Result<()> {
+        // Only a snapshot whose segments this node already holds can be
+        // installed: moving missing segments is not built yet, and a
+        // snapshot is never taken on trust.
+        let have = self.shared.engine.segments();
+        let missing: Vec<_> = snapshot
+            .0
+            .iter()
+            .filter(|s| {
+                !have.iter().any(|h| {
+                    (h.first_seq, h.last_seq, h.sst_crc32c)
+                        == (s.first_seq, s.last_seq, s.sst_crc32c)
+                })
+            })
+            .map(|s| format!("{}..={}", s.first_seq, s.last_seq))
+            .collect();
+        if !missing.is_empty() {
+            return Err(io_err(format!(
+                "cannot install a snapshot that needs segments this node lacks ({}): segment transfer is not built yet",
+                missing.join(", ")
+            )));
+        }
+        let kept = SnapshotState {
+            last_log_id: meta.last_log_id,
+            membership_log_id: *meta.last_membership.log_id(),
+            membership: meta.last_membership.membership().clone(),
+        };
+        self.shared.update(|s| s.snapshot = Some(kept)).await?;
+        if let Some(last) = meta.last_log_id {
+            let engine = Arc::clone(&self.shared.engine);
+            // Entries the log holds become readable; a log that does not
+            // hold them has their segments already.
+            let _ = blocking(move || engine.apply(last.index)).await;
+        }
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<LodeSnapshot>> {
+        let kept = lock(&self.shared.state).snapshot.clone();
+        Ok(kept.map(|s| Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: s.last_log_id,
+                last_membership: StoredMembership::new(s.membership_log_id, s.membership),
+            },
+            snapshot: SegmentList(self.shared.engine.segments()),
+        }))
+    }
+}

@@ -1,0 +1,862 @@
+//! Byte formats of replication: the messages between nodes, a membership
+//! entry's payload, and the log's state file. Pure functions over bytes:
+//! no I/O, no clock. Decoders never trust their input: every failure is a
+//! [`WireError`] naming what and where, never a panic.
+//!
+//! All integers are fixed-width little endian.
+//!
+//! ```text
+//! message   len u32 | version u8 (1) | tag u8 | id u64 | body     (len counts from version on)
+//! log id    term u64 | index u64
+//! opt X     0 u8 | 1 u8 X
+//! vote      term u64 | voted_for u64 | committed u8
+//! entry     kind u8 (1 batch, 2 blank, 3 membership) | term u64 | index u64 | len u32 | payload
+//!           (a batch's payload is the WAL frame payload, byte for byte)
+//! membership configs u32 | { voters u32 | id u64 ... } ... | nodes u32 | { id u64 | addr str } ...
+//! str       len u32 | utf-8 bytes
+//! ```
+//!
+//! Message bodies by tag: 1 vote request, 2 pre-vote request (both: vote |
+//! opt log id | leadership_transfer u8), 3 append request (vote | opt prev
+//! log id | opt leader commit | count u32 | entries), 4 transfer-leader
+//! request (vote | to u64 | opt log id), 5 forward (a client's batch for
+//! the leader to write: payload str-framed bytes); 65 vote response (vote | granted
+//! u8 | opt log id), 66 append response (0 success, 1 partial + opt log id,
+//! 2 conflict, 3 higher vote + vote), 67 transfer-leader response (0 ok, 1
+//! refused + str), 68 written (first seq u64 | end seq u64), 69 not leader
+//! (opt leader id: 0 u8, or 1 u8 then id u64 and address str), 127 error
+//! (str).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lode_engine::{EncodedBatch, FrameKind};
+use openraft::entry::RaftEntry;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest, VoteResponse,
+};
+use openraft::{EntryPayload, LogId as RaftLogId};
+
+use crate::types::{Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote};
+
+/// Version of the message format; a peer speaking another is refused.
+pub const VERSION: u8 = 1;
+/// Largest message accepted: a batch of entries up to the engine's batch
+/// limit, with room for framing.
+pub const MAX_MESSAGE: usize = 80 << 20;
+
+/// Why bytes are not a valid message or payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("truncated at byte {at}: {needed} more bytes needed for {what}")]
+    Truncated {
+        what: &'static str,
+        at: usize,
+        needed: usize,
+    },
+    #[error("invalid {what} at byte {at}: {reason}")]
+    Invalid {
+        what: &'static str,
+        at: usize,
+        reason: String,
+    },
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("unsupported message version {0} (this node speaks {VERSION})")]
+    Version(u8),
+}
+
+type Result<T> = std::result::Result<T, WireError>;
+
+/// A request from one node to another.
+#[derive(Debug)]
+pub enum Request {
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Append(AppendEntriesRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// A batch a follower took in, for the leader to write.
+    Forward(EncodedBatch),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug)]
+pub enum Response {
+    Vote(VoteResponse<TypeConfig>),
+    Append(AppendEntriesResponse<TypeConfig>),
+    /// `Err` carries the reason the transfer was refused.
+    TransferLeader(std::result::Result<(), String>),
+    /// A forwarded batch was committed with these seqs.
+    Written {
+        start: u64,
+        end: u64,
+    },
+    /// The peer does not lead; the leader it knows of, if any.
+    NotLeader(Option<(NodeId, String)>),
+    /// The peer could not serve the request (it is shutting down, say).
+    Error(String),
+}
+
+// ---- encoding -------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+    fn log_id(&mut self, id: &LogId) {
+        self.u64(id.leader_id.term);
+        self.u64(id.index);
+    }
+    fn opt_log_id(&mut self, id: Option<&LogId>) {
+        match id {
+            None => self.u8(0),
+            Some(id) => {
+                self.u8(1);
+                self.log_id(id);
+            }
+        }
+    }
+    fn vote(&mut self, vote: &Vote) {
+        self.u64(vote.leader_id.term);
+        self.u64(vote.leader_id.voted_for);
+        self.u8(u8::from(vote.committed));
+    }
+    fn membership(&mut self, m: &Membership) {
+        let configs = m.get_joint_config();
+        self.u32(configs.len() as u32);
+        for config in configs {
+            self.u32(config.len() as u32);
+            for id in config {
+                self.u64(*id);
+            }
+        }
+        let nodes: Vec<_> = m.nodes().collect();
+        self.u32(nodes.len() as u32);
+        for (id, node) in nodes {
+            self.u64(*id);
+            self.bytes(node.addr.as_bytes());
+        }
+    }
+    fn entry(&mut self, entry: &Entry) {
+        let (kind, payload) = match &entry.payload {
+            EntryPayload::Normal(batch) => (FrameKind::Batch, batch.0.payload().to_vec()),
+            EntryPayload::Blank => (FrameKind::Blank, Vec::new()),
+            EntryPayload::Membership(m) => (FrameKind::Membership, encode_membership(m)),
+        };
+        self.u8(kind as u8);
+        self.log_id(&entry.log_id);
+        self.bytes(&payload);
+    }
+}
+
+/// The log id (term, index).
+pub fn log_id(term: u64, index: u64) -> LogId {
+    RaftLogId::new(
+        openraft::vote::leader_id_std::CommittedLeaderId::new(term),
+        index,
+    )
+}
+
+/// A membership entry's payload, as the WAL stores it.
+pub fn encode_membership(m: &Membership) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.membership(m);
+    w.0
+}
+
+fn message(tag: u8, id: u64, body: impl FnOnce(&mut Writer)) -> Vec<u8> {
+    let mut w = Writer(vec![0; 4]);
+    w.u8(VERSION);
+    w.u8(tag);
+    w.u64(id);
+    body(&mut w);
+    let len = (w.0.len() - 4) as u32;
+    if let Some(head) = w.0.get_mut(..4) {
+        head.copy_from_slice(&len.to_le_bytes());
+    }
+    w.0
+}
+
+fn vote_request(w: &mut Writer, req: &VoteRequest<TypeConfig>) {
+    w.vote(&req.vote);
+    w.opt_log_id(req.last_log_id.as_ref());
+    w.u8(u8::from(req.leadership_transfer));
+}
+
+/// A request as sent, framed, with the caller's request id.
+pub fn encode_request(id: u64, req: &Request) -> Vec<u8> {
+    match req {
+        Request::Vote(v) => message(1, id, |w| vote_request(w, v)),
+        Request::PreVote(v) => message(2, id, |w| vote_request(w, v)),
+        Request::Append(a) => message(3, id, |w| {
+            w.vote(&a.vote);
+            w.opt_log_id(a.prev_log_id.as_ref());
+            w.opt_log_id(a.leader_commit.as_ref());
+            w.u32(a.entries.len() as u32);
+            for entry in &a.entries {
+                w.entry(entry);
+            }
+        }),
+        Request::TransferLeader(t) => message(4, id, |w| {
+            w.vote(t.from_leader());
+            w.u64(*t.to_node_id());
+            w.opt_log_id(t.last_log_id());
+        }),
+        Request::Forward(batch) => message(5, id, |w| w.bytes(batch.payload())),
+    }
+}
+
+/// A response as sent, framed, with the id of the request it answers.
+pub fn encode_response(id: u64, resp: &Response) -> Vec<u8> {
+    match resp {
+        Response::Vote(v) => message(65, id, |w| {
+            w.vote(&v.vote);
+            w.u8(u8::from(v.vote_granted));
+            w.opt_log_id(v.last_log_id.as_ref());
+        }),
+        Response::Append(a) => message(66, id, |w| match a {
+            AppendEntriesResponse::Success => w.u8(0),
+            AppendEntriesResponse::PartialSuccess(upto) => {
+                w.u8(1);
+                w.opt_log_id(upto.as_ref());
+            }
+            AppendEntriesResponse::Conflict => w.u8(2),
+            AppendEntriesResponse::HigherVote(vote) => {
+                w.u8(3);
+                w.vote(vote);
+            }
+        }),
+        Response::TransferLeader(r) => message(67, id, |w| match r {
+            Ok(()) => w.u8(0),
+            Err(reason) => {
+                w.u8(1);
+                w.bytes(reason.as_bytes());
+            }
+        }),
+        Response::Written { start, end } => message(68, id, |w| {
+            w.u64(*start);
+            w.u64(*end);
+        }),
+        Response::NotLeader(leader) => message(69, id, |w| match leader {
+            None => w.u8(0),
+            Some((node, addr)) => {
+                w.u8(1);
+                w.u64(*node);
+                w.bytes(addr.as_bytes());
+            }
+        }),
+        Response::Error(reason) => message(127, id, |w| w.bytes(reason.as_bytes())),
+    }
+}
+
+// ---- decoding -------------------------------------------------------------
+
+#[derive(Debug)]
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n);
+        match end.and_then(|end| self.bytes.get(self.at..end)) {
+            Some(slice) => {
+                self.at += n;
+                Ok(slice)
+            }
+            None => Err(WireError::Truncated {
+                what,
+                at: self.at,
+                needed: n.saturating_sub(self.bytes.len().saturating_sub(self.at)),
+            }),
+        }
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8> {
+        Ok(self.take(1, what)?.first().copied().unwrap_or(0))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32> {
+        let raw = self.take(4, what)?;
+        Ok(u32::from_le_bytes(raw.try_into().unwrap_or([0; 4])))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64> {
+        let raw = self.take(8, what)?;
+        Ok(u64::from_le_bytes(raw.try_into().unwrap_or([0; 8])))
+    }
+    fn flag(&mut self, what: &'static str) -> Result<bool> {
+        let at = self.at;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.invalid_at(at, what, format!("flag {other} is neither 0 nor 1"))),
+        }
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8]> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+    fn string(&mut self, what: &'static str) -> Result<String> {
+        let at = self.at;
+        let raw = self.bytes(what)?;
+        String::from_utf8(raw.to_vec()).map_err(|e| self.invalid_at(at, what, e.to_string()))
+    }
+    /// A count of items each at least `min_item` bytes long, checked
+    /// against what is left so a lying count cannot make us allocate.
+    fn count(&mut self, what: &'static str, min_item: usize) -> Result<usize> {
+        let at = self.at;
+        let n = self.u32(what)? as usize;
+        if n.saturating_mul(min_item) > self.bytes.len().saturating_sub(self.at) {
+            return Err(self.invalid_at(at, what, format!("count {n} exceeds the bytes left")));
+        }
+        Ok(n)
+    }
+    fn invalid_at(&self, at: usize, what: &'static str, reason: String) -> WireError {
+        WireError::Invalid { what, at, reason }
+    }
+    fn log_id(&mut self) -> Result<LogId> {
+        let term = self.u64("log id term")?;
+        let index = self.u64("log id index")?;
+        Ok(log_id(term, index))
+    }
+    fn opt_log_id(&mut self) -> Result<Option<LogId>> {
+        if self.flag("optional log id")? {
+            self.log_id().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    fn vote(&mut self) -> Result<Vote> {
+        let term = self.u64("vote term")?;
+        let node = self.u64("vote node")?;
+        let committed = self.flag("vote committed")?;
+        Ok(if committed {
+            Vote::new_committed(term, node)
+        } else {
+            Vote::new(term, node)
+        })
+    }
+    fn membership(&mut self) -> Result<Membership> {
+        let at = self.at;
+        let n_configs = self.count("membership configs", 4)?;
+        let mut configs = Vec::with_capacity(n_configs);
+        for _ in 0..n_configs {
+            let n = self.count("membership voters", 8)?;
+            let mut voters = BTreeSet::new();
+            for _ in 0..n {
+                voters.insert(self.u64("voter id")?);
+            }
+            configs.push(voters);
+        }
+        let n_nodes = self.count("membership nodes", 12)?;
+        let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+        for _ in 0..n_nodes {
+            let id = self.u64("node id")?;
+            let addr = self.string("node address")?;
+            nodes.insert(id, Node { addr });
+        }
+        Membership::new(configs, nodes)
+            .map_err(|e| self.invalid_at(at, "membership", e.to_string()))
+    }
+    fn entry(&mut self) -> Result<Entry> {
+        let at = self.at;
+        let kind = self.u8("entry kind")?;
+        let log_id = self.log_id()?;
+        let payload_at = self.at + 4;
+        let payload = self.bytes("entry payload")?;
+        let payload = match kind {
+            1 => {
+                let batch = EncodedBatch::from_payload(payload)
+                    .map_err(|e| self.invalid_at(payload_at, "batch entry", e.to_string()))?;
+                EntryPayload::Normal(Batch::new(batch))
+            }
+            2 if payload.is_empty() => EntryPayload::Blank,
+            3 => EntryPayload::Membership(
+                Reader::new(payload)
+                    .whole(Reader::membership)
+                    .map_err(|e| self.invalid_at(payload_at, "membership entry", e.to_string()))?,
+            ),
+            _ => {
+                return Err(self.invalid_at(
+                    at,
+                    "entry",
+                    format!("kind {kind} with {} payload bytes", payload.len()),
+                ));
+            }
+        };
+        Ok(Entry::new(log_id, payload))
+    }
+    fn vote_request(&mut self) -> Result<VoteRequest<TypeConfig>> {
+        let vote = self.vote()?;
+        let last_log_id = self.opt_log_id()?;
+        let mut req = VoteRequest::new(vote, last_log_id);
+        req.leadership_transfer = self.flag("leadership transfer")?;
+        Ok(req)
+    }
+    /// Runs `read` and checks that it used every byte.
+    fn whole<T>(mut self, read: impl FnOnce(&mut Reader<'a>) -> Result<T>) -> Result<T> {
+        let value = read(&mut self)?;
+        if self.at != self.bytes.len() {
+            return Err(self.invalid_at(
+                self.at,
+                "message",
+                format!("{} bytes after the end", self.bytes.len() - self.at),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A membership entry's payload, as [`encode_membership`] made it.
+pub fn decode_membership(bytes: &[u8]) -> Result<Membership> {
+    Reader::new(bytes).whole(Reader::membership)
+}
+
+/// How many bytes the message at the start of `bytes` takes, once its
+/// length prefix is there: `Ok(None)` while fewer than 4 bytes are in.
+pub fn message_len(bytes: &[u8]) -> Result<Option<usize>> {
+    let Some(head) = bytes.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(head.try_into().unwrap_or([0; 4])) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_MESSAGE,
+        });
+    }
+    Ok(Some(4 + len))
+}
+
+/// Splits a whole framed message into (tag, id, body reader).
+fn open(bytes: &[u8]) -> Result<(u8, u64, Reader<'_>)> {
+    let total = message_len(bytes)?.ok_or(WireError::Truncated {
+        what: "message length",
+        at: 0,
+        needed: 4usize.saturating_sub(bytes.len()),
+    })?;
+    if total != bytes.len() {
+        return Err(WireError::Invalid {
+            what: "message length",
+            at: 0,
+            reason: format!("says {total} bytes, {} given", bytes.len()),
+        });
+    }
+    let mut r = Reader::new(bytes);
+    r.at = 4;
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let tag = r.u8("message tag")?;
+    let id = r.u64("request id")?;
+    Ok((tag, id, r))
+}
+
+/// A whole framed request: its id and what it asks.
+pub fn decode_request(bytes: &[u8]) -> Result<(u64, Request)> {
+    let (tag, id, r) = open(bytes)?;
+    let at = r.at;
+    let req = match tag {
+        1 => r.whole(|r| r.vote_request().map(Request::Vote))?,
+        2 => r.whole(|r| r.vote_request().map(Request::PreVote))?,
+        3 => r.whole(|r| {
+            let vote = r.vote()?;
+            let prev_log_id = r.opt_log_id()?;
+            let leader_commit = r.opt_log_id()?;
+            let n = r.count("entries", 21)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(r.entry()?);
+            }
+            Ok(Request::Append(AppendEntriesRequest {
+                vote,
+                prev_log_id,
+                entries,
+                leader_commit,
+            }))
+        })?,
+        4 => r.whole(|r| {
+            let vote = r.vote()?;
+            let to = r.u64("transfer target")?;
+            let last = r.opt_log_id()?;
+            Ok(Request::TransferLeader(TransferLeaderRequest::new(
+                vote, to, last,
+            )))
+        })?,
+        5 => r.whole(|r| {
+            let at = r.at + 4;
+            let payload = r.bytes("forwarded batch")?;
+            let batch = EncodedBatch::from_payload(payload)
+                .map_err(|e| r.invalid_at(at, "forwarded batch", e.to_string()))?;
+            Ok(Request::Forward(batch))
+        })?,
+        other => {
+            return Err(WireError::Invalid {
+                what: "request tag",
+                at: at - 9,
+                reason: format!("unknown tag {other}"),
+            });
+        }
+    };
+    Ok((id, req))
+}
+
+/// A whole framed response: the id of the request it answers and what it
+/// says.
+pub fn decode_response(bytes: &[u8]) -> Result<(u64, Response)> {
+    let (tag, id, r) = open(bytes)?;
+    let at = r.at;
+    let resp = match tag {
+        65 => r.whole(|r| {
+            let vote = r.vote()?;
+            let granted = r.flag("vote granted")?;
+            let last = r.opt_log_id()?;
+            Ok(Response::Vote(VoteResponse::new(vote, last, granted)))
+        })?,
+        66 => r.whole(|r| {
+            let at = r.at;
+            Ok(Response::Append(match r.u8("append outcome")? {
+                0 => AppendEntriesResponse::Success,
+                1 => AppendEntriesResponse::PartialSuccess(r.opt_log_id()?),
+                2 => AppendEntriesResponse::Conflict,
+                3 => AppendEntriesResponse::HigherVote(r.vote()?),
+                other => {
+                    return Err(r.invalid_at(
+                        at,
+                        "append outcome",
+                        format!("unknown outcome {other}"),
+                    ));
+                }
+            }))
+        })?,
+        67 => r.whole(|r| {
+            Ok(Response::TransferLeader(if r.flag("transfer refused")? {
+                Err(r.string("transfer refusal")?)
+            } else {
+                Ok(())
+            }))
+        })?,
+        68 => r.whole(|r| {
+            let start = r.u64("first seq")?;
+            let end = r.u64("end seq")?;
+            Ok(Response::Written { start, end })
+        })?,
+        69 => r.whole(|r| {
+            Ok(Response::NotLeader(if r.flag("leader known")? {
+                Some((r.u64("leader id")?, r.string("leader address")?))
+            } else {
+                None
+            }))
+        })?,
+        127 => r.whole(|r| r.string("error").map(Response::Error))?,
+        other => {
+            return Err(WireError::Invalid {
+                what: "response tag",
+                at: at - 9,
+                reason: format!("unknown tag {other}"),
+            });
+        }
+    };
+    Ok((id, resp))
+}
+
+// ---- the log's state file ---------------------------------------------------
+
+const STATE_MAGIC: &[u8; 8] = b"LODERAFT";
+const STATE_VERSION: u32 = 1;
+
+/// What the replicated log keeps beside its entries, in one file replaced
+/// atomically: the vote, the committed log id, the last purged log id and
+/// the last snapshot's metadata (its last log id and membership).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogState {
+    pub vote: Option<Vote>,
+    pub committed: Option<LogId>,
+    pub purged: Option<LogId>,
+    pub snapshot: Option<SnapshotState>,
+}
+
+/// A snapshot's metadata as the state file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotState {
+    pub last_log_id: Option<LogId>,
+    pub membership_log_id: Option<LogId>,
+    pub membership: Membership,
+}
+
+/// The state file's bytes: magic, version, crc32c of the body, body.
+pub fn encode_state(state: &LogState) -> Vec<u8> {
+    let mut body = Writer::default();
+    match &state.vote {
+        None => body.u8(0),
+        Some(vote) => {
+            body.u8(1);
+            body.vote(vote);
+        }
+    }
+    body.opt_log_id(state.committed.as_ref());
+    body.opt_log_id(state.purged.as_ref());
+    match &state.snapshot {
+        None => body.u8(0),
+        Some(s) => {
+            body.u8(1);
+            body.opt_log_id(s.last_log_id.as_ref());
+            body.opt_log_id(s.membership_log_id.as_ref());
+            body.membership(&s.membership);
+        }
+    }
+    let mut out = Vec::with_capacity(16 + body.0.len());
+    out.extend_from_slice(STATE_MAGIC);
+    out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body.0).to_le_bytes());
+    out.extend_from_slice(&body.0);
+    out
+}
+
+/// The state file as [`encode_state`] wrote it.
+pub fn decode_state(bytes: &[u8]) -> Result<LogState> {
+    let mut r = Reader::new(bytes);
+    if r.take(8, "state magic")? != STATE_MAGIC {
+        return Err(r.invalid_at(
+            0,
+            "state file",
+            "not a lode Raft state file (bad magic)".into(),
+        ));
+    }
+    let version = r.u32("state version")?;
+    if version != STATE_VERSION {
+        return Err(r.invalid_at(8, "state file", format!("unsupported version {version}")));
+    }
+    let crc = r.u32("state checksum")?;
+    let body = bytes.get(16..).unwrap_or_default();
+    if crc32c::crc32c(body) != crc {
+        return Err(r.invalid_at(12, "state file", "checksum mismatch".into()));
+    }
+    r.whole(|r| {
+        let vote = if r.flag("vote present")? {
+            Some(r.vote()?)
+        } else {
+            None
+        };
+        let committed = r.opt_log_id()?;
+        let purged = r.opt_log_id()?;
+        let snapshot = if r.flag("snapshot present")? {
+            Some(SnapshotState {
+                last_log_id: r.opt_log_id()?,
+                membership_log_id: r.opt_log_id()?,
+                membership: r.membership()?,
+            })
+        } else {
+            None
+        };
+        Ok(LogState {
+            vote,
+            committed,
+            purged,
+            snapshot,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lode_engine::{Level, LogRecord};
+    use openraft::entry::RaftPayload;
+    use proptest::prelude::*;
+
+    fn membership() -> Membership {
+        let nodes: BTreeMap<u64, Node> = (1..=3)
+            .map(|i| {
+                (
+                    i,
+                    Node {
+                        addr: format!("127.0.0.1:74{i}0"),
+                    },
+                )
+            })
+            .collect();
+        Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap()
+    }
+
+    fn batch_entry(term: u64, index: u64) -> Entry {
+        let records = vec![LogRecord {
+            ts: 5,
+            level: Level::Warn,
+            service: "api".into(),
+            host: "h".into(),
+            attrs: vec![],
+            message: "disk full".into(),
+        }];
+        Entry::new(
+            log_id(term, index),
+            EntryPayload::Normal(Batch::new(EncodedBatch::encode(&records).unwrap())),
+        )
+    }
+
+    fn append() -> Request {
+        Request::Append(AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(2, 9)),
+            entries: vec![
+                batch_entry(3, 10),
+                Entry::new(log_id(3, 11), EntryPayload::Blank),
+                Entry::new(log_id(3, 12), EntryPayload::Membership(membership())),
+            ],
+            leader_commit: Some(log_id(2, 8)),
+        })
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let bytes = encode_request(7, &append());
+        let (id, back) = decode_request(&bytes).unwrap();
+        assert_eq!(id, 7);
+        let (Request::Append(a), Request::Append(b)) = (&back, &append()) else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            (a.vote, a.prev_log_id, a.leader_commit),
+            (b.vote, b.prev_log_id, b.leader_commit)
+        );
+        assert_eq!(a.entries.len(), 3);
+        for (x, y) in a.entries.iter().zip(&b.entries) {
+            assert_eq!(x.log_id, y.log_id);
+            assert_eq!(
+                format!("{:?}", x.payload.get_membership()),
+                format!("{:?}", y.payload.get_membership())
+            );
+        }
+        let EntryPayload::Normal(batch) = &a.entries[0].payload else {
+            panic!()
+        };
+        let EntryPayload::Normal(original) = &b.entries[0].payload else {
+            panic!()
+        };
+        assert_eq!(
+            batch.0.payload(),
+            original.0.payload(),
+            "a batch ships its WAL bytes"
+        );
+
+        let mut vote = VoteRequest::new(Vote::new(4, 2), Some(log_id(3, 12)));
+        vote.leadership_transfer = true;
+        let (_, back) =
+            decode_request(&encode_request(1, &Request::PreVote(vote.clone()))).unwrap();
+        let Request::PreVote(back) = back else {
+            panic!()
+        };
+        assert_eq!(back, vote);
+
+        let EntryPayload::Normal(shipped) = &b.entries[0].payload else {
+            panic!()
+        };
+        let forward = Request::Forward((*shipped.0).clone());
+        let (_, back) = decode_request(&encode_request(2, &forward)).unwrap();
+        let Request::Forward(back) = back else {
+            panic!()
+        };
+        assert_eq!(back.payload(), shipped.0.payload());
+
+        for resp in [
+            Response::Append(AppendEntriesResponse::Success),
+            Response::Append(AppendEntriesResponse::PartialSuccess(Some(log_id(1, 2)))),
+            Response::Append(AppendEntriesResponse::Conflict),
+            Response::Append(AppendEntriesResponse::HigherVote(Vote::new(9, 3))),
+            Response::Vote(VoteResponse::new(Vote::new(4, 2), None, true)),
+            Response::TransferLeader(Err("vote changed".into())),
+            Response::Written { start: 1, end: 26 },
+            Response::NotLeader(Some((3, "127.0.0.1:7430".into()))),
+            Response::NotLeader(None),
+            Response::Error("shutting down".into()),
+        ] {
+            let (id, back) = decode_response(&encode_response(u64::MAX, &resp)).unwrap();
+            assert_eq!((id, format!("{back:?}")), (u64::MAX, format!("{resp:?}")));
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_named_errors() {
+        let bytes = encode_request(7, &append());
+        for cut in 0..bytes.len() {
+            assert!(decode_request(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other_version = bytes.clone();
+        other_version[4] = 9;
+        assert_eq!(
+            decode_request(&other_version).unwrap_err(),
+            WireError::Version(9)
+        );
+        let mut huge = bytes.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_request(&huge),
+            Err(WireError::TooLarge { .. })
+        ));
+        // A batch entry whose records do not check is refused, not logged.
+        let at = bytes.len() - 200;
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0xff;
+        let _ = decode_request(&damaged);
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_detects_damage() {
+        let state = LogState {
+            vote: Some(Vote::new_committed(5, 2)),
+            committed: Some(log_id(5, 100)),
+            purged: Some(log_id(4, 50)),
+            snapshot: Some(SnapshotState {
+                last_log_id: Some(log_id(4, 50)),
+                membership_log_id: Some(log_id(1, 0)),
+                membership: membership(),
+            }),
+        };
+        let bytes = encode_state(&state);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
+        assert_eq!(
+            decode_state(&encode_state(&LogState::default())).unwrap(),
+            LogState::default()
+        );
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_state(&flipped).is_err(), "bit {bit}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_bytes_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+            let _ = decode_state(&bytes);
+            let _ = decode_membership(&bytes);
+        }
+
+        #[test]
+        fn damaged_requests_never_panic(at in 0usize..4096, byte in any::<u8>()) {
+            let mut bytes = encode_request(1, &append());
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let _ = decode_request(&bytes);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! lode-replication's tests, in one binary (each binary links RocksDB):
+//! openraft's storage conformance suite on the adapter, and in-process
+//! clusters of real nodes over QUIC on loopback.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lode_engine::{EncodedBatch, Engine, Level, LogRecord, Options};
+use lode_replication::tls::{self, NodeTlsFiles};
+use lode_replication::{ClusterConfig, ClusterNode, Error, LogStore, StateMachine, TypeConfig};
+use openraft::StorageError;
+use openraft::testing::log::{StoreBuilder, Suite};
+
+fn replicated() -> Options {
+    Options {
+        replicated: true,
+        segment_bytes: 64 << 10,
+        ..Options::default()
+    }
+}
+
+struct EngineStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for EngineStoreBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            segment_bytes: 4096,
+            ..replicated()
+        };
+        let engine = Arc::new(Engine::open(dir.path(), opts).expect("open engine"));
+        let (log, sm) = lode_replication::open(engine).expect("open storage");
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() {
+    Suite::test_all(EngineStoreBuilder)
+        .await
+        .expect("openraft's storage suite");
+}
+
+/// A loopback port no one holds right now.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn batch(serial: u64, n: u64) -> EncodedBatch {
+    let records: Vec<LogRecord> = (serial..serial + n)
+        .map(|i| LogRecord {
+            ts: 1_800_000_000_000_000_000 + i as i64,
+            level: Level::Info,
+            service: "svc".into(),
+            host: "h".into(),
+            attrs: vec![("i".into(), i.to_string())],
+            message: format!("record {i}"),
+        })
+        .collect();
+    EncodedBatch::encode(&records).unwrap()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    peers: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, ClusterNode>,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<(u64, Vec<String>)> = (1..=n).map(|id| (id, Vec::new())).collect();
+        tls::init_cluster(&dir.path().join("tls"), &ids).unwrap();
+        let peers = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut cluster = Cluster {
+            dir,
+            peers,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.start_node(id).await;
+        }
+        cluster
+    }
+
+    async fn start_node(&mut self, id: u64) {
+        let engine = Arc::new(
+            Engine::open(self.dir.path().join(format!("node-{id}")), replicated()).unwrap(),
+        );
+        let files = NodeTlsFiles::in_dir(&self.dir.path().join("tls"), id);
+        let config = ClusterConfig::new(id, self.peers.clone(), files);
+        let node = ClusterNode::start(engine, &config).await.unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop_node(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).unwrap();
+        let engine = Arc::clone(node.engine());
+        node.shutdown().await.unwrap();
+        // The engine is closed once the last holder lets go.
+        eprintln!(
+            "engine holders after shutdown: {}",
+            Arc::strong_count(&engine)
+        );
+        drop(engine);
+        for i in 0..100 {
+            if std::net::UdpSocket::bind(&self.peers[&id]).is_ok() {
+                eprintln!("port free after {i} tries");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader all running nodes agree on, waiting up to `within`.
+    async fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let leaders: Vec<Option<u64>> =
+                self.nodes.values().map(|n| n.status().leader).collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*leader))
+                && self.nodes.contains_key(leader)
+                && self.nodes[leader].status().role == "leader"
+            {
+                return *leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {leaders:?}"
+            );
+            if std::env::var_os("LODE_TRACE").is_some() {
+                let s: Vec<_> = self.nodes.values().map(|n| n.status()).collect();
+                eprintln!("{s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes through whichever node leads, retrying while leadership
+    /// moves (as a client does), for at most ten seconds.
+    async fn write(&self, batch: EncodedBatch) -> lode_engine::SeqRange {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.leader(Duration::from_secs(10)).await;
+            match self.nodes[&leader].write(batch.clone()).await {
+                Ok(seqs) => return seqs,
+                Err(Error::NotLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+    }
+
+    /// Waits until every running node applied what the leader applied,
+    /// then checks that their logs and records are identical.
+    async fn converge(&self, leader: u64) {
+        // The leader's whole log: every entry in it is committed once the
+        // writes returned (metrics may lag the engine by a moment).
+        let applied = self.nodes[&leader]
+            .engine()
+            .log_bounds()
+            .unwrap()
+            .unwrap()
+            .last
+            .1;
+        for node in self.nodes.values() {
+            node.wait_for_applied(applied, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        let reference = &self.nodes[&leader];
+        let entries = |n: &ClusterNode| -> Vec<(u64, u64, Vec<u8>)> {
+            n.engine()
+                .read_entries(0..applied + 1)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.term, e.index, e.frame.payload().to_vec()))
+                .collect()
+        };
+        let records = |n: &ClusterNode| -> Vec<(u64, LogRecord)> {
+            n.engine()
+                .scan(..)
+                .map(|r| r.unwrap())
+                .map(|r| (r.seq, r.log))
+                .collect()
+        };
+        let (want_entries, want_records) = (entries(reference), records(reference));
+        assert_eq!(
+            want_entries.len() as u64,
+            applied + 1,
+            "the log starts at index 0 and has no hole"
+        );
+        for (id, node) in &self.nodes {
+            assert_eq!(entries(node), want_entries, "node {id}'s log");
+            let got = records(node);
+            if got != want_records {
+                for (i, n) in &self.nodes {
+                    let st = n.engine().stats();
+                    eprintln!(
+                        "node {i}: {:?} engine applied {:?} next_seq {} wal {} unsealed {} sealed {}",
+                        n.status(),
+                        n.engine().applied_index(),
+                        st.next_seq,
+                        st.wal_segments,
+                        st.unsealed_records,
+                        st.sealed_records
+                    );
+                }
+            }
+            assert_eq!(got.len(), want_records.len(), "node {id}'s records");
+            assert_eq!(got, want_records, "node {id}'s records");
+        }
+    }
+}
+
+/// `RUST_LOG=openraft=debug` shows what the nodes do.
+fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_fail_over_and_catch_up() {
+    trace();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let seqs = cluster.nodes[&leader]
+            .write(batch(i * 25, 25))
+            .await
+            .unwrap();
+        written.push(seqs);
+    }
+    for (i, seqs) in written.iter().enumerate() {
+        assert_eq!(
+            (seqs.start, seqs.end),
+            (1 + 25 * i as u64, 26 + 25 * i as u64),
+            "seqs follow the log"
+        );
+    }
+    cluster.converge(leader).await;
+
+    // A follower asked to write only if it leads names the leader; asked
+    // to write, it forwards to the leader.
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    match cluster.nodes[&follower].write_if_leader(batch(0, 1)).await {
+        Err(Error::NotLeader {
+            leader: Some((id, addr)),
+            ..
+        }) => {
+            assert_eq!((id, &addr), (leader, &cluster.peers[&leader]));
+        }
+        other => panic!("a follower's write: {other:?}"),
+    }
+    for i in 40..45 {
+        let seqs = cluster.nodes[&follower]
+            .write(batch(i * 25, 25))
+            .await
+            .unwrap();
+        assert_eq!(
+            seqs.start,
+            1 + 25 * i,
+            "a forwarded write is committed in order"
+        );
+    }
+
+    // The leader goes; the other two elect one and go on.
+    let stopped_at = Instant::now();
+    cluster.stop_node(leader).await;
+    let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader after {:?}", stopped_at.elapsed());
+    for i in 45..50 {
+        cluster.write(batch(i * 25, 25)).await;
+    }
+
+    // The old leader comes back as a follower and catches up.
+    let restarting = Instant::now();
+    cluster.start_node(leader).await;
+    eprintln!("restarted in {:?}", restarting.elapsed());
+    for i in 50..55 {
+        cluster.write(batch(i * 25, 25)).await;
+    }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+    let records = cluster.nodes[&leader].engine().scan(..).count();
+    assert_eq!(records, 55 * 25, "every acknowledged record once");
+
+    // Leadership moves on request.
+    let target = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.nodes[&leader]
+        .transfer_leader(target)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.leader(Duration::from_secs(10)).await != target {
+        assert!(
+            Instant::now() < deadline,
+            "leadership did not move to {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.write(batch(55 * 25, 25)).await;
+    cluster.converge(target).await;
+
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop_node(id).await;
+    }
+}
