@@ -22,6 +22,6 @@ pub mod tls;
 mod types;
 pub mod wire;
 
-pub use node::{ClusterConfig, ClusterNode, Error, Result, Status};
+pub use node::{ClusterConfig, ClusterNode, Error, PendingWrite, Result, Status};
 pub use store::{LogStore, SegmentList, StateMachine, open};
 pub use types::{Applied, Batch, Entry, LogId, Membership, Node, NodeId, Raft, TypeConfig, Vote};

@@ -28,6 +28,13 @@ use crate::wire::{self, Request, Response};
 
 /// How long dialling a peer may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time an append may take. openraft gives appends the
+/// heartbeat interval (50 ms), which a follower writing and syncing a
+/// batch of megabytes on a busy machine can exceed; a timed-out append is
+/// sent again, so too short a bound turns load into retries. A follower
+/// that is gone fails at once (its connection closes); one that hangs
+/// holds only its own replication stream this long.
+const MIN_APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
@@ -365,7 +372,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        match self.call(&Request::Append(rpc), option.hard_ttl()).await? {
+        let ttl = option.soft_ttl().max(MIN_APPEND_TIMEOUT);
+        match self.call(&Request::Append(rpc), ttl).await? {
             Response::Append(r) => Ok(r),
             other => Err(unexpected(self.target, &other)),
         }
@@ -376,7 +384,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        match self.call(&Request::Vote(rpc), option.hard_ttl()).await? {
+        match self.call(&Request::Vote(rpc), option.soft_ttl()).await? {
             Response::Vote(r) => Ok(r),
             other => Err(unexpected(self.target, &other)),
         }
@@ -389,7 +397,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        match self.call(&Request::PreVote(rpc), option.hard_ttl()).await? {
+        match self.call(&Request::PreVote(rpc), option.soft_ttl()).await? {
             Response::Vote(r) => Ok(r),
             other => Err(unexpected(self.target, &other)),
         }

@@ -9,11 +9,13 @@ use std::time::Duration;
 use lode_engine::{EncodedBatch, Engine, SeqRange};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
 use crate::net::{Network, NetworkFactory};
 use crate::tls::{NodeTls, NodeTlsFiles};
-use crate::types::{Batch, Node, NodeId, Raft};
+use crate::types::{Batch, Node, NodeId, Raft, TypeConfig};
 use crate::wire::{Request, Response};
 
 /// Why a cluster operation failed.
@@ -189,6 +191,24 @@ pub struct Status {
     pub matched: BTreeMap<NodeId, Option<u64>>,
 }
 
+/// A write submitted to the cluster; [`PendingWrite::wait`] gives its seqs
+/// once committed.
+pub struct PendingWrite(
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeqRange>> + Send>>,
+);
+
+impl std::fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingWrite")
+    }
+}
+
+impl PendingWrite {
+    pub async fn wait(self) -> Result<SeqRange> {
+        self.0.await
+    }
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -196,7 +216,7 @@ pub struct ClusterNode {
     raft: Raft,
     network: Network,
     engine: Arc<Engine>,
-    serve: tokio::task::JoinHandle<()>,
+    serve: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ClusterNode {
@@ -216,7 +236,7 @@ impl ClusterNode {
         })?;
         let tls = NodeTls::load(&config.tls)?;
         let network = bind_retrying(addr, &tls).await?;
-        let (log, sm) = crate::store::open(Arc::clone(&engine))?;
+        let (log, sm) = crate::store::open(Arc::clone(&engine), config.node_id)?;
         let factory = NetworkFactory {
             network: network.clone(),
         };
@@ -243,7 +263,7 @@ impl ClusterNode {
             raft,
             network,
             engine,
-            serve,
+            serve: std::sync::Mutex::new(Some(serve)),
         })
     }
 
@@ -265,13 +285,21 @@ impl ClusterNode {
                 batch,
                 leader: Some((id, addr)),
             }) if id != self.id => {
-                let response = self
-                    .network
-                    .request(id, &addr, &Request::Forward(batch), FORWARD_TIMEOUT)
-                    .await
-                    .map_err(|e| {
+                let request = Request::Forward(batch);
+                let forward = self.network.request(id, &addr, &request, FORWARD_TIMEOUT);
+                // A leader that died holds the forward until the timeout;
+                // an election elsewhere says sooner that it is gone.
+                let response = tokio::select! {
+                    response = forward => response.map_err(|e| {
                         Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
-                    })?;
+                    })?,
+                    () = self.leader_moves_from(id) => {
+                        return Err(Error::Raft(format!(
+                            "the leader (node {id}) changed while a write was forwarded to it; \
+                             whether it was committed is unknown"
+                        )));
+                    }
+                };
                 match response {
                     Response::Written { start, end } => Ok(SeqRange { start, end }),
                     Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
@@ -286,6 +314,55 @@ impl ClusterNode {
                 leader,
             }),
             Ok(outcome) => outcome,
+        }
+    }
+
+    /// Hands a batch to the cluster and returns once it is queued, so that
+    /// batches submitted one after another by one caller are ordered in
+    /// the log as they were submitted when this node leads; the returned
+    /// [`PendingWrite`] waits for the commit. A follower forwards the batch
+    /// (forwarded batches of one caller may commit out of order).
+    pub async fn submit(self: &Arc<Self>, batch: EncodedBatch) -> Result<PendingWrite> {
+        if self.raft.is_leader() {
+            let (responder, rx) =
+                ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
+            self.raft
+                .write(Batch::new(batch))
+                .responder(responder)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+            let node = self.id;
+            let raft = self.raft.clone();
+            return Ok(PendingWrite(Box::pin(async move {
+                match rx.await {
+                    Ok(Ok(response)) => Ok(response.data.seqs),
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Error::NotLeader {
+                        node,
+                        leader: known_leader(&raft),
+                    }),
+                    Ok(Err(e)) => Err(Error::Raft(e.to_string())),
+                    Err(_) => Err(Error::Raft(
+                        "the write was dropped: the node stopped".to_owned(),
+                    )),
+                }
+            })));
+        }
+        let node = Arc::clone(self);
+        Ok(PendingWrite(Box::pin(
+            async move { node.write(batch).await },
+        )))
+    }
+
+    /// Returns once this node sees a leader other than `id` (or none).
+    async fn leader_moves_from(&self, id: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_watched().current_leader != Some(id) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -364,11 +441,20 @@ impl ClusterNode {
     }
 
     /// Stops Raft and the peer endpoint (its address is free once this
-    /// returns); the engine stays open for its owner to close.
-    pub async fn shutdown(self) -> Result<()> {
+    /// returns); the engine stays open for its owner to close. Calling it
+    /// again does nothing.
+    pub async fn shutdown(&self) -> Result<()> {
+        let serve = self
+            .serve
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(serve) = serve else {
+            return Ok(());
+        };
         let stopped = self.raft.shutdown().await;
-        self.serve.abort();
-        let _ = self.serve.await;
+        serve.abort();
+        let _ = serve.await;
         self.network.close().await;
         stopped.map_err(|e| Error::Raft(e.to_string()))
     }

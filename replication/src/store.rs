@@ -28,7 +28,7 @@ use openraft::storage::{
 };
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::types::{Applied, Batch, Entry, LogId, StoredMembership, TypeConfig, Vote};
+use crate::types::{Applied, Batch, Entry, LogId, NodeId, StoredMembership, TypeConfig, Vote};
 use crate::wire::{self, SnapshotState};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -74,14 +74,35 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Opens openraft's storage over a replicated engine (one opened with
-/// `Options::replicated`): the log and the state machine, which share it.
-pub fn open(engine: Arc<Engine>) -> io::Result<(LogStore, StateMachine)> {
+/// `Options::replicated`) for node `node_id`: the log and the state
+/// machine, which share it.
+///
+/// A node that led when it stopped does not lead again in the same term:
+/// its committed vote for itself becomes an uncommitted one (same term,
+/// same choice, so it still cannot vote for another in that term). A
+/// leader replicates entries before its own fsync of them ends; killed
+/// then, it comes back without them, and openraft, seeing its committed
+/// vote, would resume leading the term and write other entries at those
+/// indexes, under the same log ids its followers already hold. Made to
+/// win a later term, it can only be elected by holding every committed
+/// entry, and what it writes carries a new term.
+pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, StateMachine)> {
     let state = match engine.log_state().map_err(io_err)? {
         Some(bytes) => wire::decode_state(&bytes).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("raft-state file: {e}"))
         })?,
         None => wire::LogState::default(),
     };
+    let mut state = state;
+    if let Some(vote) = state.vote
+        && vote.committed
+        && vote.leader_id.voted_for == node_id
+    {
+        state.vote = Some(Vote::new(vote.leader_id.term, node_id));
+        engine
+            .save_log_state(wire::encode_state(&state))
+            .map_err(io_err)?;
+    }
     let shared = Arc::new(Shared {
         engine,
         state: Mutex::new(state),

@@ -212,13 +212,16 @@ impl NodeTls {
 }
 
 /// QUIC transport between nodes: the client protocol's settings (large
-/// windows), with a keep-alive well under the idle timeout so a quiet
+/// windows), with a keep-alive well under a 5 s idle timeout so a quiet
 /// cluster keeps its connections, and an initial round-trip estimate for
 /// a LAN (10 ms, not quinn's 333 ms): before the first sample the loss
 /// timers, and a closed connection's draining (three of them), follow it.
 fn transport() -> quinn::TransportConfig {
     let mut t = lode_client::quic_transport();
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    // A peer that died without closing (SIGKILL, power) is given up on
+    // after this, and dialled afresh.
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(5_000).into()));
     t.initial_rtt(std::time::Duration::from_millis(10));
     t
 }

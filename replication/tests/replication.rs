@@ -34,7 +34,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Eng
             ..replicated()
         };
         let engine = Arc::new(Engine::open(dir.path(), opts).expect("open engine"));
-        let (log, sm) = lode_replication::open(engine).expect("open storage");
+        let (log, sm) = lode_replication::open(engine, 0).expect("open storage");
         Ok((dir, log, sm))
     }
 }
@@ -323,4 +323,43 @@ async fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.stop_node(id).await;
     }
+}
+
+/// A node that led when it stopped comes back with an uncommitted vote
+/// for itself in the same term: it must win a later term before it leads
+/// again (it may have lost entries it had replicated before its own fsync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_resume_its_term() {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let engine = Arc::new(Engine::open(dir.path(), replicated()).unwrap());
+        lode_replication::open(engine, 7).unwrap()
+    };
+    let (mut log, _sm) = open();
+    log.save_vote(&lode_replication::Vote::new_committed(4, 7))
+        .await
+        .unwrap();
+    assert!(log.read_vote().await.unwrap().unwrap().committed);
+    drop((log, _sm));
+    let (mut log, _sm) = open();
+    let vote = log.read_vote().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            vote.leader_id.term,
+            vote.leader_id.voted_for,
+            vote.committed
+        ),
+        (4, 7, false)
+    );
+    log.save_vote(&lode_replication::Vote::new_committed(5, 3))
+        .await
+        .unwrap();
+    drop((log, _sm));
+    let (mut log, _sm) = open();
+    let vote = log.read_vote().await.unwrap().unwrap();
+    assert!(
+        vote.committed,
+        "another node's leadership is kept as it was"
+    );
 }

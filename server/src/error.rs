@@ -24,6 +24,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cluster: {0}")]
+    Cluster(#[from] lode_replication::Error),
     #[error("{0}")]
     Runtime(String),
 }

@@ -41,6 +41,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
@@ -131,6 +132,15 @@ async fn root() -> axum::Json<Value> {
 }
 
 async fn ready(State(service): Shared) -> Response {
+    if let Some(cluster) = service.cluster()
+        && cluster.status().leader.is_none()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: this cluster node knows no leader\n",
+        )
+            .into_response();
+    }
     match service.engine().stats().poisoned {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(cause) => (
@@ -139,6 +149,34 @@ async fn ready(State(service): Shared) -> Response {
         )
             .into_response(),
     }
+}
+
+/// This node's view of its cluster; 404 on a single node.
+async fn cluster_status(State(service): Shared) -> Response {
+    let Some(cluster) = service.cluster() else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"code": "bad_request", "message": "this server is not a cluster node"}})),
+        )
+            .into_response();
+    };
+    let s = cluster.status();
+    let peers: Vec<serde_json::Value> = s
+        .matched
+        .iter()
+        .map(|(id, matched)| json!({"node": id, "matched_index": matched}))
+        .collect();
+    axum::Json(json!({
+        "node": s.node_id,
+        "role": s.role,
+        "term": s.term,
+        "leader": s.leader,
+        "last_log_index": s.last_log_index,
+        "committed_index": s.committed,
+        "applied_index": s.applied,
+        "peers": peers,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(service): Shared) -> Response {

@@ -28,7 +28,9 @@ mod service;
 mod syslog;
 pub mod tls;
 
-pub use config::{Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Storage, TlsFiles};
+pub use config::{
+    Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Storage, TlsFiles,
+};
 pub use error::{Error, Result};
 pub use metrics::{Metrics, Source};
 pub use server::{Addresses, Server};

@@ -193,6 +193,34 @@ impl Metrics {
 /// Engine and index figures exported: name, help, and whether a counter.
 const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
     ("records", "Records retained.", false),
+    ("raft_node_id", "This node's id in its cluster.", false),
+    ("raft_term", "The Raft term this node is in.", false),
+    (
+        "raft_leader",
+        "The leader this node knows (0: none).",
+        false,
+    ),
+    ("raft_is_leader", "1 on the leader.", false),
+    (
+        "raft_last_log_index",
+        "Index of the newest entry in this node's log.",
+        false,
+    ),
+    (
+        "raft_committed_index",
+        "Index of the newest entry known committed.",
+        false,
+    ),
+    (
+        "raft_applied_index",
+        "Index of the newest entry applied (its records readable).",
+        false,
+    ),
+    (
+        "raft_max_follower_lag",
+        "On the leader: entries the furthest follower lacks.",
+        false,
+    ),
     ("next_seq", "The seq the next record gets.", false),
     ("wal_segments", "WAL segment files not yet sealed.", false),
     ("wal_bytes", "Bytes of WAL not yet sealed.", false),

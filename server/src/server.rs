@@ -42,9 +42,21 @@ impl Server {
     /// Opens the data directory and starts every listener of `config`.
     pub async fn start(config: Config) -> Result<Server> {
         let opened = config.clone();
-        let service = tokio::task::spawn_blocking(move || Service::open(&opened))
+        let mut service = tokio::task::spawn_blocking(move || Service::open(&opened))
             .await
             .map_err(|e| Error::Runtime(e.to_string()))??;
+        if let Some(cluster) = &config.cluster {
+            let peers = cluster.peer_map()?;
+            let tls =
+                lode_replication::tls::NodeTlsFiles::in_dir(&cluster.tls_dir, cluster.node_id);
+            let mut node = lode_replication::ClusterConfig::new(cluster.node_id, peers, tls);
+            node.heartbeat_ms = cluster.heartbeat_ms;
+            node.election_timeout_ms = (
+                cluster.election_timeout_ms[0],
+                cluster.election_timeout_ms[1],
+            );
+            service.join_cluster(&node).await?;
+        }
         let service = Arc::new(service);
         let mut server = Server {
             service: Arc::clone(&service),
@@ -116,6 +128,11 @@ impl Server {
         self.stop_listeners();
         if let Some(endpoint) = self.quic.take() {
             endpoint.wait_idle().await;
+        }
+        if let Some(cluster) = self.service.cluster()
+            && let Err(e) = cluster.shutdown().await
+        {
+            tracing::warn!(error = %e, "stopping the cluster node");
         }
         // Connections still being served hold the service; give them a
         // moment to see their sockets close.

@@ -13,6 +13,7 @@ use lode_engine::{EncodedBatch, Engine, LogRecord, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
+use lode_replication::ClusterNode;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{Config, Limits};
@@ -68,6 +69,9 @@ pub type Outcome<T> = std::result::Result<T, Failure>;
 pub struct Service {
     engine: Arc<Engine>,
     index: Arc<Index>,
+    /// Present when this server is a node of a cluster: appends go
+    /// through its Raft log, not straight to the engine.
+    cluster: Option<Arc<ClusterNode>>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     /// Turns of `limits.max_queries`.
@@ -98,6 +102,7 @@ impl Service {
         Ok(Service {
             engine,
             index: Arc::new(index),
+            cluster: None,
             limits: config.limits.clone(),
             metrics: Arc::default(),
             queries: Arc::new(Semaphore::new(config.limits.max_queries.max(1))),
@@ -106,6 +111,22 @@ impl Service {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Makes this service a node of a cluster: starts Raft over its engine
+    /// (opened replicated, see [`Config::engine_options`]).
+    pub async fn join_cluster(
+        &mut self,
+        config: &lode_replication::ClusterConfig,
+    ) -> crate::Result<()> {
+        let node = ClusterNode::start(Arc::clone(&self.engine), config).await?;
+        self.cluster = Some(Arc::new(node));
+        Ok(())
+    }
+
+    /// The cluster node, when this server is one.
+    pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref()
     }
 
     pub fn index(&self) -> &Index {
@@ -119,21 +140,46 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
+        let clustered = self.cluster.is_some();
         let submitted = blocking(move || {
             let batch = EncodedBatch::from_reserved(reserved)
                 .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
-            submit(&engine, batch)
+            if clustered {
+                return Ok(Checked::Batch(batch));
+            }
+            submit(&engine, batch).map(Checked::Submitted)
         })
         .await;
+        let submitted = self.hand_off(submitted).await;
         self.counted(submitted)
+    }
+
+    /// A checked batch goes to the cluster (in a cluster) or is already
+    /// with the engine.
+    async fn hand_off(&self, checked: Outcome<Checked>) -> Outcome<PendingAppend> {
+        match (checked?, &self.cluster) {
+            (Checked::Submitted(pending), _) => Ok(pending),
+            (Checked::Batch(batch), Some(cluster)) => {
+                let pending = cluster.submit(batch).await.map_err(cluster_failure)?;
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = tx.send(pending.wait().await.map_err(cluster_failure));
+                });
+                Ok(PendingAppend(rx))
+            }
+            (Checked::Batch(_), None) => Err(Failure::new(
+                ErrorCode::Internal,
+                "a batch for a cluster on a server that is not a node",
+            )),
+        }
     }
 
     /// Waits, without holding a thread, until a submitted append is durable.
     pub async fn acknowledged(&self, pending: PendingAppend) -> Outcome<SeqRange> {
         let outcome = match pending.0.await {
-            Ok(outcome) => outcome.map_err(Failure::from),
+            Ok(outcome) => outcome,
             Err(_) => Err(Failure::new(
                 ErrorCode::Unavailable,
                 "the engine closed before the append was durable",
@@ -148,12 +194,17 @@ impl Service {
     pub async fn append_records(&self, records: Vec<LogRecord>) -> Outcome<SeqRange> {
         let max_records = self.limits.max_batch_records;
         let engine = Arc::clone(&self.engine);
+        let clustered = self.cluster.is_some();
         let submitted = blocking(move || {
             check_batch_records(records.len(), max_records)?;
             let batch = EncodedBatch::encode(&records).map_err(lode_engine::Error::from)?;
-            submit(&engine, batch)
+            if clustered {
+                return Ok(Checked::Batch(batch));
+            }
+            submit(&engine, batch).map(Checked::Submitted)
         })
         .await;
+        let submitted = self.hand_off(submitted).await;
         let pending = self.counted(submitted)?;
         self.acknowledged(pending).await
     }
@@ -252,6 +303,9 @@ impl Service {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         figures.extend(self.metrics.figures());
+        if let Some(cluster) = &self.cluster {
+            figures.extend(raft_figures(&cluster.status()));
+        }
         figures
     }
 
@@ -313,6 +367,8 @@ impl Service {
     /// Stops the indexer and closes the engine, when this is the last
     /// holder of them.
     pub fn close(self) -> crate::Result<()> {
+        // The cluster node (stopped by the server) holds the engine too.
+        drop(self.cluster);
         if let Ok(index) = Arc::try_unwrap(self.index) {
             index.close()?;
         }
@@ -323,16 +379,66 @@ impl Service {
     }
 }
 
-/// An append handed to the engine, not yet durable.
+/// An append handed to the engine (or the cluster), not yet durable
+/// (or committed).
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<lode_engine::Result<SeqRange>>);
+pub struct PendingAppend(oneshot::Receiver<Outcome<SeqRange>>);
+
+/// A batch checked on the blocking pool: handed to the engine there, or
+/// back for the cluster.
+enum Checked {
+    Submitted(PendingAppend),
+    Batch(EncodedBatch),
+}
 
 fn submit(engine: &Engine, batch: EncodedBatch) -> Outcome<PendingAppend> {
     let (tx, rx) = oneshot::channel();
     engine.submit_encoded_then(batch, move |outcome| {
-        let _ = tx.send(outcome);
+        let _ = tx.send(outcome.map_err(Failure::from));
     })?;
     Ok(PendingAppend(rx))
+}
+
+/// A cluster's refusal as a request failure: no leader, or a leader that
+/// moved, is `unavailable` (retry); the message names the leader known.
+fn cluster_failure(e: lode_replication::Error) -> Failure {
+    use lode_replication::Error as E;
+    let code = match &e {
+        E::NotLeader { .. } | E::Raft(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// A node's Raft figures for `/metrics`: term, leader (0 for none),
+/// indexes, and the leader's largest follower lag in entries.
+fn raft_figures(s: &lode_replication::Status) -> Vec<(String, u64)> {
+    let last = s.last_log_index.unwrap_or(0);
+    // A follower known to hold nothing lacks the whole log.
+    let lag = |matched: &Option<u64>| match matched {
+        Some(m) => last.saturating_sub(*m),
+        None => s.last_log_index.map_or(0, |l| l + 1),
+    };
+    let max_lag = s
+        .matched
+        .iter()
+        .filter(|(id, _)| **id != s.node_id)
+        .map(|(_, matched)| lag(matched))
+        .max()
+        .unwrap_or(0);
+    [
+        ("raft_node_id", s.node_id),
+        ("raft_term", s.term),
+        ("raft_leader", s.leader.unwrap_or(0)),
+        ("raft_is_leader", u64::from(s.role == "leader")),
+        ("raft_last_log_index", last),
+        ("raft_committed_index", s.committed.unwrap_or(0)),
+        ("raft_applied_index", s.applied.unwrap_or(0)),
+        ("raft_max_follower_lag", max_lag),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// No query text means every record (the parser itself wants `*`).

@@ -34,6 +34,8 @@ pub fn record_for(seq: u64) -> LogRecord {
 #[cfg(test)]
 mod clients;
 #[cfg(test)]
+mod cluster;
+#[cfg(test)]
 mod crash;
 #[cfg(test)]
 mod fixtures;

@@ -7,7 +7,7 @@ mod output;
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -76,8 +76,15 @@ enum Command {
     /// Run a server: binary protocol (TCP and QUIC), HTTP and syslog.
     ///
     /// Listeners take HOST:PORT, or `off`. Flags override the config file.
+    /// A cluster node also takes its id, every initial node's peer address
+    /// and the certificates `lode cluster init` made:
+    ///   lode serve --node-id 1 --peers 1=127.0.0.1:7410,2=127.0.0.1:7420,3=127.0.0.1:7430 \
+    ///     --cluster-tls ./cluster-tls --data d1 --listen 127.0.0.1:7400 ...
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Set up and inspect a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Send JSON lines (a file, or - for standard input) to lode.
     ///
     /// Each line: {"ts":"2026-01-01T10:00:00Z" or ns, "level", "service",
@@ -203,6 +210,35 @@ struct ServeArgs {
     /// Syslog over TCP and UDP [default: 127.0.0.1:7514].
     #[arg(long)]
     syslog: Option<String>,
+    /// This node's id in its cluster (with --peers).
+    #[arg(long, requires = "peers")]
+    node_id: Option<u64>,
+    /// Every initial node of the cluster, ID=HOST:PORT (peer addresses,
+    /// QUIC), comma-separated, this node included.
+    #[arg(long, value_delimiter = ',', requires = "node_id")]
+    peers: Vec<String>,
+    /// Directory of the cluster CA and node certificates
+    /// [default: ./cluster-tls].
+    #[arg(long)]
+    cluster_tls: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Make a cluster CA and one certificate per node (mutual TLS between
+    /// nodes): DIR/ca.pem, DIR/ca-key.pem, DIR/node-ID.pem, DIR/node-ID-key.pem.
+    /// Give each node its own pair and ca.pem; keep ca-key.pem elsewhere.
+    ///
+    ///   lode cluster init --nodes 1=10.0.0.1,2=10.0.0.2,3=10.0.0.3 --dir ./cluster-tls
+    #[command(verbatim_doc_comment)]
+    Init {
+        /// Nodes as ID or ID=NAME (a host name or IP address the node's
+        /// certificate is also valid for), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        #[arg(long, default_value = "./cluster-tls")]
+        dir: PathBuf,
+    },
 }
 
 /// An error for the user: printed as `lode: MESSAGE`.
@@ -247,6 +283,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Cluster(ClusterCommand::Init { nodes, dir }) => cluster_init(&nodes, &dir),
         Command::Ingest {
             file,
             batch,
@@ -436,7 +473,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -452,6 +489,20 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.quic = listener(&args.quic, config.quic, "quic")?;
     config.http = listener(&args.http, config.http, "http")?;
     config.syslog = listener(&args.syslog, config.syslog, "syslog")?;
+    if let Some(node_id) = args.node_id {
+        config.cluster = Some(lode_server::Cluster {
+            node_id,
+            peers: args.peers.clone(),
+            tls_dir: args
+                .cluster_tls
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./cluster-tls")),
+            heartbeat_ms: 50,
+            election_timeout_ms: [150, 300],
+        });
+    } else if let (Some(dir), Some(cluster)) = (&args.cluster_tls, config.cluster.as_mut()) {
+        cluster.tls_dir = dir.clone();
+    }
     let data = config.data.clone();
     let server = Server::start(config).await?;
     let a = server.addresses();
@@ -472,9 +523,42 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(addr) = a.syslog {
         println!("  syslog         {addr} (tcp, udp)");
     }
+    if let Some(node) = server.service().cluster() {
+        let addr = node
+            .peer_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        println!(
+            "  cluster        node {} peers on {addr} (quic, mutual tls)",
+            node.status().node_id
+        );
+    }
     wait_for_signal().await;
     eprintln!("lode: shutting down");
     Ok(server.shutdown().await?)
+}
+
+/// `lode cluster init`: the CA and a certificate per node.
+fn cluster_init(nodes: &[String], dir: &Path) -> Result<(), CliError> {
+    let mut parsed = Vec::new();
+    for node in nodes {
+        let (id, name) = match node.split_once('=') {
+            Some((id, name)) => (id, Some(name.trim().to_owned())),
+            None => (node.as_str(), None),
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| CliError::new(format!("--nodes: '{node}' is not ID or ID=NAME")))?;
+        parsed.push((id, name.into_iter().collect::<Vec<_>>()));
+    }
+    lode_replication::tls::init_cluster(dir, &parsed)?;
+    println!(
+        "cluster CA and {} node certificates in {}",
+        parsed.len(),
+        dir.display()
+    );
+    println!("  give node N: ca.pem, node-N.pem, node-N-key.pem; keep ca-key.pem off the nodes");
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,474 @@
+//! A cluster of real processes on loopback: three children of this test
+//! binary, each a `lode` server that is one node (TCP for clients, QUIC
+//! with mutual TLS between nodes). Clients write to every node while the
+//! leader (every fourth round, a random node) is killed with SIGKILL and
+//! restarted, twenty times. Then, with every node stopped, each data
+//! directory is opened and its committed log read back: every
+//! acknowledged record is on every node exactly once, nothing appears
+//! twice, and the committed logs are identical entry for entry.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lode_client::Client;
+use lode_engine::{Engine, LogRecord, Options};
+use lode_server::{Cluster, Config, Server};
+
+use crate::record_for;
+
+const NODE_VAR: &str = "LODE_TEST_CLUSTER_NODE";
+const KILLS: usize = 20;
+const NODES: u64 = 3;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One node, run by the parent as a child process: `id;peers;tls;data;tcp;http`.
+#[test]
+#[ignore = "a child process of the cluster tests"]
+fn node_child() {
+    let spec = std::env::var(NODE_VAR).expect("node spec");
+    let parts: Vec<&str> = spec.split(';').collect();
+    let [id, peers, tls, data, tcp, http] = parts[..] else {
+        panic!("bad spec {spec}");
+    };
+    let config = Config {
+        data: PathBuf::from(data),
+        listen: tcp.parse().ok(),
+        http: http.parse().ok(),
+        quic: None,
+        syslog: None,
+        cluster: Some(Cluster {
+            node_id: id.parse().unwrap(),
+            peers: peers.split(',').map(str::to_owned).collect(),
+            tls_dir: PathBuf::from(tls),
+            heartbeat_ms: 50,
+            election_timeout_ms: [150, 300],
+        }),
+        ..Config::default()
+    };
+    runtime().block_on(async {
+        let server = Server::start(config).await.expect("node starts");
+        println!("listening {}", server.addresses().tcp.unwrap());
+        std::future::pending::<()>().await;
+    });
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Node {
+    spec: String,
+    data: PathBuf,
+    tcp: SocketAddr,
+    http: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "cluster::node_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(NODE_VAR, &self.spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening "));
+        assert!(ready, "node {} started", self.spec);
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The node's view of its cluster, from `GET /api/v1/cluster`.
+    fn status(&self) -> Option<serde_json::Value> {
+        self.child.as_ref()?;
+        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream
+            .write_all(b"GET /api/v1/cluster HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let body = response.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str(body).ok()
+    }
+}
+
+struct Cluster3 {
+    _dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster3 {
+    fn start() -> Cluster3 {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let ids: Vec<(u64, Vec<String>)> = (1..=NODES).map(|id| (id, Vec::new())).collect();
+        lode_replication::tls::init_cluster(&tls, &ids).unwrap();
+        let peers: Vec<String> = (1..=NODES)
+            .map(|id| format!("{id}={}", free_udp()))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=NODES {
+            let data = dir.path().join(format!("node-{id}"));
+            let (tcp, http) = (free_tcp(), free_tcp());
+            let spec = format!(
+                "{id};{};{};{};{tcp};{http}",
+                peers.join(","),
+                tls.display(),
+                data.display()
+            );
+            let mut node = Node {
+                spec,
+                data,
+                tcp,
+                http,
+                child: None,
+            };
+            node.start();
+            nodes.insert(id, node);
+        }
+        Cluster3 { _dir: dir, nodes }
+    }
+
+    /// The node that says it leads and that a majority of the nodes
+    /// follow, waiting up to `within`.
+    fn leader(&self, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        let mut statuses = Vec::new();
+        while Instant::now() < deadline {
+            statuses = self.nodes.values().map(Node::status).collect();
+            let leads = |id: u64| {
+                statuses
+                    .iter()
+                    .flatten()
+                    .any(|s| s["node"].as_u64() == Some(id) && s["role"] == "leader")
+            };
+            for id in self.nodes.keys() {
+                let followers = statuses
+                    .iter()
+                    .flatten()
+                    .filter(|s| s["leader"].as_u64() == Some(*id))
+                    .count() as u64;
+                if leads(*id) && followers > NODES / 2 {
+                    return Some(*id);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("no leader within {within:?}: {statuses:?}");
+        None
+    }
+
+    /// Waits until every node has applied the same, whole log.
+    fn settle(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let states: Vec<(Option<u64>, Option<u64>)> = self
+                .nodes
+                .values()
+                .map(|n| {
+                    n.status().map_or((None, None), |s| {
+                        (s["applied_index"].as_u64(), s["last_log_index"].as_u64())
+                    })
+                })
+                .collect();
+            let first = states[0];
+            if first.0.is_some() && first.0 == first.1 && states.iter().all(|s| *s == first) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not settle: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn tagged(id: u64) -> LogRecord {
+    let mut record = record_for(id);
+    record.attrs = vec![("id".into(), id.to_string())];
+    record
+}
+
+/// What one client learned.
+#[derive(Default)]
+struct Sent {
+    acked: Vec<u64>,
+    /// Acknowledged, or in flight when a node died (never sent again).
+    sent: Vec<u64>,
+    /// When each batch was acknowledged.
+    acked_at: Vec<Instant>,
+}
+
+/// Writes batches of 20 to `addrs[0]`, moving to the next node when one
+/// fails, until `stop`. A failed batch is never sent again: without
+/// idempotency keys a retry could store it twice.
+fn client(addrs: Vec<SocketAddr>, first_id: u64, stop: Arc<AtomicBool>) -> Sent {
+    let mut sent = Sent::default();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut id = first_id;
+        let mut at = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let addr = addrs[at % addrs.len()];
+            let Ok(Ok(client)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect_tcp(&addr.to_string()),
+            )
+            .await
+            else {
+                at += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<LogRecord> = (id..id + 20).map(tagged).collect();
+                sent.sent.extend(id..id + 20);
+                let outcome =
+                    tokio::time::timeout(Duration::from_secs(10), client.append(&batch)).await;
+                id += 20;
+                match outcome {
+                    Ok(Ok(_)) => {
+                        sent.acked.extend(id - 20..id);
+                        sent.acked_at.push(Instant::now());
+                    }
+                    _ => {
+                        at += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    sent
+}
+
+/// An entry as compared between nodes: term, index, payload.
+type Entry = (u64, u64, Vec<u8>);
+
+/// A stopped node's engine and Raft state file.
+fn open_stopped(data: &Path) -> (Engine, lode_replication::wire::LogState) {
+    let options = Options {
+        replicated: true,
+        ..Options::default()
+    };
+    let engine = Engine::open(data, options).unwrap();
+    let state =
+        lode_replication::wire::decode_state(&engine.log_state().unwrap().unwrap()).unwrap();
+    (engine, state)
+}
+
+/// The committed log of a stopped node's data directory: its entries up
+/// to the committed index in its state file, and its records.
+fn committed(data: &Path) -> (Vec<Entry>, Vec<LogRecord>) {
+    let (engine, state) = open_stopped(data);
+    let committed = state.committed.expect("a committed index").index;
+    engine.apply(committed).unwrap();
+    let entries = engine
+        .read_entries(..=committed)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.term, e.index, e.frame.payload().to_vec()))
+        .collect();
+    let records = engine.scan(..).map(|r| r.unwrap().log).collect();
+    engine.close().unwrap();
+    (entries, records)
+}
+
+/// Where record `id` is in a stopped node's whole log (committed or not),
+/// for a failure's report.
+fn whereabouts(data: &Path, id: u64) -> String {
+    let (engine, state) = open_stopped(data);
+    let want = tagged(id);
+    let mut at = Vec::new();
+    for entry in engine.read_entries(..).unwrap() {
+        if entry.kind() != lode_engine::FrameKind::Batch {
+            continue;
+        }
+        let view = lode_codec::BatchView::parse(entry.frame.payload()).unwrap();
+        for record in view.iter() {
+            let record = record.unwrap();
+            if record.message.as_str() == want.message
+                && record
+                    .attrs
+                    .first()
+                    .is_some_and(|a| a.1.as_str() == want.attrs[0].1)
+            {
+                at.push((entry.term, entry.index));
+            }
+        }
+    }
+    let bounds = engine.log_bounds().unwrap();
+    format!(
+        "record {id} in entries {at:?}; committed {:?}, vote {:?}, log {bounds:?}",
+        state.committed, state.vote
+    )
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+#[test]
+fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let mut cluster = Cluster3::start();
+    assert!(
+        cluster.leader(Duration::from_secs(20)).is_some(),
+        "a first leader"
+    );
+    let mut rng = lode_tools::SplitMix64::new(0x1ead);
+    let mut acked = Vec::new();
+    let mut sent = HashSet::new();
+    let mut failovers = Vec::new();
+    for round in 0..KILLS as u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addrs: Vec<SocketAddr> = cluster.nodes.values().map(|n| n.tcp).collect();
+        let clients: Vec<_> = (0..NODES as usize)
+            .map(|c| {
+                let mut mine = addrs.clone();
+                mine.rotate_left(c);
+                let stop = Arc::clone(&stop);
+                let first = (round * 10 + c as u64 + 1) * 1_000_000;
+                std::thread::spawn(move || client(mine, first, stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
+        let victim = if round % 4 == 3 {
+            1 + rng.below(NODES)
+        } else {
+            cluster
+                .leader(Duration::from_secs(10))
+                .expect("a leader to kill")
+        };
+        let killed_at = Instant::now();
+        cluster.nodes.get_mut(&victim).unwrap().kill();
+        std::thread::sleep(Duration::from_millis(300 + rng.below(300)));
+        cluster.nodes.get_mut(&victim).unwrap().start();
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        let mut first_ack_after = None::<Instant>;
+        for handle in clients {
+            let result = handle.join().unwrap();
+            let after = result.acked_at.iter().find(|t| **t > killed_at).copied();
+            first_ack_after = match (first_ack_after, after) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            acked.extend(result.acked);
+            sent.extend(result.sent);
+        }
+        if let Some(at) = first_ack_after {
+            failovers.push(at - killed_at);
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "too slow");
+    }
+    cluster.settle(Duration::from_secs(30));
+    for node in cluster.nodes.values_mut() {
+        node.kill();
+    }
+    let logs: Vec<_> = cluster.nodes.values().map(|n| committed(&n.data)).collect();
+    let (reference, _) = &logs[0];
+    for (i, (entries, records)) in logs.iter().enumerate() {
+        assert_eq!(
+            entries.len(),
+            reference.len(),
+            "node {}'s committed log length",
+            i + 1
+        );
+        if let Some(at) = entries.iter().zip(reference).position(|(a, b)| a != b) {
+            let show = |e: &Entry| (e.0, e.1, e.2.len());
+            panic!(
+                "node {}'s committed log differs from node 1's at position {at}: {:?} vs {:?}; {} entries",
+                i + 1,
+                show(&entries[at]),
+                show(&reference[at]),
+                entries.len()
+            );
+        }
+        let mut found = HashSet::new();
+        for record in records {
+            let id: u64 = record.attrs[0].1.parse().unwrap();
+            assert_eq!(record, &tagged(id), "record {id} intact");
+            assert!(
+                found.insert(id),
+                "record {id} stored twice on node {}",
+                i + 1
+            );
+            assert!(sent.contains(&id), "record {id} was never sent");
+        }
+        let lost: Vec<_> = acked.iter().filter(|id| !found.contains(id)).collect();
+        if !lost.is_empty() {
+            for node in cluster.nodes.values() {
+                eprintln!(
+                    "{}: {}",
+                    node.data.display(),
+                    whereabouts(&node.data, *lost[0])
+                );
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "node {}: {} acknowledged records lost: {:?}",
+            i + 1,
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+    }
+    let max = failovers.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{KILLS} kills: {} acknowledged records on every node once; first ack after a kill: median {:?}, max {:?} ({} rounds with one); {:?} in all",
+        acked.len(),
+        median(failovers.clone()),
+        max,
+        failovers.len(),
+        started.elapsed()
+    );
+    assert!(
+        acked.len() > 1000,
+        "the clients got work done ({})",
+        acked.len()
+    );
+}
