@@ -42,6 +42,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/transfer-leader", post(transfer_leader))
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
@@ -177,6 +178,42 @@ async fn cluster_status(State(service): Shared) -> Response {
         "peers": peers,
     }))
     .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TransferTo {
+    to: u64,
+}
+
+/// Hands leadership to node `to`; asked of the leader.
+async fn transfer_leader(State(service): Shared, Query(target): Query<TransferTo>) -> Response {
+    let refuse = |status, message: String| {
+        (
+            status,
+            axum::Json(json!({"error": {"code": "bad_request", "message": message}})),
+        )
+            .into_response()
+    };
+    let Some(cluster) = service.cluster() else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this server is not a cluster node".into(),
+        );
+    };
+    let status = cluster.status();
+    if status.role != "leader" {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "node {} is not the leader (node {:?} is); ask the leader",
+                status.node_id, status.leader
+            ),
+        );
+    }
+    match cluster.transfer_leader(target.to).await {
+        Ok(()) => axum::Json(json!({"transferring_to": target.to})).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn metrics(State(service): Shared) -> Response {

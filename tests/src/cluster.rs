@@ -118,16 +118,21 @@ impl Node {
         }
     }
 
-    /// The node's view of its cluster, from `GET /api/v1/cluster`.
-    fn status(&self) -> Option<serde_json::Value> {
+    /// `GET path` on the node's HTTP API: the whole answer.
+    fn get(&self, path: &str) -> Option<String> {
         self.child.as_ref()?;
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream
-            .write_all(b"GET /api/v1/cluster HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// The node's view of its cluster, from `GET /api/v1/cluster`.
+    fn status(&self) -> Option<serde_json::Value> {
+        let response = self.get("/api/v1/cluster")?;
         let body = response.split("\r\n\r\n").nth(1)?;
         serde_json::from_str(body).ok()
     }
@@ -406,6 +411,21 @@ fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
         assert!(started.elapsed() < Duration::from_secs(300), "too slow");
     }
     cluster.settle(Duration::from_secs(30));
+    let leader = cluster
+        .leader(Duration::from_secs(10))
+        .expect("a leader at the end");
+    for (id, node) in &cluster.nodes {
+        let ready = node.get("/ready").unwrap_or_default();
+        assert!(
+            ready.starts_with("HTTP/1.1 200"),
+            "node {id} is ready: {ready}"
+        );
+        let metrics = node.get("/metrics").unwrap_or_default();
+        assert!(
+            metrics.contains(&format!("lode_raft_leader {leader}\n")),
+            "node {id}'s metrics name the leader"
+        );
+    }
     for node in cluster.nodes.values_mut() {
         node.kill();
     }

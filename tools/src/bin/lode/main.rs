@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod bulk;
+mod cluster;
 mod output;
 
 use std::io::{BufRead, IsTerminal};
@@ -239,6 +240,25 @@ enum ClusterCommand {
         #[arg(long, default_value = "./cluster-tls")]
         dir: PathBuf,
     },
+    /// Each node's role, term, leader and indexes, and each follower's lag,
+    /// as the nodes' HTTP APIs report them.
+    ///
+    ///   lode cluster status --http 10.0.0.1:7401,10.0.0.2:7401,10.0.0.3:7401
+    #[command(verbatim_doc_comment)]
+    Status {
+        /// The nodes' HTTP addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+        http: Vec<String>,
+    },
+    /// Hand leadership to another node (asked of the current leader).
+    TransferLeader {
+        /// The node to lead.
+        node: u64,
+        /// The nodes' HTTP addresses, comma-separated: the leader among
+        /// them is asked.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+        http: Vec<String>,
+    },
 }
 
 /// An error for the user: printed as `lode: MESSAGE`.
@@ -284,6 +304,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Cluster(ClusterCommand::Init { nodes, dir }) => cluster_init(&nodes, &dir),
+        Command::Cluster(ClusterCommand::Status { http }) => cluster::status(&http),
+        Command::Cluster(ClusterCommand::TransferLeader { node, http }) => {
+            cluster::transfer_leader(node, &http)
+        }
         Command::Ingest {
             file,
             batch,

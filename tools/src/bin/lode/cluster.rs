@@ -1,0 +1,139 @@
+//! `lode cluster status` and `lode cluster transfer-leader`: the nodes'
+//! HTTP APIs, asked over plain HTTP/1.1 (no client library for two GETs).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::CliError;
+
+/// One request to `addr`; the status code and the JSON body.
+fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Value), CliError> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| CliError::new(format!("{addr}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::new(format!("{addr}: no address")))?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| CliError::new(format!("{addr}: not an HTTP answer")))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json = serde_json::from_str(body)
+        .map_err(|e| CliError::new(format!("{addr} answered {code}, not JSON: {e}")))?;
+    Ok((code, json))
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        other => other.to_string().trim_matches('"').to_owned(),
+    }
+}
+
+/// Prints a line per node, then each follower's lag as the leader sees it.
+pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
+    println!(
+        "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
+        "address", "node", "role", "term", "leader", "last", "committed", "applied"
+    );
+    let mut leader_view = None;
+    let mut failures = 0;
+    for addr in nodes {
+        match request(addr, "GET", "/api/v1/cluster") {
+            Ok((200, s)) => {
+                println!(
+                    "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
+                    addr,
+                    text(&s["node"]),
+                    text(&s["role"]),
+                    text(&s["term"]),
+                    text(&s["leader"]),
+                    text(&s["last_log_index"]),
+                    text(&s["committed_index"]),
+                    text(&s["applied_index"])
+                );
+                if s["role"] == "leader" {
+                    leader_view = Some(s);
+                }
+            }
+            Ok((code, body)) => {
+                failures += 1;
+                println!(
+                    "{addr:<22} answered {code}: {}",
+                    text(&body["error"]["message"])
+                );
+            }
+            Err(e) => {
+                failures += 1;
+                println!("{addr:<22} unreachable: {}", e.0);
+            }
+        }
+    }
+    if let Some(leader) = leader_view {
+        let last = leader["last_log_index"].as_u64().unwrap_or(0);
+        for peer in leader["peers"].as_array().into_iter().flatten() {
+            if peer["node"] == leader["node"] {
+                continue;
+            }
+            let lag = peer["matched_index"]
+                .as_u64()
+                .map_or_else(|| "all".to_owned(), |m| last.saturating_sub(m).to_string());
+            println!(
+                "follower {}: matched {}, lag {lag} entries",
+                text(&peer["node"]),
+                text(&peer["matched_index"])
+            );
+        }
+    } else {
+        println!("no node answered as leader");
+    }
+    if failures == nodes.len() {
+        return Err(CliError::new("no node answered"));
+    }
+    Ok(())
+}
+
+/// Asks the leader among `nodes` to hand leadership to `to`.
+pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError> {
+    for addr in nodes {
+        let Ok((200, s)) = request(addr, "GET", "/api/v1/cluster") else {
+            continue;
+        };
+        if s["role"] != "leader" {
+            continue;
+        }
+        let (code, body) = request(
+            addr,
+            "POST",
+            &format!("/api/v1/cluster/transfer-leader?to={to}"),
+        )?;
+        if code != 200 {
+            return Err(CliError::new(format!(
+                "{addr}: {}",
+                text(&body["error"]["message"])
+            )));
+        }
+        println!("node {} hands leadership to node {to}", text(&s["node"]));
+        return Ok(());
+    }
+    Err(CliError::new("none of the nodes given answered as leader"))
+}
