@@ -42,6 +42,11 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Value), CliErro
     Ok((code, json))
 }
 
+/// A field of a JSON object, `null` when absent.
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
@@ -63,15 +68,15 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
                 println!(
                     "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
                     addr,
-                    text(&s["node"]),
-                    text(&s["role"]),
-                    text(&s["term"]),
-                    text(&s["leader"]),
-                    text(&s["last_log_index"]),
-                    text(&s["committed_index"]),
-                    text(&s["applied_index"])
+                    text(field(&s, "node")),
+                    text(field(&s, "role")),
+                    text(field(&s, "term")),
+                    text(field(&s, "leader")),
+                    text(field(&s, "last_log_index")),
+                    text(field(&s, "committed_index")),
+                    text(field(&s, "applied_index"))
                 );
-                if s["role"] == "leader" {
+                if field(&s, "role") == "leader" {
                     leader_view = Some(s);
                 }
             }
@@ -79,7 +84,7 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
                 failures += 1;
                 println!(
                     "{addr:<22} answered {code}: {}",
-                    text(&body["error"]["message"])
+                    text(field(field(&body, "error"), "message"))
                 );
             }
             Err(e) => {
@@ -89,18 +94,18 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
         }
     }
     if let Some(leader) = leader_view {
-        let last = leader["last_log_index"].as_u64().unwrap_or(0);
-        for peer in leader["peers"].as_array().into_iter().flatten() {
-            if peer["node"] == leader["node"] {
+        let last = field(&leader, "last_log_index").as_u64().unwrap_or(0);
+        for peer in field(&leader, "peers").as_array().into_iter().flatten() {
+            if field(peer, "node") == field(&leader, "node") {
                 continue;
             }
-            let lag = peer["matched_index"]
+            let lag = field(peer, "matched_index")
                 .as_u64()
                 .map_or_else(|| "all".to_owned(), |m| last.saturating_sub(m).to_string());
             println!(
                 "follower {}: matched {}, lag {lag} entries",
-                text(&peer["node"]),
-                text(&peer["matched_index"])
+                text(field(peer, "node")),
+                text(field(peer, "matched_index"))
             );
         }
     } else {
@@ -118,7 +123,7 @@ pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError>
         let Ok((200, s)) = request(addr, "GET", "/api/v1/cluster") else {
             continue;
         };
-        if s["role"] != "leader" {
+        if field(&s, "role") != "leader" {
             continue;
         }
         let (code, body) = request(
@@ -129,10 +134,13 @@ pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError>
         if code != 200 {
             return Err(CliError::new(format!(
                 "{addr}: {}",
-                text(&body["error"]["message"])
+                text(field(field(&body, "error"), "message"))
             )));
         }
-        println!("node {} hands leadership to node {to}", text(&s["node"]));
+        println!(
+            "node {} hands leadership to node {to}",
+            text(field(&s, "node"))
+        );
         return Ok(());
     }
     Err(CliError::new("none of the nodes given answered as leader"))
