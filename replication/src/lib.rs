@@ -6,8 +6,8 @@
 //!   written once, as the frame every node stores), the state machine over
 //!   the engine's apply (records readable and given their seqs once
 //!   committed);
-//! - [`wire`]: the messages between nodes and the log's state file, pure
-//!   functions over bytes;
+//! - [`wire`] (crate `lode-replication-wire`): the messages between nodes
+//!   and the log's state file, pure functions over bytes, fuzzed;
 //! - `net`: those messages over QUIC, one stream per openraft client;
 //! - [`tls`]: the cluster CA and each node's certificate (mutual TLS);
 //! - [`ClusterNode`]: all of it started over an engine.
@@ -19,9 +19,14 @@ mod net;
 mod node;
 pub mod store;
 pub mod tls;
-mod types;
-pub mod wire;
 
+pub use lode_replication_wire::wire;
+
+pub use lode_replication_wire::{
+    Applied, Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote,
+};
 pub use node::{ClusterConfig, ClusterNode, Error, PendingWrite, Result, Status};
 pub use store::{LogStore, SegmentList, StateMachine, open};
-pub use types::{Applied, Batch, Entry, LogId, Membership, Node, NodeId, Raft, TypeConfig, Vote};
+
+/// A Raft node of lode's type configuration over lode's state machine.
+pub type Raft = openraft::Raft<TypeConfig, store::StateMachine>;

@@ -21,10 +21,11 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
+use crate::Raft;
 use crate::store::SegmentList;
 use crate::tls::{self, NodeTls, TlsError};
-use crate::types::{Node, NodeId, Raft, TypeConfig, Vote};
-use crate::wire::{self, Request, Response};
+use lode_replication_wire::wire::{self, Request, Response};
+use lode_replication_wire::{Node, NodeId, TypeConfig, Vote};
 
 /// How long dialling a peer may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,10 +13,11 @@ use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
+use crate::Raft;
 use crate::net::{Network, NetworkFactory};
 use crate::tls::{NodeTls, NodeTlsFiles};
-use crate::types::{Batch, Node, NodeId, Raft, TypeConfig};
-use crate::wire::{Request, Response};
+use lode_replication_wire::wire::{Request, Response};
+use lode_replication_wire::{Batch, Node, NodeId, TypeConfig};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,13 @@ struct Forward {
     leader: Option<(NodeId, String)>,
 }
 
+fn seqs(applied: lode_replication_wire::Applied) -> SeqRange {
+    SeqRange {
+        start: applied.start,
+        end: applied.end,
+    }
+}
+
 /// The leader this node knows of, with its peer address.
 fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
     let m = raft.metrics().borrow_watched().clone();
@@ -77,7 +85,7 @@ async fn write_local(
         });
     }
     match raft.client_write(Batch::new(batch)).await {
-        Ok(response) => Ok(Ok(response.data.seqs)),
+        Ok(response) => Ok(Ok(seqs(response.data))),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             // Leadership moved while the write was on its way in.
             Ok(Err(Error::NotLeader {
@@ -335,7 +343,7 @@ impl ClusterNode {
             let raft = self.raft.clone();
             return Ok(PendingWrite(Box::pin(async move {
                 match rx.await {
-                    Ok(Ok(response)) => Ok(response.data.seqs),
+                    Ok(Ok(response)) => Ok(seqs(response.data)),
                     Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Error::NotLeader {
                         node,
                         leader: known_leader(&raft),

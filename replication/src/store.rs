@@ -28,8 +28,10 @@ use openraft::storage::{
 };
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::types::{Applied, Batch, Entry, LogId, NodeId, StoredMembership, TypeConfig, Vote};
-use crate::wire::{self, SnapshotState};
+use lode_replication_wire::wire::{self, SnapshotState};
+use lode_replication_wire::{
+    Applied, Batch, Entry, LogId, NodeId, StoredMembership, TypeConfig, Vote,
+};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -359,8 +361,8 @@ impl StateMachine {
         &self,
     ) -> SnapshotMeta<
         openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-        crate::types::NodeId,
-        crate::types::Node,
+        lode_replication_wire::NodeId,
+        lode_replication_wire::Node,
     > {
         SnapshotMeta {
             last_log_id: self.applied,
@@ -375,15 +377,15 @@ pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     meta: SnapshotMeta<
         openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-        crate::types::NodeId,
-        crate::types::Node,
+        lode_replication_wire::NodeId,
+        lode_replication_wire::Node,
     >,
 }
 
 type LodeSnapshot = Snapshot<
     openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-    crate::types::NodeId,
-    crate::types::Node,
+    lode_replication_wire::NodeId,
+    lode_replication_wire::Node,
     SegmentList,
 >;
 
@@ -446,7 +448,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .get(&entry.index())
                     .copied()
                     .unwrap_or(SeqRange { start: 0, end: 0 });
-                responder.send(Applied { seqs });
+                responder.send(Applied {
+                    start: seqs.start,
+                    end: seqs.end,
+                });
             }
         }
         self.applied = Some(last);
@@ -464,8 +469,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
         meta: &SnapshotMeta<
             openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-            crate::types::NodeId,
-            crate::types::Node,
+            lode_replication_wire::NodeId,
+            lode_replication_wire::Node,
         >,
         snapshot: SegmentList,
     ) -> io::Result<()> {

@@ -19,7 +19,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::types::NodeId;
+use lode_replication_wire::NodeId;
 
 /// ALPN of the protocol between nodes.
 pub const ALPN: &[u8] = b"lode-raft/1";

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lode_engine::{EncodedBatch, FrameKind};
+use lode_codec::{EncodedBatch, FrameKind};
 use openraft::entry::RaftEntry;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest, VoteResponse,
@@ -678,7 +678,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<LogState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lode_engine::{Level, LogRecord};
+    use lode_codec::{Level, LogRecord};
     use openraft::entry::RaftPayload;
     use proptest::prelude::*;
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use lode_engine::{EncodedBatch, SeqRange};
+use lode_codec::EncodedBatch;
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -31,12 +31,13 @@ impl fmt::Display for Batch {
     }
 }
 
-/// What applying an entry gave: the seqs of its records (empty for a
-/// blank or membership entry, and for entries applied again after a
-/// restart, which no client waits for).
+/// What applying an entry gave: the seqs of its records, `start..end`
+/// (empty for a blank or membership entry, and for entries applied again
+/// after a restart, which no client waits for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    pub seqs: SeqRange,
+    pub start: u64,
+    pub end: u64,
 }
 
 openraft::declare_raft_types!(
@@ -54,5 +55,4 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type Membership = openraft::Membership<NodeId, Node>;
-pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
