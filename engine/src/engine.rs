@@ -146,6 +146,20 @@ fn check_options(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// A cluster node's data directory (it has a `raft-state` file) is only
+/// opened as a replicated log: opened embedded, its sealed WAL files (the
+/// Raft log) would be deleted and its uncommitted entries read as records.
+fn check_mode(dir: &Path, opts: &Options) -> Result<()> {
+    if !opts.replicated && dir.join("raft-state").exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds a cluster node's log; open it as that node (lode serve --node-id ...), \
+             or with Options::replicated",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn make_dir(path: &Path) -> Result<PathBuf> {
     fs::create_dir_all(path).map_err(Error::io("create directory", path))?;
     Ok(path.to_owned())
@@ -245,6 +259,7 @@ impl Engine {
         check_options(&opts)?;
         let dir = make_dir(dir.as_ref())?;
         let lock = lock_dir(&dir)?;
+        check_mode(&dir, &opts)?;
         let wal_dir = make_dir(&dir.join("wal"))?;
         let tmp_dir = dir.join("tmp");
         if tmp_dir.exists() {

@@ -480,7 +480,6 @@ impl Writer {
     /// a file the sealer may be reading is never written to again.
     fn truncate(&mut self, after: Option<u64>) -> Result<()> {
         self.sync_if_unsynced()?;
-        let mut removed = Vec::new();
         let next_index = {
             let mut state = self.shared.write();
             if let Some(applied) = state.applied
@@ -498,25 +497,30 @@ impl Writer {
             let Some((first_cut_index, first_cut_seq)) = first_cut else {
                 return Ok(());
             };
-            while let Some(back) = state.wal.back_mut() {
-                if back
-                    .frames
-                    .first()
-                    .is_none_or(|f| f.index >= first_cut_index)
-                {
-                    let doomed = state.wal.pop_back().ok_or(Error::Closed)?;
-                    removed.push(doomed.path);
-                } else {
-                    back.cut_after(after)?;
-                    break;
-                }
+            // Newest first, and the later files gone (and the directory
+            // synced) before the file that keeps a prefix is cut: a crash
+            // at any point leaves a log that recovers whole, holding at
+            // most some of the entries being cut, which the consensus
+            // layer cuts again.
+            let mut removed = false;
+            while state
+                .wal
+                .back()
+                .is_some_and(|w| w.frames.first().is_none_or(|f| f.index >= first_cut_index))
+            {
+                let doomed = state.wal.pop_back().ok_or(Error::Closed)?;
+                fs::remove_file(&doomed.path).map_err(Error::io("remove", &doomed.path))?;
+                removed = true;
+            }
+            if removed {
+                wal::sync_dir(&self.shared.wal_dir)?;
+            }
+            if let Some(back) = state.wal.back_mut() {
+                back.cut_after(after)?;
             }
             self.next_seq = first_cut_seq;
             first_cut_index
         };
-        for path in &removed {
-            fs::remove_file(path).map_err(Error::io("remove", path))?;
-        }
         let flags = {
             let state = self.shared.read();
             let last = state.log_segments().next_back();

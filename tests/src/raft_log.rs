@@ -278,6 +278,19 @@ impl Harness {
     }
 }
 
+#[test]
+fn a_cluster_nodes_directory_is_not_opened_embedded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), options()).expect("open");
+    engine.save_log_state(b"vote".to_vec()).expect("state file");
+    engine.close().expect("close");
+    let err = Engine::open(dir.path(), Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cluster node"), "{err}");
+    Engine::open(dir.path(), options()).expect("opened replicated again");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 300, ..ProptestConfig::default() })]
 
