@@ -43,6 +43,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/api/v1/cluster/verify", get(cluster_verify))
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
@@ -178,6 +179,25 @@ async fn cluster_status(State(service): Shared) -> Response {
         "peers": peers,
     }))
     .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Through {
+    through: u64,
+}
+
+/// Checksums of this node's log through `?through=N`, by ranges.
+async fn cluster_verify(State(service): Shared, Query(q): Query<Through>) -> Response {
+    match service.log_checksums(q.through).await {
+        Ok(ranges) => {
+            let ranges: Vec<serde_json::Value> = ranges
+                .into_iter()
+                .map(|(first, last, crc)| json!({"first": first, "last": last, "crc32c": crc}))
+                .collect();
+            axum::Json(json!({"through": q.through, "ranges": ranges})).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -378,6 +378,26 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
             "node {id}'s metrics name the leader"
         );
     }
+    // `lode cluster verify`'s checksums agree, as the entries do below.
+    let sums: Vec<String> = cluster
+        .nodes
+        .values()
+        .map(|n| {
+            let answer = n
+                .get(&format!("/api/v1/cluster/verify?through={through}"))
+                .unwrap_or_default();
+            answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(sums[0].contains("crc32c"), "checksums: {}", sums[0]);
+    assert!(
+        sums.iter().all(|s| *s == sums[0]),
+        "the nodes' log checksums differ: {sums:?}"
+    );
     for node in cluster.nodes.values_mut() {
         node.kill();
     }

@@ -145,3 +145,67 @@ pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError>
     }
     Err(CliError::new("none of the nodes given answered as leader"))
 }
+
+/// Compares the nodes' log checksums through the least applied index.
+pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
+    let mut through = u64::MAX;
+    for addr in nodes {
+        let (code, s) = request(addr, "GET", "/api/v1/cluster")?;
+        if code != 200 {
+            return Err(CliError::new(format!(
+                "{addr} answered {code}: is it a cluster node?"
+            )));
+        }
+        let applied = field(&s, "applied_index")
+            .as_u64()
+            .ok_or_else(|| CliError::new(format!("{addr} has applied nothing yet")))?;
+        through = through.min(applied);
+    }
+    let mut lists = Vec::new();
+    for addr in nodes {
+        let (code, body) = request(
+            addr,
+            "GET",
+            &format!("/api/v1/cluster/verify?through={through}"),
+        )?;
+        if code != 200 {
+            return Err(CliError::new(format!(
+                "{addr}: {}",
+                text(field(field(&body, "error"), "message"))
+            )));
+        }
+        lists.push((addr, field(&body, "ranges").clone()));
+    }
+    let Some((first_addr, reference)) = lists.first() else {
+        return Err(CliError::new("no node given"));
+    };
+    let mut differ = 0;
+    for (addr, ranges) in lists.iter().skip(1) {
+        if ranges != reference {
+            differ += 1;
+            let theirs = ranges.as_array().cloned().unwrap_or_default();
+            let ours = reference.as_array().cloned().unwrap_or_default();
+            let at = theirs
+                .iter()
+                .zip(&ours)
+                .position(|(a, b)| a != b)
+                .unwrap_or(theirs.len().min(ours.len()));
+            let range = theirs.get(at).or(ours.get(at)).cloned().unwrap_or_default();
+            println!(
+                "{addr} differs from {first_addr} in entries {}..={}",
+                text(field(&range, "first")),
+                text(field(&range, "last"))
+            );
+        }
+    }
+    if differ > 0 {
+        return Err(CliError::new(format!(
+            "{differ} node(s) hold a different log through index {through}"
+        )));
+    }
+    println!(
+        "{} nodes hold the same log through index {through}",
+        nodes.len()
+    );
+    Ok(())
+}

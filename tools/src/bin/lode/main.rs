@@ -250,6 +250,17 @@ enum ClusterCommand {
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
         http: Vec<String>,
     },
+    /// Check that the nodes hold the same log: each hashes its entries up
+    /// to the index every node has applied, by ranges; any range that
+    /// differs is named.
+    ///
+    ///   lode cluster verify --http 10.0.0.1:7401,10.0.0.2:7401,10.0.0.3:7401
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// The nodes' HTTP addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+        http: Vec<String>,
+    },
     /// Hand leadership to another node (asked of the current leader).
     TransferLeader {
         /// The node to lead.
@@ -305,6 +316,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve(args).await,
         Command::Cluster(ClusterCommand::Init { nodes, dir }) => cluster_init(&nodes, &dir),
         Command::Cluster(ClusterCommand::Status { http }) => cluster::status(&http),
+        Command::Cluster(ClusterCommand::Verify { http }) => cluster::verify(&http),
         Command::Cluster(ClusterCommand::TransferLeader { node, http }) => {
             cluster::transfer_leader(node, &http)
         }
