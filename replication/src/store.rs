@@ -129,7 +129,7 @@ fn recovered_applied_state(shared: &Shared) -> io::Result<(Option<LogId>, Stored
     let engine = &shared.engine;
     let sealed = match engine.applied_index() {
         Some(index) => engine
-            .read_entries(index..index + 1)
+            .read_entries(index..=index)
             .map_err(io_err)?
             .first()
             .map(|e| wire::log_id(e.term, e.index)),
