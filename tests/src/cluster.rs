@@ -138,6 +138,13 @@ impl Node {
     }
 }
 
+/// A test that fails midway still stops its nodes.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 struct Cluster3 {
     _dir: tempfile::TempDir,
     nodes: BTreeMap<u64, Node>,
