@@ -361,6 +361,20 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// A vote or pre-vote request; both are answered with a vote response.
+    async fn ask_vote(
+        &mut self,
+        request: Request,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        match self.call(&request, option.soft_ttl()).await? {
+            Response::Vote(r) => Ok(r),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+}
+
 fn unexpected(target: NodeId, response: &Response) -> RPCError<TypeConfig> {
     network(format!("node {target} answered with {response:?}"))
 }
@@ -385,10 +399,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        match self.call(&Request::Vote(rpc), option.soft_ttl()).await? {
-            Response::Vote(r) => Ok(r),
-            other => Err(unexpected(self.target, &other)),
-        }
+        self.ask_vote(Request::Vote(rpc), option).await
     }
 
     /// Asks the peer whether it would grant the vote, without it changing
@@ -398,10 +409,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        match self.call(&Request::PreVote(rpc), option.soft_ttl()).await? {
-            Response::Vote(r) => Ok(r),
-            other => Err(unexpected(self.target, &other)),
-        }
+        self.ask_vote(Request::PreVote(rpc), option).await
     }
 
     async fn transfer_leader(

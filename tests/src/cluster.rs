@@ -211,6 +211,22 @@ impl Cluster3 {
         None
     }
 
+    /// One writing client per node (each starting at a different node),
+    /// until `stop`; client `c` numbers its records from
+    /// `(base + c + 1) * 1,000,000`.
+    fn clients(&self, base: u64, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Sent>> {
+        let addrs: Vec<SocketAddr> = self.nodes.values().map(|n| n.tcp).collect();
+        (0..NODES as usize)
+            .map(|c| {
+                let mut mine = addrs.clone();
+                mine.rotate_left(c);
+                let stop = Arc::clone(stop);
+                let first = (base + c as u64 + 1) * 1_000_000;
+                std::thread::spawn(move || client(mine, first, stop))
+            })
+            .collect()
+    }
+
     /// Waits until every node has applied the same, whole log; returns its
     /// last index.
     fn settle(&self, within: Duration) -> u64 {
@@ -481,16 +497,7 @@ fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
     let mut failovers = Vec::new();
     for round in 0..KILLS as u64 {
         let stop = Arc::new(AtomicBool::new(false));
-        let addrs: Vec<SocketAddr> = cluster.nodes.values().map(|n| n.tcp).collect();
-        let clients: Vec<_> = (0..NODES as usize)
-            .map(|c| {
-                let mut mine = addrs.clone();
-                mine.rotate_left(c);
-                let stop = Arc::clone(&stop);
-                let first = (round * 10 + c as u64 + 1) * 1_000_000;
-                std::thread::spawn(move || client(mine, first, stop))
-            })
-            .collect();
+        let clients = cluster.clients(round * 10, &stop);
         std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
         let victim = if round % 4 == 3 {
             1 + rng.below(NODES)
@@ -556,15 +563,7 @@ fn a_paused_leader_steps_down_and_the_majority_goes_on() {
         .leader(Duration::from_secs(20))
         .expect("a first leader");
     let stop = Arc::new(AtomicBool::new(false));
-    let addrs: Vec<SocketAddr> = cluster.nodes.values().map(|n| n.tcp).collect();
-    let clients: Vec<_> = (0..NODES as usize)
-        .map(|c| {
-            let mut mine = addrs.clone();
-            mine.rotate_left(c);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || client(mine, (c as u64 + 1) * 1_000_000, stop))
-        })
-        .collect();
+    let clients = cluster.clients(0, &stop);
     std::thread::sleep(Duration::from_millis(300));
     signal(&cluster.nodes[&old], libc::SIGSTOP);
     let paused_at = Instant::now();
