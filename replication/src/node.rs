@@ -1,7 +1,7 @@
 //! One node of a cluster: the engine, openraft over it, and the peer
 //! endpoint, started together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use crate::Raft;
 use crate::net::{Network, NetworkFactory};
@@ -145,6 +145,10 @@ pub struct ClusterConfig {
     /// time in `election_timeout`; it sends heartbeats every `heartbeat`.
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
+    /// This node joins a running cluster (`lode cluster add` makes it a
+    /// member): it never initializes one, and `peers` needs only its own
+    /// address.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -162,6 +166,7 @@ impl ClusterConfig {
             tls,
             heartbeat_ms: 50,
             election_timeout_ms: (150, 300),
+            join: false,
         }
     }
 
@@ -197,6 +202,12 @@ pub struct Status {
     pub applied: Option<u64>,
     /// Per follower (on the leader): the index it is known to hold.
     pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// The members of the newest membership this node holds: voters (of
+    /// every config, while a change is joint) and learners, with their
+    /// peer addresses.
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    pub addrs: BTreeMap<NodeId, String>,
 }
 
 /// A write submitted to the cluster; [`PendingWrite::wait`] gives its seqs
@@ -231,7 +242,9 @@ impl ClusterNode {
     /// Starts the node over `engine` (opened with `Options::replicated`):
     /// binds its peer address, starts Raft, and on a pristine log
     /// initializes the cluster with `config.peers` (every initial node does
-    /// so with the same membership, which openraft allows).
+    /// so with the same membership, which openraft allows), unless it
+    /// joins a running one. Once a log holds a membership, `peers` is only
+    /// where this node listens: members come and go through the log.
     pub async fn start(engine: Arc<Engine>, config: &ClusterConfig) -> Result<ClusterNode> {
         let own = config.peers.get(&config.node_id).ok_or_else(|| {
             Error::Config(format!("node {} is not among the peers", config.node_id))
@@ -256,7 +269,7 @@ impl ClusterNode {
             .is_initialized()
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && !config.join {
             let members: BTreeMap<NodeId, Node> = config
                 .peers
                 .iter()
@@ -404,8 +417,18 @@ impl ClusterNode {
                     .collect()
             })
             .unwrap_or_default();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let addrs = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         Status {
             node_id: self.id,
+            voters,
+            learners,
+            addrs,
             role,
             term: m.current_term,
             leader: m.current_leader,
@@ -437,6 +460,79 @@ impl ClusterNode {
             .await
             .map(|_| ())
             .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Refuses an operation only the leader makes.
+    fn lead(&self) -> Result<()> {
+        if self.raft.is_leader() {
+            return Ok(());
+        }
+        Err(Error::NotLeader {
+            node: self.id,
+            leader: known_leader(&self.raft),
+        })
+    }
+
+    /// Adds node `id`, reached at peer address `addr`: it joins as a
+    /// learner, receives the log, and becomes a voter once it has caught
+    /// up (returns then). Asked of the leader. A node already a voter is
+    /// refused; a learner left by an interrupted add is carried on.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<()> {
+        self.lead()?;
+        if self.status().voters.contains(&id) {
+            return Err(Error::Config(format!("node {id} is already a voter")));
+        }
+        addr.parse::<SocketAddr>()
+            .map_err(|e| Error::Config(format!("peer address '{addr}' of node {id}: {e}")))?;
+        tracing::info!(node = id, %addr, "adding a learner; waiting for it to catch up");
+        self.raft
+            .add_learner(id, Node { addr }, true)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        tracing::info!(node = id, "learner caught up; making it a voter");
+        self.change_voters(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    /// Removes node `id` from the voters and from the cluster. Asked of
+    /// the leader; a leader that removes itself steps down once the change
+    /// is committed.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.lead()?;
+        let status = self.status();
+        if !status.voters.contains(&id) && !status.learners.contains(&id) {
+            return Err(Error::Config(format!("node {id} is not a member")));
+        }
+        if status.voters.contains(&id) && status.voters.len() == 1 {
+            return Err(Error::Config(format!(
+                "node {id} is the only voter; a cluster needs one"
+            )));
+        }
+        // Voters removed without being kept as learners leave the
+        // membership in the same change.
+        let ids = BTreeSet::from([id]);
+        let change = if status.voters.contains(&id) {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.change_voters(change).await
+    }
+
+    async fn change_voters(&self, change: ChangeMembers<NodeId, Node>) -> Result<()> {
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                    node: self.id,
+                    leader: f
+                        .leader_id
+                        .map(|id| (id, f.leader_node.map(|n| n.addr).unwrap_or_default())),
+                },
+                other => Error::Raft(other.to_string()),
+            })
     }
 
     /// Asks this node (the leader) to hand leadership to `to`.

@@ -95,13 +95,34 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: u64) {
+        let config = ClusterConfig::new(id, self.peers.clone(), self.tls_files(id));
+        self.start_with(config).await;
+    }
+
+    fn tls_files(&self, id: u64) -> NodeTlsFiles {
+        NodeTlsFiles::in_dir(&self.dir.path().join("tls"), id)
+    }
+
+    async fn start_with(&mut self, config: ClusterConfig) {
+        let id = config.node_id;
         let engine = Arc::new(
             Engine::open(self.dir.path().join(format!("node-{id}")), replicated()).unwrap(),
         );
-        let files = NodeTlsFiles::in_dir(&self.dir.path().join("tls"), id);
-        let config = ClusterConfig::new(id, self.peers.clone(), files);
         let node = ClusterNode::start(engine, &config).await.unwrap();
         self.nodes.insert(id, node);
+    }
+
+    /// Starts node `id` as one joining the running cluster: its own
+    /// certificate from the cluster CA, its own address only.
+    async fn start_joining(&mut self, id: u64) -> String {
+        tls::issue_node_cert(&self.dir.path().join("tls"), id, &[]).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.peers.insert(id, addr.clone());
+        let own = BTreeMap::from([(id, addr.clone())]);
+        let mut config = ClusterConfig::new(id, own, self.tls_files(id));
+        config.join = true;
+        self.start_with(config).await;
+        addr
     }
 
     async fn stop_node(&mut self, id: u64) {
@@ -238,16 +259,14 @@ fn trace() {
 async fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     trace();
     let mut cluster = Cluster::start(3).await;
-    let leader = cluster.leader(Duration::from_secs(10)).await;
-
     let mut written = Vec::new();
     for i in 0..40 {
-        let seqs = cluster.nodes[&leader]
-            .write(batch(i * 25, 25))
-            .await
-            .unwrap();
-        written.push(seqs);
+        // Through whichever node leads: two clusters share the machine's
+        // cores when tests run in parallel, and an early election may move
+        // leadership.
+        written.push(cluster.write(batch(i * 25, 25)).await);
     }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
     for (i, seqs) in written.iter().enumerate() {
         assert_eq!(
             (seqs.start, seqs.end),
@@ -320,6 +339,74 @@ async fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     cluster.write(batch(55 * 25, 25)).await;
     cluster.converge(target).await;
 
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop_node(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_as_a_learner_then_votes_and_a_leader_removes_itself() {
+    trace();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    for i in 0..20 {
+        cluster.write(batch(i * 25, 25)).await;
+    }
+
+    // A joining node waits, knowing no leader, until it is added.
+    let addr = cluster.start_joining(4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.nodes[&4].status().leader, None, "a joiner waits");
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| ![leader, 4].contains(id))
+        .unwrap();
+    assert!(
+        matches!(
+            cluster.nodes[&follower].add_node(4, addr.clone()).await,
+            Err(Error::NotLeader { .. })
+        ),
+        "only the leader adds"
+    );
+    cluster.nodes[&leader]
+        .add_node(4, addr.clone())
+        .await
+        .unwrap();
+    let status = cluster.nodes[&leader].status();
+    assert_eq!(status.voters, [1, 2, 3, 4].into());
+    assert_eq!(status.addrs[&4], addr);
+    assert!(
+        matches!(
+            cluster.nodes[&leader].add_node(4, addr).await,
+            Err(Error::Config(_))
+        ),
+        "a voter is not added twice"
+    );
+    for i in 20..30 {
+        cluster.write(batch(i * 25, 25)).await;
+    }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+
+    // The leader removes itself: it steps down, the other three elect one
+    // among them and go on.
+    cluster.nodes[&leader].remove_node(leader).await.unwrap();
+    cluster.stop_node(leader).await;
+    let next = cluster.leader(Duration::from_secs(10)).await;
+    assert_ne!(next, leader);
+    let status = cluster.nodes[&next].status();
+    assert!(
+        !status.voters.contains(&leader) && !status.addrs.contains_key(&leader),
+        "{status:?}"
+    );
+    assert_eq!(status.voters.len(), 3);
+    for i in 30..35 {
+        cluster.write(batch(i * 25, 25)).await;
+    }
+    cluster.converge(next).await;
+    let records = cluster.nodes[&next].engine().scan(..).count();
+    assert_eq!(records, 35 * 25, "every acknowledged record once");
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.stop_node(id).await;
     }

@@ -39,6 +39,7 @@
 //! tls_dir = "/etc/lode/cluster"  # ca.pem, node-ID.pem, node-ID-key.pem (`lode cluster init`)
 //! heartbeat_ms = 50
 //! election_timeout_ms = [150, 300]
+//! join = false                 # true: join a running cluster (`lode cluster add`); peers = this node only
 //! ```
 
 use std::net::SocketAddr;
@@ -84,6 +85,10 @@ pub struct Cluster {
     pub heartbeat_ms: u64,
     #[serde(default = "default_election_timeout_ms")]
     pub election_timeout_ms: [u64; 2],
+    /// Joins a running cluster instead of forming one: the node waits to
+    /// be added by the leader (`lode cluster add`).
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -328,6 +333,7 @@ mod tests {
     #[test]
     fn cluster_peers_are_parsed_and_mistakes_named() {
         let cluster = |peers: &[&str]| Cluster {
+            join: false,
             node_id: 2,
             peers: peers.iter().map(|p| (*p).to_owned()).collect(),
             tls_dir: PathBuf::from("tls"),

@@ -43,6 +43,11 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/api/v1/cluster/nodes", post(add_node))
+        .route(
+            "/api/v1/cluster/nodes/{id}",
+            axum::routing::delete(remove_node),
+        )
         .route("/api/v1/cluster/verify", get(cluster_verify))
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/query", get(query))
@@ -177,6 +182,9 @@ async fn cluster_status(State(service): Shared) -> Response {
         "committed_index": s.committed,
         "applied_index": s.applied,
         "peers": peers,
+        "voters": s.voters,
+        "learners": s.learners,
+        "addresses": s.addrs,
     }))
     .into_response()
 }
@@ -205,35 +213,89 @@ struct TransferTo {
     to: u64,
 }
 
-/// Hands leadership to node `to`; asked of the leader.
-async fn transfer_leader(State(service): Shared, Query(target): Query<TransferTo>) -> Response {
-    let refuse = |status, message: String| {
-        (
-            status,
-            axum::Json(json!({"error": {"code": "bad_request", "message": message}})),
-        )
-            .into_response()
-    };
+fn refuse(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": "bad_request", "message": message}})),
+    )
+        .into_response()
+}
+
+/// The cluster node, if it leads; else the status and reason to answer.
+fn leading(
+    service: &Service,
+) -> std::result::Result<&Arc<lode_replication::ClusterNode>, (StatusCode, String)> {
     let Some(cluster) = service.cluster() else {
-        return refuse(
+        return Err((
             StatusCode::NOT_FOUND,
             "this server is not a cluster node".into(),
-        );
+        ));
     };
     let status = cluster.status();
     if status.role != "leader" {
-        return refuse(
+        return Err((
             StatusCode::CONFLICT,
             format!(
                 "node {} is not the leader (node {:?} is); ask the leader",
                 status.node_id, status.leader
             ),
-        );
+        ));
     }
-    match cluster.transfer_leader(target.to).await {
-        Ok(()) => axum::Json(json!({"transferring_to": target.to})).into_response(),
+    Ok(cluster)
+}
+
+/// A cluster operation's outcome: `done` as JSON, or the error.
+fn outcome(result: lode_replication::Result<()>, done: Value) -> Response {
+    match result {
+        Ok(()) => axum::Json(done).into_response(),
+        Err(e @ lode_replication::Error::Config(_)) => {
+            refuse(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ lode_replication::Error::NotLeader { .. }) => {
+            refuse(StatusCode::CONFLICT, e.to_string())
+        }
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Hands leadership to node `to`; asked of the leader.
+async fn transfer_leader(State(service): Shared, Query(target): Query<TransferTo>) -> Response {
+    let cluster = match leading(&service) {
+        Ok(cluster) => cluster,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    outcome(
+        cluster.transfer_leader(target.to).await,
+        json!({"transferring_to": target.to}),
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NewNode {
+    id: u64,
+    addr: String,
+}
+
+/// `POST /api/v1/cluster/nodes?id=N&addr=HOST:PORT`: adds a node (a
+/// learner until it has caught up, then a voter); answers once it votes.
+async fn add_node(State(service): Shared, Query(node): Query<NewNode>) -> Response {
+    let cluster = match leading(&service) {
+        Ok(cluster) => cluster,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    outcome(
+        cluster.add_node(node.id, node.addr.clone()).await,
+        json!({"added": node.id, "addr": node.addr}),
+    )
+}
+
+/// `DELETE /api/v1/cluster/nodes/N`: removes node N from the cluster.
+async fn remove_node(State(service): Shared, Path(id): Path<u64>) -> Response {
+    let cluster = match leading(&service) {
+        Ok(cluster) => cluster,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    outcome(cluster.remove_node(id).await, json!({"removed": id}))
 }
 
 async fn metrics(State(service): Shared) -> Response {

@@ -51,6 +51,7 @@ impl Server {
                 lode_replication::tls::NodeTlsFiles::in_dir(&cluster.tls_dir, cluster.node_id);
             let mut node = lode_replication::ClusterConfig::new(cluster.node_id, peers, tls);
             node.heartbeat_ms = cluster.heartbeat_ms;
+            node.join = cluster.join;
             node.election_timeout_ms = (
                 cluster.election_timeout_ms[0],
                 cluster.election_timeout_ms[1],

@@ -55,6 +55,7 @@ fn node_child() {
             tls_dir: PathBuf::from(tls),
             heartbeat_ms: 50,
             election_timeout_ms: [150, 300],
+            join: false,
         }),
         ..Config::default()
     };

@@ -1,5 +1,6 @@
-//! `lode cluster status` and `lode cluster transfer-leader`: the nodes'
-//! HTTP APIs, asked over plain HTTP/1.1 (no client library for two GETs).
+//! `lode cluster status|verify|add|remove|transfer-leader`: the nodes'
+//! HTTP APIs, asked over plain HTTP/1.1 (no client library for a few
+//! calls).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,8 +10,12 @@ use serde_json::Value;
 
 use crate::CliError;
 
-/// One request to `addr`; the status code and the JSON body.
-fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Value), CliError> {
+/// How long a node has to answer a question about itself.
+const SHORT: Duration = Duration::from_secs(10);
+
+/// One request to `addr`, answered within `wait`; the status code and
+/// the JSON body.
+fn request(addr: &str, method: &str, path: &str, wait: Duration) -> Result<(u16, Value), CliError> {
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| CliError::new(format!("{addr}: {e}")))?
@@ -19,7 +24,7 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Value), CliErro
     let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
         .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(wait))
         .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -63,7 +68,7 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
     let mut leader_view = None;
     let mut failures = 0;
     for addr in nodes {
-        match request(addr, "GET", "/api/v1/cluster") {
+        match request(addr, "GET", "/api/v1/cluster", SHORT) {
             Ok((200, s)) => {
                 println!(
                     "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
@@ -94,6 +99,20 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
         }
     }
     if let Some(leader) = leader_view {
+        let ids = |key| {
+            let ids: Vec<String> = field(&leader, key)
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            if ids.is_empty() {
+                "-".to_owned()
+            } else {
+                ids.join(",")
+            }
+        };
+        println!("voters {}; learners {}", ids("voters"), ids("learners"));
         let last = field(&leader, "last_log_index").as_u64().unwrap_or(0);
         for peer in field(&leader, "peers").as_array().into_iter().flatten() {
             if field(peer, "node") == field(&leader, "node") {
@@ -117,40 +136,85 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Asks the leader among `nodes` to hand leadership to `to`.
-pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError> {
+/// The HTTP address of the node among `nodes` that answers as leader,
+/// with its status.
+fn find_leader(nodes: &[String]) -> Result<(&str, Value), CliError> {
     for addr in nodes {
-        let Ok((200, s)) = request(addr, "GET", "/api/v1/cluster") else {
-            continue;
-        };
-        if field(&s, "role") != "leader" {
-            continue;
+        if let Ok((200, s)) = request(addr, "GET", "/api/v1/cluster", SHORT)
+            && field(&s, "role") == "leader"
+        {
+            return Ok((addr, s));
         }
-        let (code, body) = request(
-            addr,
-            "POST",
-            &format!("/api/v1/cluster/transfer-leader?to={to}"),
-        )?;
-        if code != 200 {
-            return Err(CliError::new(format!(
-                "{addr}: {}",
-                text(field(field(&body, "error"), "message"))
-            )));
-        }
-        println!(
-            "node {} hands leadership to node {to}",
-            text(field(&s, "node"))
-        );
-        return Ok(());
     }
     Err(CliError::new("none of the nodes given answered as leader"))
+}
+
+/// Asks the leader among `nodes` for `method path`; the answer's body if
+/// it succeeded.
+fn ask_leader(
+    nodes: &[String],
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> Result<(Value, Value), CliError> {
+    let (addr, status) = find_leader(nodes)?;
+    let (code, body) = request(addr, method, path, wait)?;
+    if code != 200 {
+        return Err(CliError::new(format!(
+            "{addr}: {}",
+            text(field(field(&body, "error"), "message"))
+        )));
+    }
+    Ok((status, body))
+}
+
+/// Asks the leader among `nodes` to hand leadership to `to`.
+pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError> {
+    let path = format!("/api/v1/cluster/transfer-leader?to={to}");
+    let (status, _) = ask_leader(nodes, "POST", &path, SHORT)?;
+    println!(
+        "node {} hands leadership to node {to}",
+        text(field(&status, "node"))
+    );
+    Ok(())
+}
+
+/// How long an add may take: the new node receives the whole log first.
+const CATCH_UP: Duration = Duration::from_secs(3600);
+
+/// Adds node `id` at peer address `addr` through the leader among `nodes`.
+pub(crate) fn add(id: u64, addr: &str, nodes: &[String]) -> Result<(), CliError> {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(CliError::new(format!(
+            "'{addr}' is not a peer address (HOST:PORT, the node's --peers entry)"
+        )));
+    }
+    println!("adding node {id} at {addr}: a learner until it has the log, then a voter ...");
+    let path = format!("/api/v1/cluster/nodes?id={id}&addr={addr}");
+    let (status, _) = ask_leader(nodes, "POST", &path, CATCH_UP)?;
+    println!(
+        "node {id} is a voter (added by the leader, node {})",
+        text(field(&status, "node"))
+    );
+    Ok(())
+}
+
+/// Removes node `id` through the leader among `nodes`.
+pub(crate) fn remove(id: u64, nodes: &[String]) -> Result<(), CliError> {
+    let path = format!("/api/v1/cluster/nodes/{id}");
+    let (status, _) = ask_leader(nodes, "DELETE", &path, SHORT)?;
+    println!(
+        "node {id} removed (by the leader, node {})",
+        text(field(&status, "node"))
+    );
+    Ok(())
 }
 
 /// Compares the nodes' log checksums through the least applied index.
 pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
     let mut through = u64::MAX;
     for addr in nodes {
-        let (code, s) = request(addr, "GET", "/api/v1/cluster")?;
+        let (code, s) = request(addr, "GET", "/api/v1/cluster", SHORT)?;
         if code != 200 {
             return Err(CliError::new(format!(
                 "{addr} answered {code}: is it a cluster node?"
@@ -167,6 +231,7 @@ pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
             addr,
             "GET",
             &format!("/api/v1/cluster/verify?through={through}"),
+            SHORT,
         )?;
         if code != 200 {
             return Err(CliError::new(format!(

@@ -215,9 +215,15 @@ struct ServeArgs {
     #[arg(long, requires = "peers")]
     node_id: Option<u64>,
     /// Every initial node of the cluster, ID=HOST:PORT (peer addresses,
-    /// QUIC), comma-separated, this node included.
+    /// QUIC), comma-separated, this node included. Read only when the
+    /// node first starts: members then come and go through the log.
     #[arg(long, value_delimiter = ',', requires = "node_id")]
     peers: Vec<String>,
+    /// Join a running cluster rather than form one: --peers gives only
+    /// this node's own address, and `lode cluster add` on the leader makes
+    /// it a member.
+    #[arg(long, requires = "node_id")]
+    join: bool,
     /// Directory of the cluster CA and node certificates
     /// [default: ./cluster-tls].
     #[arg(long)]
@@ -239,6 +245,48 @@ enum ClusterCommand {
         nodes: Vec<String>,
         #[arg(long, default_value = "./cluster-tls")]
         dir: PathBuf,
+    },
+    /// Issue a certificate for a node joining the cluster, with the CA
+    /// `lode cluster init` made.
+    ///
+    ///   lode cluster cert --node 4=10.0.0.4 --dir ./cluster-tls
+    #[command(verbatim_doc_comment)]
+    Cert {
+        /// The node as ID or ID=NAME (a host name or IP address the
+        /// certificate is also valid for).
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "./cluster-tls")]
+        dir: PathBuf,
+    },
+    /// Add a node: it joins as a learner, receives the log, and becomes a
+    /// voter once it has caught up. Start it first with
+    /// `lode serve --join --node-id ID --peers ID=HOST:PORT ...`.
+    ///
+    ///   lode cluster add 4 10.0.0.4:7410 --http 10.0.0.1:7401,10.0.0.2:7401
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The new node's id.
+        node: u64,
+        /// Its peer address (QUIC), HOST:PORT.
+        addr: String,
+        /// The nodes' HTTP addresses, comma-separated: the leader among
+        /// them is asked.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+        http: Vec<String>,
+    },
+    /// Remove a node from the cluster (a voter or a learner). Removing the
+    /// leader makes it step down once the change is committed.
+    ///
+    ///   lode cluster remove 3 --http 10.0.0.1:7401,10.0.0.2:7401
+    #[command(verbatim_doc_comment)]
+    Remove {
+        /// The node to remove.
+        node: u64,
+        /// The nodes' HTTP addresses, comma-separated: the leader among
+        /// them is asked.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+        http: Vec<String>,
     },
     /// Each node's role, term, leader and indexes, and each follower's lag,
     /// as the nodes' HTTP APIs report them.
@@ -315,6 +363,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Cluster(ClusterCommand::Init { nodes, dir }) => cluster_init(&nodes, &dir),
+        Command::Cluster(ClusterCommand::Cert { node, dir }) => cluster_cert(&node, &dir),
+        Command::Cluster(ClusterCommand::Add { node, addr, http }) => {
+            cluster::add(node, &addr, &http)
+        }
+        Command::Cluster(ClusterCommand::Remove { node, http }) => cluster::remove(node, &http),
         Command::Cluster(ClusterCommand::Status { http }) => cluster::status(&http),
         Command::Cluster(ClusterCommand::Verify { http }) => cluster::verify(&http),
         Command::Cluster(ClusterCommand::TransferLeader { node, http }) => {
@@ -535,6 +588,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|| PathBuf::from("./cluster-tls")),
             heartbeat_ms: 50,
             election_timeout_ms: [150, 300],
+            join: args.join,
         });
     } else if let (Some(dir), Some(cluster)) = (&args.cluster_tls, config.cluster.as_mut()) {
         cluster.tls_dir = dir.clone();
@@ -573,20 +627,26 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     Ok(server.shutdown().await?)
 }
 
+/// A node given as ID or ID=NAME: its id and the names its certificate
+/// is also valid for.
+fn node_names(node: &str) -> Result<(u64, Vec<String>), CliError> {
+    let (id, name) = match node.split_once('=') {
+        Some((id, name)) => (id, Some(name.trim().to_owned())),
+        None => (node, None),
+    };
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| CliError::new(format!("'{node}' is not ID or ID=NAME")))?;
+    Ok((id, name.into_iter().collect()))
+}
+
 /// `lode cluster init`: the CA and a certificate per node.
 fn cluster_init(nodes: &[String], dir: &Path) -> Result<(), CliError> {
-    let mut parsed = Vec::new();
-    for node in nodes {
-        let (id, name) = match node.split_once('=') {
-            Some((id, name)) => (id, Some(name.trim().to_owned())),
-            None => (node.as_str(), None),
-        };
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| CliError::new(format!("--nodes: '{node}' is not ID or ID=NAME")))?;
-        parsed.push((id, name.into_iter().collect::<Vec<_>>()));
-    }
+    let parsed = nodes
+        .iter()
+        .map(|n| node_names(n))
+        .collect::<Result<Vec<_>, _>>()?;
     lode_replication::tls::init_cluster(dir, &parsed)?;
     println!(
         "cluster CA and {} node certificates in {}",
@@ -594,6 +654,19 @@ fn cluster_init(nodes: &[String], dir: &Path) -> Result<(), CliError> {
         dir.display()
     );
     println!("  give node N: ca.pem, node-N.pem, node-N-key.pem; keep ca-key.pem off the nodes");
+    Ok(())
+}
+
+/// `lode cluster cert`: one more node's certificate from the cluster CA.
+fn cluster_cert(node: &str, dir: &Path) -> Result<(), CliError> {
+    let (id, names) = node_names(node)?;
+    let files = lode_replication::tls::issue_node_cert(dir, id, &names)?;
+    println!(
+        "node {id}: {} and {} (with {})",
+        files.cert.display(),
+        files.key.display(),
+        dir.join("ca.pem").display()
+    );
     Ok(())
 }
 
