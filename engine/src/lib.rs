@@ -47,10 +47,10 @@ mod writer;
 pub use engine::{AppendTicket, Engine, lower_thread_priority};
 pub use error::{Error, Result};
 pub use lode_codec::{
-    ArchivedLevel, ArchivedLogRecord, EncodedBatch, FrameKind, HEADER_LEN, Level, LogRecord,
-    Record, format_rfc3339, parse_rfc3339,
+    ArchivedLevel, ArchivedLogRecord, BatchKey, EncodedBatch, FrameKind, HEADER_LEN, KEY_LEN,
+    Level, LogRecord, Record, format_rfc3339, parse_rfc3339,
 };
-pub use log::{LogBounds, LogEntry};
+pub use log::{KeyedEntry, LogBounds, LogEntry};
 pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;

@@ -16,7 +16,7 @@
 use std::ops::RangeBounds;
 
 use crossbeam_channel::bounded;
-use lode_codec::{EncodedBatch, FrameKind};
+use lode_codec::{BatchKey, EncodedBatch, FrameKind};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -37,6 +37,15 @@ impl LogEntry {
     pub fn kind(&self) -> FrameKind {
         self.frame.kind()
     }
+}
+
+/// A keyed batch in the log: its index, key and seqs (the seqs its
+/// records have once applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedEntry {
+    pub index: u64,
+    pub key: BatchKey,
+    pub seqs: SeqRange,
 }
 
 /// Where a replicated log starts and ends.
@@ -128,38 +137,70 @@ impl Engine {
         Ok(())
     }
 
-    /// The durable entries with index in `range` that the log holds, in
-    /// order (checked frames, copied out).
-    pub fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<LogEntry>> {
+    /// Calls `f` with each durable frame with index in `range`, in order,
+    /// under the read lock (a cut of the log, under the write lock, cannot
+    /// shorten a file meanwhile).
+    fn visit_frames(
+        &self,
+        range: impl RangeBounds<u64>,
+        mut f: impl FnMut(&wal::FrameLoc, &lode_codec::Frame<'_>) -> lode_codec::Result<()>,
+    ) -> Result<()> {
         let (start, end) = crate::read::half_open(&range, || u64::MAX);
-        let range = start..end;
         let state = self.shared.read();
-        let mut out = Vec::new();
         for segment in state.log_segments() {
             let (Some(first), Some(last)) = (segment.frames.first(), segment.frames.last()) else {
                 continue;
             };
-            if last.index < range.start || first.index >= range.end {
+            if last.index < start || first.index >= end {
                 continue;
             }
-            let start = segment.frames.partition_point(|f| f.index < range.start);
+            let from = segment.frames.partition_point(|f| f.index < start);
             for loc in segment
                 .frames
                 .iter()
-                .skip(start)
-                .take_while(|f| f.index < range.end)
+                .skip(from)
+                .take_while(|f| f.index < end)
             {
-                // Copied under the read lock: a cut of the log (under the
-                // write lock) cannot shorten the file meanwhile.
                 let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
-                out.push(LogEntry {
-                    term: frame.term,
-                    index: frame.index,
-                    frame: EncodedBatch::from_frame(&frame)
-                        .map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?,
-                });
+                f(loc, &frame).map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?;
             }
         }
+        Ok(())
+    }
+
+    /// The durable entries with index in `range` that the log holds, in
+    /// order (checked frames, copied out).
+    pub fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<LogEntry>> {
+        let mut out = Vec::new();
+        self.visit_frames(range, |_, frame| {
+            out.push(LogEntry {
+                term: frame.term,
+                index: frame.index,
+                frame: EncodedBatch::from_frame(frame)?,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The key, index and seqs of every keyed batch with index in `range`
+    /// (read from the frames in place: only their headers and keys are
+    /// touched).
+    pub fn batch_keys(&self, range: impl RangeBounds<u64>) -> Result<Vec<KeyedEntry>> {
+        let mut out = Vec::new();
+        self.visit_frames(range, |loc, frame| {
+            if let Some(key) = frame.key() {
+                out.push(KeyedEntry {
+                    index: frame.index,
+                    key,
+                    seqs: SeqRange {
+                        start: loc.first_seq,
+                        end: loc.end_seq(),
+                    },
+                });
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 

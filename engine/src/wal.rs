@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lode_codec::{Frame, FrameKind, decode_frame, decode_frame_unchecksummed};
+use lode_codec::{Frame, decode_frame, decode_frame_unchecksummed};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
@@ -361,12 +361,11 @@ fn check_frame(
     }
     // The trailer gives count and time range; the records themselves are
     // checked when read. Other kinds hold no records.
-    let (count, (min_ts, max_ts)) = match frame.kind {
-        FrameKind::Batch => {
-            let batch = frame.batch().map_err(|e| e.to_string())?;
-            (batch.len() as u32, batch.ts_range())
-        }
-        _ => (0, (i64::MAX, i64::MIN)),
+    let (count, (min_ts, max_ts)) = if frame.kind.holds_records() {
+        let batch = frame.batch().map_err(|e| e.to_string())?;
+        (batch.len() as u32, batch.ts_range())
+    } else {
+        (0, (i64::MAX, i64::MIN))
     };
     Ok(FrameLoc {
         index,

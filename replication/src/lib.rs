@@ -9,12 +9,15 @@
 //! - [`wire`] (crate `lode-replication-wire`): the messages between nodes
 //!   and the log's state file, pure functions over bytes, fuzzed;
 //! - `net`: those messages over QUIC, one stream per openraft client;
+//! - `keys`: where each recent batch key is in the log, so that a retried
+//!   batch is written once;
 //! - [`tls`]: the cluster CA and each node's certificate (mutual TLS);
 //! - [`ClusterNode`]: all of it started over an engine.
 //!
 //! This is the only crate that imports openraft: no openraft type appears
 //! in another crate's public API.
 
+mod keys;
 mod net;
 mod node;
 pub mod store;

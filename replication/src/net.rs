@@ -21,7 +21,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
-use crate::Raft;
+use crate::node::Writes;
 use crate::store::SegmentList;
 use crate::tls::{self, NodeTls, TlsError};
 use lode_replication_wire::wire::{self, Request, Response};
@@ -89,15 +89,15 @@ impl Network {
     }
 
     /// Serves peers' requests to `raft` until the endpoint closes.
-    pub(crate) async fn serve(self, raft: Raft) {
+    pub(crate) async fn serve(self, writes: Writes) {
         let Some(endpoint) = self.endpoint() else {
             return;
         };
         while let Some(incoming) = endpoint.accept().await {
-            let raft = raft.clone();
+            let writes = writes.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => serve_connection(conn, raft).await,
+                    Ok(conn) => serve_connection(conn, writes).await,
                     Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
                 }
             });
@@ -113,8 +113,8 @@ impl Network {
         request: &Request,
         ttl: Duration,
     ) -> RpcResult<Response> {
+        let conn = self.connection(target, addr).await?;
         let exchange = async {
-            let conn = self.connection(target, addr).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(unreachable)?;
             send.write_all(&wire::encode_request(1, request))
                 .await
@@ -128,9 +128,36 @@ impl Network {
                 .map(|(_, r)| r)
                 .map_err(network)
         };
-        tokio::time::timeout(ttl, exchange)
+        let outcome = tokio::time::timeout(ttl, exchange)
             .await
-            .map_err(|_| unreachable(format!("node {target} did not answer within {ttl:?}")))?
+            .map_err(|_| unreachable(format!("node {target} did not answer within {ttl:?}")))
+            .and_then(|answered| answered);
+        if outcome.is_err() {
+            self.forget(target, &conn);
+        }
+        outcome
+    }
+
+    /// Drops the cached connection to `target`, whichever it is.
+    pub(crate) fn forget_node(&self, target: NodeId) {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&target);
+    }
+
+    /// Drops the cached connection to `target` if it is `conn`: a peer
+    /// that failed to answer on it may have restarted, and its new process
+    /// knows nothing of the old connection, which would otherwise be used
+    /// until it idles out. The next request dials afresh.
+    pub(crate) fn forget(&self, target: NodeId, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if conns
+            .get(&target)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&target);
+        }
     }
 
     /// Closes the endpoint and every connection, and waits (a moment at
@@ -189,11 +216,11 @@ impl Network {
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, raft: Raft) {
+async fn serve_connection(conn: quinn::Connection, writes: Writes) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, raft.clone()));
+                tokio::spawn(serve_stream(send, recv, writes.clone()));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "peer connection closed");
@@ -224,7 +251,7 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, S
     Ok(Some(bytes))
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, raft: Raft) {
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, writes: Writes) {
     loop {
         let bytes = match read_message(&mut recv).await {
             Ok(Some(bytes)) => bytes,
@@ -235,7 +262,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             }
         };
         let (id, response) = match wire::decode_request(&bytes) {
-            Ok((id, request)) => (id, answer(&raft, request).await),
+            Ok((id, request)) => (id, answer(&writes, request).await),
             Err(e) => {
                 tracing::warn!(error = %e, "refusing a malformed peer message");
                 let _ = send
@@ -254,10 +281,13 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     }
 }
 
-async fn answer(raft: &Raft, request: Request) -> Response {
-    if let Request::Forward(batch) = request {
-        return crate::node::write_here(raft, batch).await;
-    }
+async fn answer(writes: &Writes, request: Request) -> Response {
+    let request = match request {
+        Request::Forward(batch) => return writes.write_here(batch).await,
+        Request::ReadIndex => return writes.read_index_here().await,
+        other => other,
+    };
+    let raft = &writes.raft;
     let failed = |e: &dyn std::fmt::Display| Response::Error(e.to_string());
     match request {
         Request::Vote(req) => raft
@@ -276,7 +306,7 @@ async fn answer(raft: &Raft, request: Request) -> Response {
             Ok(outcome) => Response::TransferLeader(outcome.map_err(|e| e.to_string())),
             Err(e) => failed(&e),
         },
-        Request::Forward(_) => Response::Error("forward handled above".to_owned()),
+        Request::Forward(_) | Request::ReadIndex => Response::Error("answered above".to_owned()),
     }
 }
 
@@ -307,7 +337,8 @@ pub(crate) struct PeerClient {
     network: Network,
     target: NodeId,
     addr: String,
-    stream: Option<(quinn::SendStream, quinn::RecvStream)>,
+    /// The stream and the connection it is on.
+    stream: Option<(quinn::SendStream, quinn::RecvStream, quinn::Connection)>,
     next_id: u64,
 }
 
@@ -337,8 +368,11 @@ impl PeerClient {
                 )))
             }
             Err(e) => {
-                // The stream's state is unknown: the next call opens another.
-                self.stream = None;
+                // The stream's state is unknown: the next call opens
+                // another, on a new connection (the peer may have restarted).
+                if let Some((_, _, conn)) = self.stream.take() {
+                    self.network.forget(self.target, &conn);
+                }
                 Err(e)
             }
         }
@@ -347,9 +381,10 @@ impl PeerClient {
     async fn exchange(&mut self, bytes: &[u8]) -> RpcResult<(u64, Response)> {
         if self.stream.is_none() {
             let conn = self.network.connection(self.target, &self.addr).await?;
-            self.stream = Some(conn.open_bi().await.map_err(unreachable)?);
+            let (send, recv) = conn.open_bi().await.map_err(unreachable)?;
+            self.stream = Some((send, recv, conn));
         }
-        let Some((send, recv)) = self.stream.as_mut() else {
+        let Some((send, recv, _)) = self.stream.as_mut() else {
             return Err(unreachable("no stream"));
         };
         send.write_all(bytes).await.map_err(network)?;

@@ -6,14 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{EncodedBatch, Engine, SeqRange};
+use lode_engine::{BatchKey, EncodedBatch, Engine, SeqRange};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
-use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::Raft;
+use crate::keys::{Claim, Keys, Slot};
 use crate::net::{Network, NetworkFactory};
 use crate::tls::{NodeTls, NodeTlsFiles};
 use lode_replication_wire::wire::{Request, Response};
@@ -43,6 +44,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// How long a forwarded write may take before the follower gives up.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a linearizable read may wait for the leader's confirmation
+/// and for this node to apply through the read index.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A write this node cannot make: it does not lead. The batch comes back
 /// for forwarding.
@@ -71,43 +75,180 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
     Some((id, addr))
 }
 
-/// Writes through this node's Raft if it leads; otherwise hands the batch
-/// back for forwarding. (Not cloned to find out: the batch moves into the
-/// log whole, and its bytes are written as they are.)
-async fn write_local(
-    raft: &Raft,
-    batch: EncodedBatch,
-) -> std::result::Result<Result<SeqRange>, Forward> {
-    if !raft.is_leader() {
-        return Err(Forward {
-            batch,
-            leader: known_leader(raft),
-        });
-    }
-    match raft.client_write(Batch::new(batch)).await {
-        Ok(response) => Ok(Ok(seqs(response.data))),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            // Leadership moved while the write was on its way in.
-            Ok(Err(Error::NotLeader {
-                node: *raft.node_id(),
-                leader: forward
-                    .leader_id
-                    .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
-            }))
-        }
-        Err(e) => Ok(Err(Error::Raft(e.to_string()))),
-    }
+/// What this node writes with: its Raft and the key table its log keeps.
+/// Shared by the node and the peer endpoint (which serves forwards).
+#[derive(Debug, Clone)]
+pub(crate) struct Writes {
+    pub(crate) raft: Raft,
+    keys: Arc<Keys>,
 }
 
-/// Serves a forwarded write: written here if this node leads.
-pub(crate) async fn write_here(raft: &Raft, batch: EncodedBatch) -> Response {
-    match write_local(raft, batch).await {
-        Ok(Ok(seqs)) => Response::Written {
-            start: seqs.start,
-            end: seqs.end,
-        },
-        Ok(Err(e)) => Response::Error(e.to_string()),
-        Err(Forward { leader, .. }) => Response::NotLeader(leader),
+/// How often a retried batch waiting for its first try checks that this
+/// node still leads.
+const KEY_RECHECK: Duration = Duration::from_millis(50);
+
+impl Writes {
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            node: *self.raft.node_id(),
+            leader: known_leader(&self.raft),
+        }
+    }
+
+    /// Queues a batch on this node, the leader, and returns the wait for
+    /// its commit; otherwise hands it back for forwarding. A keyed batch
+    /// already in the log is not queued again: the wait gives its first
+    /// seqs. Batches queued one after another are ordered in the log as
+    /// queued.
+    async fn queue(
+        &self,
+        batch: EncodedBatch,
+    ) -> std::result::Result<Result<PendingWrite>, Forward> {
+        if !self.raft.is_leader() {
+            return Err(Forward {
+                batch,
+                leader: known_leader(&self.raft),
+            });
+        }
+        let Some(key) = batch.key() else {
+            return Ok(self.propose(batch, None).await);
+        };
+        Ok(match self.keys.claim(key) {
+            Claim::Propose => self.propose(batch, Some(key)).await,
+            Claim::Done(seqs) => Ok(PendingWrite(Box::pin(async move { Ok(seqs) }))),
+            Claim::Wait => {
+                let writes = self.clone();
+                Ok(PendingWrite(Box::pin(async move {
+                    writes.await_first_try(key, batch).await
+                })))
+            }
+        })
+    }
+
+    /// Hands a batch to Raft (a keyed one claimed for it); the wait
+    /// releases the key if the batch did not make it.
+    async fn propose(&self, batch: EncodedBatch, key: Option<BatchKey>) -> Result<PendingWrite> {
+        let (responder, rx) =
+            ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
+        let queued = self
+            .raft
+            .write(Batch::new(batch))
+            .responder(responder)
+            .await;
+        let release = move |writes: &Writes| {
+            if let Some(key) = key {
+                writes.keys.release(key);
+            }
+        };
+        if let Err(e) = queued {
+            release(self);
+            return Err(Error::Raft(e.to_string()));
+        }
+        let writes = self.clone();
+        Ok(PendingWrite(Box::pin(async move {
+            let outcome = match rx.await {
+                Ok(Ok(response)) => Ok(seqs(response.data)),
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(writes.not_leader()),
+                Ok(Err(e)) => Err(Error::Raft(e.to_string())),
+                Err(_) => Err(Error::Raft(
+                    "the write was dropped: the node stopped".to_owned(),
+                )),
+            };
+            if outcome.is_err() {
+                release(&writes);
+            }
+            outcome
+        })))
+    }
+
+    /// A retried batch whose first try is proposed or in the log: waits
+    /// until that try is applied and answers its seqs. If the first try
+    /// is cut from the log (or never reached it), this one is proposed.
+    async fn await_first_try(&self, key: BatchKey, batch: EncodedBatch) -> Result<SeqRange> {
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        loop {
+            let changed = self.keys.changed();
+            match self.keys.slot(key) {
+                Some(Slot::Applied(_, seqs)) => return Ok(seqs),
+                None => {
+                    if !self.raft.is_leader() {
+                        return Err(self.not_leader());
+                    }
+                    return match self.keys.claim(key) {
+                        Claim::Propose => self.propose(batch, Some(key)).await?.wait().await,
+                        Claim::Done(seqs) => Ok(seqs),
+                        Claim::Wait => continue,
+                    };
+                }
+                Some(Slot::Proposed | Slot::Logged(_)) => {}
+            }
+            if !self.raft.is_leader() {
+                return Err(self.not_leader());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Raft(format!(
+                    "the first try of batch {}/{} was not committed within {FORWARD_TIMEOUT:?}",
+                    key.producer, key.sequence
+                )));
+            }
+            let _ = tokio::time::timeout(KEY_RECHECK, changed).await;
+        }
+    }
+
+    /// Writes a batch if this node leads and waits for its commit.
+    async fn write_local(
+        &self,
+        batch: EncodedBatch,
+    ) -> std::result::Result<Result<SeqRange>, Forward> {
+        match self.queue(batch).await? {
+            Ok(pending) => Ok(pending.wait().await),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// This node, the leader, confirms with a quorum that it still leads
+    /// (ReadIndex) and answers the index a linearizable read applies
+    /// through: its commit index when asked.
+    async fn read_index(&self) -> Result<u64> {
+        let confirmed = tokio::time::timeout(
+            READ_TIMEOUT,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| {
+            Error::Raft(format!(
+                "no quorum confirmed the leader within {READ_TIMEOUT:?}"
+            ))
+        })?;
+        match confirmed {
+            Ok(read) => Ok(read.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// Serves a follower's read-index request.
+    pub(crate) async fn read_index_here(&self) -> Response {
+        match self.read_index().await {
+            Ok(index) => Response::ReadIndex(index),
+            Err(Error::NotLeader { leader, .. }) => Response::NotLeader(leader),
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    /// Serves a forwarded write: written here if this node leads.
+    pub(crate) async fn write_here(&self, batch: EncodedBatch) -> Response {
+        match self.write_local(batch).await {
+            Ok(Ok(seqs)) => Response::Written {
+                start: seqs.start,
+                end: seqs.end,
+            },
+            Ok(Err(Error::NotLeader { leader, .. })) => Response::NotLeader(leader),
+            Ok(Err(e)) => Response::Error(e.to_string()),
+            Err(Forward { leader, .. }) => Response::NotLeader(leader),
+        }
     }
 }
 
@@ -233,6 +374,7 @@ impl PendingWrite {
 pub struct ClusterNode {
     id: NodeId,
     raft: Raft,
+    writes: Writes,
     network: Network,
     engine: Arc<Engine>,
     serve: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -258,13 +400,18 @@ impl ClusterNode {
         let tls = NodeTls::load(&config.tls)?;
         let network = bind_retrying(addr, &tls).await?;
         let (log, sm) = crate::store::open(Arc::clone(&engine), config.node_id)?;
+        let keys = log.keys();
         let factory = NetworkFactory {
             network: network.clone(),
         };
         let raft = Raft::new(config.node_id, config.raft_config()?, factory, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let serve = tokio::spawn(network.clone().serve(raft.clone()));
+        let writes = Writes {
+            raft: raft.clone(),
+            keys,
+        };
+        let serve = tokio::spawn(network.clone().serve(writes.clone()));
         let initialized = raft
             .is_initialized()
             .await
@@ -282,6 +429,7 @@ impl ClusterNode {
         Ok(ClusterNode {
             id: config.node_id,
             raft,
+            writes,
             network,
             engine,
             serve: std::sync::Mutex::new(Some(serve)),
@@ -301,20 +449,24 @@ impl ClusterNode {
     /// forwards the batch to the leader it knows (once; a leader that moved
     /// meanwhile answers [`Error::NotLeader`], which the caller may retry).
     pub async fn write(&self, batch: EncodedBatch) -> Result<SeqRange> {
-        match write_local(&self.raft, batch).await {
+        match self.writes.write_local(batch).await {
             Err(Forward {
                 batch,
                 leader: Some((id, addr)),
             }) if id != self.id => {
                 let request = Request::Forward(batch);
+                let term = self.raft.metrics().borrow_watched().current_term;
                 let forward = self.network.request(id, &addr, &request, FORWARD_TIMEOUT);
                 // A leader that died holds the forward until the timeout;
-                // an election elsewhere says sooner that it is gone.
+                // an election elsewhere says sooner that it is gone (even
+                // one it wins again, restarted: the forward went to its
+                // old process).
                 let response = tokio::select! {
                     response = forward => response.map_err(|e| {
                         Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
                     })?,
-                    () = self.leader_moves_from(id) => {
+                    () = self.leader_changes(id, term) => {
+                        self.network.forget_node(id);
                         return Err(Error::Raft(format!(
                             "the leader (node {id}) changed while a write was forwarded to it; \
                              whether it was committed is unknown"
@@ -344,41 +496,24 @@ impl ClusterNode {
     /// [`PendingWrite`] waits for the commit. A follower forwards the batch
     /// (forwarded batches of one caller may commit out of order).
     pub async fn submit(self: &Arc<Self>, batch: EncodedBatch) -> Result<PendingWrite> {
-        if self.raft.is_leader() {
-            let (responder, rx) =
-                ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
-            self.raft
-                .write(Batch::new(batch))
-                .responder(responder)
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            let node = self.id;
-            let raft = self.raft.clone();
-            return Ok(PendingWrite(Box::pin(async move {
-                match rx.await {
-                    Ok(Ok(response)) => Ok(seqs(response.data)),
-                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Error::NotLeader {
-                        node,
-                        leader: known_leader(&raft),
-                    }),
-                    Ok(Err(e)) => Err(Error::Raft(e.to_string())),
-                    Err(_) => Err(Error::Raft(
-                        "the write was dropped: the node stopped".to_owned(),
-                    )),
-                }
-            })));
+        match self.writes.queue(batch).await {
+            Ok(queued) => queued,
+            Err(Forward { batch, .. }) => {
+                let node = Arc::clone(self);
+                Ok(PendingWrite(Box::pin(
+                    async move { node.write(batch).await },
+                )))
+            }
         }
-        let node = Arc::clone(self);
-        Ok(PendingWrite(Box::pin(
-            async move { node.write(batch).await },
-        )))
     }
 
-    /// Returns once this node sees a leader other than `id` (or none).
-    async fn leader_moves_from(&self, id: NodeId) {
+    /// Returns once this node sees a leader other than `id` (or none), or
+    /// a term after `term`.
+    async fn leader_changes(&self, id: NodeId, term: u64) {
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics.borrow_watched().current_leader != Some(id) {
+            let now = metrics.borrow_watched().clone();
+            if now.current_leader != Some(id) || now.current_term != term {
                 return;
             }
             if metrics.changed().await.is_err() {
@@ -387,9 +522,41 @@ impl ClusterNode {
         }
     }
 
+    /// Returns once this node has applied every entry committed before the
+    /// call, so that a read here sees every write acknowledged before it,
+    /// by any node (a linearizable read). The leader confirms with a
+    /// quorum that it still leads and names its commit index (asked over
+    /// the peer link from a follower); this node then waits until it has
+    /// applied through that index.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let index = if self.raft.is_leader() {
+            self.writes.read_index().await?
+        } else {
+            let Some((id, addr)) = known_leader(&self.raft) else {
+                return Err(self.writes.not_leader());
+            };
+            match self
+                .network
+                .request(id, &addr, &Request::ReadIndex, READ_TIMEOUT)
+                .await
+                .map_err(|e| Error::Raft(format!("asking the leader, node {id}: {e}")))?
+            {
+                Response::ReadIndex(index) => index,
+                Response::NotLeader(leader) => return Err(Error::NotLeader { node: id, leader }),
+                Response::Error(reason) => return Err(Error::Raft(format!("node {id}: {reason}"))),
+                other => {
+                    return Err(Error::Raft(format!(
+                        "node {id} answered a read index request with {other:?}"
+                    )));
+                }
+            }
+        };
+        self.wait_for_applied(index, READ_TIMEOUT).await
+    }
+
     /// Appends a batch only if this node leads: no forwarding.
     pub async fn write_if_leader(&self, batch: EncodedBatch) -> Result<SeqRange> {
-        match write_local(&self.raft, batch).await {
+        match self.writes.write_local(batch).await {
             Ok(outcome) => outcome,
             Err(Forward { leader, .. }) => Err(Error::NotLeader {
                 node: self.id,

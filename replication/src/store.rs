@@ -28,6 +28,7 @@ use openraft::storage::{
 };
 use openraft::{EntryPayload, OptionalSend};
 
+use crate::keys::{Keys, WINDOW};
 use lode_replication_wire::wire::{self, SnapshotState};
 use lode_replication_wire::{
     Applied, Batch, Entry, LogId, NodeId, StoredMembership, TypeConfig, Vote,
@@ -45,6 +46,8 @@ struct Shared {
     state: Mutex<wire::LogState>,
     /// Entries appended but not yet reported durable, by index.
     pending: Mutex<BTreeMap<u64, Entry>>,
+    /// Where each recent batch key is in the log.
+    keys: Arc<Keys>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,8 +112,10 @@ pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, State
         engine,
         state: Mutex::new(state),
         pending: Mutex::new(BTreeMap::new()),
+        keys: Arc::default(),
     });
     let (applied, membership) = recovered_applied_state(&shared)?;
+    recover_keys(&shared, applied.map(|a| a.index))?;
     let sm = StateMachine {
         shared: Arc::clone(&shared),
         applied,
@@ -165,11 +170,35 @@ fn recovered_applied_state(shared: &Shared) -> io::Result<(Option<LogId>, Stored
     Ok((applied, membership))
 }
 
+/// Fills the key table from the log's newest entries: those applied with
+/// their seqs, the rest as logged (openraft applies them again).
+fn recover_keys(shared: &Shared, applied: Option<u64>) -> io::Result<()> {
+    let Some(bounds) = shared.engine.log_bounds().map_err(io_err)? else {
+        return Ok(());
+    };
+    let from = bounds.last.1.saturating_sub(WINDOW as u64 - 1);
+    let keyed = shared.engine.batch_keys(from..).map_err(io_err)?;
+    let is_applied = |index: u64| applied.is_some_and(|a| index <= a);
+    shared.keys.applied(
+        keyed
+            .iter()
+            .filter(|k| is_applied(k.index))
+            .map(|k| (k.index, k.key, k.seqs)),
+    );
+    shared.keys.logged(
+        keyed
+            .iter()
+            .filter(|k| !is_applied(k.index))
+            .map(|k| (k.index, k.key)),
+    );
+    Ok(())
+}
+
 /// An entry as openraft sees it, from the engine's stored form.
 fn to_entry(stored: LogEntry) -> io::Result<Entry> {
     let log_id = wire::log_id(stored.term, stored.index);
     let payload = match stored.kind() {
-        FrameKind::Batch => EntryPayload::Normal(Batch::new(stored.frame)),
+        FrameKind::Batch | FrameKind::KeyedBatch => EntryPayload::Normal(Batch::new(stored.frame)),
         FrameKind::Membership => EntryPayload::Membership(
             wire::decode_membership(stored.frame.payload()).map_err(io_err)?,
         ),
@@ -202,6 +231,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// The key table this log keeps.
+    pub(crate) fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.shared.keys)
+    }
+
     /// Entries in `range` above the purged point: the durable ones from
     /// the engine, the rest from those still in flight.
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
@@ -294,6 +328,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             frames.push((entry.log_id.leader_id.term, entry.index(), to_frame(entry)?));
         }
         let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+        self.shared
+            .keys
+            .logged(entries.iter().filter_map(|e| match &e.payload {
+                EntryPayload::Normal(batch) => batch.0.key().map(|k| (e.index(), k)),
+                _ => None,
+            }));
         {
             let mut pending = lock(&self.shared.pending);
             for entry in entries {
@@ -328,6 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let after = last_log_id.map(|l| l.index);
         lock(&self.shared.pending).retain(|&index, _| after.is_some_and(|a| index <= a));
+        self.shared.keys.cut_after(after);
         let engine = Arc::clone(&self.shared.engine);
         blocking(move || engine.truncate_after(after)).await
     }
@@ -439,6 +480,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) => return Err(e),
         };
         let seqs: BTreeMap<u64, SeqRange> = applied.into_iter().collect();
+        self.shared
+            .keys
+            .applied(batch.iter().filter_map(|(entry, _)| match &entry.payload {
+                EntryPayload::Normal(b) => {
+                    let key = b.0.key()?;
+                    Some((entry.index(), key, *seqs.get(&entry.index())?))
+                }
+                _ => None,
+            }));
         for (entry, responder) in batch {
             if let Some(m) = entry.get_membership() {
                 self.membership = StoredMembership::new(Some(entry.log_id), m);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lode_engine::{EncodedBatch, Engine, Level, LogRecord, Options};
+use lode_engine::{BatchKey, EncodedBatch, Engine, Level, LogRecord, Options};
 use lode_replication::tls::{self, NodeTlsFiles};
 use lode_replication::{ClusterConfig, ClusterNode, Error, LogStore, StateMachine, TypeConfig};
 use openraft::StorageError;
@@ -410,6 +410,96 @@ async fn a_node_joins_as_a_learner_then_votes_and_a_leader_removes_itself() {
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.stop_node(id).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_batch_is_written_once_however_often_it_is_retried() {
+    trace();
+    let mut cluster = Cluster::start(3).await;
+    let keyed = |first: u64, sequence: u64| {
+        batch(first, 10)
+            .with_key(BatchKey {
+                producer: 42,
+                sequence,
+            })
+            .unwrap()
+    };
+    let first = cluster.write(keyed(0, 0)).await;
+    assert_eq!(cluster.write(keyed(0, 0)).await, first, "a retry");
+
+    // Two tries of one batch at once, on the leader and through a
+    // follower: one is written, both answer its seqs.
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let (a, b) = tokio::join!(
+        cluster.nodes[&leader].write(keyed(10, 1)),
+        cluster.nodes[&follower].write(keyed(10, 1)),
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(
+        cluster.nodes[&follower].write(keyed(0, 0)).await.unwrap(),
+        first,
+        "a forwarded retry"
+    );
+    let unkeyed = cluster.write(batch(0, 10)).await;
+    assert_ne!(unkeyed, first, "a batch without a key is always written");
+
+    // Every node restarts: the keys come back from the logs.
+    for id in [1, 2, 3] {
+        cluster.stop_node(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.start_node(id).await;
+    }
+    assert_eq!(
+        cluster.write(keyed(0, 0)).await,
+        first,
+        "a retry after restarts"
+    );
+    cluster.write(keyed(20, 2)).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+    let records = cluster.nodes[&leader].engine().scan(..).count();
+    assert_eq!(records, 40, "three keyed batches and one without a key");
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop_node(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_barrier_sees_every_acknowledged_write_and_needs_a_quorum() {
+    trace();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    for round in 0..20u64 {
+        cluster.write(batch(round * 25, 25)).await;
+        // At once, with no waiting but the barrier's own.
+        let asked = followers[(round % 2) as usize];
+        cluster.nodes[&asked].read_barrier().await.unwrap();
+        let held = cluster.nodes[&asked].engine().scan(..).count() as u64;
+        assert_eq!(held, (round + 1) * 25, "node {asked} after write {round}");
+    }
+    cluster.nodes[&leader].read_barrier().await.unwrap();
+
+    // With one node of three left, no barrier passes: the leader cannot
+    // confirm it leads.
+    cluster.stop_node(followers[0]).await;
+    cluster.nodes[&leader].read_barrier().await.unwrap();
+    cluster.stop_node(followers[1]).await;
+    let started = Instant::now();
+    let refused = cluster.nodes[&leader].read_barrier().await;
+    assert!(refused.is_err(), "a barrier without a quorum: {refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "refused in time"
+    );
+    cluster.stop_node(leader).await;
 }
 
 /// A node that led when it stopped comes back with an uncommitted vote

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lode_engine::Record;
+use lode_engine::{FrameKind, Record};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::{
     self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind, Request, Response, VERSION, WireRecord,
@@ -194,10 +194,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         // An append's payload is read after room for the WAL frame header,
         // so it reaches the log without another copy.
-        let room = if header.kind == Kind::Append {
-            lode_engine::HEADER_LEN
-        } else {
-            0
+        let room = match header.kind {
+            Kind::Append | Kind::KeyedAppend => lode_engine::HEADER_LEN,
+            Kind::Request | Kind::Response => 0,
         };
         let len = header.len as usize;
         // Memory is reserved for what the header announces only up to
@@ -219,8 +218,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let replies = replies.clone();
         let id = header.id;
         match header.kind {
-            Kind::Append => {
-                if appends.send((id, payload, permit)).await.is_err() {
+            Kind::Append | Kind::KeyedAppend => {
+                let kind = match header.kind {
+                    Kind::KeyedAppend => FrameKind::KeyedBatch,
+                    _ => FrameKind::Batch,
+                };
+                if appends.send((id, kind, payload, permit)).await.is_err() {
                     break;
                 }
             }
@@ -257,14 +260,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-type PendingAppend = (u64, Vec<u8>, OwnedSemaphorePermit);
+type PendingAppend = (u64, FrameKind, Vec<u8>, OwnedSemaphorePermit);
 
 /// Hands a connection's appends to the engine one after the other, so they
 /// get seqs in the order the client sent them; their acknowledgements are
 /// awaited concurrently, so group commit can share one fsync among them.
 async fn submit_loop(replies: Replies, mut pending: mpsc::Receiver<PendingAppend>) {
-    while let Some((id, payload, permit)) = pending.recv().await {
-        match replies.service.submit_payload(payload).await {
+    while let Some((id, kind, payload, permit)) = pending.recv().await {
+        match replies.service.submit_payload(kind, payload).await {
             Ok(pending) => {
                 let replies = replies.clone();
                 tokio::spawn(async move {
@@ -323,6 +326,7 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
         Request::Stats => Ok(Response::Stats {
             figures: service.figures(),
         }),
+        Request::ReadBarrier => service.linearize().await.map(|()| Response::Done),
         Request::Query {
             filter,
             limit,

@@ -389,6 +389,10 @@ struct Params {
     k: Option<usize>,
     /// Tail: start at this seq instead of the next record.
     from_seq: Option<u64>,
+    /// `linearizable`: the answer reflects every write acknowledged
+    /// before the request, by any node; default `local` (what this node
+    /// has applied and indexed).
+    consistency: Option<String>,
 }
 
 fn time(text: Option<&str>, name: &str) -> Result<Option<i64>, Failure> {
@@ -399,6 +403,21 @@ fn time(text: Option<&str>, name: &str) -> Result<Option<i64>, Failure> {
 }
 
 impl Params {
+    /// The filter, once the read may start: after a read barrier when the
+    /// request asks for a linearizable read.
+    async fn read(&self, service: &Service) -> Result<Filter, Failure> {
+        match self.consistency.as_deref() {
+            None | Some("local") => {}
+            Some("linearizable") => service.linearize().await?,
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "consistency '{other}': expected local or linearizable"
+                )));
+            }
+        }
+        self.filter()
+    }
+
     fn filter(&self) -> Result<Filter, Failure> {
         Ok(Filter {
             query: self.q.clone(),
@@ -424,7 +443,7 @@ fn width(text: &str) -> Result<i64, Failure> {
 async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
     let page = service
         .query(
-            params.filter()?,
+            params.read(&service).await?,
             params.limit.unwrap_or(100),
             params.cursor.clone(),
         )
@@ -438,7 +457,7 @@ async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<R
 }
 
 async fn count(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
-    let count = service.count(params.filter()?).await?;
+    let count = service.count(params.read(&service).await?).await?;
     Ok(axum::Json(json!({ "count": count })).into_response())
 }
 
@@ -447,7 +466,9 @@ async fn histogram(
     Query(params): Query<Params>,
 ) -> Result<Response, Failure> {
     let width = params.width.as_deref().map(width).transpose()?;
-    let h = service.histogram(params.filter()?, width).await?;
+    let h = service
+        .histogram(params.read(&service).await?, width)
+        .await?;
     let buckets: Vec<Value> = h
         .buckets
         .iter()
@@ -463,7 +484,7 @@ async fn histogram(
 async fn top(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
     let field = params.field.as_deref().unwrap_or("service");
     let values = service
-        .top(params.filter()?, field, params.k.unwrap_or(10))
+        .top(params.read(&service).await?, field, params.k.unwrap_or(10))
         .await?;
     let values: Vec<Value> = values
         .into_iter()

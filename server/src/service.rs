@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{EncodedBatch, Engine, LogRecord, SeqRange};
+use lode_engine::{EncodedBatch, Engine, FrameKind, LogRecord, SeqRange};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
@@ -165,15 +165,20 @@ impl Service {
     }
 
     /// Checks a batch payload a client encoded (in `reserved`, after
-    /// `HEADER_LEN` bytes of room) and hands it to the log without waiting:
-    /// appends submitted in order get seqs in order.
-    pub async fn submit_payload(&self, reserved: Vec<u8>) -> Outcome<PendingAppend> {
+    /// `HEADER_LEN` bytes of room; a keyed batch's ends with its key) and
+    /// hands it to the log without waiting: appends submitted in order get
+    /// seqs in order.
+    pub async fn submit_payload(
+        &self,
+        kind: FrameKind,
+        reserved: Vec<u8>,
+    ) -> Outcome<PendingAppend> {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
         let clustered = self.cluster.is_some();
         let submitted = blocking(move || {
-            let batch = EncodedBatch::from_reserved(reserved)
+            let batch = EncodedBatch::from_reserved_kind(kind, reserved)
                 .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
@@ -389,6 +394,30 @@ impl Service {
         self.counted(result)
     }
 
+    /// Returns once a read here sees every write acknowledged before the
+    /// call (a linearizable read follows it): in a cluster, this node has
+    /// applied everything the leader had committed when it confirmed its
+    /// leadership with a quorum; then the index has caught up with what
+    /// this node holds.
+    pub async fn linearize(&self) -> Outcome<()> {
+        if let Some(cluster) = &self.cluster {
+            cluster.read_barrier().await.map_err(cluster_failure)?;
+        }
+        let last = self.engine.next_seq().saturating_sub(1);
+        let index = Arc::clone(&self.index);
+        let caught_up =
+            tokio::task::spawn_blocking(move || index.wait_indexed(last, LINEARIZE_TIMEOUT))
+                .await
+                .unwrap_or(false);
+        if !caught_up {
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                format!("the index did not reach seq {last} within {LINEARIZE_TIMEOUT:?}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits until every durable record is searchable (tests, the CLI).
     pub fn wait_indexed(&self, timeout: Duration) -> bool {
         let last = self.engine.next_seq().saturating_sub(1);
@@ -409,6 +438,9 @@ impl Service {
         Ok(())
     }
 }
+
+/// How long a linearizable read waits for the index to catch up.
+const LINEARIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Entries per checksum of [`Service::log_checksums`].
 pub(crate) const VERIFY_RANGE: u64 = 65_536;

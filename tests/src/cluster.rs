@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lode_client::Client;
+use lode_client::{ClientOptions, ClusterClient, RetryOptions};
 use lode_engine::{Engine, LogRecord, Options};
 use lode_server::{Cluster, Config, Server};
 
@@ -121,9 +121,14 @@ impl Node {
 
     /// `GET path` on the node's HTTP API: the whole answer.
     fn get(&self, path: &str) -> Option<String> {
+        self.get_within(path, Duration::from_secs(2))
+    }
+
+    /// `GET path`, answered within `wait`.
+    fn get_within(&self, path: &str, wait: Duration) -> Option<String> {
         self.child.as_ref()?;
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.set_read_timeout(Some(wait)).ok()?;
         let head = format!("GET {path} HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n");
         stream.write_all(head.as_bytes()).ok()?;
         let mut response = String::new();
@@ -268,52 +273,43 @@ fn tagged(id: u64) -> LogRecord {
 #[derive(Default)]
 struct Sent {
     acked: Vec<u64>,
-    /// Acknowledged, or in flight when a node died (never sent again).
+    /// Acknowledged, or given up on (sent at least once).
     sent: Vec<u64>,
     /// When each batch was acknowledged.
     acked_at: Vec<Instant>,
+    /// Resends of a batch whose answer was lost (same key each time).
+    retries: u64,
 }
 
-/// Writes batches of 20 to `addrs[0]`, moving to the next node when one
-/// fails, until `stop`. A failed batch is never sent again: without
-/// idempotency keys a retry could store it twice.
+/// Writes keyed batches of 20 through a [`ClusterClient`] of every node
+/// (`addrs[0]` first) until `stop`. A batch whose answer is lost is sent
+/// again with its key, to the next node: the cluster must store it once.
 fn client(addrs: Vec<SocketAddr>, first_id: u64, stop: Arc<AtomicBool>) -> Sent {
     let mut sent = Sent::default();
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let retry = RetryOptions {
+        give_up_after: Duration::from_secs(20),
+        ..RetryOptions::default()
+    };
+    let client = ClusterClient::with_options(&addrs, options, retry).unwrap();
     let rt = runtime();
     rt.block_on(async {
         let mut id = first_id;
-        let mut at = 0usize;
         while !stop.load(Ordering::Relaxed) {
-            let addr = addrs[at % addrs.len()];
-            let Ok(Ok(client)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                Client::connect_tcp(&addr.to_string()),
-            )
-            .await
-            else {
-                at += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let batch: Vec<LogRecord> = (id..id + 20).map(tagged).collect();
-                sent.sent.extend(id..id + 20);
-                let outcome =
-                    tokio::time::timeout(Duration::from_secs(10), client.append(&batch)).await;
-                id += 20;
-                match outcome {
-                    Ok(Ok(_)) => {
-                        sent.acked.extend(id - 20..id);
-                        sent.acked_at.push(Instant::now());
-                    }
-                    _ => {
-                        at += 1;
-                        break;
-                    }
-                }
+            let batch: Vec<LogRecord> = (id..id + 20).map(tagged).collect();
+            sent.sent.extend(id..id + 20);
+            if client.append(&batch).await.is_ok() {
+                sent.acked.extend(id..id + 20);
+                sent.acked_at.push(Instant::now());
             }
+            id += 20;
         }
     });
+    sent.retries = client.retries();
     sent
 }
 
@@ -422,6 +418,32 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
         sums.iter().all(|s| *s == sums[0]),
         "the nodes' log checksums differ: {sums:?}"
     );
+    // A linearizable count on any node sees every acknowledged record.
+    let counts: Vec<u64> = cluster
+        .nodes
+        .values()
+        .map(|n| {
+            let answer = n
+                .get_within(
+                    "/api/v1/count?consistency=linearizable",
+                    Duration::from_secs(20),
+                )
+                .unwrap_or_default();
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(body).map_or(0, |v| {
+                v["count"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("a count: {answer}"))
+            })
+        })
+        .collect();
+    assert!(
+        counts
+            .iter()
+            .all(|c| *c == counts[0] && *c >= acked.len() as u64),
+        "linearizable counts {counts:?}, {} acknowledged",
+        acked.len()
+    );
     for node in cluster.nodes.values_mut() {
         node.kill();
     }
@@ -496,16 +518,18 @@ fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
     let mut acked = Vec::new();
     let mut sent = HashSet::new();
     let mut failovers = Vec::new();
+    let mut retries = 0;
     for round in 0..KILLS as u64 {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = cluster.clients(round * 10, &stop);
         std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
+        let leader = cluster
+            .leader(Duration::from_secs(10))
+            .expect("a leader to kill");
         let victim = if round % 4 == 3 {
             1 + rng.below(NODES)
         } else {
-            cluster
-                .leader(Duration::from_secs(10))
-                .expect("a leader to kill")
+            leader
         };
         let killed_at = Instant::now();
         cluster.nodes.get_mut(&victim).unwrap().kill();
@@ -523,16 +547,28 @@ fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
             };
             acked.extend(result.acked);
             sent.extend(result.sent);
+            retries += result.retries;
         }
         if let Some(at) = first_ack_after {
-            failovers.push(at - killed_at);
+            let role = if victim == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            eprintln!(
+                "round {round}: node {victim} ({role}) killed, first ack after {:?}",
+                at - killed_at
+            );
+            if victim == leader {
+                failovers.push(at - killed_at);
+            }
         }
         assert!(started.elapsed() < Duration::from_secs(300), "too slow");
     }
     check_settled_cluster(&mut cluster, &acked, &sent);
     let max = failovers.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "{KILLS} kills: {} acknowledged records on every node once; first ack after a kill: median {:?}, max {:?} ({} rounds with one); {:?} in all",
+        "{KILLS} kills: {} acknowledged records on every node once, {retries} batches resent; first ack after a leader's kill: median {:?}, max {:?} (of {}); {:?} in all",
         acked.len(),
         median(failovers.clone()),
         max,
@@ -543,6 +579,10 @@ fn sigkill_of_the_leader_under_load_loses_and_duplicates_nothing() {
         acked.len() > 1000,
         "the clients got work done ({})",
         acked.len()
+    );
+    assert!(
+        retries >= KILLS as u64,
+        "batches were resent across the kills ({retries}), so the check that none is stored twice tested the keys"
     );
 }
 

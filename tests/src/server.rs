@@ -180,6 +180,34 @@ fn every_operation_over_tcp_and_quic() {
     });
 }
 
+/// A single server takes keyed appends (what a [`ClusterClient`] sends)
+/// as batches, stores the key with them, and recovers them after a
+/// restart.
+#[test]
+fn a_single_server_stores_keyed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let server = Server::start(config(dir.path())).await.unwrap();
+        let addr = server.addresses().tcp.unwrap().to_string();
+        let client = lode_client::ClusterClient::new(&[addr]).unwrap();
+        let mut last = None;
+        for b in 0..3u64 {
+            let batch: Vec<LogRecord> = (b * 10..b * 10 + 10).map(record_for).collect();
+            let appended = within("keyed append", client.append(&batch)).await.unwrap();
+            assert_eq!(appended.end - appended.start, 10);
+            last = Some(appended.end);
+        }
+        assert_eq!(client.retries(), 0);
+        drop(client);
+        server.shutdown().await.unwrap();
+        let engine = Engine::open(dir.path(), Options::default()).unwrap();
+        let records: Vec<LogRecord> = engine.scan(..).map(|r| r.unwrap().log).collect();
+        let want: Vec<LogRecord> = (0..30).map(record_for).collect();
+        assert_eq!(records, want);
+        assert_eq!(engine.stats().next_seq, last.unwrap());
+    });
+}
+
 #[test]
 fn many_requests_in_flight_and_a_batcher() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,8 +6,9 @@
 //!      4     4  crc      crc32c of bytes 8 .. 25+len (kind, term, index, payload), u32 LE
 //!      8     1  kind     1 = batch of records (see `batch.rs`), 2 = blank (a
 //!                        Raft leader's first entry), 3 = membership (a Raft
-//!                        configuration, opaque to the engine); only batches
-//!                        hold records
+//!                        configuration, opaque to the engine), 4 = keyed
+//!                        batch (a batch, then its 16-byte [`BatchKey`]);
+//!                        only batches hold records
 //!      9     8  term     Raft term, u64 LE (0 in embedded mode)
 //!     17     8  index    log index, u64 LE, dense from 1
 //!     25   len  payload
@@ -38,16 +39,59 @@ pub enum FrameKind {
     /// A Raft membership change: a payload the replication layer encodes,
     /// no records.
     Membership = 3,
+    /// A batch whose payload is followed by the [`BatchKey`] its producer
+    /// gave it, so that a retried batch is recognised.
+    KeyedBatch = 4,
 }
 
 impl FrameKind {
-    fn from_byte(byte: u8) -> Option<FrameKind> {
+    pub fn from_byte(byte: u8) -> Option<FrameKind> {
         match byte {
             1 => Some(FrameKind::Batch),
             2 => Some(FrameKind::Blank),
             3 => Some(FrameKind::Membership),
+            4 => Some(FrameKind::KeyedBatch),
             _ => None,
         }
+    }
+
+    /// Whether frames of this kind carry records (a batch payload).
+    pub fn holds_records(self) -> bool {
+        matches!(self, FrameKind::Batch | FrameKind::KeyedBatch)
+    }
+}
+
+/// Bytes of a [`BatchKey`] at the end of a keyed batch's payload.
+pub const KEY_LEN: usize = 16;
+
+/// What a producer calls one of its batches, the same on every retry:
+/// its own random id and the batch's number among its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    pub producer: u64,
+    pub sequence: u64,
+}
+
+impl BatchKey {
+    pub fn to_bytes(self) -> [u8; KEY_LEN] {
+        let mut out = [0u8; KEY_LEN];
+        out[..8].copy_from_slice(&self.producer.to_le_bytes());
+        out[8..].copy_from_slice(&self.sequence.to_le_bytes());
+        out
+    }
+
+    /// The key at the end of a keyed batch's payload, and the batch
+    /// payload before it.
+    pub fn split(payload: &[u8]) -> Option<(&[u8], BatchKey)> {
+        let at = payload.len().checked_sub(KEY_LEN)?;
+        let (batch, key) = payload.split_at(at);
+        Some((
+            batch,
+            BatchKey {
+                producer: read_u64(key, 0)?,
+                sequence: read_u64(key, 8)?,
+            },
+        ))
     }
 }
 
@@ -82,7 +126,33 @@ impl<'a> Frame<'a> {
 
     /// The batch this frame carries, its trailer checked.
     pub fn batch(&self) -> Result<BatchView<'a>> {
-        BatchView::parse(self.payload)
+        BatchView::parse(batch_part(self.kind, self.payload)?)
+    }
+
+    /// A keyed batch's key.
+    pub fn key(&self) -> Option<BatchKey> {
+        match self.kind {
+            FrameKind::KeyedBatch => BatchKey::split(self.payload).map(|(_, key)| key),
+            _ => None,
+        }
+    }
+}
+
+/// The batch payload of a frame of `kind`: all of a batch's, a keyed
+/// batch's without its key.
+fn batch_part(kind: FrameKind, payload: &[u8]) -> Result<&[u8]> {
+    match kind {
+        FrameKind::KeyedBatch => {
+            BatchKey::split(payload)
+                .map(|(batch, _)| batch)
+                .ok_or_else(|| {
+                    CodecError::Invalid(format!(
+                        "a keyed batch of {} bytes has no room for its key",
+                        payload.len()
+                    ))
+                })
+        }
+        _ => Ok(payload),
     }
 }
 
@@ -198,8 +268,8 @@ impl EncodedBatch {
     /// entry) with `payload` as it is. Its time range is empty
     /// (`i64::MAX, i64::MIN`), so it never widens a segment's.
     pub fn without_records(kind: FrameKind, payload: &[u8]) -> Result<EncodedBatch> {
-        if kind == FrameKind::Batch {
-            return EncodedBatch::from_payload(payload);
+        if kind.holds_records() {
+            return EncodedBatch::from_kind(kind, payload);
         }
         check_payload_len(payload.len())?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -222,7 +292,7 @@ impl EncodedBatch {
     pub fn from_frame(frame: &Frame<'_>) -> Result<EncodedBatch> {
         let mut batch = EncodedBatch::without_records(FrameKind::Blank, frame.payload)?;
         batch.kind = frame.kind;
-        if frame.kind == FrameKind::Batch {
+        if frame.kind.holds_records() {
             let view = frame.batch()?;
             batch.count = view.len() as u32;
             (batch.min_ts, batch.max_ts) = view.ts_range();
@@ -235,28 +305,75 @@ impl EncodedBatch {
         self.kind
     }
 
+    /// The same batch with `key` (replacing a key it had): a keyed batch.
+    pub fn with_key(mut self, key: BatchKey) -> Result<EncodedBatch> {
+        if !self.kind.holds_records() {
+            return Err(CodecError::Invalid(format!(
+                "a {:?} frame takes no key",
+                self.kind
+            )));
+        }
+        let key = key.to_bytes();
+        check_payload_len(self.bytes.len() - HEADER_LEN + KEY_LEN)?;
+        if self.kind == FrameKind::KeyedBatch {
+            self.bytes.truncate(self.bytes.len() - KEY_LEN);
+            self.bytes.extend_from_slice(&key);
+            self.payload_crc = crc32c::crc32c(self.payload());
+        } else {
+            // The payload is not read again: its checksum is extended.
+            self.bytes.extend_from_slice(&key);
+            self.payload_crc = crc32c::crc32c_append(self.payload_crc, &key);
+        }
+        self.kind = FrameKind::KeyedBatch;
+        Ok(self)
+    }
+
+    /// A keyed batch's key.
+    pub fn key(&self) -> Option<BatchKey> {
+        match self.kind {
+            FrameKind::KeyedBatch => BatchKey::split(self.payload()).map(|(_, key)| key),
+            _ => None,
+        }
+    }
+
     /// Takes a batch payload made elsewhere (a client, a follower) after
     /// checking it whole: the trailer, every record's archive, and that the
     /// trailer's time range is the records' own. Nothing unchecked reaches
     /// the log.
     pub fn from_payload(payload: &[u8]) -> Result<EncodedBatch> {
+        EncodedBatch::from_kind(FrameKind::Batch, payload)
+    }
+
+    /// As [`EncodedBatch::from_payload`] for a batch frame of `kind`
+    /// (a keyed batch's payload ends with its key).
+    pub fn from_kind(kind: FrameKind, payload: &[u8]) -> Result<EncodedBatch> {
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
         bytes.resize(HEADER_LEN, 0);
         bytes.extend_from_slice(payload);
-        EncodedBatch::from_reserved(bytes)
+        EncodedBatch::from_reserved_kind(kind, bytes)
     }
 
     /// As [`EncodedBatch::from_payload`] for a payload read into a buffer
     /// after `HEADER_LEN` bytes of room for the frame header, so that it
     /// is not copied again.
     pub fn from_reserved(bytes: Vec<u8>) -> Result<EncodedBatch> {
+        EncodedBatch::from_reserved_kind(FrameKind::Batch, bytes)
+    }
+
+    /// As [`EncodedBatch::from_reserved`] for a batch frame of `kind`.
+    pub fn from_reserved_kind(kind: FrameKind, bytes: Vec<u8>) -> Result<EncodedBatch> {
+        if !kind.holds_records() {
+            return Err(CodecError::Invalid(format!(
+                "a {kind:?} frame holds no records"
+            )));
+        }
         let payload = bytes.get(HEADER_LEN..).ok_or_else(|| {
             CodecError::Invalid(format!(
                 "a reserved buffer needs {HEADER_LEN} bytes of room"
             ))
         })?;
         check_payload_len(payload.len())?;
-        let view = BatchView::parse(payload)?;
+        let view = BatchView::parse(batch_part(kind, payload)?)?;
         let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
         for record in view.iter() {
             let ts = record?.timestamp();
@@ -274,7 +391,7 @@ impl EncodedBatch {
         let count = view.len() as u32;
         let payload_crc = crc32c::crc32c(payload);
         Ok(EncodedBatch {
-            kind: FrameKind::Batch,
+            kind,
             bytes,
             payload_crc,
             count,
@@ -394,6 +511,55 @@ mod tests {
         damaged[3] ^= 0xff;
         damaged[20] ^= 0xff;
         assert!(EncodedBatch::from_payload(&damaged).is_err());
+    }
+
+    #[test]
+    fn a_keyed_batch_carries_its_key_after_the_records() {
+        let key = BatchKey {
+            producer: 0xfeed,
+            sequence: 7,
+        };
+        let mut keyed = EncodedBatch::encode(&records(3))
+            .unwrap()
+            .with_key(key)
+            .unwrap();
+        assert_eq!(
+            (keyed.kind(), keyed.key(), keyed.count()),
+            (FrameKind::KeyedBatch, Some(key), 3)
+        );
+        let bytes = keyed.seal(2, 5).to_vec();
+        let frame = decode_frame(&bytes).unwrap();
+        assert_eq!(
+            (frame.kind, frame.key()),
+            (FrameKind::KeyedBatch, Some(key))
+        );
+        assert_eq!(
+            frame.batch().unwrap().record(2).unwrap().message.as_str(),
+            "message number 2"
+        );
+
+        // From the wire, and as the log copies it out: the same frame.
+        let mut remote = EncodedBatch::from_kind(FrameKind::KeyedBatch, keyed.payload()).unwrap();
+        assert_eq!(remote.seal(2, 5), &bytes[..]);
+        let mut copied = EncodedBatch::from_frame(&frame).unwrap();
+        assert_eq!((copied.key(), copied.count()), (Some(key), 3));
+        assert_eq!(copied.seal(2, 5), &bytes[..]);
+
+        // A new key replaces the old one.
+        let other = BatchKey {
+            producer: 1,
+            sequence: 2,
+        };
+        let mut rekeyed = keyed.clone().with_key(other).unwrap();
+        assert_eq!(rekeyed.key(), Some(other));
+        let rebytes = rekeyed.seal(2, 5).to_vec();
+        assert_eq!(decode_frame(&rebytes).unwrap().key(), Some(other));
+
+        // Too short for a key, or a batch without its key, is refused.
+        assert!(EncodedBatch::from_kind(FrameKind::KeyedBatch, &[0; 5]).is_err());
+        let plain = EncodedBatch::encode(&records(2)).unwrap();
+        assert!(EncodedBatch::from_kind(FrameKind::KeyedBatch, plain.payload()).is_err());
+        assert!(EncodedBatch::from_kind(FrameKind::Blank, plain.payload()).is_err());
     }
 
     #[test]

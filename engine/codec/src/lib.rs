@@ -30,8 +30,8 @@ mod time;
 
 pub use batch::BatchView;
 pub use frame::{
-    EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD, decode_frame,
-    decode_frame_unchecksummed,
+    BatchKey, EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, KEY_LEN, MAX_PAYLOAD,
+    decode_frame, decode_frame_unchecksummed,
 };
 pub use record::{
     ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,

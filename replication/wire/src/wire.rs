@@ -10,8 +10,8 @@
 //! log id    term u64 | index u64
 //! opt X     0 u8 | 1 u8 X
 //! vote      term u64 | voted_for u64 | committed u8
-//! entry     kind u8 (1 batch, 2 blank, 3 membership) | term u64 | index u64 | len u32 | payload
-//!           (a batch's payload is the WAL frame payload, byte for byte)
+//! entry     kind u8 (1 batch, 2 blank, 3 membership, 4 keyed batch) | term u64 | index u64 | len u32 | payload
+//!           (a batch's payload is the WAL frame payload, byte for byte; a keyed batch's ends with its key)
 //! membership configs u32 | { voters u32 | id u64 ... } ... | nodes u32 | { id u64 | addr str } ...
 //! str       len u32 | utf-8 bytes
 //! ```
@@ -20,12 +20,13 @@
 //! opt log id | leadership_transfer u8), 3 append request (vote | opt prev
 //! log id | opt leader commit | count u32 | entries), 4 transfer-leader
 //! request (vote | to u64 | opt log id), 5 forward (a client's batch for
-//! the leader to write: payload str-framed bytes); 65 vote response (vote | granted
+//! the leader to write: payload str-framed bytes), 6 keyed forward (the
+//! same, a keyed batch's payload), 7 read index (no body); 65 vote response (vote | granted
 //! u8 | opt log id), 66 append response (0 success, 1 partial + opt log id,
 //! 2 conflict, 3 higher vote + vote), 67 transfer-leader response (0 ok, 1
 //! refused + str), 68 written (first seq u64 | end seq u64), 69 not leader
-//! (opt leader id: 0 u8, or 1 u8 then id u64 and address str), 127 error
-//! (str).
+//! (opt leader id: 0 u8, or 1 u8 then id u64 and address str), 70 read
+//! index (index u64), 127 error (str).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,6 +78,9 @@ pub enum Request {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A batch a follower took in, for the leader to write.
     Forward(EncodedBatch),
+    /// A follower's linearizable read asks the leader for the index to
+    /// apply through first.
+    ReadIndex,
 }
 
 /// The answer to a [`Request`].
@@ -93,6 +97,9 @@ pub enum Response {
     },
     /// The peer does not lead; the leader it knows of, if any.
     NotLeader(Option<(NodeId, String)>),
+    /// The leader confirmed its leadership with a quorum: a read that
+    /// follows every write acknowledged so far applies through this index.
+    ReadIndex(u64),
     /// The peer could not serve the request (it is shutting down, say).
     Error(String),
 }
@@ -152,7 +159,7 @@ impl Writer {
     }
     fn entry(&mut self, entry: &Entry) {
         let (kind, payload) = match &entry.payload {
-            EntryPayload::Normal(batch) => (FrameKind::Batch, batch.0.payload().to_vec()),
+            EntryPayload::Normal(batch) => (batch.0.kind(), batch.0.payload().to_vec()),
             EntryPayload::Blank => (FrameKind::Blank, Vec::new()),
             EntryPayload::Membership(m) => (FrameKind::Membership, encode_membership(m)),
         };
@@ -215,7 +222,11 @@ pub fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             w.u64(*t.to_node_id());
             w.opt_log_id(t.last_log_id());
         }),
-        Request::Forward(batch) => message(5, id, |w| w.bytes(batch.payload())),
+        Request::Forward(batch) => {
+            let tag = if batch.key().is_some() { 6 } else { 5 };
+            message(tag, id, |w| w.bytes(batch.payload()))
+        }
+        Request::ReadIndex => message(7, id, |_| {}),
     }
 }
 
@@ -250,6 +261,7 @@ pub fn encode_response(id: u64, resp: &Response) -> Vec<u8> {
             w.u64(*start);
             w.u64(*end);
         }),
+        Response::ReadIndex(index) => message(70, id, |w| w.u64(*index)),
         Response::NotLeader(leader) => message(69, id, |w| match leader {
             None => w.u8(0),
             Some((node, addr)) => {
@@ -381,8 +393,9 @@ impl<'a> Reader<'a> {
         let payload_at = self.at + 4;
         let payload = self.bytes("entry payload")?;
         let payload = match kind {
-            1 => {
-                let batch = EncodedBatch::from_payload(payload)
+            1 | 4 => {
+                let kind = FrameKind::from_byte(kind).unwrap_or(FrameKind::Batch);
+                let batch = EncodedBatch::from_kind(kind, payload)
                     .map_err(|e| self.invalid_at(payload_at, "batch entry", e.to_string()))?;
                 EntryPayload::Normal(Batch::new(batch))
             }
@@ -500,13 +513,18 @@ pub fn decode_request(bytes: &[u8]) -> Result<(u64, Request)> {
                 vote, to, last,
             )))
         })?,
-        5 => r.whole(|r| {
+        5 | 6 => r.whole(|r| {
             let at = r.at + 4;
             let payload = r.bytes("forwarded batch")?;
-            let batch = EncodedBatch::from_payload(payload)
+            let kind = match tag {
+                6 => FrameKind::KeyedBatch,
+                _ => FrameKind::Batch,
+            };
+            let batch = EncodedBatch::from_kind(kind, payload)
                 .map_err(|e| r.invalid_at(at, "forwarded batch", e.to_string()))?;
             Ok(Request::Forward(batch))
         })?,
+        7 => r.whole(|_| Ok(Request::ReadIndex))?,
         other => {
             return Err(WireError::Invalid {
                 what: "request tag",
@@ -558,6 +576,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<(u64, Response)> {
             let end = r.u64("end seq")?;
             Ok(Response::Written { start, end })
         })?,
+        70 => r.whole(|r| Ok(Response::ReadIndex(r.u64("read index")?)))?,
         69 => r.whole(|r| {
             Ok(Response::NotLeader(if r.flag("leader known")? {
                 Some((r.u64("leader id")?, r.string("leader address")?))
@@ -775,6 +794,35 @@ mod tests {
         };
         assert_eq!(back.payload(), shipped.0.payload());
 
+        // A keyed batch keeps its kind and key, as an entry and forwarded.
+        let key = lode_codec::BatchKey {
+            producer: 77,
+            sequence: 3,
+        };
+        let keyed = (*shipped.0).clone().with_key(key).unwrap();
+        let (_, back) =
+            decode_request(&encode_request(3, &Request::Forward(keyed.clone()))).unwrap();
+        let Request::Forward(back) = back else {
+            panic!()
+        };
+        assert_eq!((back.key(), back.payload()), (Some(key), keyed.payload()));
+        let mut append = b.clone();
+        append.entries = vec![Entry::new(
+            log_id(5, 13),
+            EntryPayload::Normal(Batch::new(keyed)),
+        )];
+        let (_, back) = decode_request(&encode_request(4, &Request::Append(append))).unwrap();
+        let Request::Append(back) = back else {
+            panic!()
+        };
+        let EntryPayload::Normal(got) = &back.entries[0].payload else {
+            panic!()
+        };
+        assert_eq!(
+            (got.0.kind(), got.0.key()),
+            (FrameKind::KeyedBatch, Some(key))
+        );
+
         for resp in [
             Response::Append(AppendEntriesResponse::Success),
             Response::Append(AppendEntriesResponse::PartialSuccess(Some(log_id(1, 2)))),
@@ -783,6 +831,7 @@ mod tests {
             Response::Vote(VoteResponse::new(Vote::new(4, 2), None, true)),
             Response::TransferLeader(Err("vote changed".into())),
             Response::Written { start: 1, end: 26 },
+            Response::ReadIndex(812),
             Response::NotLeader(Some((3, "127.0.0.1:7430".into()))),
             Response::NotLeader(None),
             Response::Error("shutting down".into()),

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use lode_codec::{EncodedBatch, HEADER_LEN};
+use lode_codec::{EncodedBatch, FrameKind, HEADER_LEN};
 
 use crate::{ClientError, ClientOptions, Result};
 
@@ -182,7 +182,11 @@ impl Connection {
     /// of the room the batch reserved for the WAL's longer one.
     pub(crate) async fn send_append(&self, batch: EncodedBatch) -> Result<Stream> {
         let start = HEADER_LEN - FRAME_HEADER;
-        self.send(Kind::Append, batch.into_reserved(), start).await
+        let kind = match batch.kind() {
+            FrameKind::KeyedBatch => Kind::KeyedAppend,
+            _ => Kind::Append,
+        };
+        self.send(kind, batch.into_reserved(), start).await
     }
 
     pub(crate) async fn send_request(&self, request: &Request) -> Result<Stream> {

@@ -5,6 +5,8 @@
 //! `max_in_flight` requests are outstanding per connection: further calls
 //! wait, which is the back-pressure a fast producer needs. [`Batcher`]
 //! groups single records into batches and keeps several appends in flight.
+//! [`ClusterClient`] talks to several servers of a cluster and retries an
+//! append on the next one without ever writing it twice.
 //!
 //! ```no_run
 //! use lode_client::{Client, Filter};
@@ -21,6 +23,7 @@
 //! ```
 
 mod batcher;
+mod cluster;
 mod connection;
 
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batcher::Batcher;
+pub use cluster::{ClusterClient, RetryOptions};
 pub use lode_protocol::wire::{Filter, WireRecord};
 pub use lode_protocol::{ErrorCode, WireError};
 
@@ -292,6 +296,16 @@ impl Client {
         };
         match self.single(&request).await? {
             Response::Top { values } => Ok(values),
+            other => Err(server_error(other)),
+        }
+    }
+
+    /// Returns once a read on this client sees every write acknowledged
+    /// before the call, by any node of a cluster: the query that follows
+    /// is linearizable.
+    pub async fn read_barrier(&self) -> Result<()> {
+        match self.single(&Request::ReadBarrier).await? {
+            Response::Done => Ok(()),
             other => Err(server_error(other)),
         }
     }

@@ -91,6 +91,10 @@ pub enum Kind {
     Request = 2,
     /// An rkyv [`Response`].
     Response = 3,
+    /// A batch payload followed by its producer's 16-byte key
+    /// (`lode_codec::BatchKey`): a batch a cluster writes once however
+    /// often it is retried.
+    KeyedAppend = 4,
 }
 
 impl Kind {
@@ -99,6 +103,7 @@ impl Kind {
             1 => Ok(Kind::Append),
             2 => Ok(Kind::Request),
             3 => Ok(Kind::Response),
+            4 => Ok(Kind::KeyedAppend),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -264,6 +269,10 @@ pub enum Request {
     Cancel {
         id: u64,
     },
+    /// Answered by `Done` once a read on this connection sees every write
+    /// acknowledged before the barrier, by any node of a cluster (a
+    /// linearizable read: the barrier, then the query).
+    ReadBarrier,
 }
 
 /// Everything a server sends.

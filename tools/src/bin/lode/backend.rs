@@ -24,6 +24,19 @@ pub(crate) struct Target {
     /// Certificate to trust for quic:// (the server's DATA/tls/cert.pem).
     #[arg(long, default_value = "./lode-data/tls/cert.pem")]
     pub(crate) cert: PathBuf,
+    /// `linearizable`: the answer reflects every write acknowledged before
+    /// the command, on any node of a cluster (the leader confirms with a
+    /// quorum, the node asked catches up first). `local`: what the node
+    /// asked has applied and indexed.
+    #[arg(long, value_enum, default_value_t = Consistency::Local)]
+    pub(crate) consistency: Consistency,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Consistency {
+    Local,
+    Linearizable,
 }
 
 /// One page of results.
@@ -39,6 +52,17 @@ pub(crate) enum Backend {
 
 impl Backend {
     pub(crate) async fn connect(target: &Target) -> Result<Backend, CliError> {
+        let backend = Backend::connect_to(target).await?;
+        if target.consistency == Consistency::Linearizable {
+            match &backend {
+                Backend::Remote(client) => client.read_barrier().await?,
+                Backend::Local(service) => service.linearize().await?,
+            }
+        }
+        Ok(backend)
+    }
+
+    async fn connect_to(target: &Target) -> Result<Backend, CliError> {
         if let Some(data) = &target.data {
             return open_local(data).await;
         }
