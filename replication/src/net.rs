@@ -327,6 +327,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             stream: None,
             next_id: 1,
+            busy: false,
         }
     }
 }
@@ -340,6 +341,11 @@ pub(crate) struct PeerClient {
     /// The stream and the connection it is on.
     stream: Option<(quinn::SendStream, quinn::RecvStream, quinn::Connection)>,
     next_id: u64,
+    /// A call is under way on the stream. Still set when the next call
+    /// starts, the last one was dropped by its caller before its answer
+    /// (openraft times heartbeats out so): that answer may still come, so
+    /// the stream is given up.
+    busy: bool,
 }
 
 impl PeerClient {
@@ -347,7 +353,11 @@ impl PeerClient {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = wire::encode_request(id, request);
+        if std::mem::replace(&mut self.busy, true) {
+            self.stream = None;
+        }
         let outcome = tokio::time::timeout(ttl, self.exchange(&bytes)).await;
+        self.busy = false;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(_) => Err(unreachable(format!(

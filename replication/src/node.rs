@@ -81,6 +81,93 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
 pub(crate) struct Writes {
     pub(crate) raft: Raft,
     keys: Arc<Keys>,
+    /// Unkeyed batches on their way to be proposed, merged when many wait.
+    merge: tokio::sync::mpsc::Sender<Waiting>,
+}
+
+/// An unkeyed batch waiting to be proposed, and where its seqs go.
+type Waiting = (EncodedBatch, tokio::sync::oneshot::Sender<Result<SeqRange>>);
+
+/// Merged entries in flight at most; batches arriving meanwhile wait and
+/// are merged into the next entry (group commit at the log's level: a
+/// Raft entry costs the same to replicate, sync and apply with one record
+/// or thousands).
+const MERGED_IN_FLIGHT: usize = 4;
+/// The most one merged entry holds (a batch larger alone goes alone).
+const MERGE_RECORDS: usize = 16_384;
+const MERGE_BYTES: usize = 4 << 20;
+/// Unkeyed batches waiting to be proposed at most (then submitters wait).
+const MERGE_QUEUE: usize = 65_536;
+
+/// The same error for each of several waiters.
+fn echo(e: &Error) -> Error {
+    match e {
+        Error::NotLeader { node, leader } => Error::NotLeader {
+            node: *node,
+            leader: leader.clone(),
+        },
+        Error::Config(reason) => Error::Config(reason.clone()),
+        other => Error::Raft(other.to_string()),
+    }
+}
+
+/// Proposes the unkeyed batches `Writes::queue` hands over, in the order
+/// they came: alone when the log keeps up, merged into one entry (their
+/// records in order, each batch answered with its own seqs) when
+/// `MERGED_IN_FLIGHT` entries already wait for their commit.
+async fn merge_loop(writes: Writes, mut waiting: tokio::sync::mpsc::Receiver<Waiting>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MERGED_IN_FLIGHT));
+    while let Some(first) = waiting.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut records = first.0.count() as usize;
+        let mut bytes = first.0.frame_len();
+        let mut group = vec![first];
+        while records < MERGE_RECORDS && bytes < MERGE_BYTES {
+            let Ok(next) = waiting.try_recv() else {
+                break;
+            };
+            records += next.0.count() as usize;
+            bytes += next.0.frame_len();
+            group.push(next);
+        }
+        let counts: Vec<u64> = group.iter().map(|(b, _)| u64::from(b.count())).collect();
+        let (batches, senders): (Vec<EncodedBatch>, Vec<_>) = group.into_iter().unzip();
+        let merged = match <[EncodedBatch; 1]>::try_from(batches) {
+            Ok([one]) => Ok(one),
+            Err(many) => EncodedBatch::concat(&many.iter().collect::<Vec<_>>())
+                .map_err(|e| Error::Raft(format!("merging batches: {e}"))),
+        };
+        let pending = match merged {
+            Ok(batch) => writes.propose(batch, None).await,
+            Err(e) => Err(e),
+        };
+        tokio::spawn(async move {
+            let outcome = match pending {
+                Ok(pending) => pending.wait().await,
+                Err(e) => Err(e),
+            };
+            drop(slot);
+            match outcome {
+                Ok(seqs) => {
+                    let mut start = seqs.start;
+                    for (sender, n) in senders.into_iter().zip(counts) {
+                        let _ = sender.send(Ok(SeqRange {
+                            start,
+                            end: start + n,
+                        }));
+                        start += n;
+                    }
+                }
+                Err(e) => {
+                    for sender in senders {
+                        let _ = sender.send(Err(echo(&e)));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// How often a retried batch waiting for its first try checks that this
@@ -111,7 +198,7 @@ impl Writes {
             });
         }
         let Some(key) = batch.key() else {
-            return Ok(self.propose(batch, None).await);
+            return Ok(self.queue_unkeyed(batch).await);
         };
         Ok(match self.keys.claim(key) {
             Claim::Propose => self.propose(batch, Some(key)).await,
@@ -123,6 +210,19 @@ impl Writes {
                 })))
             }
         })
+    }
+
+    /// Hands an unkeyed batch to the merging queue, in order.
+    async fn queue_unkeyed(&self, batch: EncodedBatch) -> Result<PendingWrite> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.merge
+            .send((batch, tx))
+            .await
+            .map_err(|_| Error::Raft("the node stopped".to_owned()))?;
+        Ok(PendingWrite(Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Raft("the node stopped".to_owned())))
+        })))
     }
 
     /// Hands a batch to Raft (a keyed one claimed for it); the wait
@@ -377,7 +477,9 @@ pub struct ClusterNode {
     writes: Writes,
     network: Network,
     engine: Arc<Engine>,
-    serve: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The peer endpoint's server and the merging queue, stopped at
+    /// shutdown.
+    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 2]>>,
 }
 
 impl ClusterNode {
@@ -407,10 +509,13 @@ impl ClusterNode {
         let raft = Raft::new(config.node_id, config.raft_config()?, factory, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        let (merge, waiting) = tokio::sync::mpsc::channel(MERGE_QUEUE);
         let writes = Writes {
             raft: raft.clone(),
             keys,
+            merge,
         };
+        let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
         let serve = tokio::spawn(network.clone().serve(writes.clone()));
         let initialized = raft
             .is_initialized()
@@ -432,7 +537,7 @@ impl ClusterNode {
             writes,
             network,
             engine,
-            serve: std::sync::Mutex::new(Some(serve)),
+            tasks: std::sync::Mutex::new(Some([serve, merging])),
         })
     }
 
@@ -715,17 +820,19 @@ impl ClusterNode {
     /// returns); the engine stays open for its owner to close. Calling it
     /// again does nothing.
     pub async fn shutdown(&self) -> Result<()> {
-        let serve = self
-            .serve
+        let tasks = self
+            .tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let Some(serve) = serve else {
+        let Some(tasks) = tasks else {
             return Ok(());
         };
         let stopped = self.raft.shutdown().await;
-        serve.abort();
-        let _ = serve.await;
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
         self.network.close().await;
         stopped.map_err(|e| Error::Raft(e.to_string()))
     }

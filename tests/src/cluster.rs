@@ -39,6 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[ignore = "a child process of the cluster tests"]
 fn node_child() {
     let spec = std::env::var(NODE_VAR).expect("node spec");
+    crate::die_with_parent();
     let parts: Vec<&str> = spec.split(';').collect();
     let [id, peers, tls, data, tcp, http] = parts[..] else {
         panic!("bad spec {spec}");

@@ -308,6 +308,7 @@ mod bulk {
         let (Ok(dir), Ok(file)) = (std::env::var(DIR_VAR), std::env::var(FILE_VAR)) else {
             return;
         };
+        crate::die_with_parent();
         let mut sink = EngineSink::open(Path::new(&dir), 2).unwrap();
         println!("ready");
         import::import(

@@ -8,6 +8,19 @@ use lode_engine::{Level, LogRecord};
 
 /// The record a test writes at `seq`: a pure function of `seq`, so a
 /// reader can check any record it finds without knowing what was acked.
+/// Makes this process (a test's child: a server, a node, an importer)
+/// die with the test thread that started it, so that a test that ends
+/// any way at all, a panic during a drop or a harness that exits
+/// included, leaves no process behind.
+#[cfg(test)]
+pub(crate) fn die_with_parent() {
+    #[allow(unsafe_code)]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no
+    // memory of ours.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    assert_eq!(set, 0, "prctl(PR_SET_PDEATHSIG)");
+}
+
 pub fn record_for(seq: u64) -> LogRecord {
     let levels = [
         Level::Trace,

@@ -490,6 +490,7 @@ fn index_child() {
     let Ok(dir) = std::env::var(DIR_VAR) else {
         return;
     };
+    crate::die_with_parent();
     let (engine, _index) = open_both(Path::new(&dir), false);
     let mut corpus = Corpus::new(engine.stats().next_seq);
     println!("ready");

@@ -583,6 +583,7 @@ fn server_child() {
     let Ok(dir) = std::env::var(DIR_VAR) else {
         return;
     };
+    crate::die_with_parent();
     runtime().block_on(async {
         let config = Config {
             quic: None,

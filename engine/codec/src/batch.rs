@@ -72,6 +72,11 @@ fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
 }
 
 impl<'a> BatchView<'a> {
+    /// The records' bytes and the end offsets (u32 LE each), as stored.
+    pub(crate) fn parts(&self) -> (&'a [u8], &'a [u8]) {
+        (self.records, self.ends)
+    }
+
     /// Validates the trailer of `payload`: sizes, and record end offsets
     /// that rise and end exactly where the trailer starts.
     pub fn parse(payload: &'a [u8]) -> Result<BatchView<'a>> {

@@ -290,14 +290,82 @@ impl EncodedBatch {
     /// appended or shipped again: the trailer is read for count and time
     /// range, the records are not checked again.
     pub fn from_frame(frame: &Frame<'_>) -> Result<EncodedBatch> {
-        let mut batch = EncodedBatch::without_records(FrameKind::Blank, frame.payload)?;
-        batch.kind = frame.kind;
-        if frame.kind.holds_records() {
-            let view = frame.batch()?;
+        EncodedBatch::from_log(frame.kind, frame.payload)
+    }
+
+    /// A frame of `kind` that another node's log holds (checked there
+    /// when its client sent it, and by the peer link's authenticated
+    /// encryption on the way): the trailer is read for count and time
+    /// range, the records are checked when read, as for a frame the log
+    /// recovers.
+    pub fn from_log(kind: FrameKind, payload: &[u8]) -> Result<EncodedBatch> {
+        let mut batch = EncodedBatch::without_records(FrameKind::Blank, payload)?;
+        batch.kind = kind;
+        if kind.holds_records() {
+            let view = BatchView::parse(batch_part(kind, payload)?)?;
             batch.count = view.len() as u32;
             (batch.min_ts, batch.max_ts) = view.ts_range();
         }
         Ok(batch)
+    }
+
+    /// One batch of the records of `batches`, in order (their bytes
+    /// copied once, not re-encoded): what a leader writes as one log entry
+    /// for many small batches that arrived together. Only unkeyed batches
+    /// merge.
+    pub fn concat(batches: &[&EncodedBatch]) -> Result<EncodedBatch> {
+        let mut views = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if batch.kind != FrameKind::Batch {
+                return Err(CodecError::Invalid(format!(
+                    "only plain batches merge, not {:?}",
+                    batch.kind
+                )));
+            }
+            views.push(BatchView::parse(batch.payload())?);
+        }
+        let records: usize = views.iter().map(|v| v.parts().0.len()).sum();
+        let count: usize = views.iter().map(BatchView::len).sum();
+        let count = u32::try_from(count).map_err(|_| CodecError::BatchTooLarge { count })?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + records + 4 * count as usize + 20);
+        bytes.resize(HEADER_LEN, 0);
+        for view in &views {
+            bytes.extend_from_slice(view.parts().0);
+        }
+        let mut offset = 0u32;
+        for view in &views {
+            let (data, ends) = view.parts();
+            for end in ends
+                .chunks_exact(4)
+                .filter_map(|e| <[u8; 4]>::try_from(e).ok())
+            {
+                let end = u32::from_le_bytes(end) + offset;
+                bytes.extend_from_slice(&end.to_le_bytes());
+            }
+            offset += data.len() as u32;
+        }
+        let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+        for view in views.iter().filter(|v| !v.is_empty()) {
+            let (lo, hi) = view.ts_range();
+            (min_ts, max_ts) = (min_ts.min(lo), max_ts.max(hi));
+        }
+        if count == 0 {
+            (min_ts, max_ts) = (0, 0);
+        }
+        bytes.extend_from_slice(&min_ts.to_le_bytes());
+        bytes.extend_from_slice(&max_ts.to_le_bytes());
+        bytes.extend_from_slice(&count.to_le_bytes());
+        let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
+        check_payload_len(payload.len())?;
+        let payload_crc = crc32c::crc32c(payload);
+        Ok(EncodedBatch {
+            kind: FrameKind::Batch,
+            bytes,
+            payload_crc,
+            count,
+            min_ts,
+            max_ts,
+        })
     }
 
     /// What the frame carries.
@@ -511,6 +579,29 @@ mod tests {
         damaged[3] ^= 0xff;
         damaged[20] ^= 0xff;
         assert!(EncodedBatch::from_payload(&damaged).is_err());
+    }
+
+    #[test]
+    fn batches_concatenate_into_one_with_their_records_in_order() {
+        let all = records(7);
+        let a = EncodedBatch::encode(&all[..3]).unwrap();
+        let b = EncodedBatch::encode(&all[3..3]).unwrap();
+        let c = EncodedBatch::encode(&all[3..]).unwrap();
+        let merged = EncodedBatch::concat(&[&a, &b, &c]).unwrap();
+        let whole = EncodedBatch::encode(&all).unwrap();
+        assert_eq!(merged.payload(), whole.payload(), "as if encoded together");
+        assert_eq!((merged.count(), merged.ts_range()), (7, (0, 6000)));
+        let mut merged = merged;
+        let mut whole = whole;
+        assert_eq!(merged.seal(1, 2), whole.seal(1, 2));
+        let keyed = a
+            .clone()
+            .with_key(BatchKey {
+                producer: 1,
+                sequence: 1,
+            })
+            .unwrap();
+        assert!(EncodedBatch::concat(&[&a, &keyed]).is_err());
     }
 
     #[test]

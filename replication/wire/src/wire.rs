@@ -158,14 +158,20 @@ impl Writer {
         }
     }
     fn entry(&mut self, entry: &Entry) {
-        let (kind, payload) = match &entry.payload {
-            EntryPayload::Normal(batch) => (batch.0.kind(), batch.0.payload().to_vec()),
-            EntryPayload::Blank => (FrameKind::Blank, Vec::new()),
-            EntryPayload::Membership(m) => (FrameKind::Membership, encode_membership(m)),
+        let kind = match &entry.payload {
+            EntryPayload::Normal(batch) => batch.0.kind(),
+            EntryPayload::Blank => FrameKind::Blank,
+            EntryPayload::Membership(_) => FrameKind::Membership,
         };
         self.u8(kind as u8);
         self.log_id(&entry.log_id);
-        self.bytes(&payload);
+        match &entry.payload {
+            // A batch's bytes go straight from the shared frame into the
+            // message.
+            EntryPayload::Normal(batch) => self.bytes(batch.0.payload()),
+            EntryPayload::Blank => self.bytes(&[]),
+            EntryPayload::Membership(m) => self.bytes(&encode_membership(m)),
+        }
     }
 }
 
@@ -209,6 +215,17 @@ pub fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::Vote(v) => message(1, id, |w| vote_request(w, v)),
         Request::PreVote(v) => message(2, id, |w| vote_request(w, v)),
         Request::Append(a) => message(3, id, |w| {
+            // Room for every batch at once: no regrowth of a message of
+            // megabytes.
+            let payloads: usize = a
+                .entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Normal(batch) => batch.0.payload().len() + 21,
+                    _ => 64,
+                })
+                .sum();
+            w.0.reserve(payloads + 64);
             w.vote(&a.vote);
             w.opt_log_id(a.prev_log_id.as_ref());
             w.opt_log_id(a.leader_commit.as_ref());
@@ -395,7 +412,10 @@ impl<'a> Reader<'a> {
         let payload = match kind {
             1 | 4 => {
                 let kind = FrameKind::from_byte(kind).unwrap_or(FrameKind::Batch);
-                let batch = EncodedBatch::from_kind(kind, payload)
+                // The leader's log holds it, checked whole when its client
+                // sent it; here its structure is checked, and its records
+                // when read, as for a frame the log recovers.
+                let batch = EncodedBatch::from_log(kind, payload)
                     .map_err(|e| self.invalid_at(payload_at, "batch entry", e.to_string()))?;
                 EntryPayload::Normal(Batch::new(batch))
             }

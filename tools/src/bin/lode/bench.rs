@@ -23,19 +23,19 @@ use crate::CliError;
 pub(crate) struct BenchArgs {
     /// Records ingested by each transport in each run.
     #[arg(long, default_value_t = 1_000_000)]
-    records: usize,
+    pub(crate) records: usize,
     /// Records per batch (binary) or per HTTP request.
     #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Batches in flight at once, embedded and over the wire alike.
     #[arg(long, default_value_t = 8)]
-    window: usize,
+    pub(crate) window: usize,
     /// Connections the binary ingest spreads its batches over.
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Runs; figures are medians.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Round trips per query for the latency figures.
     #[arg(long, default_value_t = 300)]
     queries: usize,
@@ -44,11 +44,24 @@ pub(crate) struct BenchArgs {
     http_connections: usize,
     /// Where the data directories go (a temporary directory by default).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
+    /// Benchmark a cluster of this many nodes on this machine instead:
+    /// batched ingest beside one node, CPU per record per node, and
+    /// single-record appends from --clients clients beside an etcd cluster
+    /// of as many members (if `etcd` is installed).
+    #[arg(long)]
+    pub(crate) cluster: Option<usize>,
+    /// Concurrent single-record writers, each with its own connection
+    /// (--cluster).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) clients: usize,
+    /// Seconds of single-record writes per system (--cluster).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: u64,
     /// Priority of sealing and indexing, embedded and in the server alike:
     /// idle, nice:N or normal (the config key storage.background).
     #[arg(long, default_value = "idle")]
-    background: String,
+    pub(crate) background: String,
 }
 
 /// Queries timed over the wire and in process: name, query, kind.
@@ -75,6 +88,9 @@ struct Figures {
 
 pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     check_args(&args)?;
+    if let Some(nodes) = args.cluster {
+        return crate::bench_cluster::bench_cluster(&args, nodes).await;
+    }
     let temp;
     let root = match &args.dir {
         Some(dir) => dir.clone(),
@@ -225,7 +241,7 @@ async fn embedded(
 
 /// Sends every batch, round robin over `clients`, `window` in flight in
 /// all; records per second acknowledged (durable on the server).
-async fn remote_ingest(
+pub(crate) async fn remote_ingest(
     clients: &[Client],
     batches: &Arc<Vec<Vec<LogRecord>>>,
     window: usize,
@@ -411,9 +427,29 @@ fn read_http_response(reader: &mut BufReader<TcpStream>) -> Result<String, Strin
 
 /// Starts `lode serve` on a fresh directory with only the listener asked
 /// for; returns the child and what it printed about its listeners.
-fn start_server(
+pub(crate) fn start_server(
     dir: &Path,
     listener: [&str; 2],
+    background: &str,
+) -> Result<(ServerChild, String), CliError> {
+    let mut args = Vec::new();
+    for flag in ["--listen", "--quic", "--http", "--syslog"] {
+        let value = if flag == listener[0] {
+            listener[1]
+        } else {
+            "off"
+        };
+        args.extend([flag.to_owned(), value.to_owned()]);
+    }
+    spawn_serve(dir, &args, background)
+}
+
+/// Starts `lode serve ARGS` on a fresh directory `dir`, sealing and
+/// indexing at `background`; returns the child and what it printed about
+/// its listeners.
+pub(crate) fn spawn_serve(
+    dir: &Path,
+    args: &[String],
     background: &str,
 ) -> Result<(ServerChild, String), CliError> {
     let exe = std::env::current_exe()?;
@@ -424,23 +460,17 @@ fn start_server(
         // `background` was checked by `check_args`: a plain word.
         format!("[storage]\nbackground = \"{background}\"\n"),
     )?;
-    let mut args = vec!["serve"];
-    for flag in ["--listen", "--quic", "--http", "--syslog"] {
-        let value = if flag == listener[0] {
-            listener[1]
-        } else {
-            "off"
-        };
-        args.extend([flag, value]);
-    }
     let mut child = ServerChild(
         Command::new(exe)
-            .args(&args)
+            .arg("serve")
+            .args(args)
             .arg("--data")
             .arg(dir)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            // openraft's warnings of slow heartbeats under a benchmark's
+            // load are not the figures.
+            .env("RUST_LOG", "warn,openraft=error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?,
@@ -457,7 +487,7 @@ fn start_server(
         printed.push_str(&line);
         printed.push('\n');
         if line.starts_with("  ") {
-            // One listener per run: its line is the one we need.
+            // Its first listener line: the server is up.
             std::thread::spawn(move || lines.for_each(drop));
             return Ok((child, printed));
         }
@@ -490,7 +520,7 @@ fn check_args(args: &BenchArgs) -> Result<(), CliError> {
 }
 
 /// The value after `name` on the server's listener line.
-fn field(printed: &str, name: &str) -> Result<String, CliError> {
+pub(crate) fn field(printed: &str, name: &str) -> Result<String, CliError> {
     printed
         .lines()
         .filter(|line| line.starts_with("  "))
@@ -537,7 +567,7 @@ fn report_cpu(args: &BenchArgs, f: &Figures) {
 }
 
 /// A `lode serve` child, killed when dropped (on errors too).
-struct ServerChild(Child);
+pub(crate) struct ServerChild(pub(crate) Child);
 
 impl Drop for ServerChild {
     fn drop(&mut self) {
@@ -546,10 +576,10 @@ impl Drop for ServerChild {
     }
 }
 
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir, CliError> {
+    pub(crate) fn new() -> Result<TempDir, CliError> {
         let dir = std::env::temp_dir().join(format!("lode-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(TempDir(dir))
@@ -628,7 +658,7 @@ fn report(args: &BenchArgs, f: &mut Figures) {
 /// trimmed, the server's prefixed with `server `) and scheduling class,
 /// from `/proc/PID/task/TID/schedstat` (ns on a CPU) and `stat`.
 #[derive(Debug, Clone, Default)]
-struct Cpu(HashMap<(String, bool), u64>);
+pub(crate) struct Cpu(pub(crate) HashMap<(String, bool), u64>);
 
 /// `SCHED_IDLE`: the policy of sealing and indexing (`--background idle`).
 const SCHED_IDLE: u32 = 5;
@@ -636,7 +666,7 @@ const SCHED_IDLE: u32 = 5;
 impl Cpu {
     /// The CPU time so far of this process's threads and those of
     /// `server` (a child process).
-    fn now(server: Option<u32>) -> Cpu {
+    pub(crate) fn now(server: Option<u32>) -> Cpu {
         let mut cpu = Cpu::default();
         cpu.add(std::process::id(), "");
         if let Some(pid) = server {
@@ -663,7 +693,7 @@ impl Cpu {
 
     /// What ran since `before` (a thread that ended in between counts
     /// nothing).
-    fn since(&self, before: &Cpu) -> Cpu {
+    pub(crate) fn since(&self, before: &Cpu) -> Cpu {
         let mut out = Cpu::default();
         for (key, &ns) in &self.0 {
             let earlier = before.0.get(key).copied().unwrap_or(0);
@@ -705,7 +735,7 @@ impl Cpu {
     }
 }
 
-fn us_per_record(ns: u64, records: usize) -> f64 {
+pub(crate) fn us_per_record(ns: u64, records: usize) -> f64 {
     ns as f64 / 1e3 / records.max(1) as f64
 }
 

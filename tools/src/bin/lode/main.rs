@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_cluster;
 mod bulk;
 mod cluster;
 mod output;
@@ -30,15 +31,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// pinned libmimalloc-sys 0.1.49; the crate exports no name for it).
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// mimalloc's `mi_option_allow_thp`, likewise.
+const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+
 /// Freed pages are given back to the OS after a second instead of 10 ms:
 /// import frees and reallocates large buffers (chunks, batches) faster
 /// than that, and refaulting them cost 11% of its CPU in `clear_page`
 /// (perf; 1M lines: 1.09-1.14 s -> 0.81-0.94 s).
+///
+/// No transparent huge pages: mimalloc asks for them on its arenas, and
+/// a page purged then touched again faults back as 2 MiB zeroed at once.
+/// A cluster leader under single-record writes spent 20% of its CPU in
+/// `clear_page_erms` under `do_huge_pmd_anonymous_page` (perf); without
+/// them its CPU per record in batched ingest fell from 3.1-4.0 us to
+/// 1.8-2.3 us, and a single node's from 1.0-1.4 us to 0.4-0.9 us
+/// (`lode bench --cluster 3`, two runs each, alternating).
 #[allow(unsafe_code)]
 fn tune_allocator() {
     // SAFETY: mi_option_set only stores an integer option; it is called
     // once, before the threads that allocate are started.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 1000) };
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 1000);
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+    }
 }
 
 /// lode: a log database. Takes in logs over its binary protocol, HTTP
