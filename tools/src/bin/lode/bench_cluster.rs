@@ -129,7 +129,7 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
 
         let addrs: Vec<String> = cluster.tcp.values().cloned().collect();
         let entries_before = cluster.last_index(leader).await;
-        figures.lode_writes = lode_single_writes(&addrs, args, &records).await;
+        figures.lode_writes = single_writes::<Client>(&addrs, args, &records).await;
         let entries = cluster
             .last_index(leader)
             .await
@@ -148,7 +148,7 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
         if let Some(etcd) = &etcd {
             let members = EtcdCluster::start(etcd, &dir.join("etcd"), nodes)?;
             members.healthy(Duration::from_secs(30)).await?;
-            let w = etcd_single_writes(&members.clients, args, &records).await;
+            let w = single_writes::<EtcdWriter>(&members.clients, args, &records).await;
             eprintln!(
                 "  etcd, {} clients  {:>12.0} writes/s, p50 {:.1} ms, p99 {:.1} ms",
                 args.clients, w.per_sec, w.p50_ms, w.p99_ms
@@ -303,9 +303,67 @@ fn summarize(
     }
 }
 
-/// Runs `clients` writers for `seconds`, each its own connection to
-/// `addrs[i % len]`, each write one record acknowledged (committed).
-async fn lode_single_writes(
+/// One writer's connection: writes one record and returns once the system
+/// acknowledged it.
+trait Writer: Sized + Send + 'static {
+    fn open(addr: String, writer: usize) -> impl Future<Output = Result<Self, String>> + Send;
+    fn write(&mut self, record: &LogRecord) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// lode: an append of one record over the binary protocol.
+impl Writer for Client {
+    async fn open(addr: String, _: usize) -> Result<Client, String> {
+        Client::connect_tcp(&addr).await.map_err(|e| e.to_string())
+    }
+
+    async fn write(&mut self, record: &LogRecord) -> Result<(), String> {
+        self.append(std::slice::from_ref(record))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// etcd: a put of the record's JSON line under the writer's own key.
+struct EtcdWriter {
+    conn: HttpConnection,
+    key: String,
+}
+
+impl Writer for EtcdWriter {
+    async fn open(addr: String, writer: usize) -> Result<EtcdWriter, String> {
+        Ok(EtcdWriter {
+            conn: HttpConnection::open(&addr)
+                .await
+                .map_err(|e| e.to_string())?,
+            key: base64(format!("writer-{writer}").as_bytes()),
+        })
+    }
+
+    async fn write(&mut self, record: &LogRecord) -> Result<(), String> {
+        let mut line = Vec::new();
+        to_json_line(None, record, &mut line);
+        let body = format!(
+            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+            self.key,
+            base64(&line)
+        );
+        let answer = self
+            .conn
+            .post("/v3/kv/put", &body)
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.contains("\"header\"") {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    }
+}
+
+/// Runs `args.clients` writers for `args.seconds`, each its own
+/// connection to `addrs[i % len]`, each write one record acknowledged.
+async fn single_writes<W: Writer>(
     addrs: &[String],
     args: &BenchArgs,
     records: &Arc<Vec<LogRecord>>,
@@ -320,9 +378,9 @@ async fn lode_single_writes(
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut first = None;
-            let client = match Client::connect_tcp(&addr).await {
-                Ok(client) => client,
-                Err(e) => return (latencies, 1, Some(e.to_string())),
+            let mut writer = match W::open(addr, c).await {
+                Ok(writer) => writer,
+                Err(e) => return (latencies, 1, Some(e)),
             };
             let mut i = c;
             while Instant::now() < deadline {
@@ -331,11 +389,11 @@ async fn lode_single_writes(
                 };
                 i += 7919;
                 let at = Instant::now();
-                match client.append(std::slice::from_ref(record)).await {
-                    Ok(_) => latencies.push(at.elapsed()),
+                match writer.write(record).await {
+                    Ok(()) => latencies.push(at.elapsed()),
                     Err(e) => {
                         errors += 1;
-                        first.get_or_insert_with(|| e.to_string());
+                        first.get_or_insert(e);
                     }
                 }
             }
@@ -432,58 +490,6 @@ impl EtcdCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// Runs `clients` writers for `seconds` against etcd, each its own
-/// HTTP/1.1 connection to `addrs[i % len]`, each write one put of the
-/// next record's JSON line under the writer's own key.
-async fn etcd_single_writes(
-    addrs: &[String],
-    args: &BenchArgs,
-    records: &Arc<Vec<LogRecord>>,
-) -> Writes {
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.clients {
-        let addr = addrs.get(c % addrs.len()).cloned().unwrap_or_default();
-        let records = Arc::clone(records);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let mut first = None;
-            let mut conn = match HttpConnection::open(&addr).await {
-                Ok(conn) => conn,
-                Err(e) => return (latencies, 1, Some(e.to_string())),
-            };
-            let key = base64(format!("writer-{c}").as_bytes());
-            let mut i = c;
-            while Instant::now() < deadline {
-                let mut line = Vec::new();
-                let Some(record) = records.get(i % records.len()) else {
-                    break;
-                };
-                to_json_line(None, record, &mut line);
-                let value = base64(&line);
-                i += 7919;
-                let body = format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}");
-                let at = Instant::now();
-                match conn.post("/v3/kv/put", &body).await {
-                    Ok(answer) if answer.contains("\"header\"") => latencies.push(at.elapsed()),
-                    Ok(answer) => {
-                        errors += 1;
-                        first.get_or_insert(answer);
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        first.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            (latencies, errors, first)
-        }));
-    }
-    collect(tasks, started).await
 }
 
 /// Standard base64 with padding (etcd's JSON gateway takes bytes so).
