@@ -86,12 +86,23 @@ struct Node {
     data: PathBuf,
     tcp: SocketAddr,
     http: SocketAddr,
+    /// The network namespace the node runs in, if not this one.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
 impl Node {
     fn start(&mut self) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .args([
                 "cluster::node_child",
                 "--exact",
@@ -157,19 +168,40 @@ struct Cluster3 {
     nodes: BTreeMap<u64, Node>,
 }
 
+/// Where node `id` runs: its peer (UDP), binary (TCP) and HTTP addresses
+/// and its network namespace.
+struct Placement {
+    peer: SocketAddr,
+    tcp: SocketAddr,
+    http: SocketAddr,
+    netns: Option<String>,
+}
+
 impl Cluster3 {
+    /// Three nodes on loopback.
     fn start() -> Cluster3 {
+        Cluster3::start_placed(|_| Placement {
+            peer: free_udp(),
+            tcp: free_tcp(),
+            http: free_tcp(),
+            netns: None,
+        })
+    }
+
+    fn start_placed(place: impl Fn(u64) -> Placement) -> Cluster3 {
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
         let ids: Vec<(u64, Vec<String>)> = (1..=NODES).map(|id| (id, Vec::new())).collect();
         lode_replication::tls::init_cluster(&tls, &ids).unwrap();
-        let peers: Vec<String> = (1..=NODES)
-            .map(|id| format!("{id}={}", free_udp()))
+        let placed: BTreeMap<u64, Placement> = (1..=NODES).map(|id| (id, place(id))).collect();
+        let peers: Vec<String> = placed
+            .iter()
+            .map(|(id, p)| format!("{id}={}", p.peer))
             .collect();
         let mut nodes = BTreeMap::new();
-        for id in 1..=NODES {
+        for (id, placement) in placed {
             let data = dir.path().join(format!("node-{id}"));
-            let (tcp, http) = (free_tcp(), free_tcp());
+            let (tcp, http) = (placement.tcp, placement.http);
             let spec = format!(
                 "{id};{};{};{};{tcp};{http}",
                 peers.join(","),
@@ -181,6 +213,7 @@ impl Cluster3 {
                 data,
                 tcp,
                 http,
+                netns: placement.netns,
                 child: None,
             };
             node.start();
@@ -651,4 +684,222 @@ fn a_paused_leader_steps_down_and_the_majority_goes_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
     check_settled_cluster(&mut cluster, &acked, &sent);
+}
+
+/// Three network namespaces, one per node, each with a veth to a bridge in
+/// this namespace (where the test's clients run); deleted when dropped.
+/// A node is cut off by taking its link down: nothing reaches it, nothing
+/// leaves it, from its peers or its clients.
+struct Netns {
+    tag: String,
+    subnet: u32,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let pid = std::process::id();
+        let netns = Netns {
+            tag: format!("l{}", pid % 100_000),
+            subnet: 64 + pid % 128,
+        };
+        let bridge = netns.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{}.254/24", netns.subnet),
+            "dev",
+            &bridge,
+        ])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for id in 1..=NODES {
+            let (ns, veth) = (netns.name(id), netns.veth(id));
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+            let addr = format!("{}/24", netns.addr(id));
+            ip(&[
+                "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", "eth0",
+            ])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(netns)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    fn name(&self, id: u64) -> String {
+        format!("{}n{id}", self.tag)
+    }
+
+    fn veth(&self, id: u64) -> String {
+        format!("{}v{id}", self.tag)
+    }
+
+    fn addr(&self, id: u64) -> std::net::IpAddr {
+        std::net::IpAddr::from([10, 213, self.subnet as u8, id as u8])
+    }
+
+    fn placement(&self, id: u64) -> Placement {
+        let at = |port| SocketAddr::new(self.addr(id), port);
+        Placement {
+            peer: at(7410),
+            tcp: at(7400),
+            http: at(7401),
+            netns: Some(self.name(id)),
+        }
+    }
+
+    fn cut(&self, id: u64) {
+        ip(&["link", "set", &self.veth(id), "down"]).unwrap();
+    }
+
+    fn heal(&self, id: u64) {
+        ip(&["link", "set", &self.veth(id), "up"]).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for id in 1..=NODES {
+            let _ = ip(&["netns", "del", &self.name(id)]);
+            let _ = ip(&["link", "del", &self.veth(id)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// A leader cut off from its followers and its clients (network
+/// namespaces, its link down): it acknowledges nothing, the other two
+/// elect a leader and go on taking writes, and once the link is back the
+/// old leader steps down and all three hold the same log.
+#[test]
+fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
+    let started = Instant::now();
+    let netns = Netns::create().unwrap_or_else(|e| {
+        panic!("this test makes network namespaces (root and iproute2 needed): {e}")
+    });
+    let mut cluster = Cluster3::start_placed(|id| netns.placement(id));
+    let old = cluster
+        .leader(Duration::from_secs(20))
+        .expect("a first leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = cluster.clients(0, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A client of the old leader alone, connected before the cut.
+    let probe_addr = cluster.nodes[&old].tcp.to_string();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let probe = std::thread::spawn(move || {
+        runtime().block_on(async {
+            let client = lode_client::Client::connect_tcp(&probe_addr).await.unwrap();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            let batch: Vec<LogRecord> = (9_000_000_000..9_000_000_005).map(tagged).collect();
+            tokio::time::timeout(Duration::from_secs(4), client.append(&batch)).await
+        })
+    });
+    ready.recv().unwrap();
+    netns.cut(old);
+    let cut_at = Instant::now();
+    go.send(()).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let views: Vec<Option<u64>> = cluster
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != old)
+            .map(|(_, n)| n.status().and_then(|s| s["leader"].as_u64()))
+            .collect();
+        if let Some(Some(leader)) = views.first()
+            && *leader != old
+            && views.iter().all(|v| *v == Some(*leader))
+        {
+            break *leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority elected no leader: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "node {new} leads {:?} after node {old} was cut off",
+        cut_at.elapsed()
+    );
+    let probed = probe.join().unwrap();
+    assert!(
+        !matches!(probed, Ok(Ok(_))),
+        "the cut-off leader acknowledged a write: {probed:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    netns.heal(old);
+    let healed_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.nodes[&old]
+        .status()
+        .is_none_or(|s| s["role"] == "leader")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not step down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "node {old} stepped down {:?} after the link came back",
+        healed_at.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut sent = HashSet::new();
+    let mut acked_while_cut = 0;
+    for handle in clients {
+        let result = handle.join().unwrap();
+        acked_while_cut += result
+            .acked_at
+            .iter()
+            .filter(|t| **t > cut_at && **t < healed_at)
+            .count();
+        acked.extend(result.acked);
+        sent.extend(result.sent);
+    }
+    assert!(
+        acked_while_cut > 0,
+        "the majority took writes while the leader was cut off"
+    );
+    sent.extend(9_000_000_000..9_000_000_005);
+    check_settled_cluster(&mut cluster, &acked, &sent);
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "too slow: {:?}",
+        started.elapsed()
+    );
+    drop(cluster);
+    drop(netns);
 }
