@@ -686,6 +686,48 @@ fn a_paused_leader_steps_down_and_the_majority_goes_on() {
     check_settled_cluster(&mut cluster, &acked, &sent);
 }
 
+/// A pipelined ingest through `Batcher::for_cluster` (what `lode ingest
+/// --server A,B,C` runs): the leader is SIGKILLed twice meanwhile, the
+/// unacknowledged batches are resent through the next node, and every
+/// record ends up on every node exactly once.
+#[test]
+fn a_cluster_batcher_resends_what_a_dead_leader_left_unacknowledged() {
+    let mut cluster = Cluster3::start();
+    cluster
+        .leader(Duration::from_secs(20))
+        .expect("a first leader");
+    let addrs: Vec<String> = cluster.nodes.values().map(|n| n.tcp.to_string()).collect();
+    const RECORDS: u64 = 120_000;
+    let ingest = std::thread::spawn(move || {
+        runtime().block_on(async {
+            let client = Arc::new(ClusterClient::new(&addrs).unwrap());
+            let mut batcher = lode_client::Batcher::for_cluster(Arc::clone(&client), 200, 8)
+                .await
+                .unwrap();
+            for id in 0..RECORDS {
+                batcher.push(tagged(id)).await.unwrap();
+                if id % 20_000 == 0 {
+                    // Paced, so that the kills land mid-ingest.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+            (batcher.finish().await.unwrap(), client.retries())
+        })
+    });
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(250));
+        let leader = cluster.leader(Duration::from_secs(10)).expect("a leader");
+        cluster.nodes.get_mut(&leader).unwrap().kill();
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.nodes.get_mut(&leader).unwrap().start();
+    }
+    let (acknowledged, retries) = ingest.join().unwrap();
+    assert_eq!(acknowledged, RECORDS, "every record acknowledged once");
+    eprintln!("{RECORDS} records through two kills, {retries} resends");
+    let ids: Vec<u64> = (0..RECORDS).collect();
+    check_settled_cluster(&mut cluster, &ids, &ids.iter().copied().collect());
+}
+
 /// Three network namespaces, one per node, each with a veth to a bridge in
 /// this namespace (where the test's clients run); deleted when dropped.
 /// A node is cut off by taking its link down: nothing reaches it, nothing

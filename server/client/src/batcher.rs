@@ -1,13 +1,17 @@
 //! Batching with back-pressure: records are gathered into batches, each
 //! batch is sent as soon as it is full (in order: seqs follow the order of
 //! `push`), and at most `window` batches wait for their acknowledgement at
-//! once.
+//! once. Over a [`ClusterClient`], each batch is keyed, and when a
+//! connection fails the batches still waiting are resent, keys unchanged,
+//! through the next server.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use lode_codec::{EncodedBatch, LogRecord};
 
-use crate::{Client, ClientError, PendingAppend, Result};
+use crate::cluster::retryable;
+use crate::{Client, ClientError, ClusterClient, PendingAppend, Result};
 
 /// Gathers records into batches and appends them pipelined.
 ///
@@ -24,10 +28,15 @@ use crate::{Client, ClientError, PendingAppend, Result};
 #[derive(Debug)]
 pub struct Batcher {
     client: Client,
+    /// Set when batches are keyed and resent through the cluster's other
+    /// servers.
+    cluster: Option<Arc<ClusterClient>>,
     records: Vec<LogRecord>,
     batch_records: usize,
     window: usize,
-    in_flight: VecDeque<PendingAppend>,
+    /// Each batch sent and not acknowledged, kept (keyed) when it may
+    /// have to be resent.
+    in_flight: VecDeque<(Option<EncodedBatch>, PendingAppend)>,
     acknowledged: u64,
 }
 
@@ -39,11 +48,25 @@ impl Batcher {
         Batcher {
             window: window.clamp(1, client.max_in_flight()),
             client,
+            cluster: None,
             records: Vec::with_capacity(batch_records),
             batch_records: batch_records.max(1),
             in_flight: VecDeque::new(),
             acknowledged: 0,
         }
+    }
+
+    /// As [`Batcher::new`], through `cluster`: every batch is keyed, and
+    /// a failed connection has the unacknowledged batches resent, in
+    /// order, to the next server, each written once.
+    pub async fn for_cluster(
+        cluster: Arc<ClusterClient>,
+        batch_records: usize,
+        window: usize,
+    ) -> Result<Batcher> {
+        let mut batcher = Batcher::new(cluster.client().await?, batch_records, window);
+        batcher.cluster = Some(cluster);
+        Ok(batcher)
     }
 
     /// Adds a record; sends a batch when one is full, waiting first when
@@ -79,16 +102,50 @@ impl Batcher {
         let batch =
             EncodedBatch::encode(&self.records).map_err(|e| ClientError::Encode(e.to_string()))?;
         self.records.clear();
-        let pending = self.client.submit_encoded(batch).await?;
-        self.in_flight.push_back(pending);
-        Ok(())
+        let Some(cluster) = &self.cluster else {
+            let pending = self.client.submit_encoded(batch).await?;
+            self.in_flight.push_back((None, pending));
+            return Ok(());
+        };
+        let keyed = batch
+            .with_key(cluster.next_key())
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        match self.client.submit_encoded(keyed.clone()).await {
+            Ok(pending) => {
+                self.in_flight.push_back((Some(keyed), pending));
+                Ok(())
+            }
+            Err(e) if retryable(&e) => self.resend(keyed).await,
+            Err(e) => Err(e),
+        }
     }
 
     async fn settle_one(&mut self) -> Result<()> {
-        if let Some(pending) = self.in_flight.pop_front() {
-            let appended = pending.wait().await?;
+        if let Some((batch, pending)) = self.in_flight.pop_front() {
+            match (pending.wait().await, batch) {
+                (Ok(appended), _) => self.acknowledged += appended.end - appended.start,
+                (Err(e), Some(batch)) if retryable(&e) => self.resend(batch).await?,
+                (Err(e), _) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection failed with `failed` unacknowledged: it and every
+    /// batch still in flight go again, in order and with their keys,
+    /// through the cluster client (which moves to the next server), and
+    /// the batcher goes on over its new connection.
+    async fn resend(&mut self, failed: EncodedBatch) -> Result<()> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Err(ClientError::Closed(None));
+        };
+        let mut again = vec![failed];
+        again.extend(self.in_flight.drain(..).filter_map(|(batch, _)| batch));
+        for batch in again {
+            let appended = cluster.append_keyed(batch).await?;
             self.acknowledged += appended.end - appended.start;
         }
+        self.client = cluster.client().await?;
         Ok(())
     }
 

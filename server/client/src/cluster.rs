@@ -73,7 +73,7 @@ fn random_producer() -> u64 {
 
 /// Whether a failed append may have another try: the connection or the
 /// node failed, or the cluster had no leader to take it.
-fn retryable(e: &ClientError) -> bool {
+pub(crate) fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Io(_) | ClientError::Closed(_) => true,
         ClientError::Server { code, .. } => *code == Some(ErrorCode::Unavailable),

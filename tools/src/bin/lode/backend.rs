@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lode_client::{Client, Filter};
+use std::sync::Arc;
+
+use lode_client::{Batcher, Client, ClusterClient, Filter};
 use lode_engine::{LogRecord, Record};
 use lode_server::{Config, Service};
 
@@ -14,7 +16,9 @@ use crate::CliError;
 /// Where to send requests, from the command line.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Target {
-    /// Server to talk to: HOST:PORT over TCP, or quic://HOST:PORT.
+    /// Server to talk to: HOST:PORT over TCP, or quic://HOST:PORT. Nodes
+    /// of a cluster: HOST:PORT,HOST:PORT,... (over TCP; writes are keyed
+    /// and retried on the next node, never stored twice).
     #[arg(long, short = 's', default_value = lode_server::DEFAULT_LISTEN, env = "LODE_SERVER")]
     pub(crate) server: String,
     /// Open this data directory in this process instead of talking to a
@@ -46,7 +50,8 @@ pub(crate) struct Page {
 }
 
 pub(crate) enum Backend {
-    Remote(Client),
+    /// A server; with the cluster client when several nodes were given.
+    Remote(Client, Option<Arc<ClusterClient>>),
     Local(Box<Service>),
 }
 
@@ -55,7 +60,7 @@ impl Backend {
         let backend = Backend::connect_to(target).await?;
         if target.consistency == Consistency::Linearizable {
             match &backend {
-                Backend::Remote(client) => client.read_barrier().await?,
+                Backend::Remote(client, _) => client.read_barrier().await?,
                 Backend::Local(service) => service.linearize().await?,
             }
         }
@@ -65,6 +70,19 @@ impl Backend {
     async fn connect_to(target: &Target) -> Result<Backend, CliError> {
         if let Some(data) = &target.data {
             return open_local(data).await;
+        }
+        if target.server.contains(',') {
+            let nodes: Vec<String> = target
+                .server
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            let cluster = Arc::new(ClusterClient::new(&nodes)?);
+            let client = cluster.client().await.map_err(|e| {
+                CliError::new(format!("no node of {} answered ({e})", target.server))
+            })?;
+            return Ok(Backend::Remote(client, Some(cluster)));
         }
         let client = match target.server.strip_prefix("quic://") {
             Some(addr) => {
@@ -77,7 +95,7 @@ impl Backend {
             }
             None => Client::connect_tcp(&target.server).await,
         };
-        client.map(Backend::Remote).map_err(|e| {
+        client.map(|c| Backend::Remote(c, None)).map_err(|e| {
             CliError::new(format!(
                 "no lode server at {} ({e})\n  start one with `lode serve`, or open a data directory directly with --data DIR",
                 target.server
@@ -85,10 +103,23 @@ impl Backend {
         })
     }
 
+    /// A batcher of `batch` records to the server, keyed and retried over
+    /// a cluster's nodes when several were given; `None` for a data
+    /// directory.
+    pub(crate) async fn batcher(&self, batch: usize) -> Result<Option<Batcher>, CliError> {
+        Ok(match self {
+            Backend::Remote(_, Some(cluster)) => {
+                Some(Batcher::for_cluster(Arc::clone(cluster), batch, 8).await?)
+            }
+            Backend::Remote(client, None) => Some(Batcher::new(client.clone(), batch, 8)),
+            Backend::Local(_) => None,
+        })
+    }
+
     pub(crate) async fn append(&self, records: Vec<LogRecord>) -> Result<u64, CliError> {
         let n = records.len() as u64;
         match self {
-            Backend::Remote(client) => {
+            Backend::Remote(client, _) => {
                 client.append(&records).await?;
             }
             Backend::Local(service) => {
@@ -105,7 +136,7 @@ impl Backend {
         cursor: Option<String>,
     ) -> Result<Page, CliError> {
         match self {
-            Backend::Remote(client) => {
+            Backend::Remote(client, _) => {
                 let page = client.query(filter, limit, cursor).await?;
                 Ok(Page {
                     records: page
@@ -131,14 +162,14 @@ impl Backend {
 
     pub(crate) async fn count(&self, filter: Filter) -> Result<u64, CliError> {
         Ok(match self {
-            Backend::Remote(client) => client.count(filter).await?,
+            Backend::Remote(client, _) => client.count(filter).await?,
             Backend::Local(service) => service.count(filter).await?,
         })
     }
 
     pub(crate) async fn stats(&self) -> Result<Vec<(String, u64)>, CliError> {
         Ok(match self {
-            Backend::Remote(client) => client.stats().await?,
+            Backend::Remote(client, _) => client.stats().await?,
             Backend::Local(service) => service.figures(),
         })
     }
@@ -150,7 +181,7 @@ impl Backend {
         mut each: impl FnMut(&Record) -> std::io::Result<()>,
     ) -> Result<(), CliError> {
         match self {
-            Backend::Remote(client) => {
+            Backend::Remote(client, _) => {
                 let mut tail = client.tail(query, None).await?;
                 while let Some(records) = tail.next().await? {
                     for r in records {

@@ -224,15 +224,13 @@ pub(crate) async fn import_command(args: ImportArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::new(e.to_string()))?
         }
         None => {
-            let Backend::Remote(client) = Backend::connect(&args.target).await? else {
+            let backend = Backend::connect(&args.target).await?;
+            let Some(batcher) = backend.batcher(options.batch).await? else {
                 return Err(CliError::new("expected a server"));
             };
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || -> Result<Report, String> {
-                let mut sink = ServerSink {
-                    batcher: Batcher::new(client, options.batch, 8),
-                    runtime,
-                };
+                let mut sink = ServerSink { batcher, runtime };
                 let report = import::import(&files, &options, &mut sink, &progress);
                 progress.bar.finish_and_clear();
                 report

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use backend::{Backend, Target};
 use clap::{Parser, Subcommand};
-use lode_client::{Batcher, Filter};
+use lode_client::Filter;
 use lode_engine::{Engine, LogRecord, Options, now_ns};
 use lode_protocol::json::{Shape, parse_record};
 use lode_server::{Config, Server};
@@ -508,10 +508,7 @@ async fn ingest(file: &std::path::Path, batch: usize, target: &Target) -> Result
     let shape = Shape::default();
     let mut rejected = 0u64;
     let mut pending: Vec<LogRecord> = Vec::with_capacity(batch);
-    let mut batcher = match &backend {
-        Backend::Remote(client) => Some(Batcher::new(client.clone(), batch, 8)),
-        Backend::Local(_) => None,
-    };
+    let mut batcher = backend.batcher(batch).await?;
     let mut sent_local = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| CliError::new(format!("line {}: {e}", i + 1)))?;
