@@ -18,6 +18,7 @@
 //! in another crate's public API.
 
 mod keys;
+pub mod latency;
 mod net;
 mod node;
 pub mod store;
@@ -28,7 +29,7 @@ pub use lode_replication_wire::wire;
 pub use lode_replication_wire::{
     Applied, Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote,
 };
-pub use node::{ClusterConfig, ClusterNode, Error, PendingWrite, Result, Status};
+pub use node::{ClusterConfig, ClusterNode, Error, Figures, PendingWrite, Result, Status};
 pub use store::{LogStore, SegmentList, StateMachine, open};
 
 /// A Raft node of lode's type configuration over lode's state machine.

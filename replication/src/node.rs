@@ -15,10 +15,12 @@ use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::Raft;
 use crate::keys::{Claim, Keys, Slot};
+use crate::latency::{Latency, LatencySnapshot};
 use crate::net::{Network, NetworkFactory};
 use crate::tls::{NodeTls, NodeTlsFiles};
 use lode_replication_wire::wire::{Request, Response};
 use lode_replication_wire::{Batch, Node, NodeId, TypeConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,8 @@ pub(crate) struct Writes {
     keys: Arc<Keys>,
     /// Unkeyed batches on their way to be proposed, merged when many wait.
     merge: tokio::sync::mpsc::Sender<Waiting>,
+    /// How long proposals take to be committed and applied here.
+    commit_latency: Arc<Latency>,
 }
 
 /// An unkeyed batch waiting to be proposed, and where its seqs go.
@@ -245,8 +249,11 @@ impl Writes {
             return Err(Error::Raft(e.to_string()));
         }
         let writes = self.clone();
+        let proposed = std::time::Instant::now();
         Ok(PendingWrite(Box::pin(async move {
-            let outcome = match rx.await {
+            let answered = rx.await;
+            writes.commit_latency.observe(proposed.elapsed());
+            let outcome = match answered {
                 Ok(Ok(response)) => Ok(seqs(response.data)),
                 Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(writes.not_leader()),
                 Ok(Err(e)) => Err(Error::Raft(e.to_string())),
@@ -451,6 +458,30 @@ pub struct Status {
     pub addrs: BTreeMap<NodeId, String>,
 }
 
+/// A node's latencies and counters, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Log appends until durable here (write and fsync).
+    pub append: LatencySnapshot,
+    /// Proposals on this node (as leader) until committed and applied.
+    pub commit: LatencySnapshot,
+    /// Times this node saw the leader change (to another node or none).
+    pub leader_changes: u64,
+}
+
+/// Counts the changes of leader this node sees, until it stops.
+async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
+    let mut metrics = raft.metrics();
+    let mut last = metrics.borrow_watched().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_watched().current_leader;
+        if now != last {
+            changes.fetch_add(1, Ordering::Relaxed);
+            last = now;
+        }
+    }
+}
+
 /// A write submitted to the cluster; [`PendingWrite::wait`] gives its seqs
 /// once committed.
 pub struct PendingWrite(
@@ -477,9 +508,11 @@ pub struct ClusterNode {
     writes: Writes,
     network: Network,
     engine: Arc<Engine>,
-    /// The peer endpoint's server and the merging queue, stopped at
-    /// shutdown.
-    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 2]>>,
+    /// The peer endpoint's server, the merging queue and the leader
+    /// watcher, stopped at shutdown.
+    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 3]>>,
+    append_latency: Arc<Latency>,
+    leader_changes: Arc<AtomicU64>,
 }
 
 impl ClusterNode {
@@ -503,6 +536,7 @@ impl ClusterNode {
         let network = bind_retrying(addr, &tls).await?;
         let (log, sm) = crate::store::open(Arc::clone(&engine), config.node_id)?;
         let keys = log.keys();
+        let append_latency = log.append_latency();
         let factory = NetworkFactory {
             network: network.clone(),
         };
@@ -514,8 +548,14 @@ impl ClusterNode {
             raft: raft.clone(),
             keys,
             merge,
+            commit_latency: Arc::default(),
         };
         let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
+        let leader_changes = Arc::new(AtomicU64::new(0));
+        let watching = tokio::spawn(count_leader_changes(
+            raft.clone(),
+            Arc::clone(&leader_changes),
+        ));
         let serve = tokio::spawn(network.clone().serve(writes.clone()));
         let initialized = raft
             .is_initialized()
@@ -537,7 +577,9 @@ impl ClusterNode {
             writes,
             network,
             engine,
-            tasks: std::sync::Mutex::new(Some([serve, merging])),
+            tasks: std::sync::Mutex::new(Some([serve, merging, watching])),
+            append_latency,
+            leader_changes,
         })
     }
 
@@ -708,6 +750,15 @@ impl ClusterNode {
             committed: m.local_committed.map(|c| c.index),
             applied: m.last_applied.map(|a| a.index),
             matched,
+        }
+    }
+
+    /// Latencies and counts for `/metrics`.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            append: self.append_latency.snapshot(),
+            commit: self.writes.commit_latency.snapshot(),
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
         }
     }
 

@@ -48,6 +48,8 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, Entry>>,
     /// Where each recent batch key is in the log.
     keys: Arc<Keys>,
+    /// How long appends take to be durable (write and fsync).
+    append_latency: Arc<crate::latency::Latency>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +115,7 @@ pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, State
         state: Mutex::new(state),
         pending: Mutex::new(BTreeMap::new()),
         keys: Arc::default(),
+        append_latency: Arc::default(),
     });
     let (applied, membership) = recovered_applied_state(&shared)?;
     recover_keys(&shared, applied.map(|a| a.index))?;
@@ -236,6 +239,11 @@ impl LogStore {
         Arc::clone(&self.shared.keys)
     }
 
+    /// How long this log's appends take to be durable.
+    pub(crate) fn append_latency(&self) -> Arc<crate::latency::Latency> {
+        Arc::clone(&self.shared.append_latency)
+    }
+
     /// Entries in `range` above the purged point: the durable ones from
     /// the engine, the rest from those still in flight.
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> io::Result<Vec<Entry>> {
@@ -341,7 +349,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let shared = Arc::clone(&self.shared);
+        let started = std::time::Instant::now();
         let done = move |outcome: lode_engine::Result<()>| {
+            shared.append_latency.observe(started.elapsed());
             let mut pending = lock(&shared.pending);
             for id in &ids {
                 if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {

@@ -299,7 +299,10 @@ async fn remove_node(State(service): Shared, Path(id): Path<u64>) -> Response {
 }
 
 async fn metrics(State(service): Shared) -> Response {
-    let text = service.metrics.render(&service.figures());
+    let mut text = service.metrics.render(&service.figures());
+    if let Some(cluster) = service.cluster() {
+        crate::metrics::render_cluster(&mut text, &cluster.status(), &cluster.figures());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -267,6 +267,70 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     sample(out, name, "", value);
 }
 
+/// A cluster node's labelled and histogram figures: each follower's lag
+/// (on the leader), leader changes, append and commit latencies.
+pub(crate) fn render_cluster(
+    out: &mut String,
+    status: &lode_replication::Status,
+    figures: &lode_replication::Figures,
+) {
+    let last = status.last_log_index.unwrap_or(0);
+    let lags: Vec<(String, u64)> = status
+        .matched
+        .iter()
+        .filter(|(id, _)| **id != status.node_id)
+        .map(|(id, matched)| {
+            // A follower known to hold nothing lacks the whole log.
+            let lag = matched.map_or(status.last_log_index.map_or(0, |l| l + 1), |m| {
+                last.saturating_sub(m)
+            });
+            (format!("peer=\"{id}\""), lag)
+        })
+        .collect();
+    header(
+        out,
+        "lode_raft_follower_lag_entries",
+        "On the leader: entries each follower lacks.",
+        "gauge",
+    );
+    for (labels, value) in &lags {
+        sample(out, "lode_raft_follower_lag_entries", labels, *value);
+    }
+    counter(
+        out,
+        "lode_raft_leader_changes_total",
+        "Times this node saw the leader change.",
+        &[("", figures.leader_changes)],
+    );
+    histogram(
+        out,
+        "lode_raft_append_seconds",
+        "Log appends on this node until durable (write and fsync).",
+        &figures.append,
+    );
+    histogram(
+        out,
+        "lode_raft_commit_seconds",
+        "Log entries proposed on this node (as leader) until committed and applied.",
+        &figures.commit,
+    );
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &lode_replication::latency::LatencySnapshot,
+) {
+    header(out, name, help, "histogram");
+    for (bound, count) in lode_replication::latency::BOUNDS.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
 fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
     if labels.is_empty() {
         let _ = writeln!(out, "{name} {value}");

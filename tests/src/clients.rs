@@ -268,20 +268,9 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex
     rt.block_on(server.shutdown()).unwrap();
 }
 
-#[test]
-fn promtool_accepts_the_metrics() {
+/// `promtool check metrics` accepts `text` (a `/metrics` answer's body).
+pub(crate) fn promtool_check(text: &str) {
     require("promtool");
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let server = start(&rt, dir.path());
-    let service = Arc::clone(server.service());
-    let record = crate::record_for(1);
-    rt.block_on(service.append_records(vec![record])).unwrap();
-    let (status, head, body) =
-        crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    assert!(head.contains("content-type: text/plain; version=0.0.4"));
-    let text = String::from_utf8(body).unwrap();
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -302,6 +291,23 @@ fn promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    require("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let service = Arc::clone(server.service());
+    let record = crate::record_for(1);
+    rt.block_on(service.append_records(vec![record])).unwrap();
+    let (status, head, body) =
+        crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain; version=0.0.4"));
+    let text = String::from_utf8(body).unwrap();
+    promtool_check(&text);
     assert!(text.contains("lode_ingest_records_total 1\n"));
     rt.block_on(server.shutdown()).unwrap();
 }

@@ -431,6 +431,20 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
             metrics.contains(&format!("lode_raft_leader {leader}\n")),
             "node {id}'s metrics name the leader"
         );
+        for name in [
+            "lode_raft_append_seconds_count ",
+            "lode_raft_leader_changes_total ",
+        ] {
+            assert!(metrics.contains(name), "node {id}'s metrics have {name}");
+        }
+        if *id == leader {
+            assert!(
+                metrics.contains("lode_raft_follower_lag_entries{peer="),
+                "the leader's metrics have each follower's lag"
+            );
+            let body = metrics.split("\r\n\r\n").nth(1).unwrap_or_default();
+            crate::clients::promtool_check(body);
+        }
     }
     // `lode cluster verify`'s checksums agree, as the entries do below.
     let sums: Vec<String> = cluster
