@@ -58,6 +58,11 @@ pub(crate) struct BenchArgs {
     /// Seconds of single-record writes per system (--cluster).
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
+    /// Single-record appends sent at once, all in flight together, spread
+    /// over the nodes on as many connections as the servers' limits need
+    /// (--cluster; 0 skips it).
+    #[arg(long, default_value_t = 131_072)]
+    pub(crate) burst: usize,
     /// Priority of sealing and indexing, embedded and in the server alike:
     /// idle, nice:N or normal (the config key storage.background).
     #[arg(long, default_value = "idle")]

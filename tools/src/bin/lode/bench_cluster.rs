@@ -38,6 +38,8 @@ struct Run {
     single_cpu: f64,
     lode_writes: Writes,
     etcd_writes: Option<Writes>,
+    /// The burst of appends all in flight at once, if run.
+    burst: Option<Writes>,
 }
 
 /// What the many-clients phase measured.
@@ -143,6 +145,14 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
             w.p99_ms,
             w.per_sec * args.seconds as f64 / entries.max(1) as f64
         );
+        if args.burst > 0 {
+            let w = burst(&addrs, args.burst, &records).await?;
+            eprintln!(
+                "  lode, {} at once {:>9.0} writes/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+                args.burst, w.per_sec, w.p50_ms, w.p99_ms, w.errors
+            );
+            figures.burst = Some(w);
+        }
         drop(cluster);
 
         if let Some(etcd) = &etcd {
@@ -401,6 +411,41 @@ async fn single_writes<W: Writer>(
         }));
     }
     collect(tasks, started).await
+}
+
+/// `n` single-record appends sent at once, one task each, over as many
+/// connections as keep each within the servers' 64 requests in flight,
+/// spread over `addrs`; timed from the first send to the last answer.
+async fn burst(
+    addrs: &[String],
+    n: usize,
+    records: &Arc<Vec<LogRecord>>,
+) -> Result<Writes, CliError> {
+    let per_connection = lode_client::ClientOptions::default().max_in_flight;
+    let mut clients = Vec::new();
+    for c in 0..n.div_ceil(per_connection) {
+        let addr = addrs.get(c % addrs.len()).cloned().unwrap_or_default();
+        clients.push(Client::connect_tcp(&addr).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let Some(client) = clients.get(i % clients.len()).cloned() else {
+            break;
+        };
+        let records = Arc::clone(records);
+        tasks.push(tokio::spawn(async move {
+            let Some(record) = records.get(i % records.len()) else {
+                return (Vec::new(), 1, Some("no record".to_owned()));
+            };
+            let at = Instant::now();
+            match client.append(std::slice::from_ref(record)).await {
+                Ok(_) => (vec![at.elapsed()], 0, None),
+                Err(e) => (Vec::new(), 1, Some(e.to_string())),
+            }
+        }));
+    }
+    Ok(collect(tasks, started).await)
 }
 
 /// What each writer task returns: its latencies, failures and first
@@ -681,6 +726,13 @@ fn report(args: &BenchArgs, nodes: usize, runs: &[Run]) {
     let lode = row(&format!("lode, cluster of {nodes}"), &|r| {
         Some(r.lode_writes.clone())
     });
+    if args.burst > 0 {
+        row(
+            &format!("lode, {} appends in flight at once", args.burst),
+            &|r| r.burst.clone(),
+        );
+    }
+
     let etcd = row(&format!("etcd {} members", nodes), &|r| {
         r.etcd_writes.clone()
     });
