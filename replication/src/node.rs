@@ -87,6 +87,8 @@ pub(crate) struct Writes {
     merge: tokio::sync::mpsc::Sender<Waiting>,
     /// How long proposals take to be committed and applied here.
     commit_latency: Arc<Latency>,
+    /// The peer link, for forwards to the leader.
+    network: Network,
 }
 
 /// An unkeyed batch waiting to be proposed, and where its seqs go.
@@ -143,8 +145,16 @@ async fn merge_loop(writes: Writes, mut waiting: tokio::sync::mpsc::Receiver<Wai
             Err(many) => EncodedBatch::concat(&many.iter().collect::<Vec<_>>())
                 .map_err(|e| Error::Raft(format!("merging batches: {e}"))),
         };
+        // The leader proposes; a follower forwards the merged batch, so
+        // that its forwards are merged as the leader's own writes are.
         let pending = match merged {
-            Ok(batch) => writes.propose(batch, None).await,
+            Ok(batch) if writes.raft.is_leader() => writes.propose(batch, None).await,
+            Ok(batch) => {
+                let forwarding = writes.clone();
+                Ok(PendingWrite(Box::pin(async move {
+                    forwarding.forward(batch).await
+                })))
+            }
             Err(e) => Err(e),
         };
         tokio::spawn(async move {
@@ -195,15 +205,15 @@ impl Writes {
         &self,
         batch: EncodedBatch,
     ) -> std::result::Result<Result<PendingWrite>, Forward> {
+        let Some(key) = batch.key() else {
+            return Ok(self.queue_unkeyed(batch).await);
+        };
         if !self.raft.is_leader() {
             return Err(Forward {
                 batch,
                 leader: known_leader(&self.raft),
             });
         }
-        let Some(key) = batch.key() else {
-            return Ok(self.queue_unkeyed(batch).await);
-        };
         Ok(match self.keys.claim(key) {
             Claim::Propose => self.propose(batch, Some(key)).await,
             Claim::Done(seqs) => Ok(PendingWrite(Box::pin(async move { Ok(seqs) }))),
@@ -342,6 +352,56 @@ impl Writes {
             Ok(index) => Response::ReadIndex(index),
             Err(Error::NotLeader { leader, .. }) => Response::NotLeader(leader),
             Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    /// Sends a batch to the leader this node knows and waits for its
+    /// seqs. A leader that died holds the forward until the timeout; an
+    /// election elsewhere says sooner that it is gone (even one it wins
+    /// again, restarted: the forward went to its old process).
+    async fn forward(&self, batch: EncodedBatch) -> Result<SeqRange> {
+        let me = *self.raft.node_id();
+        let (id, addr) = match known_leader(&self.raft) {
+            Some((id, addr)) if id != me => (id, addr),
+            leader => return Err(Error::NotLeader { node: me, leader }),
+        };
+        let request = Request::Forward(batch);
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let forward = self.network.request(id, &addr, &request, FORWARD_TIMEOUT);
+        let response = tokio::select! {
+            response = forward => response.map_err(|e| {
+                Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
+            })?,
+            () = self.leader_changes(id, term) => {
+                self.network.forget_node(id);
+                return Err(Error::Raft(format!(
+                    "the leader (node {id}) changed while a write was forwarded to it; \
+                     whether it was committed is unknown"
+                )));
+            }
+        };
+        match response {
+            Response::Written { start, end } => Ok(SeqRange { start, end }),
+            Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
+            Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
+            other => Err(Error::Raft(format!(
+                "node {id} answered a forward with {other:?}"
+            ))),
+        }
+    }
+
+    /// Returns once this node sees a leader other than `id` (or none), or
+    /// a term after `term`.
+    async fn leader_changes(&self, id: NodeId, term: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let now = metrics.borrow_watched().clone();
+            if now.current_leader != Some(id) || now.current_term != term {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -549,6 +609,7 @@ impl ClusterNode {
             keys,
             merge,
             commit_latency: Arc::default(),
+            network: network.clone(),
         };
         let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
         let leader_changes = Arc::new(AtomicU64::new(0));
@@ -597,42 +658,7 @@ impl ClusterNode {
     /// meanwhile answers [`Error::NotLeader`], which the caller may retry).
     pub async fn write(&self, batch: EncodedBatch) -> Result<SeqRange> {
         match self.writes.write_local(batch).await {
-            Err(Forward {
-                batch,
-                leader: Some((id, addr)),
-            }) if id != self.id => {
-                let request = Request::Forward(batch);
-                let term = self.raft.metrics().borrow_watched().current_term;
-                let forward = self.network.request(id, &addr, &request, FORWARD_TIMEOUT);
-                // A leader that died holds the forward until the timeout;
-                // an election elsewhere says sooner that it is gone (even
-                // one it wins again, restarted: the forward went to its
-                // old process).
-                let response = tokio::select! {
-                    response = forward => response.map_err(|e| {
-                        Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
-                    })?,
-                    () = self.leader_changes(id, term) => {
-                        self.network.forget_node(id);
-                        return Err(Error::Raft(format!(
-                            "the leader (node {id}) changed while a write was forwarded to it; \
-                             whether it was committed is unknown"
-                        )));
-                    }
-                };
-                match response {
-                    Response::Written { start, end } => Ok(SeqRange { start, end }),
-                    Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
-                    Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
-                    other => Err(Error::Raft(format!(
-                        "node {id} answered a forward with {other:?}"
-                    ))),
-                }
-            }
-            Err(Forward { leader, .. }) => Err(Error::NotLeader {
-                node: self.id,
-                leader,
-            }),
+            Err(Forward { batch, .. }) => self.writes.forward(batch).await,
             Ok(outcome) => outcome,
         }
     }
@@ -650,21 +676,6 @@ impl ClusterNode {
                 Ok(PendingWrite(Box::pin(
                     async move { node.write(batch).await },
                 )))
-            }
-        }
-    }
-
-    /// Returns once this node sees a leader other than `id` (or none), or
-    /// a term after `term`.
-    async fn leader_changes(&self, id: NodeId, term: u64) {
-        let mut metrics = self.raft.metrics();
-        loop {
-            let now = metrics.borrow_watched().clone();
-            if now.current_leader != Some(id) || now.current_term != term {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                return;
             }
         }
     }
@@ -703,6 +714,7 @@ impl ClusterNode {
 
     /// Appends a batch only if this node leads: no forwarding.
     pub async fn write_if_leader(&self, batch: EncodedBatch) -> Result<SeqRange> {
+        self.lead()?;
         match self.writes.write_local(batch).await {
             Ok(outcome) => outcome,
             Err(Forward { leader, .. }) => Err(Error::NotLeader {
