@@ -38,7 +38,7 @@
 //! peers = ["1=10.0.0.1:7410", "2=10.0.0.2:7410", "3=10.0.0.3:7410"]
 //! tls_dir = "/etc/lode/cluster"  # ca.pem, node-ID.pem, node-ID-key.pem (`lode cluster init`)
 //! heartbeat_ms = 50
-//! election_timeout_ms = [150, 300]
+//! election_timeout_ms = [200, 400]
 //! join = false                 # true: join a running cluster (`lode cluster add`); peers = this node only
 //! ```
 
@@ -96,7 +96,7 @@ fn default_heartbeat_ms() -> u64 {
 }
 
 fn default_election_timeout_ms() -> [u64; 2] {
-    [150, 300]
+    [200, 400]
 }
 
 impl Cluster {
@@ -338,7 +338,7 @@ mod tests {
             peers: peers.iter().map(|p| (*p).to_owned()).collect(),
             tls_dir: PathBuf::from("tls"),
             heartbeat_ms: 50,
-            election_timeout_ms: [150, 300],
+            election_timeout_ms: [200, 400],
         };
         let peers = cluster(&["1=a:1", " 2 = b:2", "3=c:3"]).peer_map().unwrap();
         assert_eq!(peers.get(&2).map(String::as_str), Some("b:2"));
@@ -360,7 +360,7 @@ mod tests {
         .unwrap();
         let config = Config::load(&path).unwrap();
         assert!(config.engine_options().unwrap().replicated);
-        assert_eq!(config.cluster.unwrap().election_timeout_ms, [150, 300]);
+        assert_eq!(config.cluster.unwrap().election_timeout_ms, [200, 400]);
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn node_child() {
             peers: peers.split(',').map(str::to_owned).collect(),
             tls_dir: PathBuf::from(tls),
             heartbeat_ms: 50,
-            election_timeout_ms: [150, 300],
+            election_timeout_ms: [200, 400],
             join: false,
         }),
         ..Config::default()

@@ -599,7 +599,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("./cluster-tls")),
             heartbeat_ms: 50,
-            election_timeout_ms: [150, 300],
+            election_timeout_ms: [200, 400],
             join: args.join,
         });
     } else if let (Some(dir), Some(cluster)) = (&args.cluster_tls, config.cluster.as_mut()) {
