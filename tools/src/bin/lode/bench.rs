@@ -91,26 +91,54 @@ struct Figures {
     cpu: [Vec<Cpu>; 3],
 }
 
+/// What every benchmark run takes: where its data directories go (a
+/// temporary directory, removed when dropped, unless `--dir`), the
+/// generated records, and the same records in batches.
+pub(crate) struct Workload {
+    pub(crate) _temp: Option<TempDir>,
+    pub(crate) root: PathBuf,
+    pub(crate) records: Arc<Vec<LogRecord>>,
+    pub(crate) batches: Arc<Vec<Vec<LogRecord>>>,
+}
+
+impl Workload {
+    pub(crate) fn new(args: &BenchArgs) -> Result<Workload, CliError> {
+        let (temp, root) = match &args.dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let temp = TempDir::new()?;
+                let root = temp.0.clone();
+                (Some(temp), root)
+            }
+        };
+        eprintln!("generating {} records ...", args.records);
+        let records = Arc::new(Corpus::new(1).take_records(args.records));
+        let batches = Arc::new(
+            records
+                .chunks(args.batch.max(1))
+                .map(<[_]>::to_vec)
+                .collect(),
+        );
+        Ok(Workload {
+            _temp: temp,
+            root,
+            records,
+            batches,
+        })
+    }
+}
+
 pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     check_args(&args)?;
     if let Some(nodes) = args.cluster {
         return crate::bench_cluster::bench_cluster(&args, nodes).await;
     }
-    let temp;
-    let root = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = TempDir::new()?;
-            temp.0.clone()
-        }
-    };
-    eprintln!("generating {} records ...", args.records);
-    let records = Arc::new(Corpus::new(1).take_records(args.records));
-    let batches: Vec<Vec<LogRecord>> = records
-        .chunks(args.batch.max(1))
-        .map(<[_]>::to_vec)
-        .collect();
-    let batches = Arc::new(batches);
+    let Workload {
+        _temp,
+        root,
+        records,
+        batches,
+    } = Workload::new(&args)?;
     let mut f = Figures {
         embedded: vec![],
         tcp: vec![],

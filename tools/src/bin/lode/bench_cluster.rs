@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use lode_client::Client;
 use lode_engine::LogRecord;
-use lode_tools::{Corpus, median, to_json_line};
+use lode_tools::{median, to_json_line};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::CliError;
 use crate::bench::{
-    BenchArgs, Cpu, ServerChild, TempDir, field, remote_ingest, spawn_serve, start_server,
+    BenchArgs, Cpu, ServerChild, Workload, field, remote_ingest, spawn_serve, start_server,
     us_per_record,
 };
 
@@ -59,22 +59,12 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
             "--cluster {nodes}: between 1 and 7 nodes"
         )));
     }
-    let temp;
-    let root = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = TempDir::new()?;
-            temp.0.clone()
-        }
-    };
-    eprintln!("generating {} records ...", args.records);
-    let records = Arc::new(Corpus::new(1).take_records(args.records));
-    let batches: Arc<Vec<Vec<LogRecord>>> = Arc::new(
-        records
-            .chunks(args.batch.max(1))
-            .map(<[_]>::to_vec)
-            .collect(),
-    );
+    let Workload {
+        _temp,
+        root,
+        records,
+        batches,
+    } = Workload::new(args)?;
     let etcd = which("etcd");
     if etcd.is_none() {
         eprintln!(
