@@ -33,7 +33,7 @@ pub enum Error {
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
     /// This node does not lead; `leader` is the one it knows of.
-    #[error("node {node} is not the leader{}", match .leader { Some((id, addr)) => format!(" (node {id} at {addr} is)"), None => " and knows of none".to_owned() })]
+    #[error("node {node} is not the leader{}", match .leader { Some((id, addr)) if id != node => format!(" (node {id} at {addr} is)"), _ => " (any more) and knows of no other yet".to_owned() })]
     NotLeader {
         node: NodeId,
         leader: Option<(NodeId, String)>,
@@ -265,7 +265,14 @@ impl Writes {
             writes.commit_latency.observe(proposed.elapsed());
             let outcome = match answered {
                 Ok(Ok(response)) => Ok(seqs(response.data)),
-                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(writes.not_leader()),
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(Error::NotLeader {
+                    node: *writes.raft.node_id(),
+                    // openraft's word on who leads now, not this node's
+                    // metrics, which may still name itself.
+                    leader: forward
+                        .leader_id
+                        .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
+                }),
                 Ok(Err(e)) => Err(Error::Raft(e.to_string())),
                 Err(_) => Err(Error::Raft(
                     "the write was dropped: the node stopped".to_owned(),
