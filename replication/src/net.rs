@@ -37,6 +37,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// holds only its own replication stream this long.
 const MIN_APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Payload bytes one append message carries at most (a single larger
+/// entry goes alone): well inside the receiver's limit of
+/// `wire::MAX_MESSAGE` (80 MiB), which 64 entries of client batches or
+/// merged ones can exceed. Over it, a follower refused every try and
+/// never caught up.
+const APPEND_BYTES: usize = 32 << 20;
+
+/// How many of `entries`, from the first, fit one append message.
+fn entries_that_fit(entries: &[lode_replication_wire::Entry]) -> usize {
+    let mut bytes = 0;
+    let fit = entries
+        .iter()
+        .take_while(|e| {
+            bytes += match &e.payload {
+                openraft::EntryPayload::Normal(batch) => batch.0.frame_len(),
+                _ => 64,
+            };
+            bytes <= APPEND_BYTES
+        })
+        .count();
+    fit.max(1).min(entries.len())
+}
+
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
 fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -427,13 +450,23 @@ fn unexpected(target: NodeId, response: &Response) -> RPCError<TypeConfig> {
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SegmentList;
 
+    /// Sends as many of the entries as fit [`APPEND_BYTES`] (at least
+    /// one); when some stay behind, a success is reported as partial, up
+    /// to the last entry sent, and openraft sends the rest next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let ttl = option.soft_ttl().max(MIN_APPEND_TIMEOUT);
+        let fit = entries_that_fit(&rpc.entries);
+        let cut = fit < rpc.entries.len();
+        rpc.entries.truncate(fit);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
         match self.call(&Request::Append(rpc), ttl).await? {
+            Response::Append(AppendEntriesResponse::Success) if cut => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
             Response::Append(r) => Ok(r),
             other => Err(unexpected(self.target, &other)),
         }

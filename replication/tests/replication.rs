@@ -502,6 +502,37 @@ async fn a_read_barrier_sees_every_acknowledged_write_and_needs_a_quorum() {
     cluster.stop_node(leader).await;
 }
 
+/// A follower that missed more than one append message can carry (64
+/// entries of 1.5 MB: over the peer link's 80 MiB message limit) still
+/// catches up: the leader sends it what fits, a part at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_more_than_a_message_catches_up() {
+    trace();
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let behind = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.stop_node(behind).await;
+    let big = |serial: u64| {
+        let records: Vec<LogRecord> = (serial..serial + 1500)
+            .map(|i| LogRecord {
+                ts: 1_800_000_000_000_000_000 + i as i64,
+                message: format!("record {i} {}", "x".repeat(1000)),
+                ..LogRecord::default()
+            })
+            .collect();
+        EncodedBatch::encode(&records).unwrap()
+    };
+    for i in 0..70 {
+        cluster.write(big(i * 1500)).await;
+    }
+    cluster.start_node(behind).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop_node(id).await;
+    }
+}
+
 /// A node that led when it stopped comes back with an uncommitted vote
 /// for itself in the same term: it must win a later term before it leads
 /// again (it may have lost entries it had replicated before its own fsync).
