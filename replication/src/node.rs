@@ -64,6 +64,18 @@ fn seqs(applied: lode_replication_wire::Applied) -> SeqRange {
     }
 }
 
+/// openraft's refusal of a write on node `node` that no longer leads,
+/// naming the leader openraft knows (this node's metrics may still name
+/// itself).
+fn moved(node: NodeId, forward: openraft::errors::ForwardToLeader<TypeConfig>) -> Error {
+    Error::NotLeader {
+        node,
+        leader: forward
+            .leader_id
+            .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
+    }
+}
+
 /// The leader this node knows of, with its peer address.
 fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
     let m = raft.metrics().borrow_watched().clone();
@@ -99,7 +111,9 @@ type Waiting = (EncodedBatch, tokio::sync::oneshot::Sender<Result<SeqRange>>);
 /// Raft entry costs the same to replicate, sync and apply with one record
 /// or thousands).
 const MERGED_IN_FLIGHT: usize = 4;
-/// The most one merged entry holds (a batch larger alone goes alone).
+/// The most one merged entry holds (a batch larger alone goes alone, so
+/// a merged entry is never larger than the largest batch a client may
+/// send).
 const MERGE_RECORDS: usize = 16_384;
 const MERGE_BYTES: usize = 4 << 20;
 /// Unkeyed batches waiting to be proposed at most (then submitters wait).
@@ -123,19 +137,30 @@ fn echo(e: &Error) -> Error {
 /// `MERGED_IN_FLIGHT` entries already wait for their commit.
 async fn merge_loop(writes: Writes, mut waiting: tokio::sync::mpsc::Receiver<Waiting>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MERGED_IN_FLIGHT));
-    while let Some(first) = waiting.recv().await {
+    // A batch taken from the queue that did not fit the last group.
+    let mut held: Option<Waiting> = None;
+    loop {
+        let first = match held.take() {
+            Some(first) => first,
+            None => match waiting.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let mut records = first.0.count() as usize;
         let mut bytes = first.0.frame_len();
         let mut group = vec![first];
-        while records < MERGE_RECORDS && bytes < MERGE_BYTES {
-            let Ok(next) = waiting.try_recv() else {
+        while let Ok(next) = waiting.try_recv() {
+            let (more_records, more_bytes) = (next.0.count() as usize, next.0.frame_len());
+            if records + more_records > MERGE_RECORDS || bytes + more_bytes > MERGE_BYTES {
+                held = Some(next);
                 break;
-            };
-            records += next.0.count() as usize;
-            bytes += next.0.frame_len();
+            }
+            records += more_records;
+            bytes += more_bytes;
             group.push(next);
         }
         let counts: Vec<u64> = group.iter().map(|(b, _)| u64::from(b.count())).collect();
@@ -261,18 +286,14 @@ impl Writes {
         let writes = self.clone();
         let proposed = std::time::Instant::now();
         Ok(PendingWrite(Box::pin(async move {
-            let answered = rx.await;
-            writes.commit_latency.observe(proposed.elapsed());
-            let outcome = match answered {
-                Ok(Ok(response)) => Ok(seqs(response.data)),
-                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(Error::NotLeader {
-                    node: *writes.raft.node_id(),
-                    // openraft's word on who leads now, not this node's
-                    // metrics, which may still name itself.
-                    leader: forward
-                        .leader_id
-                        .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
-                }),
+            let outcome = match rx.await {
+                Ok(Ok(response)) => {
+                    writes.commit_latency.observe(proposed.elapsed());
+                    Ok(seqs(response.data))
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(moved(*writes.raft.node_id(), forward))
+                }
                 Ok(Err(e)) => Err(Error::Raft(e.to_string())),
                 Err(_) => Err(Error::Raft(
                     "the write was dropped: the node stopped".to_owned(),
@@ -574,9 +595,8 @@ impl PendingWrite {
 #[derive(Debug)]
 pub struct ClusterNode {
     id: NodeId,
-    raft: Raft,
+    /// Its Raft and peer link, with what writing needs.
     writes: Writes,
-    network: Network,
     engine: Arc<Engine>,
     /// The peer endpoint's server, the merging queue and the leader
     /// watcher, stopped at shutdown.
@@ -644,9 +664,7 @@ impl ClusterNode {
         }
         Ok(ClusterNode {
             id: config.node_id,
-            raft,
             writes,
-            network,
             engine,
             tasks: std::sync::Mutex::new(Some([serve, merging, watching])),
             append_latency,
@@ -659,7 +677,7 @@ impl ClusterNode {
     }
 
     pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.network.local_addr()
+        self.writes.network.local_addr()
     }
 
     /// Appends a batch through the leader's log: returns its seqs once a
@@ -697,13 +715,14 @@ impl ClusterNode {
     /// the peer link from a follower); this node then waits until it has
     /// applied through that index.
     pub async fn read_barrier(&self) -> Result<()> {
-        let index = if self.raft.is_leader() {
+        let index = if self.writes.raft.is_leader() {
             self.writes.read_index().await?
         } else {
-            let Some((id, addr)) = known_leader(&self.raft) else {
+            let Some((id, addr)) = known_leader(&self.writes.raft) else {
                 return Err(self.writes.not_leader());
             };
             match self
+                .writes
                 .network
                 .request(id, &addr, &Request::ReadIndex, READ_TIMEOUT)
                 .await
@@ -736,7 +755,7 @@ impl ClusterNode {
 
     /// This node's view of the cluster.
     pub fn status(&self) -> Status {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = self.writes.raft.metrics().borrow_watched().clone();
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
@@ -787,6 +806,7 @@ impl ClusterNode {
     /// Waits until this node sees a leader, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
         let metrics = self
+            .writes
             .raft
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader")
@@ -799,7 +819,8 @@ impl ClusterNode {
 
     /// Waits until this node has applied at least `index`, up to `timeout`.
     pub async fn wait_for_applied(&self, index: u64, timeout: Duration) -> Result<()> {
-        self.raft
+        self.writes
+            .raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "applied")
             .await
@@ -809,12 +830,12 @@ impl ClusterNode {
 
     /// Refuses an operation only the leader makes.
     fn lead(&self) -> Result<()> {
-        if self.raft.is_leader() {
+        if self.writes.raft.is_leader() {
             return Ok(());
         }
         Err(Error::NotLeader {
             node: self.id,
-            leader: known_leader(&self.raft),
+            leader: known_leader(&self.writes.raft),
         })
     }
 
@@ -830,7 +851,8 @@ impl ClusterNode {
         addr.parse::<SocketAddr>()
             .map_err(|e| Error::Config(format!("peer address '{addr}' of node {id}: {e}")))?;
         tracing::info!(node = id, %addr, "adding a learner; waiting for it to catch up");
-        self.raft
+        self.writes
+            .raft
             .add_learner(id, Node { addr }, true)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -865,24 +887,21 @@ impl ClusterNode {
     }
 
     async fn change_voters(&self, change: ChangeMembers<NodeId, Node>) -> Result<()> {
-        self.raft
+        self.writes
+            .raft
             .change_membership(change, false)
             .await
             .map(|_| ())
             .map_err(|e| match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                    node: self.id,
-                    leader: f
-                        .leader_id
-                        .map(|id| (id, f.leader_node.map(|n| n.addr).unwrap_or_default())),
-                },
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => moved(self.id, f),
                 other => Error::Raft(other.to_string()),
             })
     }
 
     /// Asks this node (the leader) to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
-        self.raft
+        self.writes
+            .raft
             .trigger()
             .transfer_leader(to)
             .await
@@ -901,12 +920,12 @@ impl ClusterNode {
         let Some(tasks) = tasks else {
             return Ok(());
         };
-        let stopped = self.raft.shutdown().await;
+        let stopped = self.writes.raft.shutdown().await;
         for task in tasks {
             task.abort();
             let _ = task.await;
         }
-        self.network.close().await;
+        self.writes.network.close().await;
         stopped.map_err(|e| Error::Raft(e.to_string()))
     }
 }

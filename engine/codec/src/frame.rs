@@ -249,8 +249,18 @@ impl EncodedBatch {
         let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
             count: records.len(),
         })?;
-        let (bytes, (min_ts, max_ts)) =
-            encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
+        let (bytes, ts_range) = encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
+        EncodedBatch::batch_made_here(bytes, count, ts_range)
+    }
+
+    /// A batch frame whose payload this process just wrote after the
+    /// header's room, with its count and time range known: its length is
+    /// checked and its checksum computed.
+    fn batch_made_here(
+        bytes: Vec<u8>,
+        count: u32,
+        (min_ts, max_ts): (i64, i64),
+    ) -> Result<EncodedBatch> {
         let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
         check_payload_len(payload.len())?;
         let payload_crc = crc32c::crc32c(payload);
@@ -325,6 +335,8 @@ impl EncodedBatch {
             views.push(BatchView::parse(batch.payload())?);
         }
         let records: usize = views.iter().map(|v| v.parts().0.len()).sum();
+        // Record end offsets are u32: the records must fit them.
+        check_payload_len(records)?;
         let count: usize = views.iter().map(BatchView::len).sum();
         let count = u32::try_from(count).map_err(|_| CodecError::BatchTooLarge { count })?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + records + 4 * count as usize + 20);
@@ -355,17 +367,7 @@ impl EncodedBatch {
         bytes.extend_from_slice(&min_ts.to_le_bytes());
         bytes.extend_from_slice(&max_ts.to_le_bytes());
         bytes.extend_from_slice(&count.to_le_bytes());
-        let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
-        check_payload_len(payload.len())?;
-        let payload_crc = crc32c::crc32c(payload);
-        Ok(EncodedBatch {
-            kind: FrameKind::Batch,
-            bytes,
-            payload_crc,
-            count,
-            min_ts,
-            max_ts,
-        })
+        EncodedBatch::batch_made_here(bytes, count, (min_ts, max_ts))
     }
 
     /// What the frame carries.
