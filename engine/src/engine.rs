@@ -493,8 +493,15 @@ impl Engine {
         self.writer_tx = None;
         self.stop_sealer.store(true, Ordering::Release);
         self.sealer_tx = None;
+        let here = std::thread::current().id();
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            // The last holder can let go on one of the engine's own
+            // threads (an append's callback runs on the writer): that
+            // thread cannot join itself, and ends by itself once it sees
+            // its channel closed.
+            if thread.thread().id() != here {
+                let _ = thread.join();
+            }
         }
         self.shared.close();
     }

@@ -9,6 +9,8 @@
 //! - [`wire`] (crate `lode-replication-wire`): the messages between nodes
 //!   and the log's state file, pure functions over bytes, fuzzed;
 //! - `net`: those messages over QUIC, one stream per openraft client;
+//! - [`sim`]: or over a simulated network, lossy as a seed says, for the
+//!   seeded tests;
 //! - `keys`: where each recent batch key is in the log, so that a retried
 //!   batch is written once;
 //! - [`tls`]: the cluster CA and each node's certificate (mutual TLS);
@@ -21,6 +23,7 @@ mod keys;
 pub mod latency;
 mod net;
 mod node;
+pub mod sim;
 pub mod store;
 pub mod tls;
 

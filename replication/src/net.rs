@@ -6,7 +6,8 @@
 //! large append never holds up a heartbeat or a vote. On a stream,
 //! requests and responses are [`wire`] messages, one answered before the
 //! next is sent. Any failure drops the stream (and, when the connection
-//! is gone, the connection); the next call dials again.
+//! is gone, the connection); the next call dials again. The seeded
+//! tests put the simulated network of [`crate::sim`] in QUIC's place.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use openraft::raft::{
 };
 
 use crate::node::Writes;
+use crate::sim;
 use crate::store::SegmentList;
 use crate::tls::{self, NodeTls, TlsError};
 use lode_replication_wire::wire::{self, Request, Response};
@@ -70,27 +72,87 @@ fn network(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::from_string(e.to_string()))
 }
 
-/// The node's QUIC endpoint, its TLS and its open connections; cheap to
-/// clone. The endpoint sits in a slot that `close` empties: openraft's
-/// clients may outlive the node briefly, and a quinn endpoint keeps its
-/// UDP port while any handle to it lives.
+/// How a node reaches its peers: QUIC, or the simulated network of the
+/// seeded tests. Cheap to clone.
 #[derive(Debug, Clone)]
-pub(crate) struct Network {
-    endpoint: Arc<Mutex<Option<quinn::Endpoint>>>,
-    client: quinn::ClientConfig,
-    conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+pub(crate) enum Network {
+    Quic(Quic),
+    Sim(sim::Endpoint),
 }
 
 impl Network {
     /// Binds the node's peer endpoint on `addr` with its TLS identity.
     pub(crate) fn bind(addr: SocketAddr, tls: &NodeTls) -> Result<Network, TlsError> {
+        Quic::bind(addr, tls).map(Network::Quic)
+    }
+
+    /// The address the endpoint listens on.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Network::Quic(quic) => quic.local_addr(),
+            Network::Sim(sim) => Ok(sim.addr()),
+        }
+    }
+
+    /// Serves peers' requests to `writes`' Raft until the endpoint
+    /// closes (on the simulated network, from now until `close`).
+    pub(crate) async fn serve(self, writes: Writes, unflushed: crate::store::Unflushed) {
+        match self {
+            Network::Quic(quic) => quic.serve(writes).await,
+            Network::Sim(sim) => sim.serve(writes, unflushed),
+        }
+    }
+
+    /// Sends one request to `target` and waits for the answer.
+    pub(crate) async fn request(
+        &self,
+        target: NodeId,
+        addr: &str,
+        request: &Request,
+        ttl: Duration,
+    ) -> RpcResult<Response> {
+        match self {
+            Network::Quic(quic) => quic.request(target, addr, request, ttl).await,
+            Network::Sim(sim) => sim.call(target, request, ttl).await,
+        }
+    }
+
+    /// Forgets any cached connection to `target`.
+    pub(crate) fn forget_node(&self, target: NodeId) {
+        if let Network::Quic(quic) = self {
+            quic.forget_node(target);
+        }
+    }
+
+    /// Stops serving and drops every connection.
+    pub(crate) async fn close(&self) {
+        match self {
+            Network::Quic(quic) => quic.close().await,
+            Network::Sim(sim) => sim.close(),
+        }
+    }
+}
+
+/// The node's QUIC endpoint, its TLS and its open connections; cheap to
+/// clone. The endpoint sits in a slot that `close` empties: openraft's
+/// clients may outlive the node briefly, and a quinn endpoint keeps its
+/// UDP port while any handle to it lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Quic {
+    endpoint: Arc<Mutex<Option<quinn::Endpoint>>>,
+    client: quinn::ClientConfig,
+    conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+}
+
+impl Quic {
+    fn bind(addr: SocketAddr, tls: &NodeTls) -> Result<Quic, TlsError> {
         let server = tls.server_config()?;
         let client = tls.client_config()?;
         let endpoint = lode_client::quic_endpoint(addr, Some(server)).map_err(|e| TlsError {
             path: std::path::PathBuf::from(addr.to_string()),
             reason: format!("bind the peer endpoint: {e}"),
         })?;
-        Ok(Network {
+        Ok(Quic {
             endpoint: Arc::new(Mutex::new(Some(endpoint))),
             client,
             conns: Arc::new(Mutex::new(HashMap::new())),
@@ -104,15 +166,13 @@ impl Network {
             .clone()
     }
 
-    /// The address the endpoint listens on.
-    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint()
             .ok_or_else(|| std::io::Error::other("the node stopped"))?
             .local_addr()
     }
 
-    /// Serves peers' requests to `raft` until the endpoint closes.
-    pub(crate) async fn serve(self, writes: Writes) {
+    async fn serve(self, writes: Writes) {
         let Some(endpoint) = self.endpoint() else {
             return;
         };
@@ -129,7 +189,7 @@ impl Network {
 
     /// Sends one request to `target` on a stream of its own and waits for
     /// the answer (a forwarded write: many may be in flight at once).
-    pub(crate) async fn request(
+    async fn request(
         &self,
         target: NodeId,
         addr: &str,
@@ -162,7 +222,7 @@ impl Network {
     }
 
     /// Drops the cached connection to `target`, whichever it is.
-    pub(crate) fn forget_node(&self, target: NodeId) {
+    fn forget_node(&self, target: NodeId) {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -173,7 +233,7 @@ impl Network {
     /// that failed to answer on it may have restarted, and its new process
     /// knows nothing of the old connection, which would otherwise be used
     /// until it idles out. The next request dials afresh.
-    pub(crate) fn forget(&self, target: NodeId, conn: &quinn::Connection) {
+    fn forget(&self, target: NodeId, conn: &quinn::Connection) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         if conns
             .get(&target)
@@ -185,7 +245,7 @@ impl Network {
 
     /// Closes the endpoint and every connection, and waits (a moment at
     /// most) until the peers were told.
-    pub(crate) async fn close(&self) {
+    async fn close(&self) {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -304,7 +364,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     }
 }
 
-async fn answer(writes: &Writes, request: Request) -> Response {
+/// A peer's request answered by this node.
+pub(crate) async fn answer(writes: &Writes, request: Request) -> Response {
     let request = match request {
         Request::Forward(batch) => return writes.write_here(batch).await,
         Request::ReadIndex => return writes.read_index_here().await,
@@ -373,13 +434,29 @@ pub(crate) struct PeerClient {
 
 impl PeerClient {
     async fn call(&mut self, request: &Request, ttl: Duration) -> RpcResult<Response> {
+        let response = match self.network.clone() {
+            Network::Sim(sim) => sim.call(self.target, request, ttl).await?,
+            Network::Quic(quic) => self.call_on_stream(&quic, request, ttl).await?,
+        };
+        match response {
+            Response::Error(reason) => Err(network(format!("node {}: {reason}", self.target))),
+            other => Ok(other),
+        }
+    }
+
+    async fn call_on_stream(
+        &mut self,
+        quic: &Quic,
+        request: &Request,
+        ttl: Duration,
+    ) -> RpcResult<Response> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = wire::encode_request(id, request);
         if std::mem::replace(&mut self.busy, true) {
             self.stream = None;
         }
-        let outcome = tokio::time::timeout(ttl, self.exchange(&bytes)).await;
+        let outcome = tokio::time::timeout(ttl, self.exchange(quic, &bytes)).await;
         self.busy = false;
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -389,10 +466,7 @@ impl PeerClient {
             ))),
         };
         match outcome {
-            Ok((got, response)) if got == id => match response {
-                Response::Error(reason) => Err(network(format!("node {}: {reason}", self.target))),
-                other => Ok(other),
-            },
+            Ok((got, response)) if got == id => Ok(response),
             Ok((got, _)) => {
                 self.stream = None;
                 Err(network(format!(
@@ -404,16 +478,16 @@ impl PeerClient {
                 // The stream's state is unknown: the next call opens
                 // another, on a new connection (the peer may have restarted).
                 if let Some((_, _, conn)) = self.stream.take() {
-                    self.network.forget(self.target, &conn);
+                    quic.forget(self.target, &conn);
                 }
                 Err(e)
             }
         }
     }
 
-    async fn exchange(&mut self, bytes: &[u8]) -> RpcResult<(u64, Response)> {
+    async fn exchange(&mut self, quic: &Quic, bytes: &[u8]) -> RpcResult<(u64, Response)> {
         if self.stream.is_none() {
-            let conn = self.network.connection(self.target, &self.addr).await?;
+            let conn = quic.connection(self.target, &self.addr).await?;
             let (send, recv) = conn.open_bi().await.map_err(unreachable)?;
             self.stream = Some((send, recv, conn));
         }

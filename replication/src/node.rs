@@ -449,6 +449,20 @@ impl Writes {
 
 /// Binds the peer endpoint, waiting up to ten seconds for an address that
 /// a node just stopped in this process is still releasing.
+/// The address node `config.node_id` listens on for its peers.
+fn own_addr(config: &ClusterConfig) -> Result<SocketAddr> {
+    let own = config
+        .peers
+        .get(&config.node_id)
+        .ok_or_else(|| Error::Config(format!("node {} is not among the peers", config.node_id)))?;
+    own.parse().map_err(|e| {
+        Error::Config(format!(
+            "peer address '{own}' of node {}: {e}",
+            config.node_id
+        ))
+    })
+}
+
 async fn bind_retrying(addr: SocketAddr, tls: &NodeTls) -> Result<Network> {
     let mut tries = 0;
     let started = std::time::Instant::now();
@@ -613,19 +627,33 @@ impl ClusterNode {
     /// joins a running one. Once a log holds a membership, `peers` is only
     /// where this node listens: members come and go through the log.
     pub async fn start(engine: Arc<Engine>, config: &ClusterConfig) -> Result<ClusterNode> {
-        let own = config.peers.get(&config.node_id).ok_or_else(|| {
-            Error::Config(format!("node {} is not among the peers", config.node_id))
-        })?;
-        let addr: SocketAddr = own.parse().map_err(|e| {
-            Error::Config(format!(
-                "peer address '{own}' of node {}: {e}",
-                config.node_id
-            ))
-        })?;
+        let addr = own_addr(config)?;
         let tls = NodeTls::load(&config.tls)?;
         let network = bind_retrying(addr, &tls).await?;
+        ClusterNode::start_on(engine, config, network).await
+    }
+
+    /// Starts the node as [`start`](ClusterNode::start) does, on the
+    /// simulated network `net` instead of QUIC (no socket, no TLS): the
+    /// seeded tests.
+    pub async fn start_simulated(
+        engine: Arc<Engine>,
+        config: &ClusterConfig,
+        net: &crate::sim::SimNet,
+    ) -> Result<ClusterNode> {
+        let addr = own_addr(config)?;
+        let network = Network::Sim(net.endpoint(config.node_id, addr));
+        ClusterNode::start_on(engine, config, network).await
+    }
+
+    async fn start_on(
+        engine: Arc<Engine>,
+        config: &ClusterConfig,
+        network: Network,
+    ) -> Result<ClusterNode> {
         let (log, sm) = crate::store::open(Arc::clone(&engine), config.node_id)?;
         let keys = log.keys();
+        let unflushed = log.unflushed();
         let append_latency = log.append_latency();
         let factory = NetworkFactory {
             network: network.clone(),
@@ -647,7 +675,7 @@ impl ClusterNode {
             raft.clone(),
             Arc::clone(&leader_changes),
         ));
-        let serve = tokio::spawn(network.clone().serve(writes.clone()));
+        let serve = tokio::spawn(network.clone().serve(writes.clone(), unflushed));
         let initialized = raft
             .is_initialized()
             .await

@@ -45,12 +45,16 @@ struct Shared {
     engine: Arc<Engine>,
     state: Mutex<wire::LogState>,
     /// Entries appended but not yet reported durable, by index.
-    pending: Mutex<BTreeMap<u64, Entry>>,
+    pending: Unflushed,
     /// Where each recent batch key is in the log.
     keys: Arc<Keys>,
     /// How long appends take to be durable (write and fsync).
     append_latency: Arc<crate::latency::Latency>,
 }
+
+/// Entries a node handed to its log and has not yet seen durable, by
+/// index.
+pub(crate) type Unflushed = Arc<Mutex<BTreeMap<u64, Entry>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -113,7 +117,7 @@ pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, State
     let shared = Arc::new(Shared {
         engine,
         state: Mutex::new(state),
-        pending: Mutex::new(BTreeMap::new()),
+        pending: Unflushed::default(),
         keys: Arc::default(),
         append_latency: Arc::default(),
     });
@@ -239,6 +243,11 @@ impl LogStore {
         Arc::clone(&self.shared.keys)
     }
 
+    /// The entries this log holds that are not yet durable.
+    pub(crate) fn unflushed(&self) -> Unflushed {
+        Arc::clone(&self.shared.pending)
+    }
+
     /// How long this log's appends take to be durable.
     pub(crate) fn append_latency(&self) -> Arc<crate::latency::Latency> {
         Arc::clone(&self.shared.append_latency)
@@ -348,11 +357,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 pending.insert(entry.index(), entry);
             }
         }
-        let shared = Arc::clone(&self.shared);
+        // The callback runs on the engine's writer thread: it holds no
+        // handle of the engine, so the engine is never dropped there.
+        let (pending, latency) = (self.unflushed(), Arc::clone(&self.shared.append_latency));
         let started = std::time::Instant::now();
         let done = move |outcome: lode_engine::Result<()>| {
-            shared.append_latency.observe(started.elapsed());
-            let mut pending = lock(&shared.pending);
+            latency.observe(started.elapsed());
+            let mut pending = lock(&pending);
             for id in &ids {
                 if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
                     pending.remove(&id.index);

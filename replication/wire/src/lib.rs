@@ -4,6 +4,7 @@
 //! ([`wire`]), and the openraft type configuration they carry ([`TypeConfig`]).
 //! Fuzzers link this crate without RocksDB (`replication/fuzz`).
 
+pub mod runtime;
 mod types;
 pub mod wire;
 

@@ -49,6 +49,7 @@ openraft::declare_raft_types!(
         Node = Node,
         Term = u64,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        AsyncRuntime = crate::runtime::LodeRuntime,
 );
 
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
