@@ -473,6 +473,27 @@ impl Engine {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
+    /// The seq retention would keep from as of `now` (ns since the
+    /// epoch), if it would drop anything: what a replicated log's leader
+    /// proposes (every node then calls [`drop_below`](Engine::drop_below)).
+    pub fn retention_floor(&self, now: i64) -> Option<u64> {
+        crate::sealer::doomed_by_policy(&self.shared, now)
+            .last()
+            .map(|s| s.last_seq + 1)
+    }
+
+    /// Drops the records below seq `floor`: the sealed segments wholly
+    /// below it go, the rest of one that straddles it is hidden. A
+    /// replicated log's retention, carried out when its decision applies.
+    pub fn drop_below(&self, floor: u64) -> Result<RetentionReport> {
+        let sealer = self.sealer_tx.as_ref().ok_or(Error::Closed)?;
+        let (reply, rx) = bounded(1);
+        sealer
+            .send(SealerMsg::DropBelow { floor, reply })
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
     /// Sealed segments, oldest first.
     pub fn segments(&self) -> Vec<SegmentMeta> {
         self.shared.read().sealed.values().cloned().collect()

@@ -35,6 +35,12 @@ pub(crate) enum SealerMsg {
         now: i64,
         reply: Sender<Result<RetentionReport>>,
     },
+    /// Drop the sealed segments wholly below a seq, then answer (a
+    /// replicated log's retention decision).
+    DropBelow {
+        floor: u64,
+        reply: Sender<Result<RetentionReport>>,
+    },
 }
 
 /// What one retention pass dropped.
@@ -68,7 +74,11 @@ impl Sealer {
                 Ok(SealerMsg::Work) | Err(RecvTimeoutError::Timeout) => {
                     let sealed =
                         !self.shared.opts.background_sealing || self.seal_finished().is_ok();
-                    if sealed {
+                    // A replicated log drops only what its log decided
+                    // (segments sealed since a decision go now).
+                    if sealed && self.shared.opts.replicated {
+                        let _ = self.drop_below(0);
+                    } else if sealed {
                         let _ = self.retention(now_ns());
                     }
                 }
@@ -77,6 +87,9 @@ impl Sealer {
                 }
                 Ok(SealerMsg::Retention { now, reply }) => {
                     let _ = reply.send(self.retention(now));
+                }
+                Ok(SealerMsg::DropBelow { floor, reply }) => {
+                    let _ = reply.send(self.drop_below(floor));
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -212,39 +225,47 @@ impl Sealer {
 
     /// Drops the oldest sealed segments beyond the retention bounds.
     pub(crate) fn retention(&self, now: i64) -> Result<RetentionReport> {
-        let policy = self.shared.opts.retention;
-        let doomed: Vec<SegmentMeta> = {
-            let state = self.shared.read();
-            let mut total: u64 = state.sealed.values().map(|s| s.sst_bytes).sum();
-            let too_old = |s: &SegmentMeta| {
-                policy.max_age.is_some_and(|age| {
-                    s.max_ts < now.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX))
-                })
-            };
-            let mut doomed = Vec::new();
-            for segment in state.sealed.values() {
-                if !(too_old(segment) || policy.max_bytes.is_some_and(|max| total > max)) {
-                    break;
-                }
-                total -= segment.sst_bytes;
-                doomed.push(segment.clone());
-            }
-            doomed
-        };
+        let doomed = doomed_by_policy(&self.shared, now);
         let Some(last) = doomed.last() else {
             return Ok(RetentionReport::default());
         };
         let floor = last.last_seq + 1;
+        self.drop_segments(&doomed, floor)
+    }
+
+    /// Drops every sealed segment whose records are all below `floor` (or
+    /// below the first seq kept, if higher: a segment sealed after the
+    /// decision), and hides the records below `floor` of one that
+    /// straddles it.
+    fn drop_below(&self, floor: u64) -> Result<RetentionReport> {
+        let (doomed, floor) = {
+            let state = self.shared.read();
+            let floor = floor.max(state.first_seq);
+            let doomed: Vec<SegmentMeta> = state
+                .sealed
+                .values()
+                .take_while(|s| s.last_seq < floor)
+                .cloned()
+                .collect();
+            (doomed, floor)
+        };
+        if doomed.is_empty() && floor == self.shared.read().first_seq {
+            return Ok(RetentionReport::default());
+        }
+        self.drop_segments(&doomed, floor)
+    }
+
+    fn drop_segments(&self, doomed: &[SegmentMeta], floor: u64) -> Result<RetentionReport> {
         // Readers see the new first seq before any record goes, so a scan
         // never finds a gap below a first seq that still claims it.
         {
             let mut state = self.shared.write();
-            for segment in &doomed {
+            for segment in doomed {
                 state.sealed.remove(&segment.first_seq);
             }
             state.first_seq = state.first_seq.max(floor);
         }
-        self.shared.store.drop_below(floor, &doomed)?;
+        self.shared.store.drop_below(floor, doomed)?;
         let report = RetentionReport {
             segments: doomed.len() as u64,
             records: doomed.iter().map(|s| s.records).sum(),
@@ -256,4 +277,25 @@ impl Sealer {
         Counters::add(&counters.dropped_bytes, report.bytes);
         Ok(report)
     }
+}
+
+/// The oldest sealed segments beyond the retention bounds as of `now`.
+pub(crate) fn doomed_by_policy(shared: &Shared, now: i64) -> Vec<SegmentMeta> {
+    let policy = shared.opts.retention;
+    let state = shared.read();
+    let mut total: u64 = state.sealed.values().map(|s| s.sst_bytes).sum();
+    let too_old = |s: &SegmentMeta| {
+        policy.max_age.is_some_and(|age| {
+            s.max_ts < now.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX))
+        })
+    };
+    let mut doomed = Vec::new();
+    for segment in state.sealed.values() {
+        if !(too_old(segment) || policy.max_bytes.is_some_and(|max| total > max)) {
+            break;
+        }
+        total -= segment.sst_bytes;
+        doomed.push(segment.clone());
+    }
+    doomed
 }

@@ -5,7 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::{Durability, Engine, Error, Level, LogRecord, Options, Retention};
+use std::sync::Arc;
+
+use crate::{Durability, Engine, Error, Level, LogRecord, Options, Retention, RetentionReport};
 
 fn record(i: u64) -> LogRecord {
     LogRecord {
@@ -404,4 +406,54 @@ fn background_priorities_are_applied_to_the_calling_thread() {
         assert_eq!(after, (3, SCHED_OTHER));
     }
     assert_eq!(on_a_thread(Background::Normal).1, thread_priority());
+}
+
+/// A replicated log drops only what its log decided: its own policy is
+/// never applied by the background pass; `drop_below` carries a decision
+/// out, and it survives a reopen.
+#[test]
+fn a_replicated_log_drops_only_on_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        replicated: true,
+        retention: Retention {
+            max_age: None,
+            max_bytes: Some(1),
+        },
+        tick: Duration::from_millis(10),
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+    for index in 1..=4u64 {
+        let start = (index - 1) * 100;
+        let batch = Arc::new(crate::EncodedBatch::encode(&records(start..start + 100)).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        engine
+            .append_entries(vec![(1, index, batch)], move |r| {
+                let _ = tx.send(r);
+            })
+            .unwrap();
+        rx.recv().unwrap().unwrap();
+        engine.apply(index).unwrap();
+        engine.seal().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(engine.stats().first_seq, 1, "no drop without a decision");
+    assert_eq!(
+        engine.retention_floor(0),
+        Some(401),
+        "the policy would drop all four"
+    );
+    let report = engine.drop_below(201).unwrap();
+    assert_eq!((report.segments, report.records), (2, 200));
+    assert_eq!(engine.scan(..).count(), 200);
+    assert_eq!(
+        engine.drop_below(101).unwrap(),
+        RetentionReport::default(),
+        "below the floor: nothing"
+    );
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    assert_eq!(engine.stats().first_seq, 201);
+    assert_eq!(engine.scan(..).count(), 200);
 }

@@ -499,6 +499,9 @@ pub struct ClusterConfig {
     /// member): it never initializes one, and `peers` needs only its own
     /// address.
     pub join: bool,
+    /// How often the leader checks the engine's retention policy and, if
+    /// it would drop segments, proposes the decision to every node.
+    pub retention_check: Duration,
 }
 
 impl ClusterConfig {
@@ -520,6 +523,7 @@ impl ClusterConfig {
             heartbeat_ms: 50,
             election_timeout_ms: (200, 400),
             join: false,
+            retention_check: Duration::from_secs(10),
         }
     }
 
@@ -574,6 +578,47 @@ pub struct Figures {
     pub leader_changes: u64,
 }
 
+/// Retention in a cluster is a decision of the log: every `every`, the
+/// leader asks its engine what the policy would drop and, if anything,
+/// proposes "drop the records below seq S"; every node carries it out
+/// when it applies the entry, so all drop the same records (each node's
+/// own retention is off in a replicated engine).
+async fn retention_loop(writes: Writes, engine: Arc<Engine>, every: Duration) {
+    let mut proposed = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        if !writes.raft.is_leader() {
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let Some(floor) = engine.retention_floor(now) else {
+            continue;
+        };
+        if floor <= proposed.max(engine.stats().first_seq) {
+            continue;
+        }
+        let decided = match EncodedBatch::retain(floor) {
+            Ok(batch) => match writes.propose(batch, None).await {
+                Ok(pending) => pending.wait().await.map(|_| ()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(Error::Raft(e.to_string())),
+        };
+        match decided {
+            Ok(()) => {
+                proposed = floor;
+                tracing::info!(
+                    floor,
+                    "retention: every node drops the records below seq {floor}"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, floor, "retention decision not committed"),
+        }
+    }
+}
+
 /// Counts the changes of leader this node sees, until it stops.
 async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
     let mut metrics = raft.metrics();
@@ -614,7 +659,7 @@ pub struct ClusterNode {
     engine: Arc<Engine>,
     /// The peer endpoint's server, the merging queue and the leader
     /// watcher, stopped at shutdown.
-    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 3]>>,
+    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 4]>>,
     append_latency: Arc<Latency>,
     leader_changes: Arc<AtomicU64>,
 }
@@ -676,6 +721,11 @@ impl ClusterNode {
             Arc::clone(&leader_changes),
         ));
         let serve = tokio::spawn(network.clone().serve(writes.clone(), unflushed));
+        let retaining = tokio::spawn(retention_loop(
+            writes.clone(),
+            Arc::clone(&engine),
+            config.retention_check,
+        ));
         let initialized = raft
             .is_initialized()
             .await
@@ -694,7 +744,7 @@ impl ClusterNode {
             id: config.node_id,
             writes,
             engine,
-            tasks: std::sync::Mutex::new(Some([serve, merging, watching])),
+            tasks: std::sync::Mutex::new(Some([serve, merging, watching, retaining])),
             append_latency,
             leader_changes,
         })

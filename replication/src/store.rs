@@ -205,7 +205,9 @@ fn recover_keys(shared: &Shared, applied: Option<u64>) -> io::Result<()> {
 fn to_entry(stored: LogEntry) -> io::Result<Entry> {
     let log_id = wire::log_id(stored.term, stored.index);
     let payload = match stored.kind() {
-        FrameKind::Batch | FrameKind::KeyedBatch => EntryPayload::Normal(Batch::new(stored.frame)),
+        FrameKind::Batch | FrameKind::KeyedBatch | FrameKind::Retain => {
+            EntryPayload::Normal(Batch::new(stored.frame))
+        }
         FrameKind::Membership => EntryPayload::Membership(
             wire::decode_membership(stored.frame.payload()).map_err(io_err)?,
         ),
@@ -489,9 +491,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         };
         let engine = Arc::clone(&self.shared.engine);
-        let has_records = batch
+        let has_records = batch.iter().any(
+            |(e, _)| matches!(&e.payload, EntryPayload::Normal(b) if b.0.kind().holds_records()),
+        );
+        // Retention decisions are carried out once the entries up to
+        // them are applied: every node drops the same records.
+        let floor = batch
             .iter()
-            .any(|(e, _)| matches!(e.payload, EntryPayload::Normal(_)));
+            .filter_map(|(e, _)| match &e.payload {
+                EntryPayload::Normal(b) => b.0.retain_floor(),
+                _ => None,
+            })
+            .max();
         let applied = match blocking(move || engine.apply(last.index)).await {
             Ok(applied) => applied,
             // Entries without records change nothing in the engine; the
@@ -500,6 +511,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(_) if !has_records => Vec::new(),
             Err(e) => return Err(e),
         };
+        if let Some(floor) = floor {
+            let engine = Arc::clone(&self.shared.engine);
+            blocking(move || engine.drop_below(floor)).await?;
+        }
         let seqs: BTreeMap<u64, SeqRange> = applied.into_iter().collect();
         self.shared
             .keys

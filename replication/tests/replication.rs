@@ -73,10 +73,16 @@ struct Cluster {
     dir: tempfile::TempDir,
     peers: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, ClusterNode>,
+    options: Options,
+    retention_check: Duration,
 }
 
 impl Cluster {
     async fn start(n: u64) -> Cluster {
+        Cluster::start_with_options(n, replicated(), Duration::from_secs(10)).await
+    }
+
+    async fn start_with_options(n: u64, options: Options, retention_check: Duration) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<(u64, Vec<String>)> = (1..=n).map(|id| (id, Vec::new())).collect();
         tls::init_cluster(&dir.path().join("tls"), &ids).unwrap();
@@ -87,6 +93,8 @@ impl Cluster {
             dir,
             peers,
             nodes: BTreeMap::new(),
+            options,
+            retention_check,
         };
         for id in 1..=n {
             cluster.start_node(id).await;
@@ -103,10 +111,15 @@ impl Cluster {
         NodeTlsFiles::in_dir(&self.dir.path().join("tls"), id)
     }
 
-    async fn start_with(&mut self, config: ClusterConfig) {
+    async fn start_with(&mut self, mut config: ClusterConfig) {
         let id = config.node_id;
+        config.retention_check = self.retention_check;
         let engine = Arc::new(
-            Engine::open(self.dir.path().join(format!("node-{id}")), replicated()).unwrap(),
+            Engine::open(
+                self.dir.path().join(format!("node-{id}")),
+                self.options.clone(),
+            )
+            .unwrap(),
         );
         let node = ClusterNode::start(engine, &config).await.unwrap();
         self.nodes.insert(id, node);
@@ -250,6 +263,74 @@ fn records(n: &ClusterNode) -> Vec<(u64, LogRecord)> {
         .map(|r| r.unwrap())
         .map(|r| (r.seq, r.log))
         .collect()
+}
+
+/// Retention in a cluster: the leader decides, every node carries it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_decided_by_the_leader_and_carried_out_alike_on_every_node() {
+    trace();
+    let options = Options {
+        retention: lode_engine::Retention {
+            max_age: None,
+            max_bytes: Some(32 << 10),
+        },
+        tick: Duration::from_millis(100),
+        ..replicated()
+    };
+    let mut cluster = Cluster::start_with_options(3, options, Duration::from_millis(300)).await;
+    for i in 0..40 {
+        cluster.write(batch(i * 500, 500)).await;
+    }
+    // Sealed segments go past the bound: the leader decides, and every
+    // node drops the records below the same seq.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first_seqs = loop {
+        let first: Vec<u64> = cluster
+            .nodes
+            .values()
+            .map(|n| n.engine().stats().first_seq)
+            .collect();
+        if first.iter().all(|f| *f > 1 && *f == first[0]) {
+            break first;
+        }
+        if Instant::now() >= deadline {
+            for n in cluster.nodes.values() {
+                eprintln!("{:?} {:?}", n.status(), n.engine().stats());
+            }
+            panic!("retention on every node: {first:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+    let kept = cluster.nodes[&leader].engine().scan(..).count() as u64;
+    assert_eq!(
+        kept,
+        40 * 500 + 1 - first_seqs[0],
+        "the records from the floor on"
+    );
+    for node in cluster.nodes.values() {
+        let stats = node.engine().stats();
+        assert!(
+            stats.dropped_records > 0,
+            "node {} dropped records",
+            node.status().node_id
+        );
+        // 20 segments of ~8.6 KiB each are sealed; what is kept fits the
+        // bound, give or take the segment the policy measures against.
+        assert!(stats.sealed_bytes <= (32 << 10) + (16 << 10), "{stats:?}");
+    }
+    // The decision is in the log: a restarted follower keeps it.
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.stop_node(follower).await;
+    cluster.start_node(follower).await;
+    cluster.write(batch(40 * 500, 10)).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.converge(leader).await;
+    assert!(cluster.nodes[&follower].engine().stats().first_seq >= first_seqs[0]);
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.stop_node(id).await;
+    }
 }
 
 /// `RUST_LOG=openraft=debug` shows what the nodes do.

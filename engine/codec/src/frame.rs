@@ -42,6 +42,9 @@ pub enum FrameKind {
     /// A batch whose payload is followed by the [`BatchKey`] its producer
     /// gave it, so that a retried batch is recognised.
     KeyedBatch = 4,
+    /// A replicated retention decision: every node drops the records
+    /// below a seq (payload: that seq, u64 LE); no records.
+    Retain = 5,
 }
 
 impl FrameKind {
@@ -51,6 +54,7 @@ impl FrameKind {
             2 => Some(FrameKind::Blank),
             3 => Some(FrameKind::Membership),
             4 => Some(FrameKind::KeyedBatch),
+            5 => Some(FrameKind::Retain),
             _ => None,
         }
     }
@@ -293,6 +297,18 @@ impl EncodedBatch {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
         })
+    }
+
+    /// A retention decision: drop the records below seq `floor`.
+    pub fn retain(floor: u64) -> Result<EncodedBatch> {
+        EncodedBatch::without_records(FrameKind::Retain, &floor.to_le_bytes())
+    }
+
+    /// The seq a retention decision keeps from; `None` for any other frame
+    /// (or a retention payload that is not 8 bytes).
+    pub fn retain_floor(&self) -> Option<u64> {
+        let bytes: [u8; 8] = self.payload().try_into().ok()?;
+        (self.kind == FrameKind::Retain).then(|| u64::from_le_bytes(bytes))
     }
 
     /// A frame already in the log (checked when it was written or

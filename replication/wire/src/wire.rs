@@ -419,6 +419,19 @@ impl<'a> Reader<'a> {
                     .map_err(|e| self.invalid_at(payload_at, "batch entry", e.to_string()))?;
                 EntryPayload::Normal(Batch::new(batch))
             }
+            5 => {
+                let batch = EncodedBatch::from_log(FrameKind::Retain, payload)
+                    .ok()
+                    .filter(|b| b.retain_floor().is_some())
+                    .ok_or_else(|| {
+                        self.invalid_at(
+                            payload_at,
+                            "retention entry",
+                            "not an 8-byte seq".to_owned(),
+                        )
+                    })?;
+                EntryPayload::Normal(Batch::new(batch))
+            }
             2 if payload.is_empty() => EntryPayload::Blank,
             3 => EntryPayload::Membership(
                 Reader::new(payload)
@@ -842,6 +855,31 @@ mod tests {
             (got.0.kind(), got.0.key()),
             (FrameKind::KeyedBatch, Some(key))
         );
+
+        // A retention decision keeps its seq; one whose payload is not a
+        // seq is refused.
+        let mut append = b.clone();
+        append.entries = vec![Entry::new(
+            log_id(5, 14),
+            EntryPayload::Normal(Batch::new(EncodedBatch::retain(4001).unwrap())),
+        )];
+        let bytes = encode_request(5, &Request::Append(append.clone()));
+        let (_, back) = decode_request(&bytes).unwrap();
+        let Request::Append(back) = back else {
+            panic!()
+        };
+        let EntryPayload::Normal(got) = &back.entries[0].payload else {
+            panic!()
+        };
+        assert_eq!(got.0.retain_floor(), Some(4001));
+        append.entries = vec![Entry::new(
+            log_id(5, 14),
+            EntryPayload::Normal(Batch::new(
+                EncodedBatch::without_records(FrameKind::Retain, b"short").unwrap(),
+            )),
+        )];
+        let err = decode_request(&encode_request(5, &Request::Append(append))).unwrap_err();
+        assert!(err.to_string().contains("retention entry"), "{err}");
 
         for resp in [
             Response::Append(AppendEntriesResponse::Success),
