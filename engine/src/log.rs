@@ -229,6 +229,26 @@ impl Engine {
         Ok(None)
     }
 
+    /// Bytes of the durable frames with index in `range` (headers
+    /// included): what a follower that lacks them has still to receive.
+    /// From the frame table alone; no frame is read.
+    pub fn log_bytes(&self, range: impl RangeBounds<u64>) -> u64 {
+        let (start, end) = crate::read::half_open(&range, || u64::MAX);
+        let state = self.shared.read();
+        state
+            .log_segments()
+            .flat_map(|segment| {
+                let from = segment.frames.partition_point(|f| f.index < start);
+                segment
+                    .frames
+                    .iter()
+                    .skip(from)
+                    .take_while(|f| f.index < end)
+            })
+            .map(|f| u64::from(f.len))
+            .sum()
+    }
+
     /// First and last entry of the log on disk, `None` when it holds none.
     pub fn log_bounds(&self) -> Result<Option<LogBounds>> {
         let state = self.shared.read();

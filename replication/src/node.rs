@@ -559,6 +559,8 @@ pub struct Status {
     pub applied: Option<u64>,
     /// Per follower (on the leader): the index it is known to hold.
     pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// Per follower (on the leader): bytes of the log it lacks.
+    pub lag_bytes: BTreeMap<NodeId, u64>,
     /// The members of the newest membership this node holds: voters (of
     /// every config, while a change is joint) and learners, with their
     /// peer addresses.
@@ -841,7 +843,7 @@ impl ClusterNode {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let matched = m
+        let matched: BTreeMap<NodeId, Option<u64>> = m
             .replication
             .as_ref()
             .map(|r| {
@@ -850,6 +852,11 @@ impl ClusterNode {
                     .collect()
             })
             .unwrap_or_default();
+        let lag_bytes = matched
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| (*id, self.engine.log_bytes(m.map_or(0, |m| m + 1)..)))
+            .collect();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
@@ -869,6 +876,7 @@ impl ClusterNode {
             committed: m.local_committed.map(|c| c.index),
             applied: m.last_applied.map(|a| a.index),
             matched,
+            lag_bytes,
         }
     }
 

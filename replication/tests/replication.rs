@@ -611,9 +611,26 @@ async fn a_follower_behind_by_more_than_a_message_catches_up() {
     for i in 0..70 {
         cluster.write(big(i * 1500)).await;
     }
+    // The leader counts the bytes the stopped follower lacks: the whole
+    // log it missed (70 batches of ~1.5 MB), from the frame table.
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let lacking = cluster.nodes[&leader].status().lag_bytes[&behind];
+    let written = cluster.nodes[&leader].engine().log_bytes(..);
+    assert!(
+        lacking > 70 * 1_500_000 && lacking <= written,
+        "{lacking} of {written}"
+    );
     cluster.start_node(behind).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     cluster.converge(leader).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.nodes[&leader].status().lag_bytes.get(&behind) != Some(&0) {
+        assert!(
+            Instant::now() < deadline,
+            "lag bytes fall to 0 once caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.stop_node(id).await;
     }

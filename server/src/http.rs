@@ -171,7 +171,9 @@ async fn cluster_status(State(service): Shared) -> Response {
     let peers: Vec<serde_json::Value> = s
         .matched
         .iter()
-        .map(|(id, matched)| json!({"node": id, "matched_index": matched}))
+        .map(|(id, matched)| {
+            json!({"node": id, "matched_index": matched, "lag_bytes": s.lag_bytes.get(id)})
+        })
         .collect();
     axum::Json(json!({
         "node": s.node_id,

@@ -296,6 +296,20 @@ pub(crate) fn render_cluster(
     for (labels, value) in &lags {
         sample(out, "lode_raft_follower_lag_entries", labels, *value);
     }
+    header(
+        out,
+        "lode_raft_follower_lag_bytes",
+        "On the leader: bytes of the log each follower lacks.",
+        "gauge",
+    );
+    for (id, bytes) in &status.lag_bytes {
+        sample(
+            out,
+            "lode_raft_follower_lag_bytes",
+            &format!("peer=\"{id}\""),
+            *bytes,
+        );
+    }
     counter(
         out,
         "lode_raft_leader_changes_total",

@@ -438,10 +438,12 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
             assert!(metrics.contains(name), "node {id}'s metrics have {name}");
         }
         if *id == leader {
-            assert!(
-                metrics.contains("lode_raft_follower_lag_entries{peer="),
-                "the leader's metrics have each follower's lag"
-            );
+            for name in [
+                "lode_raft_follower_lag_entries{peer=",
+                "lode_raft_follower_lag_bytes{peer=",
+            ] {
+                assert!(metrics.contains(name), "the leader's metrics have {name}");
+            }
             let body = metrics.split("\r\n\r\n").nth(1).unwrap_or_default();
             crate::clients::promtool_check(body);
         }

@@ -122,9 +122,10 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
                 .as_u64()
                 .map_or_else(|| "all".to_owned(), |m| last.saturating_sub(m).to_string());
             println!(
-                "follower {}: matched {}, lag {lag} entries",
+                "follower {}: matched {}, lag {lag} entries, {} bytes",
                 text(field(peer, "node")),
-                text(field(peer, "matched_index"))
+                text(field(peer, "matched_index")),
+                text(field(peer, "lag_bytes"))
             );
         }
     } else {
