@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::segment::RecordsCrc;
 use crate::segment::SegmentMeta;
 use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
@@ -150,7 +151,7 @@ impl Sealer {
             .shared
             .tmp_dir
             .join(format!("seal-{first_seq:020}.sst"));
-        self.write_sst(finished, &tmp)?;
+        let records_crc32c = self.write_sst(finished, &tmp)?;
         let (sst_bytes, sst_crc32c) = file_crc(&tmp)?;
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -168,13 +169,16 @@ impl Sealer {
             sst_bytes,
             sst_crc32c,
             sealed_at: now_ns(),
+            records_crc32c: Some(records_crc32c),
         };
         self.shared.store.commit_segment(&meta)?;
         self.retire(finished, Some(meta))
     }
 
-    fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<()> {
+    /// Writes the segment's SST; returns its records' checksum.
+    fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<u32> {
         let mut sst = self.shared.store.sst_writer(tmp)?;
+        let mut crc = RecordsCrc::default();
         for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
             let batch = frame
@@ -186,9 +190,11 @@ impl Sealer {
                     Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing"))
                 })?;
                 sst.put(seq, bytes)?;
+                crc.add(bytes);
             }
         }
-        sst.finish()
+        sst.finish()?;
+        Ok(crc.value())
     }
 
     /// Switches readers from the WAL segment to its sealed form and deletes

@@ -3,8 +3,9 @@
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Manifest format version, the first byte of every entry.
-const VERSION: u8 = 1;
+/// Manifest format version, the first byte of every entry. Version 1
+/// had no records checksum.
+const VERSION: u8 = 2;
 
 /// A sealed, immutable segment: one SST file of consecutive records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,44 @@ pub struct SegmentMeta {
     pub sst_crc32c: u32,
     /// Wall-clock time of sealing (ns since the epoch).
     pub sealed_at: i64,
+    /// crc32c of the segment's records in seq order, each as its length
+    /// (u32 LE) then its bytes: the same on every node that holds the same
+    /// records, whatever its SST file looks like (a cluster compares
+    /// segments by it). `None` for a segment sealed by a version before it.
+    pub records_crc32c: Option<u32>,
+}
+
+/// A manifest entry of version 1.
+#[derive(Archive, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SegmentMetaV1 {
+    first_seq: u64,
+    last_seq: u64,
+    first_index: u64,
+    last_index: u64,
+    min_ts: i64,
+    max_ts: i64,
+    records: u64,
+    wal_bytes: u64,
+    sst_bytes: u64,
+    sst_crc32c: u32,
+    sealed_at: i64,
+}
+
+/// The running [`SegmentMeta::records_crc32c`] of records fed in seq order.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RecordsCrc(u32);
+
+impl RecordsCrc {
+    pub(crate) fn add(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.0 = crc32c::crc32c_append(self.0, &len.to_le_bytes());
+        self.0 = crc32c::crc32c_append(self.0, record);
+    }
+
+    pub(crate) fn value(self) -> u32 {
+        self.0
+    }
 }
 
 impl SegmentMeta {
@@ -37,10 +76,30 @@ impl SegmentMeta {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<SegmentMeta, String> {
         let (&version, body) = bytes.split_first().ok_or("empty manifest entry")?;
-        if version != VERSION {
-            return Err(format!("unsupported manifest version {version}"));
+        match version {
+            VERSION => {
+                rkyv::from_bytes::<SegmentMeta, rancor::Error>(body).map_err(|e| e.to_string())
+            }
+            1 => {
+                let v1 = rkyv::from_bytes::<SegmentMetaV1, rancor::Error>(body)
+                    .map_err(|e| e.to_string())?;
+                Ok(SegmentMeta {
+                    first_seq: v1.first_seq,
+                    last_seq: v1.last_seq,
+                    first_index: v1.first_index,
+                    last_index: v1.last_index,
+                    min_ts: v1.min_ts,
+                    max_ts: v1.max_ts,
+                    records: v1.records,
+                    wal_bytes: v1.wal_bytes,
+                    sst_bytes: v1.sst_bytes,
+                    sst_crc32c: v1.sst_crc32c,
+                    sealed_at: v1.sealed_at,
+                    records_crc32c: None,
+                })
+            }
+            other => Err(format!("unsupported manifest version {other}")),
         }
-        rkyv::from_bytes::<SegmentMeta, rancor::Error>(body).map_err(|e| e.to_string())
     }
 
     /// Whether any record of the segment may have a ts in `[since, until)`.
@@ -67,10 +126,34 @@ mod tests {
             sst_bytes: 999,
             sst_crc32c: 0xdead_beef,
             sealed_at: 42,
+            records_crc32c: Some(7),
         };
         assert_eq!(SegmentMeta::decode(&meta.encode()).unwrap(), meta);
         assert!(SegmentMeta::decode(&[]).is_err());
+        assert!(SegmentMeta::decode(&[3, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[2, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[1, 0, 0]).is_err());
+        // A version 1 entry reads with no records checksum.
+        let v1 = SegmentMetaV1 {
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+            first_index: meta.first_index,
+            last_index: meta.last_index,
+            min_ts: meta.min_ts,
+            max_ts: meta.max_ts,
+            records: meta.records,
+            wal_bytes: meta.wal_bytes,
+            sst_bytes: meta.sst_bytes,
+            sst_crc32c: meta.sst_crc32c,
+            sealed_at: meta.sealed_at,
+        };
+        let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&v1, vec![1]).unwrap();
+        assert_eq!(
+            SegmentMeta::decode(&bytes).unwrap(),
+            SegmentMeta {
+                records_crc32c: None,
+                ..meta
+            }
+        );
     }
 }

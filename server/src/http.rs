@@ -204,7 +204,18 @@ async fn cluster_verify(State(service): Shared, Query(q): Query<Through>) -> Res
                 .into_iter()
                 .map(|(first, last, crc)| json!({"first": first, "last": last, "crc32c": crc}))
                 .collect();
-            axum::Json(json!({"through": q.through, "ranges": ranges})).into_response()
+            // Each sealed segment's checksum of its records in seq order:
+            // nodes whose segments cover the same seqs must agree on it.
+            let segments: Vec<serde_json::Value> = service
+                .engine()
+                .segments()
+                .into_iter()
+                .map(|s| {
+                    json!({"first_seq": s.first_seq, "last_seq": s.last_seq, "records_crc32c": s.records_crc32c})
+                })
+                .collect();
+            axum::Json(json!({"through": q.through, "ranges": ranges, "segments": segments}))
+                .into_response()
         }
         Err(failure) => failure.into_response(),
     }
