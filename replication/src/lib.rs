@@ -11,6 +11,8 @@
 //! - `net`: those messages over QUIC, one stream per openraft client;
 //! - [`sim`]: or over a simulated network, lossy as a seed says, for the
 //!   seeded tests;
+//! - [`snapshot`]: catch-up by segments: what a node lacks of a snapshot,
+//!   and the staging area its segment files arrive in;
 //! - `keys`: where each recent batch key is in the log, so that a retried
 //!   batch is written once;
 //! - [`tls`]: the cluster CA and each node's certificate (mutual TLS);
@@ -24,6 +26,7 @@ pub mod latency;
 mod net;
 mod node;
 pub mod sim;
+pub mod snapshot;
 pub mod store;
 pub mod tls;
 

@@ -1,0 +1,526 @@
+//! Catch-up by segments: what a node lacks of a snapshot, and where the
+//! segment files it receives wait until they are whole.
+//!
+//! A snapshot is the leader's manifest: its sealed segments, each named by
+//! its seqs and the checksum of its records ([`SegmentMeta`]). A follower
+//! compares it with its own ([`diff`]): a segment it holds with the same
+//! seqs and records is kept, any other it lacks. Each lacking segment's
+//! SST file comes in chunks into the [`Staging`] area, each chunk checked,
+//! written and synced before it is acknowledged, so a transfer broken off
+//! (a crash, a lost connection) resumes from what the staging area holds;
+//! a finished file is checked whole against the manifest before it is
+//! named complete.
+//!
+//! Not yet wired to Raft: the leader does not purge its log, and no
+//! snapshot is sent (see ARCHITECTURE.md).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use lode_engine::SegmentMeta;
+
+/// How a follower's segments compare with a snapshot's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// The snapshot's segments the follower holds alike: kept.
+    pub kept: Vec<SegmentMeta>,
+    /// The snapshot's segments it lacks (or holds with other records):
+    /// to be sent.
+    pub missing: Vec<SegmentMeta>,
+    /// The follower's segments the snapshot does not have: to be dropped
+    /// when the snapshot is installed.
+    pub surplus: Vec<SegmentMeta>,
+}
+
+/// Whether two nodes' segments hold the same records: the same seqs and
+/// the same records checksum (unknown on either side is not the same).
+pub fn same_records(a: &SegmentMeta, b: &SegmentMeta) -> bool {
+    (a.first_seq, a.last_seq) == (b.first_seq, b.last_seq)
+        && a.records_crc32c.is_some()
+        && a.records_crc32c == b.records_crc32c
+}
+
+/// Compares the segments a snapshot offers with those a node holds.
+pub fn diff(offered: &[SegmentMeta], held: &[SegmentMeta]) -> Diff {
+    let mut out = Diff::default();
+    for segment in offered {
+        if held.iter().any(|h| same_records(h, segment)) {
+            out.kept.push(segment.clone());
+        } else {
+            out.missing.push(segment.clone());
+        }
+    }
+    out.surplus = held
+        .iter()
+        .filter(|h| !offered.iter().any(|o| same_records(o, h)))
+        .cloned()
+        .collect();
+    out
+}
+
+/// A step of staging a chunk, each a point where a crash may stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Opening (creating, on the first chunk) the partial file.
+    Open,
+    /// Writing the chunk's bytes.
+    Write,
+    /// Syncing them.
+    Sync,
+    /// Checking the finished file against the manifest.
+    Verify,
+    /// Naming it complete.
+    Rename,
+    /// Syncing the directory, so that the name lasts.
+    SyncDir,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StagingError {
+    #[error("chunk at offset {offset} of segment {first_seq} fails its checksum")]
+    BadChunk { first_seq: u64, offset: u64 },
+    #[error(
+        "chunk at offset {offset} of segment {first_seq}: {staged} bytes are staged, send from there"
+    )]
+    Offset {
+        first_seq: u64,
+        offset: u64,
+        staged: u64,
+    },
+    #[error("chunk of segment {first_seq} ends at {end}, past the file's {size} bytes")]
+    TooLong { first_seq: u64, end: u64, size: u64 },
+    #[error(
+        "segment {first_seq}'s staged file has crc32c {got:08x}, the manifest {want:08x}: discarded"
+    )]
+    BadFile { first_seq: u64, got: u32, want: u32 },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A test stopped the staging at this step, as a crash would.
+    #[error("stopped before {0:?}")]
+    Stopped(Step),
+}
+
+type Result<T> = std::result::Result<T, StagingError>;
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StagingError {
+    let path = path.to_path_buf();
+    move |source| StagingError::Io { what, path, source }
+}
+
+/// The directory where a follower's incoming segment files wait: one
+/// `<first seq>-<file crc>.part` per file under way, renamed `.sst` once
+/// whole and checked.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    /// Tests: the step at which staging stops, as if the process died.
+    stop_at: Option<Step>,
+}
+
+impl Staging {
+    /// Opens (creating) the staging directory `dir`.
+    pub fn open(dir: &Path) -> Result<Staging> {
+        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        Ok(Staging {
+            dir: dir.to_path_buf(),
+            stop_at: None,
+        })
+    }
+
+    /// Makes every later chunk stop before `step` (fault injection).
+    pub fn stop_at(&mut self, step: Option<Step>) {
+        self.stop_at = step;
+    }
+
+    fn reach(&self, step: Step) -> Result<()> {
+        match self.stop_at {
+            Some(stop) if stop == step => Err(StagingError::Stopped(step)),
+            _ => Ok(()),
+        }
+    }
+
+    fn name(&self, segment: &SegmentMeta, ext: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{:020}-{:08x}.{ext}",
+            segment.first_seq, segment.sst_crc32c
+        ))
+    }
+
+    /// The complete, checked file of `segment`, if staged.
+    pub fn complete(&self, segment: &SegmentMeta) -> Option<PathBuf> {
+        let path = self.name(segment, "sst");
+        let len = fs::metadata(&path).ok()?.len();
+        (len == segment.sst_bytes).then_some(path)
+    }
+
+    /// Bytes of `segment`'s file staged so far (its size once complete).
+    fn staged(&self, segment: &SegmentMeta) -> u64 {
+        if self.complete(segment).is_some() {
+            return segment.sst_bytes;
+        }
+        fs::metadata(self.name(segment, "part")).map_or(0, |m| m.len().min(segment.sst_bytes))
+    }
+
+    /// Where `segment`'s transfer resumes: the bytes staged so far (its
+    /// size once complete). A file that was staged whole but not yet
+    /// checked (a crash came first) is checked now: named complete, or
+    /// discarded and sent again from the start.
+    pub fn resume(&self, segment: &SegmentMeta) -> Result<u64> {
+        let staged = self.staged(segment);
+        if staged < segment.sst_bytes || self.complete(segment).is_some() {
+            return Ok(staged);
+        }
+        match self.finish(segment, &self.name(segment, "part")) {
+            Ok(()) => Ok(staged),
+            Err(StagingError::BadFile { .. }) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stages the chunk of `segment`'s file that starts at `offset`, whose
+    /// crc32c the leader says is `crc`; returns the bytes staged after it.
+    /// A chunk must start where the staged bytes end; one already staged
+    /// whole is acknowledged again.
+    pub fn write_chunk(
+        &self,
+        segment: &SegmentMeta,
+        offset: u64,
+        bytes: &[u8],
+        crc: u32,
+    ) -> Result<u64> {
+        let first_seq = segment.first_seq;
+        if crc32c::crc32c(bytes) != crc {
+            return Err(StagingError::BadChunk { first_seq, offset });
+        }
+        let staged = self.staged(segment);
+        if staged == segment.sst_bytes {
+            return Ok(staged);
+        }
+        if offset != staged {
+            return Err(StagingError::Offset {
+                first_seq,
+                offset,
+                staged,
+            });
+        }
+        let end = offset + bytes.len() as u64;
+        if end > segment.sst_bytes {
+            return Err(StagingError::TooLong {
+                first_seq,
+                end,
+                size: segment.sst_bytes,
+            });
+        }
+        let part = self.name(segment, "part");
+        self.reach(Step::Open)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(io("open", &part))?;
+        // A torn earlier write may have left more than was acknowledged.
+        file.set_len(offset).map_err(io("truncate", &part))?;
+        self.reach(Step::Write)?;
+        file.write_all(bytes).map_err(io("write", &part))?;
+        self.reach(Step::Sync)?;
+        file.sync_data().map_err(io("sync", &part))?;
+        if end == segment.sst_bytes {
+            self.finish(segment, &part)?;
+        }
+        Ok(end)
+    }
+
+    /// Checks a whole file against the manifest and names it complete.
+    fn finish(&self, segment: &SegmentMeta, part: &Path) -> Result<()> {
+        self.reach(Step::Verify)?;
+        let got = file_crc(part)?;
+        if got != segment.sst_crc32c {
+            let _ = fs::remove_file(part);
+            return Err(StagingError::BadFile {
+                first_seq: segment.first_seq,
+                got,
+                want: segment.sst_crc32c,
+            });
+        }
+        self.reach(Step::Rename)?;
+        let done = self.name(segment, "sst");
+        fs::rename(part, &done).map_err(io("rename", part))?;
+        self.reach(Step::SyncDir)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", &self.dir))
+    }
+
+    /// Deletes every staged file but those of `keep` (a transfer of
+    /// another snapshot left them, or they were installed).
+    pub fn retain(&self, keep: &[SegmentMeta]) -> Result<()> {
+        let wanted: Vec<PathBuf> = keep
+            .iter()
+            .flat_map(|s| [self.name(s, "part"), self.name(s, "sst")])
+            .collect();
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let path = entry.map_err(io("list", &self.dir))?.path();
+            if !wanted.contains(&path) {
+                fs::remove_file(&path).map_err(io("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// crc32c of a whole file.
+fn file_crc(path: &Path) -> Result<u32> {
+    let mut file = File::open(path).map_err(io("open", path))?;
+    let mut crc = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io("read", path))?;
+        let Some(read) = buf.get(..n).filter(|r| !r.is_empty()) else {
+            return Ok(crc);
+        };
+        crc = crc32c::crc32c_append(crc, read);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn segment(first_seq: u64, last_seq: u64, records_crc32c: Option<u32>) -> SegmentMeta {
+        SegmentMeta {
+            first_seq,
+            last_seq,
+            first_index: first_seq,
+            last_index: last_seq,
+            min_ts: 0,
+            max_ts: 0,
+            records: last_seq - first_seq + 1,
+            wal_bytes: 0,
+            sst_bytes: 0,
+            sst_crc32c: 0,
+            sealed_at: 0,
+            records_crc32c,
+        }
+    }
+
+    #[test]
+    fn the_diff_keeps_what_is_alike_and_sends_the_rest() {
+        let leader = [
+            segment(1, 100, Some(1)),
+            segment(101, 200, Some(2)),
+            segment(201, 300, Some(3)),
+            segment(301, 400, Some(4)),
+        ];
+        let follower = [
+            // Alike (its SST's own bytes may differ: not compared).
+            SegmentMeta {
+                sst_crc32c: 99,
+                ..segment(1, 100, Some(1))
+            },
+            // The same seqs, other records: lacking, and surplus.
+            segment(101, 200, Some(7)),
+            // Sealed at other boundaries: lacking, and surplus.
+            segment(201, 250, Some(3)),
+            // Sealed before records were checksummed: not trusted.
+            segment(301, 400, None),
+            // Beyond the snapshot.
+            segment(401, 500, Some(5)),
+        ];
+        let d = diff(&leader, &follower);
+        let ranges = |v: &[SegmentMeta]| -> Vec<(u64, u64)> {
+            v.iter().map(|s| (s.first_seq, s.last_seq)).collect()
+        };
+        assert_eq!(ranges(&d.kept), [(1, 100)]);
+        assert_eq!(ranges(&d.missing), [(101, 200), (201, 300), (301, 400)]);
+        assert_eq!(
+            ranges(&d.surplus),
+            [(101, 200), (201, 250), (301, 400), (401, 500)]
+        );
+        assert_eq!(diff(&leader, &[]).missing.len(), 4);
+        assert_eq!(diff(&leader, &leader).kept.len(), 4);
+    }
+
+    /// A file of `len` bytes and the manifest entry that names it.
+    fn file(len: usize, seed: u8) -> (Vec<u8>, SegmentMeta) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let meta = SegmentMeta {
+            sst_bytes: len as u64,
+            sst_crc32c: crc32c::crc32c(&bytes),
+            ..segment(
+                1 + u64::from(seed) * 1000,
+                1000 + u64::from(seed) * 1000,
+                Some(1),
+            )
+        };
+        (bytes, meta)
+    }
+
+    /// Sends `bytes` from where the staging area resumes, in chunks of
+    /// `chunk`; returns the bytes sent, or the error that stopped it.
+    fn send(
+        staging: &Staging,
+        meta: &SegmentMeta,
+        bytes: &[u8],
+        chunk: usize,
+        sent: &mut u64,
+    ) -> Result<()> {
+        loop {
+            let from = staging.resume(meta)? as usize;
+            if from == bytes.len() {
+                return Ok(());
+            }
+            let piece = &bytes[from..(from + chunk).min(bytes.len())];
+            *sent += piece.len() as u64;
+            staging.write_chunk(meta, from as u64, piece, crc32c::crc32c(piece))?;
+        }
+    }
+
+    #[test]
+    fn a_transfer_stopped_at_any_step_resumes_and_finishes_whole() {
+        let steps = [
+            Step::Open,
+            Step::Write,
+            Step::Sync,
+            Step::Verify,
+            Step::Rename,
+            Step::SyncDir,
+        ];
+        const CHUNK: usize = 1000;
+        for step in steps {
+            for stopped_chunk in [0, 3, 9] {
+                let dir = tempfile::tempdir().unwrap();
+                let (bytes, meta) = file(9 * CHUNK + 123, 1);
+                let mut staging = Staging::open(dir.path()).unwrap();
+                let mut sent = 0;
+                // Whole chunks, then a stop at `step` in chunk
+                // `stopped_chunk` (the last chunk reaches every step).
+                for _ in 0..stopped_chunk {
+                    let from = staging.staged(&meta) as usize;
+                    let piece = &bytes[from..from + CHUNK];
+                    sent += CHUNK as u64;
+                    staging
+                        .write_chunk(&meta, from as u64, piece, crc32c::crc32c(piece))
+                        .unwrap();
+                }
+                staging.stop_at(Some(step));
+                match send(&staging, &meta, &bytes, CHUNK, &mut sent) {
+                    Err(StagingError::Stopped(s)) => assert_eq!(s, step),
+                    other => {
+                        // Steps of finishing are reached only by the last chunk.
+                        assert!(
+                            matches!(step, Step::Verify | Step::Rename | Step::SyncDir)
+                                && stopped_chunk < 9,
+                            "{step:?} at chunk {stopped_chunk}: {other:?}"
+                        );
+                    }
+                }
+                // The process "restarts": a new staging area on the same files.
+                let staging = Staging::open(dir.path()).unwrap();
+                let resumed_from = staging.resume(&meta).unwrap();
+                send(&staging, &meta, &bytes, CHUNK, &mut sent).unwrap();
+                let done = staging.complete(&meta).expect("complete");
+                assert_eq!(fs::read(done).unwrap(), bytes, "{step:?}");
+                // At most one chunk is sent twice per interruption.
+                assert!(
+                    sent <= bytes.len() as u64 + CHUNK as u64,
+                    "{step:?}: {sent} sent, resumed from {resumed_from}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_chunks_and_bad_files_are_refused_and_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let (bytes, meta) = file(2500, 2);
+        // A chunk damaged in transit.
+        let mut damaged = bytes[..1000].to_vec();
+        damaged[17] ^= 1;
+        let crc = crc32c::crc32c(&bytes[..1000]);
+        assert!(matches!(
+            staging.write_chunk(&meta, 0, &damaged, crc),
+            Err(StagingError::BadChunk { offset: 0, .. })
+        ));
+        assert_eq!(staging.staged(&meta), 0, "nothing of it staged");
+        // Out of place, or too long.
+        assert!(matches!(
+            staging.write_chunk(
+                &meta,
+                1000,
+                &bytes[1000..2000],
+                crc32c::crc32c(&bytes[1000..2000])
+            ),
+            Err(StagingError::Offset { staged: 0, .. })
+        ));
+        let long = vec![0u8; 2501];
+        assert!(matches!(
+            staging.write_chunk(&meta, 0, &long, crc32c::crc32c(&long)),
+            Err(StagingError::TooLong { .. })
+        ));
+        // A whole file whose bytes differ from the manifest's: discarded,
+        // never named complete, and sent again from the start.
+        let mut wrong = bytes.clone();
+        wrong[2400] ^= 0xff;
+        let mut sent = 0;
+        assert!(matches!(
+            send(&staging, &meta, &wrong, 1000, &mut sent),
+            Err(StagingError::BadFile { .. })
+        ));
+        assert!(staging.complete(&meta).is_none());
+        assert_eq!(staging.staged(&meta), 0);
+        send(&staging, &meta, &bytes, 1000, &mut sent).unwrap();
+        assert_eq!(fs::read(staging.complete(&meta).unwrap()).unwrap(), bytes);
+        // A chunk of a complete file is acknowledged again.
+        assert_eq!(
+            staging
+                .write_chunk(&meta, 0, &bytes[..1000], crc32c::crc32c(&bytes[..1000]))
+                .unwrap(),
+            2500
+        );
+        // A torn write beyond what was acknowledged is cut off.
+        let (other, other_meta) = file(3000, 3);
+        let staging = Staging::open(dir.path()).unwrap();
+        staging
+            .write_chunk(
+                &other_meta,
+                0,
+                &other[..1000],
+                crc32c::crc32c(&other[..1000]),
+            )
+            .unwrap();
+        let part = dir.path().join(format!(
+            "{:020}-{:08x}.part",
+            other_meta.first_seq, other_meta.sst_crc32c
+        ));
+        let mut f = OpenOptions::new().append(true).open(&part).unwrap();
+        f.write_all(&[0xaa; 10]).unwrap();
+        // The leader resumes from what is there (1010): the garbage makes
+        // the whole file fail its check, and it is sent again whole.
+        let mut sent = 0;
+        let first = send(&staging, &other_meta, &other, 1000, &mut sent);
+        assert!(
+            matches!(first, Err(StagingError::BadFile { .. })),
+            "{first:?}"
+        );
+        send(&staging, &other_meta, &other, 1000, &mut sent).unwrap();
+        assert_eq!(
+            fs::read(staging.complete(&other_meta).unwrap()).unwrap(),
+            other
+        );
+        // Files of other snapshots go.
+        staging.retain(std::slice::from_ref(&other_meta)).unwrap();
+        assert!(staging.complete(&meta).is_none());
+        assert!(staging.complete(&other_meta).is_some());
+    }
+}
