@@ -320,7 +320,22 @@ impl Engine {
                 next_seq
             },
         };
-        let shared = Arc::new(Shared::new(wal_dir, tmp_dir, opts, store, state, cuts));
+        let segments_dir = if opts.replicated {
+            let segments_dir = make_dir(&dir.join("segments"))?;
+            keep_only_sealed(&segments_dir, &state.sealed)?;
+            Some(segments_dir)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(
+            wal_dir,
+            tmp_dir,
+            segments_dir,
+            opts,
+            store,
+            state,
+            cuts,
+        ));
 
         let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
         let (sealer_tx, sealer_rx) = crossbeam_channel::unbounded();
@@ -494,6 +509,14 @@ impl Engine {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
+    /// The SST file of a sealed segment as it was sealed, if this is a
+    /// replicated log and still holds it: what a lagging node is sent.
+    pub fn segment_file(&self, segment: &SegmentMeta) -> Option<PathBuf> {
+        let path = self.shared.segment_path(segment.first_seq)?;
+        let len = fs::metadata(&path).ok()?.len();
+        (len == segment.sst_bytes).then_some(path)
+    }
+
     /// Sealed segments, oldest first.
     pub fn segments(&self) -> Vec<SegmentMeta> {
         self.shared.read().sealed.values().cloned().collect()
@@ -532,6 +555,31 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Deletes the files in `dir` that are not a sealed segment's whole SST
+/// (a crash between linking and committing a seal, or before a dropped
+/// segment's file went).
+fn keep_only_sealed(
+    dir: &Path,
+    sealed: &std::collections::BTreeMap<u64, SegmentMeta>,
+) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(Error::io("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let kept = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".sst"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|first_seq| sealed.get(&first_seq))
+            .is_some_and(|s| entry.metadata().is_ok_and(|m| m.len() == s.sst_bytes));
+        if !kept {
+            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {

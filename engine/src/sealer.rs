@@ -156,6 +156,7 @@ impl Sealer {
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(Error::io("fsync", &tmp))?;
+        self.keep_file(&tmp, first_seq)?;
         self.shared.store.ingest(&tmp, first_seq, last_seq)?;
         let meta = SegmentMeta {
             first_seq,
@@ -173,6 +174,25 @@ impl Sealer {
         };
         self.shared.store.commit_segment(&meta)?;
         self.retire(finished, Some(meta))
+    }
+
+    /// A replicated log keeps each segment's SST as sealed, a hard link
+    /// beside the one RocksDB ingests (no bytes copied), so that it can be
+    /// sent to a lagging node.
+    fn keep_file(&self, tmp: &std::path::Path, first_seq: u64) -> Result<()> {
+        let Some(path) = self.shared.segment_path(first_seq) else {
+            return Ok(());
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &path)(e)),
+        }
+        fs::hard_link(tmp, &path).map_err(Error::io("link", &path))?;
+        let dir = path.parent().unwrap_or(&path);
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io("fsync", dir))
     }
 
     /// Writes the segment's SST; returns its records' checksum.
@@ -272,6 +292,11 @@ impl Sealer {
             state.first_seq = state.first_seq.max(floor);
         }
         self.shared.store.drop_below(floor, doomed)?;
+        for segment in doomed {
+            if let Some(path) = self.shared.segment_path(segment.first_seq) {
+                let _ = fs::remove_file(path);
+            }
+        }
         let report = RetentionReport {
             segments: doomed.len() as u64,
             records: doomed.iter().map(|s| s.records).sum(),

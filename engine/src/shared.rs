@@ -67,6 +67,9 @@ impl Counters {
 pub(crate) struct Shared {
     pub(crate) wal_dir: PathBuf,
     pub(crate) tmp_dir: PathBuf,
+    /// A replicated log's copy of each sealed segment's SST file (a hard
+    /// link: no bytes copied), what a lagging node is sent.
+    pub(crate) segments_dir: Option<PathBuf>,
     pub(crate) opts: Options,
     pub(crate) store: Store,
     state: RwLock<State>,
@@ -84,9 +87,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Where the file of the segment starting at `first_seq` is kept.
+    pub(crate) fn segment_path(&self, first_seq: u64) -> Option<PathBuf> {
+        Some(
+            self.segments_dir
+                .as_ref()?
+                .join(format!("{first_seq:020}.sst")),
+        )
+    }
+
     pub(crate) fn new(
         wal_dir: PathBuf,
         tmp_dir: PathBuf,
+        segments_dir: Option<PathBuf>,
         opts: Options,
         store: Store,
         state: State,
@@ -95,6 +108,7 @@ impl Shared {
         Shared {
             wal_dir,
             tmp_dir,
+            segments_dir,
             opts,
             store,
             state: RwLock::new(state),

@@ -439,6 +439,19 @@ fn a_replicated_log_drops_only_on_a_decision() {
     }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(engine.stats().first_seq, 1, "no drop without a decision");
+    // Each segment's SST is kept as sealed: the bytes its manifest entry
+    // names, ready to be sent.
+    let segments = engine.segments();
+    assert_eq!(segments.len(), 4);
+    for segment in &segments {
+        let file = engine.segment_file(segment).expect("the segment's file");
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(
+            (bytes.len() as u64, crc32c::crc32c(&bytes)),
+            (segment.sst_bytes, segment.sst_crc32c)
+        );
+        assert!(segment.records_crc32c.is_some());
+    }
     assert_eq!(
         engine.retention_floor(0),
         Some(401),
@@ -452,8 +465,24 @@ fn a_replicated_log_drops_only_on_a_decision() {
         RetentionReport::default(),
         "below the floor: nothing"
     );
+    assert!(
+        engine.segment_file(&segments[0]).is_none(),
+        "a dropped segment's file goes"
+    );
+    assert!(engine.segment_file(&segments[2]).is_some());
     engine.close().unwrap();
+    // A file no sealed segment names (a crash between linking and
+    // committing a seal) is deleted at open.
+    std::fs::write(
+        dir.path().join("segments").join("00000000000000009999.sst"),
+        b"x",
+    )
+    .unwrap();
     let engine = Engine::open(dir.path(), opts).unwrap();
     assert_eq!(engine.stats().first_seq, 201);
     assert_eq!(engine.scan(..).count(), 200);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .collect();
+    assert_eq!(left.len(), 2, "the two kept segments' files");
 }
