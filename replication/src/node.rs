@@ -447,8 +447,6 @@ impl Writes {
     }
 }
 
-/// Binds the peer endpoint, waiting up to ten seconds for an address that
-/// a node just stopped in this process is still releasing.
 /// The address node `config.node_id` listens on for its peers.
 fn own_addr(config: &ClusterConfig) -> Result<SocketAddr> {
     let own = config
@@ -463,6 +461,8 @@ fn own_addr(config: &ClusterConfig) -> Result<SocketAddr> {
     })
 }
 
+/// Binds the peer endpoint, waiting up to ten seconds for an address that
+/// a node just stopped in this process is still releasing.
 async fn bind_retrying(addr: SocketAddr, tls: &NodeTls) -> Result<Network> {
     let mut tries = 0;
     let started = std::time::Instant::now();
@@ -659,8 +659,8 @@ pub struct ClusterNode {
     /// Its Raft and peer link, with what writing needs.
     writes: Writes,
     engine: Arc<Engine>,
-    /// The peer endpoint's server, the merging queue and the leader
-    /// watcher, stopped at shutdown.
+    /// The peer endpoint's server, the merging queue, the leader watcher
+    /// and the retention check, stopped at shutdown.
     tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 4]>>,
     append_latency: Arc<Latency>,
     leader_changes: Arc<AtomicU64>,
