@@ -801,13 +801,19 @@ impl ClusterNode {
             let Some((id, addr)) = known_leader(&self.writes.raft) else {
                 return Err(self.writes.not_leader());
             };
-            match self
-                .writes
-                .network
-                .request(id, &addr, &Request::ReadIndex, READ_TIMEOUT)
-                .await
-                .map_err(|e| Error::Raft(format!("asking the leader, node {id}: {e}")))?
-            {
+            let ask = || {
+                self.writes
+                    .network
+                    .request(id, &addr, &Request::ReadIndex, READ_TIMEOUT)
+            };
+            // A failed request drops its connection: the cached one may
+            // be to a leader process that has since restarted (seen as
+            // "connection lost" after a SIGKILL). Dial afresh once.
+            let answer = match ask().await {
+                Ok(answer) => Ok(answer),
+                Err(_) => ask().await,
+            };
+            match answer.map_err(|e| Error::Raft(format!("asking the leader, node {id}: {e}")))? {
                 Response::ReadIndex(index) => index,
                 Response::NotLeader(leader) => return Err(Error::NotLeader { node: id, leader }),
                 Response::Error(reason) => return Err(Error::Raft(format!("node {id}: {reason}"))),
