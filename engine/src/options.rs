@@ -40,7 +40,9 @@ pub struct Options {
     pub durability: Durability,
     /// The active segment is sealed once its WAL file reaches this size.
     pub segment_bytes: u64,
-    /// ... or once it is this old and holds at least one record.
+    /// ... or once it is this old and holds at least one record (not in a
+    /// replicated log, whose files end by size alone, at the same entries
+    /// on every node).
     pub segment_age: Duration,
     pub retention: Retention,
     /// Largest encoded batch `append` accepts.

@@ -486,3 +486,78 @@ fn a_replicated_log_drops_only_on_a_decision() {
         .collect();
     assert_eq!(left.len(), 2, "the two kept segments' files");
 }
+
+/// Two nodes' logs that receive the same entries in other groupings (and
+/// one reopened half way) cut their files, hence their sealed segments,
+/// at the same entries: what a snapshot compares.
+#[test]
+fn replicated_logs_seal_at_the_same_entries_however_entries_arrive() {
+    let opts = Options {
+        replicated: true,
+        segment_bytes: 8 << 10,
+        segment_age: Duration::from_millis(1),
+        tick: Duration::from_millis(5),
+        ..Options::default()
+    };
+    let entries: Vec<Arc<crate::EncodedBatch>> = (0..120u64)
+        .map(|i| {
+            let n = 1 + i % 7;
+            Arc::new(crate::EncodedBatch::encode(&records(i * 10..i * 10 + n)).unwrap())
+        })
+        .collect();
+    let append = |engine: &Engine, from: u64, group: &[Arc<crate::EncodedBatch>]| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let frames = group
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (1, from + i as u64, Arc::clone(b)))
+            .collect();
+        engine
+            .append_entries(frames, move |r| {
+                let _ = tx.send(r);
+            })
+            .unwrap();
+        rx.recv().unwrap().unwrap();
+    };
+    let sealed_ranges = |engine: &Engine| -> Vec<(u64, u64, Option<u32>)> {
+        engine.apply(entries.len() as u64).unwrap();
+        engine.seal().unwrap();
+        engine
+            .segments()
+            .iter()
+            .map(|s| (s.first_seq, s.last_seq, s.records_crc32c))
+            .collect()
+    };
+    // One node takes the entries in one call.
+    let a = tempfile::tempdir().unwrap();
+    let engine = Engine::open(a.path(), opts.clone()).unwrap();
+    append(&engine, 1, &entries);
+    let want = sealed_ranges(&engine);
+    assert!(want.len() > 3, "several segments: {want:?}");
+    // The other one at a time and in pairs, with pauses longer than the
+    // segment age, reopened half way.
+    let b = tempfile::tempdir().unwrap();
+    let mut engine = Engine::open(b.path(), opts.clone()).unwrap();
+    let mut next = 0usize;
+    for (round, size) in [1usize, 2, 1, 3].iter().cycle().enumerate() {
+        let Some(group) = entries.get(next..(next + size).min(entries.len())) else {
+            break;
+        };
+        if group.is_empty() {
+            break;
+        }
+        append(&engine, next as u64 + 1, group);
+        next += group.len();
+        if round % 5 == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if round == 30 {
+            engine.close().unwrap();
+            engine = Engine::open(b.path(), opts.clone()).unwrap();
+        }
+    }
+    // The last file is cut by the explicit seal on both: compare the
+    // segments sealed by size.
+    let got = sealed_ranges(&engine);
+    assert_eq!(got[..got.len() - 1], want[..want.len() - 1]);
+}

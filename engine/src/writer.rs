@@ -169,10 +169,19 @@ impl Writer {
     }
 
     /// Takes every append already waiting, up to the group byte budget.
+    ///
+    /// A replicated log's group also ends with the frame that fills the
+    /// file, so that a file ends after the first frame reaching
+    /// `segment_bytes` however the entries arrived: every node then cuts
+    /// its files, hence its sealed segments, at the same entries (what a
+    /// snapshot compares).
     fn gather(&self, first: AppendReq) -> (Vec<AppendReq>, Option<WriterMsg>) {
+        let fills = |bytes: usize| {
+            self.shared.opts.replicated && self.len + bytes as u64 >= self.shared.opts.segment_bytes
+        };
         let mut bytes = first.batch.frame_len();
         let mut group = vec![first];
-        while bytes < self.shared.opts.max_group_bytes {
+        while bytes < self.shared.opts.max_group_bytes && !fills(bytes) {
             match self.rx.try_recv() {
                 Ok(WriterMsg::Append(req)) => {
                     bytes += req.batch.frame_len();
@@ -193,9 +202,12 @@ impl Writer {
         if sync_due && let Err(e) = self.sync_if_unsynced() {
             self.shared.poison(e.to_string());
         }
-        if self
-            .first_frame_at
-            .is_some_and(|at| at.elapsed() >= self.shared.opts.segment_age)
+        // A replicated log's files end by size alone, the same on every
+        // node; a clock would cut each node's elsewhere.
+        if !self.shared.opts.replicated
+            && self
+                .first_frame_at
+                .is_some_and(|at| at.elapsed() >= self.shared.opts.segment_age)
         {
             self.rotate_or_warn();
         }
