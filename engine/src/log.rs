@@ -148,19 +148,7 @@ impl Engine {
         let (start, end) = crate::read::half_open(&range, || u64::MAX);
         let state = self.shared.read();
         for segment in state.log_segments() {
-            let (Some(first), Some(last)) = (segment.frames.first(), segment.frames.last()) else {
-                continue;
-            };
-            if last.index < start || first.index >= end {
-                continue;
-            }
-            let from = segment.frames.partition_point(|f| f.index < start);
-            for loc in segment
-                .frames
-                .iter()
-                .skip(from)
-                .take_while(|f| f.index < end)
-            {
+            for loc in frames_in(segment, start, end) {
                 let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
                 f(loc, &frame).map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?;
             }
@@ -237,14 +225,7 @@ impl Engine {
         let state = self.shared.read();
         state
             .log_segments()
-            .flat_map(|segment| {
-                let from = segment.frames.partition_point(|f| f.index < start);
-                segment
-                    .frames
-                    .iter()
-                    .skip(from)
-                    .take_while(|f| f.index < end)
-            })
+            .flat_map(|segment| frames_in(segment, start, end))
             .map(|f| u64::from(f.len))
             .sum()
     }
@@ -314,4 +295,18 @@ impl Engine {
             Err(e) => Err(Error::io("read", &path)(e)),
         }
     }
+}
+
+/// The frames of a WAL segment with index in `start..end`, in order.
+fn frames_in(
+    segment: &wal::WalSegment,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = &wal::FrameLoc> {
+    let from = segment.frames.partition_point(|f| f.index < start);
+    segment
+        .frames
+        .iter()
+        .skip(from)
+        .take_while(move |f| f.index < end)
 }

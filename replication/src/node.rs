@@ -423,8 +423,11 @@ impl Writes {
     async fn leader_changes(&self, id: NodeId, term: u64) {
         let mut metrics = self.raft.metrics();
         loop {
-            let now = metrics.borrow_watched().clone();
-            if now.current_leader != Some(id) || now.current_term != term {
+            let (leader, now) = {
+                let m = metrics.borrow_watched();
+                (m.current_leader, m.current_term)
+            };
+            if leader != Some(id) || now != term {
                 return;
             }
             if metrics.changed().await.is_err() {

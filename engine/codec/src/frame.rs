@@ -135,10 +135,15 @@ impl<'a> Frame<'a> {
 
     /// A keyed batch's key.
     pub fn key(&self) -> Option<BatchKey> {
-        match self.kind {
-            FrameKind::KeyedBatch => BatchKey::split(self.payload).map(|(_, key)| key),
-            _ => None,
-        }
+        key_of(self.kind, self.payload)
+    }
+}
+
+/// The key at the end of a keyed batch's payload; `None` for other kinds.
+fn key_of(kind: FrameKind, payload: &[u8]) -> Option<BatchKey> {
+    match kind {
+        FrameKind::KeyedBatch => BatchKey::split(payload).map(|(_, key)| key),
+        _ => None,
     }
 }
 
@@ -416,10 +421,7 @@ impl EncodedBatch {
 
     /// A keyed batch's key.
     pub fn key(&self) -> Option<BatchKey> {
-        match self.kind {
-            FrameKind::KeyedBatch => BatchKey::split(self.payload()).map(|(_, key)| key),
-            _ => None,
-        }
+        key_of(self.kind, self.payload())
     }
 
     /// Takes a batch payload made elsewhere (a client, a follower) after
