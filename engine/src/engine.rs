@@ -15,7 +15,7 @@ use crate::SeqRange;
 use crate::error::{Error, Result};
 use crate::options::{Background, Options};
 use crate::sealer::{RetentionReport, Sealer, SealerMsg};
-use crate::segment::SegmentMeta;
+use lode_codec::SegmentMeta;
 use crate::shared::{Shared, State};
 use crate::store::Store;
 use crate::wal::{self, TailCut, WalSegment};
@@ -205,7 +205,7 @@ fn recover_wal(
             tracing::warn!(path = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, reason = %cut.reason, "cut torn WAL tail");
             cuts.push(cut);
         }
-        let segment = recovered.segment;
+        let mut segment = recovered.segment;
         expected = Some((segment.next_index(), segment.end_seq()));
         let sealed = opts.replicated
             && applied.is_some()
@@ -216,6 +216,13 @@ fn recover_wal(
         if sealed && segments.is_empty() {
             retained.push(segment);
         } else {
+            if opts.replicated
+                && segments.is_empty()
+                && let Some(applied) = applied
+            {
+                // An installed snapshot covers this file's first frames.
+                segment.skip_through(applied);
+            }
             segments.push(segment);
             active = Some(recovered.file);
         }
@@ -236,8 +243,16 @@ fn recover_wal(
     let active = match active {
         Some(file) => file,
         None => {
-            let (index, seq) = expected.unwrap_or((0, expected_seq));
-            let (file, segment) = wal::create(wal_dir, index, seq, 0)?;
+            let (next_index, end_seq) = expected.unwrap_or((0, expected_seq));
+            // Past an installed snapshot, the log goes on after it.
+            let index = match applied {
+                Some(applied) if opts.replicated => next_index.max(applied + 1),
+                _ => next_index,
+            };
+            let seq = end_seq.max(expected_seq);
+            let jumped = (index, seq) != (next_index, end_seq) && !retained.is_empty();
+            let flags = if jumped { wal::SNAPSHOT } else { 0 };
+            let (file, segment) = wal::create(wal_dir, index, seq, flags)?;
             segments.push(segment);
             file
         }
@@ -284,10 +299,14 @@ impl Engine {
             .values()
             .next_back()
             .map_or(floor, |s| s.last_seq + 1);
-        // The manifest's applied index is the last sealed entry's; 0 with no
-        // sealed segment means nothing sealed (a replicated log may start
-        // at index 0).
-        let applied = (!sealed.is_empty() || !opts.replicated).then_some(manifest.applied);
+        // The manifest's applied index is the last sealed (or installed)
+        // entry's; a replicated log that never sealed has none (it may
+        // start at index 0).
+        let applied = if opts.replicated {
+            manifest.applied
+        } else {
+            Some(manifest.applied.unwrap_or(0))
+        };
         let RecoveredWal {
             segments: wal,
             retained,
@@ -302,10 +321,11 @@ impl Engine {
             !active.frames.is_empty(),
         );
         let path = active.path.clone();
-        let first_seq = sealed.values().next().map_or_else(
-            || wal.first().map_or(floor, |w| w.first_seq),
-            |s| s.first_seq,
-        );
+        let first_seq = sealed
+            .values()
+            .next()
+            .map_or_else(|| wal.first().map_or(floor, |w| w.first_seq), |s| s.first_seq)
+            .max(manifest.floor);
         let state = State {
             sealed,
             wal: wal.into(),
@@ -445,6 +465,10 @@ impl Engine {
             .map_err(|_| Error::Closed)
     }
 
+    pub(crate) fn sealer(&self) -> Result<&Sender<SealerMsg>> {
+        self.sealer_tx.as_ref().ok_or(Error::Closed)
+    }
+
     pub(crate) fn writer(&self) -> Result<&Sender<WriterMsg>> {
         if let Some(cause) = self.shared.poisoned() {
             return Err(Error::Poisoned { cause });
@@ -512,7 +536,7 @@ impl Engine {
     /// The SST file of a sealed segment as it was sealed, if this is a
     /// replicated log and still holds it: what a lagging node is sent.
     pub fn segment_file(&self, segment: &SegmentMeta) -> Option<PathBuf> {
-        let path = self.shared.segment_path(segment.first_seq)?;
+        let path = self.shared.segment_path(segment)?;
         let len = fs::metadata(&path).ok()?.len();
         (len == segment.sst_bytes).then_some(path)
     }
@@ -569,17 +593,37 @@ fn keep_only_sealed(
         let entry = entry.map_err(Error::io("list", dir))?;
         let path = entry.path();
         let name = entry.file_name();
+        if let Some(renamed) = renamed_to_current(&name, sealed) {
+            let to = dir.join(renamed);
+            fs::rename(&path, &to).map_err(Error::io("rename", &path))?;
+            continue;
+        }
         let kept = name
             .to_str()
-            .and_then(|n| n.strip_suffix(".sst"))
+            .and_then(|n| n.get(..20))
             .and_then(|n| n.parse::<u64>().ok())
             .and_then(|first_seq| sealed.get(&first_seq))
-            .is_some_and(|s| entry.metadata().is_ok_and(|m| m.len() == s.sst_bytes));
+            .is_some_and(|s| {
+                name.to_str() == Some(crate::shared::segment_file_name(s).as_str())
+                    && entry.metadata().is_ok_and(|m| m.len() == s.sst_bytes)
+            });
         if !kept {
             fs::remove_file(&path).map_err(Error::io("remove", &path))?;
         }
     }
     Ok(())
+}
+
+/// A kept segment file named as before files carried their crc
+/// (`<first seq>.sst`): its name now, when it is a manifest segment's.
+fn renamed_to_current(
+    name: &std::ffi::OsStr,
+    sealed: &std::collections::BTreeMap<u64, SegmentMeta>,
+) -> Option<String> {
+    let first_seq = name.to_str()?.strip_suffix(".sst")?.parse::<u64>().ok()?;
+    sealed
+        .get(&first_seq)
+        .map(crate::shared::segment_file_name)
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {

@@ -36,7 +36,6 @@ mod log;
 mod options;
 mod read;
 mod sealer;
-mod segment;
 mod shared;
 mod store;
 #[cfg(test)]
@@ -50,11 +49,11 @@ pub use lode_codec::{
     ArchivedLevel, ArchivedLogRecord, BatchKey, EncodedBatch, FrameKind, HEADER_LEN, KEY_LEN,
     Level, LogRecord, Record, format_rfc3339, parse_rfc3339,
 };
-pub use log::{KeyedEntry, LogBounds, LogEntry};
+pub use log::{KeyedEntry, LogBounds, LogEntry, SnapshotInstall};
 pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
-pub use segment::SegmentMeta;
+pub use lode_codec::SegmentMeta;
 pub use shared::now_ns;
 pub use wal::TailCut;
 

@@ -14,9 +14,10 @@
 //! purge, and what the state file says are the caller's.
 
 use std::ops::RangeBounds;
+use std::path::PathBuf;
 
 use crossbeam_channel::bounded;
-use lode_codec::{BatchKey, EncodedBatch, FrameKind};
+use lode_codec::{BatchKey, EncodedBatch, FrameKind, SegmentMeta};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -48,6 +49,28 @@ pub struct KeyedEntry {
     pub seqs: SeqRange,
 }
 
+/// A snapshot for a replicated log to install
+/// ([`Engine::install_snapshot`]): another node's sealed segments through a
+/// log index, some of which this node holds already.
+#[derive(Debug, Clone)]
+pub struct SnapshotInstall {
+    /// Every segment the log holds once installed, in seq order: its own
+    /// where it holds the same records, the others' (in `files`).
+    pub segments: Vec<SegmentMeta>,
+    /// The SST file of each segment it lacks, whole and checked. Linked
+    /// in, not copied; the caller may delete its paths afterwards.
+    pub files: Vec<(SegmentMeta, PathBuf)>,
+    /// The first seq kept (records below it are dropped).
+    pub floor: u64,
+    /// The last log index the snapshot covers, and the seq after its
+    /// records: the log goes on from both.
+    pub through: u64,
+    pub end_seq: u64,
+    /// The consensus layer's description of the snapshot, stored with
+    /// the manifest in the same synced write.
+    pub description: Vec<u8>,
+}
+
 /// Where a replicated log starts and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogBounds {
@@ -65,6 +88,16 @@ impl Engine {
         let writer = self.writer()?;
         let (reply, rx) = bounded(1);
         writer.send(msg(reply)).map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn sealer_call<T>(
+        &self,
+        msg: impl FnOnce(crossbeam_channel::Sender<Result<T>>) -> crate::sealer::SealerMsg,
+    ) -> Result<T> {
+        let sealer = self.sealer()?;
+        let (reply, rx) = bounded(1);
+        sealer.send(msg(reply)).map_err(|_| Error::Closed)?;
         rx.recv().map_err(|_| Error::Closed)?
     }
 
@@ -277,6 +310,37 @@ impl Engine {
     /// `through + 1`.
     pub fn purge(&self, through: u64) -> Result<()> {
         self.writer_call(|reply| WriterMsg::Purge { through, reply })
+    }
+
+    /// Installs a snapshot: its segments replace this log's sealed ones
+    /// (those it holds alike stay, the files of the others are ingested),
+    /// records through `through` become readable, and the log goes on
+    /// after it: entries at or below `through` are no longer the log's,
+    /// later ones it holds stay (their seqs must start at `end_seq`). The
+    /// manifest, applied index, floor and description change in one
+    /// synced write, after the files are in: a crash leaves the old state
+    /// or the new. Refused unless `through` is past the applied index.
+    pub fn install_snapshot(&self, install: SnapshotInstall) -> Result<()> {
+        self.writer_call(|reply| WriterMsg::Install {
+            install: Box::new(install),
+            reply,
+        })
+    }
+
+    /// The last snapshot's index and description as saved by
+    /// [`Engine::save_snapshot`] or [`Engine::install_snapshot`].
+    pub fn snapshot(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        self.shared.store.snapshot()
+    }
+
+    /// Saves the description of a snapshot this log built through
+    /// `index` (synced), unless one at or past it is saved already.
+    pub fn save_snapshot(&self, index: u64, description: Vec<u8>) -> Result<()> {
+        self.sealer_call(|reply| crate::sealer::SealerMsg::SaveSnapshot {
+            index,
+            description,
+            reply,
+        })
     }
 
     /// Replaces the log's state file (the consensus layer's vote and

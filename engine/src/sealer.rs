@@ -20,8 +20,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::segment::RecordsCrc;
-use crate::segment::SegmentMeta;
+use lode_codec::RecordsCrc;
+use lode_codec::SegmentMeta;
 use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
@@ -35,6 +35,18 @@ pub(crate) enum SealerMsg {
     Retention {
         now: i64,
         reply: Sender<Result<RetentionReport>>,
+    },
+    /// Swap a snapshot's segments and manifest in, then answer (the
+    /// writer has synced the log and waits).
+    Install {
+        install: Box<crate::log::SnapshotInstall>,
+        reply: Sender<Result<()>>,
+    },
+    /// Save a built snapshot's description, unless a later one is saved.
+    SaveSnapshot {
+        index: u64,
+        description: Vec<u8>,
+        reply: Sender<Result<()>>,
     },
     /// Drop the sealed segments wholly below a seq, then answer (a
     /// replicated log's retention decision).
@@ -88,6 +100,22 @@ impl Sealer {
                 }
                 Ok(SealerMsg::Retention { now, reply }) => {
                     let _ = reply.send(self.retention(now));
+                }
+                Ok(SealerMsg::Install { install, reply }) => {
+                    let _ = reply.send(self.install(&install));
+                }
+                Ok(SealerMsg::SaveSnapshot {
+                    index,
+                    description,
+                    reply,
+                }) => {
+                    let saved = self.shared.store.snapshot().and_then(|saved| {
+                        match saved {
+                            Some((at, _)) if at >= index => Ok(()),
+                            _ => self.shared.store.save_snapshot(index, &description),
+                        }
+                    });
+                    let _ = reply.send(saved);
                 }
                 Ok(SealerMsg::DropBelow { floor, reply }) => {
                     let _ = reply.send(self.drop_below(floor));
@@ -156,8 +184,6 @@ impl Sealer {
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(Error::io("fsync", &tmp))?;
-        self.keep_file(&tmp, first_seq)?;
-        self.shared.store.ingest(&tmp, first_seq, last_seq)?;
         let meta = SegmentMeta {
             first_seq,
             last_seq,
@@ -172,6 +198,8 @@ impl Sealer {
             sealed_at: now_ns(),
             records_crc32c: Some(records_crc32c),
         };
+        self.keep_file(&tmp, &meta)?;
+        self.shared.store.ingest(&tmp, first_seq, last_seq)?;
         self.shared.store.commit_segment(&meta)?;
         self.retire(finished, Some(meta))
     }
@@ -179,8 +207,8 @@ impl Sealer {
     /// A replicated log keeps each segment's SST as sealed, a hard link
     /// beside the one RocksDB ingests (no bytes copied), so that it can be
     /// sent to a lagging node.
-    fn keep_file(&self, tmp: &std::path::Path, first_seq: u64) -> Result<()> {
-        let Some(path) = self.shared.segment_path(first_seq) else {
+    fn keep_file(&self, tmp: &std::path::Path, segment: &SegmentMeta) -> Result<()> {
+        let Some(path) = self.shared.segment_path(segment) else {
             return Ok(());
         };
         match fs::remove_file(&path) {
@@ -249,6 +277,74 @@ impl Sealer {
         Ok(())
     }
 
+    /// Swaps an installed snapshot's segments in: each missing file is
+    /// kept and ingested, then the manifest changes in one synced write,
+    /// then readers see the new segments and the log's files at or below
+    /// the snapshot leave the records' way (kept as log until purged).
+    fn install(&self, install: &crate::log::SnapshotInstall) -> Result<()> {
+        for (segment, path) in &install.files {
+            let len = fs::metadata(path).map_err(Error::io("stat", path))?.len();
+            if len != segment.sst_bytes {
+                return Err(Error::InvalidArgument(format!(
+                    "{} holds {len} bytes; segment {} has {}",
+                    path.display(),
+                    segment.first_seq,
+                    segment.sst_bytes
+                )));
+            }
+            self.keep_file(path, segment)?;
+            // RocksDB moves the file it ingests: it gets a link of its own.
+            let tmp = self
+                .shared
+                .tmp_dir
+                .join(format!("install-{:020}.sst", segment.first_seq));
+            let _ = fs::remove_file(&tmp);
+            fs::hard_link(path, &tmp).map_err(Error::io("link", &tmp))?;
+            self.shared
+                .store
+                .ingest(&tmp, segment.first_seq, segment.last_seq)?;
+        }
+        let replaced: Vec<SegmentMeta> = self
+            .shared
+            .read()
+            .sealed
+            .values()
+            .filter(|held| !install.segments.contains(held))
+            .cloned()
+            .collect();
+        self.shared.store.install(
+            &install.segments,
+            &replaced,
+            install.through,
+            install.floor,
+            &install.description,
+        )?;
+        {
+            let mut state = self.shared.write();
+            state.sealed = install
+                .segments
+                .iter()
+                .map(|s| (s.first_seq, s.clone()))
+                .collect();
+            state.first_seq = install.floor;
+            state.end_seq = install.end_seq;
+            state.applied = Some(install.through);
+            cover_log(&mut state, install.through);
+        }
+        let names: Vec<PathBuf> = install
+            .segments
+            .iter()
+            .filter_map(|s| self.shared.segment_path(s))
+            .collect();
+        for segment in &replaced {
+            if let Some(path) = self.shared.segment_path(segment).filter(|p| !names.contains(p)) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        self.shared.notify();
+        Ok(())
+    }
+
     /// Drops the oldest sealed segments beyond the retention bounds.
     pub(crate) fn retention(&self, now: i64) -> Result<RetentionReport> {
         let doomed = doomed_by_policy(&self.shared, now);
@@ -293,7 +389,7 @@ impl Sealer {
         }
         self.shared.store.drop_below(floor, doomed)?;
         for segment in doomed {
-            if let Some(path) = self.shared.segment_path(segment.first_seq) {
+            if let Some(path) = self.shared.segment_path(segment) {
                 let _ = fs::remove_file(path);
             }
         }
@@ -307,6 +403,28 @@ impl Sealer {
         Counters::add(&counters.dropped_records, report.records);
         Counters::add(&counters.dropped_bytes, report.bytes);
         Ok(report)
+    }
+}
+
+/// After a snapshot through `through` is installed: the log's files wholly
+/// at or below it (but the active one, which the writer replaces) hold
+/// no readable records any more and are kept as log only; a file that
+/// also holds later entries starts at its first later frame.
+fn cover_log(state: &mut crate::shared::State, through: u64) {
+    while state.wal.len() > 1
+        && state
+            .wal
+            .front()
+            .is_some_and(|w| w.last_index().is_none_or(|last| last <= through))
+    {
+        if let Some(covered) = state.wal.pop_front() {
+            state.retained.push_back(covered);
+        }
+    }
+    if let Some(front) = state.wal.front_mut()
+        && front.last_index().is_some_and(|last| last > through)
+    {
+        front.skip_through(through);
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::{
 use std::time::Duration;
 
 use crate::options::Options;
-use crate::segment::SegmentMeta;
+use lode_codec::SegmentMeta;
 use crate::store::Store;
 use crate::wal::{TailCut, WalSegment};
 
@@ -87,13 +87,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Where the file of the segment starting at `first_seq` is kept.
-    pub(crate) fn segment_path(&self, first_seq: u64) -> Option<PathBuf> {
-        Some(
-            self.segments_dir
-                .as_ref()?
-                .join(format!("{first_seq:020}.sst")),
-        )
+    /// Where the file of `segment` is kept: named by its first seq and
+    /// its file's crc, so that a segment installed from another node never
+    /// takes the name of one it replaces.
+    pub(crate) fn segment_path(&self, segment: &SegmentMeta) -> Option<PathBuf> {
+        Some(self.segments_dir.as_ref()?.join(segment_file_name(segment)))
     }
 
     pub(crate) fn new(
@@ -181,6 +179,11 @@ impl Shared {
             })
             .unwrap_or_else(PoisonError::into_inner);
     }
+}
+
+/// The name of a segment's kept file.
+pub(crate) fn segment_file_name(segment: &SegmentMeta) -> String {
+    format!("{:020}-{:08x}.sst", segment.first_seq, segment.sst_crc32c)
 }
 
 /// Nanoseconds since the Unix epoch, from the wall clock.

@@ -24,12 +24,15 @@ use rocksdb::{
 
 use crate::error::{Error, Result};
 use crate::read::Visitor;
-use crate::segment::SegmentMeta;
+use lode_codec::SegmentMeta;
 
 const CF_RECORDS: &str = "records";
 const CF_META: &str = "meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_FLOOR: &[u8] = b"floor";
+/// A replicated log's last snapshot, as the consensus layer described it:
+/// its last index (u64 LE), then its bytes.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
 /// Keys between full keys in a block of `records`: a seek within a block
 /// binary-searches the full keys, then decodes keys one by one from there,
@@ -58,7 +61,8 @@ fn segment_key(first_seq: u64) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct Manifest {
     pub(crate) segments: Vec<SegmentMeta>,
-    pub(crate) applied: u64,
+    /// Last WAL index whose records are sealed, once one is.
+    pub(crate) applied: Option<u64>,
     pub(crate) floor: u64,
 }
 
@@ -161,8 +165,12 @@ impl Store {
     }
 
     pub(crate) fn load_manifest(&self) -> Result<Manifest> {
+        let applied = match self.db.get_pinned_cf(self.cf(CF_META)?, KEY_APPLIED)? {
+            Some(_) => Some(self.meta_u64(KEY_APPLIED)?),
+            None => None,
+        };
         let mut manifest = Manifest {
-            applied: self.meta_u64(KEY_APPLIED)?,
+            applied,
             floor: self.meta_u64(KEY_FLOOR)?,
             ..Manifest::default()
         };
@@ -210,6 +218,63 @@ impl Store {
         batch.put_cf(cf, KEY_APPLIED, meta.last_index.to_le_bytes());
         self.db.write_opt(batch, &Self::synced())?;
         Ok(())
+    }
+
+    /// The last snapshot's index and description, if one was saved.
+    pub(crate) fn snapshot(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(value) = self.db.get_pinned_cf(self.cf(CF_META)?, KEY_SNAPSHOT)? else {
+            return Ok(None);
+        };
+        let (index, bytes) = value.split_at_checked(8).ok_or_else(|| {
+            Error::corrupt(&self.path, 0, "meta key snapshot holds under 8 bytes")
+        })?;
+        let index = u64::from_le_bytes(index.try_into().unwrap_or([0; 8]));
+        Ok(Some((index, bytes.to_vec())))
+    }
+
+    fn snapshot_value(index: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut value = index.to_le_bytes().to_vec();
+        value.extend_from_slice(bytes);
+        value
+    }
+
+    /// Saves a snapshot's description, synced.
+    pub(crate) fn save_snapshot(&self, index: u64, bytes: &[u8]) -> Result<()> {
+        self.db.put_cf_opt(
+            self.cf(CF_META)?,
+            KEY_SNAPSHOT,
+            Self::snapshot_value(index, bytes),
+            &Self::synced(),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the manifest by an installed snapshot's, in one synced
+    /// batch: its segments in place of `replaced`, the applied index, the
+    /// floor (records below it deleted) and the snapshot's description.
+    pub(crate) fn install(
+        &self,
+        segments: &[SegmentMeta],
+        replaced: &[SegmentMeta],
+        applied: u64,
+        floor: u64,
+        snapshot: &[u8],
+    ) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let records = self.cf(CF_RECORDS)?;
+        let mut batch = WriteBatch::default();
+        for segment in replaced {
+            batch.delete_cf(meta, segment_key(segment.first_seq));
+        }
+        for segment in segments {
+            batch.put_cf(meta, segment_key(segment.first_seq), segment.encode());
+        }
+        batch.put_cf(meta, KEY_APPLIED, applied.to_le_bytes());
+        batch.put_cf(meta, KEY_FLOOR, floor.to_le_bytes());
+        batch.put_cf(meta, KEY_SNAPSHOT, Self::snapshot_value(applied, snapshot));
+        batch.delete_range_cf(records, seq_key(0), seq_key(floor));
+        self.db.write_opt(batch, &Self::synced())?;
+        self.reclaim_below(floor)
     }
 
     /// Drops whole segments below `floor`: the floor and the manifest change

@@ -561,3 +561,146 @@ fn replicated_logs_seal_at_the_same_entries_however_entries_arrive() {
     let got = sealed_ranges(&engine);
     assert_eq!(got[..got.len() - 1], want[..want.len() - 1]);
 }
+
+/// A replicated log's entries 1..=n, as a leader would send them.
+fn log_entries(n: u64) -> Vec<Arc<crate::EncodedBatch>> {
+    (0..n)
+        .map(|i| {
+            let count = 1 + i % 7;
+            Arc::new(crate::EncodedBatch::encode(&records(i * 10..i * 10 + count)).unwrap())
+        })
+        .collect()
+}
+
+/// Appends `entries` (indexes from `from`) and waits until durable.
+fn append_log(engine: &Engine, from: u64, entries: &[Arc<crate::EncodedBatch>]) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let frames = entries
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (1, from + i as u64, Arc::clone(b)))
+        .collect();
+    engine
+        .append_entries(frames, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    rx.recv().unwrap().unwrap();
+}
+
+fn all_records(engine: &Engine) -> Vec<(u64, crate::LogRecord)> {
+    engine
+        .scan(..)
+        .map(|r| {
+            let r = r.unwrap();
+            (r.seq, r.log)
+        })
+        .collect()
+}
+
+/// A snapshot of `leader` through its last sealed segment installed in
+/// logs that hold nothing, a prefix, or entries past it: each then reads
+/// the leader's records, goes on with the leader's entries and seqs, and
+/// keeps all of it across a reopen.
+#[test]
+fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
+    let opts = Options {
+        replicated: true,
+        segment_bytes: 8 << 10,
+        tick: Duration::from_millis(5),
+        ..Options::default()
+    };
+    let entries = log_entries(200);
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Engine::open(dir.path().join("leader"), opts.clone()).unwrap();
+    append_log(&leader, 1, &entries[..150]);
+    leader.apply(150).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leader.segments().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "leader never sealed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let offered = leader.segments();
+    let last = offered.last().unwrap().clone();
+    let through = last.last_index;
+    let end_seq = last.last_seq + 1;
+    // Each follower: how many entries it holds, how many it applied,
+    // how large its files grow (the longer log's one file straddles the
+    // snapshot's end).
+    for (name, held, applied, file_bytes) in [
+        ("empty", 0u64, 0u64, 8 << 10),
+        ("short", 30, 20, 8 << 10),
+        ("longer", through + 5, 10, 1 << 20),
+    ] {
+        let path = dir.path().join(name);
+        let opts = Options {
+            segment_bytes: file_bytes,
+            ..opts.clone()
+        };
+        let follower = Engine::open(&path, opts.clone()).unwrap();
+        if held > 0 {
+            append_log(&follower, 1, &entries[..held as usize]);
+            follower.apply(applied).unwrap();
+        }
+        // The files it lacks, staged as a transfer would leave them.
+        let staged = dir.path().join(format!("{name}-staged"));
+        std::fs::create_dir_all(&staged).unwrap();
+        let mut files = Vec::new();
+        for segment in &offered {
+            let to = staged.join(format!("{}.sst", segment.first_seq));
+            std::fs::copy(leader.segment_file(segment).unwrap(), &to).unwrap();
+            files.push((segment.clone(), to));
+        }
+        follower
+            .install_snapshot(crate::SnapshotInstall {
+                segments: offered.clone(),
+                files,
+                floor: 1,
+                through,
+                end_seq,
+                description: name.as_bytes().to_vec(),
+            })
+            .unwrap();
+        // The staged files may go: the engine holds its own links.
+        std::fs::remove_dir_all(&staged).unwrap();
+        follower.purge(through).unwrap();
+        let want: Vec<_> = all_records(&leader)
+            .into_iter()
+            .filter(|(seq, _)| *seq < end_seq)
+            .collect();
+        assert_eq!(all_records(&follower), want, "{name}");
+        // The log goes on after the snapshot (held entries past it stay).
+        let next = follower.log_bounds().unwrap().map_or(through + 1, |b| b.last.1 + 1);
+        assert_eq!(next, through + 1 + held.saturating_sub(through), "{name}");
+        append_log(&follower, next, &entries[next as usize - 1..170]);
+        let seqs = follower.apply(170).unwrap();
+        let first_after = seqs.iter().find(|(_, r)| r.end > r.start).unwrap().1.start;
+        assert_eq!(first_after, end_seq, "{name}: seqs go on from the snapshot's");
+        drop(follower);
+        let reopened = Engine::open(&path, opts.clone()).unwrap();
+        assert_eq!(
+            reopened.snapshot().unwrap(),
+            Some((through, name.as_bytes().to_vec()))
+        );
+        reopened.apply(170).unwrap();
+        append_log(&reopened, 171, &entries[170..]);
+        reopened.apply(200).unwrap();
+        let after = all_records(&reopened);
+        assert_eq!(&after[..want.len()], &want[..], "{name} after reopen");
+        assert_eq!(after.len() as u64, (end_seq - 1) + {
+            let n: u64 = entries[through as usize..].iter().map(|b| u64::from(b.count())).sum();
+            n
+        }, "{name}: every record once");
+        // A second snapshot that is not past the applied entry is refused.
+        assert!(reopened
+            .install_snapshot(crate::SnapshotInstall {
+                segments: offered.clone(),
+                files: Vec::new(),
+                floor: 1,
+                through,
+                end_seq,
+                description: Vec::new(),
+            })
+            .is_err());
+    }
+}

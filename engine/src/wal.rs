@@ -35,6 +35,10 @@ pub(crate) const FILE_HEADER_LEN: u64 = 40;
 /// Header flag: this file's first index does not follow the previous file's
 /// last (a replicated log restarted after a purge past its end).
 pub(crate) const RESTART: u32 = 1;
+/// Header flag: this file starts the log after an installed snapshot, at
+/// a later index and a later seq than the previous file ended (the
+/// snapshot's segments hold the records between).
+pub(crate) const SNAPSHOT: u32 = 2;
 /// Maps grow in steps of this size so the writer rarely remaps.
 const MAP_STEP: u64 = 64 << 20;
 
@@ -152,7 +156,7 @@ fn decode_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         ));
     }
     let flags = u32::from_le_bytes(field(8)[4..].try_into().unwrap_or([0; 4]));
-    if flags & !RESTART != 0 {
+    if flags & !(RESTART | SNAPSHOT) != 0 {
         return Err(Error::corrupt(
             path,
             12,
@@ -235,7 +239,8 @@ pub(crate) struct Recovered {
 ///
 /// `expected` is the (index, seq) the file must start at; `None` takes the
 /// header as it is (the oldest file of a replicated log). A file flagged
-/// [`RESTART`] may start at a later index, never at another seq. A bad
+/// [`RESTART`] may start at a later index, never at another seq; one
+/// flagged [`SNAPSHOT`] at a later index and a later seq. A bad
 /// frame in a file that is not the newest (`is_last == false`) is corruption; in the
 /// newest it is a torn tail, cut back to the last whole frame, unless
 /// valid frames follow it and `mode` is `TolerateTornTail`.
@@ -267,7 +272,11 @@ pub(crate) fn recover(
     }
     let (expected_index, expected_seq) = expected.unwrap_or((first_index, first_seq));
     let restarts = flags & RESTART != 0 && first_index > expected_index;
-    if first_seq != expected_seq || (first_index != expected_index && !restarts) {
+    let after_snapshot =
+        flags & SNAPSHOT != 0 && first_index > expected_index && first_seq >= expected_seq;
+    if !after_snapshot
+        && (first_seq != expected_seq || (first_index != expected_index && !restarts))
+    {
         let (expected_index, expected_seq) = (expected_index, expected_seq);
         return Err(Error::corrupt(
             path,
@@ -408,6 +417,19 @@ impl WalSegment {
             .get(pos)
             .filter(|f| f.first_seq <= seq)
             .map(|_| pos)
+    }
+
+    /// Forgets the frames at or below `index` (an installed snapshot holds
+    /// their records, and the log no longer holds them): the file then
+    /// starts at its first later frame. A file with no later frame is
+    /// left as it is.
+    pub(crate) fn skip_through(&mut self, index: u64) {
+        let keep = self.frames.partition_point(|f| f.index <= index);
+        if let Some(first) = self.frames.get(keep).copied() {
+            self.frames.drain(..keep);
+            self.first_index = first.index;
+            self.first_seq = first.first_seq;
+        }
     }
 
     /// The index of the last frame, if any.

@@ -76,6 +76,11 @@ pub(crate) enum WriterMsg {
         through: u64,
         reply: Sender<Result<()>>,
     },
+    /// Replicated mode: install a snapshot (see `Engine::install_snapshot`).
+    Install {
+        install: Box<crate::log::SnapshotInstall>,
+        reply: Sender<Result<()>>,
+    },
     /// Replicated mode: replace the log's state file (vote, committed
     /// index) atomically, ordered with appends.
     SaveState {
@@ -142,6 +147,9 @@ impl Writer {
                 }
                 WriterMsg::Purge { through, reply } => {
                     let _ = reply.send(self.guarded(|w| w.purge(through)));
+                }
+                WriterMsg::Install { install, reply } => {
+                    let _ = reply.send(self.guarded(|w| w.install(*install)));
                 }
                 WriterMsg::SaveState { bytes, reply } => {
                     let _ = reply.send(self.guarded(|w| w.save_state(&bytes)));
@@ -466,19 +474,19 @@ impl Writer {
         if index == self.next_index || !empty {
             return Ok(());
         }
-        self.replace_empty_active(index)
+        self.replace_empty_active(index, wal::RESTART)
     }
 
     /// Replaces the active file, which holds no frame, by one starting at
-    /// `first_index` (flagged as a restart when other WAL files precede it).
-    fn replace_empty_active(&mut self, first_index: u64) -> Result<()> {
+    /// `first_index` (flagged `flag` when other WAL files precede it).
+    fn replace_empty_active(&mut self, first_index: u64, flag: u32) -> Result<()> {
         let old = {
             let mut state = self.shared.write();
             let old = state.wal.pop_back().ok_or(Error::Closed)?;
             (state.log_segments().next().is_some(), old)
         };
         let (others, old) = old;
-        let flags = if others { wal::RESTART } else { 0 };
+        let flags = if others { flag } else { 0 };
         self.start_file(first_index, flags)?;
         if old.path != self.path {
             fs::remove_file(&old.path).map_err(Error::io("remove", &old.path))?;
@@ -635,10 +643,69 @@ impl Writer {
                 self.start_file(through + 1, wal::RESTART)?;
                 let _ = self.sealer.send(SealerMsg::Work);
             } else {
-                self.replace_empty_active(through + 1)?;
+                self.replace_empty_active(through + 1, wal::RESTART)?;
             }
         }
         wal::sync_dir(&self.shared.wal_dir)
+    }
+
+    /// Installs a snapshot: checks that the entries this log holds past
+    /// it carry its seqs, has the sealer swap the segments and manifest
+    /// in, then starts the log after it unless the active file holds
+    /// later entries.
+    fn install(&mut self, install: crate::log::SnapshotInstall) -> Result<()> {
+        self.sync_if_unsynced()?;
+        let (through, end_seq) = (install.through, install.end_seq);
+        {
+            let state = self.shared.read();
+            if let Some(applied) = state.applied.filter(|&a| a >= through) {
+                return Err(Error::InvalidArgument(format!(
+                    "a snapshot through entry {through} is not past the applied entry {applied}"
+                )));
+            }
+            let later = state
+                .log_segments()
+                .flat_map(|w| w.frames.iter())
+                .find(|f| f.index > through);
+            if let Some(f) = later.filter(|f| f.first_seq != end_seq) {
+                return Err(Error::InvalidArgument(format!(
+                    "entry {} holds seqs from {}, but the snapshot through entry {through} ends before seq {end_seq}",
+                    f.index, f.first_seq
+                )));
+            }
+        }
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.sealer
+            .send(SealerMsg::Install {
+                install: Box::new(install),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)??;
+        let active = {
+            let state = self.shared.read();
+            state.wal.back().map(WalSegment::last_index)
+        };
+        match active {
+            Some(None) => {
+                self.next_seq = end_seq;
+                self.replace_empty_active(through + 1, wal::SNAPSHOT)?;
+            }
+            Some(Some(last)) if last <= through => {
+                {
+                    let mut state = self.shared.write();
+                    if let Some(covered) = state.wal.pop_back() {
+                        state.retained.push_back(covered);
+                    }
+                }
+                self.next_seq = end_seq;
+                self.start_file(through + 1, wal::SNAPSHOT)?;
+            }
+            _ => {}
+        }
+        wal::sync_dir(&self.shared.wal_dir)?;
+        self.shared.notify();
+        Ok(())
     }
 
     /// Replaces the log's state file: written beside it, synced, renamed

@@ -26,6 +26,7 @@ mod batch;
 mod crc;
 mod frame;
 mod record;
+mod segment;
 mod time;
 
 pub use batch::BatchView;
@@ -36,6 +37,7 @@ pub use frame::{
 pub use record::{
     ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,
 };
+pub use segment::{RecordsCrc, SegmentMeta};
 pub use time::{format_rfc3339, parse_rfc3339};
 
 /// Errors of encoding and decoding.

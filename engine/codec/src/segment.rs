@@ -1,4 +1,5 @@
-//! Sealed segments as the manifest records them.
+//! Sealed segments as the engine's manifest records them (and as a
+//! cluster's snapshot lists them).
 
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -53,28 +54,32 @@ struct SegmentMetaV1 {
 
 /// The running [`SegmentMeta::records_crc32c`] of records fed in seq order.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RecordsCrc(u32);
+pub struct RecordsCrc(u32);
 
 impl RecordsCrc {
-    pub(crate) fn add(&mut self, record: &[u8]) {
+    pub fn add(&mut self, record: &[u8]) {
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
         self.0 = crc32c::crc32c_append(self.0, &len.to_le_bytes());
         self.0 = crc32c::crc32c_append(self.0, record);
     }
 
-    pub(crate) fn value(self) -> u32 {
+    pub fn value(self) -> u32 {
         self.0
     }
 }
 
 impl SegmentMeta {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The manifest's (and the peer link's) encoding: a version byte,
+    /// then the rkyv archive.
+    pub fn encode(&self) -> Vec<u8> {
         // Serialising plain integers into a Vec cannot fail.
         rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, vec![VERSION])
             .unwrap_or_else(|e| unreachable!("encoding a SegmentMeta failed: {e}"))
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<SegmentMeta, String> {
+    /// Reads [`SegmentMeta::encode`]'s bytes, checked (outside bytes are
+    /// never trusted); version 1 entries read with no records checksum.
+    pub fn decode(bytes: &[u8]) -> Result<SegmentMeta, String> {
         let (&version, body) = bytes.split_first().ok_or("empty manifest entry")?;
         match version {
             VERSION => {
