@@ -541,6 +541,14 @@ impl Engine {
         (len == segment.sst_bytes).then_some(path)
     }
 
+    /// The data directory the engine was opened on.
+    pub fn data_dir(&self) -> &Path {
+        self.shared
+            .wal_dir
+            .parent()
+            .unwrap_or(&self.shared.wal_dir)
+    }
+
     /// Sealed segments, oldest first.
     pub fn segments(&self) -> Vec<SegmentMeta> {
         self.shared.read().sealed.values().cloned().collect()

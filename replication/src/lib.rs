@@ -35,7 +35,10 @@ pub use lode_replication_wire::wire;
 pub use lode_replication_wire::{
     Applied, Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote,
 };
-pub use node::{ClusterConfig, ClusterNode, Error, Figures, PendingWrite, Result, Status};
+pub use node::{
+    ClusterConfig, ClusterNode, Error, Figures, KEEP_LOG_BYTES, PendingWrite, Result,
+    SNAPSHOT_BYTES_PER_SEC, Status,
+};
 pub use store::{LogStore, SegmentList, StateMachine, open};
 
 /// A Raft node of lode's type configuration over lode's state machine.

@@ -24,7 +24,9 @@ use openraft::raft::{
 
 use crate::node::Writes;
 use crate::sim;
+use crate::snapshot::{Pacer, Transfers};
 use crate::store::SegmentList;
+use lode_engine::SegmentMeta;
 use crate::tls::{self, NodeTls, TlsError};
 use lode_replication_wire::wire::{self, Request, Response};
 use lode_replication_wire::{Node, NodeId, TypeConfig, Vote};
@@ -390,7 +392,60 @@ pub(crate) async fn answer(writes: &Writes, request: Request) -> Response {
             Ok(outcome) => Response::TransferLeader(outcome.map_err(|e| e.to_string())),
             Err(e) => failed(&e),
         },
+        Request::SnapshotOffer(list) => {
+            let leader = raft.current_leader().await;
+            let transfers = Arc::clone(&writes.transfers);
+            on_disk(move || match transfers.offer(&list, leader) {
+                Ok(needed) => Response::SnapshotNeed(needed),
+                Err(e) => Response::Error(e.to_string()),
+            })
+            .await
+        }
+        Request::SnapshotChunk(chunk) => {
+            let transfers = Arc::clone(&writes.transfers);
+            on_disk(move || transfers.chunk(&chunk)).await
+        }
+        Request::SnapshotInstall { vote, meta, data } => install(writes, vote, meta, data).await,
         Request::Forward(_) | Request::ReadIndex => Response::Error("answered above".to_owned()),
+    }
+}
+
+/// Runs a request's disk work off the async workers.
+async fn on_disk(work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
+/// Installs a snapshot whose missing files are all staged; refused (and
+/// the leader sends what is missing again) otherwise.
+async fn install(
+    writes: &Writes,
+    vote: lode_replication_wire::Vote,
+    meta: wire::SnapshotState,
+    data: SegmentList,
+) -> Response {
+    let transfers = Arc::clone(&writes.transfers);
+    let list = data.clone();
+    let staged = tokio::task::spawn_blocking(move || transfers.resolve(&list).map(|_| ())).await;
+    match staged {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Response::Error(reason),
+        Err(e) => return Response::Error(e.to_string()),
+    }
+    let snapshot = openraft::storage::Snapshot {
+        meta: openraft::storage::SnapshotMeta {
+            last_log_id: meta.last_log_id,
+            last_membership: lode_replication_wire::StoredMembership::new(
+                meta.membership_log_id,
+                meta.membership,
+            ),
+        },
+        snapshot: data,
+    };
+    match writes.raft.install_full_snapshot(vote, snapshot).await {
+        Ok(answer) => Response::Installed(answer.vote),
+        Err(e) => Response::Error(e.to_string()),
     }
 }
 
@@ -399,6 +454,8 @@ pub(crate) async fn answer(writes: &Writes, request: Request) -> Response {
 #[derive(Debug, Clone)]
 pub(crate) struct NetworkFactory {
     pub(crate) network: Network,
+    /// The files a snapshot sends, and the counts of what was sent.
+    pub(crate) transfers: Arc<Transfers>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -412,6 +469,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             stream: None,
             next_id: 1,
             busy: false,
+            priority: 0,
+            transfers: Arc::clone(&self.transfers),
         }
     }
 }
@@ -430,6 +489,10 @@ pub(crate) struct PeerClient {
     /// (openraft times heartbeats out so): that answer may still come, so
     /// the stream is given up.
     busy: bool,
+    /// QUIC send priority of the stream (higher goes first): a snapshot's
+    /// stream yields to appends and heartbeats.
+    priority: i32,
+    transfers: Arc<Transfers>,
 }
 
 impl PeerClient {
@@ -489,6 +552,7 @@ impl PeerClient {
         if self.stream.is_none() {
             let conn = quic.connection(self.target, &self.addr).await?;
             let (send, recv) = conn.open_bi().await.map_err(unreachable)?;
+            let _ = send.set_priority(self.priority);
             self.stream = Some((send, recv, conn));
         }
         let Some((send, recv, _)) = self.stream.as_mut() else {
@@ -582,20 +646,139 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
     }
 
+    /// Offers the snapshot's segment list, sends the files the follower
+    /// lacks from where each resumes, then asks it to install.
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, SegmentList>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SegmentList>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        // Logs are never purged before segment transfer exists, so no
-        // follower needs a snapshot; refuse rather than pretend.
-        Err(StreamingError::Unreachable(Unreachable::from_string(
-            format!(
-                "node {} needs a snapshot: segment transfer is not built yet",
-                self.target
-            ),
-        )))
+        if self.priority != SNAPSHOT_PRIORITY {
+            self.priority = SNAPSHOT_PRIORITY;
+            self.stream = None;
+        }
+        let target = self.target;
+        let outcome = tokio::select! {
+            sent = self.send_snapshot(vote, snapshot) => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        };
+        self.transfers.ended(target, outcome.is_ok());
+        outcome
+    }
+}
+
+/// A snapshot stream's QUIC priority, below the default 0 of every other.
+const SNAPSHOT_PRIORITY: i32 = -1;
+/// How long one chunk (its write and fsync on the follower) may take.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A chunk refused this many times in a row ends the transfer.
+const CHUNK_TRIES: u32 = 8;
+
+fn streaming(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+        RPCError::Timeout(e) => StreamingError::Timeout(e),
+        other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+    }
+}
+
+impl PeerClient {
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SegmentList>,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let list = snapshot.snapshot;
+        let offer = Request::SnapshotOffer(list.clone());
+        let needed = match self.call(&offer, CHUNK_TIMEOUT).await.map_err(streaming)? {
+            Response::SnapshotNeed(needed) => needed,
+            other => return Err(streaming(unexpected(self.target, &other))),
+        };
+        let files: Vec<(SegmentMeta, u64)> = needed
+            .iter()
+            .filter_map(|n| {
+                list.segments
+                    .iter()
+                    .find(|s| (s.first_seq, s.sst_crc32c) == (n.first_seq, n.sst_crc32c))
+                    .map(|s| (s.clone(), n.from.min(s.sst_bytes)))
+            })
+            .collect();
+        let bytes = files.iter().map(|(s, from)| s.sst_bytes - from).sum();
+        self.transfers
+            .sending(self.target, files.len() as u64, bytes);
+        tracing::info!(
+            target = self.target,
+            files = files.len(),
+            bytes,
+            "sending a snapshot's missing segments"
+        );
+        let mut pacer = Pacer::new(self.transfers.bytes_per_sec);
+        for (segment, from) in files {
+            if from > 0 {
+                self.transfers.resumed();
+            }
+            self.send_file(&segment, from, &mut pacer).await?;
+        }
+        let meta = wire::SnapshotState {
+            last_log_id: snapshot.meta.last_log_id,
+            membership_log_id: *snapshot.meta.last_membership.log_id(),
+            membership: snapshot.meta.last_membership.membership().clone(),
+        };
+        let install = Request::SnapshotInstall {
+            vote,
+            meta,
+            data: list,
+        };
+        // Installing ingests the files and syncs the manifest.
+        match self.call(&install, CHUNK_TIMEOUT).await.map_err(streaming)? {
+            Response::Installed(vote) => Ok(SnapshotResponse::new(vote)),
+            other => Err(streaming(unexpected(self.target, &other))),
+        }
+    }
+
+    /// Sends `segment`'s file from `offset` in chunks; a refused chunk is
+    /// sent again from where the follower says its file is staged.
+    async fn send_file(
+        &mut self,
+        segment: &SegmentMeta,
+        mut offset: u64,
+        pacer: &mut Pacer,
+    ) -> Result<(), StreamingError<TypeConfig>> {
+        let mut refused = 0;
+        while offset < segment.sst_bytes {
+            let transfers = Arc::clone(&self.transfers);
+            let wanted = segment.clone();
+            let chunk = tokio::task::spawn_blocking(move || transfers.read_chunk(&wanted, offset))
+                .await
+                .map_err(|e| streaming(network(e)))?
+                .map_err(|e| StreamingError::Closed(ReplicationClosed::new(e.to_string())))?;
+            let len = chunk.bytes.len() as u64;
+            pacer.pace(len).await;
+            let request = Request::SnapshotChunk(chunk);
+            match self.call(&request, CHUNK_TIMEOUT).await.map_err(streaming)? {
+                Response::ChunkStaged(staged) => {
+                    self.transfers
+                        .sent(self.target, len, staged == segment.sst_bytes);
+                    offset = staged;
+                    refused = 0;
+                }
+                Response::ChunkRefused { staged, reason } => {
+                    refused += 1;
+                    self.transfers.retried();
+                    tracing::warn!(target = self.target, offset, %reason, "chunk refused; sending again");
+                    if refused >= CHUNK_TRIES {
+                        return Err(streaming(network(format!(
+                            "node {} refused {refused} chunks in a row: {reason}",
+                            self.target
+                        ))));
+                    }
+                    offset = staged;
+                }
+                other => return Err(streaming(unexpected(self.target, &other))),
+            }
+        }
+        Ok(())
     }
 }

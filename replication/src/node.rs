@@ -101,6 +101,8 @@ pub(crate) struct Writes {
     commit_latency: Arc<Latency>,
     /// The peer link, for forwards to the leader.
     network: Network,
+    /// Snapshot transfers this node takes part in.
+    pub(crate) transfers: Arc<crate::snapshot::Transfers>,
 }
 
 /// An unkeyed batch waiting to be proposed, and where its seqs go.
@@ -505,7 +507,30 @@ pub struct ClusterConfig {
     /// How often the leader checks the engine's retention policy and, if
     /// it would drop segments, proposes the decision to every node.
     pub retention_check: Duration,
+    /// How often a node looks for a newly sealed segment (then takes a
+    /// snapshot: its manifest, no copy) and purges its log through its
+    /// snapshot.
+    pub snapshot_check: Duration,
+    /// Log bytes below the snapshot the leader keeps for a follower that
+    /// is behind by no more: it catches up from the log. One further
+    /// behind is sent the segments it lacks.
+    pub keep_log_bytes: u64,
+    /// The most bytes of segment files per second a leader sends to one
+    /// follower (`None`: no cap), so that a transfer leaves room for
+    /// ingest and heartbeats.
+    pub snapshot_bytes_per_sec: Option<u64>,
+    /// Bytes of file per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Tests: every n-th chunk this node sends is damaged in transit.
+    #[doc(hidden)]
+    pub damage_chunks_every: Option<u64>,
 }
+
+/// Log bytes a leader keeps below its snapshot for lagging followers
+/// unless configured: a few minutes of ingest at a few MB/s.
+pub const KEEP_LOG_BYTES: u64 = 512 << 20;
+/// A snapshot transfer's bandwidth cap unless configured.
+pub const SNAPSHOT_BYTES_PER_SEC: u64 = 100_000_000;
 
 impl ClusterConfig {
     /// A configuration with the default timing: heartbeats every 50 ms,
@@ -527,6 +552,11 @@ impl ClusterConfig {
             election_timeout_ms: (200, 400),
             join: false,
             retention_check: Duration::from_secs(10),
+            snapshot_check: Duration::from_secs(1),
+            keep_log_bytes: KEEP_LOG_BYTES,
+            snapshot_bytes_per_sec: Some(SNAPSHOT_BYTES_PER_SEC),
+            snapshot_chunk_bytes: crate::snapshot::CHUNK_BYTES,
+            damage_chunks_every: None,
         }
     }
 
@@ -536,9 +566,12 @@ impl ClusterConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms.0,
             election_timeout_max: self.election_timeout_ms.1,
-            // The log is purged only once segment transfer can bring a
-            // follower back from a snapshot.
+            // Snapshots are taken at seals and the log purged by
+            // `snapshot_loop`, which keeps what lagging followers need.
             snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            // A transfer's chunks carry their own timeouts.
+            install_snapshot_timeout: 60_000,
             enable_pre_vote: Some(true),
             max_payload_entries: 64,
             ..Config::default()
@@ -624,6 +657,47 @@ async fn retention_loop(writes: Writes, engine: Arc<Engine>, every: Duration) {
     }
 }
 
+/// Takes a snapshot after each seal and purges the log through it: all
+/// of it on a follower; on the leader, down to what the slowest follower
+/// within `keep_log_bytes` of the snapshot still needs (a follower
+/// further behind is sent the segments it lacks).
+async fn snapshot_loop(writes: Writes, engine: Arc<Engine>, keep_log_bytes: u64, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let (snapshot, purged, replication, me) = {
+            let m = writes.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+                m.replication.clone(),
+                m.id,
+            )
+        };
+        let sealed = engine.segments().last().map(|s| s.last_index);
+        if sealed > snapshot {
+            if let Err(e) = writes.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not take a snapshot");
+            }
+            continue;
+        }
+        let Some(mut upto) = snapshot else { continue };
+        for (id, matched) in replication.iter().flatten() {
+            let Some(matched) = matched.map(|m| m.index).filter(|_| *id != me) else {
+                continue;
+            };
+            if matched < upto && engine.log_bytes(matched + 1..=upto) <= keep_log_bytes {
+                upto = matched;
+            }
+        }
+        if purged.is_none_or(|p| upto > p)
+            && let Err(e) = writes.raft.trigger().purge_log(upto).await
+        {
+            tracing::warn!(error = %e, upto, "could not purge the log");
+        }
+    }
+}
+
 /// Counts the changes of leader this node sees, until it stops.
 async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
     let mut metrics = raft.metrics();
@@ -664,7 +738,7 @@ pub struct ClusterNode {
     engine: Arc<Engine>,
     /// The peer endpoint's server, the merging queue, the leader watcher
     /// and the retention check, stopped at shutdown.
-    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 4]>>,
+    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 5]>>,
     append_latency: Arc<Latency>,
     leader_changes: Arc<AtomicU64>,
 }
@@ -701,12 +775,22 @@ impl ClusterNode {
         config: &ClusterConfig,
         network: Network,
     ) -> Result<ClusterNode> {
-        let (log, sm) = crate::store::open(Arc::clone(&engine), config.node_id)?;
+        let mut transfers = crate::snapshot::Transfers::open(
+            Arc::clone(&engine),
+            config.snapshot_bytes_per_sec,
+            config.snapshot_chunk_bytes,
+        )
+        .map_err(|e| Error::Config(format!("snapshot staging: {e}")))?;
+        transfers.damage_every(config.damage_chunks_every);
+        let transfers = Arc::new(transfers);
+        let (log, sm) =
+            crate::store::open_with(Arc::clone(&engine), config.node_id, Arc::clone(&transfers))?;
         let keys = log.keys();
         let unflushed = log.unflushed();
         let append_latency = log.append_latency();
         let factory = NetworkFactory {
             network: network.clone(),
+            transfers: Arc::clone(&transfers),
         };
         let raft = Raft::new(config.node_id, config.raft_config()?, factory, log, sm)
             .await
@@ -718,6 +802,7 @@ impl ClusterNode {
             merge,
             commit_latency: Arc::default(),
             network: network.clone(),
+            transfers,
         };
         let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
         let leader_changes = Arc::new(AtomicU64::new(0));
@@ -730,6 +815,12 @@ impl ClusterNode {
             writes.clone(),
             Arc::clone(&engine),
             config.retention_check,
+        ));
+        let snapshotting = tokio::spawn(snapshot_loop(
+            writes.clone(),
+            Arc::clone(&engine),
+            config.keep_log_bytes,
+            config.snapshot_check,
         ));
         let initialized = raft
             .is_initialized()
@@ -749,7 +840,7 @@ impl ClusterNode {
             id: config.node_id,
             writes,
             engine,
-            tasks: std::sync::Mutex::new(Some([serve, merging, watching, retaining])),
+            tasks: std::sync::Mutex::new(Some([serve, merging, watching, retaining, snapshotting])),
             append_latency,
             leader_changes,
         })

@@ -11,14 +11,22 @@
 //! a finished file is checked whole against the manifest before it is
 //! named complete.
 //!
-//! Not yet wired to Raft: the leader does not purge its log, and no
-//! snapshot is sent (see ARCHITECTURE.md).
+//! [`Transfers`] is a node's side of it: the follower's answers to an
+//! offer and to each chunk, the leader's sending of the missing files
+//! (paced by a bandwidth cap), and what both count for `/metrics` and
+//! `lode cluster status`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use lode_engine::SegmentMeta;
+use lode_engine::{Engine, SegmentMeta};
+use lode_replication_wire::NodeId;
+use lode_replication_wire::wire::{Chunk, Needed, Response, SegmentList};
 
 /// How a follower's segments compare with a snapshot's.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -285,6 +293,341 @@ fn file_crc(path: &Path) -> Result<u32> {
             return Ok(crc);
         };
         crc = crc32c::crc32c_append(crc, read);
+    }
+}
+
+
+/// Counts of snapshot transfers since the node started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TransferCounts {
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    /// Bytes of segment files sent in chunks (resent ones included).
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Files whose transfer went on from bytes staged before.
+    pub resumes: AtomicU64,
+    /// Chunks refused by the follower and sent again.
+    pub chunk_retries: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A transfer under way, as `lode cluster status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferProgress {
+    /// The other node (the leader, for a transfer this node receives).
+    pub peer: Option<NodeId>,
+    /// This node sends (it leads), or receives.
+    pub sending: bool,
+    pub files_done: u64,
+    pub files: u64,
+    pub bytes_done: u64,
+    pub bytes: u64,
+    /// Bytes per second since the transfer began.
+    pub rate: f64,
+    /// Seconds left at that rate, once there is one.
+    pub eta_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Underway {
+    files_done: u64,
+    files: u64,
+    bytes_done: u64,
+    bytes: u64,
+    started: Instant,
+}
+
+/// A node's side of catch-up by segments: the staging area it receives
+/// into, the files it sends from (its engine's), and what it counts.
+#[derive(Debug)]
+pub struct Transfers {
+    engine: Arc<Engine>,
+    staging: Mutex<Staging>,
+    pub counts: TransferCounts,
+    underway: Mutex<BTreeMap<(bool, Option<NodeId>), Underway>>,
+    /// The leader sends at most this many bytes of files per second.
+    pub(crate) bytes_per_sec: Option<u64>,
+    /// Bytes of file per chunk.
+    pub(crate) chunk_bytes: usize,
+    /// Tests: every chunk whose number (from 1) divides by this is sent
+    /// with a byte flipped after its checksum was taken.
+    damage_every: Option<u64>,
+    chunks_sent: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Bytes of file per chunk unless configured: within the 1-4 MiB that
+/// keeps a chunk's fsync and round trip small beside its transfer.
+pub const CHUNK_BYTES: usize = 2 << 20;
+
+impl Transfers {
+    /// The transfers of a node whose engine is `engine`: staging under
+    /// its data directory (`staging/`).
+    pub fn open(
+        engine: Arc<Engine>,
+        bytes_per_sec: Option<u64>,
+        chunk_bytes: usize,
+    ) -> Result<Transfers> {
+        let staging = Staging::open(&engine.data_dir().join("staging"))?;
+        Ok(Transfers {
+            engine,
+            staging: Mutex::new(staging),
+            counts: TransferCounts::default(),
+            underway: Mutex::default(),
+            bytes_per_sec: bytes_per_sec.filter(|&b| b > 0),
+            chunk_bytes: chunk_bytes.clamp(4096, 16 << 20),
+            damage_every: None,
+            chunks_sent: AtomicU64::new(0),
+        })
+    }
+
+    /// Tests: damage every `n`-th chunk this node sends, in transit.
+    pub fn damage_every(&mut self, n: Option<u64>) {
+        self.damage_every = n.filter(|&n| n > 0);
+    }
+
+    /// Follower: the offered segments this node lacks, each with the
+    /// bytes already staged; staged files of other snapshots go.
+    pub fn offer(&self, list: &SegmentList, leader: Option<NodeId>) -> Result<Vec<Needed>> {
+        let missing = diff(&list.segments, &self.engine.segments()).missing;
+        let staging = lock(&self.staging);
+        staging.retain(&missing)?;
+        let mut needed = Vec::with_capacity(missing.len());
+        let mut underway = Underway {
+            files_done: 0,
+            files: missing.len() as u64,
+            bytes_done: 0,
+            bytes: 0,
+            started: Instant::now(),
+        };
+        for segment in &missing {
+            let from = staging.resume(segment)?;
+            if from == segment.sst_bytes {
+                underway.files_done += 1;
+            }
+            underway.bytes += segment.sst_bytes - from;
+            needed.push(Needed {
+                first_seq: segment.first_seq,
+                sst_crc32c: segment.sst_crc32c,
+                from,
+            });
+        }
+        drop(staging);
+        lock(&self.underway).insert((false, leader), underway);
+        Ok(needed)
+    }
+
+    /// Follower: stages one chunk; the answer says how far the file is
+    /// staged, or why the chunk was refused and where to send from.
+    pub fn chunk(&self, chunk: &Chunk) -> Response {
+        let staging = lock(&self.staging);
+        let written = staging.write_chunk(&chunk.segment, chunk.offset, &chunk.bytes, chunk.crc32c);
+        match written {
+            Ok(staged) => {
+                drop(staging);
+                add(&self.counts.bytes_received, chunk.bytes.len() as u64);
+                let whole = staged == chunk.segment.sst_bytes;
+                self.progress(false, |u| {
+                    u.bytes_done += chunk.bytes.len() as u64;
+                    u.files_done += u64::from(whole);
+                });
+                Response::ChunkStaged(staged)
+            }
+            Err(
+                e @ (StagingError::BadChunk { .. }
+                | StagingError::Offset { .. }
+                | StagingError::TooLong { .. }
+                | StagingError::BadFile { .. }),
+            ) => match staging.resume(&chunk.segment) {
+                Ok(staged) => Response::ChunkRefused {
+                    staged,
+                    reason: e.to_string(),
+                },
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    fn progress(&self, sending: bool, change: impl FnOnce(&mut Underway)) {
+        let mut underway = lock(&self.underway);
+        if let Some(u) = underway.iter_mut().find(|((s, _), _)| *s == sending) {
+            change(u.1);
+        }
+    }
+
+    /// Follower, installing: the snapshot's segments as this node will
+    /// hold them (its own where alike, else the leader's) and the staged
+    /// file of each it lacks; an error names the segments not staged.
+    pub fn resolve(&self, list: &SegmentList) -> std::result::Result<Resolved, String> {
+        let held = self.engine.segments();
+        let staging = lock(&self.staging);
+        let mut resolved = Resolved::default();
+        let mut lacking = Vec::new();
+        for segment in &list.segments {
+            if let Some(own) = held.iter().find(|h| same_records(h, segment)) {
+                resolved.segments.push(own.clone());
+                continue;
+            }
+            match staging.complete(segment) {
+                Some(path) => {
+                    resolved.segments.push(segment.clone());
+                    resolved.files.push((segment.clone(), path));
+                }
+                None => lacking.push(format!("{}..={}", segment.first_seq, segment.last_seq)),
+            }
+        }
+        if lacking.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(format!(
+                "segments not staged yet: {}",
+                lacking.join(", ")
+            ))
+        }
+    }
+
+    /// Follower: a snapshot was installed; its staged files go.
+    pub fn installed(&self) {
+        if let Err(e) = lock(&self.staging).retain(&[]) {
+            tracing::warn!(error = %e, "could not clear the staging area");
+        }
+        lock(&self.underway).retain(|(sending, _), _| *sending);
+        add(&self.counts.snapshots_received, 1);
+    }
+
+    /// Leader: a transfer to `peer` of `files` files, `bytes` bytes.
+    pub(crate) fn sending(&self, peer: NodeId, files: u64, bytes: u64) {
+        lock(&self.underway).insert(
+            (true, Some(peer)),
+            Underway {
+                files_done: 0,
+                files,
+                bytes_done: 0,
+                bytes,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    /// Leader: `bytes` more reached `peer`, and a file if `whole`.
+    pub(crate) fn sent(&self, peer: NodeId, bytes: u64, whole: bool) {
+        add(&self.counts.bytes_sent, bytes);
+        if let Some(u) = lock(&self.underway).get_mut(&(true, Some(peer))) {
+            u.bytes_done += bytes;
+            u.files_done += u64::from(whole);
+        }
+    }
+
+    /// Leader: the transfer to `peer` ended (installed if `done`).
+    pub(crate) fn ended(&self, peer: NodeId, done: bool) {
+        lock(&self.underway).remove(&(true, Some(peer)));
+        if done {
+            add(&self.counts.snapshots_sent, 1);
+        }
+    }
+
+    pub(crate) fn resumed(&self) {
+        add(&self.counts.resumes, 1);
+    }
+
+    pub(crate) fn retried(&self) {
+        add(&self.counts.chunk_retries, 1);
+    }
+
+    /// Leader: the chunk of `segment`'s file at `offset`, with its crc
+    /// (damaged after the crc is taken, when a test asks).
+    pub(crate) fn read_chunk(&self, segment: &SegmentMeta, offset: u64) -> io::Result<Chunk> {
+        let path = self.engine.segment_file(segment).ok_or_else(|| {
+            io::Error::other(format!(
+                "segment {}..={} is no longer held here",
+                segment.first_seq, segment.last_seq
+            ))
+        })?;
+        let len = (segment.sst_bytes.saturating_sub(offset)).min(self.chunk_bytes as u64);
+        let mut bytes = vec![0u8; len as usize];
+        let file = File::open(&path)?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)?;
+        let crc32c = crc32c::crc32c(&bytes);
+        let n = self.chunks_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.damage_every.is_some_and(|every| n % every == 0)
+            && let Some(byte) = bytes.last_mut()
+        {
+            *byte ^= 0x5a;
+        }
+        Ok(Chunk {
+            segment: segment.clone(),
+            offset,
+            crc32c,
+            bytes,
+        })
+    }
+
+    /// Transfers under way.
+    pub fn underway(&self) -> Vec<TransferProgress> {
+        lock(&self.underway)
+            .iter()
+            .map(|((sending, peer), u)| {
+                let secs = u.started.elapsed().as_secs_f64();
+                let rate = if secs > 0.0 { u.bytes_done as f64 / secs } else { 0.0 };
+                let left = u.bytes.saturating_sub(u.bytes_done) as f64;
+                TransferProgress {
+                    peer: *peer,
+                    sending: *sending,
+                    files_done: u.files_done,
+                    files: u.files,
+                    bytes_done: u.bytes_done,
+                    bytes: u.bytes,
+                    rate,
+                    eta_secs: (rate > 0.0).then(|| left / rate),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A snapshot's segments as a follower will hold them, and the files to
+/// install.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub segments: Vec<SegmentMeta>,
+    pub files: Vec<(SegmentMeta, PathBuf)>,
+}
+
+/// Keeps a sender at most `bytes_per_sec` (none: no limit).
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    bytes_per_sec: Option<u64>,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(bytes_per_sec: Option<u64>) -> Pacer {
+        Pacer {
+            bytes_per_sec,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Counts `bytes` sent; waits while the rate is above the cap.
+    pub(crate) async fn pace(&mut self, bytes: u64) {
+        self.sent += bytes;
+        let Some(cap) = self.bytes_per_sec else {
+            return;
+        };
+        let due = std::time::Duration::from_secs_f64(self.sent as f64 / cap as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

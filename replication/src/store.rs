@@ -20,7 +20,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::{Stream, StreamExt};
-use lode_engine::{EncodedBatch, Engine, FrameKind, LogEntry, SegmentMeta, SeqRange};
+use lode_engine::{EncodedBatch, Engine, FrameKind, LogEntry, SeqRange, SnapshotInstall};
 use openraft::entry::RaftEntry;
 use openraft::storage::{
     EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder,
@@ -29,7 +29,10 @@ use openraft::storage::{
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::keys::{Keys, WINDOW};
-use lode_replication_wire::wire::{self, SnapshotState};
+pub use lode_replication_wire::wire::SegmentList;
+use lode_replication_wire::wire::{self, SnapshotDescription, SnapshotState};
+
+use crate::snapshot::Transfers;
 use lode_replication_wire::{
     Applied, Batch, Entry, LogId, NodeId, StoredMembership, TypeConfig, Vote,
 };
@@ -50,6 +53,8 @@ struct Shared {
     keys: Arc<Keys>,
     /// How long appends take to be durable (write and fsync).
     append_latency: Arc<crate::latency::Latency>,
+    /// Where installed snapshots' files are staged.
+    transfers: Arc<Transfers>,
 }
 
 /// Entries a node handed to its log and has not yet seen durable, by
@@ -98,6 +103,18 @@ async fn blocking<T: Send + 'static>(
 /// win a later term, it can only be elected by holding every committed
 /// entry, and what it writes carries a new term.
 pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, StateMachine)> {
+    let transfers = Transfers::open(Arc::clone(&engine), None, crate::snapshot::CHUNK_BYTES)
+        .map_err(io_err)?;
+    open_with(engine, node_id, Arc::new(transfers))
+}
+
+/// [`open`], with the node's snapshot transfers (where installed
+/// snapshots' files are staged).
+pub(crate) fn open_with(
+    engine: Arc<Engine>,
+    node_id: NodeId,
+    transfers: Arc<Transfers>,
+) -> io::Result<(LogStore, StateMachine)> {
     let state = match engine.log_state().map_err(io_err)? {
         Some(bytes) => wire::decode_state(&bytes).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("raft-state file: {e}"))
@@ -120,6 +137,7 @@ pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, State
         pending: Unflushed::default(),
         keys: Arc::default(),
         append_latency: Arc::default(),
+        transfers,
     });
     let (applied, membership) = recovered_applied_state(&shared)?;
     recover_keys(&shared, applied.map(|a| a.index))?;
@@ -137,7 +155,7 @@ pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, State
 /// The membership is the newest membership entry at or below it, else the
 /// snapshot's.
 fn recovered_applied_state(shared: &Shared) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let snapshot = lock(&shared.state).snapshot.clone();
+    let snapshot = stored_snapshot(&shared.engine)?.map(|d| d.state);
     let engine = &shared.engine;
     let sealed = match engine.applied_index() {
         Some(index) => engine
@@ -406,10 +424,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A snapshot's data: the sealed segments it stands for (their files and
-/// checksums are in each entry). Taking one copies nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SegmentList(pub Vec<SegmentMeta>);
+/// The last snapshot this node built or installed, as its engine keeps it.
+fn stored_snapshot(engine: &Engine) -> io::Result<Option<SnapshotDescription>> {
+    match engine.snapshot().map_err(io_err)? {
+        Some((_, bytes)) => wire::decode_description(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// The snapshot data of a description: the segments this node holds
+/// through its last entry (retention may have dropped some since).
+fn segment_list(engine: &Engine, d: &SnapshotDescription) -> SegmentList {
+    let through = d.state.last_log_id.map(|l| l.index);
+    SegmentList {
+        segments: engine
+            .segments()
+            .into_iter()
+            .filter(|s| through.is_some_and(|t| s.last_index <= t))
+            .collect(),
+        floor: d.floor.max(engine.first_seq()),
+        end_seq: d.end_seq,
+    }
+}
+
+fn snapshot_of(engine: &Engine, d: &SnapshotDescription) -> LodeSnapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: d.state.last_log_id,
+            last_membership: StoredMembership::new(
+                d.state.membership_log_id,
+                d.state.membership.clone(),
+            ),
+        },
+        snapshot: segment_list(engine, d),
+    }
+}
 
 /// openraft's state machine over the engine: applying an entry makes its
 /// records readable and answers their seqs.
@@ -420,30 +471,70 @@ pub struct StateMachine {
     membership: StoredMembership,
 }
 
-impl StateMachine {
-    fn snapshot_meta(
-        &self,
-    ) -> SnapshotMeta<
-        openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-        lode_replication_wire::NodeId,
-        lode_replication_wire::Node,
-    > {
-        SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
+/// Where a snapshot can be taken now: through the last sealed segment's
+/// last entry, whose records and every earlier entry's are in segments;
+/// with no segment and no readable record, through the applied entry.
+/// `None` when that is not past the last snapshot.
+fn snapshot_point(
+    shared: &Shared,
+    applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> io::Result<Option<SnapshotDescription>> {
+    let engine = &shared.engine;
+    let previous = stored_snapshot(engine)?;
+    let (last, end_seq) = match engine.segments().last() {
+        Some(segment) => {
+            let at = segment.last_index;
+            let Some(entry) = engine.read_entries(at..=at).map_err(io_err)?.pop() else {
+                // Purged: a snapshot covers it already.
+                return Ok(None);
+            };
+            (wire::log_id(entry.term, entry.index), segment.last_seq + 1)
         }
+        None if engine.next_seq() == engine.first_seq() => match applied {
+            Some(applied) => (applied, engine.next_seq()),
+            None => return Ok(None),
+        },
+        None => return Ok(None),
+    };
+    let previous_last = previous.as_ref().and_then(|p| p.state.last_log_id);
+    if previous_last.is_some_and(|p| p >= last) {
+        return Ok(None);
     }
+    let (membership_log_id, membership) = match membership.log_id() {
+        Some(id) if id.index <= last.index => (Some(*id), membership.membership().clone()),
+        _ => match engine
+            .last_entry_of_kind(FrameKind::Membership, last.index)
+            .map_err(io_err)?
+        {
+            Some(entry) => (
+                Some(wire::log_id(entry.term, entry.index)),
+                wire::decode_membership(entry.frame.payload()).map_err(io_err)?,
+            ),
+            None => match previous {
+                Some(p) => (p.state.membership_log_id, p.state.membership),
+                None => (None, openraft::Membership::default()),
+            },
+        },
+    };
+    Ok(Some(SnapshotDescription {
+        state: SnapshotState {
+            last_log_id: Some(last),
+            membership_log_id,
+            membership,
+        },
+        floor: engine.first_seq(),
+        end_seq,
+    }))
 }
 
-/// Builds snapshots of a [`StateMachine`] at the moment it was asked for.
+/// Builds snapshots of a [`StateMachine`]: at its last seal, as of the
+/// moment it was asked for.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    meta: SnapshotMeta<
-        openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-        lode_replication_wire::NodeId,
-        lode_replication_wire::Node,
-    >,
+    applied: Option<LogId>,
+    membership: StoredMembership,
 }
 
 type LodeSnapshot = Snapshot<
@@ -456,18 +547,47 @@ type LodeSnapshot = Snapshot<
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SegmentList;
 
+    /// Costs no copy: the description (last log id, membership, floor,
+    /// next seq) is saved beside the manifest, whose segments are the
+    /// data.
     async fn build_snapshot(&mut self) -> io::Result<LodeSnapshot> {
-        let meta = self.meta.clone();
-        let kept = SnapshotState {
-            last_log_id: meta.last_log_id,
-            membership_log_id: *meta.last_membership.log_id(),
-            membership: meta.last_membership.membership().clone(),
-        };
-        self.shared.update(|s| s.snapshot = Some(kept)).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: SegmentList(self.shared.engine.segments()),
+        let shared = Arc::clone(&self.shared);
+        let (applied, membership) = (self.applied, self.membership.clone());
+        tokio::task::spawn_blocking(move || {
+            let point = snapshot_point(&shared, applied, &membership)?;
+            let description = match point {
+                Some(d) => {
+                    let index = d.state.last_log_id.map_or(0, |l| l.index);
+                    shared
+                        .engine
+                        .save_snapshot(index, wire::encode_description(&d))
+                        .map_err(io_err)?;
+                    d
+                }
+                None => match stored_snapshot(&shared.engine)? {
+                    Some(d) => d,
+                    // Nothing applied yet holds records: the state is
+                    // the membership alone.
+                    None if shared.engine.segments().is_empty()
+                        && shared.engine.next_seq() == shared.engine.first_seq() =>
+                    {
+                        SnapshotDescription {
+                            state: SnapshotState {
+                                last_log_id: applied,
+                                membership_log_id: *membership.log_id(),
+                                membership: membership.membership().clone(),
+                            },
+                            floor: shared.engine.first_seq(),
+                            end_seq: shared.engine.next_seq(),
+                        }
+                    }
+                    None => return Err(io_err("nothing to snapshot yet: no segment is sealed")),
+                },
+            };
+            Ok(snapshot_of(&shared.engine, &description))
         })
+        .await
+        .map_err(io_err)?
     }
 }
 
@@ -547,7 +667,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
-            meta: self.snapshot_meta(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+        }
+    }
+
+    /// Unforced, a snapshot is built only when a segment was sealed
+    /// since the last one.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<SnapshotBuilder> {
+        let builder = self.get_snapshot_builder().await;
+        if force {
+            return Some(builder);
+        }
+        match snapshot_point(&self.shared, self.applied, &self.membership) {
+            Ok(Some(_)) => Some(builder),
+            _ => None,
         }
     }
 
@@ -560,52 +694,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         >,
         snapshot: SegmentList,
     ) -> io::Result<()> {
-        // Only a snapshot whose segments this node already holds can be
-        // installed: moving missing segments is not built yet, and a
-        // snapshot is never taken on trust.
-        let have = self.shared.engine.segments();
-        let missing: Vec<_> = snapshot
-            .0
-            .iter()
-            .filter(|s| {
-                !have.iter().any(|h| {
-                    (h.first_seq, h.last_seq, h.sst_crc32c)
-                        == (s.first_seq, s.last_seq, s.sst_crc32c)
-                })
-            })
-            .map(|s| format!("{}..={}", s.first_seq, s.last_seq))
-            .collect();
-        if !missing.is_empty() {
-            return Err(io_err(format!(
-                "cannot install a snapshot that needs segments this node lacks ({}): segment transfer is not built yet",
-                missing.join(", ")
-            )));
-        }
-        let kept = SnapshotState {
-            last_log_id: meta.last_log_id,
-            membership_log_id: *meta.last_membership.log_id(),
-            membership: meta.last_membership.membership().clone(),
+        // The segments it lacks were staged (and checked) by the
+        // transfer; the engine swaps them in with the manifest, the
+        // description and the applied index in one synced write.
+        let resolved = self.shared.transfers.resolve(&snapshot).map_err(io_err)?;
+        let description = SnapshotDescription {
+            state: SnapshotState {
+                last_log_id: meta.last_log_id,
+                membership_log_id: *meta.last_membership.log_id(),
+                membership: meta.last_membership.membership().clone(),
+            },
+            floor: snapshot.floor,
+            end_seq: snapshot.end_seq,
         };
-        self.shared.update(|s| s.snapshot = Some(kept)).await?;
-        if let Some(last) = meta.last_log_id {
-            let engine = Arc::clone(&self.shared.engine);
-            // Entries the log holds become readable; a log that does not
-            // hold them has their segments already.
-            let _ = blocking(move || engine.apply(last.index)).await;
-        }
+        let through = meta
+            .last_log_id
+            .ok_or_else(|| io_err("a snapshot without a last log id"))?
+            .index;
+        let install = SnapshotInstall {
+            segments: resolved.segments,
+            files: resolved.files,
+            floor: snapshot.floor,
+            through,
+            end_seq: snapshot.end_seq,
+            description: wire::encode_description(&description),
+        };
+        let engine = Arc::clone(&self.shared.engine);
+        blocking(move || engine.install_snapshot(install)).await?;
+        self.shared.transfers.installed();
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<LodeSnapshot>> {
-        let kept = lock(&self.shared.state).snapshot.clone();
-        Ok(kept.map(|s| Snapshot {
-            meta: SnapshotMeta {
-                last_log_id: s.last_log_id,
-                last_membership: StoredMembership::new(s.membership_log_id, s.membership),
-            },
-            snapshot: SegmentList(self.shared.engine.segments()),
-        }))
+        let engine = Arc::clone(&self.shared.engine);
+        tokio::task::spawn_blocking(move || {
+            Ok(stored_snapshot(&engine)?.map(|d| snapshot_of(&engine, &d)))
+        })
+        .await
+        .map_err(io_err)?
     }
 }

@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to everything a node decodes from a peer or its
 //! disk: a message as a request and as a response (its batch entries'
 //! payloads checked record by record), a membership payload, the log's
-//! state file, and the length prefix a stream reader trusts. Nothing may
+//! state file, a stored snapshot description, and the length prefix a stream reader trusts. Nothing may
 //! panic.
 #![no_main]
 
@@ -14,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::decode_response(data);
     let _ = wire::decode_membership(data);
     let _ = wire::decode_state(data);
+    let _ = wire::decode_description(data);
 });

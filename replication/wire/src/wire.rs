@@ -27,10 +27,24 @@
 //! refused + str), 68 written (first seq u64 | end seq u64), 69 not leader
 //! (opt leader id: 0 u8, or 1 u8 then id u64 and address str), 70 read
 //! index (index u64), 127 error (str).
+//!
+//! Snapshot transfer (a snapshot is a list of sealed segments, each a
+//! manifest entry, `lode_codec::SegmentMeta::encode`'s bytes, str-framed):
+//! 8 offer (segment list), 9 chunk (segment | offset u64 | crc32c u32 |
+//! bytes str), 10 install (vote | snapshot meta | segment list); 71 need
+//! (count u32 | { first seq u64 | sst crc u32 | from u64 }: the segments
+//! the follower lacks and where each resumes), 72 chunk staged (bytes
+//! staged u64), 73 chunk refused (bytes staged u64 | reason str), 74
+//! installed (vote).
+//!
+//! ```text
+//! segment list  count u32 | segment ... | floor u64 | end seq u64
+//! snapshot meta opt last log id | opt membership log id | membership
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lode_codec::{EncodedBatch, FrameKind};
+use lode_codec::{EncodedBatch, FrameKind, SegmentMeta};
 use openraft::entry::RaftEntry;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest, VoteResponse,
@@ -81,6 +95,43 @@ pub enum Request {
     /// A follower's linearizable read asks the leader for the index to
     /// apply through first.
     ReadIndex,
+    /// The leader offers a snapshot: the follower answers what it lacks.
+    SnapshotOffer(SegmentList),
+    /// A piece of a segment's file for the follower to stage.
+    SnapshotChunk(Chunk),
+    /// Every file is staged: install the snapshot.
+    SnapshotInstall {
+        vote: Vote,
+        meta: SnapshotState,
+        data: SegmentList,
+    },
+}
+
+/// A snapshot's data: the sealed segments it stands for (their files and
+/// checksums are in each entry), the first seq it keeps and the seq after
+/// its records. Taking one copies nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentList {
+    pub segments: Vec<SegmentMeta>,
+    pub floor: u64,
+    pub end_seq: u64,
+}
+
+/// A segment a follower lacks, and where its transfer resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needed {
+    pub first_seq: u64,
+    pub sst_crc32c: u32,
+    pub from: u64,
+}
+
+/// Bytes of a segment's file from `offset`, with their crc32c.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub segment: SegmentMeta,
+    pub offset: u64,
+    pub crc32c: u32,
+    pub bytes: Vec<u8>,
 }
 
 /// The answer to a [`Request`].
@@ -100,6 +151,15 @@ pub enum Response {
     /// The leader confirmed its leadership with a quorum: a read that
     /// follows every write acknowledged so far applies through this index.
     ReadIndex(u64),
+    /// The segments of an offered snapshot the follower lacks.
+    SnapshotNeed(Vec<Needed>),
+    /// A chunk was staged: the file's bytes staged so far.
+    ChunkStaged(u64),
+    /// A chunk was refused (it failed its checksum, or did not start
+    /// where the staged bytes end): send from `staged`.
+    ChunkRefused { staged: u64, reason: String },
+    /// The snapshot is installed; the follower's vote.
+    Installed(Vote),
     /// The peer could not serve the request (it is shutting down, say).
     Error(String),
 }
@@ -156,6 +216,19 @@ impl Writer {
             self.u64(*id);
             self.bytes(node.addr.as_bytes());
         }
+    }
+    fn segment_list(&mut self, list: &SegmentList) {
+        self.u32(list.segments.len() as u32);
+        for segment in &list.segments {
+            self.bytes(&segment.encode());
+        }
+        self.u64(list.floor);
+        self.u64(list.end_seq);
+    }
+    fn snapshot_state(&mut self, s: &SnapshotState) {
+        self.opt_log_id(s.last_log_id.as_ref());
+        self.opt_log_id(s.membership_log_id.as_ref());
+        self.membership(&s.membership);
     }
     fn entry(&mut self, entry: &Entry) {
         let kind = match &entry.payload {
@@ -244,6 +317,19 @@ pub fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             message(tag, id, |w| w.bytes(batch.payload()))
         }
         Request::ReadIndex => message(7, id, |_| {}),
+        Request::SnapshotOffer(list) => message(8, id, |w| w.segment_list(list)),
+        Request::SnapshotChunk(chunk) => message(9, id, |w| {
+            w.0.reserve(chunk.bytes.len() + 160);
+            w.bytes(&chunk.segment.encode());
+            w.u64(chunk.offset);
+            w.u32(chunk.crc32c);
+            w.bytes(&chunk.bytes);
+        }),
+        Request::SnapshotInstall { vote, meta, data } => message(10, id, |w| {
+            w.vote(vote);
+            w.snapshot_state(meta);
+            w.segment_list(data);
+        }),
     }
 }
 
@@ -287,6 +373,20 @@ pub fn encode_response(id: u64, resp: &Response) -> Vec<u8> {
                 w.bytes(addr.as_bytes());
             }
         }),
+        Response::SnapshotNeed(needed) => message(71, id, |w| {
+            w.u32(needed.len() as u32);
+            for n in needed {
+                w.u64(n.first_seq);
+                w.u32(n.sst_crc32c);
+                w.u64(n.from);
+            }
+        }),
+        Response::ChunkStaged(staged) => message(72, id, |w| w.u64(*staged)),
+        Response::ChunkRefused { staged, reason } => message(73, id, |w| {
+            w.u64(*staged);
+            w.bytes(reason.as_bytes());
+        }),
+        Response::Installed(vote) => message(74, id, |w| w.vote(vote)),
         Response::Error(reason) => message(127, id, |w| w.bytes(reason.as_bytes())),
     }
 }
@@ -456,6 +556,30 @@ impl<'a> Reader<'a> {
         Ok(req)
     }
     /// Runs `read` and checks that it used every byte.
+    fn segment(&mut self) -> Result<SegmentMeta> {
+        let at = self.at + 4;
+        let bytes = self.bytes("segment")?;
+        SegmentMeta::decode(bytes).map_err(|e| self.invalid_at(at, "segment", e))
+    }
+    fn segment_list(&mut self) -> Result<SegmentList> {
+        let n = self.count("segments", 5)?;
+        let mut segments = Vec::with_capacity(n);
+        for _ in 0..n {
+            segments.push(self.segment()?);
+        }
+        Ok(SegmentList {
+            segments,
+            floor: self.u64("floor")?,
+            end_seq: self.u64("end seq")?,
+        })
+    }
+    fn snapshot_state(&mut self) -> Result<SnapshotState> {
+        Ok(SnapshotState {
+            last_log_id: self.opt_log_id()?,
+            membership_log_id: self.opt_log_id()?,
+            membership: self.membership()?,
+        })
+    }
     fn whole<T>(mut self, read: impl FnOnce(&mut Reader<'a>) -> Result<T>) -> Result<T> {
         let value = read(&mut self)?;
         if self.at != self.bytes.len() {
@@ -558,6 +682,25 @@ pub fn decode_request(bytes: &[u8]) -> Result<(u64, Request)> {
             Ok(Request::Forward(batch))
         })?,
         7 => r.whole(|_| Ok(Request::ReadIndex))?,
+        8 => r.whole(|r| r.segment_list().map(Request::SnapshotOffer))?,
+        9 => r.whole(|r| {
+            let segment = r.segment()?;
+            let offset = r.u64("chunk offset")?;
+            let crc32c = r.u32("chunk crc")?;
+            let bytes = r.bytes("chunk")?.to_vec();
+            Ok(Request::SnapshotChunk(Chunk {
+                segment,
+                offset,
+                crc32c,
+                bytes,
+            }))
+        })?,
+        10 => r.whole(|r| {
+            let vote = r.vote()?;
+            let meta = r.snapshot_state()?;
+            let data = r.segment_list()?;
+            Ok(Request::SnapshotInstall { vote, meta, data })
+        })?,
         other => {
             return Err(WireError::Invalid {
                 what: "request tag",
@@ -617,6 +760,25 @@ pub fn decode_response(bytes: &[u8]) -> Result<(u64, Response)> {
                 None
             }))
         })?,
+        71 => r.whole(|r| {
+            let n = r.count("needed segments", 20)?;
+            let mut needed = Vec::with_capacity(n);
+            for _ in 0..n {
+                needed.push(Needed {
+                    first_seq: r.u64("first seq")?,
+                    sst_crc32c: r.u32("sst crc")?,
+                    from: r.u64("resume offset")?,
+                });
+            }
+            Ok(Response::SnapshotNeed(needed))
+        })?,
+        72 => r.whole(|r| Ok(Response::ChunkStaged(r.u64("bytes staged")?)))?,
+        73 => r.whole(|r| {
+            let staged = r.u64("bytes staged")?;
+            let reason = r.string("refusal")?;
+            Ok(Response::ChunkRefused { staged, reason })
+        })?,
+        74 => r.whole(|r| r.vote().map(Response::Installed))?,
         127 => r.whole(|r| r.string("error").map(Response::Error))?,
         other => {
             return Err(WireError::Invalid {
@@ -651,6 +813,44 @@ pub struct SnapshotState {
     pub last_log_id: Option<LogId>,
     pub membership_log_id: Option<LogId>,
     pub membership: Membership,
+}
+
+/// What a node stores of its last snapshot, with its segments (which its
+/// manifest holds): the metadata, the first seq kept and the seq after
+/// its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDescription {
+    pub state: SnapshotState,
+    pub floor: u64,
+    pub end_seq: u64,
+}
+
+const DESCRIPTION_VERSION: u8 = 1;
+
+/// A snapshot description's bytes: version u8, snapshot meta, floor u64,
+/// end seq u64.
+pub fn encode_description(d: &SnapshotDescription) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(DESCRIPTION_VERSION);
+    w.snapshot_state(&d.state);
+    w.u64(d.floor);
+    w.u64(d.end_seq);
+    w.0
+}
+
+/// A snapshot description as [`encode_description`] wrote it.
+pub fn decode_description(bytes: &[u8]) -> Result<SnapshotDescription> {
+    Reader::new(bytes).whole(|r| {
+        let version = r.u8("description version")?;
+        if version != DESCRIPTION_VERSION {
+            return Err(r.invalid_at(0, "snapshot description", format!("unsupported version {version}")));
+        }
+        Ok(SnapshotDescription {
+            state: r.snapshot_state()?,
+            floor: r.u64("floor")?,
+            end_seq: r.u64("end seq")?,
+        })
+    })
 }
 
 /// The state file's bytes: magic, version, crc32c of the body, body.
@@ -776,6 +976,74 @@ mod tests {
         })
     }
 
+    fn segment(first_seq: u64) -> SegmentMeta {
+        SegmentMeta {
+            first_seq,
+            last_seq: first_seq + 99,
+            first_index: first_seq / 10,
+            last_index: first_seq / 10 + 9,
+            min_ts: 1,
+            max_ts: 2,
+            records: 100,
+            wal_bytes: 9000,
+            sst_bytes: 4000,
+            sst_crc32c: 0xfeed,
+            sealed_at: 3,
+            records_crc32c: Some(9),
+        }
+    }
+
+    #[test]
+    fn snapshot_messages_round_trip_and_refuse_damage() {
+        let list = SegmentList {
+            segments: vec![segment(1), segment(101)],
+            floor: 1,
+            end_seq: 201,
+        };
+        let meta = SnapshotState {
+            last_log_id: Some(log_id(2, 29)),
+            membership_log_id: Some(log_id(1, 1)),
+            membership: membership(),
+        };
+        let requests = [
+            Request::SnapshotOffer(list.clone()),
+            Request::SnapshotChunk(Chunk {
+                segment: segment(101),
+                offset: 2 << 20,
+                crc32c: 5,
+                bytes: vec![7; 1000],
+            }),
+            Request::SnapshotInstall {
+                vote: Vote::new(2, 1),
+                meta: meta.clone(),
+                data: list.clone(),
+            },
+        ];
+        for req in &requests {
+            let bytes = encode_request(9, req);
+            let (_, back) = decode_request(&bytes).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{req:?}"));
+            // Every cut of it is refused, never a panic.
+            for cut in [5, 14, bytes.len() / 2, bytes.len() - 1] {
+                let mut short = bytes[..cut].to_vec();
+                let len = (cut as u32).saturating_sub(4);
+                short[..4].copy_from_slice(&len.to_le_bytes());
+                assert!(decode_request(&short).is_err(), "cut at {cut}");
+            }
+        }
+        let description = SnapshotDescription {
+            state: meta,
+            floor: 51,
+            end_seq: 201,
+        };
+        let bytes = encode_description(&description);
+        assert_eq!(decode_description(&bytes).unwrap(), description);
+        assert!(decode_description(&bytes[..bytes.len() - 1]).is_err());
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert!(decode_description(&other).is_err());
+    }
+
     #[test]
     fn requests_and_responses_round_trip() {
         let bytes = encode_request(7, &append());
@@ -892,6 +1160,17 @@ mod tests {
             Response::ReadIndex(812),
             Response::NotLeader(Some((3, "127.0.0.1:7430".into()))),
             Response::NotLeader(None),
+            Response::SnapshotNeed(vec![Needed {
+                first_seq: 101,
+                sst_crc32c: 0xabcd,
+                from: 4 << 20,
+            }]),
+            Response::ChunkStaged(77),
+            Response::ChunkRefused {
+                staged: 5,
+                reason: "bad crc".into(),
+            },
+            Response::Installed(Vote::new(3, 1)),
             Response::Error("shutting down".into()),
         ] {
             let (id, back) = decode_response(&encode_response(u64::MAX, &resp)).unwrap();
