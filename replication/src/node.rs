@@ -584,7 +584,7 @@ impl ClusterConfig {
 }
 
 /// The state of one node, as its Raft metrics say.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub node_id: NodeId,
     pub role: &'static str,
@@ -603,6 +603,13 @@ pub struct Status {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
     pub addrs: BTreeMap<NodeId, String>,
+    /// The last entry this node's snapshot covers, and the last one its
+    /// log purged.
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+    /// Snapshot transfers under way (sending, on the leader; receiving,
+    /// on a follower).
+    pub transfers: Vec<crate::snapshot::TransferProgress>,
 }
 
 /// A node's latencies and counters, for `/metrics`.
@@ -850,6 +857,11 @@ impl ClusterNode {
         &self.engine
     }
 
+    /// This node's snapshot transfers: their counts and those under way.
+    pub fn transfers(&self) -> &crate::snapshot::Transfers {
+        &self.writes.transfers
+    }
+
     pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
         self.writes.network.local_addr()
     }
@@ -975,6 +987,9 @@ impl ClusterNode {
             last_log_index: m.last_log_index,
             committed: m.local_committed.map(|c| c.index),
             applied: m.last_applied.map(|a| a.index),
+            snapshot: m.snapshot.map(|s| s.index),
+            purged: m.purged.map(|p| p.index),
+            transfers: self.writes.transfers.underway(),
             matched,
             lag_bytes,
         }

@@ -75,6 +75,8 @@ struct Cluster {
     nodes: BTreeMap<u64, ClusterNode>,
     options: Options,
     retention_check: Duration,
+    /// Changes every node's configuration before it starts.
+    tweak: fn(&mut ClusterConfig),
 }
 
 impl Cluster {
@@ -83,6 +85,15 @@ impl Cluster {
     }
 
     async fn start_with_options(n: u64, options: Options, retention_check: Duration) -> Cluster {
+        Cluster::start_tweaked(n, options, retention_check, |_| {}).await
+    }
+
+    async fn start_tweaked(
+        n: u64,
+        options: Options,
+        retention_check: Duration,
+        tweak: fn(&mut ClusterConfig),
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<(u64, Vec<String>)> = (1..=n).map(|id| (id, Vec::new())).collect();
         tls::init_cluster(&dir.path().join("tls"), &ids).unwrap();
@@ -95,6 +106,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             options,
             retention_check,
+            tweak,
         };
         for id in 1..=n {
             cluster.start_node(id).await;
@@ -114,6 +126,7 @@ impl Cluster {
     async fn start_with(&mut self, mut config: ClusterConfig) {
         let id = config.node_id;
         config.retention_check = self.retention_check;
+        (self.tweak)(&mut config);
         let engine = Arc::new(
             Engine::open(
                 self.dir.path().join(format!("node-{id}")),
@@ -203,13 +216,12 @@ impl Cluster {
     async fn converge(&self, leader: u64) {
         // The leader's whole log: every entry in it is committed once the
         // writes returned (metrics may lag the engine by a moment).
-        let applied = self.nodes[&leader]
-            .engine()
-            .log_bounds()
-            .unwrap()
-            .unwrap()
-            .last
-            .1;
+        let engine = self.nodes[&leader].engine();
+        let applied = match engine.log_bounds().unwrap() {
+            Some(bounds) => bounds.last.1,
+            // All of it purged through the snapshot.
+            None => engine.applied_index().unwrap(),
+        };
         for node in self.nodes.values() {
             node.wait_for_applied(applied, Duration::from_secs(10))
                 .await
@@ -1065,4 +1077,76 @@ mod simulation {
             }
         }
     }
+}
+
+/// A follower stopped while the leader seals and purges many segments
+/// catches up by snapshot: the leader sends exactly the bytes of the
+/// segments it lacks (those it sealed before stopping stay; every third
+/// chunk is damaged in transit, refused and sent again), and its records
+/// then equal the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
+    let mut cluster = Cluster::start_tweaked(3, replicated(), Duration::from_secs(10), |c| {
+        c.keep_log_bytes = 0;
+        c.snapshot_check = Duration::from_millis(100);
+        c.snapshot_bytes_per_sec = None;
+        c.snapshot_chunk_bytes = 16 << 10;
+        c.damage_chunks_every = Some(3);
+    })
+    .await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut next = 0;
+    let mut write_some = async |cluster: &Cluster, batches: u64| {
+        for _ in 0..batches {
+            cluster.write(batch(next, 200)).await;
+            next += 200;
+        }
+    };
+    write_some(&cluster, 20).await;
+    cluster.converge(leader).await;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let held = cluster.nodes[&follower].engine().segments();
+    assert!(!held.is_empty(), "the follower sealed segments before it stops");
+    cluster.stop_node(follower).await;
+    write_some(&cluster, 60).await;
+    // The leader's snapshot covers its last seal, and its log is purged
+    // past everything the follower holds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held_through = held.last().unwrap().last_index;
+    let snapshot = loop {
+        let status = cluster.nodes[&leader].status();
+        let sealed = cluster.nodes[&leader].engine().segments().last().unwrap().last_index;
+        if status.snapshot == Some(sealed) && status.purged.is_some_and(|p| p > held_through + 10) {
+            break sealed;
+        }
+        assert!(Instant::now() < deadline, "no snapshot and purge: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let offered: Vec<_> = cluster.nodes[&leader]
+        .engine()
+        .segments()
+        .into_iter()
+        .filter(|s| s.last_index <= snapshot)
+        .collect();
+    let missing = lode_replication::snapshot::diff(&offered, &held).missing;
+    let missing_bytes: u64 = missing.iter().map(|s| s.sst_bytes).sum();
+    let all_bytes: u64 = offered.iter().map(|s| s.sst_bytes).sum();
+    assert!(missing_bytes < all_bytes, "the follower's own segments are not sent");
+    cluster.start_node(follower).await;
+    cluster.converge(leader).await;
+    let counts = &cluster.nodes[&leader].transfers().counts;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&counts.snapshots_sent), 1, "one snapshot sent");
+    assert_eq!(
+        load(&counts.bytes_sent),
+        missing_bytes,
+        "the leader sent the bytes of the {} segments the follower lacked, no more",
+        missing.len()
+    );
+    assert!(load(&counts.chunk_retries) > 0, "damaged chunks were sent again");
+    let received = &cluster.nodes[&follower].transfers().counts;
+    assert_eq!(load(&received.snapshots_received), 1);
+    // The follower goes on by log: later writes reach it.
+    write_some(&cluster, 5).await;
+    cluster.converge(leader).await;
 }
