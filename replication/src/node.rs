@@ -621,6 +621,8 @@ pub struct Figures {
     pub commit: LatencySnapshot,
     /// Times this node saw the leader change (to another node or none).
     pub leader_changes: u64,
+    /// Snapshot transfers: (name, help, value) of each counter.
+    pub snapshots: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// Retention in a cluster is a decision of the log: every `every`, the
@@ -1001,6 +1003,7 @@ impl ClusterNode {
             append: self.append_latency.snapshot(),
             commit: self.writes.commit_latency.snapshot(),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            snapshots: self.writes.transfers.counters(),
         }
     }
 

@@ -570,6 +570,20 @@ impl Transfers {
         })
     }
 
+    /// The counters as (metric name, help, value), for `/metrics`.
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let c = &self.counts;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("lode_snapshots_sent_total", "Snapshots this node sent and a follower installed.", load(&c.snapshots_sent)),
+            ("lode_snapshots_received_total", "Snapshots this node received and installed.", load(&c.snapshots_received)),
+            ("lode_snapshot_sent_bytes_total", "Bytes of segment files sent in snapshot chunks.", load(&c.bytes_sent)),
+            ("lode_snapshot_received_bytes_total", "Bytes of segment files received and staged.", load(&c.bytes_received)),
+            ("lode_snapshot_resumes_total", "Segment files whose transfer resumed from bytes staged before.", load(&c.resumes)),
+            ("lode_snapshot_chunk_retries_total", "Snapshot chunks refused by the follower and sent again.", load(&c.chunk_retries)),
+        ]
+    }
+
     /// Transfers under way.
     pub fn underway(&self) -> Vec<TransferProgress> {
         lock(&self.underway)

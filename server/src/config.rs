@@ -40,6 +40,11 @@
 //! heartbeat_ms = 50
 //! election_timeout_ms = [200, 400]
 //! join = false                 # true: join a running cluster (`lode cluster add`); peers = this node only
+//!
+//! [replication]                # a cluster node's catch-up by snapshot
+//! keep_log_bytes = 536870912   # log kept below the snapshot for followers this close behind
+//! snapshot_bytes_per_sec = 100000000  # cap on a snapshot transfer to one follower; 0: none
+//! snapshot_chunk_bytes = 2097152
 //! ```
 
 use std::net::SocketAddr;
@@ -69,6 +74,33 @@ pub struct Config {
     pub storage: Storage,
     /// Present: this server is one node of a Raft cluster.
     pub cluster: Option<Cluster>,
+    /// How a cluster node keeps its log and sends snapshots.
+    pub replication: Replication,
+}
+
+/// How a cluster node keeps its log and catches followers up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// Log bytes the leader keeps below its snapshot for a follower that
+    /// is behind by no more (it catches up from the log); one further
+    /// behind is sent the sealed segments it lacks.
+    pub keep_log_bytes: u64,
+    /// The most bytes per second a snapshot transfer sends to one
+    /// follower; 0: no cap.
+    pub snapshot_bytes_per_sec: u64,
+    /// Bytes of file per snapshot chunk (1-4 MiB suits most links).
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            keep_log_bytes: lode_replication::KEEP_LOG_BYTES,
+            snapshot_bytes_per_sec: lode_replication::SNAPSHOT_BYTES_PER_SEC,
+            snapshot_chunk_bytes: lode_replication::snapshot::CHUNK_BYTES,
+        }
+    }
 }
 
 /// One node's place in its cluster.
@@ -208,6 +240,7 @@ impl Default for Config {
             tls: None,
             storage: Storage::default(),
             cluster: None,
+            replication: Replication::default(),
         }
     }
 }

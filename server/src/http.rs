@@ -175,6 +175,22 @@ async fn cluster_status(State(service): Shared) -> Response {
             json!({"node": id, "matched_index": matched, "lag_bytes": s.lag_bytes.get(id)})
         })
         .collect();
+    let transfers: Vec<serde_json::Value> = s
+        .transfers
+        .iter()
+        .map(|t| {
+            json!({
+                "peer": t.peer,
+                "direction": if t.sending { "sending" } else { "receiving" },
+                "files_done": t.files_done,
+                "files": t.files,
+                "bytes_done": t.bytes_done,
+                "bytes": t.bytes,
+                "bytes_per_sec": t.rate.round() as u64,
+                "eta_secs": t.eta_secs.map(|e| e.ceil() as u64),
+            })
+        })
+        .collect();
     axum::Json(json!({
         "node": s.node_id,
         "role": s.role,
@@ -183,6 +199,9 @@ async fn cluster_status(State(service): Shared) -> Response {
         "last_log_index": s.last_log_index,
         "committed_index": s.committed,
         "applied_index": s.applied,
+        "snapshot_index": s.snapshot,
+        "purged_index": s.purged,
+        "transfers": transfers,
         "peers": peers,
         "voters": s.voters,
         "learners": s.learners,

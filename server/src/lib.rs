@@ -29,7 +29,8 @@ mod syslog;
 pub mod tls;
 
 pub use config::{
-    Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Storage, TlsFiles,
+    Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Replication, Storage,
+    TlsFiles,
 };
 pub use error::{Error, Result};
 pub use metrics::{Metrics, Source};

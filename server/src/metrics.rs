@@ -316,6 +316,9 @@ pub(crate) fn render_cluster(
         "Times this node saw the leader change.",
         &[("", figures.leader_changes)],
     );
+    for (name, help, value) in &figures.snapshots {
+        counter(out, name, help, &[("", *value)]);
+    }
     histogram(
         out,
         "lode_raft_append_seconds",

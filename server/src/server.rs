@@ -52,6 +52,16 @@ impl Server {
             let mut node = lode_replication::ClusterConfig::new(cluster.node_id, peers, tls);
             node.heartbeat_ms = cluster.heartbeat_ms;
             node.join = cluster.join;
+            let replication = &config.replication;
+            if !(4096..=(16 << 20)).contains(&replication.snapshot_chunk_bytes) {
+                return Err(Error::BadConfig(format!(
+                    "replication.snapshot_chunk_bytes = {}: must be 4096 to 16777216",
+                    replication.snapshot_chunk_bytes
+                )));
+            }
+            node.keep_log_bytes = replication.keep_log_bytes;
+            node.snapshot_bytes_per_sec = Some(replication.snapshot_bytes_per_sec).filter(|&b| b > 0);
+            node.snapshot_chunk_bytes = replication.snapshot_chunk_bytes;
             node.election_timeout_ms = (
                 cluster.election_timeout_ms[0],
                 cluster.election_timeout_ms[1],

@@ -60,6 +60,28 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A line per snapshot transfer a node takes part in: files and bytes
+/// done of all, rate, time left.
+fn print_transfers(addr: &str, s: &serde_json::Value) {
+    for t in field(s, "transfers").as_array().into_iter().flatten() {
+        let mib = |key| field(t, key).as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+        let eta = field(t, "eta_secs")
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |e| format!("{e} s"));
+        println!(
+            "  {addr}: snapshot {} {} node {}: files {}/{}, {:.1}/{:.1} MiB at {:.1} MiB/s, {eta} left",
+            text(field(t, "direction")),
+            if field(t, "direction") == "sending" { "to" } else { "from" },
+            text(field(t, "peer")),
+            text(field(t, "files_done")),
+            text(field(t, "files")),
+            mib("bytes_done"),
+            mib("bytes"),
+            mib("bytes_per_sec"),
+        );
+    }
+}
+
 /// Prints a line per node, then each follower's lag as the leader sees it.
 pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
     println!(
@@ -82,6 +104,7 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
                     text(field(&s, "committed_index")),
                     text(field(&s, "applied_index"))
                 );
+                print_transfers(addr, &s);
                 if field(&s, "role") == "leader" {
                     leader_view = Some(s);
                 }
