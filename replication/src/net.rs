@@ -714,11 +714,11 @@ impl PeerClient {
             bytes,
             "sending a snapshot's missing segments"
         );
+        if files.iter().any(|(_, from)| *from > 0) {
+            self.transfers.resumed();
+        }
         let mut pacer = Pacer::new(self.transfers.bytes_per_sec);
         for (segment, from) in files {
-            if from > 0 {
-                self.transfers.resumed();
-            }
             self.send_file(&segment, from, &mut pacer).await?;
         }
         let meta = wire::SnapshotState {
@@ -757,6 +757,7 @@ impl PeerClient {
             let len = chunk.bytes.len() as u64;
             pacer.pace(len).await;
             let request = Request::SnapshotChunk(chunk);
+            self.transfers.sending_chunk(len);
             match self.call(&request, CHUNK_TIMEOUT).await.map_err(streaming)? {
                 Response::ChunkStaged(staged) => {
                     self.transfers
@@ -766,7 +767,7 @@ impl PeerClient {
                 }
                 Response::ChunkRefused { staged, reason } => {
                     refused += 1;
-                    self.transfers.retried();
+                    self.transfers.retried(len);
                     tracing::warn!(target = self.target, offset, %reason, "chunk refused; sending again");
                     if refused >= CHUNK_TRIES {
                         return Err(streaming(network(format!(

@@ -302,10 +302,14 @@ fn file_crc(path: &Path) -> Result<u32> {
 pub struct TransferCounts {
     pub snapshots_sent: AtomicU64,
     pub snapshots_received: AtomicU64,
-    /// Bytes of segment files sent in chunks (resent ones included).
+    /// Bytes of segment files put on the wire in chunks: refused ones,
+    /// and ones a follower's crash cut off, included.
     pub bytes_sent: AtomicU64,
+    /// Bytes of chunks the follower refused (damaged, misplaced).
+    pub bytes_refused: AtomicU64,
     pub bytes_received: AtomicU64,
-    /// Files whose transfer went on from bytes staged before.
+    /// Transfers that went on from files staged (wholly or in part) by
+    /// one broken off before.
     pub resumes: AtomicU64,
     /// Chunks refused by the follower and sent again.
     pub chunk_retries: AtomicU64,
@@ -517,9 +521,13 @@ impl Transfers {
         );
     }
 
-    /// Leader: `bytes` more reached `peer`, and a file if `whole`.
-    pub(crate) fn sent(&self, peer: NodeId, bytes: u64, whole: bool) {
+    /// Leader: a chunk of `bytes` goes on the wire.
+    pub(crate) fn sending_chunk(&self, bytes: u64) {
         add(&self.counts.bytes_sent, bytes);
+    }
+
+    /// Leader: `bytes` more were staged by `peer`, and a file if `whole`.
+    pub(crate) fn sent(&self, peer: NodeId, bytes: u64, whole: bool) {
         if let Some(u) = lock(&self.underway).get_mut(&(true, Some(peer))) {
             u.bytes_done += bytes;
             u.files_done += u64::from(whole);
@@ -538,8 +546,9 @@ impl Transfers {
         add(&self.counts.resumes, 1);
     }
 
-    pub(crate) fn retried(&self) {
+    pub(crate) fn retried(&self, bytes: u64) {
         add(&self.counts.chunk_retries, 1);
+        add(&self.counts.bytes_refused, bytes);
     }
 
     /// Leader: the chunk of `segment`'s file at `offset`, with its crc
@@ -577,9 +586,10 @@ impl Transfers {
         vec![
             ("lode_snapshots_sent_total", "Snapshots this node sent and a follower installed.", load(&c.snapshots_sent)),
             ("lode_snapshots_received_total", "Snapshots this node received and installed.", load(&c.snapshots_received)),
-            ("lode_snapshot_sent_bytes_total", "Bytes of segment files sent in snapshot chunks.", load(&c.bytes_sent)),
+            ("lode_snapshot_sent_bytes_total", "Bytes of segment files put on the wire in snapshot chunks.", load(&c.bytes_sent)),
+            ("lode_snapshot_refused_bytes_total", "Bytes of snapshot chunks refused by the follower (sent again).", load(&c.bytes_refused)),
             ("lode_snapshot_received_bytes_total", "Bytes of segment files received and staged.", load(&c.bytes_received)),
-            ("lode_snapshot_resumes_total", "Segment files whose transfer resumed from bytes staged before.", load(&c.resumes)),
+            ("lode_snapshot_resumes_total", "Snapshot transfers that went on from files a broken-off one staged.", load(&c.resumes)),
             ("lode_snapshot_chunk_retries_total", "Snapshot chunks refused by the follower and sent again.", load(&c.chunk_retries)),
         ]
     }

@@ -175,6 +175,12 @@ async fn cluster_status(State(service): Shared) -> Response {
             json!({"node": id, "matched_index": matched, "lag_bytes": s.lag_bytes.get(id)})
         })
         .collect();
+    // The first entry the log holds (past the applied one when purged
+    // whole).
+    let first_log_index = match service.engine().log_bounds() {
+        Ok(Some(bounds)) => Some(bounds.first_index),
+        _ => s.applied.map(|a| a + 1),
+    };
     let transfers: Vec<serde_json::Value> = s
         .transfers
         .iter()
@@ -199,6 +205,7 @@ async fn cluster_status(State(service): Shared) -> Response {
         "last_log_index": s.last_log_index,
         "committed_index": s.committed,
         "applied_index": s.applied,
+        "first_log_index": first_log_index,
         "snapshot_index": s.snapshot,
         "purged_index": s.purged,
         "transfers": transfers,
@@ -212,12 +219,16 @@ async fn cluster_status(State(service): Shared) -> Response {
 
 #[derive(Debug, serde::Deserialize)]
 struct Through {
+    /// The first entry to compare (every node's log starts by then:
+    /// below it, some purged theirs through a snapshot).
+    #[serde(default)]
+    from: u64,
     through: u64,
 }
 
 /// Checksums of this node's log through `?through=N`, by ranges.
 async fn cluster_verify(State(service): Shared, Query(q): Query<Through>) -> Response {
-    match service.log_checksums(q.through).await {
+    match service.log_checksums(q.from, q.through).await {
         Ok(ranges) => {
             let ranges: Vec<serde_json::Value> = ranges
                 .into_iter()
@@ -230,10 +241,16 @@ async fn cluster_verify(State(service): Shared, Query(q): Query<Through>) -> Res
                 .segments()
                 .into_iter()
                 .map(|s| {
-                    json!({"first_seq": s.first_seq, "last_seq": s.last_seq, "records_crc32c": s.records_crc32c})
+                    json!({
+                        "first_seq": s.first_seq,
+                        "last_seq": s.last_seq,
+                        "last_index": s.last_index,
+                        "sst_bytes": s.sst_bytes,
+                        "records_crc32c": s.records_crc32c,
+                    })
                 })
                 .collect();
-            axum::Json(json!({"through": q.through, "ranges": ranges, "segments": segments}))
+            axum::Json(json!({"from": q.from, "through": q.through, "ranges": ranges, "segments": segments}))
                 .into_response()
         }
         Err(failure) => failure.into_response(),

@@ -128,11 +128,11 @@ impl Service {
     /// [`VERIFY_RANGE`] entries: `(first, last, crc32c of every entry's
     /// term, index, kind and payload)`. Nodes whose logs agree through an
     /// index give the same list.
-    pub async fn log_checksums(&self, through: u64) -> Outcome<Vec<(u64, u64, u32)>> {
+    pub async fn log_checksums(&self, from: u64, through: u64) -> Outcome<Vec<(u64, u64, u32)>> {
         let engine = Arc::clone(&self.engine);
         blocking(move || {
             let mut out = Vec::new();
-            let mut start = 0u64;
+            let mut start = from;
             while start <= through {
                 let end = start
                     .saturating_add(VERIFY_RANGE)

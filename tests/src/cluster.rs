@@ -23,6 +23,10 @@ use lode_server::{Cluster, Config, Server};
 use crate::record_for;
 
 const NODE_VAR: &str = "LODE_TEST_CLUSTER_NODE";
+/// A node spec's tuning for the snapshot tests.
+const SNAPSHOTS: &str = "snapshots";
+const TRANSFER_BYTES_PER_SEC: u64 = 512 << 10;
+const TRANSFER_CHUNK: usize = 64 << 10;
 const KILLS: usize = 20;
 const NODES: u64 = 3;
 
@@ -41,10 +45,10 @@ fn node_child() {
     let spec = std::env::var(NODE_VAR).expect("node spec");
     crate::die_with_parent();
     let parts: Vec<&str> = spec.split(';').collect();
-    let [id, peers, tls, data, tcp, http] = parts[..] else {
+    let [id, peers, tls, data, tcp, http, tune] = parts[..] else {
         panic!("bad spec {spec}");
     };
-    let config = Config {
+    let mut config = Config {
         data: PathBuf::from(data),
         listen: tcp.parse().ok(),
         http: http.parse().ok(),
@@ -60,6 +64,15 @@ fn node_child() {
         }),
         ..Config::default()
     };
+    if tune == SNAPSHOTS {
+        // Many small segments, no log kept for laggards, and a slow
+        // transfer in small chunks: a follower that was away catches up
+        // by snapshot, long enough to be killed many times on the way.
+        config.storage.segment_bytes = 64 << 10;
+        config.replication.keep_log_bytes = 0;
+        config.replication.snapshot_bytes_per_sec = TRANSFER_BYTES_PER_SEC;
+        config.replication.snapshot_chunk_bytes = TRANSFER_CHUNK;
+    }
     runtime().block_on(async {
         let server = Server::start(config).await.expect("node starts");
         println!("listening {}", server.addresses().tcp.unwrap());
@@ -189,6 +202,10 @@ impl Cluster3 {
     }
 
     fn start_placed(place: impl Fn(u64) -> Placement) -> Cluster3 {
+        Cluster3::start_tuned(place, "")
+    }
+
+    fn start_tuned(place: impl Fn(u64) -> Placement, tune: &str) -> Cluster3 {
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
         let ids: Vec<(u64, Vec<String>)> = (1..=NODES).map(|id| (id, Vec::new())).collect();
@@ -203,7 +220,7 @@ impl Cluster3 {
             let data = dir.path().join(format!("node-{id}"));
             let (tcp, http) = (placement.tcp, placement.http);
             let spec = format!(
-                "{id};{};{};{};{tcp};{http}",
+                "{id};{};{};{};{tcp};{http};{tune}",
                 peers.join(","),
                 tls.display(),
                 data.display()
@@ -982,4 +999,140 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
     );
     drop(cluster);
     drop(netns);
+}
+
+/// A counter's value in a `/metrics` answer.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the metrics"))
+}
+
+/// A follower away while the leader seals and purges megabytes of
+/// segments is sent them by snapshot, and SIGKILLed at random points of
+/// the transfer ten times: each restart goes on from what it had staged
+/// (the leader sends the missing bytes plus at most one chunk per kill),
+/// and the follower ends with the leader's records and log.
+#[test]
+fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
+    const TRANSFER_KILLS: u64 = 10;
+    let started = Instant::now();
+    let mut cluster = Cluster3::start_tuned(
+        |_| Placement {
+            peer: free_udp(),
+            tcp: free_tcp(),
+            http: free_tcp(),
+            netns: None,
+        },
+        SNAPSHOTS,
+    );
+    let leader = cluster.leader(Duration::from_secs(20)).expect("a leader");
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().kill();
+    // Records whose text does not compress: megabytes of segments.
+    let addrs: Vec<String> = [leader]
+        .iter()
+        .map(|id| cluster.nodes[id].tcp.to_string())
+        .collect();
+    let client = ClusterClient::with_options(&addrs, ClientOptions::default(), RetryOptions::default())
+        .unwrap();
+    let mut rng = lode_tools::SplitMix64::new(0x5eed);
+    runtime().block_on(async {
+        for b in 0..400u64 {
+            let batch: Vec<LogRecord> = (0..100)
+                .map(|i| {
+                    let mut r = tagged(b * 100 + i);
+                    r.message = format!("{:016x}{:016x}{:016x}{:016x}", rng.next_u64(), rng.next_u64(), rng.next_u64(), rng.next_u64());
+                    r
+                })
+                .collect();
+            client.append(&batch).await.unwrap();
+        }
+    });
+    // The leader's snapshot covers its last seal and its log is purged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (snapshot, purged) = loop {
+        let s = cluster.nodes[&leader].status().unwrap_or_default();
+        let (snap, purged) = (s["snapshot_index"].as_u64(), s["purged_index"].as_u64());
+        if let (Some(snap), Some(purged)) = (snap, purged)
+            && purged == snap
+            && snap + 2 >= s["last_log_index"].as_u64().unwrap_or(0)
+        {
+            break (snap, purged);
+        }
+        assert!(Instant::now() < deadline, "no snapshot and purge: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let verify = cluster.nodes[&leader]
+        .get(&format!("/api/v1/cluster/verify?from={}&through={snapshot}", snapshot + 1))
+        .unwrap_or_default();
+    let body: serde_json::Value =
+        serde_json::from_str(verify.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+    let missing: u64 = body["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["last_index"].as_u64().is_some_and(|l| l <= snapshot))
+        .map(|s| s["sst_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(missing > 3 << 19, "megabytes to send: {missing} (purged through {purged})");
+    // Kill the follower at a random point of each transfer.
+    let mut kills = 0;
+    while kills < TRANSFER_KILLS {
+        cluster.nodes.get_mut(&follower).unwrap().start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let receiving = loop {
+            let s = cluster.nodes[&follower].status().unwrap_or_default();
+            let t = &s["transfers"][0];
+            if t["bytes_done"].as_u64().is_some_and(|b| b > 0) {
+                break true;
+            }
+            if s["applied_index"].as_u64().is_some_and(|a| a >= snapshot) {
+                break false;
+            }
+            assert!(Instant::now() < deadline, "no transfer under way: {s}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !receiving {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        cluster.nodes.get_mut(&follower).unwrap().kill();
+        kills += 1;
+    }
+    assert_eq!(kills, TRANSFER_KILLS, "the transfer outlasted {TRANSFER_KILLS} kills");
+    cluster.nodes.get_mut(&follower).unwrap().start();
+    cluster.settle(Duration::from_secs(60));
+    let metrics = cluster.nodes[&leader].get("/metrics").unwrap_or_default();
+    let sent = metric(&metrics, "lode_snapshot_sent_bytes_total");
+    let resumes = metric(&metrics, "lode_snapshot_resumes_total");
+    eprintln!(
+        "{kills} kills: {missing} bytes missing, {sent} sent ({} over), {resumes} resumes, {:?}",
+        sent - missing.min(sent),
+        started.elapsed()
+    );
+    assert!(sent >= missing, "every missing byte was sent ({sent} < {missing})");
+    assert!(
+        sent <= missing + kills * TRANSFER_CHUNK as u64,
+        "at most a chunk more per kill: {sent} sent for {missing}"
+    );
+    assert!(resumes >= 1, "transfers resumed ({resumes})");
+    assert_eq!(
+        metric(&cluster.nodes[&follower].get("/metrics").unwrap_or_default(), "lode_snapshots_received_total"),
+        1
+    );
+    // Stopped, the follower's records are the leader's.
+    for node in cluster.nodes.values_mut() {
+        node.kill();
+    }
+    let records = |id: u64| -> Vec<LogRecord> {
+        let (engine, _) = open_stopped(&cluster.nodes[&id].data);
+        let records = engine.scan(..).map(|r| r.unwrap().log).collect();
+        engine.close().unwrap();
+        records
+    };
+    let want = records(leader);
+    assert_eq!(want.len(), 40_000);
+    assert!(records(follower) == want, "the follower's records differ from the leader's");
 }

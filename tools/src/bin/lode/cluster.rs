@@ -235,9 +235,12 @@ pub(crate) fn remove(id: u64, nodes: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Compares the nodes' log checksums through the least applied index.
+/// Compares the nodes' log checksums through the least applied index,
+/// from the first entry every node's log still holds (below it, records
+/// are compared by their segments' checksums).
 pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
     let mut through = u64::MAX;
+    let mut from = 0;
     for addr in nodes {
         let (code, s) = request(addr, "GET", "/api/v1/cluster", SHORT)?;
         if code != 200 {
@@ -249,6 +252,7 @@ pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
             .as_u64()
             .ok_or_else(|| CliError::new(format!("{addr} has applied nothing yet")))?;
         through = through.min(applied);
+        from = from.max(field(&s, "first_log_index").as_u64().unwrap_or(0));
     }
     let mut lists = Vec::new();
     let mut segment_lists = Vec::new();
@@ -256,7 +260,7 @@ pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
         let (code, body) = request(
             addr,
             "GET",
-            &format!("/api/v1/cluster/verify?through={through}"),
+            &format!("/api/v1/cluster/verify?from={from}&through={through}"),
             SHORT,
         )?;
         if code != 200 {
@@ -301,10 +305,17 @@ pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
             "{differ_in_segments} sealed segment(s) hold different records on different nodes"
         )));
     }
-    println!(
-        "{} nodes hold the same log through index {through}",
-        nodes.len()
-    );
+    if from > through {
+        println!(
+            "{} nodes hold the same records in their segments; no log entry is held by all (purged through their snapshots)",
+            nodes.len()
+        );
+    } else {
+        println!(
+            "{} nodes hold the same log from index {from} through {through}, and the same records in their segments",
+            nodes.len()
+        );
+    }
     Ok(())
 }
 
