@@ -15,11 +15,11 @@ use crate::SeqRange;
 use crate::error::{Error, Result};
 use crate::options::{Background, Options};
 use crate::sealer::{RetentionReport, Sealer, SealerMsg};
-use lode_codec::SegmentMeta;
 use crate::shared::{Shared, State};
 use crate::store::Store;
 use crate::wal::{self, TailCut, WalSegment};
 use crate::writer::{AppendReq, Reply, Writer, WriterMsg};
+use lode_codec::SegmentMeta;
 
 /// How long `open` waits for the data directory's lock to free.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -324,7 +324,10 @@ impl Engine {
         let first_seq = sealed
             .values()
             .next()
-            .map_or_else(|| wal.first().map_or(floor, |w| w.first_seq), |s| s.first_seq)
+            .map_or_else(
+                || wal.first().map_or(floor, |w| w.first_seq),
+                |s| s.first_seq,
+            )
             .max(manifest.floor);
         let state = State {
             sealed,
@@ -543,10 +546,7 @@ impl Engine {
 
     /// The data directory the engine was opened on.
     pub fn data_dir(&self) -> &Path {
-        self.shared
-            .wal_dir
-            .parent()
-            .unwrap_or(&self.shared.wal_dir)
+        self.shared.wal_dir.parent().unwrap_or(&self.shared.wal_dir)
     }
 
     /// Sealed segments, oldest first.
@@ -629,9 +629,7 @@ fn renamed_to_current(
     sealed: &std::collections::BTreeMap<u64, SegmentMeta>,
 ) -> Option<String> {
     let first_seq = name.to_str()?.strip_suffix(".sst")?.parse::<u64>().ok()?;
-    sealed
-        .get(&first_seq)
-        .map(crate::shared::segment_file_name)
+    sealed.get(&first_seq).map(crate::shared::segment_file_name)
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {

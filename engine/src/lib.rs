@@ -45,6 +45,7 @@ mod writer;
 
 pub use engine::{AppendTicket, Engine, lower_thread_priority};
 pub use error::{Error, Result};
+pub use lode_codec::SegmentMeta;
 pub use lode_codec::{
     ArchivedLevel, ArchivedLogRecord, BatchKey, EncodedBatch, FrameKind, HEADER_LEN, KEY_LEN,
     Level, LogRecord, Record, format_rfc3339, parse_rfc3339,
@@ -53,7 +54,6 @@ pub use log::{KeyedEntry, LogBounds, LogEntry, SnapshotInstall};
 pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
-pub use lode_codec::SegmentMeta;
 pub use shared::now_ns;
 pub use wal::TailCut;
 

@@ -20,11 +20,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use lode_codec::RecordsCrc;
-use lode_codec::SegmentMeta;
 use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
+use lode_codec::RecordsCrc;
+use lode_codec::SegmentMeta;
 
 pub(crate) enum SealerMsg {
     /// A WAL segment was finished.
@@ -109,11 +109,9 @@ impl Sealer {
                     description,
                     reply,
                 }) => {
-                    let saved = self.shared.store.snapshot().and_then(|saved| {
-                        match saved {
-                            Some((at, _)) if at >= index => Ok(()),
-                            _ => self.shared.store.save_snapshot(index, &description),
-                        }
+                    let saved = self.shared.store.snapshot().and_then(|saved| match saved {
+                        Some((at, _)) if at >= index => Ok(()),
+                        _ => self.shared.store.save_snapshot(index, &description),
                     });
                     let _ = reply.send(saved);
                 }
@@ -337,7 +335,11 @@ impl Sealer {
             .filter_map(|s| self.shared.segment_path(s))
             .collect();
         for segment in &replaced {
-            if let Some(path) = self.shared.segment_path(segment).filter(|p| !names.contains(p)) {
+            if let Some(path) = self
+                .shared
+                .segment_path(segment)
+                .filter(|p| !names.contains(p))
+            {
                 let _ = fs::remove_file(path);
             }
         }

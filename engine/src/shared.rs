@@ -14,9 +14,9 @@ use std::sync::{
 use std::time::Duration;
 
 use crate::options::Options;
-use lode_codec::SegmentMeta;
 use crate::store::Store;
 use crate::wal::{TailCut, WalSegment};
+use lode_codec::SegmentMeta;
 
 #[derive(Debug)]
 pub(crate) struct State {

@@ -670,12 +670,18 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
             .collect();
         assert_eq!(all_records(&follower), want, "{name}");
         // The log goes on after the snapshot (held entries past it stay).
-        let next = follower.log_bounds().unwrap().map_or(through + 1, |b| b.last.1 + 1);
+        let next = follower
+            .log_bounds()
+            .unwrap()
+            .map_or(through + 1, |b| b.last.1 + 1);
         assert_eq!(next, through + 1 + held.saturating_sub(through), "{name}");
         append_log(&follower, next, &entries[next as usize - 1..170]);
         let seqs = follower.apply(170).unwrap();
         let first_after = seqs.iter().find(|(_, r)| r.end > r.start).unwrap().1.start;
-        assert_eq!(first_after, end_seq, "{name}: seqs go on from the snapshot's");
+        assert_eq!(
+            first_after, end_seq,
+            "{name}: seqs go on from the snapshot's"
+        );
         drop(follower);
         let reopened = Engine::open(&path, opts.clone()).unwrap();
         assert_eq!(
@@ -687,20 +693,29 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
         reopened.apply(200).unwrap();
         let after = all_records(&reopened);
         assert_eq!(&after[..want.len()], &want[..], "{name} after reopen");
-        assert_eq!(after.len() as u64, (end_seq - 1) + {
-            let n: u64 = entries[through as usize..].iter().map(|b| u64::from(b.count())).sum();
-            n
-        }, "{name}: every record once");
+        assert_eq!(
+            after.len() as u64,
+            (end_seq - 1) + {
+                let n: u64 = entries[through as usize..]
+                    .iter()
+                    .map(|b| u64::from(b.count()))
+                    .sum();
+                n
+            },
+            "{name}: every record once"
+        );
         // A second snapshot that is not past the applied entry is refused.
-        assert!(reopened
-            .install_snapshot(crate::SnapshotInstall {
-                segments: offered.clone(),
-                files: Vec::new(),
-                floor: 1,
-                through,
-                end_seq,
-                description: Vec::new(),
-            })
-            .is_err());
+        assert!(
+            reopened
+                .install_snapshot(crate::SnapshotInstall {
+                    segments: offered.clone(),
+                    files: Vec::new(),
+                    floor: 1,
+                    through,
+                    end_seq,
+                    description: Vec::new(),
+                })
+                .is_err()
+        );
     }
 }

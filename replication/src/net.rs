@@ -26,8 +26,8 @@ use crate::node::Writes;
 use crate::sim;
 use crate::snapshot::{Pacer, Transfers};
 use crate::store::SegmentList;
-use lode_engine::SegmentMeta;
 use crate::tls::{self, NodeTls, TlsError};
+use lode_engine::SegmentMeta;
 use lode_replication_wire::wire::{self, Request, Response};
 use lode_replication_wire::{Node, NodeId, TypeConfig, Vote};
 
@@ -732,7 +732,11 @@ impl PeerClient {
             data: list,
         };
         // Installing ingests the files and syncs the manifest.
-        match self.call(&install, CHUNK_TIMEOUT).await.map_err(streaming)? {
+        match self
+            .call(&install, CHUNK_TIMEOUT)
+            .await
+            .map_err(streaming)?
+        {
             Response::Installed(vote) => Ok(SnapshotResponse::new(vote)),
             other => Err(streaming(unexpected(self.target, &other))),
         }
@@ -758,7 +762,11 @@ impl PeerClient {
             pacer.pace(len).await;
             let request = Request::SnapshotChunk(chunk);
             self.transfers.sending_chunk(len);
-            match self.call(&request, CHUNK_TIMEOUT).await.map_err(streaming)? {
+            match self
+                .call(&request, CHUNK_TIMEOUT)
+                .await
+                .map_err(streaming)?
+            {
                 Response::ChunkStaged(staged) => {
                     self.transfers
                         .sent(self.target, len, staged == segment.sst_bytes);

@@ -296,7 +296,6 @@ fn file_crc(path: &Path) -> Result<u32> {
     }
 }
 
-
 /// Counts of snapshot transfers since the node started, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct TransferCounts {
@@ -491,10 +490,7 @@ impl Transfers {
         if lacking.is_empty() {
             Ok(resolved)
         } else {
-            Err(format!(
-                "segments not staged yet: {}",
-                lacking.join(", ")
-            ))
+            Err(format!("segments not staged yet: {}", lacking.join(", ")))
         }
     }
 
@@ -566,7 +562,9 @@ impl Transfers {
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)?;
         let crc32c = crc32c::crc32c(&bytes);
         let n = self.chunks_sent.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.damage_every.is_some_and(|every| n % every == 0)
+        if self
+            .damage_every
+            .is_some_and(|every| n.is_multiple_of(every))
             && let Some(byte) = bytes.last_mut()
         {
             *byte ^= 0x5a;
@@ -584,13 +582,41 @@ impl Transfers {
         let c = &self.counts;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
-            ("lode_snapshots_sent_total", "Snapshots this node sent and a follower installed.", load(&c.snapshots_sent)),
-            ("lode_snapshots_received_total", "Snapshots this node received and installed.", load(&c.snapshots_received)),
-            ("lode_snapshot_sent_bytes_total", "Bytes of segment files put on the wire in snapshot chunks.", load(&c.bytes_sent)),
-            ("lode_snapshot_refused_bytes_total", "Bytes of snapshot chunks refused by the follower (sent again).", load(&c.bytes_refused)),
-            ("lode_snapshot_received_bytes_total", "Bytes of segment files received and staged.", load(&c.bytes_received)),
-            ("lode_snapshot_resumes_total", "Snapshot transfers that went on from files a broken-off one staged.", load(&c.resumes)),
-            ("lode_snapshot_chunk_retries_total", "Snapshot chunks refused by the follower and sent again.", load(&c.chunk_retries)),
+            (
+                "lode_snapshots_sent_total",
+                "Snapshots this node sent and a follower installed.",
+                load(&c.snapshots_sent),
+            ),
+            (
+                "lode_snapshots_received_total",
+                "Snapshots this node received and installed.",
+                load(&c.snapshots_received),
+            ),
+            (
+                "lode_snapshot_sent_bytes_total",
+                "Bytes of segment files put on the wire in snapshot chunks.",
+                load(&c.bytes_sent),
+            ),
+            (
+                "lode_snapshot_refused_bytes_total",
+                "Bytes of snapshot chunks refused by the follower (sent again).",
+                load(&c.bytes_refused),
+            ),
+            (
+                "lode_snapshot_received_bytes_total",
+                "Bytes of segment files received and staged.",
+                load(&c.bytes_received),
+            ),
+            (
+                "lode_snapshot_resumes_total",
+                "Snapshot transfers that went on from files a broken-off one staged.",
+                load(&c.resumes),
+            ),
+            (
+                "lode_snapshot_chunk_retries_total",
+                "Snapshot chunks refused by the follower and sent again.",
+                load(&c.chunk_retries),
+            ),
         ]
     }
 
@@ -600,7 +626,11 @@ impl Transfers {
             .iter()
             .map(|((sending, peer), u)| {
                 let secs = u.started.elapsed().as_secs_f64();
-                let rate = if secs > 0.0 { u.bytes_done as f64 / secs } else { 0.0 };
+                let rate = if secs > 0.0 {
+                    u.bytes_done as f64 / secs
+                } else {
+                    0.0
+                };
                 let left = u.bytes.saturating_sub(u.bytes_done) as f64;
                 TransferProgress {
                     peer: *peer,

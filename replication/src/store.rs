@@ -103,8 +103,8 @@ async fn blocking<T: Send + 'static>(
 /// win a later term, it can only be elected by holding every committed
 /// entry, and what it writes carries a new term.
 pub fn open(engine: Arc<Engine>, node_id: NodeId) -> io::Result<(LogStore, StateMachine)> {
-    let transfers = Transfers::open(Arc::clone(&engine), None, crate::snapshot::CHUNK_BYTES)
-        .map_err(io_err)?;
+    let transfers =
+        Transfers::open(Arc::clone(&engine), None, crate::snapshot::CHUNK_BYTES).map_err(io_err)?;
     open_with(engine, node_id, Arc::new(transfers))
 }
 

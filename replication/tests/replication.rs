@@ -1106,7 +1106,10 @@ async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
     cluster.converge(leader).await;
     let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let held = cluster.nodes[&follower].engine().segments();
-    assert!(!held.is_empty(), "the follower sealed segments before it stops");
+    assert!(
+        !held.is_empty(),
+        "the follower sealed segments before it stops"
+    );
     cluster.stop_node(follower).await;
     write_some(&cluster, 60).await;
     // The leader's snapshot covers its last seal, and its log is purged
@@ -1115,11 +1118,19 @@ async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
     let held_through = held.last().unwrap().last_index;
     let snapshot = loop {
         let status = cluster.nodes[&leader].status();
-        let sealed = cluster.nodes[&leader].engine().segments().last().unwrap().last_index;
+        let sealed = cluster.nodes[&leader]
+            .engine()
+            .segments()
+            .last()
+            .unwrap()
+            .last_index;
         if status.snapshot == Some(sealed) && status.purged.is_some_and(|p| p > held_through + 10) {
             break sealed;
         }
-        assert!(Instant::now() < deadline, "no snapshot and purge: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot and purge: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let offered: Vec<_> = cluster.nodes[&leader]
@@ -1131,7 +1142,10 @@ async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
     let missing = lode_replication::snapshot::diff(&offered, &held).missing;
     let missing_bytes: u64 = missing.iter().map(|s| s.sst_bytes).sum();
     let all_bytes: u64 = offered.iter().map(|s| s.sst_bytes).sum();
-    assert!(missing_bytes < all_bytes, "the follower's own segments are not sent");
+    assert!(
+        missing_bytes < all_bytes,
+        "the follower's own segments are not sent"
+    );
     cluster.start_node(follower).await;
     cluster.converge(leader).await;
     let counts = &cluster.nodes[&leader].transfers().counts;
@@ -1143,7 +1157,10 @@ async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
         "the leader sent the bytes of the {} segments the follower lacked, and the damaged chunks again, no more",
         missing.len()
     );
-    assert!(load(&counts.chunk_retries) > 0, "damaged chunks were sent again");
+    assert!(
+        load(&counts.chunk_retries) > 0,
+        "damaged chunks were sent again"
+    );
     let received = &cluster.nodes[&follower].transfers().counts;
     assert_eq!(load(&received.snapshots_received), 1);
     // The follower goes on by log: later writes reach it.

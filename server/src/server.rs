@@ -60,7 +60,8 @@ impl Server {
                 )));
             }
             node.keep_log_bytes = replication.keep_log_bytes;
-            node.snapshot_bytes_per_sec = Some(replication.snapshot_bytes_per_sec).filter(|&b| b > 0);
+            node.snapshot_bytes_per_sec =
+                Some(replication.snapshot_bytes_per_sec).filter(|&b| b > 0);
             node.snapshot_chunk_bytes = replication.snapshot_chunk_bytes;
             node.election_timeout_ms = (
                 cluster.election_timeout_ms[0],

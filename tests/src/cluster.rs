@@ -1035,15 +1035,22 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         .iter()
         .map(|id| cluster.nodes[id].tcp.to_string())
         .collect();
-    let client = ClusterClient::with_options(&addrs, ClientOptions::default(), RetryOptions::default())
-        .unwrap();
+    let client =
+        ClusterClient::with_options(&addrs, ClientOptions::default(), RetryOptions::default())
+            .unwrap();
     let mut rng = lode_tools::SplitMix64::new(0x5eed);
     runtime().block_on(async {
         for b in 0..400u64 {
             let batch: Vec<LogRecord> = (0..100)
                 .map(|i| {
                     let mut r = tagged(b * 100 + i);
-                    r.message = format!("{:016x}{:016x}{:016x}{:016x}", rng.next_u64(), rng.next_u64(), rng.next_u64(), rng.next_u64());
+                    r.message = format!(
+                        "{:016x}{:016x}{:016x}{:016x}",
+                        rng.next_u64(),
+                        rng.next_u64(),
+                        rng.next_u64(),
+                        rng.next_u64()
+                    );
                     r
                 })
                 .collect();
@@ -1065,7 +1072,10 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let verify = cluster.nodes[&leader]
-        .get(&format!("/api/v1/cluster/verify?from={}&through={snapshot}", snapshot + 1))
+        .get(&format!(
+            "/api/v1/cluster/verify?from={}&through={snapshot}",
+            snapshot + 1
+        ))
         .unwrap_or_default();
     let body: serde_json::Value =
         serde_json::from_str(verify.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
@@ -1076,7 +1086,10 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         .filter(|s| s["last_index"].as_u64().is_some_and(|l| l <= snapshot))
         .map(|s| s["sst_bytes"].as_u64().unwrap())
         .sum();
-    assert!(missing > 3 << 19, "megabytes to send: {missing} (purged through {purged})");
+    assert!(
+        missing > 3 << 19,
+        "megabytes to send: {missing} (purged through {purged})"
+    );
     // Kill the follower at a random point of each transfer.
     let mut kills = 0;
     while kills < TRANSFER_KILLS {
@@ -1101,7 +1114,10 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         cluster.nodes.get_mut(&follower).unwrap().kill();
         kills += 1;
     }
-    assert_eq!(kills, TRANSFER_KILLS, "the transfer outlasted {TRANSFER_KILLS} kills");
+    assert_eq!(
+        kills, TRANSFER_KILLS,
+        "the transfer outlasted {TRANSFER_KILLS} kills"
+    );
     cluster.nodes.get_mut(&follower).unwrap().start();
     cluster.settle(Duration::from_secs(60));
     let metrics = cluster.nodes[&leader].get("/metrics").unwrap_or_default();
@@ -1112,14 +1128,20 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         sent - missing.min(sent),
         started.elapsed()
     );
-    assert!(sent >= missing, "every missing byte was sent ({sent} < {missing})");
+    assert!(
+        sent >= missing,
+        "every missing byte was sent ({sent} < {missing})"
+    );
     assert!(
         sent <= missing + kills * TRANSFER_CHUNK as u64,
         "at most a chunk more per kill: {sent} sent for {missing}"
     );
     assert!(resumes >= 1, "transfers resumed ({resumes})");
     assert_eq!(
-        metric(&cluster.nodes[&follower].get("/metrics").unwrap_or_default(), "lode_snapshots_received_total"),
+        metric(
+            &cluster.nodes[&follower].get("/metrics").unwrap_or_default(),
+            "lode_snapshots_received_total"
+        ),
         1
     );
     // Stopped, the follower's records are the leader's.
@@ -1134,5 +1156,8 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
     };
     let want = records(leader);
     assert_eq!(want.len(), 40_000);
-    assert!(records(follower) == want, "the follower's records differ from the leader's");
+    assert!(
+        records(follower) == want,
+        "the follower's records differ from the leader's"
+    );
 }

@@ -157,7 +157,10 @@ pub enum Response {
     ChunkStaged(u64),
     /// A chunk was refused (it failed its checksum, or did not start
     /// where the staged bytes end): send from `staged`.
-    ChunkRefused { staged: u64, reason: String },
+    ChunkRefused {
+        staged: u64,
+        reason: String,
+    },
     /// The snapshot is installed; the follower's vote.
     Installed(Vote),
     /// The peer could not serve the request (it is shutting down, say).
@@ -843,7 +846,11 @@ pub fn decode_description(bytes: &[u8]) -> Result<SnapshotDescription> {
     Reader::new(bytes).whole(|r| {
         let version = r.u8("description version")?;
         if version != DESCRIPTION_VERSION {
-            return Err(r.invalid_at(0, "snapshot description", format!("unsupported version {version}")));
+            return Err(r.invalid_at(
+                0,
+                "snapshot description",
+                format!("unsupported version {version}"),
+            ));
         }
         Ok(SnapshotDescription {
             state: r.snapshot_state()?,

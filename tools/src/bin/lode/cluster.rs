@@ -71,7 +71,11 @@ fn print_transfers(addr: &str, s: &serde_json::Value) {
         println!(
             "  {addr}: snapshot {} {} node {}: files {}/{}, {:.1}/{:.1} MiB at {:.1} MiB/s, {eta} left",
             text(field(t, "direction")),
-            if field(t, "direction") == "sending" { "to" } else { "from" },
+            if field(t, "direction") == "sending" {
+                "to"
+            } else {
+                "from"
+            },
             text(field(t, "peer")),
             text(field(t, "files_done")),
             text(field(t, "files")),
