@@ -133,7 +133,18 @@ impl Shared {
                         frames,
                     }
                 }
-                None if state.wal.front().is_some_and(|w| from < w.first_seq) => Source::Sealed,
+                // Below the WAL, or in a sealed segment (an installed
+                // snapshot's, while the writer has yet to start the log
+                // after it).
+                None if state.wal.front().is_some_and(|w| from < w.first_seq)
+                    || state
+                        .sealed
+                        .range(..=from)
+                        .next_back()
+                        .is_some_and(|(_, s)| from <= s.last_seq) =>
+                {
+                    Source::Sealed
+                }
                 None => Source::Nothing,
             };
             (from, end.min(from.saturating_add(max as u64)), source)

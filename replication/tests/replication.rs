@@ -228,9 +228,12 @@ impl Cluster {
                 .unwrap();
         }
         let reference = &self.nodes[&leader];
-        let from = common_first(self.nodes.values());
-        let entries = |n: &ClusterNode| log_entries(n, from, applied);
-        let (want_entries, want_records) = (entries(reference), records(reference));
+        let ids: Vec<u64> = std::iter::once(leader)
+            .chain(self.nodes.keys().copied().filter(|id| *id != leader))
+            .collect();
+        let (from, logs) = common_logs(ids.iter().map(|id| &self.nodes[id]), applied);
+        let logs: BTreeMap<u64, Vec<(u64, u64, u32)>> = ids.iter().copied().zip(logs).collect();
+        let (want_entries, want_records) = (logs[&leader].clone(), records(reference));
         assert_eq!(
             want_entries.len() as u64,
             (applied + 1).saturating_sub(from),
@@ -251,7 +254,7 @@ impl Cluster {
                     assert_eq!(sum, *want, "node {id}'s segment {range:?}'s records");
                 }
             }
-            assert_eq!(entries(node), want_entries, "node {id}'s log");
+            assert_eq!(logs[id], want_entries, "node {id}'s log");
             let got = records(node);
             if got != want_records {
                 for (i, n) in &self.nodes {
@@ -284,18 +287,33 @@ fn log_entries(n: &ClusterNode, from: u64, through: u64) -> Vec<(u64, u64, u32)>
         .collect()
 }
 
-/// The first index every node's log still holds: below it, some purged
-/// their log through a snapshot (their records show they hold it). A
-/// node whose log is empty holds nothing up to its applied entry.
-fn common_first<'a>(nodes: impl IntoIterator<Item = &'a ClusterNode>) -> u64 {
-    nodes
+/// Each node's log through `through`, from the first index every one of
+/// them still holds (below it, some purged their log through a
+/// snapshot; their records show they hold it): that index and the logs,
+/// in the order given. Each log is read once, then cut to the common
+/// part, so a purge meanwhile (it only takes a prefix) changes nothing.
+fn common_logs<'a>(
+    nodes: impl IntoIterator<Item = &'a ClusterNode>,
+    through: u64,
+) -> (u64, Vec<Vec<(u64, u64, u32)>>) {
+    let read: Vec<(u64, Vec<(u64, u64, u32)>)> = nodes
         .into_iter()
-        .map(|n| match n.engine().log_bounds().unwrap() {
-            Some(b) => b.first_index,
-            None => n.engine().applied_index().map_or(0, |a| a + 1),
+        .map(|n| {
+            let applied = n.engine().applied_index();
+            let entries = log_entries(n, 0, through);
+            // An empty log holds nothing up to its applied entry.
+            let first = entries
+                .first()
+                .map_or_else(|| applied.map_or(0, |a| a + 1), |e| e.1);
+            (first, entries)
         })
-        .max()
-        .unwrap_or(0)
+        .collect();
+    let from = read.iter().map(|(first, _)| *first).max().unwrap_or(0);
+    let logs = read
+        .into_iter()
+        .map(|(_, entries)| entries.into_iter().filter(|e| e.1 >= from).collect())
+        .collect();
+    (from, logs)
 }
 
 /// A node's records with their seqs, in seq order.
@@ -1015,18 +1033,17 @@ mod simulation {
         last_index: u64,
         acked: &[(Vec<u64>, lode_engine::SeqRange)],
     ) {
-        let from = common_first(nodes.iter().map(|(_, n)| &**n));
-        let entries = |n: &ClusterNode| log_entries(n, from, last_index);
+        let (from, logs) = common_logs(nodes.iter().map(|(_, n)| &**n), last_index);
         let (first_id, first) = &nodes[0];
-        let (want_entries, want_records) = (entries(first), records(first));
+        let (want_entries, want_records) = (&logs[0], records(first));
         assert_eq!(
             want_entries.len() as u64,
             (last_index + 1).saturating_sub(from),
             "no hole in the log from {from} on"
         );
-        for (id, node) in &nodes[1..] {
+        for ((id, node), log) in nodes[1..].iter().zip(&logs[1..]) {
             assert!(
-                entries(node) == want_entries,
+                log == want_entries,
                 "node {id}'s log differs from node {first_id}'s"
             );
             assert!(

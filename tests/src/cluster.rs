@@ -1144,6 +1144,28 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         ),
         1
     );
+    // Its index caught up from the installed records: queries answer as
+    // the leader's do.
+    for q in ["level:error", "service:svc-3", "service:svc-3 level:warn"] {
+        let count = |id: u64| -> Option<u64> {
+            let answer =
+                cluster.nodes[&id].get(&format!("/api/v1/count?q={}", q.replace(' ', "%20")))?;
+            let body: serde_json::Value =
+                serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()?;
+            body["count"].as_u64()
+        };
+        let want = count(leader).expect("the leader counts");
+        assert!(want > 0, "{q} matches records");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count(follower) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the follower counts {:?} for {q}, the leader {want}",
+                count(follower)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Stopped, the follower's records are the leader's.
     for node in cluster.nodes.values_mut() {
         node.kill();
