@@ -232,7 +232,7 @@ impl Cluster {
             .chain(self.nodes.keys().copied().filter(|id| *id != leader))
             .collect();
         let (from, logs) = common_logs(ids.iter().map(|id| &self.nodes[id]), applied);
-        let logs: BTreeMap<u64, Vec<(u64, u64, u32)>> = ids.iter().copied().zip(logs).collect();
+        let logs: BTreeMap<u64, Log> = ids.iter().copied().zip(logs).collect();
         let (want_entries, want_records) = (logs[&leader].clone(), records(reference));
         assert_eq!(
             want_entries.len() as u64,
@@ -276,9 +276,11 @@ impl Cluster {
     }
 }
 
-/// A node's log from `from` through `through`: (term, index, crc32c of
-/// the payload) per entry.
-fn log_entries(n: &ClusterNode, from: u64, through: u64) -> Vec<(u64, u64, u32)> {
+/// A log as compared: (term, index, crc32c of the payload) per entry.
+type Log = Vec<(u64, u64, u32)>;
+
+/// A node's log from `from` through `through`.
+fn log_entries(n: &ClusterNode, from: u64, through: u64) -> Log {
     n.engine()
         .read_entries(from..through + 1)
         .unwrap()
@@ -295,8 +297,8 @@ fn log_entries(n: &ClusterNode, from: u64, through: u64) -> Vec<(u64, u64, u32)>
 fn common_logs<'a>(
     nodes: impl IntoIterator<Item = &'a ClusterNode>,
     through: u64,
-) -> (u64, Vec<Vec<(u64, u64, u32)>>) {
-    let read: Vec<(u64, Vec<(u64, u64, u32)>)> = nodes
+) -> (u64, Vec<Log>) {
+    let read: Vec<(u64, Log)> = nodes
         .into_iter()
         .map(|n| {
             let applied = n.engine().applied_index();
