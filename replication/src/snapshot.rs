@@ -659,7 +659,8 @@ pub struct Resolved {
 #[derive(Debug)]
 pub(crate) struct Pacer {
     bytes_per_sec: Option<u64>,
-    started: Instant,
+    /// Tokio's clock: a paused test clock moves it.
+    started: tokio::time::Instant,
     sent: u64,
 }
 
@@ -667,7 +668,7 @@ impl Pacer {
     pub(crate) fn new(bytes_per_sec: Option<u64>) -> Pacer {
         Pacer {
             bytes_per_sec,
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             sent: 0,
         }
     }
@@ -706,6 +707,26 @@ mod tests {
             sealed_at: 0,
             records_crc32c,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_holds_a_sender_to_its_cap() {
+        let started = tokio::time::Instant::now();
+        let mut pacer = Pacer::new(Some(1_000_000));
+        for _ in 0..10 {
+            pacer.pace(200_000).await;
+        }
+        // 2 MB at 1 MB/s: 2 s of (virtual) time.
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(1990)
+                && took < std::time::Duration::from_millis(2100),
+            "{took:?}"
+        );
+        let mut free = Pacer::new(None);
+        let started = tokio::time::Instant::now();
+        free.pace(u64::MAX / 2).await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(1));
     }
 
     #[test]
