@@ -50,6 +50,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         )
         .route("/api/v1/cluster/verify", get(cluster_verify))
         .route("/api/v1/ingest", post(ingest))
+        .route("/loki/api/v1/push", post(loki_push))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
         .route("/api/v1/histogram", get(histogram))
@@ -425,6 +426,67 @@ async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure
         "errors": parsed.errors,
     }))
     .into_response())
+}
+
+/// `POST /loki/api/v1/push`: Loki's JSON push, gzipped or not; 204 once
+/// every record is durable (committed, in a cluster), 400 naming the
+/// place of the first malformed stream or value (nothing is written).
+async fn loki_push(
+    State(service): Shared,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "Loki's protobuf push is not supported yet: send JSON (Content-Type: application/json)",
+        ));
+    }
+    let gzipped = header(axum::http::header::CONTENT_ENCODING) == "gzip";
+    let limit = service.limits.max_body_bytes.saturating_mul(4);
+    let parsed = on_blocking(move || {
+        let body = if gzipped {
+            gunzip(&body, limit)?
+        } else {
+            body.to_vec()
+        };
+        lode_protocol::loki::parse_push_json(&body)
+            .map_err(|e| bad_request(format!("Loki push: {e}")))
+    })
+    .await??;
+    service.metrics.received(Source::Loki, parsed.len() as u64);
+    let max = service.limits.max_batch_records.max(1);
+    let mut records = parsed;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(max));
+        service.append_records(records).await?;
+        records = rest;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A gzip body, refused past `limit` bytes unpacked.
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad_request(format!("gzip body: {e}")))?;
+    if out.len() > limit {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("the gzip body unpacks to over {limit} bytes (4 x limits.max_body_bytes)"),
+        ));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]

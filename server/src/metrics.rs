@@ -15,9 +15,16 @@ pub enum Source {
     Http,
     Bulk,
     Syslog,
+    Loki,
 }
 
-const SOURCES: [Source; 4] = [Source::Binary, Source::Http, Source::Bulk, Source::Syslog];
+const SOURCES: [Source; 5] = [
+    Source::Binary,
+    Source::Http,
+    Source::Bulk,
+    Source::Syslog,
+    Source::Loki,
+];
 
 impl Source {
     fn name(self) -> &'static str {
@@ -25,6 +32,7 @@ impl Source {
             Source::Binary => "binary",
             Source::Http => "http",
             Source::Bulk => "bulk",
+            Source::Loki => "loki",
             Source::Syslog => "syslog",
         }
     }

@@ -1,11 +1,13 @@
 //! Real clients nobody here wrote, against a server on loopback: util-linux
 //! `logger` (syslog over TCP and UDP, both RFC formats, octet counting),
 //! Python's `elasticsearch` client (`helpers.bulk`), rsyslog forwarding to
-//! `_bulk` with `omelasticsearch`, and `promtool check metrics`. Each is
-//! checked by querying what arrived.
+//! `_bulk` with `omelasticsearch`, `python-logging-loki` pushing to the
+//! Loki push API, and `promtool check metrics`. Each is checked by
+//! querying what arrived.
 //!
 //! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
-//! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`); a missing
+//! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`,
+//! `python-logging-loki`); a missing
 //! one fails its test with that hint rather than passing silently.
 
 use std::io::Write;
@@ -175,6 +177,68 @@ fn python_elasticsearch_helpers_bulk() {
         .find(|r| r.message == "python order 7 shipped")
         .unwrap();
     assert!(one.attrs.contains(&("order".into(), "7".into())));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// `python-logging-loki` (version "1": Loki's JSON push, which it expects
+/// to answer 204), three records of a `checkout` service.
+const LOKI_PY: &str = r#"
+import logging, sys
+import logging_loki
+
+url = sys.argv[1] + "/loki/api/v1/push"
+handler = logging_loki.LokiHandler(url=url, tags={"service": "checkout", "env": "prod"}, version="1")
+def fail(record):
+    raise SystemExit("loki handler failed: %s" % (sys.exc_info()[1],))
+handler.handleError = fail
+log = logging.getLogger("shop")
+log.setLevel(logging.DEBUG)
+log.addHandler(handler)
+log.info("order 1 paid")
+log.warning("order 2 slow", extra={"tags": {"region": "eu"}})
+log.error("order 3 failed")
+print("loki ok")
+"#;
+
+#[test]
+fn python_logging_loki_pushes_records_with_their_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let script = dir.path().join("loki.py");
+    std::fs::write(&script, LOKI_PY).unwrap();
+    let out = run("python3", &[script.to_str().unwrap(), &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("loki ok"));
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:checkout", 3);
+    wait_count(&rt, &service, "service:checkout level:error failed", 1);
+    let got = messages(&service, "checkout");
+    let levels: Vec<_> = got
+        .iter()
+        .map(|r| (r.level.clone(), r.message.as_str()))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            (lode_engine::Level::Info, "order 1 paid"),
+            (lode_engine::Level::Warn, "order 2 slow"),
+            (lode_engine::Level::Error, "order 3 failed"),
+        ]
+    );
+    let slow = &got[1];
+    for want in [("env", "prod"), ("logger", "shop"), ("region", "eu")] {
+        assert!(
+            slow.attrs.contains(&(want.0.into(), want.1.into())),
+            "{want:?} in {:?}",
+            slow.attrs
+        );
+    }
+    let now = lode_engine::now_ns();
+    assert!(
+        got.iter().all(|r| (now - r.ts).abs() < 60_000_000_000),
+        "timestamps are the records' own"
+    );
     rt.block_on(server.shutdown()).unwrap();
 }
 

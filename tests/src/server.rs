@@ -359,12 +359,29 @@ pub(crate) fn http(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
+    http_with(
+        addr,
+        method,
+        path,
+        "Content-Type: application/x-ndjson\r\n",
+        body,
+    )
+}
+
+/// [`http`] with `headers` (each line ending in CRLF) of the caller's.
+pub(crate) fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: lode\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: lode\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -388,6 +405,70 @@ pub(crate) fn http(
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// Loki's JSON push: gzipped or not, 204 once durable; a malformed body
+/// is refused whole with a 400 naming the place; protobuf is refused
+/// with a 400 that says to send JSON.
+#[test]
+fn loki_push_takes_json_and_gzip_and_names_what_is_wrong() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().http.unwrap();
+    let json_type = "Content-Type: application/json\r\n";
+    let push = br#"{"streams":[{"stream":{"app":"cart","host":"h7","level":"error"},
+        "values":[["1798761600000000000","cart lost",{"user":"u1"}],["1798761600000000001","cart kept"]]}]}"#;
+    let (status, _, body) = http_with(addr, "POST", "/loki/api/v1/push", json_type, push);
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(br#"{"streams":[{"stream":{"job":"cart"},"values":[["1798761600000000002","cart zipped"]]}]}"#)
+        .unwrap();
+    let zipped = gz.finish().unwrap();
+    let (status, _, _) = http_with(
+        addr,
+        "POST",
+        "/loki/api/v1/push",
+        "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+        &zipped,
+    );
+    assert_eq!(status, 204);
+    let bad = br#"{"streams":[{"stream":{"app":"cart"},"values":[["1798761600000000003","fine"],["soon","bad"]]}]}"#;
+    let (status, _, body) = http_with(addr, "POST", "/loki/api/v1/push", json_type, bad);
+    assert_eq!(status, 400);
+    let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("streams[0].values[1][0]"), "{message}");
+    let (status, _, body) = http_with(
+        addr,
+        "POST",
+        "/loki/api/v1/push",
+        "Content-Type: application/x-protobuf\r\n",
+        b"\x00",
+    );
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("send JSON"));
+    let service = server.service();
+    assert!(service.wait_indexed(Duration::from_secs(10)));
+    let records: Vec<_> = service.engine().scan(..).map(|r| r.unwrap().log).collect();
+    let got: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| (r.service.as_str(), r.host.as_str(), r.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("cart", "h7", "cart lost"),
+            ("cart", "h7", "cart kept"),
+            ("cart", "", "cart zipped")
+        ],
+        "the malformed push wrote nothing"
+    );
+    assert_eq!(records[0].level, lode_engine::Level::Error);
+    assert_eq!(records[0].attrs, vec![("user".to_owned(), "u1".to_owned())]);
+    let (status, _, body) = http(addr, "GET", "/api/v1/count?q=cart%20lost", b"");
+    assert_eq!((status, json(&body)["count"].as_u64()), (200, Some(1)));
+    rt.block_on(server.shutdown()).unwrap();
 }
 
 #[test]

@@ -1,9 +1,9 @@
-//! Feeds arbitrary bytes to the parsers of shipper input: JSON records and
-//! syslog messages with their framing. Nothing may panic.
+//! Feeds arbitrary bytes to the parsers of shipper input: JSON records,
+//! syslog messages with their framing, Loki's JSON push. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_protocol::{json, syslog};
+use lode_protocol::{json, loki, syslog};
 
 fuzz_target!(|data: &[u8]| {
     let now = 1_767_225_600_000_000_000;
@@ -16,4 +16,5 @@ fuzz_target!(|data: &[u8]| {
         rest = rest.get(used..).unwrap_or_default();
     }
     let _ = syslog::parse(data, now);
+    let _ = loki::parse_push_json(data);
 });

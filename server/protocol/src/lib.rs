@@ -24,6 +24,7 @@
 
 pub mod json;
 pub mod lines;
+pub mod loki;
 pub mod syslog;
 pub mod wire;
 
