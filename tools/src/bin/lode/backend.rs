@@ -167,6 +167,36 @@ impl Backend {
         })
     }
 
+    pub(crate) async fn top(
+        &self,
+        filter: Filter,
+        field: &str,
+        k: u32,
+    ) -> Result<Vec<(String, u64)>, CliError> {
+        Ok(match self {
+            Backend::Remote(client, _) => client.top(filter, field, k).await?,
+            Backend::Local(service) => service.top(filter, field, k as usize).await?,
+        })
+    }
+
+    pub(crate) async fn histogram(
+        &self,
+        filter: Filter,
+        width: Option<i64>,
+    ) -> Result<lode_client::Histogram, CliError> {
+        Ok(match self {
+            Backend::Remote(client, _) => client.histogram(filter, width).await?,
+            Backend::Local(service) => {
+                let h = service.histogram(filter, width).await?;
+                lode_client::Histogram {
+                    start: h.start,
+                    width: h.width,
+                    buckets: h.buckets,
+                }
+            }
+        })
+    }
+
     pub(crate) async fn stats(&self) -> Result<Vec<(String, u64)>, CliError> {
         Ok(match self {
             Backend::Remote(client, _) => client.stats().await?,

@@ -144,6 +144,41 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The most frequent values of a field among the records matching a
+    /// query, with their counts.
+    ///
+    ///   lode top service 'level:>=warn' --since 1h
+    ///   lode top host -k 20
+    #[command(verbatim_doc_comment)]
+    Top {
+        /// level, service or host.
+        field: String,
+        #[arg(default_value = "*")]
+        query: String,
+        /// How many values.
+        #[arg(long, short = 'k', default_value_t = 10)]
+        k: u32,
+        #[command(flatten)]
+        range: Range,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Records matching a query over time, as a bar chart.
+    ///
+    ///   lode histogram 'level:error' --since 24h --width 1h
+    #[command(verbatim_doc_comment)]
+    Histogram {
+        #[arg(default_value = "*")]
+        query: String,
+        /// Bucket width: 30s, 5m, 1h ... (default: about 60 buckets over
+        /// the records' span).
+        #[arg(long)]
+        width: Option<String>,
+        #[command(flatten)]
+        range: Range,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow new records matching a query as they arrive (Ctrl-C stops).
     Tail {
         #[arg(default_value = "*")]
@@ -414,6 +449,46 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", backend.count(filter(query, &range)?).await?);
             backend.close()
         }
+        Command::Top {
+            field,
+            query,
+            k,
+            range,
+            target,
+        } => {
+            let backend = Backend::connect(&target).await?;
+            let mut top = backend.top(filter(query, &range)?, &field, k).await?;
+            for (value, _) in &mut top {
+                if value.is_empty() {
+                    "(none)".clone_into(value);
+                }
+            }
+            print!("{}", output::bars(&top));
+            backend.close()
+        }
+        Command::Histogram {
+            query,
+            width,
+            range,
+            target,
+        } => {
+            let width = width.as_deref().map(bucket_width).transpose()?;
+            let backend = Backend::connect(&target).await?;
+            let h = backend.histogram(filter(query, &range)?, width).await?;
+            let rows: Vec<(String, u64)> = h
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    (
+                        lode_engine::format_rfc3339(h.start + i as i64 * h.width),
+                        *n,
+                    )
+                })
+                .collect();
+            print!("{}", output::bars(&rows));
+            backend.close()
+        }
         Command::Tail {
             query,
             output,
@@ -458,6 +533,23 @@ pub(crate) fn time_range(range: &Range) -> Result<(Option<i64>, Option<i64>), Cl
             .transpose()
     };
     Ok((time(&range.since, "since")?, time(&range.until, "until")?))
+}
+
+/// A bucket width: 30s, 5m, 1h, or ns.
+fn bucket_width(text: &str) -> Result<i64, CliError> {
+    if let Ok(ns) = text.parse::<i64>() {
+        return Ok(ns);
+    }
+    // A relative time is that long before 0: its negation is the width.
+    lode_index::parse_time(text, 0)
+        .map(|t| -t)
+        .ok()
+        .filter(|w| *w > 0)
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "--width {text}: expected a duration like 30s, 5m, 1h"
+            ))
+        })
 }
 
 fn filter(query: String, range: &Range) -> Result<Filter, CliError> {

@@ -87,3 +87,55 @@ impl Printer {
         self.out.flush()
     }
 }
+
+/// Widest bar of [`bars`], in characters.
+const BAR_WIDTH: usize = 50;
+
+/// Rows of `label  count  bar`, the bars scaled to the largest count:
+/// `lode top`'s values and `lode histogram`'s buckets.
+pub(crate) fn bars(rows: &[(String, u64)]) -> String {
+    let label = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let most = rows.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let digits = most.to_string().len();
+    let mut out = String::new();
+    for (name, n) in rows {
+        let len = if most == 0 {
+            0
+        } else {
+            // Any count above zero shows.
+            ((*n as u128 * BAR_WIDTH as u128).div_ceil(u128::from(most))) as usize
+        };
+        out.push_str(&format!(
+            "{name:<label$}  {n:>digits$}  {}\n",
+            "█".repeat(len)
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(no records)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bars;
+
+    #[test]
+    fn bars_scale_to_the_largest_count() {
+        let rows = vec![
+            ("api".to_owned(), 100),
+            ("db".to_owned(), 1),
+            ("web".to_owned(), 0),
+        ];
+        let text = bars(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], format!("api  100  {}", "█".repeat(50)));
+        assert_eq!(lines[1], "db     1  █");
+        assert_eq!(lines[2], "web    0  ");
+        assert_eq!(bars(&[]), "(no records)\n");
+    }
+}
