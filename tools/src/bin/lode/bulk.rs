@@ -213,13 +213,17 @@ pub(crate) async fn import_command(args: ImportArgs) -> Result<(), CliError> {
     let report = match &args.target.data {
         Some(data) => {
             let data = data.clone();
-            tokio::task::spawn_blocking(move || -> Result<Report, String> {
-                let mut sink = EngineSink::open(&data, options.threads)?;
-                let report = import::import(&files, &options, &mut sink, &progress);
-                progress.bar.finish_and_clear();
-                sink.close()?;
-                report
-            })
+            tokio::task::spawn_blocking(
+                move || -> Result<(Report, Option<std::time::Duration>), String> {
+                    let mut sink = EngineSink::open(&data, options.threads)?;
+                    let report = import::import(&files, &options, &mut sink, &progress);
+                    progress.bar.finish_and_clear();
+                    sink.close()?;
+                    let report = report?;
+                    let indexing = build_index(&data, progress.quiet)?;
+                    Ok((report, Some(indexing)))
+                },
+            )
             .await
             .map_err(|e| CliError::new(e.to_string()))?
         }
@@ -229,19 +233,48 @@ pub(crate) async fn import_command(args: ImportArgs) -> Result<(), CliError> {
                 return Err(CliError::new("expected a server"));
             };
             let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || -> Result<Report, String> {
-                let mut sink = ServerSink { batcher, runtime };
-                let report = import::import(&files, &options, &mut sink, &progress);
-                progress.bar.finish_and_clear();
-                report
-            })
+            tokio::task::spawn_blocking(
+                move || -> Result<(Report, Option<std::time::Duration>), String> {
+                    let mut sink = ServerSink { batcher, runtime };
+                    let report = import::import(&files, &options, &mut sink, &progress);
+                    progress.bar.finish_and_clear();
+                    report.map(|r| (r, None))
+                },
+            )
             .await
             .map_err(|e| CliError::new(e.to_string()))?
         }
     }
     .map_err(CliError::new)?;
+    let (report, indexing) = report;
     summary(&report, total);
+    if let Some(indexing) = indexing {
+        eprintln!("  indexed in {indexing:.2?} more: searchable now");
+    }
     Ok(())
+}
+
+/// Brings the directory's index up to its records, so that the import
+/// leaves it searchable at once (the next open would do it otherwise,
+/// as long again); shows its progress; returns how long it took.
+fn build_index(data: &std::path::Path, quiet: bool) -> Result<std::time::Duration, String> {
+    let started = Instant::now();
+    let config = lode_server::Config {
+        data: data.to_owned(),
+        ..lode_server::Config::default()
+    };
+    let service = lode_server::Service::open(&config).map_err(|e| e.to_string())?;
+    let bar = bar(None, "indexed");
+    while !service.wait_indexed(std::time::Duration::from_millis(200)) {
+        if !quiet {
+            let lag = service.index().stats().lag;
+            bar.set_message(format!("indexing: {lag} records to go"));
+            bar.tick();
+        }
+    }
+    bar.finish_and_clear();
+    service.close().map_err(|e| e.to_string())?;
+    Ok(started.elapsed())
 }
 
 fn summary(report: &Report, bytes: Option<u64>) {
