@@ -544,6 +544,11 @@ impl Engine {
         (len == segment.sst_bytes).then_some(path)
     }
 
+    /// The retention bounds the engine was opened with.
+    pub fn retention(&self) -> crate::Retention {
+        self.shared.opts.retention
+    }
+
     /// The data directory the engine was opened on.
     pub fn data_dir(&self) -> &Path {
         self.shared.wal_dir.parent().unwrap_or(&self.shared.wal_dir)

@@ -43,8 +43,8 @@ impl Source {
 pub struct Metrics {
     appended_records: AtomicU64,
     appended_batches: AtomicU64,
-    received: [AtomicU64; 4],
-    rejected: [AtomicU64; 4],
+    received: [AtomicU64; SOURCES.len()],
+    rejected: [AtomicU64; SOURCES.len()],
     queries: AtomicU64,
     errors: [AtomicU64; 10],
     connections: AtomicU64,
@@ -128,7 +128,7 @@ impl Metrics {
             "Appends (batches) made durable.",
             &[("", get(&self.appended_batches))],
         );
-        let by_source = |values: &[AtomicU64; 4]| {
+        let by_source = |values: &[AtomicU64; SOURCES.len()]| {
             SOURCES
                 .iter()
                 .map(|s| {
@@ -248,6 +248,11 @@ const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
     (
         "poisoned",
         "1 when the engine refuses writes after a failed fsync.",
+        false,
+    ),
+    (
+        "retention_max_bytes",
+        "The retention bound on sealed bytes (0: none).",
         false,
     ),
 ];

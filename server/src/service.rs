@@ -334,6 +334,10 @@ impl Service {
             ("index_lag", i.lag),
             ("index_bitmap_bytes", i.bitmap_bytes),
             ("poisoned", u64::from(s.poisoned.is_some())),
+            (
+                "retention_max_bytes",
+                self.engine.retention().max_bytes.unwrap_or(0),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -375,3 +375,16 @@ fn promtool_accepts_the_metrics() {
     assert!(text.contains("lode_ingest_records_total 1\n"));
     rt.block_on(server.shutdown()).unwrap();
 }
+
+/// The alerting rules shipped in `docs/prometheus/` load, and each alert
+/// fires on the series it is meant for (promtool's rule unit tests).
+#[test]
+fn promtool_checks_and_tests_the_alert_rules() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus");
+    let rules = dir.join("alerts.yml");
+    let out = run("promtool", &["check", "rules", rules.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"));
+    let tests = dir.join("alerts.test.yml");
+    let out = run("promtool", &["test", "rules", tests.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+}

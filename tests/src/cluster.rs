@@ -463,6 +463,14 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
             }
             let body = metrics.split("\r\n\r\n").nth(1).unwrap_or_default();
             crate::clients::promtool_check(body);
+            // The shipped dashboard and alerts ask for metrics a cluster's
+            // leader has.
+            for name in shipped_metric_names() {
+                assert!(
+                    body.contains(&format!("\n{name}")),
+                    "{name}, which the dashboard or the alerts use, is in the leader's metrics"
+                );
+            }
         }
     }
     // `lode cluster verify`'s checksums agree, as the entries do below,
@@ -1220,4 +1228,26 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         records(follower) == want,
         "the follower's records differ from the leader's"
     );
+}
+
+/// The metric names `docs/grafana/lode.json` and
+/// `docs/prometheus/alerts.yml` use (a histogram's by its name).
+fn shipped_metric_names() -> std::collections::BTreeSet<String> {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["grafana/lode.json", "prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(docs.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("lode_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            names.insert(name.strip_suffix("_bucket").unwrap_or(name).to_owned());
+            rest = &tail[end..];
+        }
+    }
+    assert!(names.len() > 20, "{names:?}");
+    names
 }

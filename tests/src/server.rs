@@ -468,6 +468,12 @@ fn loki_push_takes_json_and_gzip_and_names_what_is_wrong() {
     assert_eq!(records[0].attrs, vec![("user".to_owned(), "u1".to_owned())]);
     let (status, _, body) = http(addr, "GET", "/api/v1/count?q=cart%20lost", b"");
     assert_eq!((status, json(&body)["count"].as_u64()), (200, Some(1)));
+    let (_, _, metrics) = http(addr, "GET", "/metrics", b"");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("lode_received_records_total{source=\"loki\"} 3\n"),
+        "pushed records are counted"
+    );
     rt.block_on(server.shutdown()).unwrap();
 }
 
