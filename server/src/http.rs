@@ -51,6 +51,8 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/api/v1/cluster/verify", get(cluster_verify))
         .route("/api/v1/ingest", post(ingest))
         .route("/loki/api/v1/push", post(loki_push))
+        .route("/v1/logs", post(otlp_logs))
+        .route("/otlp/v1/logs", post(otlp_logs))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
         .route("/api/v1/histogram", get(histogram))
@@ -470,6 +472,80 @@ async fn loki_push(
         records = rest;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/logs` (and `/otlp/v1/logs`): OTLP logs in JSON, gzipped or
+/// not. 200 with an `ExportLogsServiceResponse` once the records are
+/// durable (`partialSuccess` counts the records that could not be
+/// read); 400 for a body that is no request; 415 for protobuf, not
+/// taken yet; 429 or 503 with `Retry-After` when the server is busy.
+async fn otlp_logs(
+    State(service): Shared,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    match otlp_write(&service, &headers, body).await {
+        Ok(response) => response,
+        Err(failure) => {
+            let retry = matches!(failure.code, ErrorCode::Busy | ErrorCode::Unavailable);
+            let mut response = failure.into_response();
+            if retry {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
+async fn otlp_write(
+    service: &Arc<Service>,
+    headers: &axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
+        let body = json!({"error": {"code": "bad_request", "message":
+            "OTLP protobuf is not supported yet: send OTLP JSON (Content-Type: application/json)"}});
+        return Ok((StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response());
+    }
+    let gzipped = header(axum::http::header::CONTENT_ENCODING) == "gzip";
+    let limit = service.limits.max_body_bytes.saturating_mul(4);
+    let parsed = on_blocking(move || {
+        let body = if gzipped {
+            gunzip(&body, limit)?
+        } else {
+            body.to_vec()
+        };
+        lode_protocol::otlp::parse_logs_json(&body, now_ns())
+            .map_err(|e| bad_request(format!("OTLP logs: {e}")))
+    })
+    .await??;
+    let total = parsed.records.len() as u64 + parsed.rejected;
+    service.metrics.received(Source::Otlp, total);
+    service.metrics.rejected(Source::Otlp, parsed.rejected);
+    let max = service.limits.max_batch_records.max(1);
+    let mut records = parsed.records;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(max));
+        service.append_records(records).await?;
+        records = rest;
+    }
+    let answer = match parsed.first_error {
+        Some(e) => json!({"partialSuccess": {
+            "rejectedLogRecords": parsed.rejected.to_string(),
+            "errorMessage": e.to_string(),
+        }}),
+        None => json!({}),
+    };
+    Ok(axum::Json(answer).into_response())
 }
 
 /// A gzip body, refused past `limit` bytes unpacked.

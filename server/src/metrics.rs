@@ -16,14 +16,16 @@ pub enum Source {
     Bulk,
     Syslog,
     Loki,
+    Otlp,
 }
 
-const SOURCES: [Source; 5] = [
+const SOURCES: [Source; 6] = [
     Source::Binary,
     Source::Http,
     Source::Bulk,
     Source::Syslog,
     Source::Loki,
+    Source::Otlp,
 ];
 
 impl Source {
@@ -33,6 +35,7 @@ impl Source {
             Source::Http => "http",
             Source::Bulk => "bulk",
             Source::Loki => "loki",
+            Source::Otlp => "otlp",
             Source::Syslog => "syslog",
         }
     }

@@ -407,6 +407,97 @@ fn json(body: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }
 
+/// OTLP logs in JSON: records mapped field by field, a record that
+/// cannot be read counted in `partialSuccess`, gzip taken, protobuf
+/// answered 415, a body that is no request 400.
+#[test]
+fn otlp_json_logs_are_taken_and_unreadable_records_reported() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir.path()))).unwrap();
+    let addr = server.addresses().http.unwrap();
+    let json_type = "Content-Type: application/json\r\n";
+    let request = br#"{"resourceLogs":[{"resource":{"attributes":[
+        {"key":"service.name","value":{"stringValue":"billing"}},
+        {"key":"host.name","value":{"stringValue":"h9"}}]},
+      "scopeLogs":[{"logRecords":[
+        {"timeUnixNano":"1798761600000000000","severityNumber":17,"body":{"stringValue":"invoice failed"},
+         "attributes":[{"key":"invoice","value":{"intValue":"7"}}],"traceId":"0102030405060708090a0b0c0d0e0f10"},
+        {"timeUnixNano":"never","body":{"stringValue":"unreadable"}}]}]}]}"#;
+    let (status, _, body) = http_with(addr, "POST", "/v1/logs", json_type, request);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer = json(&body);
+    assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], "1");
+    assert!(
+        answer["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("logRecords[1].timeUnixNano")
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"billing"}}]},"scopeLogs":[{"logRecords":[{"timeUnixNano":1798761600000000001,"severityText":"WARN","body":{"stringValue":"invoice late"}}]}]}]}"#)
+        .unwrap();
+    let (status, _, body) = http_with(
+        addr,
+        "POST",
+        "/otlp/v1/logs",
+        "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+        &gz.finish().unwrap(),
+    );
+    assert_eq!((status, json(&body)), (200, serde_json::json!({})));
+    let (status, _, _) = http_with(
+        addr,
+        "POST",
+        "/v1/logs",
+        "Content-Type: application/x-protobuf\r\n",
+        b"\x0a\x00",
+    );
+    assert_eq!(status, 415);
+    let (status, _, body) = http_with(addr, "POST", "/v1/logs", json_type, b"[1,2]");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let service = server.service();
+    assert!(service.wait_indexed(Duration::from_secs(10)));
+    let records: Vec<_> = service.engine().scan(..).map(|r| r.unwrap().log).collect();
+    assert_eq!(records.len(), 2);
+    let r = &records[0];
+    assert_eq!(
+        (
+            r.ts,
+            r.service.as_str(),
+            r.host.as_str(),
+            &r.level,
+            r.message.as_str()
+        ),
+        (
+            1_798_761_600_000_000_000,
+            "billing",
+            "h9",
+            &lode_engine::Level::Error,
+            "invoice failed"
+        )
+    );
+    assert_eq!(
+        r.attrs,
+        vec![
+            ("invoice".to_owned(), "7".to_owned()),
+            (
+                "trace_id".to_owned(),
+                "0102030405060708090a0b0c0d0e0f10".to_owned()
+            )
+        ]
+    );
+    assert_eq!(records[1].level, lode_engine::Level::Warn);
+    let (_, _, metrics) = http(addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("lode_received_records_total{source=\"otlp\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lode_rejected_records_total{source=\"otlp\"} 1\n"));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
 /// Loki's JSON push: gzipped or not, 204 once durable; a malformed body
 /// is refused whole with a 400 naming the place; protobuf is refused
 /// with a 400 that says to send JSON.

@@ -1,9 +1,9 @@
 //! Feeds arbitrary bytes to the parsers of shipper input: JSON records,
-//! syslog messages with their framing, Loki's JSON push. Nothing may panic.
+//! syslog messages with their framing, Loki's JSON push, OTLP JSON logs. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_protocol::{json, loki, syslog};
+use lode_protocol::{json, loki, otlp, syslog};
 
 fuzz_target!(|data: &[u8]| {
     let now = 1_767_225_600_000_000_000;
@@ -17,4 +17,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = syslog::parse(data, now);
     let _ = loki::parse_push_json(data);
+    let _ = otlp::parse_logs_json(data, now);
 });

@@ -25,6 +25,7 @@
 pub mod json;
 pub mod lines;
 pub mod loki;
+pub mod otlp;
 pub mod syslog;
 pub mod wire;
 
