@@ -7,7 +7,8 @@
 //!
 //! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
 //! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`,
-//! `python-logging-loki`); a missing
+//! `python-logging-loki`; a virtual environment with `opentelemetry-sdk`
+//! and `opentelemetry-exporter-otlp-json-http`); a missing
 //! one fails its test with that hint rather than passing silently.
 
 use std::io::Write;
@@ -387,4 +388,75 @@ fn promtool_checks_and_tests_the_alert_rules() {
     let tests = dir.join("alerts.test.yml");
     let out = run("promtool", &["test", "rules", tests.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+}
+
+/// OpenTelemetry's Python SDK: its logging handler, a resource, and the
+/// OTLP exporter over HTTP in JSON, one record at a time.
+const OTEL_JSON_PY: &str = r#"
+import logging, sys
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter
+
+provider = LoggerProvider(resource=Resource.create({"service.name": "otelshop", "host.name": "otelhost"}))
+provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs")))
+log = logging.getLogger("shop")
+log.setLevel(logging.DEBUG)
+log.addHandler(LoggingHandler(level=logging.DEBUG, logger_provider=provider))
+log.warning("otel order 5 slow", extra={"order": 5})
+log.error("otel order 6 failed")
+provider.shutdown()
+print("otel ok")
+"#;
+
+#[test]
+fn opentelemetry_python_sdk_exports_logs_as_otlp_json() {
+    let python = std::env::var("LODE_OTEL_JSON_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "OpenTelemetry's SDK is not installed: run the tests through `tools/with-deps --test`"
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let script = dir.path().join("otel.py");
+    std::fs::write(&script, OTEL_JSON_PY).unwrap();
+    let out = Command::new(&python)
+        .args([script.to_str().unwrap(), &url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("otel ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:otelshop", 2);
+    let got = messages(&service, "otelshop");
+    let fields: Vec<_> = got
+        .iter()
+        .map(|r| (r.host.as_str(), r.level.clone(), r.message.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("otelhost", lode_engine::Level::Warn, "otel order 5 slow"),
+            ("otelhost", lode_engine::Level::Error, "otel order 6 failed"),
+        ]
+    );
+    assert!(
+        got[0].attrs.contains(&("order".into(), "5".into())),
+        "{:?}",
+        got[0].attrs
+    );
+    assert!(
+        got[0]
+            .attrs
+            .contains(&("telemetry.sdk.language".into(), "python".into()))
+    );
+    let now = lode_engine::now_ns();
+    assert!(got.iter().all(|r| (now - r.ts).abs() < 60_000_000_000));
+    rt.block_on(server.shutdown()).unwrap();
 }
