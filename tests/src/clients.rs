@@ -7,7 +7,7 @@
 //!
 //! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
 //! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`,
-//! `python-logging-loki`; a virtual environment with `opentelemetry-sdk`
+//! `python-logging-loki`, `loki-logger-handler`; a virtual environment with `opentelemetry-sdk`
 //! and `opentelemetry-exporter-otlp-json-http`); a missing
 //! one fails its test with that hint rather than passing silently.
 
@@ -458,5 +458,49 @@ fn opentelemetry_python_sdk_exports_logs_as_otlp_json() {
     );
     let now = lode_engine::now_ns();
     assert!(got.iter().all(|r| (now - r.ts).abs() < 60_000_000_000));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// `loki-logger-handler`: gzipped JSON pushes from a background thread,
+/// each line the record as JSON (its level read from it).
+const LOKI_HANDLER_PY: &str = r#"
+import logging, sys
+from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
+
+handler = LokiLoggerHandler(url=sys.argv[1] + "/loki/api/v1/push",
+                            labels={"service": "ledger", "env": "prod"}, enable_self_errors=True)
+log = logging.getLogger("ledger")
+log.setLevel(logging.DEBUG)
+log.addHandler(handler)
+log.info("ledger entry 1 booked")
+log.error("ledger entry 2 refused")
+handler.flush()
+handler.close()
+print("handler ok")
+"#;
+
+#[test]
+fn loki_logger_handler_pushes_gzipped_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, dir.path());
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let script = dir.path().join("handler.py");
+    std::fs::write(&script, LOKI_HANDLER_PY).unwrap();
+    let out = run("python3", &[script.to_str().unwrap(), &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("handler ok"));
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:ledger", 2);
+    wait_count(&rt, &service, "service:ledger level:error refused", 1);
+    let got = messages(&service, "ledger");
+    assert!(
+        got[0]
+            .message
+            .contains("\"message\": \"ledger entry 1 booked\""),
+        "{}",
+        got[0].message
+    );
+    assert_eq!(got[0].level, lode_engine::Level::Info);
+    assert!(got[0].attrs.contains(&("env".into(), "prod".into())));
     rt.block_on(server.shutdown()).unwrap();
 }

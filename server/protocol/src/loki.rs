@@ -10,8 +10,10 @@
 //! line, and optional structured metadata. A stream's labels map to
 //! lode's fields: the first present of `service_name`, `service`, `app`,
 //! `job` is the service; of `host`, `hostname`, `instance` the host; of
-//! `level`, `detected_level`, `severity` the level. Every other label
-//! and the metadata become attributes (labels first, in order).
+//! `level`, `detected_level`, `severity` the level (without one, a line
+//! that is a JSON object gives its own `level` or `severity`, as Loki's
+//! `detected_level` does). Every other label and the metadata become
+//! attributes (labels first, in order).
 //!
 //! Pure: bytes in, records or an error naming what and where out.
 
@@ -148,8 +150,14 @@ fn record(labels: &[(String, String)], value: &Value, at: &str) -> Result<LogRec
     if let Some((_, v)) = &host {
         record.host.clone_from(v);
     }
-    if let Some((_, v)) = &level {
-        record.level = Level::parse(v);
+    match &level {
+        Some((_, v)) => record.level = Level::parse(v),
+        // As Loki's `detected_level`: a JSON line's own level.
+        None => {
+            if let Some(v) = json_line_level(message) {
+                record.level = Level::parse(&v);
+            }
+        }
     }
     let taken = |k: &String| {
         [&service, &host, &level]
@@ -179,6 +187,19 @@ fn record(labels: &[(String, String)], value: &Value, at: &str) -> Result<LogRec
     }
     record.attrs = attrs;
     Ok(record)
+}
+
+/// The `level` (or `severity`) of a line that is a JSON object.
+fn json_line_level(line: &str) -> Option<String> {
+    if !line.trim_start().starts_with('{') {
+        return None;
+    }
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(line) else {
+        return None;
+    };
+    ["level", "severity"]
+        .iter()
+        .find_map(|k| fields.get(*k)?.as_str().map(str::to_owned))
 }
 
 #[cfg(test)]
@@ -231,6 +252,13 @@ mod tests {
             ("db", "h2", &Level::Info)
         );
         assert!(parse_push_json(br#"{"streams":[]}"#).unwrap().is_empty());
+        // No level label: a JSON line's own level counts.
+        let json_line = br#"{"streams":[{"stream":{"service":"ledger"},"values":[["1","{\"message\": \"x\", \"level\": \"ERROR\"}"],["2","{not json"]]}]}"#;
+        let records = parse_push_json(json_line).unwrap();
+        assert_eq!(
+            (&records[0].level, &records[1].level),
+            (&Level::Error, &Level::Info)
+        );
     }
 
     proptest::proptest! {
