@@ -52,6 +52,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/api/v1/ingest", post(ingest))
         .route("/loki/api/v1/push", post(loki_push))
         .route("/v1/logs", post(otlp_logs))
+        .route("/upload", post(journal_upload))
         .route("/otlp/v1/logs", post(otlp_logs))
         .route("/api/v1/query", get(query))
         .route("/api/v1/count", get(count))
@@ -464,13 +465,7 @@ async fn loki_push(
     })
     .await??;
     service.metrics.received(Source::Loki, parsed.len() as u64);
-    let max = service.limits.max_batch_records.max(1);
-    let mut records = parsed;
-    while !records.is_empty() {
-        let rest = records.split_off(records.len().min(max));
-        service.append_records(records).await?;
-        records = rest;
-    }
+    append_in_batches(&service, parsed).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -531,13 +526,7 @@ async fn otlp_write(
     let total = parsed.records.len() as u64 + parsed.rejected;
     service.metrics.received(Source::Otlp, total);
     service.metrics.rejected(Source::Otlp, parsed.rejected);
-    let max = service.limits.max_batch_records.max(1);
-    let mut records = parsed.records;
-    while !records.is_empty() {
-        let rest = records.split_off(records.len().min(max));
-        service.append_records(records).await?;
-        records = rest;
-    }
+    append_in_batches(service, parsed.records).await?;
     let answer = match parsed.first_error {
         Some(e) => json!({"partialSuccess": {
             "rejectedLogRecords": parsed.rejected.to_string(),
@@ -546,6 +535,34 @@ async fn otlp_write(
         None => json!({}),
     };
     Ok(axum::Json(answer).into_response())
+}
+
+/// `POST /upload`: what `systemd-journal-upload` sends, the journal
+/// export format (chunked); 200 once every entry is durable, 400 naming
+/// the offset of a damaged export (nothing is written).
+async fn journal_upload(State(service): Shared, body: Bytes) -> Result<Response, Failure> {
+    let records = on_blocking(move || {
+        lode_protocol::journal::parse_export(&body, now_ns())
+            .map_err(|e| bad_request(e.to_string()))
+    })
+    .await??;
+    service
+        .metrics
+        .received(Source::Journal, records.len() as u64);
+    append_in_batches(&service, records).await?;
+    Ok((StatusCode::OK, "OK.\n").into_response())
+}
+
+/// Appends `records` in batches of at most `max_batch_records`, each
+/// waited for.
+async fn append_in_batches(service: &Service, mut records: Vec<LogRecord>) -> Result<(), Failure> {
+    let max = service.limits.max_batch_records.max(1);
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(max));
+        service.append_records(records).await?;
+        records = rest;
+    }
+    Ok(())
 }
 
 /// A gzip body, refused past `limit` bytes unpacked.

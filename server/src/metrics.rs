@@ -17,15 +17,17 @@ pub enum Source {
     Syslog,
     Loki,
     Otlp,
+    Journal,
 }
 
-const SOURCES: [Source; 6] = [
+const SOURCES: [Source; 7] = [
     Source::Binary,
     Source::Http,
     Source::Bulk,
     Source::Syslog,
     Source::Loki,
     Source::Otlp,
+    Source::Journal,
 ];
 
 impl Source {
@@ -36,6 +38,7 @@ impl Source {
             Source::Bulk => "bulk",
             Source::Loki => "loki",
             Source::Otlp => "otlp",
+            Source::Journal => "journal",
             Source::Syslog => "syslog",
         }
     }

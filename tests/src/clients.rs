@@ -6,6 +6,7 @@
 //! querying what arrived.
 //!
 //! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
+//! `systemd-journal-remote`,
 //! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`,
 //! `python-logging-loki`, `loki-logger-handler`; a virtual environment with `opentelemetry-sdk`
 //! and `opentelemetry-exporter-otlp-json-http`); a missing
@@ -502,5 +503,80 @@ fn loki_logger_handler_pushes_gzipped_json() {
     );
     assert_eq!(got[0].level, lode_engine::Level::Info);
     assert!(got[0].attrs.contains(&("env".into(), "prod".into())));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// `systemd-journal-upload` (Debian `systemd-journal-remote`) sends a
+/// journal file, made by `systemd-journal-remote` from an export, to
+/// `/upload`: every entry arrives with its fields.
+#[test]
+fn systemd_journal_upload_sends_a_journal_file() {
+    let remote = "/lib/systemd/systemd-journal-remote";
+    let upload = "/lib/systemd/systemd-journal-upload";
+    for tool in [remote, upload] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is not installed: run the tests through `tools/with-deps --test`"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("in.export");
+    std::fs::write(
+        &export,
+        "__REALTIME_TIMESTAMP=1798761600000000\n__MONOTONIC_TIMESTAMP=1000\n_BOOT_ID=0123456789abcdef0123456789abcdef\n\
+         PRIORITY=3\nSYSLOG_IDENTIFIER=jpayments\n_HOSTNAME=jhost\nMESSAGE=journal payment failed\nORDER=9\n\n\
+         __REALTIME_TIMESTAMP=1798761600000001\n__MONOTONIC_TIMESTAMP=1001\n_BOOT_ID=0123456789abcdef0123456789abcdef\n\
+         PRIORITY=6\n_SYSTEMD_UNIT=jledger.service\n_HOSTNAME=jhost\nMESSAGE=journal ledger ok\n\n",
+    )
+    .unwrap();
+    let journal = dir.path().join("remote.journal");
+    let out = Command::new(remote)
+        .arg(format!("--output={}", journal.display()))
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rt = runtime();
+    let server = start(&rt, &dir.path().join("data"));
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let out = Command::new(upload)
+        .arg("--follow=no")
+        .arg(format!("--url={url}"))
+        .arg(format!("--file={}", journal.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "journal", 2);
+    let payments = messages(&service, "jpayments");
+    assert_eq!(payments.len(), 1);
+    let p = &payments[0];
+    assert_eq!(
+        (p.ts, &p.level, p.host.as_str(), p.message.as_str()),
+        (
+            1_798_761_600_000_000_000,
+            &lode_engine::Level::Error,
+            "jhost",
+            "journal payment failed"
+        )
+    );
+    assert!(
+        p.attrs.contains(&("ORDER".into(), "9".into())),
+        "{:?}",
+        p.attrs
+    );
+    let ledger = messages(&service, "jledger.service");
+    assert_eq!(
+        (ledger.len(), &ledger[0].level),
+        (1, &lode_engine::Level::Info)
+    );
     rt.block_on(server.shutdown()).unwrap();
 }

@@ -1,9 +1,9 @@
 //! Feeds arbitrary bytes to the parsers of shipper input: JSON records,
-//! syslog messages with their framing, Loki's JSON push, OTLP JSON logs. Nothing may panic.
+//! syslog messages with their framing, Loki's JSON push, OTLP JSON logs, the journal export format. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_protocol::{json, loki, otlp, syslog};
+use lode_protocol::{journal, json, loki, otlp, syslog};
 
 fuzz_target!(|data: &[u8]| {
     let now = 1_767_225_600_000_000_000;
@@ -18,4 +18,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = syslog::parse(data, now);
     let _ = loki::parse_push_json(data);
     let _ = otlp::parse_logs_json(data, now);
+    let _ = journal::parse_export(data, now);
 });
