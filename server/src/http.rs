@@ -439,13 +439,7 @@ async fn loki_push(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    };
+    let header = |name| header_lower(&headers, name);
     if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
         return Err(Failure::new(
             ErrorCode::BadRequest,
@@ -499,13 +493,7 @@ async fn otlp_write(
     headers: &axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    };
+    let header = |name| header_lower(headers, name);
     if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
         let body = json!({"error": {"code": "bad_request", "message":
             "OTLP protobuf is not supported yet: send OTLP JSON (Content-Type: application/json)"}});
@@ -563,6 +551,15 @@ async fn append_in_batches(service: &Service, mut records: Vec<LogRecord>) -> Re
         records = rest;
     }
     Ok(())
+}
+
+/// A request header's value, lower case ("" when absent).
+fn header_lower(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// A gzip body, refused past `limit` bytes unpacked.
