@@ -499,26 +499,7 @@ fn replicated_logs_seal_at_the_same_entries_however_entries_arrive() {
         tick: Duration::from_millis(5),
         ..Options::default()
     };
-    let entries: Vec<Arc<crate::EncodedBatch>> = (0..120u64)
-        .map(|i| {
-            let n = 1 + i % 7;
-            Arc::new(crate::EncodedBatch::encode(&records(i * 10..i * 10 + n)).unwrap())
-        })
-        .collect();
-    let append = |engine: &Engine, from: u64, group: &[Arc<crate::EncodedBatch>]| {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let frames = group
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (1, from + i as u64, Arc::clone(b)))
-            .collect();
-        engine
-            .append_entries(frames, move |r| {
-                let _ = tx.send(r);
-            })
-            .unwrap();
-        rx.recv().unwrap().unwrap();
-    };
+    let entries = log_entries(120);
     let sealed_ranges = |engine: &Engine| -> Vec<(u64, u64, Option<u32>)> {
         engine.apply(entries.len() as u64).unwrap();
         engine.seal().unwrap();
@@ -531,7 +512,7 @@ fn replicated_logs_seal_at_the_same_entries_however_entries_arrive() {
     // One node takes the entries in one call.
     let a = tempfile::tempdir().unwrap();
     let engine = Engine::open(a.path(), opts.clone()).unwrap();
-    append(&engine, 1, &entries);
+    append_log(&engine, 1, &entries);
     let want = sealed_ranges(&engine);
     assert!(want.len() > 3, "several segments: {want:?}");
     // The other one at a time and in pairs, with pauses longer than the
@@ -546,7 +527,7 @@ fn replicated_logs_seal_at_the_same_entries_however_entries_arrive() {
         if group.is_empty() {
             break;
         }
-        append(&engine, next as u64 + 1, group);
+        append_log(&engine, next as u64 + 1, group);
         next += group.len();
         if round % 5 == 0 {
             std::thread::sleep(Duration::from_millis(10));

@@ -439,25 +439,17 @@ async fn loki_push(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let header = |name| header_lower(&headers, name);
-    if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
+    if header_lower(&headers, axum::http::header::CONTENT_TYPE).contains("protobuf") {
         return Err(Failure::new(
             ErrorCode::BadRequest,
             "Loki's protobuf push is not supported yet: send JSON (Content-Type: application/json)",
         ));
     }
-    let gzipped = header(axum::http::header::CONTENT_ENCODING) == "gzip";
-    let limit = service.limits.max_body_bytes.saturating_mul(4);
-    let parsed = on_blocking(move || {
-        let body = if gzipped {
-            gunzip(&body, limit)?
-        } else {
-            body.to_vec()
-        };
-        lode_protocol::loki::parse_push_json(&body)
+    let parsed = parse_pushed(&service, &headers, body, |body| {
+        lode_protocol::loki::parse_push_json(body)
             .map_err(|e| bad_request(format!("Loki push: {e}")))
     })
-    .await??;
+    .await?;
     service.metrics.received(Source::Loki, parsed.len() as u64);
     append_in_batches(&service, parsed).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -493,24 +485,16 @@ async fn otlp_write(
     headers: &axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let header = |name| header_lower(headers, name);
-    if header(axum::http::header::CONTENT_TYPE).contains("protobuf") {
+    if header_lower(headers, axum::http::header::CONTENT_TYPE).contains("protobuf") {
         let body = json!({"error": {"code": "bad_request", "message":
             "OTLP protobuf is not supported yet: send OTLP JSON (Content-Type: application/json)"}});
         return Ok((StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response());
     }
-    let gzipped = header(axum::http::header::CONTENT_ENCODING) == "gzip";
-    let limit = service.limits.max_body_bytes.saturating_mul(4);
-    let parsed = on_blocking(move || {
-        let body = if gzipped {
-            gunzip(&body, limit)?
-        } else {
-            body.to_vec()
-        };
-        lode_protocol::otlp::parse_logs_json(&body, now_ns())
+    let parsed = parse_pushed(service, headers, body, |body| {
+        lode_protocol::otlp::parse_logs_json(body, now_ns())
             .map_err(|e| bad_request(format!("OTLP logs: {e}")))
     })
-    .await??;
+    .await?;
     let total = parsed.records.len() as u64 + parsed.rejected;
     service.metrics.received(Source::Otlp, total);
     service.metrics.rejected(Source::Otlp, parsed.rejected);
@@ -551,6 +535,26 @@ async fn append_in_batches(service: &Service, mut records: Vec<LogRecord>) -> Re
         records = rest;
     }
     Ok(())
+}
+
+/// Parses a pushed body on the blocking pool, unpacked first when its
+/// `Content-Encoding` is gzip (up to 4 x `max_body_bytes`).
+async fn parse_pushed<T: Send + 'static>(
+    service: &Service,
+    headers: &axum::http::HeaderMap,
+    body: Bytes,
+    parse: impl FnOnce(&[u8]) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let gzipped = header_lower(headers, axum::http::header::CONTENT_ENCODING) == "gzip";
+    let limit = service.limits.max_body_bytes.saturating_mul(4);
+    on_blocking(move || {
+        if gzipped {
+            parse(&gunzip(&body, limit)?)
+        } else {
+            parse(&body)
+        }
+    })
+    .await?
 }
 
 /// A request header's value, lower case ("" when absent).

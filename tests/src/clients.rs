@@ -61,6 +61,41 @@ fn start(rt: &tokio::runtime::Runtime, data: &Path) -> Server {
     rt.block_on(Server::start(config)).unwrap()
 }
 
+/// Starts a server in `dir`, runs the Python `script` with `python` (a
+/// name on the PATH, or a path), the server's HTTP URL and `args`, and
+/// checks that it ran through, printing `done`.
+fn serve_and_run_python(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    python: &str,
+    script: &str,
+    args: &[&str],
+    done: &str,
+) -> Server {
+    if !python.contains('/') {
+        require(python);
+    }
+    let server = start(rt, dir);
+    let url = format!("http://{}", server.addresses().http.unwrap());
+    let path = dir.join("client.py");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new(python)
+        .arg(&path)
+        .arg(&url)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(done),
+        "{python} {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server
+}
+
 /// Polls until `query` counts `expected` records (they arrive
 /// asynchronously through the shippers), at most 30 s.
 fn wait_count(rt: &tokio::runtime::Runtime, service: &Arc<Service>, query: &str, expected: u64) {
@@ -165,12 +200,14 @@ print("bulk ok", ok)
 fn python_elasticsearch_helpers_bulk() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
-    let url = format!("http://{}", server.addresses().http.unwrap());
-    let script = dir.path().join("bulk.py");
-    std::fs::write(&script, BULK_PY).unwrap();
-    let out = run("python3", &[script.to_str().unwrap(), &url, "1000"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("bulk ok 1000"));
+    let server = serve_and_run_python(
+        &rt,
+        dir.path(),
+        "python3",
+        BULK_PY,
+        &["1000"],
+        "bulk ok 1000",
+    );
     let service = Arc::clone(server.service());
     wait_count(&rt, &service, "service:pyshop shipped", 1000);
     wait_count(&rt, &service, "service:pyshop level:warn", 100);
@@ -206,12 +243,7 @@ print("loki ok")
 fn python_logging_loki_pushes_records_with_their_labels() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
-    let url = format!("http://{}", server.addresses().http.unwrap());
-    let script = dir.path().join("loki.py");
-    std::fs::write(&script, LOKI_PY).unwrap();
-    let out = run("python3", &[script.to_str().unwrap(), &url]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("loki ok"));
+    let server = serve_and_run_python(&rt, dir.path(), "python3", LOKI_PY, &[], "loki ok");
     let service = Arc::clone(server.service());
     wait_count(&rt, &service, "service:checkout", 3);
     wait_count(&rt, &service, "service:checkout level:error failed", 1);
@@ -420,19 +452,7 @@ fn opentelemetry_python_sdk_exports_logs_as_otlp_json() {
     });
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
-    let url = format!("http://{}", server.addresses().http.unwrap());
-    let script = dir.path().join("otel.py");
-    std::fs::write(&script, OTEL_JSON_PY).unwrap();
-    let out = Command::new(&python)
-        .args([script.to_str().unwrap(), &url])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("otel ok"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let server = serve_and_run_python(&rt, dir.path(), &python, OTEL_JSON_PY, &[], "otel ok");
     let service = Arc::clone(server.service());
     wait_count(&rt, &service, "service:otelshop", 2);
     let got = messages(&service, "otelshop");
@@ -484,12 +504,14 @@ print("handler ok")
 fn loki_logger_handler_pushes_gzipped_json() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
-    let url = format!("http://{}", server.addresses().http.unwrap());
-    let script = dir.path().join("handler.py");
-    std::fs::write(&script, LOKI_HANDLER_PY).unwrap();
-    let out = run("python3", &[script.to_str().unwrap(), &url]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("handler ok"));
+    let server = serve_and_run_python(
+        &rt,
+        dir.path(),
+        "python3",
+        LOKI_HANDLER_PY,
+        &[],
+        "handler ok",
+    );
     let service = Arc::clone(server.service());
     wait_count(&rt, &service, "service:ledger", 2);
     wait_count(&rt, &service, "service:ledger level:error refused", 1);
