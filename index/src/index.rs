@@ -505,12 +505,50 @@ impl Index {
                 "a bucket width of {width} ns gives more than 100000 buckets over the time range"
             ))
         })?;
-        let counts = self.rechecking(|recheck| {
+        let buckets = self.count_buckets(&parsed, (start, width, buckets), (since, until))?;
+        Ok(Histogram {
+            start,
+            width,
+            buckets,
+        })
+    }
+
+    /// Matches per bucket `[origin + i * width, origin + (i + 1) * width)`
+    /// for `i < buckets`: buckets placed where the caller wants them (a
+    /// LogQL step's range ends on its time), exact to the nanosecond.
+    pub fn histogram_at(
+        &self,
+        query: &str,
+        origin: i64,
+        width: i64,
+        buckets: usize,
+    ) -> Result<Vec<u64>> {
+        if width <= 0 || buckets == 0 || buckets > 100_000 {
+            return Err(Error::BadRequest(format!(
+                "{buckets} buckets of {width} ns: expected 1 to 100000 buckets of a positive width"
+            )));
+        }
+        let until = i64::try_from(buckets)
+            .ok()
+            .and_then(|n| n.checked_mul(width))
+            .and_then(|span| origin.checked_add(span))
+            .ok_or_else(|| Error::BadRequest("histogram buckets past the end of time".into()))?;
+        self.count_buckets(&parse(query)?, (origin, width, buckets), (origin, until))
+    }
+
+    fn count_buckets(
+        &self,
+        parsed: &lode_query::Query,
+        (origin, width, buckets): (i64, i64, usize),
+        (since, until): (i64, i64),
+    ) -> Result<Vec<u64>> {
+        let searcher = self.reader.searcher();
+        self.rechecking(|recheck| {
             // The collector applies the time range (it reads every match's
             // grain anyway), which spares the query a time filter.
-            let tquery = self.query(&parsed, None, None, None, recheck)?;
+            let tquery = self.query(parsed, None, None, None, recheck)?;
             let collector = HistogramCollector {
-                origin: start,
+                origin,
                 width,
                 buckets,
                 since,
@@ -518,11 +556,6 @@ impl Index {
                 recheck: Arc::clone(recheck),
             };
             Ok(self.scan(&searcher, tquery.as_ref(), &collector)?)
-        })?;
-        Ok(Histogram {
-            start,
-            width,
-            buckets: counts,
         })
     }
 

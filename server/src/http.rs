@@ -65,6 +65,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/{index}/_doc", post(doc_into))
         .route("/{index}/_doc/{id}", post(doc_with_id).put(doc_with_id))
         .route("/{index}/_create/{id}", post(doc_with_id).put(doc_with_id))
+        .merge(crate::loki::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             in_flight,
@@ -101,7 +102,7 @@ async fn elastic_header(mut response: Response) -> Response {
     response
 }
 
-fn status(code: ErrorCode) -> StatusCode {
+pub(crate) fn status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest | ErrorCode::BadQuery | ErrorCode::BadFrame => {
             StatusCode::BAD_REQUEST

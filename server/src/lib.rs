@@ -22,6 +22,7 @@ mod binary;
 mod config;
 mod error;
 mod http;
+mod loki;
 mod metrics;
 mod server;
 mod service;

@@ -361,7 +361,7 @@ impl Service {
 
     /// Runs a read on the blocking pool in one of `max_queries` turns,
     /// bounded (waiting for the turn included) by `query_timeout_ms`.
-    async fn timed<T, F>(&self, work: F) -> Outcome<T>
+    pub(crate) async fn timed<T, F>(&self, work: F) -> Outcome<T>
     where
         T: Send + 'static,
         F: FnOnce(&Index) -> Outcome<T> + Send + 'static,

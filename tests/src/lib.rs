@@ -55,6 +55,8 @@ mod fixtures;
 #[cfg(test)]
 mod import;
 #[cfg(test)]
+mod logql;
+#[cfg(test)]
 mod model;
 #[cfg(test)]
 mod raft_log;

@@ -18,7 +18,7 @@ const LOGHUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/loghub");
 
 /// Every line of the loghub samples as a record (service = the sample's
 /// name); the samples are fixtures of this repository.
-fn loghub_records() -> Vec<LogRecord> {
+pub(crate) fn loghub_records() -> Vec<LogRecord> {
     let mut records = Vec::new();
     let entries = std::fs::read_dir(LOGHUB).expect("the loghub fixtures");
     let mut files: Vec<_> = entries

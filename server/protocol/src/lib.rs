@@ -25,6 +25,7 @@
 pub mod journal;
 pub mod json;
 pub mod lines;
+pub mod logql;
 pub mod loki;
 pub mod otlp;
 pub mod syslog;

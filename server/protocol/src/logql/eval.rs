@@ -1,0 +1,1155 @@
+//! Running parsed LogQL over a [`Source`] of records: the pipeline on one
+//! record, the candidates query, log selection by time windows, and
+//! metric queries at each step.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lode_codec::{Level, LogRecord};
+use serde_json::Value;
+
+use super::{
+    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher, NumOp, RangeFn,
+    Stage,
+};
+
+/// A set of labels, by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// Most points a query answers per series (Loki's limit too).
+pub const MAX_POINTS: usize = 11_000;
+
+/// Most buckets one histogram of the fast path asks for.
+const MAX_BUCKETS: usize = 100_000;
+
+/// Where records come from: lode's index, or a test's brute force.
+pub trait Source {
+    type Error;
+    /// Visits the records that lode's query `query` matches with `since
+    /// <= ts < until`, newest first, until `visit` answers false.
+    fn scan(
+        &mut self,
+        query: &str,
+        since: i64,
+        until: i64,
+        visit: &mut dyn FnMut(&LogRecord) -> bool,
+    ) -> Result<(), Self::Error>;
+    /// Matches of `query` per bucket `[origin + i * width, origin + (i +
+    /// 1) * width)`, for `i < buckets`.
+    fn histogram(
+        &mut self,
+        query: &str,
+        origin: i64,
+        width: i64,
+        buckets: usize,
+    ) -> Result<Vec<u64>, Self::Error>;
+    /// The levels (as lode's index holds them, lowercased) among the
+    /// matches of `query` with `since <= ts < until`.
+    fn levels(&mut self, query: &str, since: i64, until: i64) -> Result<Vec<String>, Self::Error>;
+}
+
+/// Why an evaluation failed: the query asks too much, or the source
+/// failed.
+#[derive(Debug)]
+pub enum EvalError<E> {
+    Query(String),
+    Source(E),
+}
+
+fn too_much<E>(message: impl Into<String>) -> EvalError<E> {
+    EvalError::Query(message.into())
+}
+
+/// The label names of lode's fields, with their aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldLabel {
+    Service,
+    Host,
+    Level,
+}
+
+fn field_label(name: &str) -> Option<FieldLabel> {
+    match name {
+        "service_name" | "service" | "app" | "job" => Some(FieldLabel::Service),
+        "host" | "hostname" | "instance" => Some(FieldLabel::Host),
+        "level" | "detected_level" | "severity" => Some(FieldLabel::Level),
+        _ => None,
+    }
+}
+
+fn field_value(record: &LogRecord, field: FieldLabel) -> &str {
+    match field {
+        FieldLabel::Service => &record.service,
+        FieldLabel::Host => &record.host,
+        FieldLabel::Level => record.level.as_str(),
+    }
+}
+
+/// A record's stream labels: `service_name`, `host` and `level`, those it
+/// has.
+pub fn stream_labels(record: &LogRecord) -> Labels {
+    let mut labels = Labels::new();
+    for (name, value) in [
+        ("service_name", record.service.as_str()),
+        ("host", record.host.as_str()),
+        ("level", record.level.as_str()),
+    ] {
+        if !value.is_empty() {
+            labels.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    labels
+}
+
+/// A label's value for a record and what its pipeline extracted so far
+/// (`""` when it has none), and whether it compares ignoring case (a
+/// field's).
+fn label_value<'a>(record: &'a LogRecord, extracted: &'a Labels, name: &str) -> (&'a str, bool) {
+    if let Some(value) = extracted.get(name) {
+        return (value, false);
+    }
+    if let Some(field) = field_label(name) {
+        return (field_value(record, field), true);
+    }
+    let attr = record
+        .attrs
+        .iter()
+        .find(|(key, _)| key == name)
+        .map_or("", |(_, value)| value.as_str());
+    (attr, true)
+}
+
+impl Matcher {
+    /// Whether `value` passes; `fold` compares `=` and `!=` ignoring case.
+    pub fn matches(&self, value: &str, fold: bool) -> bool {
+        let equal = || {
+            if fold {
+                value.to_lowercase() == self.value.to_lowercase()
+            } else {
+                value == self.value
+            }
+        };
+        let regex = || self.regex.as_ref().is_some_and(|r| r.is_match(value));
+        match self.op {
+            MatchOp::Eq => equal(),
+            MatchOp::Ne => !equal(),
+            MatchOp::Re => regex(),
+            MatchOp::Nre => !regex(),
+        }
+    }
+}
+
+/// Loki's rule for extracted label names: anything but letters, digits
+/// and `_` becomes `_`, and a leading digit gets a `_` before it.
+fn sanitize(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn flatten_json(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let name = if prefix.is_empty() {
+                    sanitize(key)
+                } else {
+                    format!("{prefix}_{}", sanitize(key))
+                };
+                flatten_json(&name, inner, out);
+            }
+        }
+        // Loki skips arrays.
+        Value::Array(_) => {}
+        Value::String(text) => out.push((prefix.to_owned(), text.clone())),
+        Value::Null => out.push((prefix.to_owned(), String::new())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+const ERROR_LABEL: &str = "__error__";
+
+/// Adds parsed pairs to `extracted`; a name the record's stream labels
+/// already hold gets `_extracted` after it, as in Loki.
+fn extract(record: &LogRecord, pairs: Vec<(String, String)>, extracted: &mut Labels) {
+    let stream = stream_labels(record);
+    for (name, value) in pairs {
+        if name.is_empty() {
+            continue;
+        }
+        let name = if stream.contains_key(&name) {
+            format!("{name}_extracted")
+        } else {
+            name
+        };
+        extracted.insert(name, value);
+    }
+}
+
+fn compare(op: NumOp, a: f64, b: f64) -> bool {
+    match op {
+        NumOp::Eq => a == b,
+        NumOp::Ne => a != b,
+        NumOp::Gt => a > b,
+        NumOp::Ge => a >= b,
+        NumOp::Lt => a < b,
+        NumOp::Le => a <= b,
+    }
+}
+
+/// `text` as a phrase of lode's query language, if it can be one.
+fn quoted(text: &str) -> Option<String> {
+    (!text.contains('"') && !text.trim().is_empty()).then(|| format!("\"{text}\""))
+}
+
+/// The field filter lode's language has for a selector matcher, and
+/// whether it selects exactly what the matcher does.
+fn field_filter(matcher: &Matcher) -> Option<String> {
+    let negate = match matcher.op {
+        MatchOp::Eq => false,
+        MatchOp::Ne => true,
+        MatchOp::Re | MatchOp::Nre => return None,
+    };
+    let filter = match field_label(&matcher.name) {
+        Some(FieldLabel::Level) => {
+            let value = &matcher.value;
+            let canonical = Level::parse(value).as_str().to_lowercase() == value.to_lowercase();
+            (canonical && !value.is_empty() && value.chars().all(char::is_alphanumeric))
+                .then(|| format!("level:{value}"))?
+        }
+        Some(FieldLabel::Service) => format!("service:{}", quoted(&matcher.value)?),
+        Some(FieldLabel::Host) => format!("host:{}", quoted(&matcher.value)?),
+        None => format!("attrs.{}:{}", matcher.name, quoted(&matcher.value)?),
+    };
+    Some(if negate { format!("-{filter}") } else { filter })
+}
+
+/// The words a record's message must hold if it holds `text`: the
+/// tokens inside `text` (not touching its ends) whole, and the one that
+/// ends it as a prefix.
+fn substring_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    for (n, &(i, c)) in chars.iter().enumerate() {
+        if c.is_alphanumeric() {
+            start.get_or_insert(i);
+            if n + 1 == chars.len()
+                && let Some(s) = start.filter(|&s| s > 0)
+            {
+                out.push(format!("{}*", lower(text.get(s..).unwrap_or_default())));
+            }
+        } else if let Some(s) = start.take()
+            && s > 0
+        {
+            out.push(lower(text.get(s..i).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+fn lower(token: &str) -> String {
+    token.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// Most terms a candidates query holds.
+const MAX_TERMS: usize = 24;
+
+impl LogQuery {
+    /// A query in lode's language whose matches include every record this
+    /// one selects; `*` when nothing narrows it.
+    pub fn candidates(&self) -> String {
+        let mut terms: Vec<String> = self.selector.iter().filter_map(field_filter).collect();
+        for stage in &self.stages {
+            match stage {
+                Stage::Line {
+                    op: LineOp::Contains,
+                    text,
+                    ..
+                } => terms.extend(substring_words(text)),
+                // A parser changes no line; filters before it still hold.
+                Stage::Json
+                | Stage::Logfmt
+                | Stage::Drop(_)
+                | Stage::Label(_)
+                | Stage::Line { .. } => {}
+            }
+        }
+        terms.dedup();
+        terms.truncate(MAX_TERMS);
+        if terms.is_empty() {
+            "*".to_owned()
+        } else {
+            terms.join(" AND ")
+        }
+    }
+
+    /// Whether the candidates are exactly the records selected, with the
+    /// labels of their streams: no record needs checking.
+    pub fn exact(&self) -> bool {
+        self.selector.iter().all(|m| field_filter(m).is_some())
+            && self.stages.iter().all(|stage| {
+                matches!(stage, Stage::Drop(names) if names.iter().all(|n| n.starts_with("__error")))
+            })
+    }
+
+    /// Whether `record` passes, and its labels then: its stream's and
+    /// those the pipeline extracted.
+    pub fn process(&self, record: &LogRecord) -> Option<Labels> {
+        let none = Labels::new();
+        for matcher in &self.selector {
+            let (value, fold) = label_value(record, &none, &matcher.name);
+            if !matcher.matches(value, fold) {
+                return None;
+            }
+        }
+        let mut extracted = Labels::new();
+        let mut dropped: Vec<&str> = Vec::new();
+        for stage in &self.stages {
+            match stage {
+                Stage::Line { op, text, regex } => {
+                    let line = &record.message;
+                    let pass = match op {
+                        LineOp::Contains => line.contains(text.as_str()),
+                        LineOp::NotContains => !line.contains(text.as_str()),
+                        LineOp::Matches => regex.as_ref().is_some_and(|r| r.is_match(line)),
+                        LineOp::NotMatches => !regex.as_ref().is_some_and(|r| r.is_match(line)),
+                    };
+                    if !pass {
+                        return None;
+                    }
+                }
+                Stage::Json => match serde_json::from_str::<Value>(&record.message) {
+                    Ok(value @ Value::Object(_)) => {
+                        let mut pairs = Vec::new();
+                        flatten_json("", &value, &mut pairs);
+                        extract(record, pairs, &mut extracted);
+                    }
+                    _ => {
+                        extracted.insert(ERROR_LABEL.to_owned(), "JSONParserErr".to_owned());
+                    }
+                },
+                Stage::Logfmt => {
+                    let pairs = crate::lines::logfmt_pairs(&record.message)
+                        .into_iter()
+                        .map(|(k, v)| (sanitize(&k), v))
+                        .collect();
+                    extract(record, pairs, &mut extracted);
+                }
+                Stage::Label(filter) => {
+                    if !label_passes(record, &mut extracted, filter) {
+                        return None;
+                    }
+                }
+                Stage::Drop(names) => {
+                    for name in names {
+                        extracted.remove(name);
+                        dropped.push(name);
+                    }
+                }
+            }
+        }
+        let mut labels = stream_labels(record);
+        labels.retain(|name, _| !dropped.contains(&name.as_str()));
+        labels.extend(extracted);
+        Some(labels)
+    }
+}
+
+fn label_passes(record: &LogRecord, extracted: &mut Labels, filter: &LabelFilter) -> bool {
+    match filter {
+        LabelFilter::Text(matcher) => {
+            let (value, fold) = label_value(record, extracted, &matcher.name);
+            matcher.matches(value, fold)
+        }
+        LabelFilter::Number { name, op, value } => {
+            let (text, _) = label_value(record, extracted, name);
+            if text.is_empty() {
+                return false;
+            }
+            match text.trim().parse::<f64>() {
+                Ok(number) => compare(*op, number, *value),
+                Err(_) => {
+                    // Loki keeps the line and marks it.
+                    extracted.insert(ERROR_LABEL.to_owned(), "LabelFilterErr".to_owned());
+                    true
+                }
+            }
+        }
+    }
+}
+
+/// One selected log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub ts: i64,
+    pub line: String,
+    pub labels: Labels,
+}
+
+/// The `limit` newest (`backward`) or oldest lines `query` selects with
+/// `start <= ts < end`, in that order (ties newest record first).
+///
+/// Records are visited in time windows from the wanted end, each four
+/// times the one before, until `limit` are found: every line of a later
+/// window is older (or newer) than all those found, so the answer is
+/// exact without visiting the whole range.
+pub fn select_logs<S: Source>(
+    source: &mut S,
+    query: &LogQuery,
+    (start, end): (i64, i64),
+    limit: usize,
+    backward: bool,
+) -> Result<Vec<Entry>, EvalError<S::Error>> {
+    let candidates = query.candidates();
+    let mut out: Vec<Entry> = Vec::new();
+    let mut width = ((end - start) / 256).max(1_000_000_000);
+    let (mut lo, mut hi) = (start, end);
+    while lo < hi && out.len() < limit {
+        let (since, until) = if backward {
+            (hi.saturating_sub(width).max(lo), hi)
+        } else {
+            (lo, lo.saturating_add(width).min(hi))
+        };
+        let need = limit - out.len();
+        let mut window: Vec<Entry> = Vec::new();
+        source
+            .scan(&candidates, since, until, &mut |record| {
+                if let Some(labels) = query.process(record) {
+                    window.push(Entry {
+                        ts: record.ts,
+                        line: record.message.clone(),
+                        labels,
+                    });
+                    if window.len() >= 2 * need.max(512) {
+                        keep_first(&mut window, need, backward);
+                    }
+                }
+                true
+            })
+            .map_err(EvalError::Source)?;
+        keep_first(&mut window, need, backward);
+        out.append(&mut window);
+        if backward {
+            hi = since;
+        } else {
+            lo = until;
+        }
+        width = width.saturating_mul(4);
+    }
+    Ok(out)
+}
+
+/// Orders entries (found newest record first) by time in the wanted
+/// direction and keeps the first `n`.
+fn keep_first(entries: &mut Vec<Entry>, n: usize, backward: bool) {
+    if backward {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.ts));
+    } else {
+        entries.sort_by_key(|e| e.ts);
+    }
+    entries.truncate(n);
+}
+
+/// The times a metric query is evaluated at: `start`, `start + step`, ...
+/// up to `end`; one time when `step` is 0 (an instant query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+}
+
+impl Steps {
+    pub fn count(&self) -> usize {
+        if self.step <= 0 || self.end < self.start {
+            return 1;
+        }
+        usize::try_from((self.end - self.start) / self.step + 1).unwrap_or(usize::MAX)
+    }
+
+    pub fn at(&self, i: usize) -> i64 {
+        self.start + self.step * i as i64
+    }
+}
+
+/// A series: its labels and a value (or none) at each step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub points: Vec<Option<f64>>,
+}
+
+/// What a metric query gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metric {
+    Scalar(f64),
+    Vector(Vec<Series>),
+}
+
+/// Evaluates a metric query at `steps`.
+pub fn eval_metric<S: Source>(
+    source: &mut S,
+    expr: &Expr,
+    steps: Steps,
+) -> Result<Metric, EvalError<S::Error>> {
+    if steps.count() > MAX_POINTS {
+        return Err(too_much(format!(
+            "exceeded maximum resolution of {MAX_POINTS} points per timeseries; try decreasing the query resolution (?step=XX)"
+        )));
+    }
+    match expr {
+        Expr::Log(_) => Err(too_much(
+            "a log query gives lines, not a metric: ask query_range for it, or wrap it in count_over_time",
+        )),
+        Expr::Number(n) => Ok(Metric::Scalar(*n)),
+        Expr::Vector(n) => Ok(Metric::Vector(vec![Series {
+            labels: Labels::new(),
+            points: vec![Some(*n); steps.count()],
+        }])),
+        Expr::Range {
+            func,
+            query,
+            range_ns,
+        } => range_series(source, *func, query, *range_ns, steps).map(Metric::Vector),
+        Expr::Aggregate {
+            op,
+            grouping,
+            inner,
+        } => {
+            if let Some(series) = fast_counts(source, *op, grouping.as_ref(), inner, steps)? {
+                return Ok(Metric::Vector(series));
+            }
+            match eval_metric(source, inner, steps)? {
+                Metric::Scalar(_) => Err(too_much("an aggregation takes a vector, not a number")),
+                Metric::Vector(series) => {
+                    Ok(Metric::Vector(aggregate(*op, grouping.as_ref(), series)))
+                }
+            }
+        }
+        Expr::Binary(op, lhs, rhs) => {
+            let lhs = eval_metric(source, lhs, steps)?;
+            let rhs = eval_metric(source, rhs, steps)?;
+            Ok(binary(*op, lhs, rhs))
+        }
+    }
+}
+
+/// Per series, the time and size of each selected line, in time order.
+type Samples = Vec<(Labels, Vec<(i64, u64)>)>;
+
+/// The samples `query` selects in the window the steps' ranges cover:
+/// `(start - range, end]`.
+fn samples<S: Source>(
+    source: &mut S,
+    query: &LogQuery,
+    range_ns: i64,
+    steps: Steps,
+) -> Result<Samples, EvalError<S::Error>> {
+    let since = steps.start.saturating_sub(range_ns).saturating_add(1);
+    let until = steps.at(steps.count() - 1).saturating_add(1);
+    let mut by_labels: HashMap<Labels, Vec<(i64, u64)>> = HashMap::new();
+    source
+        .scan(&query.candidates(), since, until, &mut |record| {
+            if let Some(labels) = query.process(record) {
+                by_labels
+                    .entry(labels)
+                    .or_default()
+                    .push((record.ts, record.message.len() as u64));
+            }
+            true
+        })
+        .map_err(EvalError::Source)?;
+    let mut out: Samples = by_labels.into_iter().collect();
+    for (_, samples) in &mut out {
+        samples.sort_unstable();
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn range_series<S: Source>(
+    source: &mut S,
+    func: RangeFn,
+    query: &LogQuery,
+    range_ns: i64,
+    steps: Steps,
+) -> Result<Vec<Series>, EvalError<S::Error>> {
+    let seconds = range_ns as f64 / 1e9;
+    let mut out = Vec::new();
+    for (labels, samples) in samples(source, query, range_ns, steps)? {
+        // Prefix sums of sizes: the bytes of samples[i..j] are
+        // bytes[j] - bytes[i].
+        let mut bytes = vec![0u64; samples.len() + 1];
+        for (i, (_, size)) in samples.iter().enumerate() {
+            let total = bytes.get(i).copied().unwrap_or(0) + size;
+            if let Some(slot) = bytes.get_mut(i + 1) {
+                *slot = total;
+            }
+        }
+        let points = (0..steps.count())
+            .map(|i| {
+                let t = steps.at(i);
+                let first = samples.partition_point(|(ts, _)| *ts <= t - range_ns);
+                let past = samples.partition_point(|(ts, _)| *ts <= t);
+                let count = past.saturating_sub(first);
+                if count == 0 {
+                    return None;
+                }
+                let size =
+                    bytes.get(past).copied().unwrap_or(0) - bytes.get(first).copied().unwrap_or(0);
+                Some(match func {
+                    RangeFn::CountOverTime => count as f64,
+                    RangeFn::Rate => count as f64 / seconds,
+                    RangeFn::BytesOverTime => size as f64,
+                    RangeFn::BytesRate => size as f64 / seconds,
+                })
+            })
+            .collect::<Vec<_>>();
+        // Samples between steps shorter than them count at none.
+        if points.iter().any(Option::is_some) {
+            out.push(Series { labels, points });
+        }
+    }
+    Ok(out)
+}
+
+/// `sum [by (level)] (count_over_time(q[r]))` (or `rate`) when `q` needs
+/// no record checked: counted by the index's histograms, one per level,
+/// without visiting a record. `None` when the query is not of that shape.
+fn fast_counts<S: Source>(
+    source: &mut S,
+    op: AggOp,
+    grouping: Option<&Grouping>,
+    inner: &Expr,
+    steps: Steps,
+) -> Result<Option<Vec<Series>>, EvalError<S::Error>> {
+    let Expr::Range {
+        func: func @ (RangeFn::CountOverTime | RangeFn::Rate),
+        query,
+        range_ns,
+    } = inner
+    else {
+        return Ok(None);
+    };
+    let by_level = match grouping {
+        None => Vec::new(),
+        Some(Grouping::By(names))
+            if names
+                .iter()
+                .all(|n| field_label(n) == Some(FieldLabel::Level)) =>
+        {
+            names.clone()
+        }
+        Some(_) => return Ok(None),
+    };
+    if op != AggOp::Sum || !query.exact() {
+        return Ok(None);
+    }
+    let range = *range_ns;
+    let width = if steps.step > 0 {
+        gcd(range, steps.step)
+    } else {
+        range
+    };
+    let per_step = usize::try_from(steps.step.max(0) / width).unwrap_or(usize::MAX);
+    let per_range = usize::try_from(range / width).unwrap_or(usize::MAX);
+    let buckets = (steps.count() - 1)
+        .saturating_mul(per_step)
+        .saturating_add(per_range);
+    if buckets > MAX_BUCKETS {
+        return Ok(None);
+    }
+    let origin = steps.start - range + 1;
+    let candidates = query.candidates();
+    let groups = if by_level.is_empty() {
+        vec![(Labels::new(), candidates)]
+    } else {
+        let until = steps.at(steps.count() - 1) + 1;
+        let levels = source
+            .levels(&candidates, origin, until)
+            .map_err(EvalError::Source)?;
+        let mut groups = Vec::new();
+        for level in levels {
+            // An unusual level the index holds lowercased could be
+            // spelt otherwise in its records: count those by visiting.
+            if Level::parse(&level).as_str() != level {
+                return Ok(None);
+            }
+            let labels = by_level
+                .iter()
+                .map(|n| (n.clone(), level.clone()))
+                .collect();
+            groups.push((labels, format!("({candidates}) AND level:{level}")));
+        }
+        groups
+    };
+    let seconds = range as f64 / 1e9;
+    let mut out = Vec::new();
+    for (labels, lode_query) in groups {
+        let counts = source
+            .histogram(&lode_query, origin, width, buckets)
+            .map_err(EvalError::Source)?;
+        let mut prefix = vec![0u64; counts.len() + 1];
+        for (i, c) in counts.iter().enumerate() {
+            let total = prefix.get(i).copied().unwrap_or(0) + c;
+            if let Some(slot) = prefix.get_mut(i + 1) {
+                *slot = total;
+            }
+        }
+        let points: Vec<Option<f64>> = (0..steps.count())
+            .map(|i| {
+                let first = i * per_step;
+                let n = prefix.get(first + per_range).copied().unwrap_or(0)
+                    - prefix.get(first).copied().unwrap_or(0);
+                (n > 0).then(|| match func {
+                    RangeFn::Rate => n as f64 / seconds,
+                    _ => n as f64,
+                })
+            })
+            .collect();
+        if points.iter().any(Option::is_some) {
+            out.push(Series { labels, points });
+        }
+    }
+    Ok(Some(out))
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a.abs().max(1)
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The labels of `labels` that `grouping` keeps, resolving aliases for
+/// `by` (`sum by (service)` groups by the service).
+fn group_key(labels: &Labels, grouping: Option<&Grouping>) -> Labels {
+    match grouping {
+        None => Labels::new(),
+        Some(Grouping::By(names)) => names
+            .iter()
+            .filter_map(|name| {
+                let value = labels.get(name).or_else(|| {
+                    let field = field_label(name)?;
+                    labels
+                        .iter()
+                        .find(|(n, _)| field_label(n) == Some(field))
+                        .map(|(_, v)| v)
+                })?;
+                Some((name.clone(), value.clone()))
+            })
+            .collect(),
+        Some(Grouping::Without(names)) => labels
+            .iter()
+            .filter(|(name, _)| {
+                !names.iter().any(|n| {
+                    n == *name || (field_label(n).is_some() && field_label(n) == field_label(name))
+                })
+            })
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn aggregate(op: AggOp, grouping: Option<&Grouping>, series: Vec<Series>) -> Vec<Series> {
+    let steps = series.first().map_or(0, |s| s.points.len());
+    let mut groups: BTreeMap<Labels, Vec<Vec<f64>>> = BTreeMap::new();
+    for s in series {
+        let values = groups
+            .entry(group_key(&s.labels, grouping))
+            .or_insert_with(|| vec![Vec::new(); steps]);
+        for (slot, point) in values.iter_mut().zip(s.points) {
+            slot.extend(point);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(labels, values)| Series {
+            labels,
+            points: values.iter().map(|v| combine(op, v)).collect(),
+        })
+        .filter(|s| s.points.iter().any(Option::is_some))
+        .collect()
+}
+
+fn combine(op: AggOp, values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let sum: f64 = values.iter().sum();
+    Some(match op {
+        AggOp::Sum => sum,
+        AggOp::Avg => sum / values.len() as f64,
+        AggOp::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+        AggOp::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        AggOp::Count => values.len() as f64,
+    })
+}
+
+fn apply(op: BinOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinOp::Add => a + b,
+        BinOp::Sub => a - b,
+        BinOp::Mul => a * b,
+        BinOp::Div => a / b,
+        BinOp::Mod => a % b,
+    }
+}
+
+fn map_points(series: Vec<Series>, f: impl Fn(f64) -> f64) -> Vec<Series> {
+    series
+        .into_iter()
+        .map(|s| Series {
+            labels: s.labels,
+            points: s.points.into_iter().map(|p| p.map(&f)).collect(),
+        })
+        .collect()
+}
+
+/// Numbers with numbers, series with a number, and series with series of
+/// the same labels, one to one.
+fn binary(op: BinOp, lhs: Metric, rhs: Metric) -> Metric {
+    match (lhs, rhs) {
+        (Metric::Scalar(a), Metric::Scalar(b)) => Metric::Scalar(apply(op, a, b)),
+        (Metric::Vector(v), Metric::Scalar(b)) => {
+            Metric::Vector(map_points(v, |a| apply(op, a, b)))
+        }
+        (Metric::Scalar(a), Metric::Vector(v)) => {
+            Metric::Vector(map_points(v, |b| apply(op, a, b)))
+        }
+        (Metric::Vector(left), Metric::Vector(right)) => {
+            let right: HashMap<Labels, Vec<Option<f64>>> =
+                right.into_iter().map(|s| (s.labels, s.points)).collect();
+            Metric::Vector(
+                left.into_iter()
+                    .filter_map(|s| {
+                        let other = right.get(&s.labels)?;
+                        let points = s
+                            .points
+                            .iter()
+                            .zip(other)
+                            .map(|(a, b)| Some(apply(op, (*a)?, (*b)?)))
+                            .collect();
+                        Some(Series {
+                            labels: s.labels,
+                            points,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn log_query(text: &str) -> LogQuery {
+        match parse(text).unwrap() {
+            Expr::Log(q) => q,
+            other => panic!("not a log query: {other:?}"),
+        }
+    }
+
+    fn record(ts: i64, service: &str, level: Level, message: &str) -> LogRecord {
+        LogRecord {
+            ts,
+            level,
+            service: service.into(),
+            host: "web-1".into(),
+            attrs: vec![("env".into(), "prod".into())],
+            message: message.into(),
+        }
+    }
+
+    /// Every record, through the query's candidates checked by lode's own
+    /// matcher, as the index would.
+    struct Records(Vec<LogRecord>);
+
+    impl Source for Records {
+        type Error = String;
+        fn scan(
+            &mut self,
+            query: &str,
+            since: i64,
+            until: i64,
+            visit: &mut dyn FnMut(&LogRecord) -> bool,
+        ) -> Result<(), String> {
+            let parsed = lode_query_parse(query)?;
+            for r in self.0.iter().rev() {
+                if r.ts >= since && r.ts < until && parsed(r) && !visit(r) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn histogram(
+            &mut self,
+            query: &str,
+            origin: i64,
+            width: i64,
+            buckets: usize,
+        ) -> Result<Vec<u64>, String> {
+            let parsed = lode_query_parse(query)?;
+            let mut counts = vec![0; buckets];
+            for r in &self.0 {
+                if r.ts >= origin && parsed(r) {
+                    let i = usize::try_from((r.ts - origin) / width).unwrap();
+                    if let Some(c) = counts.get_mut(i) {
+                        *c += 1;
+                    }
+                }
+            }
+            Ok(counts)
+        }
+        fn levels(&mut self, query: &str, since: i64, until: i64) -> Result<Vec<String>, String> {
+            let parsed = lode_query_parse(query)?;
+            let mut levels: Vec<String> = self
+                .0
+                .iter()
+                .filter(|r| r.ts >= since && r.ts < until && parsed(r))
+                .map(|r| r.level.as_str().to_lowercase())
+                .collect();
+            levels.sort();
+            levels.dedup();
+            Ok(levels)
+        }
+    }
+
+    /// A tiny stand-in for lode's query language, enough for the
+    /// candidates these tests make: ANDed field filters and words.
+    fn lode_query_parse(query: &str) -> Result<impl Fn(&LogRecord) -> bool, String> {
+        let terms: Vec<String> = if query == "*" {
+            Vec::new()
+        } else {
+            query
+                .replace(['(', ')'], "")
+                .split(" AND ")
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(move |r: &LogRecord| {
+            terms.iter().all(|t| {
+                let (negate, t) = t
+                    .strip_prefix('-')
+                    .map_or((false, t.as_str()), |t| (true, t));
+                let hit = if let Some(v) = t.strip_prefix("service:") {
+                    r.service.to_lowercase() == v.trim_matches('"').to_lowercase()
+                } else if let Some(v) = t.strip_prefix("level:") {
+                    r.level.as_str() == v
+                } else if let Some(p) = t.strip_suffix('*') {
+                    lode_query_words(&r.message).any(|w| w.starts_with(p))
+                } else {
+                    lode_query_words(&r.message).any(|w| w == t)
+                };
+                hit != negate
+            })
+        })
+    }
+
+    fn lode_query_words(text: &str) -> impl Iterator<Item = String> + '_ {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+    }
+
+    #[test]
+    fn substrings_give_the_words_they_surely_hold() {
+        assert_eq!(substring_words("error"), Vec::<String>::new());
+        assert_eq!(substring_words("connection reset by"), ["reset", "by*"]);
+        assert_eq!(substring_words(" reset "), ["reset"]);
+        assert_eq!(substring_words("a=b c"), ["b", "c*"]);
+        assert_eq!(substring_words("Timeout: "), Vec::<String>::new());
+        assert_eq!(substring_words(": TimeOut"), ["timeout*"]);
+    }
+
+    #[test]
+    fn the_pipeline_filters_and_extracts() {
+        let r = record(
+            1,
+            "API",
+            Level::Warn,
+            r#"{"status": 503, "user": {"name": "ann"}, "tags": [1]}"#,
+        );
+        let q = log_query(
+            r#"{service_name="api", env="prod"} |= "503" | json | status >= 500 | user_name="ann""#,
+        );
+        let labels = q.process(&r).unwrap();
+        assert_eq!(labels.get("user_name").map(String::as_str), Some("ann"));
+        assert_eq!(labels.get("level").map(String::as_str), Some("warn"));
+        assert!(!labels.contains_key("tags"));
+        assert!(
+            log_query(r#"{service_name="api"} | json | status < 500"#)
+                .process(&r)
+                .is_none()
+        );
+        assert!(
+            log_query(r#"{service_name=~"api"}"#).process(&r).is_none(),
+            "regexes keep case"
+        );
+        assert!(log_query(r#"{job="api"} != "503""#).process(&r).is_none());
+        let plain = record(1, "api", Level::Info, "level=error took=12ms user=bob");
+        let labels = log_query(r#"{app="api"} | logfmt | drop took"#)
+            .process(&plain)
+            .unwrap();
+        assert_eq!(
+            labels.get("level_extracted").map(String::as_str),
+            Some("error")
+        );
+        assert!(!labels.contains_key("took"));
+        let bad = log_query(r#"{app="api"} | json"#).process(&plain).unwrap();
+        assert_eq!(
+            bad.get("__error__").map(String::as_str),
+            Some("JSONParserErr")
+        );
+        assert!(
+            log_query(r#"{app="api"} | json | __error__="""#)
+                .process(&plain)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn candidates_and_exactness() {
+        let q = log_query(r#"{service_name="api", host=~"web.*", level="warning"}"#);
+        assert_eq!(q.candidates(), r#"service:"api""#);
+        assert!(!q.exact());
+        let q = log_query(r#"{service_name!="a\"b", level="error"} | drop __error__"#);
+        assert_eq!(q.candidates(), "level:error");
+        assert!(!q.exact());
+        assert!(log_query(r#"{service_name="api", level!="info"} | drop __error__"#).exact());
+        assert!(!log_query(r#"{service_name="api"} |= "x""#).exact());
+    }
+
+    fn corpus() -> Records {
+        let levels = [Level::Info, Level::Warn, Level::Error];
+        Records(
+            (0..600)
+                .map(|i: i64| {
+                    let level = levels.get((i % 3) as usize).unwrap().clone();
+                    // Out of time order now and then, as shippers send.
+                    let ts = (i + if i % 7 == 0 { 5 } else { 0 }) * 1_000_000_000;
+                    record(
+                        ts,
+                        if i % 2 == 0 { "api" } else { "db" },
+                        level,
+                        &format!("request {i} took {}ms", i % 50),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn logs_are_the_newest_or_oldest_by_time() {
+        let mut source = corpus();
+        let q = log_query(r#"{service_name="api"} |= "took 1""#);
+        let all: Vec<i64> = source
+            .0
+            .iter()
+            .filter(|r| q.process(r).is_some())
+            .map(|r| r.ts)
+            .collect();
+        let newest = select_logs(&mut source, &q, (0, 700_000_000_000), 7, true).unwrap();
+        let mut expected = all.clone();
+        expected.sort_by(|a, b| b.cmp(a));
+        assert_eq!(
+            newest.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            expected[..7]
+        );
+        let oldest = select_logs(&mut source, &q, (0, 700_000_000_000), 7, false).unwrap();
+        expected.reverse();
+        assert_eq!(
+            oldest.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            expected[..7]
+        );
+    }
+
+    #[test]
+    fn the_fast_counts_equal_the_visited_ones() {
+        let mut source = corpus();
+        let steps = Steps {
+            start: 30_000_000_000,
+            end: 590_000_000_000,
+            step: 20_000_000_000,
+        };
+        for text in [
+            r#"sum by (level) (count_over_time({service_name="api"} | drop __error__ [30s]))"#,
+            r#"sum(rate({service_name!="db"}[1m]))"#,
+            r#"sum by (detected_level) (count_over_time({level="error"}[10s]))"#,
+        ] {
+            let expr = parse(text).unwrap();
+            let Expr::Aggregate {
+                op,
+                grouping,
+                inner,
+            } = &expr
+            else {
+                panic!()
+            };
+            let fast = fast_counts(&mut source, *op, grouping.as_ref(), inner, steps)
+                .unwrap()
+                .expect("fast path");
+            let Metric::Vector(inner) = eval_metric(&mut source, inner, steps).unwrap() else {
+                panic!()
+            };
+            let slow = aggregate(*op, grouping.as_ref(), inner);
+            assert_eq!(fast.len(), slow.len(), "{text}");
+            for (f, s) in fast.iter().zip(&slow) {
+                assert_eq!(f.labels, s.labels, "{text}");
+                // A sum of rates and a rate of sums differ in the last bit.
+                let close = f.points.iter().zip(&s.points).all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                    (a, b) => a == b,
+                });
+                assert!(close, "{text}: {f:?} vs {s:?}");
+            }
+            assert!(!fast.is_empty());
+        }
+    }
+
+    #[test]
+    fn health_check_and_arithmetic() {
+        let mut source = corpus();
+        let at = Steps {
+            start: 5,
+            end: 5,
+            step: 0,
+        };
+        let two = eval_metric(&mut source, &parse("vector(1)+vector(1)").unwrap(), at).unwrap();
+        assert_eq!(
+            two,
+            Metric::Vector(vec![Series {
+                labels: Labels::new(),
+                points: vec![Some(2.0)]
+            }])
+        );
+        assert_eq!(
+            eval_metric(&mut source, &parse("2 * 3 + 1").unwrap(), at).unwrap(),
+            Metric::Scalar(7.0)
+        );
+        let too_many = Steps {
+            start: 0,
+            end: 1_000_000,
+            step: 1,
+        };
+        assert!(matches!(
+            eval_metric(&mut source, &parse("vector(1)").unwrap(), too_many),
+            Err(EvalError::Query(_))
+        ));
+    }
+}

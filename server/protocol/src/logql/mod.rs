@@ -1,0 +1,217 @@
+//! The part of LogQL, Loki's query language, that Grafana's Loki data
+//! source and its users send, evaluated over lode's records.
+//!
+//! - Log queries: a stream selector (`=`, `!=`, `=~`, `!~`), line
+//!   filters (`|=`, `!=`, `|~`, `!~`, chained), `| json`, `| logfmt`,
+//!   label filters after them (`| status >= 500`, `| user="ann"`) and
+//!   `| drop`.
+//! - Metric queries: `count_over_time`, `rate`, `bytes_over_time` and
+//!   `bytes_rate` over a range, `sum`, `avg`, `min`, `max` and `count`
+//!   with `by (...)` or `without (...)`, `vector(n)`, numbers and `+ - * /
+//!   %` between them.
+//!
+//! A record's labels are `service_name`, `host` and `level` (the ones it
+//! has); `service`, `app` and `job` name its service, `hostname` and
+//! `instance` its host, `detected_level` and `severity` its level, and any
+//! other name an attribute. Where lode differs from Loki: `=` and `!=` on
+//! those labels ignore case, as lode's own field filters do (regexes do
+//! not: use `(?i)`).
+//!
+//! [`parse`] takes text to an [`Expr`] with errors at a line and column;
+//! [`LogQuery::candidates`] is a query in lode's language whose matches
+//! include every record the LogQL query selects (`|=` is a substring, not
+//! a word: the candidates hold the words the substring surely contains and
+//! [`LogQuery::process`] checks each); [`eval`] runs queries over a
+//! [`Source`].
+//!
+//! ```
+//! use lode_protocol::logql::{Expr, parse};
+//!
+//! let Expr::Log(query) = parse(r#"{service_name="api"} |= "connection reset by" != "retry""#)? else {
+//!     unreachable!()
+//! };
+//! assert_eq!(query.candidates(), r#"service:"api" AND connection AND reset AND by*"#);
+//! let err = parse(r#"{service_name="api"} |= timeout"#).unwrap_err();
+//! assert_eq!(err.column, 25);
+//! # Ok::<(), lode_protocol::logql::LogqlError>(())
+//! ```
+
+mod eval;
+mod parse;
+
+pub use eval::{
+    Entry, EvalError, Labels, MAX_POINTS, Metric, Series, Source, Steps, eval_metric, select_logs,
+    stream_labels,
+};
+pub use parse::{MAX_LOGQL_CHARS, duration_ns, parse};
+
+use regex::Regex;
+
+/// Why a query text is refused, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parse error at line {line}, col {column}: {message}")]
+pub struct LogqlError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A parsed LogQL expression.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// A log query: the records themselves.
+    Log(LogQuery),
+    /// `count_over_time({...}[5m])` and friends.
+    Range {
+        func: RangeFn,
+        query: LogQuery,
+        range_ns: i64,
+    },
+    /// `sum by (level) (...)` and friends.
+    Aggregate {
+        op: AggOp,
+        grouping: Option<Grouping>,
+        inner: Box<Expr>,
+    },
+    Number(f64),
+    /// `vector(1)`: one series without labels.
+    Vector(f64),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+}
+
+/// A stream selector and the stages after it.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub selector: Vec<Matcher>,
+    pub stages: Vec<Stage>,
+}
+
+/// `name op "value"`, in a selector or a label filter.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    /// Anchored at both ends, for `=~` and `!~`.
+    pub regex: Option<Regex>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Eq,
+    Ne,
+    Re,
+    Nre,
+}
+
+impl MatchOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            MatchOp::Eq => "=",
+            MatchOp::Ne => "!=",
+            MatchOp::Re => "=~",
+            MatchOp::Nre => "!~",
+        }
+    }
+}
+
+/// One stage of a log pipeline.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    Line {
+        op: LineOp,
+        text: String,
+        /// Unanchored, for `|~` and `!~`.
+        regex: Option<Regex>,
+    },
+    Json,
+    Logfmt,
+    Label(LabelFilter),
+    Drop(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOp {
+    /// `|=`: the line holds the text (case-sensitive substring).
+    Contains,
+    /// `!=`
+    NotContains,
+    /// `|~`: the regex matches somewhere in the line.
+    Matches,
+    /// `!~`
+    NotMatches,
+}
+
+/// A filter on a label's value after the selector.
+#[derive(Debug, Clone)]
+pub enum LabelFilter {
+    Text(Matcher),
+    Number { name: String, op: NumOp, value: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeFn {
+    CountOverTime,
+    Rate,
+    BytesOverTime,
+    BytesRate,
+}
+
+impl RangeFn {
+    fn named(name: &str) -> Option<RangeFn> {
+        Some(match name {
+            "count_over_time" => RangeFn::CountOverTime,
+            "rate" => RangeFn::Rate,
+            "bytes_over_time" => RangeFn::BytesOverTime,
+            "bytes_rate" => RangeFn::BytesRate,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+}
+
+impl AggOp {
+    fn named(name: &str) -> Option<AggOp> {
+        Some(match name {
+            "sum" => AggOp::Sum,
+            "avg" => AggOp::Avg,
+            "min" => AggOp::Min,
+            "max" => AggOp::Max,
+            "count" => AggOp::Count,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grouping {
+    By(Vec<String>),
+    Without(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}

@@ -1,0 +1,762 @@
+//! LogQL text to [`Expr`]: a lexer that keeps each token's line and
+//! column, and a recursive-descent parser over it.
+//!
+//! ```text
+//! expr      := term (("+" | "-") term)*
+//! term      := primary (("*" | "/" | "%") primary)*
+//! primary   := number | "-" number | "(" expr ")" | "vector" "(" number ")"
+//!            | log | range_fn "(" log range ")" | agg
+//! agg       := agg_op [grouping] "(" expr ")" [grouping]
+//! grouping  := ("by" | "without") "(" [label ("," label)*] ")"
+//! log       := "{" matcher ("," matcher)* "}" stage*
+//! matcher   := label ("=" | "!=" | "=~" | "!~") string
+//! stage     := ("|=" | "!=" | "|~" | "!~") string
+//!            | "|" "json" | "|" "logfmt" | "|" "drop" label ("," label)*
+//!            | "|" label ("=" | "!=" | "=~" | "!~") string
+//!            | "|" label ("==" | "!=" | ">" | ">=" | "<" | "<=") number
+//! ```
+
+use regex::Regex;
+
+use super::{
+    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, LogqlError, MatchOp, Matcher,
+    NumOp, RangeFn, Stage,
+};
+
+/// Longest query text taken (Loki's own limit is larger; nothing Grafana
+/// sends comes near).
+pub const MAX_LOGQL_CHARS: usize = 16 * 1024;
+
+/// Deepest nesting of parentheses and aggregations.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(f64),
+    /// The text inside `[...]`.
+    Range(String),
+    Sym(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Spanned {
+    tok: Tok,
+    line: usize,
+    column: usize,
+}
+
+fn err(line: usize, column: usize, message: impl Into<String>) -> LogqlError {
+    LogqlError {
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
+/// Two-character symbols first, so `|=` is not `|` then `=`.
+const SYMBOLS: &[&str] = &[
+    "|=", "|~", "!=", "!~", "=~", "==", ">=", "<=", "|", "=", ">", "<", "{", "}", "(", ")", ",",
+    "+", "-", "*", "/", "%",
+];
+
+fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let (mut i, mut line, mut line_start) = (0, 1, 0);
+    while let Some(&c) = chars.get(i) {
+        let column = i - line_start + 1;
+        let at = |tok| Spanned { tok, line, column };
+        if c == '\n' {
+            i += 1;
+            (line, line_start) = (line + 1, i);
+        } else if c.is_whitespace() {
+            i += 1;
+        } else if c == '#' {
+            // A comment runs to the end of the line.
+            while chars.get(i).is_some_and(|&c| c != '\n') {
+                i += 1;
+            }
+        } else if c == '"' || c == '`' {
+            let (text, end) = string(&chars, i).ok_or_else(|| {
+                err(
+                    line,
+                    column,
+                    format!("unterminated string: expected a closing {c}"),
+                )
+            })?;
+            out.push(at(Tok::Str(text)));
+            i = end;
+        } else if c == '[' {
+            let end = (i + 1..chars.len())
+                .find(|&j| chars.get(j) == Some(&']'))
+                .ok_or_else(|| err(line, column, "unterminated range: expected ']'"))?;
+            let inner: String = chars.get(i + 1..end).unwrap_or_default().iter().collect();
+            out.push(at(Tok::Range(inner.trim().to_owned())));
+            i = end + 1;
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            let start = i;
+            while chars
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '.')
+            {
+                i += 1;
+            }
+            let word: String = chars.get(start..i).unwrap_or_default().iter().collect();
+            let value = word
+                .parse::<f64>()
+                .map_err(|_| err(line, column, format!("'{word}' is not a number")))?;
+            out.push(at(Tok::Num(value)));
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while chars
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+            {
+                i += 1;
+            }
+            out.push(at(Tok::Ident(
+                chars.get(start..i).unwrap_or_default().iter().collect(),
+            )));
+        } else {
+            let rest: String = chars.iter().skip(i).take(2).collect();
+            let symbol = SYMBOLS
+                .iter()
+                .find(|s| rest.starts_with(**s))
+                .ok_or_else(|| err(line, column, format!("unexpected character '{c}'")))?;
+            out.push(at(Tok::Sym(symbol)));
+            i += symbol.chars().count();
+        }
+    }
+    Ok(out)
+}
+
+/// A double-quoted string with Go's escapes, or a raw backquoted one,
+/// starting at `start`: its text and the index after it.
+fn string(chars: &[char], start: usize) -> Option<(String, usize)> {
+    let quote = *chars.get(start)?;
+    let mut text = String::new();
+    let mut i = start + 1;
+    loop {
+        let c = *chars.get(i)?;
+        i += 1;
+        match c {
+            c if c == quote => return Some((text, i)),
+            '\\' if quote == '"' => {
+                let e = *chars.get(i)?;
+                i += 1;
+                text.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    other => other,
+                });
+            }
+            c => text.push(c),
+        }
+    }
+}
+
+/// Parses a LogQL query.
+pub fn parse(text: &str) -> Result<Expr, LogqlError> {
+    if text.chars().count() > MAX_LOGQL_CHARS {
+        return Err(err(
+            1,
+            1,
+            format!("query longer than {MAX_LOGQL_CHARS} characters"),
+        ));
+    }
+    let toks = lex(text)?;
+    let (line, column) = end_of(text);
+    let mut parser = Parser {
+        toks,
+        pos: 0,
+        end: (line, column),
+        depth: 0,
+    };
+    if parser.toks.is_empty() {
+        return Err(err(
+            1,
+            1,
+            "empty query: expected a stream selector such as {service_name=\"api\"}",
+        ));
+    }
+    let expr = parser.expr()?;
+    match parser.peek() {
+        None => Ok(expr),
+        Some(s) => Err(parser.unexpected(s, "the end of the query")),
+    }
+}
+
+fn end_of(text: &str) -> (usize, usize) {
+    let line = text.matches('\n').count() + 1;
+    let column = text.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    (line, column)
+}
+
+struct Parser {
+    toks: Vec<Spanned>,
+    pos: usize,
+    end: (usize, usize),
+    depth: usize,
+}
+
+fn describe(tok: &Tok) -> String {
+    match tok {
+        Tok::Ident(name) => format!("'{name}'"),
+        Tok::Str(text) => format!("string \"{text}\""),
+        Tok::Num(n) => format!("number {n}"),
+        Tok::Range(text) => format!("range [{text}]"),
+        Tok::Sym(s) => format!("'{s}'"),
+    }
+}
+
+impl Parser {
+    fn peek(&self) -> Option<Spanned> {
+        self.toks.get(self.pos).cloned()
+    }
+
+    fn peek_tok(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|s| &s.tok)
+    }
+
+    fn next(&mut self, expected: &str) -> Result<Spanned, LogqlError> {
+        let s = self.peek().ok_or_else(|| {
+            err(
+                self.end.0,
+                self.end.1,
+                format!("unexpected end of query, expecting {expected}"),
+            )
+        })?;
+        self.pos += 1;
+        Ok(s)
+    }
+
+    fn unexpected(&self, s: Spanned, expected: &str) -> LogqlError {
+        err(
+            s.line,
+            s.column,
+            format!(
+                "syntax error: unexpected {}, expecting {expected}",
+                describe(&s.tok)
+            ),
+        )
+    }
+
+    fn eat(&mut self, symbol: &str) -> bool {
+        if self.peek_tok() == Some(&Tok::Sym(sym(symbol))) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, symbol: &'static str) -> Result<(), LogqlError> {
+        let s = self.next(&format!("'{symbol}'"))?;
+        if s.tok == Tok::Sym(symbol) {
+            Ok(())
+        } else {
+            Err(self.unexpected(s, &format!("'{symbol}'")))
+        }
+    }
+
+    fn deeper(&mut self) -> Result<(), LogqlError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let (line, column) = self.peek().map_or(self.end, |s| (s.line, s.column));
+            return Err(err(line, column, format!("nested deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
+    }
+
+    fn expr(&mut self) -> Result<Expr, LogqlError> {
+        self.deeper()?;
+        let mut lhs = self.term()?;
+        loop {
+            let op = match self.peek_tok() {
+                Some(Tok::Sym("+")) => BinOp::Add,
+                Some(Tok::Sym("-")) => BinOp::Sub,
+                _ => break,
+            };
+            self.pos += 1;
+            let rhs = self.term()?;
+            lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+        }
+        self.depth -= 1;
+        Ok(lhs)
+    }
+
+    fn term(&mut self) -> Result<Expr, LogqlError> {
+        let mut lhs = self.primary()?;
+        loop {
+            let op = match self.peek_tok() {
+                Some(Tok::Sym("*")) => BinOp::Mul,
+                Some(Tok::Sym("/")) => BinOp::Div,
+                Some(Tok::Sym("%")) => BinOp::Mod,
+                _ => break,
+            };
+            self.pos += 1;
+            let rhs = self.primary()?;
+            lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+        }
+        Ok(lhs)
+    }
+
+    fn primary(&mut self) -> Result<Expr, LogqlError> {
+        const EXPECTED: &str =
+            "a stream selector, a number, vector(), an aggregation or a range function";
+        let s = self.next(EXPECTED)?;
+        match &s.tok {
+            Tok::Num(n) => Ok(Expr::Number(*n)),
+            Tok::Sym("-") => match self.next("a number")?.tok {
+                Tok::Num(n) => Ok(Expr::Number(-n)),
+                _ => Err(err(s.line, s.column, "'-' is only taken before a number")),
+            },
+            Tok::Sym("(") => {
+                let inner = self.expr()?;
+                self.expect(")")?;
+                Ok(inner)
+            }
+            Tok::Sym("{") => {
+                self.pos -= 1;
+                Ok(Expr::Log(self.log_query()?))
+            }
+            Tok::Ident(name) => self.named(name, &s),
+            _ => Err(self.unexpected(s, EXPECTED)),
+        }
+    }
+
+    fn named(&mut self, name: &str, s: &Spanned) -> Result<Expr, LogqlError> {
+        if name == "vector" {
+            self.expect("(")?;
+            let value = match self.next("a number")? {
+                Spanned {
+                    tok: Tok::Num(n), ..
+                } => n,
+                other => return Err(self.unexpected(other, "a number")),
+            };
+            self.expect(")")?;
+            return Ok(Expr::Vector(value));
+        }
+        if let Some(func) = RangeFn::named(name) {
+            self.expect("(")?;
+            let query = self.log_query()?;
+            let range = self.next("a range such as [5m]")?;
+            let range_ns = match &range.tok {
+                Tok::Range(text) => duration_ns(text).ok_or_else(|| {
+                    err(
+                        range.line,
+                        range.column,
+                        format!("'{text}' is not a duration such as 30s, 5m or 1h"),
+                    )
+                })?,
+                _ => return Err(self.unexpected(range, "a range such as [5m]")),
+            };
+            self.expect(")")?;
+            return Ok(Expr::Range {
+                func,
+                query,
+                range_ns,
+            });
+        }
+        if let Some(op) = AggOp::named(name) {
+            self.deeper()?;
+            let mut grouping = self.grouping()?;
+            self.expect("(")?;
+            let inner = self.expr()?;
+            self.expect(")")?;
+            if grouping.is_none() {
+                grouping = self.grouping()?;
+            }
+            self.depth -= 1;
+            return Ok(Expr::Aggregate {
+                op,
+                grouping,
+                inner: Box::new(inner),
+            });
+        }
+        Err(err(
+            s.line,
+            s.column,
+            format!(
+                "unknown function '{name}': lode takes count_over_time, rate, bytes_over_time, bytes_rate, sum, avg, min, max, count and vector"
+            ),
+        ))
+    }
+
+    fn grouping(&mut self) -> Result<Option<Grouping>, LogqlError> {
+        let without = match self.peek_tok() {
+            Some(Tok::Ident(word)) if word == "by" => false,
+            Some(Tok::Ident(word)) if word == "without" => true,
+            _ => return Ok(None),
+        };
+        self.pos += 1;
+        self.expect("(")?;
+        let mut labels = Vec::new();
+        if !self.eat(")") {
+            loop {
+                labels.push(self.label_name()?);
+                if self.eat(")") {
+                    break;
+                }
+                self.expect(",")?;
+            }
+        }
+        Ok(Some(if without {
+            Grouping::Without(labels)
+        } else {
+            Grouping::By(labels)
+        }))
+    }
+
+    fn label_name(&mut self) -> Result<String, LogqlError> {
+        match self.next("a label name")? {
+            Spanned {
+                tok: Tok::Ident(name),
+                ..
+            } => Ok(name),
+            other => Err(self.unexpected(other, "a label name")),
+        }
+    }
+
+    fn string(&mut self, after: &str) -> Result<(String, Spanned), LogqlError> {
+        let s = self.next(&format!("a string after {after}"))?;
+        match &s.tok {
+            Tok::Str(text) => Ok((text.clone(), s)),
+            _ => Err(self.unexpected(s, &format!("a string after {after}"))),
+        }
+    }
+
+    fn log_query(&mut self) -> Result<LogQuery, LogqlError> {
+        self.expect("{")?;
+        let mut selector = Vec::new();
+        loop {
+            let name = self.label_name()?;
+            let op = self.next("=, !=, =~ or !~")?;
+            let op = match op.tok {
+                Tok::Sym("=") => MatchOp::Eq,
+                Tok::Sym("!=") => MatchOp::Ne,
+                Tok::Sym("=~") => MatchOp::Re,
+                Tok::Sym("!~") => MatchOp::Nre,
+                _ => return Err(self.unexpected(op, "=, !=, =~ or !~")),
+            };
+            let (value, at) = self.string(&format!("{name}{}", op.symbol()))?;
+            selector.push(matcher(name, op, value, &at)?);
+            if self.eat("}") {
+                break;
+            }
+            self.expect(",")?;
+        }
+        let mut stages = Vec::new();
+        while let Some(stage) = self.stage()? {
+            stages.push(stage);
+        }
+        Ok(LogQuery { selector, stages })
+    }
+
+    fn stage(&mut self) -> Result<Option<Stage>, LogqlError> {
+        let op = match self.peek_tok() {
+            Some(Tok::Sym("|=")) => LineOp::Contains,
+            Some(Tok::Sym("!=")) => LineOp::NotContains,
+            Some(Tok::Sym("|~")) => LineOp::Matches,
+            Some(Tok::Sym("!~")) => LineOp::NotMatches,
+            Some(Tok::Sym("|")) => {
+                self.pos += 1;
+                return self.pipe_stage().map(Some);
+            }
+            _ => return Ok(None),
+        };
+        let symbol = self.next("a line filter")?;
+        let (text, at) = self.string(&describe(&symbol.tok))?;
+        let regex = match op {
+            LineOp::Matches | LineOp::NotMatches => Some(compile(&text, false, &at)?),
+            _ => None,
+        };
+        Ok(Some(Stage::Line { op, text, regex }))
+    }
+
+    fn pipe_stage(&mut self) -> Result<Stage, LogqlError> {
+        let s = self.next("json, logfmt, drop or a label filter")?;
+        let Tok::Ident(name) = &s.tok else {
+            return Err(self.unexpected(s, "json, logfmt, drop or a label filter"));
+        };
+        match name.as_str() {
+            "json" | "logfmt" if !self.at_label_op() => {
+                if let Some(Tok::Ident(_)) = self.peek_tok() {
+                    let next = self.peek().unwrap_or(s.clone());
+                    return Err(err(
+                        next.line,
+                        next.column,
+                        format!(
+                            "{name} with parameters is not supported by lode: use | {name} alone"
+                        ),
+                    ));
+                }
+                Ok(if name == "json" {
+                    Stage::Json
+                } else {
+                    Stage::Logfmt
+                })
+            }
+            "drop" if !self.at_label_op() => {
+                let mut labels = vec![self.label_name()?];
+                while self.eat(",") {
+                    labels.push(self.label_name()?);
+                }
+                Ok(Stage::Drop(labels))
+            }
+            "line_format" | "label_format" | "unpack" | "pattern" | "regexp" | "unwrap"
+            | "keep" | "decolorize" | "distinct"
+                if !self.at_label_op() =>
+            {
+                Err(err(
+                    s.line,
+                    s.column,
+                    format!(
+                        "the '{name}' stage is not supported by lode: it takes line filters, json, logfmt, drop and label filters"
+                    ),
+                ))
+            }
+            _ => self.label_filter(name.clone()),
+        }
+    }
+
+    fn at_label_op(&self) -> bool {
+        matches!(
+            self.peek_tok(),
+            Some(Tok::Sym(
+                "=" | "!=" | "=~" | "!~" | "==" | ">" | ">=" | "<" | "<="
+            ))
+        )
+    }
+
+    fn label_filter(&mut self, name: String) -> Result<Stage, LogqlError> {
+        const OPS: &str = "=, !=, =~, !~, ==, >, >=, < or <=";
+        let op = self.next(OPS)?;
+        let Tok::Sym(symbol) = op.tok else {
+            return Err(self.unexpected(op, OPS));
+        };
+        let value = self.next("a string or a number")?;
+        let filter = match (symbol, &value.tok) {
+            (_, Tok::Num(n)) => {
+                let op = match symbol {
+                    "==" | "=" => NumOp::Eq,
+                    "!=" => NumOp::Ne,
+                    ">" => NumOp::Gt,
+                    ">=" => NumOp::Ge,
+                    "<" => NumOp::Lt,
+                    "<=" => NumOp::Le,
+                    _ => return Err(self.unexpected(value, "a string")),
+                };
+                LabelFilter::Number {
+                    name,
+                    op,
+                    value: *n,
+                }
+            }
+            (_, Tok::Str(text)) => {
+                let op = match symbol {
+                    "=" | "==" => MatchOp::Eq,
+                    "!=" => MatchOp::Ne,
+                    "=~" => MatchOp::Re,
+                    "!~" => MatchOp::Nre,
+                    _ => return Err(self.unexpected(value, "a number")),
+                };
+                LabelFilter::Text(matcher(name, op, text.clone(), &value)?)
+            }
+            _ => return Err(self.unexpected(value, "a string or a number")),
+        };
+        Ok(Stage::Label(filter))
+    }
+}
+
+/// `symbol` as the static str the lexer made.
+fn sym(symbol: &str) -> &'static str {
+    SYMBOLS
+        .iter()
+        .find(|s| **s == symbol)
+        .copied()
+        .unwrap_or("")
+}
+
+fn matcher(name: String, op: MatchOp, value: String, at: &Spanned) -> Result<Matcher, LogqlError> {
+    let regex = match op {
+        MatchOp::Re | MatchOp::Nre => Some(compile(&value, true, at)?),
+        _ => None,
+    };
+    Ok(Matcher {
+        name,
+        op,
+        value,
+        regex,
+    })
+}
+
+/// Regexes of label matchers are anchored at both ends, line filters'
+/// are not (as in Loki).
+fn compile(pattern: &str, anchored: bool, at: &Spanned) -> Result<Regex, LogqlError> {
+    let full = if anchored {
+        format!("^(?:{pattern})$")
+    } else {
+        pattern.to_owned()
+    };
+    regex::RegexBuilder::new(&full)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            err(
+                at.line,
+                at.column,
+                format!(
+                    "invalid regex \"{pattern}\": {}",
+                    first_line(&e.to_string())
+                ),
+            )
+        })
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+/// A Prometheus duration (`90s`, `1h30m`, `500ms`, `2d`, `1w`, `1y`) in ns.
+pub fn duration_ns(text: &str) -> Option<i64> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits);
+        let number: i64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale: i64 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "w" => 7 * 86_400_000_000_000,
+            "y" => 365 * 86_400_000_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(number.checked_mul(scale)?)?;
+        rest = after;
+    }
+    (total > 0).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column_of(text: &str) -> (usize, usize) {
+        let e = parse(text).unwrap_err();
+        (e.line, e.column)
+    }
+
+    #[test]
+    fn selectors_line_filters_and_parsers() {
+        let Expr::Log(q) = parse(r#"{service_name="api", host=~"web-.*"} |= "timeout" != `debug` |~ "(?i)err" | json | status >= 500 | level!="info" | drop __error__"#).unwrap() else {
+            panic!("not a log query");
+        };
+        assert_eq!(q.selector.len(), 2);
+        assert_eq!(q.selector[1].op, MatchOp::Re);
+        assert_eq!(q.stages.len(), 7);
+        assert!(
+            matches!(&q.stages[0], Stage::Line { op: LineOp::Contains, text, .. } if text == "timeout")
+        );
+        assert!(
+            matches!(&q.stages[1], Stage::Line { op: LineOp::NotContains, text, .. } if text == "debug")
+        );
+        assert!(matches!(q.stages[3], Stage::Json));
+        assert!(
+            matches!(&q.stages[4], Stage::Label(LabelFilter::Number { op: NumOp::Ge, value, .. }) if *value == 500.0)
+        );
+        assert!(matches!(&q.stages[6], Stage::Drop(l) if l == &["__error__"]));
+    }
+
+    #[test]
+    fn metric_queries_as_grafana_sends_them() {
+        let e = parse(r#"sum by (level, detected_level) (count_over_time({service_name="api"} | drop __error__[1m]))"#).unwrap();
+        let Expr::Aggregate {
+            op: AggOp::Sum,
+            grouping: Some(Grouping::By(labels)),
+            inner,
+        } = e
+        else {
+            panic!("not a sum by");
+        };
+        assert_eq!(labels, ["level", "detected_level"]);
+        assert!(matches!(
+            *inner,
+            Expr::Range {
+                func: RangeFn::CountOverTime,
+                range_ns: 60_000_000_000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("vector(1)+vector(1)").unwrap(),
+            Expr::Binary(BinOp::Add, _, _)
+        ));
+        assert!(matches!(
+            parse(r#"sum(rate({job="a"}[5m])) without (host)"#).unwrap(),
+            Expr::Aggregate {
+                grouping: Some(Grouping::Without(_)),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("2 * 3 + 1").unwrap(),
+            Expr::Binary(BinOp::Add, _, _)
+        ));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        assert_eq!(column_of(r#"{service_name="api""#), (1, 20));
+        assert_eq!(column_of(r#"{service_name="api"} |= timeout"#), (1, 25));
+        assert_eq!(column_of(r#"{service_name~"api"}"#), (1, 14));
+        assert_eq!(column_of("{a=\"b\"}\n  |~ \"(\""), (2, 6));
+        assert_eq!(column_of(r#"count_over_time({a="b"}[5x])"#), (1, 24));
+        assert_eq!(column_of(r#"{a="b"} | line_format "{{.x}}""#), (1, 11));
+        assert_eq!(column_of(r#"frobnicate({a="b"})"#), (1, 1));
+        assert_eq!(column_of(""), (1, 1));
+        assert_eq!(column_of("{}"), (1, 2));
+        let e = parse(r#"{a="b"} |= "x" )"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "parse error at line 1, col 16: syntax error: unexpected ')', expecting the end of the query"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ns("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(duration_ns("500ms"), Some(500_000_000));
+        assert_eq!(duration_ns("5"), None);
+        assert_eq!(duration_ns("0s"), None);
+        assert_eq!(duration_ns("99999999999y"), None);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let deep = format!("{}1{}", "(".repeat(200), ")".repeat(200));
+        assert!(parse(&deep).unwrap_err().message.contains("nested deeper"));
+        let sums = format!("{}vector(1){}", "sum(".repeat(200), ")".repeat(200));
+        assert!(parse(&sums).is_err());
+    }
+}

@@ -1,0 +1,581 @@
+//! Grafana's Loki data source against lode: the LogQL oracle (random
+//! queries on the loghub samples, answered over HTTP by lode's index and
+//! compared with a brute-force evaluation of the same LogQL over every
+//! record), the requests Grafana sends, and Grafana's own LogQL grammar
+//! (`@grafana/lezer-logql`) accepting every query the oracle makes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use lode_engine::LogRecord;
+use lode_server::{Config, Server};
+use lode_tools::SplitMix64;
+use regex::Regex;
+use serde_json::Value;
+
+use crate::server::{http, runtime};
+
+type Labels = BTreeMap<String, String>;
+
+/// The loghub samples with times that are neither unique nor in the
+/// order of the records (shippers send them so): pairs share a second,
+/// and the order is scrambled.
+fn records() -> Vec<LogRecord> {
+    let mut records = crate::search::loghub_records();
+    let n = records.len() as i64;
+    for (i, r) in records.iter_mut().enumerate() {
+        let place = (i as i64 * 7919) % n;
+        r.ts = BASE + place / 2 * 1_000_000_000;
+    }
+    records
+}
+
+const BASE: i64 = 1_700_000_000_000_000_000;
+const SECOND: i64 = 1_000_000_000;
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn get(addr: SocketAddr, path: &str, params: &[(&str, String)]) -> (u16, Value) {
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    let (status, _, body) = http(addr, "GET", &format!("{path}?{}", query.join("&")), b"");
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    (status, value)
+}
+
+/// A LogQL string literal.
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Eq,
+    Ne,
+    Re,
+    Nre,
+}
+
+impl Op {
+    fn symbol(&self, line: bool) -> &'static str {
+        match (self, line) {
+            (Op::Eq, false) => "=",
+            (Op::Eq, true) => "|=",
+            (Op::Ne, _) => "!=",
+            (Op::Re, false) => "=~",
+            (Op::Re, true) => "|~",
+            (Op::Nre, _) => "!~",
+        }
+    }
+}
+
+/// A generated log query, kept in the test's own form for the brute
+/// force.
+#[derive(Debug, Clone)]
+struct Generated {
+    /// (label, op, value)
+    selector: Vec<(&'static str, Op, String)>,
+    lines: Vec<(Op, String)>,
+    drop_error: bool,
+    /// The regexes of `selector` then `lines`, compiled once.
+    regexes: Vec<Option<Regex>>,
+    /// The time of the record most of the query was cut from.
+    anchor: i64,
+}
+
+impl Generated {
+    fn text(&self) -> String {
+        let matchers: Vec<String> = self
+            .selector
+            .iter()
+            .map(|(name, op, value)| format!("{name}{}{}", op.symbol(false), quote(value)))
+            .collect();
+        let mut text = format!("{{{}}}", matchers.join(", "));
+        for (op, value) in &self.lines {
+            text.push_str(&format!(" {} {}", op.symbol(true), quote(value)));
+        }
+        if self.drop_error {
+            text.push_str(" | drop __error__");
+        }
+        text
+    }
+
+    fn compile(mut self) -> Generated {
+        let selector = self.selector.iter().map(|(_, op, value)| {
+            matches!(op, Op::Re | Op::Nre).then(|| Regex::new(&format!("^(?:{value})$")).unwrap())
+        });
+        let lines = self
+            .lines
+            .iter()
+            .map(|(op, value)| matches!(op, Op::Re | Op::Nre).then(|| Regex::new(value).unwrap()));
+        self.regexes = selector.chain(lines).collect();
+        self
+    }
+
+    fn selects(&self, r: &LogRecord) -> bool {
+        let (matcher_res, line_res) = self.regexes.split_at(self.selector.len());
+        let selector = self
+            .selector
+            .iter()
+            .zip(matcher_res)
+            .all(|((name, op, value), re)| {
+                let actual = match *name {
+                    "service_name" | "job" => r.service.as_str(),
+                    "host" => r.host.as_str(),
+                    _ => r.level.as_str(),
+                };
+                match (op, re) {
+                    (Op::Eq, _) => actual.to_lowercase() == value.to_lowercase(),
+                    (Op::Ne, _) => actual.to_lowercase() != value.to_lowercase(),
+                    (Op::Re, Some(re)) => re.is_match(actual),
+                    (_, re) => !re.as_ref().unwrap().is_match(actual),
+                }
+            });
+        selector
+            && self
+                .lines
+                .iter()
+                .zip(line_res)
+                .all(|((op, value), re)| match (op, re) {
+                    (Op::Eq, _) => r.message.contains(value.as_str()),
+                    (Op::Ne, _) => !r.message.contains(value.as_str()),
+                    (Op::Re, Some(re)) => re.is_match(&r.message),
+                    (_, re) => !re.as_ref().unwrap().is_match(&r.message),
+                })
+    }
+}
+
+fn labels_of(r: &LogRecord) -> Labels {
+    [
+        ("service_name", r.service.clone()),
+        ("host", r.host.clone()),
+        ("level", r.level.as_str().to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+struct Gen<'a> {
+    rng: SplitMix64,
+    records: &'a [LogRecord],
+}
+
+impl Gen<'_> {
+    fn below(&mut self, n: usize) -> usize {
+        self.rng.below(n as u64) as usize
+    }
+
+    fn pick(&mut self) -> &LogRecord {
+        let i = self.below(self.records.len());
+        &self.records[i]
+    }
+
+    /// A piece of a line, cut anywhere (words cut in half too).
+    fn piece(&mut self, line: &str) -> String {
+        let chars: Vec<char> = line.chars().collect();
+        let len = 2 + self.below(12);
+        let start = self.below(chars.len().saturating_sub(len).max(1));
+        chars.iter().skip(start).take(len).collect()
+    }
+
+    fn token(&mut self) -> String {
+        loop {
+            let message = self.pick().message.clone();
+            let words: Vec<&str> = message
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() > 2)
+                .collect();
+            if !words.is_empty() {
+                return words[self.below(words.len())].to_owned();
+            }
+        }
+    }
+
+    /// A matcher `anchor` passes, mostly.
+    fn matcher(&mut self, anchor: &LogRecord) -> (&'static str, Op, String) {
+        let r = if self.below(5) == 0 {
+            self.pick().clone()
+        } else {
+            anchor.clone()
+        };
+        match self.below(8) {
+            0..=2 => (
+                if self.below(4) == 0 {
+                    "job"
+                } else {
+                    "service_name"
+                },
+                Op::Eq,
+                r.service,
+            ),
+            3 => (
+                "service_name",
+                Op::Re,
+                format!("{}|{}", r.service, self.pick().service.clone()),
+            ),
+            4 => ("host", Op::Eq, r.host),
+            5 => (
+                "host",
+                Op::Nre,
+                format!("{}.*", &r.host[..3.min(r.host.len())]),
+            ),
+            6 => ("level", Op::Eq, r.level.as_str().to_owned()),
+            _ => ("level", Op::Ne, "info".into()),
+        }
+    }
+
+    /// A line filter `anchor` passes, mostly.
+    fn line_filter(&mut self, anchor: &LogRecord) -> (Op, String) {
+        match self.below(7) {
+            0..=2 => (Op::Eq, self.piece(&anchor.message)),
+            3 => {
+                let other = self.pick().message.clone();
+                (Op::Ne, self.piece(&other))
+            }
+            4 => (
+                Op::Re,
+                format!(
+                    "{}|{}",
+                    regex::escape(&self.token()),
+                    regex::escape(&self.token())
+                ),
+            ),
+            5 => (
+                Op::Re,
+                format!("(?i){}\\s", regex::escape(&self.token().to_uppercase())),
+            ),
+            _ => (Op::Nre, format!("\\d{{{}}}", 1 + self.below(4))),
+        }
+    }
+
+    fn log_query(&mut self) -> Generated {
+        let anchor = self.pick().clone();
+        let mut selector = vec![self.matcher(&anchor)];
+        if self.below(3) == 0 {
+            selector.push(self.matcher(&anchor));
+        }
+        let lines = (0..self.below(4))
+            .map(|_| self.line_filter(&anchor))
+            .collect();
+        Generated {
+            selector,
+            lines,
+            drop_error: self.below(4) == 0,
+            regexes: Vec::new(),
+            anchor: anchor.ts,
+        }
+        .compile()
+    }
+}
+
+fn check_log_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> (String, bool) {
+    let q = g.log_query();
+    let start = q.anchor - g.below(2000) as i64 * SECOND;
+    let end = q.anchor + (1 + g.below(2000)) as i64 * SECOND;
+    let limit = [1, 7, 50, 100, 1000][g.below(5)];
+    let backward = g.below(4) != 0;
+    let text = q.text();
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", text.clone()),
+            ("start", start.to_string()),
+            ("end", end.to_string()),
+            ("limit", limit.to_string()),
+            (
+                "direction",
+                if backward { "backward" } else { "forward" }.into(),
+            ),
+        ],
+    );
+    assert_eq!(status, 200, "{text}: {answer}");
+    assert_eq!(answer["data"]["resultType"], "streams");
+    // The brute force: every record, in time order, ties newest first.
+    let mut expected: Vec<&LogRecord> = records
+        .iter()
+        .filter(|r| r.ts >= start && r.ts < end && q.selects(r))
+        .collect();
+    expected.sort_by_key(|r| if backward { -r.ts } else { r.ts });
+    expected.truncate(limit);
+    let mut got: Vec<(i64, String, Labels)> = Vec::new();
+    for stream in answer["data"]["result"].as_array().unwrap() {
+        let labels: Labels = serde_json::from_value(stream["stream"].clone()).unwrap();
+        for value in stream["values"].as_array().unwrap() {
+            let ts: i64 = value[0].as_str().unwrap().parse().unwrap();
+            got.push((ts, value[1].as_str().unwrap().to_owned(), labels.clone()));
+        }
+    }
+    got.sort_by_key(|(ts, _, _)| if backward { -ts } else { *ts });
+    let times = |v: &mut Vec<i64>| v.sort_unstable();
+    let (mut want_ts, mut got_ts): (Vec<i64>, Vec<i64>) = (
+        expected.iter().map(|r| r.ts).collect(),
+        got.iter().map(|g| g.0).collect(),
+    );
+    times(&mut want_ts);
+    times(&mut got_ts);
+    assert_eq!(
+        got_ts, want_ts,
+        "{text} [{start}, {end}) limit {limit} backward {backward}"
+    );
+    // Every line is one the query selects, with its record's labels; past
+    // the last time (where ties may be cut either way) the lines are the
+    // same.
+    let edge = expected.last().map(|r| r.ts);
+    for (ts, line, labels) in &got {
+        let found = records
+            .iter()
+            .any(|r| r.ts == *ts && r.message == *line && labels_of(r) == *labels && q.selects(r));
+        assert!(found, "{text}: {ts} {line:?} {labels:?} is not selected");
+    }
+    let inner = |items: Vec<(i64, String)>| -> Vec<(i64, String)> {
+        let mut items: Vec<_> = items
+            .into_iter()
+            .filter(|(ts, _)| Some(*ts) != edge)
+            .collect();
+        items.sort();
+        items
+    };
+    assert_eq!(
+        inner(got.iter().map(|(t, l, _)| (*t, l.clone())).collect()),
+        inner(expected.iter().map(|r| (r.ts, r.message.clone())).collect()),
+        "{text}"
+    );
+    (text, !expected.is_empty())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Func {
+    Count,
+    Rate,
+    Bytes,
+    BytesRate,
+}
+
+fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> (String, bool) {
+    let q = g.log_query();
+    let func = [Func::Count, Func::Rate, Func::Bytes, Func::BytesRate][g.below(4)];
+    let name = match func {
+        Func::Count => "count_over_time",
+        Func::Rate => "rate",
+        Func::Bytes => "bytes_over_time",
+        Func::BytesRate => "bytes_rate",
+    };
+    let (range, range_text) = [
+        (10, "10s"),
+        (60, "1m"),
+        (90, "90s"),
+        (300, "5m"),
+        (3600, "1h"),
+    ][g.below(5)];
+    let step = [15, 30, 60, 120][g.below(4)] as i64 * SECOND;
+    let grouping = g.below(6);
+    let inner = format!("{name}({} [{range_text}])", q.text());
+    let text = match grouping {
+        0 => inner,
+        1 => format!("sum({inner})"),
+        2 => format!("sum by (level) ({inner})"),
+        3 => format!("sum by (service_name) ({inner})"),
+        4 => format!("sum without (host) ({inner})"),
+        _ => format!("sum by (detected_level, level) ({inner})"),
+    };
+    let start = q.anchor - g.below(60) as i64 * step;
+    let end = start + (1 + g.below(120)) as i64 * step;
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", text.clone()),
+            ("start", start.to_string()),
+            ("end", end.to_string()),
+            ("step", format!("{}s", step / SECOND)),
+        ],
+    );
+    assert_eq!(status, 200, "{text}: {answer}");
+    assert_eq!(answer["data"]["resultType"], "matrix", "{text}");
+    // The brute force: at each step t, the records in (t - range, t].
+    let range = range * SECOND;
+    let mut expected: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    let selected: Vec<&LogRecord> = records.iter().filter(|r| q.selects(r)).collect();
+    let mut t = start;
+    while t <= end {
+        for r in selected.iter().filter(|r| r.ts > t - range && r.ts <= t) {
+            let all = labels_of(r);
+            let key: Labels = match grouping {
+                0 => all,
+                1 => Labels::new(),
+                2 => all.into_iter().filter(|(k, _)| k == "level").collect(),
+                3 => all
+                    .into_iter()
+                    .filter(|(k, _)| k == "service_name")
+                    .collect(),
+                4 => all.into_iter().filter(|(k, _)| k != "host").collect(),
+                _ => [
+                    ("level", r.level.as_str()),
+                    ("detected_level", r.level.as_str()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            };
+            let seconds = range as f64 / 1e9;
+            let value = match func {
+                Func::Count => 1.0,
+                Func::Rate => 1.0 / seconds,
+                Func::Bytes => r.message.len() as f64,
+                Func::BytesRate => r.message.len() as f64 / seconds,
+            };
+            *expected.entry(key).or_default().entry(t).or_default() += value;
+        }
+        t += step;
+    }
+    let mut got: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    for series in answer["data"]["result"].as_array().unwrap() {
+        let labels: Labels = serde_json::from_value(series["metric"].clone()).unwrap();
+        let points = got.entry(labels).or_default();
+        for v in series["values"].as_array().unwrap() {
+            let t = (v[0].as_f64().unwrap() * 1e9).round() as i64;
+            points.insert(t, v[1].as_str().unwrap().parse().unwrap());
+        }
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{text} from {start} to {end}"
+    );
+    for (labels, points) in &expected {
+        let answered = &got[labels];
+        assert_eq!(
+            answered.keys().collect::<Vec<_>>(),
+            points.keys().collect::<Vec<_>>(),
+            "{text}: {labels:?}"
+        );
+        for (t, want) in points {
+            let have = answered[t];
+            assert!(
+                (have - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{text} at {t}: {have} != {want}"
+            );
+        }
+    }
+    (text, !expected.is_empty())
+}
+
+fn config(data: &std::path::Path) -> Config {
+    let loopback = "127.0.0.1:0".parse().ok();
+    Config {
+        data: data.to_owned(),
+        listen: loopback,
+        quic: loopback,
+        http: loopback,
+        syslog: None,
+        ..Config::default()
+    }
+}
+
+/// Starts a server holding `records`, indexed.
+fn serve(dir: &std::path::Path, records: &[LogRecord]) -> (tokio::runtime::Runtime, Server) {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config(dir))).unwrap();
+    rt.block_on(async {
+        for chunk in records.chunks(2000) {
+            server
+                .service()
+                .append_records(chunk.to_vec())
+                .await
+                .unwrap();
+        }
+    });
+    assert!(server.service().wait_indexed(Duration::from_secs(30)));
+    (rt, server)
+}
+
+/// 300 random log queries and 300 random metric queries, each equal to
+/// the brute force; every query text also goes to Grafana's grammar.
+#[test]
+fn random_logql_equals_a_brute_force_evaluation() {
+    let records = records();
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, server) = serve(dir.path(), &records);
+    let addr = server.addresses().http.unwrap();
+    let mut g = Gen {
+        rng: SplitMix64::new(0x1091),
+        records: &records,
+    };
+    let mut texts = Vec::new();
+    let (mut lines, mut series) = (0, 0);
+    for _ in 0..300 {
+        let (text, found) = check_log_query(addr, &records, &mut g);
+        texts.push(text);
+        lines += usize::from(found);
+        let (text, found) = check_metric_query(addr, &records, &mut g);
+        texts.push(text);
+        series += usize::from(found);
+    }
+    rt.block_on(server.shutdown()).unwrap();
+    // Enough of the answers hold something for the comparison to mean
+    // something.
+    eprintln!("{lines} of 300 log queries and {series} of 300 metric queries found records");
+    assert!(
+        lines >= 100 && series >= 100,
+        "{lines} and {series} of 300 found records"
+    );
+    lezer_accepts(&texts);
+}
+
+/// Every query is valid LogQL by Grafana's own grammar
+/// (`@grafana/lezer-logql`, installed by the test command), run by the
+/// machine's node.
+fn lezer_accepts(texts: &[String]) {
+    let dir =
+        std::env::var("LODE_LEZER_LOGQL").unwrap_or_else(|_| "/var/tmp/lode-test-node".into());
+    let script = format!(
+        r#"
+const {{ parser }} = require("{dir}/node_modules/@grafana/lezer-logql");
+const queries = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const bad = [];
+for (const q of queries) {{
+  let error = false;
+  parser.parse(q).iterate({{ enter: (n) => {{ if (n.type.isError) error = true; }} }});
+  if (error) bad.push(q);
+}}
+console.log(JSON.stringify(bad));
+"#
+    );
+    let mut child = Command::new("node")
+        .args(["-e", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (installed by tools/with-deps --test)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(texts).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "node: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bad: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(bad.is_empty(), "not LogQL by Grafana's grammar: {bad:#?}");
+}
