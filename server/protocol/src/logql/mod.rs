@@ -30,7 +30,8 @@
 //! let Expr::Log(query) = parse(r#"{service_name="api"} |= "connection reset by" != "retry""#)? else {
 //!     unreachable!()
 //! };
-//! assert_eq!(query.candidates(), r#"service:"api" AND connection AND reset AND by*"#);
+//! // "connection" may end a longer word; "by" may begin one.
+//! assert_eq!(query.candidates(), r#"service:"api" AND reset AND by*"#);
 //! let err = parse(r#"{service_name="api"} |= timeout"#).unwrap_err();
 //! assert_eq!(err.column, 25);
 //! # Ok::<(), lode_protocol::logql::LogqlError>(())
