@@ -127,7 +127,7 @@ fn time_range(params: &[(String, String)]) -> Result<(i64, i64), LokiError> {
     };
     let start = match param(params, "start") {
         Some(t) => loki_time(t, "start")?,
-        None => end - DEFAULT_RANGE_NS,
+        None => end.saturating_sub(DEFAULT_RANGE_NS),
     };
     if end < start {
         return Err(bad("end is before start"));
@@ -139,7 +139,7 @@ fn time_range(params: &[(String, String)]) -> Result<(i64, i64), LokiError> {
 /// gives about 250 points.
 fn step_ns(params: &[(String, String)], (start, end): (i64, i64)) -> Result<i64, LokiError> {
     let Some(text) = param(params, "step").or_else(|| param(params, "interval")) else {
-        return Ok(((end - start) / 250 / 1_000_000_000).max(1) * 1_000_000_000);
+        return Ok((end.saturating_sub(start) / 250 / 1_000_000_000).max(1) * 1_000_000_000);
     };
     let step = logql::duration_ns(text).or_else(|| {
         text.parse::<f64>()

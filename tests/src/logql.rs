@@ -57,6 +57,27 @@ fn get(addr: SocketAddr, path: &str, params: &[(&str, String)]) -> (u16, Value) 
     (status, value)
 }
 
+/// `query_range` of `text` over `[start, end)` with `more` parameters;
+/// it must answer 200 with `kind` of result.
+fn query_range(
+    addr: SocketAddr,
+    text: &str,
+    (start, end): (i64, i64),
+    more: &[(&str, String)],
+    kind: &str,
+) -> Value {
+    let mut params = vec![
+        ("query", text.to_owned()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+    ];
+    params.extend_from_slice(more);
+    let (status, answer) = get(addr, "/loki/api/v1/query_range", &params);
+    assert_eq!(status, 200, "{text}: {answer}");
+    assert_eq!(answer["data"]["resultType"], kind, "{text}");
+    answer
+}
+
 /// A LogQL string literal.
 fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
@@ -290,22 +311,17 @@ fn check_log_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> 
     let limit = [1, 7, 50, 100, 1000][g.below(5)];
     let backward = g.below(4) != 0;
     let text = q.text();
-    let (status, answer) = get(
+    let direction = if backward { "backward" } else { "forward" };
+    let answer = query_range(
         addr,
-        "/loki/api/v1/query_range",
+        &text,
+        (start, end),
         &[
-            ("query", text.clone()),
-            ("start", start.to_string()),
-            ("end", end.to_string()),
             ("limit", limit.to_string()),
-            (
-                "direction",
-                if backward { "backward" } else { "forward" }.into(),
-            ),
+            ("direction", direction.into()),
         ],
+        "streams",
     );
-    assert_eq!(status, 200, "{text}: {answer}");
-    assert_eq!(answer["data"]["resultType"], "streams");
     // The brute force: every record, in time order, ties newest first.
     let mut expected: Vec<&LogRecord> = records
         .iter()
@@ -396,18 +412,8 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
     };
     let start = q.anchor - g.below(60) as i64 * step;
     let end = start + (1 + g.below(120)) as i64 * step;
-    let (status, answer) = get(
-        addr,
-        "/loki/api/v1/query_range",
-        &[
-            ("query", text.clone()),
-            ("start", start.to_string()),
-            ("end", end.to_string()),
-            ("step", format!("{}s", step / SECOND)),
-        ],
-    );
-    assert_eq!(status, 200, "{text}: {answer}");
-    assert_eq!(answer["data"]["resultType"], "matrix", "{text}");
+    let step_text = format!("{}s", step / SECOND);
+    let answer = query_range(addr, &text, (start, end), &[("step", step_text)], "matrix");
     // The brute force: at each step t, the records in (t - range, t].
     let range = range * SECOND;
     let mut expected: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();

@@ -123,7 +123,10 @@ impl Matcher {
     pub fn matches(&self, value: &str, fold: bool) -> bool {
         let equal = || {
             if fold {
-                value.to_lowercase() == self.value.to_lowercase()
+                value
+                    .chars()
+                    .flat_map(char::to_lowercase)
+                    .eq(self.value.chars().flat_map(char::to_lowercase))
             } else {
                 value == self.value
             }
@@ -181,8 +184,7 @@ const ERROR_LABEL: &str = "__error__";
 
 /// Adds parsed pairs to `extracted`; a name the record's stream labels
 /// already hold gets `_extracted` after it, as in Loki.
-fn extract(record: &LogRecord, pairs: Vec<(String, String)>, extracted: &mut Labels) {
-    let stream = stream_labels(record);
+fn extract(stream: &Labels, pairs: Vec<(String, String)>, extracted: &mut Labels) {
     for (name, value) in pairs {
         if name.is_empty() {
             continue;
@@ -193,6 +195,27 @@ fn extract(record: &LogRecord, pairs: Vec<(String, String)>, extracted: &mut Lab
             name
         };
         extracted.insert(name, value);
+    }
+}
+
+/// Running totals of a sequence: the sum of its items `from..to` in one
+/// subtraction.
+struct Prefix(Vec<u64>);
+
+impl Prefix {
+    fn new(values: impl IntoIterator<Item = u64>) -> Prefix {
+        let mut totals = vec![0];
+        let mut total = 0u64;
+        for v in values {
+            total = total.saturating_add(v);
+            totals.push(total);
+        }
+        Prefix(totals)
+    }
+
+    fn sum(&self, from: usize, to: usize) -> u64 {
+        let at = |i: usize| self.0.get(i).or(self.0.last()).copied().unwrap_or(0);
+        at(to).saturating_sub(at(from))
     }
 }
 
@@ -313,6 +336,7 @@ impl LogQuery {
                 return None;
             }
         }
+        let mut labels = stream_labels(record);
         let mut extracted = Labels::new();
         let mut dropped: Vec<&str> = Vec::new();
         for stage in &self.stages {
@@ -333,7 +357,7 @@ impl LogQuery {
                     Ok(value @ Value::Object(_)) => {
                         let mut pairs = Vec::new();
                         flatten_json("", &value, &mut pairs);
-                        extract(record, pairs, &mut extracted);
+                        extract(&labels, pairs, &mut extracted);
                     }
                     _ => {
                         extracted.insert(ERROR_LABEL.to_owned(), "JSONParserErr".to_owned());
@@ -344,7 +368,7 @@ impl LogQuery {
                         .into_iter()
                         .map(|(k, v)| (sanitize(&k), v))
                         .collect();
-                    extract(record, pairs, &mut extracted);
+                    extract(&labels, pairs, &mut extracted);
                 }
                 Stage::Label(filter) => {
                     if !label_passes(record, &mut extracted, filter) {
@@ -359,7 +383,6 @@ impl LogQuery {
                 }
             }
         }
-        let mut labels = stream_labels(record);
         labels.retain(|name, _| !dropped.contains(&name.as_str()));
         labels.extend(extracted);
         Some(labels)
@@ -413,7 +436,7 @@ pub fn select_logs<S: Source>(
 ) -> Result<Vec<Entry>, EvalError<S::Error>> {
     let candidates = query.candidates();
     let mut out: Vec<Entry> = Vec::new();
-    let mut width = ((end - start) / 256).max(1_000_000_000);
+    let mut width = (end.saturating_sub(start) / 256).max(1_000_000_000);
     let (mut lo, mut hi) = (start, end);
     while lo < hi && out.len() < limit {
         let (since, until) = if backward {
@@ -475,11 +498,12 @@ impl Steps {
         if self.step <= 0 || self.end < self.start {
             return 1;
         }
-        usize::try_from((self.end - self.start) / self.step + 1).unwrap_or(usize::MAX)
+        usize::try_from(self.end.saturating_sub(self.start) / self.step + 1).unwrap_or(usize::MAX)
     }
 
     pub fn at(&self, i: usize) -> i64 {
-        self.start + self.step * i as i64
+        self.start
+            .saturating_add(self.step.saturating_mul(i as i64))
     }
 }
 
@@ -588,26 +612,17 @@ fn range_series<S: Source>(
     let seconds = range_ns as f64 / 1e9;
     let mut out = Vec::new();
     for (labels, samples) in samples(source, query, range_ns, steps)? {
-        // Prefix sums of sizes: the bytes of samples[i..j] are
-        // bytes[j] - bytes[i].
-        let mut bytes = vec![0u64; samples.len() + 1];
-        for (i, (_, size)) in samples.iter().enumerate() {
-            let total = bytes.get(i).copied().unwrap_or(0) + size;
-            if let Some(slot) = bytes.get_mut(i + 1) {
-                *slot = total;
-            }
-        }
+        let bytes = Prefix::new(samples.iter().map(|(_, size)| *size));
         let points = (0..steps.count())
             .map(|i| {
                 let t = steps.at(i);
-                let first = samples.partition_point(|(ts, _)| *ts <= t - range_ns);
+                let first = samples.partition_point(|(ts, _)| *ts <= t.saturating_sub(range_ns));
                 let past = samples.partition_point(|(ts, _)| *ts <= t);
                 let count = past.saturating_sub(first);
                 if count == 0 {
                     return None;
                 }
-                let size =
-                    bytes.get(past).copied().unwrap_or(0) - bytes.get(first).copied().unwrap_or(0);
+                let size = bytes.sum(first, past);
                 Some(match func {
                     RangeFn::CountOverTime => count as f64,
                     RangeFn::Rate => count as f64 / seconds,
@@ -670,12 +685,12 @@ fn fast_counts<S: Source>(
     if buckets > MAX_BUCKETS {
         return Ok(None);
     }
-    let origin = steps.start - range + 1;
+    let origin = steps.start.saturating_sub(range).saturating_add(1);
     let candidates = query.candidates();
     let groups = if by_level.is_empty() {
         vec![(Labels::new(), candidates)]
     } else {
-        let until = steps.at(steps.count() - 1) + 1;
+        let until = steps.at(steps.count() - 1).saturating_add(1);
         let levels = source
             .levels(&candidates, origin, until)
             .map_err(EvalError::Source)?;
@@ -700,18 +715,11 @@ fn fast_counts<S: Source>(
         let counts = source
             .histogram(&lode_query, origin, width, buckets)
             .map_err(EvalError::Source)?;
-        let mut prefix = vec![0u64; counts.len() + 1];
-        for (i, c) in counts.iter().enumerate() {
-            let total = prefix.get(i).copied().unwrap_or(0) + c;
-            if let Some(slot) = prefix.get_mut(i + 1) {
-                *slot = total;
-            }
-        }
+        let prefix = Prefix::new(counts);
         let points: Vec<Option<f64>> = (0..steps.count())
             .map(|i| {
                 let first = i * per_step;
-                let n = prefix.get(first + per_range).copied().unwrap_or(0)
-                    - prefix.get(first).copied().unwrap_or(0);
+                let n = prefix.sum(first, first + per_range);
                 (n > 0).then(|| match func {
                     RangeFn::Rate => n as f64 / seconds,
                     _ => n as f64,
