@@ -432,23 +432,28 @@ async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure
     .into_response())
 }
 
-/// `POST /loki/api/v1/push`: Loki's JSON push, gzipped or not; 204 once
-/// every record is durable (committed, in a cluster), 400 naming the
-/// place of the first malformed stream or value (nothing is written).
+/// `POST /loki/api/v1/push`: Loki's push, in protobuf compressed with
+/// snappy's block format (`Content-Type: application/x-protobuf`, what
+/// Promtail, Alloy and Vector send) or JSON, either gzipped or not; 204
+/// once every record is durable (committed, in a cluster), 400 naming
+/// the place of the first malformed stream or value (nothing is
+/// written).
 async fn loki_push(
     State(service): Shared,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    if header_lower(&headers, axum::http::header::CONTENT_TYPE).contains("protobuf") {
-        return Err(Failure::new(
-            ErrorCode::BadRequest,
-            "Loki's protobuf push is not supported yet: send JSON (Content-Type: application/json)",
-        ));
-    }
+    let parse = if is_protobuf(&headers) {
+        let limit = service.limits.max_body_bytes.saturating_mul(4);
+        Box::new(move |body: &[u8]| {
+            lode_protocol::loki::unsnappy(body, limit)
+                .and_then(|body| lode_protocol::loki::parse_push_proto(&body))
+        }) as Box<dyn FnOnce(&[u8]) -> _ + Send>
+    } else {
+        Box::new(lode_protocol::loki::parse_push_json)
+    };
     let parsed = parse_pushed(&service, &headers, body, |body| {
-        lode_protocol::loki::parse_push_json(body)
-            .map_err(|e| bad_request(format!("Loki push: {e}")))
+        parse(body).map_err(|e| bad_request(format!("Loki push: {e}")))
     })
     .await?;
     service.metrics.received(Source::Loki, parsed.len() as u64);
@@ -456,21 +461,40 @@ async fn loki_push(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /v1/logs` (and `/otlp/v1/logs`): OTLP logs in JSON, gzipped or
-/// not. 200 with an `ExportLogsServiceResponse` once the records are
-/// durable (`partialSuccess` counts the records that could not be
-/// read); 400 for a body that is no request; 415 for protobuf, not
-/// taken yet; 429 or 503 with `Retry-After` when the server is busy.
+/// Whether a request's body is protobuf (`application/x-protobuf`).
+fn is_protobuf(headers: &axum::http::HeaderMap) -> bool {
+    header_lower(headers, axum::http::header::CONTENT_TYPE).contains("protobuf")
+}
+
+/// `POST /v1/logs` (and `/otlp/v1/logs`): OTLP logs in protobuf or
+/// JSON, gzipped or not. 200 with an `ExportLogsServiceResponse` in the
+/// request's encoding once the records are durable (`partialSuccess`
+/// counts the records that could not be read); 400 for a body that is
+/// no request; 429 or 503 with `Retry-After` when the server is busy.
+/// A protobuf request's error is a `google.rpc.Status`, as the OTLP
+/// spec asks.
 async fn otlp_logs(
     State(service): Shared,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    match otlp_write(&service, &headers, body).await {
+    let protobuf = is_protobuf(&headers);
+    match otlp_write(&service, &headers, body, protobuf).await {
         Ok(response) => response,
         Err(failure) => {
             let retry = matches!(failure.code, ErrorCode::Busy | ErrorCode::Unavailable);
-            let mut response = failure.into_response();
+            let mut response = if protobuf {
+                let grpc = match failure.code {
+                    ErrorCode::Busy => 8,
+                    ErrorCode::Unavailable => 14,
+                    ErrorCode::TooLarge | ErrorCode::BadRequest => 3,
+                    _ => 13,
+                };
+                let body = lode_protocol::otlp::status_proto(grpc, &failure.message);
+                protobuf_response(status(failure.code), body)
+            } else {
+                failure.into_response()
+            };
             if retry {
                 response
                     .headers_mut()
@@ -481,25 +505,39 @@ async fn otlp_logs(
     }
 }
 
+fn protobuf_response(code: StatusCode, body: Vec<u8>) -> Response {
+    let content_type = [(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    )];
+    (code, content_type, body).into_response()
+}
+
 async fn otlp_write(
     service: &Arc<Service>,
     headers: &axum::http::HeaderMap,
     body: Bytes,
+    protobuf: bool,
 ) -> Result<Response, Failure> {
-    if header_lower(headers, axum::http::header::CONTENT_TYPE).contains("protobuf") {
-        let body = json!({"error": {"code": "bad_request", "message":
-            "OTLP protobuf is not supported yet: send OTLP JSON (Content-Type: application/json)"}});
-        return Ok((StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response());
-    }
-    let parsed = parse_pushed(service, headers, body, |body| {
-        lode_protocol::otlp::parse_logs_json(body, now_ns())
-            .map_err(|e| bad_request(format!("OTLP logs: {e}")))
+    let parsed = parse_pushed(service, headers, body, move |body| {
+        let now = now_ns();
+        if protobuf {
+            lode_protocol::otlp::parse_logs_proto(body, now)
+        } else {
+            lode_protocol::otlp::parse_logs_json(body, now)
+        }
+        .map_err(|e| bad_request(format!("OTLP logs: {e}")))
     })
     .await?;
     let total = parsed.records.len() as u64 + parsed.rejected;
     service.metrics.received(Source::Otlp, total);
     service.metrics.rejected(Source::Otlp, parsed.rejected);
     append_in_batches(service, parsed.records).await?;
+    if protobuf {
+        let body =
+            lode_protocol::otlp::response_proto(parsed.rejected, parsed.first_error.as_ref());
+        return Ok(protobuf_response(StatusCode::OK, body));
+    }
     let answer = match parsed.first_error {
         Some(e) => json!({"partialSuccess": {
             "rejectedLogRecords": parsed.rejected.to_string(),

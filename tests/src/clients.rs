@@ -72,12 +72,25 @@ fn serve_and_run_python(
     args: &[&str],
     done: &str,
 ) -> Server {
+    serve_and_run(rt, dir, python, ("client.py", script), args, done)
+}
+
+/// As [`serve_and_run_python`], for any interpreter: `script` is written
+/// to `dir/name`.
+fn serve_and_run(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    python: &str,
+    (name, script): (&str, &str),
+    args: &[&str],
+    done: &str,
+) -> Server {
     if !python.contains('/') {
         require(python);
     }
     let server = start(rt, dir);
     let url = format!("http://{}", server.addresses().http.unwrap());
-    let path = dir.join("client.py");
+    let path = dir.join(name);
     std::fs::write(&path, script).unwrap();
     let out = Command::new(python)
         .arg(&path)
@@ -525,6 +538,148 @@ fn loki_logger_handler_pushes_gzipped_json() {
     );
     assert_eq!(got[0].level, lode_engine::Level::Info);
     assert!(got[0].attrs.contains(&("env".into(), "prod".into())));
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// OpenTelemetry's Python SDK with the OTLP exporter over HTTP in
+/// protobuf (`opentelemetry-exporter-otlp-proto-http`), in its own
+/// virtual environment.
+const OTEL_PROTO_PY: &str = r#"
+import logging, sys
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+trace.set_tracer_provider(TracerProvider())
+provider = LoggerProvider(resource=Resource.create({"service.name": "otelproto", "host.name": "protohost"}))
+provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs")))
+log = logging.getLogger("shop")
+log.setLevel(logging.DEBUG)
+log.addHandler(LoggingHandler(level=logging.DEBUG, logger_provider=provider))
+with trace.get_tracer("shop").start_as_current_span("checkout") as span:
+    log.warning("proto order 9 slow", extra={"order": 9, "ratio": 0.5})
+    print("trace", format(span.get_span_context().trace_id, "032x"))
+log.error("proto order 10 failed")
+provider.shutdown()
+print("otel proto ok")
+"#;
+
+#[test]
+fn opentelemetry_python_sdk_exports_logs_as_otlp_protobuf() {
+    let python = std::env::var("LODE_OTEL_PROTO_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "OpenTelemetry's protobuf exporter is not installed: run the tests through `tools/with-deps --test`"
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = serve_and_run_python(
+        &rt,
+        dir.path(),
+        &python,
+        OTEL_PROTO_PY,
+        &[],
+        "otel proto ok",
+    );
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:otelproto", 2);
+    let got = messages(&service, "otelproto");
+    let fields: Vec<_> = got
+        .iter()
+        .map(|r| (r.host.as_str(), r.level.clone(), r.message.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("protohost", lode_engine::Level::Warn, "proto order 9 slow"),
+            (
+                "protohost",
+                lode_engine::Level::Error,
+                "proto order 10 failed"
+            ),
+        ]
+    );
+    let attr = |r: &lode_engine::LogRecord, k: &str| {
+        r.attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    assert_eq!(attr(&got[0], "order").as_deref(), Some("9"));
+    assert_eq!(attr(&got[0], "ratio").as_deref(), Some("0.5"));
+    let trace_id = attr(&got[0], "trace_id").expect("the span's trace id");
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    assert_eq!(attr(&got[0], "span_id").map(|s| s.len()), Some(16));
+    assert_eq!(attr(&got[1], "trace_id"), None, "logged outside the span");
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// npm's `winston-loki`: winston's transport for Loki, pushing protobuf
+/// compressed with snappy (checked: it falls back to JSON silently when
+/// its snappy binding does not load).
+const WINSTON_LOKI_JS: &str = r#"
+const modules = process.argv[3] + "/node_modules/";
+const winston = require(modules + "winston");
+const LokiTransport = require(modules + "winston-loki");
+const transport = new LokiTransport({
+  host: process.argv[2], json: false, interval: 1, replaceTimestamp: false,
+  labels: { app: "winshop", host: "winhost", env: "prod" },
+  onConnectionError: (e) => { console.error("push failed:", e); process.exit(2); },
+});
+if (transport.batcher.contentType !== "application/x-protobuf") {
+  console.error("not protobuf:", transport.batcher.contentType);
+  process.exit(3);
+}
+const log = winston.createLogger({ level: "debug", transports: [transport] });
+log.warn("winston order 7 slow");
+log.error("winston order 8 failed", { order: 8 });
+transport.flush().then(() => transport.close()).then(() => console.log("winston ok"));
+"#;
+
+#[test]
+fn winston_loki_pushes_snappy_protobuf() {
+    let modules = std::env::var("LODE_TEST_NODE").unwrap_or_else(|_| {
+        panic!("winston-loki is not installed: run the tests through `tools/with-deps --test`")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let script = ("client.js", WINSTON_LOKI_JS);
+    let server = serve_and_run(&rt, dir.path(), "node", script, &[&modules], "winston ok");
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:winshop", 2);
+    let got = messages(&service, "winshop");
+    let fields: Vec<_> = got
+        .iter()
+        .map(|r| (r.host.as_str(), r.level.clone(), r.message.trim_end()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            // winston-loki writes the rest of winston's fields after the
+            // message, the level among them.
+            (
+                "winhost",
+                lode_engine::Level::Warn,
+                r#"winston order 7 slow {"level":"warn"}"#
+            ),
+            (
+                "winhost",
+                lode_engine::Level::Error,
+                r#"winston order 8 failed {"order":8,"level":"error"}"#
+            ),
+        ]
+    );
+    assert!(
+        got[0].attrs.contains(&("env".into(), "prod".into())),
+        "{:?}",
+        got[0].attrs
+    );
+    let (_, _, metrics) =
+        crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("lode_received_records_total{source=\"loki\"} 2\n")
+    );
     rt.block_on(server.shutdown()).unwrap();
 }
 

@@ -585,3 +585,171 @@ console.log(JSON.stringify(bad));
     let bad: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(bad.is_empty(), "not LogQL by Grafana's grammar: {bad:#?}");
 }
+
+/// The requests Grafana's Loki data source sends (its health check,
+/// label browsing, the logs volume, a log query in Explore, the query
+/// inspector's stats, build info, a query with a typo), each answered
+/// in the shape Loki's HTTP API documents and with the records' own
+/// figures.
+#[test]
+fn grafana_data_source_requests_get_lokis_shapes() {
+    let records = records();
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, server) = serve(dir.path(), &records);
+    let addr = server.addresses().http.unwrap();
+    let (start, end) = (BASE - 60 * SECOND, BASE + records.len() as i64 * SECOND);
+    let range = [("start", start.to_string()), ("end", end.to_string())];
+    let service = records[0].service.to_lowercase();
+    let selector = format!("{{service_name=\"{service}\"}}");
+    let of_service: Vec<&LogRecord> = records
+        .iter()
+        .filter(|r| r.service.to_lowercase() == service)
+        .collect();
+
+    // The health check: an instant `vector(1)+vector(1)`.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/query",
+        &[
+            ("query", "vector(1)+vector(1)".into()),
+            ("time", end.to_string()),
+        ],
+    );
+    assert_eq!((status, &answer["status"]), (200, &Value::from("success")));
+    assert_eq!(answer["data"]["resultType"], "vector");
+    assert_eq!(answer["data"]["result"][0]["value"][1], "2", "{answer}");
+    assert!(answer["data"]["result"][0]["value"][0].is_number());
+
+    // Label browsing.
+    let (status, answer) = get(addr, "/loki/api/v1/labels", &range);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"service_name") && names.contains(&"level"),
+        "{names:?}"
+    );
+    let (_, answer) = get(addr, "/loki/api/v1/label/service_name/values", &range);
+    let mut got: Vec<String> = answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let mut want: Vec<String> = records
+        .iter()
+        .map(|r| r.service.to_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    got.sort();
+    want.sort();
+    want.dedup();
+    assert_eq!(got, want);
+    let mut series_params = range.to_vec();
+    series_params.push(("match[]", selector.clone()));
+    let (_, answer) = get(addr, "/loki/api/v1/series", &series_params);
+    let sets = answer["data"].as_array().unwrap();
+    assert!(!sets.is_empty());
+    for set in sets {
+        assert_eq!(
+            set["service_name"].as_str().map(str::to_lowercase),
+            Some(service.clone()),
+            "{set}"
+        );
+    }
+
+    // The query inspector's stats: bare, without the status wrapper.
+    let mut stats_params = range.to_vec();
+    stats_params.push(("query", selector.clone()));
+    let (status, stats) = get(addr, "/loki/api/v1/index/stats", &stats_params);
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats["entries"].as_u64(),
+        Some(of_service.len() as u64),
+        "{stats}"
+    );
+    for key in ["streams", "chunks", "bytes"] {
+        assert!(stats[key].is_u64(), "{key}: {stats}");
+    }
+
+    // The logs volume, at the step Grafana picks (seconds, or a duration).
+    for step in ["60", "1m"] {
+        let volume = format!(
+            "sum by (level, detected_level) (count_over_time({selector} | drop __error__[1m]))"
+        );
+        let answer = query_range(
+            addr,
+            &volume,
+            (start, end),
+            &[("step", step.into())],
+            "matrix",
+        );
+        let mut total = 0.0;
+        for series in answer["data"]["result"].as_array().unwrap() {
+            assert!(series["metric"]["level"].is_string(), "{series}");
+            for point in series["values"].as_array().unwrap() {
+                assert!(point[0].is_number(), "{point}");
+                total += point[1].as_str().unwrap().parse::<f64>().unwrap();
+            }
+        }
+        assert_eq!(total as usize, of_service.len(), "step {step}");
+    }
+
+    // Explore's log query: newest first, at most `limit`.
+    let word = of_service[0]
+        .message
+        .split_whitespace()
+        .find(|w| w.len() > 3 && w.chars().all(char::is_alphanumeric))
+        .unwrap_or("a")
+        .to_owned();
+    let logs = format!("{selector} |= {}", quote(&word));
+    let more = [
+        ("limit", "1000".to_owned()),
+        ("direction", "backward".to_owned()),
+    ];
+    let answer = query_range(addr, &logs, (start, end), &more, "streams");
+    let mut lines: Vec<(i64, String)> = Vec::new();
+    for stream in answer["data"]["result"].as_array().unwrap() {
+        assert!(stream["stream"].is_object());
+        for value in stream["values"].as_array().unwrap() {
+            let ts: i64 = value[0].as_str().unwrap().parse().unwrap();
+            lines.push((ts, value[1].as_str().unwrap().to_owned()));
+        }
+    }
+    let expected = of_service
+        .iter()
+        .filter(|r| r.message.contains(&word))
+        .count()
+        .min(1000);
+    assert_eq!(lines.len(), expected, "{logs}");
+    assert!(lines.iter().all(|(_, line)| line.contains(&word)));
+
+    // A typo: a 400 whose message a person can read, naming the column.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", "{service_name=\"x\"} |= ".into()),
+            ("start", start.to_string()),
+            ("end", end.to_string()),
+        ],
+    );
+    assert_eq!((status, &answer["status"]), (400, &Value::from("error")));
+    assert!(
+        answer["message"].as_str().unwrap().contains("col"),
+        "{answer}"
+    );
+
+    let (status, _, body) = http(addr, "GET", "/loki/api/v1/status/buildinfo", b"");
+    let info: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        info["version"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{info}"
+    );
+    rt.block_on(server.shutdown()).unwrap();
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lode_client::{Batcher, Client, ClientError, ClientOptions, ErrorCode, Filter};
 use lode_engine::{Engine, Level, LogRecord, Options};
 use lode_protocol::wire::{self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind};
+use lode_protocol::{loki, otlp};
 use lode_server::{Addresses, Config, Server};
 use lode_tools::SplitMix64;
 use serde_json::Value;
@@ -446,20 +447,62 @@ fn otlp_json_logs_are_taken_and_unreadable_records_reported() {
         &gz.finish().unwrap(),
     );
     assert_eq!((status, json(&body)), (200, serde_json::json!({})));
-    let (status, _, _) = http_with(
+    let (status, head, body) = http_with(
         addr,
         "POST",
         "/v1/logs",
         "Content-Type: application/x-protobuf\r\n",
-        b"\x0a\x00",
+        &otlp_proto_request(),
     );
-    assert_eq!(status, 415);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    let answer =
+        <otlp::pb::ExportLogsServiceResponse as prost::Message>::decode(body.as_slice()).unwrap();
+    assert_eq!(answer.partial_success, None, "nothing rejected");
+    let (status, head, body) = http_with(
+        addr,
+        "POST",
+        "/v1/logs",
+        "Content-Type: application/x-protobuf\r\n",
+        b"\xff\xff",
+    );
+    assert_eq!(status, 400);
+    assert!(
+        head.contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    let error = <otlp::pb::Status as prost::Message>::decode(body.as_slice()).unwrap();
+    assert_eq!(error.code, 3, "INVALID_ARGUMENT");
+    assert!(
+        error.message.contains("ExportLogsServiceRequest"),
+        "{}",
+        error.message
+    );
     let (status, _, body) = http_with(addr, "POST", "/v1/logs", json_type, b"[1,2]");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let service = server.service();
     assert!(service.wait_indexed(Duration::from_secs(10)));
     let records: Vec<_> = service.engine().scan(..).map(|r| r.unwrap().log).collect();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        (
+            records[2].service.as_str(),
+            records[2].message.as_str(),
+            &records[2].level
+        ),
+        ("billing", "invoice sent", &lode_engine::Level::Error),
+        "the protobuf record"
+    );
+    assert_eq!(
+        records[2].attrs,
+        vec![
+            ("region".to_owned(), "eu".to_owned()),
+            ("trace_id".to_owned(), "0102".to_owned())
+        ]
+    );
     let r = &records[0];
     assert_eq!(
         (
@@ -491,16 +534,50 @@ fn otlp_json_logs_are_taken_and_unreadable_records_reported() {
     let (_, _, metrics) = http(addr, "GET", "/metrics", b"");
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
-        metrics.contains("lode_received_records_total{source=\"otlp\"} 3\n"),
+        metrics.contains("lode_received_records_total{source=\"otlp\"} 4\n"),
         "{metrics}"
     );
     assert!(metrics.contains("lode_rejected_records_total{source=\"otlp\"} 1\n"));
     rt.block_on(server.shutdown()).unwrap();
 }
 
-/// Loki's JSON push: gzipped or not, 204 once durable; a malformed body
-/// is refused whole with a 400 naming the place; protobuf is refused
-/// with a 400 that says to send JSON.
+/// An OTLP protobuf request of one record.
+fn otlp_proto_request() -> Vec<u8> {
+    use otlp::pb;
+    let text = |s: &str| {
+        Some(pb::AnyValue {
+            value: Some(pb::any_value::Value::StringValue(s.to_owned())),
+        })
+    };
+    let request = pb::ExportLogsServiceRequest {
+        resource_logs: vec![pb::ResourceLogs {
+            resource: Some(pb::Resource {
+                attributes: vec![pb::KeyValue {
+                    key: "service.name".to_owned(),
+                    value: text("billing"),
+                }],
+            }),
+            scope_logs: vec![pb::ScopeLogs {
+                log_records: vec![pb::LogRecord {
+                    time_unix_nano: 1_798_761_600_000_000_009,
+                    severity_number: 17,
+                    body: text("invoice sent"),
+                    attributes: vec![pb::KeyValue {
+                        key: "region".to_owned(),
+                        value: text("eu"),
+                    }],
+                    trace_id: vec![1, 2],
+                    ..Default::default()
+                }],
+            }],
+        }],
+    };
+    prost::Message::encode_to_vec(&request)
+}
+
+/// Loki's push, JSON (gzipped or not) and snappy protobuf: 204 once
+/// durable; a malformed body is refused whole with a 400 naming the
+/// place.
 #[test]
 fn loki_push_takes_json_and_gzip_and_names_what_is_wrong() {
     use std::io::Write as _;
@@ -530,15 +607,43 @@ fn loki_push_takes_json_and_gzip_and_names_what_is_wrong() {
     assert_eq!(status, 400);
     let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("streams[0].values[1][0]"), "{message}");
-    let (status, _, body) = http_with(
-        addr,
-        "POST",
-        "/loki/api/v1/push",
-        "Content-Type: application/x-protobuf\r\n",
-        b"\x00",
-    );
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("send JSON"));
+    let proto_type = "Content-Type: application/x-protobuf\r\n";
+    let push = loki::pb::PushRequest {
+        streams: vec![loki::pb::StreamAdapter {
+            labels: r#"{service_name="cart", hostname="h8", level="warn", env="prod"}"#.to_owned(),
+            entries: vec![loki::pb::EntryAdapter {
+                timestamp: Some(loki::pb::Timestamp {
+                    seconds: 1_798_761_600,
+                    nanos: 4,
+                }),
+                line: b"cart snapped".to_vec(),
+                structured_metadata: vec![loki::pb::LabelPairAdapter {
+                    name: "user".to_owned(),
+                    value: "u2".to_owned(),
+                }],
+            }],
+            hash: 0,
+        }],
+    };
+    let snapped = snap::raw::Encoder::new()
+        .compress_vec(&prost::Message::encode_to_vec(&push))
+        .unwrap();
+    let (status, _, body) = http_with(addr, "POST", "/loki/api/v1/push", proto_type, &snapped);
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    for (bad, says) in [
+        (&b"\x05\x00"[..], "snappy"),
+        (
+            &snap::raw::Encoder::new()
+                .compress_vec(b"\x0a\x03\x0a\x01{")
+                .unwrap()[..],
+            "streams[0].labels column 2",
+        ),
+    ] {
+        let (status, _, body) = http_with(addr, "POST", "/loki/api/v1/push", proto_type, bad);
+        let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+        assert_eq!(status, 400, "{message}");
+        assert!(message.contains(says), "{message}");
+    }
     let service = server.service();
     assert!(service.wait_indexed(Duration::from_secs(10)));
     let records: Vec<_> = service.engine().scan(..).map(|r| r.unwrap().log).collect();
@@ -551,18 +656,30 @@ fn loki_push_takes_json_and_gzip_and_names_what_is_wrong() {
         [
             ("cart", "h7", "cart lost"),
             ("cart", "h7", "cart kept"),
-            ("cart", "", "cart zipped")
+            ("cart", "", "cart zipped"),
+            ("cart", "h8", "cart snapped")
         ],
         "the malformed push wrote nothing"
     );
     assert_eq!(records[0].level, lode_engine::Level::Error);
     assert_eq!(records[0].attrs, vec![("user".to_owned(), "u1".to_owned())]);
+    assert_eq!(
+        (records[3].ts, &records[3].level, records[3].attrs.clone()),
+        (
+            1_798_761_600_000_000_004,
+            &lode_engine::Level::Warn,
+            vec![
+                ("env".to_owned(), "prod".to_owned()),
+                ("user".to_owned(), "u2".to_owned())
+            ]
+        )
+    );
     let (status, _, body) = http(addr, "GET", "/api/v1/count?q=cart%20lost", b"");
     assert_eq!((status, json(&body)["count"].as_u64()), (200, Some(1)));
     let (_, _, metrics) = http(addr, "GET", "/metrics", b"");
     assert!(
         String::from_utf8_lossy(&metrics)
-            .contains("lode_received_records_total{source=\"loki\"} 3\n"),
+            .contains("lode_received_records_total{source=\"loki\"} 4\n"),
         "pushed records are counted"
     );
     rt.block_on(server.shutdown()).unwrap();

@@ -1,5 +1,7 @@
 //! Feeds arbitrary bytes to the parsers of shipper input: JSON records,
-//! syslog messages with their framing, Loki's JSON push, OTLP JSON logs, the journal export format. Nothing may panic.
+//! syslog messages with their framing, Loki's JSON and protobuf push
+//! (with its snappy block and its label strings), OTLP JSON and
+//! protobuf logs, the journal export format. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +19,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = syslog::parse(data, now);
     let _ = loki::parse_push_json(data);
+    let _ = loki::parse_push_proto(data);
+    if let Ok(unpacked) = loki::unsnappy(data, 1 << 20) {
+        let _ = loki::parse_push_proto(&unpacked);
+    }
+    let _ = loki::parse_labels(&String::from_utf8_lossy(data));
     let _ = otlp::parse_logs_json(data, now);
+    let _ = otlp::parse_logs_proto(data, now);
     let _ = journal::parse_export(data, now);
 });

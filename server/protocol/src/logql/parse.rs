@@ -759,4 +759,24 @@ mod tests {
         let sums = format!("{}vector(1){}", "sum(".repeat(200), ")".repeat(200));
         assert!(parse(&sums).is_err());
     }
+
+    proptest::proptest! {
+        /// Any text, and any one character of a valid query changed: a
+        /// query or an error, never a panic (the fuzz target
+        /// `logql_parser` goes further).
+        #[test]
+        fn no_input_panics(text in "\\PC{0,80}", at in 0usize..200, to in proptest::char::any()) {
+            let _ = parse(&text);
+            let query = r#"sum by (level) (count_over_time({service=~"api|db", host!="h1"} |= "disk" !~ "x.*y" | json | level="error" | drop __error__ [5m])) / 2"#;
+            let mut chars: Vec<char> = query.chars().collect();
+            let i = at % chars.len();
+            if let Some(c) = chars.get_mut(i) {
+                *c = to;
+            }
+            let mutated: String = chars.into_iter().collect();
+            if let Ok(Expr::Log(q)) = parse(&mutated) {
+                let _ = (q.candidates(), q.exact());
+            }
+        }
+    }
 }
