@@ -443,17 +443,16 @@ async fn loki_push(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let parse = if is_protobuf(&headers) {
-        let limit = service.limits.max_body_bytes.saturating_mul(4);
-        Box::new(move |body: &[u8]| {
+    let protobuf = is_protobuf(&headers);
+    let limit = service.limits.max_body_bytes.saturating_mul(4);
+    let parsed = parse_pushed(&service, &headers, body, move |body| {
+        if protobuf {
             lode_protocol::loki::unsnappy(body, limit)
                 .and_then(|body| lode_protocol::loki::parse_push_proto(&body))
-        }) as Box<dyn FnOnce(&[u8]) -> _ + Send>
-    } else {
-        Box::new(lode_protocol::loki::parse_push_json)
-    };
-    let parsed = parse_pushed(&service, &headers, body, |body| {
-        parse(body).map_err(|e| bad_request(format!("Loki push: {e}")))
+        } else {
+            lode_protocol::loki::parse_push_json(body)
+        }
+        .map_err(|e| bad_request(format!("Loki push: {e}")))
     })
     .await?;
     service.metrics.received(Source::Loki, parsed.len() as u64);

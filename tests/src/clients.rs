@@ -436,6 +436,34 @@ fn promtool_checks_and_tests_the_alert_rules() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
 }
 
+/// Runs an OpenTelemetry `script` (it prints "otel ok" at its end) with
+/// the Python of the virtual environment `python_var` names, and returns
+/// the server and the two records it logs as `service_name`.
+fn otel_export(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    python_var: &str,
+    script: &str,
+    service_name: &str,
+) -> (Server, Vec<lode_engine::LogRecord>) {
+    let python = std::env::var(python_var).unwrap_or_else(|_| {
+        panic!(
+            "{python_var} is not set: OpenTelemetry's SDK is installed by `tools/with-deps --test`"
+        )
+    });
+    let server = serve_and_run_python(rt, dir, &python, script, &[], "otel ok");
+    let service = Arc::clone(server.service());
+    wait_count(rt, &service, &format!("service:{service_name}"), 2);
+    let got = messages(&service, service_name);
+    (server, got)
+}
+
+fn host_level_message(got: &[lode_engine::LogRecord]) -> Vec<(&str, lode_engine::Level, &str)> {
+    got.iter()
+        .map(|r| (r.host.as_str(), r.level.clone(), r.message.as_str()))
+        .collect()
+}
+
 /// OpenTelemetry's Python SDK: its logging handler, a resource, and the
 /// OTLP exporter over HTTP in JSON, one record at a time.
 const OTEL_JSON_PY: &str = r#"
@@ -458,23 +486,17 @@ print("otel ok")
 
 #[test]
 fn opentelemetry_python_sdk_exports_logs_as_otlp_json() {
-    let python = std::env::var("LODE_OTEL_JSON_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "OpenTelemetry's SDK is not installed: run the tests through `tools/with-deps --test`"
-        )
-    });
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = serve_and_run_python(&rt, dir.path(), &python, OTEL_JSON_PY, &[], "otel ok");
-    let service = Arc::clone(server.service());
-    wait_count(&rt, &service, "service:otelshop", 2);
-    let got = messages(&service, "otelshop");
-    let fields: Vec<_> = got
-        .iter()
-        .map(|r| (r.host.as_str(), r.level.clone(), r.message.as_str()))
-        .collect();
+    let (server, got) = otel_export(
+        &rt,
+        dir.path(),
+        "LODE_OTEL_JSON_PYTHON",
+        OTEL_JSON_PY,
+        "otelshop",
+    );
     assert_eq!(
-        fields,
+        host_level_message(&got),
         [
             ("otelhost", lode_engine::Level::Warn, "otel order 5 slow"),
             ("otelhost", lode_engine::Level::Error, "otel order 6 failed"),
@@ -564,35 +586,22 @@ with trace.get_tracer("shop").start_as_current_span("checkout") as span:
     print("trace", format(span.get_span_context().trace_id, "032x"))
 log.error("proto order 10 failed")
 provider.shutdown()
-print("otel proto ok")
+print("otel ok")
 "#;
 
 #[test]
 fn opentelemetry_python_sdk_exports_logs_as_otlp_protobuf() {
-    let python = std::env::var("LODE_OTEL_PROTO_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "OpenTelemetry's protobuf exporter is not installed: run the tests through `tools/with-deps --test`"
-        )
-    });
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = serve_and_run_python(
+    let (server, got) = otel_export(
         &rt,
         dir.path(),
-        &python,
+        "LODE_OTEL_PROTO_PYTHON",
         OTEL_PROTO_PY,
-        &[],
-        "otel proto ok",
+        "otelproto",
     );
-    let service = Arc::clone(server.service());
-    wait_count(&rt, &service, "service:otelproto", 2);
-    let got = messages(&service, "otelproto");
-    let fields: Vec<_> = got
-        .iter()
-        .map(|r| (r.host.as_str(), r.level.clone(), r.message.as_str()))
-        .collect();
     assert_eq!(
-        fields,
+        host_level_message(&got),
         [
             ("protohost", lode_engine::Level::Warn, "proto order 9 slow"),
             (

@@ -164,9 +164,8 @@ fn entry(
             .iter()
             .find_map(|n| labels.iter().position(|(k, _)| k == n))
     };
-    let service = first(SERVICE);
-    let host = first(HOST);
-    let level = first(LEVEL);
+    let taken = [first(SERVICE), first(HOST), first(LEVEL)];
+    let [service, host, level] = taken;
     let value = |at: Option<usize>| {
         at.and_then(|i| labels.get(i))
             .map(|(_, v)| v.clone())
@@ -177,7 +176,6 @@ fn entry(
         // As Loki's `detected_level`: a JSON line's own level.
         None => json_line_level(&message).map_or(Level::Info, |v| Level::parse(&v)),
     };
-    let taken = [service, host, first(LEVEL)];
     let mut attrs: Vec<(String, String)> = labels
         .iter()
         .enumerate()

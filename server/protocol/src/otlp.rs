@@ -41,6 +41,19 @@ pub struct Parsed {
     pub first_error: Option<OtlpError>,
 }
 
+impl Parsed {
+    /// One record read, or rejected (the first rejection's error kept).
+    fn add(&mut self, record: Result<LogRecord, OtlpError>) {
+        match record {
+            Ok(r) => self.records.push(r),
+            Err(e) => {
+                self.rejected += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 /// Parses an `ExportLogsServiceRequest` in JSON; `now` (ns) times
 /// records that carry no time.
 pub fn parse_logs_json(body: &[u8], now: i64) -> Result<Parsed, OtlpError> {
@@ -72,13 +85,7 @@ pub fn parse_logs_json(body: &[u8], now: i64) -> Result<Parsed, OtlpError> {
             let scope_logs = object(scope_logs, &at)?;
             for (k, record) in list(scope_logs, "logRecords", &at)?.iter().enumerate() {
                 let at = format!("{at}.logRecords[{k}]");
-                match log_record(&resource_attrs, record, &at, now) {
-                    Ok(r) => parsed.records.push(r),
-                    Err(e) => {
-                        parsed.rejected += 1;
-                        parsed.first_error.get_or_insert(e);
-                    }
-                }
+                parsed.add(log_record(&resource_attrs, record, &at, now));
             }
         }
     }
@@ -270,13 +277,7 @@ pub fn parse_logs_proto(body: &[u8], now: i64) -> Result<Parsed, OtlpError> {
         for (j, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
             for (k, record) in scope_logs.log_records.into_iter().enumerate() {
                 let at = format!("resourceLogs[{i}].scopeLogs[{j}].logRecords[{k}]");
-                match proto_record(&resource, record, &at, now) {
-                    Ok(r) => parsed.records.push(r),
-                    Err(e) => {
-                        parsed.rejected += 1;
-                        parsed.first_error.get_or_insert(e);
-                    }
-                }
+                parsed.add(proto_record(&resource, record, &at, now));
             }
         }
     }
