@@ -66,6 +66,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/{index}/_doc/{id}", post(doc_with_id).put(doc_with_id))
         .route("/{index}/_create/{id}", post(doc_with_id).put(doc_with_id))
         .merge(crate::loki::routes())
+        .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             in_flight,
@@ -126,7 +127,16 @@ fn bad_request(message: impl Into<String>) -> Failure {
     Failure::new(ErrorCode::BadRequest, message)
 }
 
-async fn root() -> axum::Json<Value> {
+/// Elasticsearch's banner, which its clients check; a browser (asking
+/// for HTML) gets a page that links to the search page.
+async fn root(headers: axum::http::HeaderMap) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if html {
+        return axum::response::Html(crate::ui::WELCOME).into_response();
+    }
     axum::Json(json!({
         "name": "lode",
         "cluster_name": "lode",
@@ -141,6 +151,7 @@ async fn root() -> axum::Json<Value> {
         "tagline": "You Know, for Search",
         "lode_version": env!("CARGO_PKG_VERSION"),
     }))
+    .into_response()
 }
 
 async fn ready(State(service): Shared) -> Response {

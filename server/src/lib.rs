@@ -28,6 +28,7 @@ mod server;
 mod service;
 mod syslog;
 pub mod tls;
+mod ui;
 
 pub use config::{
     Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Replication, Storage,

@@ -1,7 +1,7 @@
 //! The part of Loki's query API that Grafana's built-in Loki data source
 //! calls, so that lode can be added to Grafana as a "Loki" data source:
 //! instant and range queries in LogQL (`lode_protocol::logql`), labels
-//! and their values, series, index stats and build info.
+//! and their values, series, index stats, build info and live tail.
 //!
 //! Answers have the shapes of Loki's HTTP API (`{"status": "success",
 //! "data": ...}`); errors are JSON with the reason in `message`, and
@@ -25,6 +25,8 @@ use lode_protocol::logql::{
 use serde_json::{Value, json};
 
 use crate::service::{Failure, Service};
+
+mod tail;
 
 type Shared = State<Arc<Service>>;
 
@@ -53,6 +55,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
             get(index_stats).post(index_stats),
         )
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
+        .route("/loki/api/v1/tail", get(tail::tail))
 }
 
 /// An error as Loki's API gives one, with the reason in `message`.
@@ -164,6 +167,8 @@ struct IndexSource<'a> {
     index: &'a Index,
     deadline: Instant,
     page: usize,
+    /// Records from this seq on are not visited (a tail sends them live).
+    below_seq: u64,
 }
 
 impl IndexSource<'_> {
@@ -198,7 +203,7 @@ impl Source for IndexSource<'_> {
                 limit: Some(self.page),
                 cursor,
             })?;
-            for record in &page.records {
+            for record in page.records.iter().filter(|r| r.seq < self.below_seq) {
                 if !visit(&record.log) {
                     return Ok(());
                 }
@@ -256,6 +261,7 @@ where
                 index,
                 deadline,
                 page,
+                below_seq: u64::MAX,
             })
         })
         .await?)
@@ -341,21 +347,7 @@ async fn range(State(service): Shared, Form(params): Params) -> Answer {
     let (start, end) = time_range(&params)?;
     match expr {
         Expr::Log(query) => {
-            let limit = match param(&params, "limit") {
-                Some(l) => l
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| *l > 0)
-                    .ok_or_else(|| bad(format!("limit: '{l}' is not a positive number")))?,
-                None => 100,
-            };
-            let max = service.limits.max_result_records;
-            if limit > max {
-                return Err(LokiError(Failure::new(
-                    ErrorCode::TooLarge,
-                    format!("limit {limit} exceeds max_result_records = {max}"),
-                )));
-            }
+            let limit = limit(&params, &service)?;
             let backward = match param(&params, "direction") {
                 None | Some("backward" | "BACKWARD") => true,
                 Some("forward" | "FORWARD") => false,
@@ -407,6 +399,26 @@ async fn range(State(service): Shared, Form(params): Params) -> Answer {
             })))
         }
     }
+}
+
+/// `limit` (default 100), at most the server's `max_result_records`.
+fn limit(params: &[(String, String)], service: &Service) -> Result<usize, LokiError> {
+    let limit = match param(params, "limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| *l > 0)
+            .ok_or_else(|| bad(format!("limit: '{l}' is not a positive number")))?,
+        None => 100,
+    };
+    let max = service.limits.max_result_records;
+    if limit > max {
+        return Err(LokiError(Failure::new(
+            ErrorCode::TooLarge,
+            format!("limit {limit} exceeds max_result_records = {max}"),
+        )));
+    }
+    Ok(limit)
 }
 
 fn matrix_row(series: &Series, steps: Steps) -> Value {

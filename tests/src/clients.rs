@@ -1,7 +1,8 @@
 //! Real clients nobody here wrote, against a server on loopback: util-linux
 //! `logger` (syslog over TCP and UDP, both RFC formats, octet counting),
 //! Python's `elasticsearch` client (`helpers.bulk`), rsyslog forwarding to
-//! `_bulk` with `omelasticsearch`, `python-logging-loki` pushing to the
+//! `_bulk` with `omelasticsearch`, syslog-ng's `elasticsearch-http()`,
+//! `python-logging-loki` pushing to the
 //! Loki push API, and `promtool check metrics`. Each is checked by
 //! querying what arrived.
 //!
@@ -289,10 +290,11 @@ fn python_logging_loki_pushes_records_with_their_labels() {
     rt.block_on(server.shutdown()).unwrap();
 }
 
-/// An rsyslogd of its own, stopped when dropped.
-struct Rsyslog(Child);
+/// A daemon of the test's own (rsyslogd, syslog-ng), stopped when
+/// dropped.
+struct Daemon(Child);
 
-impl Drop for Rsyslog {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -338,7 +340,7 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex
     let conf_path = work.join("rsyslog.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let pid = work.join("rsyslogd.pid");
-    let _rsyslog = Rsyslog(
+    let _rsyslog = Daemon(
         Command::new("rsyslogd")
             .args(["-n", "-f"])
             .arg(&conf_path)
@@ -350,11 +352,7 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex
             .unwrap(),
     );
     // rsyslog listens once its config is loaded.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", input)).is_err() {
-        assert!(Instant::now() < deadline, "rsyslogd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(input, "rsyslogd");
     let port = input.to_string();
     for i in 0..20 {
         let message = format!("payment {i} settled via rsyslog");
@@ -376,6 +374,126 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex
     }
     let service = Arc::clone(server.service());
     wait_count(&rt, &service, "service:payments settled level:warn", 20);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+fn wait_listening(port: u16, daemon: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{daemon} did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// syslog-ng's `elasticsearch-http()` destination with its default
+/// template (syslog-ng's macros by their upper-case names) into `_bulk`:
+/// RFC 5424 lines in over TCP, each arriving with its host, program,
+/// severity and message, and its pid as an attribute.
+#[test]
+fn syslog_ng_elasticsearch_http_posts_to_bulk() {
+    let root = std::path::PathBuf::from(
+        std::env::var("LODE_SYSLOG_NG").unwrap_or_else(|_| "/var/tmp/lode-test-syslog-ng".into()),
+    );
+    let program = root.join("usr/sbin/syslog-ng");
+    assert!(
+        program.is_file(),
+        "{} is missing: run the tests through `tools/with-deps --test`",
+        program.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = start(&rt, &dir.path().join("data"));
+    let http = server.addresses().http.unwrap();
+    let input = free_port();
+    let work = dir.path().join("syslog-ng");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = format!(
+        r#"@version: 3.38
+@define include-path "{include}"
+@include "scl/elasticsearch/elastic-http.conf"
+options {{ keep-hostname(yes); }};
+source lines {{ network(ip("127.0.0.1") port({input}) transport("tcp") flags(syslog-protocol)); }};
+destination lode {{ elasticsearch-http(url("http://{http}/_bulk") index("syslog-ng") type("")); }};
+log {{ source(lines); destination(lode); }};
+"#,
+        include = root.join("usr/share/syslog-ng/include").display(),
+    );
+    let conf_path = work.join("syslog-ng.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let _syslog_ng = Daemon(
+        Command::new(&program)
+            .arg("-F")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg(format!(
+                "--module-path={}",
+                root.join("usr/lib/syslog-ng/3.38").display()
+            ))
+            .arg("-R")
+            .arg(work.join("persist"))
+            .arg("-p")
+            .arg(work.join("pid"))
+            .arg("-c")
+            .arg(work.join("ctl"))
+            .env("LD_LIBRARY_PATH", root.join("usr/lib/syslog-ng"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(input, "syslog-ng");
+    let mut lines = String::new();
+    for i in 0..20 {
+        let (host, severity) = if i % 2 == 0 {
+            ("web-1", 4)
+        } else {
+            ("web-2", 3)
+        };
+        lines += &format!(
+            "<{pri}>1 2026-12-03T10:00:{i:02}.000Z {host} checkout {pid} - - order {i} shipped via syslog-ng\n",
+            pri = 8 + severity,
+            pid = 4000 + i
+        );
+    }
+    std::net::TcpStream::connect(("127.0.0.1", input))
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:checkout shipped", 20);
+    let mut got = messages(&service, "checkout");
+    got.sort_by_key(|r| {
+        r.message
+            .split(' ')
+            .nth(1)
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    for (i, r) in got.iter().enumerate() {
+        let (host, level) = if i % 2 == 0 {
+            ("web-1", lode_engine::Level::Warn)
+        } else {
+            ("web-2", lode_engine::Level::Error)
+        };
+        assert_eq!(
+            (r.host.as_str(), &r.level, r.message.as_str()),
+            (
+                host,
+                &level,
+                format!("order {i} shipped via syslog-ng").as_str()
+            )
+        );
+        let sent = lode_codec::parse_rfc3339(&format!("2026-12-03T10:00:{i:02}Z"));
+        assert_eq!(Some(r.ts), sent, "the line's own time");
+        let pid = (4000 + i).to_string();
+        assert!(
+            r.attrs.iter().any(|(k, v)| k == "PID" && *v == pid),
+            "{:?}",
+            r.attrs
+        );
+    }
     rt.block_on(server.shutdown()).unwrap();
 }
 

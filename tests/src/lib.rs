@@ -64,3 +64,5 @@ mod raft_log;
 mod search;
 #[cfg(test)]
 mod server;
+#[cfg(test)]
+mod ui;

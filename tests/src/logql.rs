@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lode_engine::LogRecord;
 use lode_server::{Config, Server};
-use lode_tools::SplitMix64;
+use lode_tools::{SplitMix64, url_encode};
 use regex::Regex;
 use serde_json::Value;
 
@@ -35,21 +35,10 @@ fn records() -> Vec<LogRecord> {
 const BASE: i64 = 1_700_000_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn get(addr: SocketAddr, path: &str, params: &[(&str, String)]) -> (u16, Value) {
     let query: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
         .collect();
     let (status, _, body) = http(addr, "GET", &format!("{path}?{}", query.join("&")), b"");
     let value = serde_json::from_slice(&body)
@@ -495,7 +484,10 @@ fn config(data: &std::path::Path) -> Config {
 }
 
 /// Starts a server holding `records`, indexed.
-fn serve(dir: &std::path::Path, records: &[LogRecord]) -> (tokio::runtime::Runtime, Server) {
+pub(crate) fn serve(
+    dir: &std::path::Path,
+    records: &[LogRecord],
+) -> (tokio::runtime::Runtime, Server) {
     let rt = runtime();
     let server = rt.block_on(Server::start(config(dir))).unwrap();
     rt.block_on(async {
@@ -751,5 +743,141 @@ fn grafana_data_source_requests_get_lokis_shapes() {
         info["version"].as_str().is_some_and(|v| v.starts_with('3')),
         "{info}"
     );
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// A WebSocket to `/loki/api/v1/tail` with `params`, reading with a
+/// timeout.
+type Socket = tungstenite::WebSocket<std::net::TcpStream>;
+
+fn tail_socket(addr: SocketAddr, params: &[(&str, String)]) -> Result<Socket, u16> {
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+        .collect();
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let url = format!("ws://{addr}/loki/api/v1/tail?{}", query.join("&"));
+    match tungstenite::client(url, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("tail: {e}"),
+    }
+}
+
+/// The lines of the frames that arrive within `wait`, in order, each
+/// frame in Loki's `{"streams": [...]}` shape.
+fn tail_lines(
+    socket: &mut Socket,
+    wait: Duration,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut lines = Vec::new();
+    while std::time::Instant::now() < deadline && !until(&lines) {
+        let text = match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => text,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                continue;
+            }
+            Err(e) => panic!("tail: {e}"),
+        };
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        let mut framed: Vec<(i64, String)> = Vec::new();
+        for stream in frame["streams"].as_array().unwrap() {
+            assert!(stream["stream"]["service_name"].is_string(), "{stream}");
+            for value in stream["values"].as_array().unwrap() {
+                let ts = value[0].as_str().unwrap().parse().unwrap();
+                framed.push((ts, value[1].as_str().unwrap().to_owned()));
+            }
+        }
+        framed.sort_by_key(|(ts, _)| *ts);
+        lines.extend(framed.into_iter().map(|(_, line)| line));
+    }
+    lines
+}
+
+/// Live tail as Grafana's Explore uses it: the newest `limit` lines since
+/// `start` first (oldest first), then each new line the query keeps,
+/// once; a metric query or a typo is refused before the upgrade.
+#[test]
+fn loki_tail_sends_the_backfill_then_new_lines_once() {
+    let records = records();
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, server) = serve(dir.path(), &records);
+    let addr = server.addresses().http.unwrap();
+    let service = records[0].service.to_lowercase();
+    let query = format!("{{service_name=\"{service}\"}} != \"haystack\"");
+    let mut of_service: Vec<&LogRecord> = records
+        .iter()
+        .filter(|r| r.service.to_lowercase() == service && !r.message.contains("haystack"))
+        .collect();
+    of_service.sort_by_key(|r| r.ts);
+    let start = ("start", (BASE - SECOND).to_string());
+
+    // All of them (fewer than the limit), then the newest 5 (the default
+    // limit is 100).
+    let all = ("limit", "10000".to_owned());
+    let mut socket = tail_socket(addr, &[("query", query.clone()), start.clone(), all]).unwrap();
+    let got = tail_lines(&mut socket, Duration::from_secs(10), |l| {
+        l.len() >= of_service.len()
+    });
+    let mut want: Vec<String> = of_service.iter().map(|r| r.message.clone()).collect();
+    let mut got = got;
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "the backfill holds other lines than the brute force"
+    );
+    let mut newest = tail_socket(
+        addr,
+        &[("query", query.clone()), start, ("limit", "5".into())],
+    )
+    .unwrap();
+    let five = tail_lines(&mut newest, Duration::from_secs(10), |l| l.len() >= 5);
+    assert_eq!(five.len(), 5);
+    let cut = of_service[of_service.len() - 5].ts;
+    for line in &five {
+        assert!(
+            of_service.iter().any(|r| &r.message == line && r.ts >= cut),
+            "{line}"
+        );
+    }
+
+    // New lines: only the one the query keeps arrives, once, on both.
+    let now = lode_engine::now_ns();
+    let push = serde_json::json!({"streams": [
+        {"stream": {"service_name": service}, "values": [
+            [now.to_string(), "needle one"], [now.to_string(), "haystack two"]]},
+        {"stream": {"service_name": "someone-else"}, "values": [[now.to_string(), "needle three"]]},
+    ]});
+    let (status, _, body) = crate::server::http_with(
+        addr,
+        "POST",
+        "/loki/api/v1/push",
+        "Content-Type: application/json\r\n",
+        push.to_string().as_bytes(),
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    for socket in [&mut socket, &mut newest] {
+        let live = tail_lines(socket, Duration::from_secs(3), |_| false);
+        assert_eq!(live, ["needle one"]);
+    }
+
+    // Refused before the upgrade, with a reason.
+    let metric = format!("count_over_time({{service_name=\"{service}\"}}[1m])");
+    assert_eq!(tail_socket(addr, &[("query", metric)]).err(), Some(400));
+    assert_eq!(
+        tail_socket(addr, &[("query", "{service_name=".into())]).err(),
+        Some(400)
+    );
+    drop((socket, newest));
     rt.block_on(server.shutdown()).unwrap();
 }

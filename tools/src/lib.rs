@@ -26,3 +26,16 @@ pub fn median(values: &mut [f64]) -> f64 {
         _ => f64::NAN,
     }
 }
+
+/// `text` percent-encoded for a URL's query string (everything but
+/// RFC 3986's unreserved characters).
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

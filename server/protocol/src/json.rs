@@ -34,10 +34,12 @@ impl Default for Shape {
     fn default() -> Self {
         Shape {
             ts: names(&["ts", "@timestamp", "timestamp", "time"]),
-            level: names(&["level", "severity", "log.level", "loglevel"]),
-            service: names(&["service", "app", "programname", "program"]),
-            host: names(&["host", "hostname"]),
-            message: names(&["message", "msg", "log"]),
+            // The upper-case names are syslog-ng's (its elasticsearch-http()
+            // template writes its macros by name).
+            level: names(&["level", "severity", "log.level", "loglevel", "PRIORITY"]),
+            service: names(&["service", "app", "programname", "program", "PROGRAM"]),
+            host: names(&["host", "hostname", "HOST"]),
+            message: names(&["message", "msg", "log", "MESSAGE"]),
         }
     }
 }

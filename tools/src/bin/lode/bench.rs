@@ -1,12 +1,13 @@
 //! `lode bench`: ingest over the binary protocol (TCP and QUIC) from this
 //! process into a `lode serve` child process, beside the embedded ingest of
-//! the same records in this process; HTTP JSON-lines ingest; and query
+//! the same records in this process; HTTP ingest in JSON lines, Loki's
+//! protobuf push and OTLP protobuf (`bench_http`); and query
 //! round trips beside the in-process call. Fresh data directories for
 //! every measurement; medians over runs, in one invocation.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use std::time::{Duration, Instant};
 use lode_client::{Client, ClientOptions, Filter};
 use lode_engine::{EncodedBatch, LogRecord};
 use lode_server::{Config, Service};
-use lode_tools::{Corpus, median, to_json_line};
+use lode_tools::{Corpus, median};
 
 use crate::CliError;
+use crate::bench_http::{self, Format};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -38,7 +40,7 @@ pub(crate) struct BenchArgs {
     pub(crate) runs: usize,
     /// Round trips per query for the latency figures.
     #[arg(long, default_value_t = 300)]
-    queries: usize,
+    pub(crate) queries: usize,
     /// Concurrent HTTP connections for JSON-lines ingest.
     #[arg(long, default_value_t = 4)]
     http_connections: usize,
@@ -63,6 +65,12 @@ pub(crate) struct BenchArgs {
     /// (--cluster; 0 skips it).
     #[arg(long, default_value_t = 131_072)]
     pub(crate) burst: usize,
+    /// Benchmark Grafana's questions instead: the newest 1000 lines of a
+    /// selector and a line filter, and the logs volume, over --records
+    /// records spread over the last hour, through the Loki API beside
+    /// lode's own; --queries rounds (try --records 10000000 --queries 20).
+    #[arg(long)]
+    pub(crate) grafana: bool,
     /// Priority of sealing and indexing, embedded and in the server alike:
     /// idle, nice:N or normal (the config key storage.background).
     #[arg(long, default_value = "idle")]
@@ -81,7 +89,9 @@ struct Figures {
     embedded: Vec<f64>,
     tcp: Vec<f64>,
     quic: Vec<f64>,
-    http: Vec<f64>,
+    /// HTTP ingest in each of [`Format::ALL`], with the server's CPU.
+    http: [Vec<f64>; 3],
+    http_cpu: [Vec<Cpu>; 3],
     /// Batches per WAL group commit, embedded, over tcp and over quic.
     per_commit: [Vec<f64>; 3],
     /// Per query: in-process and over-the-wire times, ms.
@@ -133,6 +143,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     if let Some(nodes) = args.cluster {
         return crate::bench_cluster::bench_cluster(&args, nodes).await;
     }
+    if args.grafana {
+        return crate::bench_grafana::bench_grafana(&args).await;
+    }
     let Workload {
         _temp,
         root,
@@ -143,7 +156,8 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         embedded: vec![],
         tcp: vec![],
         quic: vec![],
-        http: vec![],
+        http: [vec![], vec![], vec![]],
+        http_cpu: [vec![], vec![], vec![]],
         per_commit: [vec![], vec![], vec![]],
         timings: vec![(vec![], vec![]); QUERIES.len()],
         cpu: [vec![], vec![], vec![]],
@@ -202,18 +216,26 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         drop(clients);
         drop(child);
 
-        let (child, line) = start_server(
-            &root.join(format!("http-{run}")),
-            ["--http", "127.0.0.1:0"],
-            &args.background,
-        )?;
-        let addr = field(&line, "http")?
-            .trim_start_matches("http://")
-            .to_owned();
-        let rate = http_ingest(&addr, &records, args.batch, args.http_connections)?;
-        f.http.push(rate);
-        eprintln!("  http json lines   {rate:>12.0} records/s");
-        drop(child);
+        for (i, format) in Format::ALL.into_iter().enumerate() {
+            let dir = root.join(format!("http-{run}-{i}"));
+            let (child, line) = start_server(&dir, ["--http", "127.0.0.1:0"], &args.background)?;
+            let addr = field(&line, "http")?
+                .trim_start_matches("http://")
+                .to_owned();
+            let before = Cpu::now(Some(child.0.id()));
+            let rate = tokio::task::block_in_place(|| {
+                bench_http::ingest(format, &addr, &records, args.batch, args.http_connections)
+            })?;
+            let cpu = Cpu::now(Some(child.0.id())).since(&before).of_server();
+            if let (Some(cpus), Some(rates)) = (f.http_cpu.get_mut(i), f.http.get_mut(i)) {
+                cpus.push(cpu);
+                rates.push(rate);
+            }
+            eprintln!("  {:<30} {rate:>12.0} records/s", format.name());
+            drop(child);
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(dir.with_extension("toml"));
+        }
         for dir in ["embedded", "tcp", "quic", "http"] {
             let _ = std::fs::remove_dir_all(root.join(format!("{dir}-{run}")));
             let _ = std::fs::remove_file(root.join(format!("{dir}-{run}.toml")));
@@ -366,96 +388,6 @@ async fn latency(
         }
     }
     Ok(())
-}
-
-/// POSTs JSON lines, `batch` per request, over `connections` keep-alive
-/// connections; records per second accepted (durable).
-fn http_ingest(
-    addr: &str,
-    records: &[LogRecord],
-    batch: usize,
-    connections: usize,
-) -> Result<f64, CliError> {
-    let bodies: Vec<Vec<u8>> = records
-        .chunks(batch.max(1))
-        .map(|chunk| {
-            let mut body = Vec::with_capacity(chunk.len() * 256);
-            for record in chunk {
-                to_json_line(None, record, &mut body);
-            }
-            body
-        })
-        .collect();
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..connections.max(1))
-        .map(|_| {
-            let (bodies, next, addr) = (Arc::clone(&bodies), Arc::clone(&next), addr.to_owned());
-            std::thread::spawn(move || -> Result<u64, String> {
-                let mut stream = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
-                let _ = stream.set_nodelay(true);
-                let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-                let mut accepted = 0;
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else {
-                        return Ok(accepted);
-                    };
-                    let head = format!(
-                        "POST /api/v1/ingest HTTP/1.1\r\nHost: lode\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    stream.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-                    stream.write_all(body).map_err(|e| e.to_string())?;
-                    let answer = read_http_response(&mut reader)?;
-                    let count = answer
-                        .split("\"accepted\":")
-                        .nth(1)
-                        .and_then(|rest| rest.split([',', '}']).next())
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .ok_or_else(|| format!("unexpected answer: {answer}"))?;
-                    accepted += count;
-                }
-            })
-        })
-        .collect();
-    let mut accepted = 0;
-    for worker in workers {
-        accepted += worker
-            .join()
-            .map_err(|_| CliError::new("an http worker panicked"))?
-            .map_err(|e| CliError::new(format!("http ingest: {e}")))?;
-    }
-    Ok(accepted as f64 / started.elapsed().as_secs_f64())
-}
-
-fn read_http_response(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
-    let mut length = 0usize;
-    let mut status = String::new();
-    reader.read_line(&mut status).map_err(|e| e.to_string())?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(format!("http status: {}", status.trim()));
-    }
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value
-                .trim()
-                .parse()
-                .map_err(|_| "content-length".to_owned())?;
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Starts `lode serve` on a fresh directory with only the listener asked
@@ -635,7 +567,8 @@ fn report(args: &BenchArgs, f: &mut Figures) {
             .collect();
         median(&mut r)
     };
-    let run_ratios = [1.0, ratios(&f.tcp), ratios(&f.quic), ratios(&f.http)];
+    let run_ratios = [1.0, ratios(&f.tcp), ratios(&f.quic), ratios(&f.http[0])];
+    let http = http_rows(args, f);
     let embedded = median(&mut f.embedded);
     println!(
         "\nlode bench: {} records, batches of {}, {} in flight, medians of {} runs, background {}",
@@ -652,7 +585,7 @@ fn report(args: &BenchArgs, f: &mut Figures) {
             "binary protocol over quic (2 processes)",
             median(&mut f.quic),
         ),
-        ("http json lines", median(&mut f.http)),
+        ("http json lines", median(&mut f.http[0].clone())),
     ];
     let per_commit: Vec<String> = f
         .per_commit
@@ -685,6 +618,38 @@ fn report(args: &BenchArgs, f: &mut Figures) {
             remote - local
         );
     }
+    println!(
+        "\n{:<40} {:>14} {:>12} {:>14}",
+        "http ingest, by format", "records/s", "vs tcp", "server us/rec"
+    );
+    for row in http {
+        println!("{row}");
+    }
+    println!(
+        "(vs tcp: median over runs of each run's rate over the binary protocol's\n\
+         over tcp in the same run; server us/rec: CPU of the server's threads\n\
+         per record, all of them, sealing and indexing included)"
+    );
+}
+
+/// One line per HTTP format: rate, its ratio to the binary protocol over
+/// tcp run by run, and the server's CPU per record.
+fn http_rows(args: &BenchArgs, f: &Figures) -> Vec<String> {
+    Format::ALL
+        .iter()
+        .zip(f.http.iter().zip(&f.http_cpu))
+        .map(|(format, (rates, cpu))| {
+            let mut ratios: Vec<f64> = rates.iter().zip(&f.tcp).map(|(r, t)| r / t).collect();
+            let mut us: Vec<f64> = cpu.iter().map(|c| c.per_record(args.records)[0]).collect();
+            format!(
+                "{:<40} {:>14.0} {:>11.2}x {:>14.3}",
+                format.name(),
+                median(&mut rates.clone()),
+                median(&mut ratios),
+                median(&mut us)
+            )
+        })
+        .collect()
 }
 
 /// CPU time the threads of some processes ran, per thread name (digits
@@ -722,6 +687,15 @@ impl Cpu {
                 *self.0.entry((format!("{prefix}{name}"), idle)).or_insert(0) += ns;
             }
         }
+    }
+
+    /// Only the server's threads.
+    fn of_server(self) -> Cpu {
+        Cpu(self
+            .0
+            .into_iter()
+            .filter(|((name, _), _)| name.starts_with("server "))
+            .collect())
     }
 
     /// What ran since `before` (a thread that ended in between counts

@@ -181,7 +181,7 @@ fn which(program: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn free_tcp() -> Result<u16, CliError> {
+pub(crate) fn free_tcp() -> Result<u16, CliError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -3,6 +3,8 @@
 mod backend;
 mod bench;
 mod bench_cluster;
+mod bench_grafana;
+mod bench_http;
 mod bulk;
 mod cluster;
 mod output;
@@ -207,14 +209,16 @@ enum Command {
     ///   lode export 'level:error' --since 24h -f raw
     #[command(verbatim_doc_comment)]
     Export(bulk::ExportArgs),
-    /// Measure ingest over the binary protocol (TCP, QUIC) and HTTP beside
-    /// embedded ingest, and query round trips beside in-process calls.
-    /// Also prints the CPU time per record that every thread ran during
-    /// each ingest (this process and the server), foreground and idle.
+    /// Measure ingest over the binary protocol (TCP, QUIC) and HTTP (JSON
+    /// lines, Loki protobuf push, OTLP protobuf) beside embedded ingest,
+    /// and query round trips beside in-process calls. Also prints the CPU
+    /// time per record that every thread ran during each ingest (this
+    /// process and the server), foreground and idle.
     ///
     ///   lode bench                       1,000,000 records, 3 runs
     ///   lode bench --records 200000 --runs 5
     ///   lode bench --runs 5 --window 16 --connections 2   the README's figures
+    ///   lode bench --grafana --records 10000000 --queries 20   Grafana's questions, Loki API beside lode's
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// Store generated sample logs into a data directory (no server).

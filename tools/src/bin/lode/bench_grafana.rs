@@ -1,0 +1,320 @@
+//! `lode bench --grafana`: what Grafana's Explore asks of a Loki data
+//! source over the last hour of `--records` records (a selector and a
+//! line filter, newest 1000 lines; then the logs volume, counts by level
+//! per minute), beside lode's own HTTP API asking the same question in
+//! the same run (`/api/v1/query` for the lines; `/api/v1/top` of the
+//! levels and a `/api/v1/histogram` per level for the volume). Both over
+//! HTTP on one keep-alive connection, alternating; medians.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use lode_client::Client;
+use lode_engine::{EncodedBatch, now_ns};
+use lode_tools::{Corpus, median, url_encode};
+use serde_json::Value;
+
+use crate::CliError;
+use crate::bench::{BenchArgs, TempDir, spawn_serve};
+use crate::bench_http::read_response;
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+const SELECTOR: &str = r#"{service_name="hdfs"}"#;
+const WORD: &str = "block";
+
+pub(crate) async fn bench_grafana(args: &BenchArgs) -> Result<(), CliError> {
+    let temp = TempDir::new()?;
+    let root = args.dir.clone().unwrap_or_else(|| temp.0.clone());
+    let http = format!("127.0.0.1:{}", crate::bench_cluster::free_tcp()?);
+    let flags: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        &http,
+        "--quic",
+        "off",
+        "--syslog",
+        "off",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (child, line) = spawn_serve(&root.join("grafana"), &flags, &args.background)?;
+    let binary = crate::bench::field(&line, "binary (tcp)")?;
+    let client = Client::connect_tcp(&binary).await?;
+    let end = now_ns();
+    let rate = ingest_last_hour(&client, args, end).await?;
+    eprintln!(
+        "ingested {} records at {rate:.0} records/s; indexing ...",
+        args.records
+    );
+    let started = Instant::now();
+    wait_indexed(&client).await?;
+    eprintln!("indexed in {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut session = Http::connect(&http)?;
+    let (start, end) = (end - HOUR_NS, end + 1);
+    let asks = questions(start, end);
+    let mut times: Vec<[Vec<f64>; 2]> = vec![[vec![], vec![]]; asks.len()];
+    for round in 0..args.queries.max(1) {
+        for (ask, spent) in asks.iter().zip(times.iter_mut()) {
+            // Alternate which goes first.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                if let (Some(asking), Some(into)) = (ask.sides.get(side), spent.get_mut(side)) {
+                    into.push(asking.run(&mut session)?);
+                }
+            }
+        }
+    }
+    println!(
+        "\nlode bench --grafana: {} records over the last hour, medians of {} rounds",
+        args.records, args.queries
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>10}",
+        "question (median ms)", "loki api", "lode api", "ratio"
+    );
+    for (ask, spent) in asks.iter().zip(times.iter_mut()) {
+        let [loki, lode] = spent.each_mut().map(|v| median(v));
+        println!(
+            "{:<44} {loki:>12.3} {lode:>12.3} {:>9.2}x",
+            ask.name,
+            loki / lode
+        );
+        for side in &ask.sides {
+            println!("  {}", side.describe());
+        }
+    }
+    println!("(ratio: the Loki API's time over lode's own for the same answer)");
+    drop(child);
+    Ok(())
+}
+
+/// `--records` corpus records with times spread evenly over the hour
+/// before `end`, sent in batches as they are made (10M do not fit in
+/// memory twice).
+async fn ingest_last_hour(client: &Client, args: &BenchArgs, end: i64) -> Result<f64, CliError> {
+    let mut corpus = Corpus::new(7);
+    let n = args.records.max(1);
+    let gap = HOUR_NS / n as i64;
+    let started = Instant::now();
+    let mut in_flight: VecDeque<lode_client::PendingAppend> = VecDeque::new();
+    let mut made = 0usize;
+    while made < n {
+        let take = args.batch.max(1).min(n - made);
+        let mut batch = corpus.take_records(take);
+        for (i, record) in batch.iter_mut().enumerate() {
+            record.ts = end - HOUR_NS + (made + i) as i64 * gap;
+        }
+        made += take;
+        if in_flight.len() >= args.window.max(1)
+            && let Some(pending) = in_flight.pop_front()
+        {
+            pending.wait().await?;
+        }
+        in_flight.push_back(client.submit_encoded(EncodedBatch::encode(&batch)?).await?);
+    }
+    for pending in in_flight {
+        pending.wait().await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn wait_indexed(client: &Client) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let stats = client.stats().await?;
+        let get = |name: &str| stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
+        if get("indexed_upto") + 1 >= get("next_seq") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::new("the index did not catch up within an hour"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One keep-alive HTTP connection.
+struct Http {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Http {
+    fn connect(addr: &str) -> Result<Http, CliError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Http { stream, reader })
+    }
+
+    fn get(&mut self, path: &str, params: &[(&str, String)]) -> Result<Value, CliError> {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        let head = format!(
+            "GET {path}?{} HTTP/1.1\r\nHost: lode\r\n\r\n",
+            query.join("&")
+        );
+        self.stream.write_all(head.as_bytes())?;
+        let (status, body) = read_response(&mut self.reader).map_err(CliError::new)?;
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| CliError::new(format!("{path}: {e}")))?;
+        if status != 200 {
+            return Err(CliError::new(format!("{path}: {status} {value}")));
+        }
+        Ok(value)
+    }
+}
+
+/// A question and its two askings: Loki's API, lode's.
+struct Question {
+    name: &'static str,
+    sides: [Side; 2],
+}
+
+/// Requests whose answers together answer the question; the second and
+/// later requests may take what the first answered (the levels).
+enum Side {
+    Lines {
+        path: &'static str,
+        params: Vec<(&'static str, String)>,
+    },
+    Volume {
+        loki: Vec<(&'static str, String)>,
+    },
+    LodeVolume {
+        range: (String, String),
+    },
+}
+
+fn questions(start: i64, end: i64) -> Vec<Question> {
+    let rfc = |ns: i64| lode_engine::format_rfc3339(ns);
+    let range = (rfc(start), rfc(end));
+    let loki_range = vec![("start", start.to_string()), ("end", end.to_string())];
+    let mut lines = loki_range.clone();
+    lines.extend([
+        ("query", format!("{SELECTOR} |= \"{WORD}\"")),
+        ("limit", "1000".to_owned()),
+        ("direction", "backward".to_owned()),
+    ]);
+    let mut volume = loki_range;
+    volume.extend([
+        (
+            "query",
+            format!("sum by (level, detected_level) (count_over_time({SELECTOR} |= \"{WORD}\" | drop __error__[1m]))"),
+        ),
+        ("step", "60".to_owned()),
+    ]);
+    vec![
+        Question {
+            name: "newest 1000 lines: selector + line filter",
+            sides: [
+                Side::Lines {
+                    path: "/loki/api/v1/query_range",
+                    params: lines,
+                },
+                Side::Lines {
+                    path: "/api/v1/query",
+                    params: vec![
+                        ("q", format!("service:hdfs {WORD}")),
+                        ("since", range.0.clone()),
+                        ("until", range.1.clone()),
+                        ("limit", "1000".to_owned()),
+                    ],
+                },
+            ],
+        },
+        Question {
+            name: "logs volume: by level, per minute",
+            sides: [Side::Volume { loki: volume }, Side::LodeVolume { range }],
+        },
+    ]
+}
+
+impl Side {
+    /// Asks; the time it took, ms.
+    fn run(&self, http: &mut Http) -> Result<f64, CliError> {
+        let started = Instant::now();
+        match self {
+            Side::Lines { path, params } => {
+                let answer = http.get(path, params)?;
+                let lines = count_lines(&answer);
+                if lines != 1000 {
+                    return Err(CliError::new(format!(
+                        "{path}: {lines} lines, expected 1000"
+                    )));
+                }
+            }
+            Side::Volume { loki } => {
+                http.get("/loki/api/v1/query_range", loki)?;
+            }
+            Side::LodeVolume { range } => {
+                let q = format!("service:hdfs {WORD}");
+                let bounds = [("since", range.0.clone()), ("until", range.1.clone())];
+                let mut params = vec![("q", q.clone()), ("field", "level".to_owned())];
+                params.extend(bounds.clone());
+                let levels = http.get("/api/v1/top", &params)?;
+                for level in levels
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let level = level
+                        .get("value")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let mut params = vec![
+                        ("q", format!("{q} level:{level}")),
+                        ("width", "60000000000".to_owned()),
+                    ];
+                    params.extend(bounds.clone());
+                    http.get("/api/v1/histogram", &params)?;
+                }
+            }
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Side::Lines { path, params } => format!("GET {path} {}", show(params)),
+            Side::Volume { loki } => format!("GET /loki/api/v1/query_range {}", show(loki)),
+            Side::LodeVolume { .. } => format!(
+                "GET /api/v1/top field=level q='service:hdfs {WORD}', then /api/v1/histogram q='service:hdfs {WORD} level:L' width=1m per level"
+            ),
+        }
+    }
+}
+
+fn show(params: &[(&str, String)]) -> String {
+    params
+        .iter()
+        .filter(|(k, _)| !matches!(*k, "start" | "end" | "since" | "until"))
+        .map(|(k, v)| format!("{k}='{v}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Lines in a Loki `streams` answer or a lode page.
+fn count_lines(answer: &Value) -> usize {
+    if let Some(records) = answer.get("records").and_then(Value::as_array) {
+        return records.len();
+    }
+    answer
+        .pointer("/data/result")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            s.get("values")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        })
+        .sum()
+}
