@@ -393,6 +393,61 @@ impl Index {
         Ok(best.newest_first())
     }
 
+    /// Calls `visit` with each record (and its seq) that matches `text`
+    /// with `since <= ts < until`, newest seq first, until it returns false:
+    /// for callers that look at every match (LogQL's metric queries, a
+    /// window of its log queries) and need no newest-first order. The
+    /// matches' seqs are collected first, then their records are read in
+    /// runs of 4096 through one store iterator each.
+    pub fn for_each_match(
+        &self,
+        text: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+        visit: &mut dyn FnMut(u64, &lode_engine::LogRecord) -> bool,
+    ) -> Result<()> {
+        let query = parse(text)?;
+        let mut seqs = self.rechecking(|recheck| {
+            let tquery = self.query(&query, since, until, None, recheck)?;
+            let searcher = self.reader.searcher();
+            let weight = tquery.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+            let mut seqs = Vec::new();
+            for reader in searcher.segment_readers() {
+                let columns = self.columns.of(reader)?;
+                weight.for_each_no_score(reader, &mut |docs| {
+                    seqs.extend(
+                        docs.iter()
+                            .filter(|&&doc| alive(reader, doc))
+                            .filter_map(|&doc| columns.seqs.first(doc)),
+                    );
+                })?;
+            }
+            Ok(seqs)
+        })?;
+        seqs.sort_unstable();
+        seqs.dedup();
+        for run in seqs.rchunks(FETCH_RUN) {
+            let mut records = Vec::with_capacity(run.len());
+            let mut failed = None;
+            self.engine
+                .visit_seqs(run, |seq, record| match record.to_owned_record() {
+                    Ok(record) => records.push((seq, record)),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                })?;
+            if let Some(e) = failed {
+                return Err(Error::Engine(e.into()));
+            }
+            for (seq, record) in records.iter().rev() {
+                if !visit(*seq, record) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How many records match the query in the time range.
     pub fn count(&self, text: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
         let query = parse(text)?;
@@ -760,6 +815,9 @@ impl TopSeqs {
         out
     }
 }
+
+/// Records [`Index::for_each_match`] reads through one store iterator.
+const FETCH_RUN: usize = 4096;
 
 fn alive(reader: &SegmentReader, doc: DocId) -> bool {
     reader.alive_bitset().is_none_or(|a| a.is_alive(doc))

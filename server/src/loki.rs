@@ -166,7 +166,6 @@ fn parse_query(params: &[(String, String)]) -> Result<Expr, LokiError> {
 struct IndexSource<'a> {
     index: &'a Index,
     deadline: Instant,
-    page: usize,
     /// Records from this seq on are not visited (a tail sends them live).
     below_seq: u64,
 }
@@ -193,26 +192,19 @@ impl Source for IndexSource<'_> {
         until: i64,
         visit: &mut dyn FnMut(&LogRecord) -> bool,
     ) -> Result<(), Failure> {
-        let mut cursor = None;
-        loop {
-            self.in_time()?;
-            let page = self.index.search(&Search {
-                query: query.to_owned(),
-                since: Some(since),
-                until: Some(until),
-                limit: Some(self.page),
-                cursor,
-            })?;
-            for record in page.records.iter().filter(|r| r.seq < self.below_seq) {
-                if !visit(&record.log) {
-                    return Ok(());
+        self.in_time()?;
+        let (deadline, below_seq) = (self.deadline, self.below_seq);
+        let (mut seen, mut late) = (0u64, false);
+        self.index
+            .for_each_match(query, Some(since), Some(until), &mut |seq, record| {
+                seen += 1;
+                if seen.is_multiple_of(1024) && Instant::now() > deadline {
+                    late = true;
+                    return false;
                 }
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(()),
-            }
-        }
+                seq >= below_seq || visit(record)
+            })?;
+        if late { self.in_time() } else { Ok(()) }
     }
 
     fn histogram(
@@ -254,13 +246,11 @@ where
     F: FnOnce(&mut IndexSource<'_>) -> Result<T, Failure> + Send + 'static,
 {
     let deadline = Instant::now() + service.limits.query_timeout();
-    let page = service.limits.max_result_records.clamp(1, 1000);
     Ok(service
         .timed(move |index| {
             work(&mut IndexSource {
                 index,
                 deadline,
-                page,
                 below_seq: u64::MAX,
             })
         })
