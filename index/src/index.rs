@@ -1063,6 +1063,43 @@ mod tests {
         (engine, index)
     }
 
+    /// Every match in the range once, newest seq first (the order a
+    /// search pages in), and a visitor's `false` stops the walk.
+    #[test]
+    fn for_each_match_visits_the_range_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 1_700_000_000_000_000_000;
+        let times: Vec<i64> = (0..10_000).map(|i| base + i * 1_000_000).collect();
+        let (_engine, index) = open(dir.path(), &times);
+        let (since, until) = (Some(times[100]), Some(times[9_000]));
+        let mut seen = Vec::new();
+        index
+            .for_each_match("tick", since, until, &mut |seq, record| {
+                assert!(record.ts >= times[100] && record.ts < times[9_000]);
+                seen.push(seq);
+                true
+            })
+            .unwrap();
+        let want: Vec<u64> = (101..=9_000).rev().collect();
+        assert_eq!(seen, want);
+        let mut first = Vec::new();
+        index
+            .for_each_match("tick", None, None, &mut |seq, _| {
+                first.push(seq);
+                first.len() < 3
+            })
+            .unwrap();
+        assert_eq!(first, [10_000, 9_999, 9_998]);
+        let mut none = 0;
+        index
+            .for_each_match("tock", None, None, &mut |_, _| {
+                none += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(none, 0);
+    }
+
     /// Three records in one millisecond and one in the next: bounds and
     /// bucket edges that cut the millisecond are settled by exact times.
     #[test]
