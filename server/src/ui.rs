@@ -45,7 +45,7 @@ async fn file(body: &'static str, kind: &'static str) -> Response {
 /// What `GET /` shows a browser (Elasticsearch clients, which do not ask
 /// for HTML, get the JSON they check).
 pub(crate) const WELCOME: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<title>lode</title></head><body style=\"font:15px system-ui,sans-serif;margin:3em\">\
+<title>lode</title><link rel=\"icon\" href=\"data:,\"></head><body style=\"font:15px system-ui,sans-serif;margin:3em\">\
 <h1>lode</h1><p>A log database. <a href=\"/ui\">Search your logs</a>.</p>\
 <p>API: <a href=\"/api/v1/query?q=*&amp;limit=10\">/api/v1/query</a>, \
 <a href=\"/metrics\">/metrics</a>, <a href=\"/health\">/health</a>; \

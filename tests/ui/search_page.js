@@ -33,7 +33,11 @@ async function main() {
     page.on("console", (m) => {
       if (m.type() === "error" && !m.text().includes("status of 400")) failures.push(`console: ${m.text()}`);
     });
-    await page.goto(`${url}/ui`, { timeout });
+    // A browser opening / gets a page that links to the search page.
+    await page.goto(`${url}/`, { timeout });
+    await page.click('a[href="/ui"]');
+    await page.waitForSelector("#q", { timeout });
+    check(new URL(page.url()).pathname === "/ui", "/ links a browser to the search page");
 
     // A query: records holding the word, and bars in the histogram.
     await page.fill("#q", word);
