@@ -396,9 +396,9 @@ impl Index {
     /// Calls `visit` with each record (and its seq) that matches `text`
     /// with `since <= ts < until`, newest seq first, until it returns false:
     /// for callers that look at every match (LogQL's metric queries, a
-    /// window of its log queries) and need no newest-first order. The
-    /// matches' seqs are collected first, then their records are read in
-    /// runs of 4096 through one store iterator each.
+    /// window of its log queries) rather than a page of them. The matches'
+    /// seqs are collected first, then their records are read in runs of
+    /// 4096 through one store iterator each.
     pub fn for_each_match(
         &self,
         text: &str,

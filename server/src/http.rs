@@ -130,11 +130,7 @@ fn bad_request(message: impl Into<String>) -> Failure {
 /// Elasticsearch's banner, which its clients check; a browser (asking
 /// for HTML) gets a page that links to the search page.
 async fn root(headers: axum::http::HeaderMap) -> Response {
-    let html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
-    if html {
+    if header_lower(&headers, header::ACCEPT).contains("text/html") {
         return axum::response::Html(crate::ui::WELCOME).into_response();
     }
     axum::Json(json!({
