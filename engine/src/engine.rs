@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::options::{Background, Options};
 use crate::sealer::{RetentionReport, Sealer, SealerMsg};
 use crate::shared::{Shared, State};
-use crate::store::Store;
+use crate::store::{Settings, Store};
 use crate::wal::{self, TailCut, WalSegment};
 use crate::writer::{AppendReq, Reply, Writer, WriterMsg};
 use lode_codec::SegmentMeta;
@@ -288,6 +288,7 @@ impl Engine {
             opts.block_cache_bytes,
         )?;
         let manifest = store.load_manifest()?;
+        store.set_segments(&manifest.segments);
         store.reclaim_below(manifest.floor)?;
         let sealed: std::collections::BTreeMap<u64, SegmentMeta> = manifest
             .segments
@@ -359,6 +360,7 @@ impl Engine {
             state,
             cuts,
         ));
+        shared.reload_settings()?;
 
         let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
         let (sealer_tx, sealer_rx) = crossbeam_channel::unbounded();
@@ -550,6 +552,34 @@ impl Engine {
     }
 
     /// The data directory the engine was opened on.
+    /// Named values kept for the engine's user (a server keeps its
+    /// tokens here), as of the last change: durable, and in a snapshot a
+    /// replicated log installs. The engine does not read them.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.shared.settings()
+    }
+
+    /// How many times the settings changed since open: a reader that
+    /// caches what it made of them rebuilds it when this moves.
+    pub fn settings_generation(&self) -> u64 {
+        self.shared.settings_generation()
+    }
+
+    /// Sets (or, with `None`, removes) the setting `name`, durably. A
+    /// replicated log calls it as it applies the entries that decide it,
+    /// in log order, so every node holds the same settings.
+    pub fn put_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        self.shared.store.put_setting(name, value)?;
+        self.shared.reload_settings()
+    }
+
+    /// The largest encoded batch (whole frame) an append takes: a front
+    /// end or a cluster's leader cuts or refuses larger ones before they
+    /// reach the log.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.shared.opts.max_batch_bytes
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.shared.wal_dir.parent().unwrap_or(&self.shared.wal_dir)
     }

@@ -18,6 +18,7 @@
 //!     host: "web-1".into(),
 //!     attrs: vec![("status".into(), "500".into())],
 //!     message: "upstream timed out".into(),
+//!     tenant: String::new(), // the default tenant
 //! }];
 //! let seqs = engine.append(&batch)?; // returns once fsync'd
 //! let record = engine.get(seqs.start)?.expect("just appended");
@@ -47,14 +48,16 @@ pub use engine::{AppendTicket, Engine, lower_thread_priority};
 pub use error::{Error, Result};
 pub use lode_codec::SegmentMeta;
 pub use lode_codec::{
-    ArchivedLevel, ArchivedLogRecord, BatchKey, EncodedBatch, FrameKind, HEADER_LEN, KEY_LEN,
-    Level, LogRecord, Record, format_rfc3339, parse_rfc3339,
+    ArchivedLevel, ArchivedLogRecord, BatchKey, CodecError, DEFAULT_TENANT, EncodedBatch,
+    FrameKind, HEADER_LEN, KEY_LEN, Level, LogRecord, Record, RecordRef, format_rfc3339,
+    parse_rfc3339, stored_tenant, tenant_name,
 };
 pub use log::{KeyedEntry, LogBounds, LogEntry, SnapshotInstall};
 pub use options::{Background, Durability, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use shared::now_ns;
+pub use store::Settings;
 pub use wal::TailCut;
 
 /// Seqs given to one append: `start..end`.

@@ -69,6 +69,9 @@ pub struct SnapshotInstall {
     /// The consensus layer's description of the snapshot, stored with
     /// the manifest in the same synced write.
     pub description: Vec<u8>,
+    /// The settings as of the snapshot, replacing the log's own in the
+    /// same write (`None`: left as they are).
+    pub settings: Option<crate::store::Settings>,
 }
 
 /// Where a replicated log starts and ends.
@@ -107,7 +110,10 @@ impl Engine {
     /// the first failure. The first entry of an empty log may have any
     /// index; every other must follow the log's last. Entries are readable
     /// by [`Engine::read_entries`] once durable; a caller that must read
-    /// them sooner keeps them until `done`.
+    /// them sooner keeps them until `done`. No size limit but the frame
+    /// format's applies here: an entry a quorum may have taken must not
+    /// fail on one node for its size (the proposer checks
+    /// [`Engine::max_batch_bytes`] before anything reaches the log).
     pub fn append_entries(
         &self,
         entries: Vec<(u64, u64, std::sync::Arc<EncodedBatch>)>,
@@ -150,15 +156,6 @@ impl Engine {
                     }
                 }))
             };
-            let limit = self.shared.opts.max_batch_bytes;
-            if batch.frame_len() > limit {
-                let e = Error::BatchTooLarge {
-                    bytes: batch.frame_len(),
-                    limit,
-                };
-                reply.send(Err(e));
-                continue;
-            }
             writer
                 .send(WriterMsg::Append(AppendReq {
                     batch,

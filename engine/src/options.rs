@@ -45,7 +45,9 @@ pub struct Options {
     /// on every node).
     pub segment_age: Duration,
     pub retention: Retention,
-    /// Largest encoded batch `append` accepts.
+    /// Largest encoded batch (whole frame) `append` accepts. A replicated
+    /// log's entries are checked against it by the proposer, not by
+    /// `append_entries`.
     pub max_batch_bytes: usize,
     /// Most bytes the writer puts in one group commit.
     pub max_group_bytes: usize,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lode_codec::{ArchivedLogRecord, Record};
+use lode_codec::{Record, RecordRef};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -56,7 +56,7 @@ pub struct Stats {
 /// What [`Shared::visit`] calls with each record; an error (a record that
 /// does not decode) stops the visit.
 pub(crate) type Visitor<'a> =
-    dyn FnMut(u64, &ArchivedLogRecord) -> std::result::Result<(), lode_codec::CodecError> + 'a;
+    dyn FnMut(u64, RecordRef<'_>) -> std::result::Result<(), lode_codec::CodecError> + 'a;
 
 /// Where the next records of a range are.
 enum Source {
@@ -218,7 +218,7 @@ impl Engine {
     /// pays for an iterator of its own), records in the WAL in place.
     pub fn visit_seqs<F>(&self, seqs: &[u64], mut f: F) -> Result<()>
     where
-        F: FnMut(u64, &ArchivedLogRecord),
+        F: FnMut(u64, RecordRef<'_>),
     {
         self.visit_held(seqs, &mut |seq, record| {
             f(seq, record);
@@ -286,7 +286,7 @@ impl Engine {
     /// continue from (the end of what was visited).
     pub fn visit<F>(&self, range: std::ops::Range<u64>, mut f: F) -> Result<u64>
     where
-        F: FnMut(u64, &ArchivedLogRecord),
+        F: FnMut(u64, RecordRef<'_>),
     {
         let mut next = range.start;
         while next < range.end {

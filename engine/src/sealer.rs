@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
-use lode_codec::RecordsCrc;
 use lode_codec::SegmentMeta;
+use lode_codec::{RecordsCrc, encode_sealed_value};
 
 pub(crate) enum SealerMsg {
     /// A WAL segment was finished.
@@ -195,6 +195,7 @@ impl Sealer {
             sst_crc32c,
             sealed_at: now_ns(),
             records_crc32c: Some(records_crc32c),
+            tenant_prefix: true,
         };
         self.keep_file(&tmp, &meta)?;
         self.shared.store.ingest(&tmp, first_seq, last_seq)?;
@@ -225,18 +226,23 @@ impl Sealer {
     fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<u32> {
         let mut sst = self.shared.store.sst_writer(tmp)?;
         let mut crc = RecordsCrc::default();
+        let mut value = Vec::new();
         for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
             let batch = frame
                 .batch()
                 .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
-            // The record bytes are stored as they are: encoded once, at append.
+            // The record bytes are stored as they are (encoded once, at
+            // append), after the tenant their batch names.
             for (i, seq) in (loc.first_seq..loc.end_seq()).enumerate() {
                 let bytes = batch.record_bytes(i).ok_or_else(|| {
                     Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing"))
                 })?;
-                sst.put(seq, bytes)?;
-                crc.add(bytes);
+                value.clear();
+                encode_sealed_value(batch.tenant(), bytes, &mut value)
+                    .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
+                sst.put(seq, &value)?;
+                crc.add(&value);
             }
         }
         sst.finish()?;
@@ -316,7 +322,12 @@ impl Sealer {
             install.through,
             install.floor,
             &install.description,
+            install.settings.as_ref(),
         )?;
+        self.shared.store.set_segments(&install.segments);
+        if install.settings.is_some() {
+            self.shared.reload_settings()?;
+        }
         {
             let mut state = self.shared.write();
             state.sealed = install

@@ -81,6 +81,10 @@ pub(crate) struct Shared {
     pub(crate) last_seal_error: Mutex<Option<String>>,
     pub(crate) recovery: Vec<TailCut>,
     pub(crate) counters: Counters,
+    /// The settings as stored (see [`crate::Engine::settings`]), and how
+    /// many times they changed.
+    settings: RwLock<std::sync::Arc<crate::store::Settings>>,
+    settings_generation: AtomicU64,
     /// Failpoint: the next WAL sync fails (tests only).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
@@ -117,9 +121,31 @@ impl Shared {
             last_seal_error: Mutex::new(None),
             recovery,
             counters: Counters::default(),
+            settings: RwLock::default(),
+            settings_generation: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
         }
+    }
+
+    /// The settings, as last read from the store.
+    pub(crate) fn settings(&self) -> std::sync::Arc<crate::store::Settings> {
+        std::sync::Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn settings_generation(&self) -> u64 {
+        self.settings_generation.load(Ordering::Acquire)
+    }
+
+    /// Reads the settings from the store again (after they changed there).
+    pub(crate) fn reload_settings(&self) -> crate::Result<()> {
+        let settings = std::sync::Arc::new(self.store.settings()?);
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
+        self.settings_generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     // A panic in another thread never leaves these structures half-changed

@@ -7,8 +7,10 @@
 //!   WAL never carries a record.
 //! - `meta`: `applied` (u64 LE: last WAL index whose records are sealed),
 //!   `floor` (u64 LE: first seq retention keeps), `seg/` + first seq (u64
-//!   BE) → [`SegmentMeta`]. These few small writes go through RocksDB's WAL,
-//!   synced, which is what makes a seal or a drop durable and atomic.
+//!   BE) → [`SegmentMeta`], `set/` + name → a setting's bytes (opaque to
+//!   the engine: a server's tokens). These few small writes go through
+//!   RocksDB's WAL, synced, which is what makes a seal or a drop durable
+//!   and atomic.
 //!
 //! Owns every RocksDB call of the engine; knows nothing of WAL files.
 
@@ -16,7 +18,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use lode_codec::access_record;
+use lode_codec::access_sealed_value;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
@@ -34,6 +36,10 @@ const KEY_FLOOR: &[u8] = b"floor";
 /// its last index (u64 LE), then its bytes.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
+/// Settings: key `set/` + the setting's name, value its bytes.
+const SETTING_PREFIX: &[u8] = b"set/";
+/// One past every setting key (`/` + 1 is `0`).
+const SETTING_END: &[u8] = b"set0";
 /// Keys between full keys in a block of `records`: a seek within a block
 /// binary-searches the full keys, then decodes keys one by one from there,
 /// half this many on average.
@@ -57,6 +63,16 @@ fn segment_key(first_seq: u64) -> Vec<u8> {
     key
 }
 
+/// Named values the engine keeps for its user (a server's tokens), by
+/// name.
+pub type Settings = std::collections::BTreeMap<String, Vec<u8>>;
+
+fn setting_key(name: &str) -> Vec<u8> {
+    let mut key = SETTING_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 /// What the manifest says at open.
 #[derive(Debug, Default)]
 pub(crate) struct Manifest {
@@ -70,6 +86,9 @@ pub(crate) struct Store {
     db: DB,
     path: PathBuf,
     records_options: RocksOptions,
+    /// Seq ranges (inclusive) of segments sealed before tenants existed,
+    /// whose values are records alone; usually none.
+    legacy: std::sync::RwLock<std::sync::Arc<Vec<(u64, u64)>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,6 +150,7 @@ impl Store {
             db,
             path: path.to_owned(),
             records_options: records_options(zstd_level, block_bytes, None),
+            legacy: std::sync::RwLock::default(),
         })
     }
 
@@ -188,6 +208,55 @@ impl Store {
         }
         iter.status()?;
         Ok(manifest)
+    }
+
+    /// Notes which of `segments` hold values without a tenant.
+    pub(crate) fn set_segments(&self, segments: &[SegmentMeta]) {
+        let legacy: Vec<(u64, u64)> = segments
+            .iter()
+            .filter(|s| !s.tenant_prefix)
+            .map(|s| (s.first_seq, s.last_seq))
+            .collect();
+        *self
+            .legacy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(legacy);
+    }
+
+    fn legacy(&self) -> std::sync::Arc<Vec<(u64, u64)>> {
+        std::sync::Arc::clone(
+            &self
+                .legacy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Every setting, by name.
+    pub(crate) fn settings(&self) -> Result<Settings> {
+        let mut settings = Settings::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_META)?);
+        iter.seek(SETTING_PREFIX);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let Some(name) = key.strip_prefix(SETTING_PREFIX) else {
+                break;
+            };
+            settings.insert(String::from_utf8_lossy(name).into_owned(), value.to_vec());
+            iter.next();
+        }
+        iter.status()?;
+        Ok(settings)
+    }
+
+    /// Sets (or, `None`, removes) one setting, synced.
+    pub(crate) fn put_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let key = setting_key(name);
+        match value {
+            Some(value) => self.db.put_cf_opt(meta, key, value, &Self::synced())?,
+            None => self.db.delete_cf_opt(meta, key, &Self::synced())?,
+        }
+        Ok(())
     }
 
     /// Starts the SST of one segment at `path`.
@@ -259,10 +328,17 @@ impl Store {
         applied: u64,
         floor: u64,
         snapshot: &[u8],
+        settings: Option<&Settings>,
     ) -> Result<()> {
         let meta = self.cf(CF_META)?;
         let records = self.cf(CF_RECORDS)?;
         let mut batch = WriteBatch::default();
+        if let Some(settings) = settings {
+            batch.delete_range_cf(meta, SETTING_PREFIX, SETTING_END);
+            for (name, value) in settings {
+                batch.put_cf(meta, setting_key(name), value);
+            }
+        }
         for segment in replaced {
             batch.delete_cf(meta, segment_key(segment.first_seq));
         }
@@ -316,13 +392,14 @@ impl Store {
     ) -> Result<Option<u64>> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
         iter.seek(seq_key(from));
+        let legacy = self.legacy();
         let mut last = None;
         for _ in 0..max {
             let Some(seq) = self.key_seq(&iter)?.filter(|&seq| seq < end) else {
                 break;
             };
             let value = iter.value().unwrap_or_default();
-            access_record(value)
+            access_sealed_value(value, !is_legacy(&legacy, seq))
                 .and_then(|record| f(seq, record))
                 .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
             last = Some(seq);
@@ -339,6 +416,7 @@ impl Store {
     /// page of a common word's matches is a few records apart.
     pub(crate) fn visit_seqs(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<()> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        let legacy = self.legacy();
         let mut at: Option<u64> = None;
         for &seq in seqs {
             match at {
@@ -357,7 +435,7 @@ impl Store {
                 continue; // dropped by retention
             }
             let value = iter.value().unwrap_or_default();
-            access_record(value)
+            access_sealed_value(value, !is_legacy(&legacy, seq))
                 .and_then(|record| f(seq, record))
                 .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
         }
@@ -375,6 +453,15 @@ impl Store {
             })
             .transpose()
     }
+}
+
+/// Whether `seq` lies in one of the `legacy` ranges (sorted by seq).
+fn is_legacy(legacy: &[(u64, u64)], seq: u64) -> bool {
+    if legacy.is_empty() {
+        return false;
+    }
+    let at = legacy.partition_point(|(first, _)| *first <= seq);
+    at > 0 && legacy.get(at - 1).is_some_and(|(_, last)| seq <= *last)
 }
 
 /// An SST being written; keys must be added in increasing seq order.

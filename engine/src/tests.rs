@@ -17,11 +17,32 @@ fn record(i: u64) -> LogRecord {
         host: "h1".into(),
         attrs: vec![("i".into(), i.to_string())],
         message: format!("message {i} {}", "pad ".repeat((i % 20) as usize)),
+        tenant: String::new(),
     }
 }
 
 fn records(range: std::ops::Range<u64>) -> Vec<LogRecord> {
     range.map(record).collect()
+}
+
+#[test]
+fn settings_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    assert!(engine.settings().is_empty());
+    let before = engine.settings_generation();
+    engine.put_setting("token/a", Some(b"one")).unwrap();
+    engine.put_setting("token/b", Some(b"two")).unwrap();
+    engine.put_setting("token/a", None).unwrap();
+    assert!(engine.settings_generation() > before);
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    let settings = engine.settings();
+    assert_eq!(settings.len(), 1);
+    assert_eq!(
+        settings.get("token/b").map(Vec::as_slice),
+        Some(&b"two"[..])
+    );
 }
 
 #[test]
@@ -640,8 +661,17 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
                 through,
                 end_seq,
                 description: name.as_bytes().to_vec(),
+                settings: Some(crate::Settings::from([(
+                    "token/a".to_owned(),
+                    name.as_bytes().to_vec(),
+                )])),
             })
             .unwrap();
+        assert_eq!(
+            follower.settings().get("token/a").map(Vec::as_slice),
+            Some(name.as_bytes()),
+            "the snapshot's settings replace the log's"
+        );
         // The staged files may go: the engine holds its own links.
         std::fs::remove_dir_all(&staged).unwrap();
         follower.purge(through).unwrap();
@@ -695,6 +725,7 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
                     through,
                     end_seq,
                     description: Vec::new(),
+                    settings: None,
                 })
                 .is_err()
         );

@@ -46,6 +46,9 @@ pub(crate) struct FieldBitmaps {
     level: ValueBitmaps,
     service: ValueBitmaps,
     host: ValueBitmaps,
+    /// Every read of a server is scoped to its caller's tenants: an
+    /// intersection with one of these.
+    tenant: ValueBitmaps,
     /// Built when a query first asks for an attribute, so that a
     /// deployment that never filters on attributes does not pay their
     /// memory; `None` if reading the postings failed (tantivy then answers,
@@ -72,6 +75,7 @@ impl FieldBitmaps {
             level: value_bitmaps(reader, FacetField::Level)?,
             service: value_bitmaps(reader, FacetField::Service)?,
             host: value_bitmaps(reader, FacetField::Host)?,
+            tenant: value_bitmaps(reader, FacetField::Tenant)?,
             attrs: OnceLock::new(),
             max_doc: reader.max_doc(),
         })
@@ -82,6 +86,7 @@ impl FieldBitmaps {
             FacetField::Level => &self.level,
             FacetField::Service => &self.service,
             FacetField::Host => &self.host,
+            FacetField::Tenant => &self.tenant,
         }
     }
 
@@ -119,7 +124,7 @@ impl FieldBitmaps {
     /// this.
     pub(crate) fn bytes(&self) -> u64 {
         let attrs = self.attrs.get().and_then(Option::as_ref);
-        let fields = [&self.level, &self.service, &self.host];
+        let fields = [&self.level, &self.service, &self.host, &self.tenant];
         let fields = fields.into_iter().chain(attrs.map(|a| &a.terms));
         let values = fields.flat_map(|f| f.values());
         values.map(|b| b.serialized_size() as u64).sum()
@@ -181,6 +186,7 @@ fn facet(field: &QField) -> Option<FacetField> {
         QField::Level => Some(FacetField::Level),
         QField::Service => Some(FacetField::Service),
         QField::Host => Some(FacetField::Host),
+        QField::Tenant => Some(FacetField::Tenant),
         QField::Attr(_) => None,
     }
 }

@@ -63,6 +63,8 @@ pub enum FacetField {
     Level,
     Service,
     Host,
+    /// The tenant a record belongs to (`default` for the default one).
+    Tenant,
 }
 
 impl FacetField {
@@ -71,6 +73,7 @@ impl FacetField {
             FacetField::Level => "level",
             FacetField::Service => "service",
             FacetField::Host => "host",
+            FacetField::Tenant => "tenant",
         }
     }
 }
@@ -128,6 +131,30 @@ pub struct Search {
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only records of these tenants; `None`: every tenant's.
+    pub tenants: Option<Vec<String>>,
+}
+
+/// The query `text` restricted to records of `tenants` (`None`: every
+/// tenant's): how a server scopes each read to its caller. The
+/// restriction is a conjunction in the parsed query, not text, so the
+/// query cannot undo it.
+pub fn scoped(text: &str, tenants: Option<&[String]>) -> Result<Query> {
+    let query = parse(text)?;
+    Ok(match tenants {
+        None => query,
+        Some(tenants) => {
+            let allowed: Vec<Query> = tenants
+                .iter()
+                .map(|t| Query::FieldIs(lode_query::Field::Tenant, t.clone()))
+                .collect();
+            let allowed = match <[Query; 1]>::try_from(allowed) {
+                Ok([one]) => one,
+                Err(many) => Query::Or(many),
+            };
+            Query::And(vec![allowed, query])
+        }
+    })
 }
 
 /// One page of results, newest (highest seq) first.
@@ -328,7 +355,7 @@ impl Index {
     pub fn search(&self, search: &Search) -> Result<Page> {
         let limit = search.limit.unwrap_or(100).clamp(1, self.max_limit.max(1));
         let before = search.cursor.as_deref().map(parse_cursor).transpose()?;
-        let query = parse(&search.query)?;
+        let query = scoped(&search.query, search.tenants.as_deref())?;
         let seqs = self.rechecking(|recheck| {
             let tquery = self.query(&query, search.since, search.until, before, recheck)?;
             self.newest(&self.reader.searcher(), tquery.as_ref(), limit, recheck)
@@ -402,11 +429,12 @@ impl Index {
     pub fn for_each_match(
         &self,
         text: &str,
+        tenants: Option<&[String]>,
         since: Option<i64>,
         until: Option<i64>,
         visit: &mut dyn FnMut(u64, &lode_engine::LogRecord) -> bool,
     ) -> Result<()> {
-        let query = parse(text)?;
+        let query = scoped(text, tenants)?;
         let mut seqs = self.rechecking(|recheck| {
             let tquery = self.query(&query, since, until, None, recheck)?;
             let searcher = self.reader.searcher();
@@ -449,8 +477,14 @@ impl Index {
     }
 
     /// How many records match the query in the time range.
-    pub fn count(&self, text: &str, since: Option<i64>, until: Option<i64>) -> Result<u64> {
-        let query = parse(text)?;
+    pub fn count(
+        &self,
+        text: &str,
+        tenants: Option<&[String]>,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<u64> {
+        let query = scoped(text, tenants)?;
         if since.is_none()
             && until.is_none()
             && let Some(counts) = self.field_matches(&query, |_, docs| docs.len())?
@@ -512,11 +546,12 @@ impl Index {
     pub fn histogram(
         &self,
         query: &str,
+        tenants: Option<&[String]>,
         since: Option<i64>,
         until: Option<i64>,
         width: Option<i64>,
     ) -> Result<Histogram> {
-        let parsed = parse(query)?;
+        let parsed = scoped(query, tenants)?;
         let searcher = self.reader.searcher();
         let (mut low, mut high) = (i64::MAX, i64::MIN);
         for segment in searcher
@@ -574,6 +609,7 @@ impl Index {
     pub fn histogram_at(
         &self,
         query: &str,
+        tenants: Option<&[String]>,
         origin: i64,
         width: i64,
         buckets: usize,
@@ -588,7 +624,11 @@ impl Index {
             .and_then(|n| n.checked_mul(width))
             .and_then(|span| origin.checked_add(span))
             .ok_or_else(|| Error::BadRequest("histogram buckets past the end of time".into()))?;
-        self.count_buckets(&parse(query)?, (origin, width, buckets), (origin, until))
+        self.count_buckets(
+            &scoped(query, tenants)?,
+            (origin, width, buckets),
+            (origin, until),
+        )
     }
 
     fn count_buckets(
@@ -619,12 +659,13 @@ impl Index {
     pub fn top_values(
         &self,
         query: &str,
+        tenants: Option<&[String]>,
         since: Option<i64>,
         until: Option<i64>,
         field: FacetField,
         k: usize,
     ) -> Result<Vec<(String, u64)>> {
-        let parsed = parse(query)?;
+        let parsed = scoped(query, tenants)?;
         if since.is_none()
             && until.is_none()
             && let Some(tallies) =
@@ -683,9 +724,9 @@ impl Index {
     /// A live tail: records from `from_seq` on that match `query`, as they
     /// become durable (read from the engine, filtered by the query's
     /// brute-force meaning, so it needs no index commit).
-    pub fn tail(&self, query: &str, from_seq: u64) -> Result<Tail> {
+    pub fn tail(&self, query: &str, tenants: Option<&[String]>, from_seq: u64) -> Result<Tail> {
         Ok(Tail {
-            query: parse(query)?,
+            query: scoped(query, tenants)?,
             subscription: self.engine.subscribe(from_seq),
         })
     }
@@ -1074,7 +1115,7 @@ mod tests {
         let (since, until) = (Some(times[100]), Some(times[9_000]));
         let mut seen = Vec::new();
         index
-            .for_each_match("tick", since, until, &mut |seq, record| {
+            .for_each_match("tick", None, since, until, &mut |seq, record| {
                 assert!(record.ts >= times[100] && record.ts < times[9_000]);
                 seen.push(seq);
                 true
@@ -1084,7 +1125,7 @@ mod tests {
         assert_eq!(seen, want);
         let mut first = Vec::new();
         index
-            .for_each_match("tick", None, None, &mut |seq, _| {
+            .for_each_match("tick", None, None, None, &mut |seq, _| {
                 first.push(seq);
                 first.len() < 3
             })
@@ -1092,7 +1133,7 @@ mod tests {
         assert_eq!(first, [10_000, 9_999, 9_998]);
         let mut none = 0;
         index
-            .for_each_match("tock", None, None, &mut |_, _| {
+            .for_each_match("tock", None, None, None, &mut |_, _| {
                 none += 1;
                 true
             })
@@ -1107,7 +1148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ms = 1_700_000_000_000_000_000;
         let (_engine, index) = open(dir.path(), &[ms + 100, ms + 500, ms + 900, ms + 1_000_100]);
-        let count = |since, until| index.count("tick", since, until).unwrap();
+        let count = |since, until| index.count("tick", None, since, until).unwrap();
         assert_eq!(count(Some(ms + 500), None), 3);
         assert_eq!(count(Some(ms + 501), None), 2);
         assert_eq!(count(None, Some(ms + 500)), 1);
@@ -1127,7 +1168,7 @@ mod tests {
         let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [3, 2]);
         let histogram = index
-            .histogram("*", Some(ms), Some(ms + 2_000_000), Some(400))
+            .histogram("*", None, Some(ms), Some(ms + 2_000_000), Some(400))
             .unwrap();
         assert_eq!(histogram.start, ms);
         let nonzero: Vec<(usize, u64)> = histogram
@@ -1138,7 +1179,7 @@ mod tests {
             .filter(|(_, n)| *n > 0)
             .collect();
         assert_eq!(nonzero, [(0, 1), (1, 1), (2, 1), (2500, 1)]);
-        let whole = index.histogram("*", None, None, None).unwrap();
+        let whole = index.histogram("*", None, None, None, None).unwrap();
         assert_eq!(whole.buckets.iter().sum::<u64>(), 4);
     }
 
@@ -1149,7 +1190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (low, high) = (i64::MIN + 5, i64::MAX - 5);
         let (_engine, index) = open(dir.path(), &[low, high]);
-        let count = |since, until| index.count("tick", since, until).unwrap();
+        let count = |since, until| index.count("tick", None, since, until).unwrap();
         assert_eq!(count(None, Some(i64::MAX)), 2);
         assert_eq!(count(Some(i64::MAX), None), 0);
         assert_eq!(count(Some(high), None), 1);
@@ -1157,10 +1198,10 @@ mod tests {
         assert_eq!(count(Some(i64::MIN), Some(low)), 0);
         assert_eq!(count(Some(i64::MIN), Some(low + 1)), 1);
         assert_eq!(count(None, Some(i64::MIN)), 0);
-        let last = index.histogram("tick", Some(high - 1000), None, None);
+        let last = index.histogram("tick", None, Some(high - 1000), None, None);
         assert_eq!(last.unwrap().buckets.iter().sum::<u64>(), 1);
         // Every time there is: counted, or refused as too many buckets.
-        match index.histogram("tick", None, None, None) {
+        match index.histogram("tick", None, None, None, None) {
             Ok(histogram) => assert_eq!(histogram.buckets.iter().sum::<u64>(), 2),
             Err(e) => assert!(e.to_string().contains("buckets"), "{e}"),
         }
@@ -1177,7 +1218,7 @@ mod tests {
         builder.add_i64_field("ts", tantivy::schema::FAST);
         tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
         let (_engine, index) = open(dir.path(), &[1, 2, 3]);
-        assert_eq!(index.count("*", None, None).unwrap(), 3);
+        assert_eq!(index.count("*", None, None, None).unwrap(), 3);
     }
 
     /// Phrases beside other conditions of an AND are checked together,
@@ -1222,12 +1263,14 @@ mod tests {
             assert_eq!(seqs("-\"on sda\""), [3]);
             assert_eq!(seqs("disk -\"on sda\""), [3]);
             let not_phrase = "\"disk full\" -\"on sda\"";
-            assert_eq!(index.count(not_phrase, None, None).unwrap(), 1);
+            assert_eq!(index.count(not_phrase, None, None, None).unwrap(), 1);
             assert_eq!(seqs(not_phrase), [3]);
             assert_eq!(seqs("(\"disk full\" \"full on\") OR \"sda on\""), [4, 3, 1]);
             assert_eq!(seqs("(\"full disk\" \"disk on\") OR \"sda on\""), [3, 2]);
             assert_eq!(
-                index.count("service:db \"full disk\"", None, None).unwrap(),
+                index
+                    .count("service:db \"full disk\"", None, None, None)
+                    .unwrap(),
                 0
             );
             index.close().unwrap();
@@ -1256,7 +1299,11 @@ mod tests {
             };
             let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
             assert!(index.wait_indexed(2, Duration::from_secs(30)));
-            assert_eq!(index.count("*", None, None).unwrap(), 2, "{positions}");
+            assert_eq!(
+                index.count("*", None, None, None).unwrap(),
+                2,
+                "{positions}"
+            );
             let page = index
                 .search(&Search {
                     query: "\"connection refused\"".into(),
@@ -1265,7 +1312,10 @@ mod tests {
                 .unwrap();
             let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
             assert_eq!(seqs, [1], "positions: {positions}");
-            assert_eq!(index.count("connection refused", None, None).unwrap(), 2);
+            assert_eq!(
+                index.count("connection refused", None, None, None).unwrap(),
+                2
+            );
             index.close().unwrap();
         }
     }
@@ -1338,6 +1388,7 @@ mod field_bitmaps {
                     ("id".into(), i.to_string()),
                 ],
                 message: format!("message {i}"),
+                tenant: String::new(),
             })
             .collect();
         // One commit (a segment) per chunk.
@@ -1365,14 +1416,16 @@ mod field_bitmaps {
             assert!(answered_by_bitmaps(&index, query), "{query}");
             let everything = Some(0);
             assert_eq!(
-                index.count(query, None, None).unwrap(),
-                index.count(query, everything, None).unwrap(),
+                index.count(query, None, None, None).unwrap(),
+                index.count(query, None, everything, None).unwrap(),
                 "count of {query}"
             );
             for field in [FacetField::Level, FacetField::Service, FacetField::Host] {
                 assert_eq!(
-                    index.top_values(query, None, None, field, 3).unwrap(),
-                    index.top_values(query, everything, None, field, 3).unwrap(),
+                    index.top_values(query, None, None, None, field, 3).unwrap(),
+                    index
+                        .top_values(query, None, everything, None, field, 3)
+                        .unwrap(),
                     "top {field:?} of {query}"
                 );
             }
@@ -1386,7 +1439,7 @@ mod field_bitmaps {
         ] {
             assert!(!answered_by_bitmaps(&index, query), "{query}");
         }
-        assert_eq!(index.count("attrs.id:7", None, None).unwrap(), 1);
+        assert_eq!(index.count("attrs.id:7", None, None, None).unwrap(), 1);
         // Attribute bitmaps are built when a query first asks for one.
         let searcher = index.reader.searcher();
         let segment = &searcher.segment_readers()[0];
@@ -1395,7 +1448,7 @@ mod field_bitmaps {
         let query = parse("attrs.component:net").unwrap();
         assert!(bitmaps.matches(segment, &query).is_some());
         assert!(bitmaps.bytes() > before);
-        assert_eq!(index.count("*", None, None).unwrap(), 3000);
+        assert_eq!(index.count("*", None, None, None).unwrap(), 3000);
         assert!(index.stats().bitmap_bytes > 0);
     }
 
@@ -1427,14 +1480,14 @@ mod field_bitmaps {
         let now = base + 300 * 1_000_000_000;
         assert_eq!(engine.enforce_retention(now).unwrap().records, 200);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while index.count("*", Some(0), None).unwrap() != 200 && Instant::now() < deadline {
+        while index.count("*", None, Some(0), None).unwrap() != 200 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(index.count("*", None, None).unwrap(), 200);
-        assert_eq!(index.count("level:error", None, None).unwrap(), 100);
+        assert_eq!(index.count("*", None, None, None).unwrap(), 200);
+        assert_eq!(index.count("level:error", None, None, None).unwrap(), 100);
         assert_eq!(
             index
-                .top_values("*", None, None, FacetField::Level, 2)
+                .top_values("*", None, None, None, FacetField::Level, 2)
                 .unwrap(),
             vec![("error".to_owned(), 100), ("info".to_owned(), 100)]
         );
@@ -1455,10 +1508,10 @@ mod field_bitmaps {
         let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
         assert!(index.wait_indexed(100, Duration::from_secs(30)));
         assert!(!answered_by_bitmaps(&index, "level:error"));
-        assert_eq!(index.count("level:error", None, None).unwrap(), 25);
+        assert_eq!(index.count("level:error", None, None, None).unwrap(), 25);
         assert_eq!(
             index
-                .top_values("*", None, None, FacetField::Level, 2)
+                .top_values("*", None, None, None, FacetField::Level, 2)
                 .unwrap(),
             vec![("info".to_owned(), 75), ("error".to_owned(), 25)]
         );

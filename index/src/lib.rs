@@ -23,7 +23,10 @@
 //! assert!(index.wait_indexed(seqs.end - 1, Duration::from_secs(10)));
 //! let page = index.search(&Search { query: "\"connection refused\" level:>=warn".into(), ..Search::default() })?;
 //! assert_eq!(page.records[0].seq, seqs.start);
-//! assert_eq!(index.count("service:api", None, None)?, 1);
+//! assert_eq!(index.count("service:api", None, None, None)?, 1);
+//! // A server scopes every read to its caller's tenants:
+//! let theirs = ["team-a".to_owned()];
+//! assert_eq!(index.count("service:api", Some(&theirs), None, None)?, 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -38,5 +41,7 @@ mod schema;
 mod time;
 
 pub use error::{Error, Result};
-pub use index::{FacetField, Histogram, Index, IndexOptions, IndexStats, Page, Search, Tail};
+pub use index::{
+    FacetField, Histogram, Index, IndexOptions, IndexStats, Page, Search, Tail, scoped,
+};
 pub use lode_query::{ParseError, Query, parse, parse_time};

@@ -97,10 +97,9 @@ impl Recheck {
         sorted.sort_unstable();
         sorted.dedup();
         let mut found: Vec<(u64, T)> = Vec::with_capacity(sorted.len());
-        if let Err(e) = self
-            .engine
-            .visit_seqs(&sorted, |seq, record| found.push((seq, look(record))))
-        {
+        if let Err(e) = self.engine.visit_seqs(&sorted, |seq, record| {
+            found.push((seq, look(record.record)))
+        }) {
             let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
             failure.get_or_insert(e);
         }

@@ -8,7 +8,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use lode_engine::ArchivedLogRecord;
+use lode_engine::{RecordRef, tenant_name};
 use lode_query::{Field as QField, Query, levels_selected};
 use tantivy::query::{
     AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, RegexQuery, TermQuery,
@@ -44,6 +44,7 @@ pub(crate) struct Fields {
     pub(crate) level: Field,
     pub(crate) service: Field,
     pub(crate) host: Field,
+    pub(crate) tenant: Field,
     pub(crate) attr: Field,
     /// Whether the message field keeps word positions: phrases then run on
     /// them instead of reading candidates' messages.
@@ -90,6 +91,7 @@ pub(crate) fn schema(positions: bool) -> (Schema, Fields) {
         level: builder.add_text_field("level", value(true)),
         service: builder.add_text_field("service", value(true)),
         host: builder.add_text_field("host", value(true)),
+        tenant: builder.add_text_field("tenant", value(true)),
         attr: builder.add_text_field(ATTR_FIELD, value(false)),
         positions,
     };
@@ -121,8 +123,9 @@ pub(crate) fn attr_term(key: &str, value: &str) -> String {
 }
 
 /// The document of record `seq`, built from the record read in place.
-pub(crate) fn document(fields: &Fields, seq: u64, record: &ArchivedLogRecord) -> TantivyDocument {
+pub(crate) fn document(fields: &Fields, seq: u64, record: RecordRef<'_>) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
+    doc.add_text(fields.tenant, tenant_name(record.tenant));
     doc.add_u64(fields.seq, seq);
     doc.add_i64(fields.ts_ms, grain(record.timestamp()));
     doc.add_text(fields.message, record.message.as_str());
@@ -156,6 +159,7 @@ fn field_term(fields: &Fields, field: &QField, value: &str) -> (Field, String) {
         QField::Level => (fields.level, value.to_owned()),
         QField::Service => (fields.service, value.to_owned()),
         QField::Host => (fields.host, value.to_owned()),
+        QField::Tenant => (fields.tenant, value.to_owned()),
         QField::Attr(key) => (fields.attr, attr_term(key, value)),
     }
 }

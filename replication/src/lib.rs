@@ -21,6 +21,7 @@
 //! This is the only crate that imports openraft: no openraft type appears
 //! in another crate's public API.
 
+mod guard;
 mod keys;
 pub mod latency;
 mod net;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::OptionalSend;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -22,6 +23,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
+use crate::guard;
 use crate::node::Writes;
 use crate::sim;
 use crate::snapshot::{Pacer, Transfers};
@@ -301,11 +303,68 @@ impl Quic {
     }
 }
 
+/// Who sent a peer message: checked against the node id each message
+/// claims before openraft sees it.
+#[derive(Debug, Clone)]
+pub(crate) enum Sender {
+    /// The simulated network knows its sender.
+    Known(NodeId),
+    /// A QUIC peer, by the certificate its handshake verified under the
+    /// cluster CA.
+    Cert(Arc<PeerCert>),
+}
+
+/// A peer's certificate and the node id it was found valid for (a
+/// certificate is valid for one node's name, `node-ID`).
+#[derive(Debug)]
+pub(crate) struct PeerCert {
+    der: rustls::pki_types::CertificateDer<'static>,
+    verified: Mutex<Option<NodeId>>,
+}
+
+impl Sender {
+    /// The sender of messages on `conn`, from its verified certificate.
+    fn of(conn: &quinn::Connection) -> Option<Sender> {
+        let certs = conn
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        let der = certs.into_iter().next()?;
+        Some(Sender::Cert(Arc::new(PeerCert {
+            der,
+            verified: Mutex::new(None),
+        })))
+    }
+
+    /// Whether the sender is node `id`.
+    pub(crate) fn is(&self, id: NodeId) -> bool {
+        match self {
+            Sender::Known(known) => *known == id,
+            Sender::Cert(cert) => {
+                let mut verified = cert.verified.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(known) = *verified {
+                    return known == id;
+                }
+                let valid = tls::is_node_cert(&cert.der, id);
+                if valid {
+                    *verified = Some(id);
+                }
+                valid
+            }
+        }
+    }
+}
+
 async fn serve_connection(conn: quinn::Connection, writes: Writes) {
+    let Some(sender) = Sender::of(&conn) else {
+        tracing::warn!("a peer connection without a certificate; closing it");
+        conn.close(1u32.into(), b"no certificate");
+        return;
+    };
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, writes.clone()));
+                tokio::spawn(serve_stream(send, recv, writes.clone(), sender.clone()));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "peer connection closed");
@@ -326,17 +385,36 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, S
     let total = wire::message_len(&head)
         .map_err(|e| e.to_string())?
         .unwrap_or(4);
-    let mut bytes = vec![0u8; total];
-    if let Some(start) = bytes.get_mut(..4) {
-        start.copy_from_slice(&head);
-    }
-    if let Some(rest) = bytes.get_mut(4..) {
-        recv.read_exact(rest).await.map_err(|e| e.to_string())?;
+    // Memory grows with the bytes that arrive, not with what the prefix
+    // announces: a peer that announces 80 MiB and sends nothing holds
+    // `MESSAGE_RESERVE` at most.
+    let mut bytes = Vec::with_capacity(total.min(MESSAGE_RESERVE));
+    bytes.extend_from_slice(&head);
+    let rest = (total - 4) as u64;
+    let read = tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(&mut *recv, rest),
+        &mut bytes,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if read as u64 != rest {
+        return Err(format!(
+            "the stream ended {} bytes into a message of {total}",
+            read + 4
+        ));
     }
     Ok(Some(bytes))
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, writes: Writes) {
+/// Bytes of a peer message reserved before they arrive.
+const MESSAGE_RESERVE: usize = 1 << 20;
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    writes: Writes,
+    sender: Sender,
+) {
     loop {
         let bytes = match read_message(&mut recv).await {
             Ok(Some(bytes)) => bytes,
@@ -347,7 +425,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             }
         };
         let (id, response) = match wire::decode_request(&bytes) {
-            Ok((id, request)) => (id, answer(&writes, request).await),
+            Ok((id, request)) => (id, answer(&writes, request, &sender).await),
             Err(e) => {
                 tracing::warn!(error = %e, "refusing a malformed peer message");
                 let _ = send
@@ -367,13 +445,33 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
 }
 
 /// A peer's request answered by this node.
-pub(crate) async fn answer(writes: &Writes, request: Request) -> Response {
+/// A peer's request answered by this node, once the sender is who the
+/// request says and its fields are ones openraft takes ([`guard`]).
+pub(crate) async fn answer(writes: &Writes, request: Request, sender: &Sender) -> Response {
     let request = match request {
         Request::Forward(batch) => return writes.write_here(batch).await,
         Request::ReadIndex => return writes.read_index_here().await,
+        Request::ForwardSetting { name, value } => {
+            return writes.setting_here(name, value).await;
+        }
         other => other,
     };
     let raft = &writes.raft;
+    if let Err(refusal) = admit(writes, &request, sender).await {
+        tracing::warn!(%refusal, "refusing a peer message");
+        writes
+            .refused_messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Response::Error(format!("refused: {refusal}"));
+    }
+    if let Request::SnapshotInstall { meta, .. } = &request
+        && let Ok(local) = local_state(raft, true).await
+        && guard::snapshot_is_stale(meta.last_log_id, &local)
+    {
+        // Already covered by what this node committed: nothing to do
+        // (openraft would assert on some of these).
+        return Response::Installed(local.vote);
+    }
     let failed = |e: &dyn std::fmt::Display| Response::Error(e.to_string());
     match request {
         Request::Vote(req) => raft
@@ -406,8 +504,69 @@ pub(crate) async fn answer(writes: &Writes, request: Request) -> Response {
             on_disk(move || transfers.chunk(&chunk)).await
         }
         Request::SnapshotInstall { vote, meta, data } => install(writes, vote, meta, data).await,
-        Request::Forward(_) | Request::ReadIndex => Response::Error("answered above".to_owned()),
+        Request::Forward(_) | Request::ReadIndex | Request::ForwardSetting { .. } => {
+            Response::Error("answered above".to_owned())
+        }
     }
+}
+
+/// This node's id, vote and committed log id, for [`guard`]: from the
+/// metrics (which may lag a little; only the term bound uses the vote),
+/// or asked of the Raft core when `exact` (a snapshot install checks the
+/// committed log id).
+async fn local_state(raft: &crate::Raft, exact: bool) -> Result<guard::Local, String> {
+    if exact {
+        let id = *raft.node_id();
+        return raft
+            .with_raft_state(move |s| guard::Local {
+                id,
+                vote: *s.vote_ref(),
+                committed: s.local_committed().cloned(),
+            })
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let m = raft.metrics().borrow_watched().clone();
+    Ok(guard::Local {
+        id: m.id,
+        vote: m.vote,
+        committed: m.local_committed,
+    })
+}
+
+/// Checks that `request` comes from the node it names (for snapshot
+/// offers and chunks: from the leader this node follows) and that its
+/// fields pass [`guard::check_request`].
+async fn admit(writes: &Writes, request: &Request, sender: &Sender) -> Result<(), String> {
+    let raft = &writes.raft;
+    let claimed = match request {
+        Request::Vote(v) | Request::PreVote(v) => v.vote.leader_id.voted_for,
+        Request::Append(a) => a.vote.leader_id.voted_for,
+        Request::TransferLeader(t) => t.from_leader().leader_id.voted_for,
+        Request::SnapshotInstall { vote, .. } => vote.leader_id.voted_for,
+        Request::SnapshotOffer(_) | Request::SnapshotChunk(_) => {
+            let leader = raft.metrics().borrow_watched().current_leader;
+            match leader {
+                Some(leader) if sender.is(leader) => return Ok(()),
+                _ => {
+                    return Err(format!(
+                        "a snapshot transfer from a node that is not the leader ({leader:?})"
+                    ));
+                }
+            }
+        }
+        Request::Forward(_) | Request::ReadIndex | Request::ForwardSetting { .. } => {
+            return Ok(());
+        }
+    };
+    if !sender.is(claimed) {
+        return Err(format!(
+            "the message claims node {claimed}, whose certificate the sender does not hold"
+        ));
+    }
+    let exact = matches!(request, Request::SnapshotInstall { .. });
+    let local = local_state(raft, exact).await?;
+    guard::check_request(request, claimed, &local)
 }
 
 /// Runs a request's disk work off the async workers.
@@ -574,8 +733,15 @@ impl PeerClient {
         request: Request,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let asked = match &request {
+            Request::Vote(v) | Request::PreVote(v) => v.vote.leader_id.term,
+            _ => 0,
+        };
         match self.call(&request, option.soft_ttl()).await? {
-            Response::Vote(r) => Ok(r),
+            Response::Vote(r) => match guard::check_vote_response(&r, asked) {
+                Ok(()) => Ok(r),
+                Err(refusal) => Err(network(format!("node {}: {refusal}", self.target))),
+            },
             other => Err(unexpected(self.target, &other)),
         }
     }
@@ -601,11 +767,22 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let cut = fit < rpc.entries.len();
         rpc.entries.truncate(fit);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let sent = guard::Sent::of(&rpc);
         match self.call(&Request::Append(rpc), ttl).await? {
-            Response::Append(AppendEntriesResponse::Success) if cut => {
-                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            Response::Append(r) => {
+                // An answer openraft would fail on (a conflict before the
+                // log's start, a partial success past what was sent) is
+                // a network error here: the append is sent again.
+                if let Err(refusal) = guard::check_append_response(&sent, &r) {
+                    return Err(network(format!("node {}: {refusal}", self.target)));
+                }
+                match r {
+                    AppendEntriesResponse::Success if cut => {
+                        Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+                    }
+                    r => Ok(r),
+                }
             }
-            Response::Append(r) => Ok(r),
             other => Err(unexpected(self.target, &other)),
         }
     }

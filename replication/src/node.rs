@@ -38,6 +38,10 @@ pub enum Error {
         node: NodeId,
         leader: Option<(NodeId, String)>,
     },
+    /// A batch larger than the log takes: refused before it reaches
+    /// Raft (an append that fails in storage would stop the node).
+    #[error("batch of {bytes} encoded bytes exceeds max_batch_bytes = {limit}")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -103,6 +107,11 @@ pub(crate) struct Writes {
     network: Network,
     /// Snapshot transfers this node takes part in.
     pub(crate) transfers: Arc<crate::snapshot::Transfers>,
+    /// The largest entry (whole frame) this node proposes: the engine's
+    /// `max_batch_bytes`.
+    max_entry_bytes: usize,
+    /// Peer messages (and answers) refused before openraft saw them.
+    pub(crate) refused_messages: Arc<AtomicU64>,
 }
 
 /// An unkeyed batch waiting to be proposed, and where its seqs go.
@@ -129,6 +138,10 @@ fn echo(e: &Error) -> Error {
             leader: leader.clone(),
         },
         Error::Config(reason) => Error::Config(reason.clone()),
+        Error::TooLarge { bytes, limit } => Error::TooLarge {
+            bytes: *bytes,
+            limit: *limit,
+        },
         other => Error::Raft(other.to_string()),
     }
 }
@@ -154,10 +167,11 @@ async fn merge_loop(writes: Writes, mut waiting: tokio::sync::mpsc::Receiver<Wai
         };
         let mut records = first.0.count() as usize;
         let mut bytes = first.0.frame_len();
+        let max_bytes = MERGE_BYTES.min(writes.max_entry_bytes);
         let mut group = vec![first];
         while let Ok(next) = waiting.try_recv() {
             let (more_records, more_bytes) = (next.0.count() as usize, next.0.frame_len());
-            if records + more_records > MERGE_RECORDS || bytes + more_bytes > MERGE_BYTES {
+            if records + more_records > MERGE_RECORDS || bytes + more_bytes > max_bytes {
                 held = Some(next);
                 break;
             }
@@ -232,6 +246,12 @@ impl Writes {
         &self,
         batch: EncodedBatch,
     ) -> std::result::Result<Result<PendingWrite>, Forward> {
+        if batch.frame_len() > self.max_entry_bytes {
+            return Ok(Err(Error::TooLarge {
+                bytes: batch.frame_len(),
+                limit: self.max_entry_bytes,
+            }));
+        }
         let Some(key) = batch.key() else {
             return Ok(self.queue_unkeyed(batch).await);
         };
@@ -438,6 +458,56 @@ impl Writes {
         }
     }
 
+    /// Proposes setting `name` to `value` (removing it for `None`) and
+    /// waits until it is applied here; a follower forwards it to the
+    /// leader.
+    async fn set(&self, name: String, value: Option<Vec<u8>>) -> Result<()> {
+        if !self.raft.is_leader() {
+            let me = *self.raft.node_id();
+            let (id, addr) = match known_leader(&self.raft) {
+                Some((id, addr)) if id != me => (id, addr),
+                leader => return Err(Error::NotLeader { node: me, leader }),
+            };
+            let request = Request::ForwardSetting { name, value };
+            let answer = self
+                .network
+                .request(id, &addr, &request, FORWARD_TIMEOUT)
+                .await
+                .map_err(|e| Error::Raft(format!("forwarding a setting to node {id}: {e}")))?;
+            return match answer {
+                Response::Written { .. } => Ok(()),
+                Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
+                Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
+                other => Err(Error::Raft(format!(
+                    "node {id} answered a setting with {other:?}"
+                ))),
+            };
+        }
+        self.propose_setting(&name, value.as_deref()).await
+    }
+
+    /// Proposes a setting on this node, the leader, and waits until it is
+    /// applied here.
+    async fn propose_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let payload = lode_replication_wire::wire::encode_setting(name, value);
+        let batch = EncodedBatch::without_records(lode_engine::FrameKind::Setting, &payload)
+            .map_err(|e| Error::Config(format!("setting {name}: {e}")))?;
+        self.propose(batch, None).await?.wait().await.map(|_| ())
+    }
+
+    /// Serves a forwarded setting: made here if this node leads (never
+    /// forwarded again).
+    pub(crate) async fn setting_here(&self, name: String, value: Option<Vec<u8>>) -> Response {
+        if !self.raft.is_leader() {
+            return Response::NotLeader(known_leader(&self.raft));
+        }
+        match self.propose_setting(&name, value.as_deref()).await {
+            Ok(()) => Response::Written { start: 0, end: 0 },
+            Err(Error::NotLeader { leader, .. }) => Response::NotLeader(leader),
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
     /// Serves a forwarded write: written here if this node leads.
     pub(crate) async fn write_here(&self, batch: EncodedBatch) -> Response {
         match self.write_local(batch).await {
@@ -621,6 +691,10 @@ pub struct Figures {
     pub commit: LatencySnapshot,
     /// Times this node saw the leader change (to another node or none).
     pub leader_changes: u64,
+    /// Peer messages and answers refused before openraft saw them: a
+    /// sender without the certificate of the node it claims, or fields
+    /// openraft would fail on.
+    pub refused_messages: u64,
     /// Snapshot transfers: (name, help, value) of each counter.
     pub snapshots: Vec<(&'static str, &'static str, u64)>,
 }
@@ -812,6 +886,8 @@ impl ClusterNode {
             commit_latency: Arc::default(),
             network: network.clone(),
             transfers,
+            max_entry_bytes: engine.max_batch_bytes(),
+            refused_messages: Arc::default(),
         };
         let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
         let leader_changes = Arc::new(AtomicU64::new(0));
@@ -935,6 +1011,14 @@ impl ClusterNode {
         self.wait_for_applied(index, READ_TIMEOUT).await
     }
 
+    /// Sets the engine setting `name` to `value` (`None` removes it) on
+    /// every node: an entry of the log (proposed by the leader; a
+    /// follower forwards it), applied in log order everywhere, carried
+    /// by snapshots. Returns once it is applied on the leader.
+    pub async fn put_setting(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        self.writes.set(name.to_owned(), value).await
+    }
+
     /// Appends a batch only if this node leads: no forwarding.
     pub async fn write_if_leader(&self, batch: EncodedBatch) -> Result<SeqRange> {
         self.lead()?;
@@ -1003,6 +1087,7 @@ impl ClusterNode {
             append: self.append_latency.snapshot(),
             commit: self.writes.commit_latency.snapshot(),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            refused_messages: self.writes.refused_messages.load(Ordering::Relaxed),
             snapshots: self.writes.transfers.counters(),
         }
     }

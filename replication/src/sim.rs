@@ -248,7 +248,10 @@ impl Endpoint {
         ttl: Duration,
     ) -> RpcResult<Response> {
         let bytes = wire::encode_request(1, request);
-        let raft_message = !matches!(request, Request::Forward(_) | Request::ReadIndex);
+        let raft_message = !matches!(
+            request,
+            Request::Forward(_) | Request::ReadIndex | Request::ForwardSetting { .. }
+        );
         let plan = self.net.plan(self.id, target);
         let (net, from) = (self.net.clone(), self.id);
         let exchange = async move {
@@ -263,12 +266,12 @@ impl Endpoint {
                 let (writes, bytes) = (writes.clone(), bytes.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(again).await;
-                    answer(&writes, &bytes).await
+                    answer(&writes, &bytes, from).await
                 });
             }
             // Answered in a task of its own, as a real peer would go on
             // with a request its caller gave up on.
-            let reply = tokio::spawn(async move { answer(&writes, &bytes).await })
+            let reply = tokio::spawn(async move { answer(&writes, &bytes, from).await })
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
             tokio::time::sleep(plan.back).await;
@@ -290,9 +293,12 @@ impl Endpoint {
 }
 
 /// A request's bytes answered as the peer endpoint answers them.
-async fn answer(writes: &Writes, bytes: &[u8]) -> Vec<u8> {
+async fn answer(writes: &Writes, bytes: &[u8], from: NodeId) -> Vec<u8> {
+    let sender = crate::net::Sender::Known(from);
     match wire::decode_request(bytes) {
-        Ok((id, request)) => wire::encode_response(id, &crate::net::answer(writes, request).await),
+        Ok((id, request)) => {
+            wire::encode_response(id, &crate::net::answer(writes, request, &sender).await)
+        }
         Err(e) => wire::encode_response(0, &Response::Error(e.to_string())),
     }
 }

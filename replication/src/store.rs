@@ -223,7 +223,7 @@ fn recover_keys(shared: &Shared, applied: Option<u64>) -> io::Result<()> {
 fn to_entry(stored: LogEntry) -> io::Result<Entry> {
     let log_id = wire::log_id(stored.term, stored.index);
     let payload = match stored.kind() {
-        FrameKind::Batch | FrameKind::KeyedBatch | FrameKind::Retain => {
+        FrameKind::Batch | FrameKind::KeyedBatch | FrameKind::Retain | FrameKind::Setting => {
             EntryPayload::Normal(Batch::new(stored.frame))
         }
         FrameKind::Membership => EntryPayload::Membership(
@@ -446,6 +446,7 @@ fn segment_list(engine: &Engine, d: &SnapshotDescription) -> SegmentList {
             .collect(),
         floor: d.floor.max(engine.first_seq()),
         end_seq: d.end_seq,
+        settings: d.settings.clone(),
     }
 }
 
@@ -525,6 +526,7 @@ fn snapshot_point(
         },
         floor: engine.first_seq(),
         end_seq,
+        settings: Some((*engine.settings()).clone()),
     }))
 }
 
@@ -579,6 +581,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                             },
                             floor: shared.engine.first_seq(),
                             end_seq: shared.engine.next_seq(),
+                            settings: Some((*shared.engine.settings()).clone()),
                         }
                     }
                     None => return Err(io_err("nothing to snapshot yet: no segment is sealed")),
@@ -634,6 +637,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(floor) = floor {
             let engine = Arc::clone(&self.shared.engine);
             blocking(move || engine.drop_below(floor)).await?;
+        }
+        // Settings are made in log order on every node (applied again
+        // after a restart: setting a value twice changes nothing).
+        let settings: Vec<(String, Option<Vec<u8>>)> = batch
+            .iter()
+            .filter_map(|(e, _)| match &e.payload {
+                EntryPayload::Normal(b) if b.0.kind() == FrameKind::Setting => {
+                    match wire::decode_setting(b.0.payload()) {
+                        Ok(setting) => Some(setting),
+                        Err(err) => {
+                            tracing::warn!(index = e.log_id.index, error = %err, "a setting entry that does not read");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        if !settings.is_empty() {
+            let engine = Arc::clone(&self.shared.engine);
+            blocking(move || {
+                for (name, value) in settings {
+                    engine.put_setting(&name, value.as_deref())?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         let seqs: BTreeMap<u64, SeqRange> = applied.into_iter().collect();
         self.shared
@@ -706,6 +736,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             floor: snapshot.floor,
             end_seq: snapshot.end_seq,
+            settings: snapshot.settings.clone(),
         };
         let through = meta
             .last_log_id
@@ -718,6 +749,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             through,
             end_seq: snapshot.end_seq,
             description: wire::encode_description(&description),
+            settings: snapshot.settings,
         };
         let engine = Arc::clone(&self.shared.engine);
         blocking(move || engine.install_snapshot(install)).await?;

@@ -44,6 +44,16 @@ pub fn node_name(id: NodeId) -> String {
     format!("node-{id}")
 }
 
+/// Whether `cert` (verified under the cluster CA by the handshake) is
+/// node `id`'s: valid for the name `node-ID`.
+pub fn is_node_cert(cert: &CertificateDer<'_>, id: NodeId) -> bool {
+    let Ok(name) = rustls::pki_types::ServerName::try_from(node_name(id)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
 /// The files of one node's TLS identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeTlsFiles {

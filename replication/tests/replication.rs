@@ -64,6 +64,7 @@ fn batch(serial: u64, n: u64) -> EncodedBatch {
             host: "h".into(),
             attrs: vec![("i".into(), i.to_string())],
             message: format!("record {i}"),
+            tenant: String::new(),
         })
         .collect();
     EncodedBatch::encode(&records).unwrap()
@@ -874,6 +875,7 @@ mod simulation {
             host: "h".into(),
             attrs: vec![("id".into(), id.to_string())],
             message: format!("record {id}"),
+            tenant: String::new(),
         }
     }
 

@@ -17,11 +17,14 @@ use std::time::Duration;
 use lode_engine::{FrameKind, Record};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::{
-    self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind, Request, Response, VERSION, WireRecord,
+    self, FRAME_HEADER, HELLO_LEN, HelloStatus, Kind, MIN_VERSION, Request, Response, VERSION,
+    WireRecord,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::auth::{Caller, Scope};
+use crate::metrics::Source;
 use crate::service::{Failure, Outcome, Service};
 
 /// Bytes of a frame's payload reserved before they arrive.
@@ -36,11 +39,13 @@ const WRITE_QUEUE: usize = 256;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
-/// Where a connection's response frames go.
+/// Where a connection's response frames go, and who the connection
+/// acts as.
 #[derive(Clone)]
 struct Replies {
     tx: mpsc::Sender<Vec<u8>>,
     service: Arc<Service>,
+    caller: Arc<Caller>,
 }
 
 impl Replies {
@@ -91,12 +96,13 @@ where
     // from the socket straight into its own buffer.
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut writer = BufWriter::with_capacity(256 << 10, writer);
-    if handshake(&mut reader, &mut writer).await {
+    if let Some(caller) = handshake(&service, &mut reader, &mut writer).await {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writing = tokio::spawn(write_loop(writer, rx));
         let replies = Replies {
             tx,
             service: Arc::clone(&service),
+            caller: Arc::new(caller),
         };
         if admitted {
             read_loop(&service, &mut reader, &replies).await;
@@ -116,29 +122,84 @@ where
     service.metrics.connection_closed();
 }
 
-/// Exchanges hellos; false when the peer is not a lode client of a
-/// version this server speaks (it is told so first).
-async fn handshake<R, W>(reader: &mut R, writer: &mut W) -> bool
+/// Exchanges hellos (and, from version 2, the client's credentials and
+/// the session's tenant); the caller the connection acts as, or `None`
+/// when the peer is not a lode client of a version this server speaks
+/// or its credential is refused (it is told which first).
+async fn handshake<R, W>(service: &Service, reader: &mut R, writer: &mut W) -> Option<Caller>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut hello = [0u8; HELLO_LEN];
-    match tokio::time::timeout(HELLO_TIMEOUT, reader.read_exact(&mut hello)).await {
-        Ok(Ok(_)) => {}
-        _ => return false,
-    }
-    let status = match wire::decode_hello(&hello) {
-        Ok((VERSION, _)) => HelloStatus::Ok,
-        Ok((_, _)) => HelloStatus::UnsupportedVersion,
-        Err(_) => return false,
+    let greeting = tokio::time::timeout(HELLO_TIMEOUT, read_greeting(reader)).await;
+    let (version, credentials) = match greeting {
+        Ok(Some(greeting)) => greeting,
+        _ => return None,
     };
-    let sent = writer
-        .write_all(&wire::encode_hello(VERSION, status))
-        .await
-        .is_ok()
-        && writer.flush().await.is_ok();
-    sent && status == HelloStatus::Ok
+    let outcome = match credentials {
+        None => Err(HelloStatus::UnsupportedVersion),
+        Some((token, tenants)) => {
+            let asked = match tenants.as_str() {
+                "" => Ok(None),
+                text => lode_protocol::auth::tenants(text)
+                    .map(Some)
+                    .map_err(|_| HelloStatus::Forbidden),
+            };
+            asked.and_then(|asked| {
+                let token = Some(token.as_str()).filter(|t| !t.is_empty());
+                service
+                    .authenticate(Source::Binary, token, asked)
+                    .map_err(|f| match f.code {
+                        ErrorCode::Forbidden => HelloStatus::Forbidden,
+                        _ => HelloStatus::Unauthorized,
+                    })
+            })
+        }
+    };
+    let answer_version = version.clamp(MIN_VERSION, VERSION);
+    let mut answer = wire::encode_hello(
+        answer_version,
+        outcome.as_ref().err().copied().unwrap_or(HelloStatus::Ok),
+    )
+    .to_vec();
+    if let Ok(caller) = &outcome
+        && version >= 2
+    {
+        let tenant = caller.tenants.first().map_or("", String::as_str);
+        if wire::encode_str16(tenant, &mut answer).is_err() {
+            return None;
+        }
+    }
+    let sent = writer.write_all(&answer).await.is_ok() && writer.flush().await.is_ok();
+    outcome.ok().filter(|_| sent)
+}
+
+/// Reads a client's hello and, from version 2, its credentials: the
+/// version, and the (token, tenants) it sent (empty for version 1);
+/// `None` credentials for a version this server does not speak, `None`
+/// at all for a peer that is not a lode client.
+async fn read_greeting<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Option<(u16, Option<(String, String)>)> {
+    let mut hello = [0u8; HELLO_LEN];
+    reader.read_exact(&mut hello).await.ok()?;
+    let (version, _) = wire::decode_hello(&hello).ok()?;
+    if !(MIN_VERSION..=VERSION).contains(&version) {
+        return Some((version, None));
+    }
+    if version < 2 {
+        return Some((version, Some((String::new(), String::new()))));
+    }
+    let mut read_str = async || -> Option<String> {
+        let mut prefix = [0u8; 2];
+        reader.read_exact(&mut prefix).await.ok()?;
+        let mut text = vec![0u8; wire::str16_len(prefix).ok()?];
+        reader.read_exact(&mut text).await.ok()?;
+        String::from_utf8(text).ok()
+    };
+    let token = read_str().await?;
+    let tenants = read_str().await?;
+    Some((version, Some((token, tenants))))
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -205,11 +266,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let mut payload = Vec::with_capacity(room + len.min(PAYLOAD_RESERVE));
         payload.resize(room, 0);
         // Into the Vec's spare capacity: no zeroing pass over the payload.
-        let read = (&mut *reader)
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .await;
-        if !matches!(read, Ok(n) if n == len) {
+        // A client that announces a frame must send it within
+        // `body_timeout_ms`: a trickle cannot hold a connection.
+        let read = tokio::time::timeout(
+            service.limits.body_timeout(),
+            (&mut *reader).take(len as u64).read_to_end(&mut payload),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(n)) if n == len) {
             break;
         }
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -267,7 +331,11 @@ type PendingAppend = (u64, FrameKind, Vec<u8>, OwnedSemaphorePermit);
 /// awaited concurrently, so group commit can share one fsync among them.
 async fn submit_loop(replies: Replies, mut pending: mpsc::Receiver<PendingAppend>) {
     while let Some((id, kind, payload, permit)) = pending.recv().await {
-        match replies.service.submit_payload(kind, payload).await {
+        match replies
+            .service
+            .submit_payload(&replies.caller, kind, payload)
+            .await
+        {
             Ok(pending) => {
                 let replies = replies.clone();
                 tokio::spawn(async move {
@@ -301,63 +369,63 @@ fn lock(cancels: &Cancels) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicB
 /// only this front end's own (an unknown request) are counted here.
 async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) {
     let service = &replies.service;
-    let outcome: Outcome<Response> = match request {
-        Request::Ping => Ok(Response::Pong {
-            server: format!("lode {}", env!("CARGO_PKG_VERSION")),
-        }),
-        Request::Count { filter } => service
-            .count(filter)
-            .await
-            .map(|count| Response::Count { count }),
-        Request::Histogram { filter, width } => {
-            service
-                .histogram(filter, width)
+    let caller = &*replies.caller;
+    let outcome: Outcome<Response> =
+        match request {
+            Request::Ping => Ok(Response::Pong {
+                server: format!("lode {}", env!("CARGO_PKG_VERSION")),
+            }),
+            Request::Count { filter } => service
+                .count(caller, filter)
+                .await
+                .map(|count| Response::Count { count }),
+            Request::Histogram { filter, width } => service
+                .histogram(caller, filter, width)
                 .await
                 .map(|h| Response::Histogram {
                     start: h.start,
                     width: h.width,
                     buckets: h.buckets,
-                })
-        }
-        Request::Top { filter, field, k } => service
-            .top(filter, &field, k as usize)
-            .await
-            .map(|values| Response::Top { values }),
-        Request::Stats => Ok(Response::Stats {
-            figures: service.figures(),
-        }),
-        Request::ReadBarrier => service.linearize().await.map(|()| Response::Done),
-        Request::Query {
-            filter,
-            limit,
-            cursor,
-        } => match service.query(filter, limit as usize, cursor).await {
-            Ok(page) => {
-                let last = send_all_but_last(replies, id, page.records).await;
-                Ok(Response::PageEnd {
-                    records: last,
-                    next_cursor: page.next_cursor,
-                })
+                }),
+            Request::Top { filter, field, k } => service
+                .top(caller, filter, &field, k as usize)
+                .await
+                .map(|values| Response::Top { values }),
+            Request::Stats => caller.require(Scope::Read).map(|()| Response::Stats {
+                figures: service.figures(),
+            }),
+            Request::ReadBarrier => service.linearize().await.map(|()| Response::Done),
+            Request::Query {
+                filter,
+                limit,
+                cursor,
+            } => match service.query(caller, filter, limit as usize, cursor).await {
+                Ok(page) => {
+                    let last = send_all_but_last(replies, id, page.records).await;
+                    Ok(Response::PageEnd {
+                        records: last,
+                        next_cursor: page.next_cursor,
+                    })
+                }
+                Err(failure) => Err(failure),
+            },
+            Request::Tail { query, from_seq } => {
+                let cancelled = Arc::new(AtomicBool::new(false));
+                lock(&cancels).insert(id, Arc::clone(&cancelled));
+                let outcome = tail(replies, id, &query, from_seq, cancelled).await;
+                lock(&cancels).remove(&id);
+                outcome.map(|()| Response::Done)
             }
-            Err(failure) => Err(failure),
-        },
-        Request::Tail { query, from_seq } => {
-            let cancelled = Arc::new(AtomicBool::new(false));
-            lock(&cancels).insert(id, Arc::clone(&cancelled));
-            let outcome = tail(replies, id, &query, from_seq, cancelled).await;
-            lock(&cancels).remove(&id);
-            outcome.map(|()| Response::Done)
-        }
-        Request::Cancel { .. } => return,
-        _ => {
-            let unknown = Failure::new(
-                ErrorCode::BadRequest,
-                "this server does not know that request",
-            );
-            service.metrics.failed(unknown.code);
-            Err(unknown)
-        }
-    };
+            Request::Cancel { .. } => return,
+            _ => {
+                let unknown = Failure::new(
+                    ErrorCode::BadRequest,
+                    "this server does not know that request",
+                );
+                service.metrics.failed(unknown.code);
+                Err(unknown)
+            }
+        };
     replies
         .send(id, false, &outcome.unwrap_or_else(error))
         .await;
@@ -406,7 +474,7 @@ async fn tail(
     from_seq: Option<u64>,
     cancelled: Arc<AtomicBool>,
 ) -> Outcome<()> {
-    let mut tail = replies.service.tail(query, from_seq)?;
+    let mut tail = replies.service.tail(&replies.caller, query, from_seq)?;
     let replies = replies.clone();
     tokio::task::spawn_blocking(move || {
         while !cancelled.load(Ordering::Acquire) {

@@ -7,6 +7,8 @@
 //! quic = "0.0.0.0:7400"        # binary protocol, QUIC (UDP)
 //! http = "0.0.0.0:7401"        # JSON API, Elasticsearch _bulk, /metrics
 //! syslog = "0.0.0.0:7514"      # syslog, TCP and UDP
+//! syslog_allow = ["10.0.0.0/8"] # where auth is required, plain syslog is heard from these only
+//! syslog_tenant = "default"    # the tenant of plain syslog's records
 //!
 //! [limits]
 //! max_frame_bytes = 67108864
@@ -19,6 +21,12 @@
 //! max_body_bytes = 67108864
 //! max_syslog_bytes = 65536
 //! max_http_requests = 256
+//! max_unpacked_bytes = 268435456  # a gzip, zstd or snappy body, unpacked
+//! max_line_bytes = 1048576     # longest message; longer: 413, or cut
+//! truncate_lines = false       # true: cut long messages instead of refusing
+//! max_attrs = 128              # most attributes (labels) per record
+//! header_timeout_ms = 10000    # slow clients: HTTP headers
+//! body_timeout_ms = 60000      # ... an HTTP body, a binary frame's payload
 //!
 //! [tls]                        # absent: a self-signed pair in DATA/tls
 //! cert = "/etc/lode/cert.pem"
@@ -32,6 +40,10 @@
 //! field_bitmaps = true         # false: saves ~3.6 bytes/record of memory (~5.4 once attributes are queried); field-filter counts slower
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
+//!
+//! [auth]
+//! mode = "auto"                # required once a client listener leaves loopback; "required" or "off"
+//! metrics_open = false         # true: /metrics without a credential
 //!
 //! [cluster]                    # absent: a single node
 //! node_id = 1
@@ -51,9 +63,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lode_engine::{Background, Durability, Options, Retention};
+use lode_engine::{Background, Durability, LogRecord, Options, Retention};
+use lode_protocol::ErrorCode;
 use serde::Deserialize;
 
+use crate::service::Failure;
 use crate::{Error, Result};
 
 /// Everything `lode serve` can be told.
@@ -69,6 +83,11 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Syslog over TCP and UDP on the same port.
     pub syslog: Option<SocketAddr>,
+    /// Networks plain syslog is heard from where auth is required
+    /// (`10.0.0.0/8`, `192.168.1.7`); none by default.
+    pub syslog_allow: Vec<String>,
+    /// The tenant of records from plain syslog.
+    pub syslog_tenant: String,
     pub limits: Limits,
     pub tls: Option<TlsFiles>,
     pub storage: Storage,
@@ -76,6 +95,29 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// How a cluster node keeps its log and sends snapshots.
     pub replication: Replication,
+    /// Who may do what.
+    pub auth: Auth,
+}
+
+/// Credentials: whether they are asked for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `auto` (the default): required as soon as a client listener (HTTP,
+    /// binary TCP or QUIC, syslog) binds an address other than loopback;
+    /// `required`; or `off`.
+    pub mode: String,
+    /// Serve `/metrics` without a credential.
+    pub metrics_open: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: "auto".into(),
+            metrics_open: false,
+        }
+    }
 }
 
 /// How a cluster node keeps its log and catches followers up.
@@ -189,6 +231,22 @@ pub struct Limits {
     pub max_syslog_bytes: usize,
     /// HTTP requests served at once; more are answered 429.
     pub max_http_requests: usize,
+    /// Most bytes a compressed request body (gzip, zstd, snappy) may
+    /// unpack to (413 beyond, found while unpacking).
+    pub max_unpacked_bytes: usize,
+    /// Longest message a record may carry; longer ones are refused (413)
+    /// or, with `truncate_lines`, cut to this length (as Loki's
+    /// `max_line_size` and `max_line_size_truncate`).
+    pub max_line_bytes: usize,
+    pub truncate_lines: bool,
+    /// Most attributes (labels, structured metadata) one record may carry
+    /// (413 beyond).
+    pub max_attrs: usize,
+    /// A client must send an HTTP request's headers within this.
+    pub header_timeout_ms: u64,
+    /// ... and an HTTP request's whole body, or a binary frame's payload
+    /// once its header arrived, within this.
+    pub body_timeout_ms: u64,
 }
 
 /// A certificate and key given by the operator, PEM.
@@ -219,6 +277,64 @@ pub struct Storage {
     pub retention_max_bytes: Option<u64>,
 }
 
+/// Who plain syslog is heard from, and its records' tenant.
+#[derive(Debug, Clone, Default)]
+pub struct SyslogAccess {
+    pub allow: Vec<Network>,
+    pub tenant: String,
+}
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Network {
+    pub fn parse(text: &str) -> Option<Network> {
+        let (addr, bits) = match text.trim().split_once('/') {
+            Some((addr, bits)) => (addr.parse().ok()?, Some(bits.parse::<u8>().ok()?)),
+            None => (text.trim().parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let bits = bits.unwrap_or(max);
+        (bits <= max).then_some(Network { addr, bits })
+    }
+
+    /// Whether `ip` is in this block.
+    pub fn holds(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.bits)
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.bits)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` agree.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    a.iter().zip(b).enumerate().all(|(i, (x, y))| {
+        let keep = bits.saturating_sub(i * 8).min(8);
+        let mask = if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+        x & mask == y & mask
+    })
+}
+
 /// Default addresses: loopback, so a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7401";
@@ -236,11 +352,14 @@ impl Default for Config {
             quic: addr(DEFAULT_LISTEN),
             http: addr(DEFAULT_HTTP),
             syslog: addr(DEFAULT_SYSLOG),
+            syslog_allow: Vec::new(),
+            syslog_tenant: lode_protocol::auth::DEFAULT_TENANT.to_owned(),
             limits: Limits::default(),
             tls: None,
             storage: Storage::default(),
             cluster: None,
             replication: Replication::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -258,6 +377,12 @@ impl Default for Limits {
             max_body_bytes: 64 << 20,
             max_syslog_bytes: 64 << 10,
             max_http_requests: 256,
+            max_unpacked_bytes: 256 << 20,
+            max_line_bytes: 1 << 20,
+            truncate_lines: false,
+            max_attrs: 128,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
         }
     }
 }
@@ -280,6 +405,53 @@ impl Limits {
     pub fn query_timeout(&self) -> Duration {
         Duration::from_millis(self.query_timeout_ms)
     }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// Applies the per-record limits to records a client sent: a message
+    /// past `max_line_bytes` is cut (at a character boundary) when
+    /// `truncate_lines`, else the request is refused, as it is for a
+    /// record with more than `max_attrs` attributes; the refusal names
+    /// the record and the limit.
+    pub fn admit(&self, records: &mut [LogRecord]) -> std::result::Result<(), Failure> {
+        for (i, record) in records.iter_mut().enumerate() {
+            if record.message.len() > self.max_line_bytes {
+                if !self.truncate_lines {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "record {i}: a message of {} bytes exceeds limits.max_line_bytes = {} \
+                             (limits.truncate_lines = true cuts it instead)",
+                            record.message.len(),
+                            self.max_line_bytes
+                        ),
+                    ));
+                }
+                let mut cut = self.max_line_bytes;
+                while !record.message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                record.message.truncate(cut);
+            }
+            if record.attrs.len() > self.max_attrs {
+                return Err(Failure::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "record {i}: {} attributes exceed limits.max_attrs = {}",
+                        record.attrs.len(),
+                        self.max_attrs
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -293,6 +465,55 @@ impl Config {
             path: path.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// The client listeners that bind an address other than loopback.
+    pub fn exposed_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        [
+            ("listen", self.listen),
+            ("quic", self.quic),
+            ("http", self.http),
+            ("syslog", self.syslog),
+        ]
+        .into_iter()
+        .filter_map(|(name, addr)| Some((name, addr?)))
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .collect()
+    }
+
+    /// `syslog_allow` and `syslog_tenant`, checked.
+    pub fn syslog_access(&self) -> Result<SyslogAccess> {
+        lode_protocol::auth::check_tenant(&self.syslog_tenant)
+            .map_err(|e| Error::BadConfig(format!("syslog_tenant: {e}")))?;
+        let allow = self
+            .syslog_allow
+            .iter()
+            .map(|text| {
+                Network::parse(text).ok_or_else(|| {
+                    Error::BadConfig(format!(
+                        "syslog_allow: '{text}' is not ADDRESS or ADDRESS/BITS"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SyslogAccess {
+            allow,
+            tenant: self.syslog_tenant.clone(),
+        })
+    }
+
+    /// Whether requests must carry a credential: `auth.mode`, where
+    /// `auto` means required once a client listener leaves loopback.
+    pub fn auth_mode(&self) -> Result<crate::auth::Mode> {
+        match self.auth.mode.as_str() {
+            "required" => Ok(crate::auth::Mode::Required),
+            "off" => Ok(crate::auth::Mode::Off),
+            "auto" if self.exposed_listeners().is_empty() => Ok(crate::auth::Mode::Off),
+            "auto" => Ok(crate::auth::Mode::Required),
+            other => Err(Error::BadConfig(format!(
+                "auth.mode = '{other}': expected 'auto', 'required' or 'off'"
+            ))),
+        }
     }
 
     /// Priority of the background threads (sealing, indexing).
@@ -394,6 +615,80 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert!(config.engine_options().unwrap().replicated);
         assert_eq!(config.cluster.unwrap().election_timeout_ms, [200, 400]);
+    }
+
+    #[test]
+    fn networks_hold_their_addresses() {
+        let net = Network::parse("10.0.0.0/8").unwrap();
+        assert!(net.holds("10.200.3.4".parse().unwrap()));
+        assert!(net.holds("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!net.holds("11.0.0.1".parse().unwrap()));
+        let one = Network::parse("192.168.1.7").unwrap();
+        assert!(one.holds("192.168.1.7".parse().unwrap()));
+        assert!(!one.holds("192.168.1.8".parse().unwrap()));
+        let odd = Network::parse("172.16.0.0/12").unwrap();
+        assert!(odd.holds("172.31.255.255".parse().unwrap()));
+        assert!(!odd.holds("172.32.0.0".parse().unwrap()));
+        assert!(
+            Network::parse("fd00::/8")
+                .unwrap()
+                .holds("fd12::1".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "x", "10.0.0.0/", ""] {
+            assert!(Network::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auth_is_required_once_a_listener_leaves_loopback() {
+        let mut config = Config::default();
+        assert_eq!(config.auth_mode().unwrap(), crate::auth::Mode::Off);
+        config.http = addr("0.0.0.0:7401");
+        assert_eq!(config.auth_mode().unwrap(), crate::auth::Mode::Required);
+        assert_eq!(
+            config.exposed_listeners(),
+            vec![("http", addr("0.0.0.0:7401").unwrap())]
+        );
+        config.auth.mode = "off".into();
+        assert_eq!(config.auth_mode().unwrap(), crate::auth::Mode::Off);
+        config.auth.mode = "sometimes".into();
+        assert!(
+            config
+                .auth_mode()
+                .unwrap_err()
+                .to_string()
+                .contains("auth.mode")
+        );
+    }
+
+    #[test]
+    fn record_limits_refuse_or_cut() {
+        let limits = Limits {
+            max_line_bytes: 5,
+            max_attrs: 1,
+            ..Limits::default()
+        };
+        let record = |message: &str, attrs: usize| LogRecord {
+            message: message.to_owned(),
+            attrs: (0..attrs).map(|i| (i.to_string(), String::new())).collect(),
+            ..LogRecord::default()
+        };
+        assert!(limits.admit(&mut [record("short", 1)]).is_ok());
+        let long = limits.admit(&mut [record("ok", 0), record("too long", 0)]);
+        let message = long.unwrap_err().message;
+        assert!(
+            message.contains("record 1") && message.contains("max_line_bytes = 5"),
+            "{message}"
+        );
+        let many = limits.admit(&mut [record("a", 2)]).unwrap_err().message;
+        assert!(many.contains("max_attrs = 1"), "{many}");
+        let cutting = Limits {
+            truncate_lines: true,
+            ..limits
+        };
+        let mut records = [record("héllo wörld", 0)];
+        cutting.admit(&mut records).unwrap();
+        assert_eq!(records[0].message, "héll", "cut at a character boundary");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::auth::{Caller, Scope, Scopes};
 use crate::metrics::Source;
 use crate::service::{Failure, Service};
 
@@ -49,6 +50,8 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
             axum::routing::delete(remove_node),
         )
         .route("/api/v1/cluster/verify", get(cluster_verify))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/ingest", post(ingest))
         .route("/loki/api/v1/push", post(loki_push))
         .route("/v1/logs", post(otlp_logs))
@@ -68,6 +71,10 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .merge(crate::loki::routes())
         .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&service),
+            authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             in_flight,
             limit_requests,
@@ -95,6 +102,66 @@ async fn limit_requests(
     response
 }
 
+/// Whether a route answers without a credential: health, readiness, the
+/// banner and the search page's files (its data come from the API, which
+/// asks), and `/metrics` when `auth.metrics_open`.
+fn open_route(path: &str, metrics_open: bool) -> bool {
+    matches!(path, "/" | "/health" | "/ready" | "/favicon.ico")
+        || path == "/ui"
+        || path.starts_with("/ui/")
+        || (metrics_open && path == "/metrics")
+}
+
+/// The front end a path belongs to, for the counts of refused credentials.
+fn front_end(path: &str) -> Source {
+    if path.starts_with("/loki/") {
+        Source::Loki
+    } else if path.ends_with("/v1/logs") {
+        Source::Otlp
+    } else if path == "/upload" {
+        Source::Journal
+    } else if path.contains("/_bulk") || path.contains("/_doc") || path.contains("/_create") {
+        Source::Bulk
+    } else {
+        Source::Http
+    }
+}
+
+/// Checks each request's credential once, where it enters: a valid one
+/// becomes the [`Caller`] its handler takes from the extensions; none or
+/// a bad one is 401 with `WWW-Authenticate`, a token without the tenant
+/// it names 403, never saying which part was wrong. Open routes need
+/// none.
+async fn authenticate(
+    State(service): Shared,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let headers = request.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(lode_protocol::auth::bearer_or_basic);
+    let asked = match headers.get("x-scope-orgid").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(text)) => lode_protocol::auth::tenants(text)
+            .map(Some)
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("X-Scope-OrgID: {e}"))),
+        Some(Err(_)) => Err(bad_request("X-Scope-OrgID: not ASCII")),
+    };
+    let caller =
+        asked.and_then(|asked| service.authenticate(front_end(&path), presented.as_deref(), asked));
+    match caller {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+        }
+        Err(_) if open_route(&path, service.metrics_open) => {}
+        Err(failure) => return failure.into_response(),
+    }
+    next.run(request).await
+}
+
 async fn elastic_header(mut response: Response) -> Response {
     response.headers_mut().insert(
         "x-elastic-product",
@@ -109,8 +176,11 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -118,10 +188,24 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
+        let unauthorized = self.code == ErrorCode::Unauthorized;
         let body = json!({"error": {"code": self.code.name(), "message": self.message}});
-        (status(self.code), axum::Json(body)).into_response()
+        let mut response = (status(self.code), axum::Json(body)).into_response();
+        if unauthorized {
+            for challenge in [r#"Bearer realm="lode""#, r#"Basic realm="lode""#] {
+                response.headers_mut().append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+        }
+        response
     }
 }
+
+/// Who a request acts as: the [`Caller`] the authentication layer put
+/// in its extensions.
+type Who = axum::Extension<Caller>;
 
 fn bad_request(message: impl Into<String>) -> Failure {
     Failure::new(ErrorCode::BadRequest, message)
@@ -171,7 +255,10 @@ async fn ready(State(service): Shared) -> Response {
 }
 
 /// This node's view of its cluster; 404 on a single node.
-async fn cluster_status(State(service): Shared) -> Response {
+async fn cluster_status(State(service): Shared, who: Who) -> Response {
+    if let Err(failure) = who.require(Scope::Read) {
+        return failure.into_response();
+    }
     let Some(cluster) = service.cluster() else {
         return (
             StatusCode::NOT_FOUND,
@@ -239,7 +326,10 @@ struct Through {
 }
 
 /// Checksums of this node's log through `?through=N`, by ranges.
-async fn cluster_verify(State(service): Shared, Query(q): Query<Through>) -> Response {
+async fn cluster_verify(State(service): Shared, who: Who, Query(q): Query<Through>) -> Response {
+    if let Err(failure) = who.require(Scope::Read) {
+        return failure.into_response();
+    }
     match service.log_checksums(q.from, q.through).await {
         Ok(ranges) => {
             let ranges: Vec<serde_json::Value> = ranges
@@ -282,10 +372,15 @@ fn refuse(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-/// The cluster node, if it leads; else the status and reason to answer.
-fn leading(
-    service: &Service,
-) -> std::result::Result<&Arc<lode_replication::ClusterNode>, (StatusCode, String)> {
+/// The cluster node, if it leads and the caller may change the cluster
+/// (`admin`); else the status and reason to answer.
+fn leading<'a>(
+    service: &'a Service,
+    who: &Caller,
+) -> std::result::Result<&'a Arc<lode_replication::ClusterNode>, (StatusCode, String)> {
+    if let Err(failure) = who.require(Scope::Admin) {
+        return Err((status(failure.code), failure.message));
+    }
     let Some(cluster) = service.cluster() else {
         return Err((
             StatusCode::NOT_FOUND,
@@ -320,8 +415,12 @@ fn outcome(result: lode_replication::Result<()>, done: Value) -> Response {
 }
 
 /// Hands leadership to node `to`; asked of the leader.
-async fn transfer_leader(State(service): Shared, Query(target): Query<TransferTo>) -> Response {
-    let cluster = match leading(&service) {
+async fn transfer_leader(
+    State(service): Shared,
+    who: Who,
+    Query(target): Query<TransferTo>,
+) -> Response {
+    let cluster = match leading(&service, &who) {
         Ok(cluster) => cluster,
         Err((status, reason)) => return refuse(status, reason),
     };
@@ -339,8 +438,8 @@ struct NewNode {
 
 /// `POST /api/v1/cluster/nodes?id=N&addr=HOST:PORT`: adds a node (a
 /// learner until it has caught up, then a voter); answers once it votes.
-async fn add_node(State(service): Shared, Query(node): Query<NewNode>) -> Response {
-    let cluster = match leading(&service) {
+async fn add_node(State(service): Shared, who: Who, Query(node): Query<NewNode>) -> Response {
+    let cluster = match leading(&service, &who) {
         Ok(cluster) => cluster,
         Err((status, reason)) => return refuse(status, reason),
     };
@@ -351,15 +450,23 @@ async fn add_node(State(service): Shared, Query(node): Query<NewNode>) -> Respon
 }
 
 /// `DELETE /api/v1/cluster/nodes/N`: removes node N from the cluster.
-async fn remove_node(State(service): Shared, Path(id): Path<u64>) -> Response {
-    let cluster = match leading(&service) {
+async fn remove_node(State(service): Shared, who: Who, Path(id): Path<u64>) -> Response {
+    let cluster = match leading(&service, &who) {
         Ok(cluster) => cluster,
         Err((status, reason)) => return refuse(status, reason),
     };
     outcome(cluster.remove_node(id).await, json!({"removed": id}))
 }
 
-async fn metrics(State(service): Shared) -> Response {
+async fn metrics(State(service): Shared, who: Option<Who>) -> Response {
+    if !service.metrics_open {
+        let allowed = who.map(|w| w.require(Scope::Read));
+        match allowed {
+            Some(Ok(())) => {}
+            Some(Err(failure)) => return failure.into_response(),
+            None => return crate::auth::unauthorized().into_response(),
+        }
+    }
     let mut text = service.metrics.render(&service.figures());
     if let Some(cluster) = service.cluster() {
         crate::metrics::render_cluster(&mut text, &cluster.status(), &cluster.figures());
@@ -372,6 +479,90 @@ async fn metrics(State(service): Shared) -> Response {
         text,
     )
         .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    tenant: Option<String>,
+    /// `ingest,read` or a list.
+    scopes: ScopeList,
+    /// Seconds from now the token stops working.
+    expires_in_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ScopeList {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// `POST /api/v1/tokens` `{"tenant":"team-a","scopes":"ingest,read","expires_in_s":86400}`
+/// (`admin`): makes a token; its secret is in this answer only.
+async fn create_token(
+    State(service): Shared,
+    who: Who,
+    axum::Json(asked): axum::Json<TokenRequest>,
+) -> Result<Response, Failure> {
+    let scopes = match &asked.scopes {
+        ScopeList::Text(text) => text.clone(),
+        ScopeList::List(list) => list.join(","),
+    };
+    let scopes = Scopes::parse(&scopes).map_err(bad_request)?;
+    let expires = asked.expires_in_s.map(|s| {
+        lode_engine::now_ns().saturating_add(
+            i64::try_from(s)
+                .unwrap_or(i64::MAX / 2)
+                .saturating_mul(1_000_000_000),
+        )
+    });
+    let made = service
+        .create_token(&who, asked.tenant.as_deref(), scopes, expires)
+        .await?;
+    let answer = token_json(&made.info, Some(made.secret));
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+}
+
+/// A token as answered: never its hash; its secret only when just made.
+fn token_json(info: &crate::auth::TokenInfo, secret: Option<String>) -> Value {
+    let mut answer = json!({
+        "id": info.id,
+        "tenant": info.tenant,
+        "scopes": info.scopes,
+        "created": lode_engine::format_rfc3339(info.created),
+        "expires": info.expires.map(lode_engine::format_rfc3339),
+    });
+    if let (Some(secret), Some(fields)) = (secret, answer.as_object_mut()) {
+        fields.insert("token".to_owned(), Value::String(secret));
+    }
+    answer
+}
+
+/// `GET /api/v1/tokens` (`admin`): every token, without its secret.
+async fn list_tokens(State(service): Shared, who: Who) -> Result<Response, Failure> {
+    who.require(Scope::Admin)?;
+    let tokens = service.tokens();
+    let list: Vec<Value> = tokens
+        .list()
+        .into_iter()
+        .map(|t| token_json(t, None))
+        .collect();
+    Ok(axum::Json(json!({ "tokens": list })).into_response())
+}
+
+/// `DELETE /api/v1/tokens/{id}` (`admin`): revokes a token on every node.
+async fn revoke_token(
+    State(service): Shared,
+    who: Who,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    if !service.revoke_token(&who, &id).await? {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!("no token {id}"),
+        ));
+    }
+    Ok(axum::Json(json!({ "revoked": id })).into_response())
 }
 
 /// Records parsed from a body, and what was wrong with the other lines.
@@ -420,8 +611,17 @@ async fn on_blocking<T: Send + 'static>(
 
 /// `POST /api/v1/ingest`: JSON lines; answers once the accepted records
 /// are durable.
-async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure> {
-    let parsed = on_blocking(move || parse_lines(&body, now_ns())).await?;
+async fn ingest(
+    State(service): Shared,
+    who: Who,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    who.require(Scope::Ingest)?;
+    let parsed = parse_pushed(&service, &headers, body, |body| {
+        Ok(parse_lines(body, now_ns()))
+    })
+    .await?;
     let total = parsed.records.len() + parsed.rejected;
     service.metrics.received(Source::Http, total as u64);
     service
@@ -429,7 +629,7 @@ async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure
         .rejected(Source::Http, parsed.rejected as u64);
     let accepted = parsed.records.len();
     if accepted > 0 {
-        service.append_records(parsed.records).await?;
+        service.append_records(&who, parsed.records).await?;
     }
     Ok(axum::Json(json!({
         "accepted": accepted,
@@ -447,23 +647,34 @@ async fn ingest(State(service): Shared, body: Bytes) -> Result<Response, Failure
 /// written).
 async fn loki_push(
     State(service): Shared,
+    who: Who,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
+    who.require(Scope::Ingest)?;
     let protobuf = is_protobuf(&headers);
-    let limit = service.limits.max_body_bytes.saturating_mul(4);
+    let limit = service.limits.max_unpacked_bytes;
     let parsed = parse_pushed(&service, &headers, body, move |body| {
-        if protobuf {
-            lode_protocol::loki::unsnappy(body, limit)
-                .and_then(|body| lode_protocol::loki::parse_push_proto(&body))
-        } else {
-            lode_protocol::loki::parse_push_json(body)
+        let push = |e| bad_request(format!("Loki push: {e}"));
+        if !protobuf {
+            return lode_protocol::loki::parse_push_json(body).map_err(push);
         }
-        .map_err(|e| bad_request(format!("Loki push: {e}")))
+        let len = lode_protocol::loki::snappy_len(body).map_err(push)?;
+        if len > limit {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the snappy body unpacks to {len} bytes, over limits.max_unpacked_bytes = {limit}"
+                ),
+            ));
+        }
+        lode_protocol::loki::unsnappy(body, limit)
+            .and_then(|body| lode_protocol::loki::parse_push_proto(&body))
+            .map_err(push)
     })
     .await?;
     service.metrics.received(Source::Loki, parsed.len() as u64);
-    append_in_batches(&service, parsed).await?;
+    service.append_records(&who, parsed).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -481,11 +692,12 @@ fn is_protobuf(headers: &axum::http::HeaderMap) -> bool {
 /// spec asks.
 async fn otlp_logs(
     State(service): Shared,
+    who: Who,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let protobuf = is_protobuf(&headers);
-    match otlp_write(&service, &headers, body, protobuf).await {
+    match otlp_write(&service, &who, &headers, body, protobuf).await {
         Ok(response) => response,
         Err(failure) => {
             let retry = matches!(failure.code, ErrorCode::Busy | ErrorCode::Unavailable);
@@ -521,10 +733,12 @@ fn protobuf_response(code: StatusCode, body: Vec<u8>) -> Response {
 
 async fn otlp_write(
     service: &Arc<Service>,
+    who: &Caller,
     headers: &axum::http::HeaderMap,
     body: Bytes,
     protobuf: bool,
 ) -> Result<Response, Failure> {
+    who.require(Scope::Ingest)?;
     let parsed = parse_pushed(service, headers, body, move |body| {
         let now = now_ns();
         if protobuf {
@@ -538,7 +752,7 @@ async fn otlp_write(
     let total = parsed.records.len() as u64 + parsed.rejected;
     service.metrics.received(Source::Otlp, total);
     service.metrics.rejected(Source::Otlp, parsed.rejected);
-    append_in_batches(service, parsed.records).await?;
+    service.append_records(who, parsed.records).await?;
     if protobuf {
         let body =
             lode_protocol::otlp::response_proto(parsed.rejected, parsed.first_error.as_ref());
@@ -557,49 +771,35 @@ async fn otlp_write(
 /// `POST /upload`: what `systemd-journal-upload` sends, the journal
 /// export format (chunked); 200 once every entry is durable, 400 naming
 /// the offset of a damaged export (nothing is written).
-async fn journal_upload(State(service): Shared, body: Bytes) -> Result<Response, Failure> {
-    let records = on_blocking(move || {
-        lode_protocol::journal::parse_export(&body, now_ns())
-            .map_err(|e| bad_request(e.to_string()))
+async fn journal_upload(
+    State(service): Shared,
+    who: Who,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    who.require(Scope::Ingest)?;
+    let records = parse_pushed(&service, &headers, body, |body| {
+        lode_protocol::journal::parse_export(body, now_ns()).map_err(|e| bad_request(e.to_string()))
     })
-    .await??;
+    .await?;
     service
         .metrics
         .received(Source::Journal, records.len() as u64);
-    append_in_batches(&service, records).await?;
+    service.append_records(&who, records).await?;
     Ok((StatusCode::OK, "OK.\n").into_response())
 }
 
-/// Appends `records` in batches of at most `max_batch_records`, each
-/// waited for.
-async fn append_in_batches(service: &Service, mut records: Vec<LogRecord>) -> Result<(), Failure> {
-    let max = service.limits.max_batch_records.max(1);
-    while !records.is_empty() {
-        let rest = records.split_off(records.len().min(max));
-        service.append_records(records).await?;
-        records = rest;
-    }
-    Ok(())
-}
-
 /// Parses a pushed body on the blocking pool, unpacked first when its
-/// `Content-Encoding` is gzip (up to 4 x `max_body_bytes`).
+/// `Content-Encoding` says so (see [`unpack`]).
 async fn parse_pushed<T: Send + 'static>(
     service: &Service,
     headers: &axum::http::HeaderMap,
     body: Bytes,
     parse: impl FnOnce(&[u8]) -> Result<T, Failure> + Send + 'static,
 ) -> Result<T, Failure> {
-    let gzipped = header_lower(headers, axum::http::header::CONTENT_ENCODING) == "gzip";
-    let limit = service.limits.max_body_bytes.saturating_mul(4);
-    on_blocking(move || {
-        if gzipped {
-            parse(&gunzip(&body, limit)?)
-        } else {
-            parse(&body)
-        }
-    })
-    .await?
+    let encoding = header_lower(headers, axum::http::header::CONTENT_ENCODING);
+    let limit = service.limits.max_unpacked_bytes;
+    on_blocking(move || parse(&unpack(&encoding, body, limit)?)).await?
 }
 
 /// A request header's value, lower case ("" when absent).
@@ -611,21 +811,38 @@ fn header_lower(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -
         .to_ascii_lowercase()
 }
 
-/// A gzip body, refused past `limit` bytes unpacked.
-fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Failure> {
+/// A body as its `Content-Encoding` packed it: none (or `identity`),
+/// `gzip` or `zstd`, unpacked up to `limit` bytes (`max_unpacked_bytes`;
+/// 413 as soon as the unpacking passes it, so a small bomb never fills
+/// memory). Another encoding is 415.
+fn unpack(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, Failure> {
     use std::io::Read;
+    let reader: Box<dyn Read + '_> = match encoding.trim() {
+        "" | "identity" => return Ok(body),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        "zstd" => Box::new(
+            zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| bad_request(format!("zstd body: {e}")))?,
+        ),
+        other => {
+            return Err(Failure::new(
+                ErrorCode::Unsupported,
+                format!("Content-Encoding '{other}': expected gzip, zstd or none"),
+            ));
+        }
+    };
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
+    reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| bad_request(format!("gzip body: {e}")))?;
+        .map_err(|e| bad_request(format!("{encoding} body: {e}")))?;
     if out.len() > limit {
         return Err(Failure::new(
             ErrorCode::TooLarge,
-            format!("the gzip body unpacks to over {limit} bytes (4 x limits.max_body_bytes)"),
+            format!("the {encoding} body unpacks to over limits.max_unpacked_bytes = {limit}"),
         ));
     }
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -693,9 +910,14 @@ fn width(text: &str) -> Result<i64, Failure> {
     })
 }
 
-async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+async fn query(
+    State(service): Shared,
+    who: Who,
+    Query(params): Query<Params>,
+) -> Result<Response, Failure> {
     let page = service
         .query(
+            &who,
             params.read(&service).await?,
             params.limit.unwrap_or(100),
             params.cursor.clone(),
@@ -709,18 +931,23 @@ async fn query(State(service): Shared, Query(params): Query<Params>) -> Result<R
     Ok(axum::Json(json!({"records": records, "next_cursor": page.next_cursor})).into_response())
 }
 
-async fn count(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
-    let count = service.count(params.read(&service).await?).await?;
+async fn count(
+    State(service): Shared,
+    who: Who,
+    Query(params): Query<Params>,
+) -> Result<Response, Failure> {
+    let count = service.count(&who, params.read(&service).await?).await?;
     Ok(axum::Json(json!({ "count": count })).into_response())
 }
 
 async fn histogram(
     State(service): Shared,
+    who: Who,
     Query(params): Query<Params>,
 ) -> Result<Response, Failure> {
     let width = params.width.as_deref().map(width).transpose()?;
     let h = service
-        .histogram(params.read(&service).await?, width)
+        .histogram(&who, params.read(&service).await?, width)
         .await?;
     let buckets: Vec<Value> = h
         .buckets
@@ -734,10 +961,19 @@ async fn histogram(
     Ok(axum::Json(json!({"width_ns": h.width, "buckets": buckets})).into_response())
 }
 
-async fn top(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
+async fn top(
+    State(service): Shared,
+    who: Who,
+    Query(params): Query<Params>,
+) -> Result<Response, Failure> {
     let field = params.field.as_deref().unwrap_or("service");
     let values = service
-        .top(params.read(&service).await?, field, params.k.unwrap_or(10))
+        .top(
+            &who,
+            params.read(&service).await?,
+            field,
+            params.k.unwrap_or(10),
+        )
         .await?;
     let values: Vec<Value> = values
         .into_iter()
@@ -758,8 +994,12 @@ impl futures_core::Stream for Lines {
 
 /// `GET /api/v1/tail?q=`: matching records as JSON lines, as they arrive,
 /// until the client goes away.
-async fn tail(State(service): Shared, Query(params): Query<Params>) -> Result<Response, Failure> {
-    let mut tail = service.tail(&params.q, params.from_seq)?;
+async fn tail(
+    State(service): Shared,
+    who: Who,
+    Query(params): Query<Params>,
+) -> Result<Response, Failure> {
+    let mut tail = service.tail(&who, &params.q, params.from_seq)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::task::spawn_blocking(move || {
         while !tx.is_closed() {
@@ -885,19 +1125,42 @@ fn parse_bulk(
     Ok((items, records))
 }
 
-async fn bulk(State(service): Shared, body: Bytes) -> Response {
-    bulk_body(service, None, body).await
+async fn bulk(
+    State(service): Shared,
+    who: Who,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    bulk_body(service, who, None, headers, body).await
 }
 
-async fn bulk_into(State(service): Shared, Path(index): Path<String>, body: Bytes) -> Response {
-    bulk_body(service, Some(index), body).await
+async fn bulk_into(
+    State(service): Shared,
+    who: Who,
+    Path(index): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    bulk_body(service, who, Some(index), headers, body).await
 }
 
 /// `POST /{index}/_bulk` and `/_bulk`: answers per item, in request order,
 /// once the accepted documents are durable.
-async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) -> Response {
+async fn bulk_body(
+    service: Arc<Service>,
+    who: Who,
+    index: Option<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(failure) = who.require(Scope::Ingest) {
+        return failure.into_response();
+    }
     let started = Instant::now();
-    let parsed = on_blocking(move || parse_bulk(&body, index.as_deref(), now_ns())).await;
+    let parsed = parse_pushed(&service, &headers, body, move |body| {
+        Ok(parse_bulk(body, index.as_deref(), now_ns()))
+    })
+    .await;
     let (items, records) = match parsed {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(reason)) => return bulk_error(reason),
@@ -910,16 +1173,16 @@ async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) ->
         .count();
     service.metrics.rejected(Source::Bulk, refused as u64);
     let appended = if records.is_empty() {
-        Ok(lode_engine::SeqRange { start: 0, end: 0 })
+        Ok(crate::service::Appended::default())
     } else {
-        service.append_records(records).await
+        service.append_records(&who, records).await
     };
     let mut errors = refused > 0;
     let answers: Vec<Value> = items
         .into_iter()
         .map(|item| match (item, &appended) {
-            (Item::Record { op, index, at }, Ok(range)) => {
-                let seq = range.start + at as u64;
+            (Item::Record { op, index, at }, Ok(appended)) => {
+                let seq = appended.seq_of(at as u64).unwrap_or_default();
                 json!({ op: {
                     "_index": index, "_id": seq.to_string(), "_version": 1,
                     "result": "created", "status": 201, "_seq_no": seq, "_primary_term": 1,
@@ -956,18 +1219,21 @@ async fn bulk_body(service: Arc<Service>, index: Option<String>, body: Bytes) ->
 /// each record its seq).
 async fn doc_with_id(
     state: Shared,
+    who: Who,
     Path((index, _id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    doc_into(state, Path(index), body).await
+    doc_into(state, who, Path(index), body).await
 }
 
 /// `POST /{index}/_doc`: one document.
 async fn doc_into(
     State(service): Shared,
+    who: Who,
     Path(index): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
+    who.require(Scope::Ingest)?;
     let text = std::str::from_utf8(&body)
         .map_err(|e| bad_request(format!("the document is not UTF-8: {e}")))?;
     let (mut record, _) = parse_record(text, &Shape::default(), now_ns()).map_err(bad_request)?;
@@ -975,10 +1241,14 @@ async fn doc_into(
         record.service = index.clone();
     }
     service.metrics.received(Source::Bulk, 1);
-    let range = service.append_records(vec![record]).await?;
+    let seq = service
+        .append_records(&who, vec![record])
+        .await?
+        .seq_of(0)
+        .unwrap_or_default();
     let body = json!({
-        "_index": index, "_id": range.start.to_string(), "_version": 1, "result": "created",
-        "_seq_no": range.start, "_primary_term": 1,
+        "_index": index, "_id": seq.to_string(), "_version": 1, "result": "created",
+        "_seq_no": seq, "_primary_term": 1,
         "_shards": {"total": 1, "successful": 1, "failed": 0},
     });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
@@ -1015,6 +1285,36 @@ mod tests {
         assert_eq!(records[1].service, "api");
         assert!(parse_bulk(b"{\"frobnicate\":{}}\n", None, 0).is_err());
         assert!(parse_bulk(b"{\"index\":{}}\n", None, 0).is_err());
+    }
+
+    #[test]
+    fn bodies_unpack_by_their_encoding_within_the_limit() {
+        use std::io::Write as _;
+        let plain = Bytes::from_static(b"{\"message\":\"a\"}\n");
+        assert_eq!(unpack("", plain.clone(), 10).unwrap(), plain);
+        assert_eq!(unpack("identity", plain.clone(), 10).unwrap(), plain);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        assert_eq!(unpack("gzip", gz.clone(), 100).unwrap(), plain);
+        let over = unpack("gzip", gz, 5).unwrap_err();
+        assert_eq!(over.code, ErrorCode::TooLarge);
+        assert!(
+            over.message.contains("max_unpacked_bytes = 5"),
+            "{}",
+            over.message
+        );
+        let zstd = Bytes::from(zstd::encode_all(&plain[..], 1).unwrap());
+        assert_eq!(unpack("zstd", zstd, 100).unwrap(), plain);
+        let odd = unpack("br", plain.clone(), 100).unwrap_err();
+        assert_eq!(
+            (odd.code, status(odd.code)),
+            (ErrorCode::Unsupported, StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            unpack("gzip", plain, 100).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

@@ -18,23 +18,28 @@
 //! enforced, blocking work leaves the async workers, and errors get their
 //! wire codes.
 
+pub mod auth;
 mod binary;
 mod config;
 mod error;
 mod http;
+mod listen;
 mod loki;
 mod metrics;
+mod scoped;
 mod server;
 mod service;
 mod syslog;
 pub mod tls;
 mod ui;
 
+pub use auth::{Caller, Scope, Scopes};
 pub use config::{
-    Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Replication, Storage,
-    TlsFiles,
+    Auth, Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Replication,
+    Storage, TlsFiles,
 };
 pub use error::{Error, Result};
 pub use metrics::{Metrics, Source};
+pub use scoped::Scoped;
 pub use server::{Addresses, Server};
-pub use service::{Failure, Outcome, PendingAppend, Service};
+pub use service::{Appended, Failure, Outcome, PendingAppend, Service};

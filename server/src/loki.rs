@@ -17,18 +17,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lode_engine::{LogRecord, now_ns};
-use lode_index::{FacetField, Index, Search};
+use lode_index::{FacetField, Search};
 use lode_protocol::ErrorCode;
 use lode_protocol::logql::{
     self, Entry, EvalError, Expr, Labels, LogQuery, Metric, Series, Source, Steps,
 };
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
+use crate::scoped::Scoped;
 use crate::service::{Failure, Service};
 
 mod tail;
 
 type Shared = State<Arc<Service>>;
+/// Who a request acts as (see the HTTP layer's authentication).
+pub(crate) type Who = axum::Extension<Caller>;
 
 /// Request parameters, query string or form body alike; a name may come
 /// more than once (`match[]`).
@@ -164,7 +168,7 @@ fn parse_query(params: &[(String, String)]) -> Result<Expr, LokiError> {
 
 /// lode's index as LogQL's source of records, within the query's time.
 struct IndexSource<'a> {
-    index: &'a Index,
+    index: &'a Scoped<'a>,
     deadline: Instant,
     /// Records from this seq on are not visited (a tail sends them live).
     below_seq: u64,
@@ -240,14 +244,14 @@ fn evaluated<T>(result: Result<T, EvalError<Failure>>) -> Result<T, Failure> {
 
 /// Runs `work` over the index on the blocking pool, within the query
 /// time limit.
-async fn over_index<T, F>(service: &Service, work: F) -> Result<T, LokiError>
+async fn over_index<T, F>(service: &Service, who: &Caller, work: F) -> Result<T, LokiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut IndexSource<'_>) -> Result<T, Failure> + Send + 'static,
 {
     let deadline = Instant::now() + service.limits.query_timeout();
     Ok(service
-        .timed(move |index| {
+        .timed(who, move |index| {
             work(&mut IndexSource {
                 index,
                 deadline,
@@ -289,7 +293,7 @@ fn stats(started: Instant, lines: usize) -> Value {
 
 /// `GET|POST /loki/api/v1/query`: a metric query at one time (`time`,
 /// default now); Grafana's health check is `vector(1)+vector(1)`.
-async fn instant(State(service): Shared, Form(params): Params) -> Answer {
+async fn instant(State(service): Shared, who: Who, Form(params): Params) -> Answer {
     let started = Instant::now();
     let expr = parse_query(&params)?;
     let at = match param(&params, "time") {
@@ -306,7 +310,7 @@ async fn instant(State(service): Shared, Form(params): Params) -> Answer {
         end: at,
         step: 0,
     };
-    let metric = over_index(&service, move |source| {
+    let metric = over_index(&service, &who, move |source| {
         evaluated(logql::eval_metric(source, &expr, steps))
     })
     .await?;
@@ -331,7 +335,7 @@ async fn instant(State(service): Shared, Form(params): Params) -> Answer {
 /// `GET|POST /loki/api/v1/query_range`: lines (`streams`) for a log
 /// query, `limit` of them newest first (or oldest with
 /// `direction=forward`); a `matrix` at each `step` for a metric query.
-async fn range(State(service): Shared, Form(params): Params) -> Answer {
+async fn range(State(service): Shared, who: Who, Form(params): Params) -> Answer {
     let started = Instant::now();
     let expr = parse_query(&params)?;
     let (start, end) = time_range(&params)?;
@@ -347,7 +351,7 @@ async fn range(State(service): Shared, Form(params): Params) -> Answer {
                     )));
                 }
             };
-            let entries = over_index(&service, move |source| {
+            let entries = over_index(&service, &who, move |source| {
                 evaluated(logql::select_logs(
                     source,
                     &query,
@@ -370,7 +374,7 @@ async fn range(State(service): Shared, Form(params): Params) -> Answer {
                 end,
                 step: step_ns(&params, (start, end))?,
             };
-            let metric = over_index(&service, move |source| {
+            let metric = over_index(&service, &who, move |source| {
                 evaluated(logql::eval_metric(source, &expr, steps))
             })
             .await?;
@@ -468,7 +472,7 @@ fn facet(name: &str) -> Option<FacetField> {
 /// The non-empty values of a field among the matches, most frequent
 /// first (as lode's index holds them: lowercased).
 fn values_of(
-    index: &Index,
+    index: &Scoped<'_>,
     query: &str,
     (start, end): (i64, i64),
     field: FacetField,
@@ -488,11 +492,11 @@ fn values_of(
 }
 
 /// `GET /loki/api/v1/labels`: the labels records in the range have.
-async fn labels(State(service): Shared, Form(params): Params) -> Answer {
+async fn labels(State(service): Shared, who: Who, Form(params): Params) -> Answer {
     let range = time_range(&params)?;
     let query = selector(&params, "query")?;
     let names = service
-        .timed(move |index| {
+        .timed(&who, move |index| {
             let mut names = Vec::new();
             for (name, field) in [
                 ("host", FacetField::Host),
@@ -513,6 +517,7 @@ async fn labels(State(service): Shared, Form(params): Params) -> Answer {
 /// range (among the `query` selector's records when given).
 async fn label_values(
     State(service): Shared,
+    who: Who,
     Path(name): Path<String>,
     Form(params): Params,
 ) -> Answer {
@@ -523,13 +528,13 @@ async fn label_values(
         return Ok(success(json!([])));
     };
     let values = service
-        .timed(move |index| values_of(index, &query, range, field))
+        .timed(&who, move |index| values_of(index, &query, range, field))
         .await?;
     Ok(success(json!(values)))
 }
 
 /// The label sets (service, host, level) among the matches of `query`.
-fn label_sets(index: &Index, query: &str, range: (i64, i64)) -> Result<Vec<Labels>, Failure> {
+fn label_sets(index: &Scoped<'_>, query: &str, range: (i64, i64)) -> Result<Vec<Labels>, Failure> {
     let mut sets = vec![(query.to_owned(), Labels::new())];
     for (field, name, filter) in [
         (FacetField::Service, "service_name", "service"),
@@ -564,7 +569,7 @@ fn label_sets(index: &Index, query: &str, range: (i64, i64)) -> Result<Vec<Label
 
 /// `GET|POST /loki/api/v1/series`: the label sets of the streams that
 /// each `match[]` selects.
-async fn series(State(service): Shared, Form(params): Params) -> Answer {
+async fn series(State(service): Shared, who: Who, Form(params): Params) -> Answer {
     let range = time_range(&params)?;
     let mut queries = Vec::new();
     for (name, text) in &params {
@@ -582,7 +587,7 @@ async fn series(State(service): Shared, Form(params): Params) -> Answer {
         });
     }
     let sets = service
-        .timed(move |index| {
+        .timed(&who, move |index| {
             let mut all = Vec::new();
             for q in &queries {
                 for labels in label_sets(index, &q.candidates(), range)? {
@@ -600,20 +605,20 @@ async fn series(State(service): Shared, Form(params): Params) -> Answer {
 /// `GET /loki/api/v1/index/stats`: how much a selector would read:
 /// its streams and entries, and the bytes of their messages estimated
 /// from the newest 100. lode keeps no chunks; `chunks` is 0.
-async fn index_stats(State(service): Shared, Form(params): Params) -> Response {
+async fn index_stats(State(service): Shared, who: Who, Form(params): Params) -> Response {
     let answer = async {
         let (start, end) = time_range(&params)?;
         let query = selector(&params, "query")?;
         service
-            .timed(move |index| {
+            .timed(&who, move |index| {
                 let entries = index.count(&query, Some(start), Some(end.saturating_add(1)))?;
                 let streams = label_sets(index, &query, (start, end))?.len();
-                let sample = index.search(&Search {
+                let sample = index.search(Search {
                     query: query.clone(),
                     since: Some(start),
                     until: Some(end.saturating_add(1)),
                     limit: Some(100),
-                    cursor: None,
+                    ..Search::default()
                 })?;
                 let sampled: usize = sample.records.iter().map(|r| r.message.len()).sum();
                 let bytes = match sample.records.len() {

@@ -52,7 +52,8 @@ pub struct Metrics {
     received: [AtomicU64; SOURCES.len()],
     rejected: [AtomicU64; SOURCES.len()],
     queries: AtomicU64,
-    errors: [AtomicU64; 10],
+    errors: [AtomicU64; ErrorCode::ALL.len() + 1],
+    auth_failures: [AtomicU64; SOURCES.len()],
     connections: AtomicU64,
     open_connections: AtomicU64,
 }
@@ -89,6 +90,11 @@ impl Metrics {
     /// Lines or items of `source` rejected as malformed.
     pub fn rejected(&self, source: Source, lines: u64) {
         add_at(&self.rejected, source as usize, lines);
+    }
+
+    /// A request of `source` refused for its credential.
+    pub fn auth_failed(&self, source: Source) {
+        add_at(&self.auth_failures, source as usize, 1);
     }
 
     pub(crate) fn query(&self) {
@@ -157,14 +163,20 @@ impl Metrics {
             "Lines or items rejected as malformed, by front end.",
             &by_source(&self.rejected),
         );
+        labelled(
+            &mut out,
+            "lode_auth_failures_total",
+            "Requests refused for their credential (none, unknown, expired, or without the scope or tenant), by front end.",
+            &by_source(&self.auth_failures),
+        );
         counter(
             &mut out,
             "lode_queries_total",
             "Queries, counts, histograms and top-values requests.",
             &[("", get(&self.queries))],
         );
-        let errors: Vec<(String, u64)> = (1..=9u16)
-            .filter_map(ErrorCode::from_u16)
+        let errors: Vec<(String, u64)> = ErrorCode::ALL
+            .into_iter()
             .map(|c| {
                 (
                     format!("code=\"{}\"", c.name()),
@@ -334,6 +346,12 @@ pub(crate) fn render_cluster(
         "lode_raft_leader_changes_total",
         "Times this node saw the leader change.",
         &[("", figures.leader_changes)],
+    );
+    counter(
+        out,
+        "lode_raft_refused_messages_total",
+        "Peer messages refused before Raft saw them (a sender without the certificate it claims, or fields Raft would fail on).",
+        &[("", figures.refused_messages)],
     );
     for (name, help, value) in &figures.snapshots {
         counter(out, name, help, &[("", *value)]);

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::service::Service;
-use crate::{Error, Result, binary, http, syslog, tls};
+use crate::{Error, Result, auth, binary, http, listen, syslog, tls};
 
 /// Where a started server listens (ports resolved when 0 was asked for).
 #[derive(Debug, Clone, Default)]
@@ -70,6 +70,7 @@ impl Server {
             service.join_cluster(&node).await?;
         }
         let service = Arc::new(service);
+        let bootstrap = announce_auth(&config, &service);
         let mut server = Server {
             service: Arc::clone(&service),
             addresses: Addresses::default(),
@@ -101,11 +102,18 @@ impl Server {
                 .map_err(bind_error("http", addr))?;
             server.addresses.http = Some(local(&listener, addr));
             let app = http::router(Arc::clone(&service));
-            server.tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "http server stopped");
-                }
-            }));
+            let deadlines = listen::Deadlines {
+                header: config.limits.header_timeout(),
+                body: config.limits.body_timeout(),
+            };
+            server.tasks.push(tokio::spawn(listen::serve_http(
+                listener, app, None, deadlines,
+            )));
+        }
+        if let Some(data) = bootstrap {
+            server
+                .tasks
+                .push(tokio::spawn(bootstrap_admin(Arc::clone(&service), data)));
         }
         if let Some(addr) = config.syslog {
             let tcp = TcpListener::bind(addr)
@@ -179,6 +187,85 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop_listeners();
     }
+}
+
+/// Says at start whether credentials are asked for (and warns when none
+/// are though a listener leaves loopback); the data directory when the
+/// first admin token may have to be made.
+fn announce_auth(config: &Config, service: &Service) -> Option<PathBuf> {
+    let exposed: Vec<String> = config
+        .exposed_listeners()
+        .iter()
+        .map(|(name, addr)| format!("{name} {addr}"))
+        .collect();
+    match service.auth {
+        auth::Mode::Off if !exposed.is_empty() => {
+            tracing::warn!(
+                "auth is off, yet {} listen beyond loopback: anyone who reaches them can read, write and delete every record and change the cluster; set auth.mode = \"required\"",
+                exposed.join(", ")
+            );
+            None
+        }
+        auth::Mode::Off => None,
+        auth::Mode::Required => {
+            tracing::info!(
+                "auth: required (a token on every request; /health and /ready are open)"
+            );
+            Some(config.data.clone())
+        }
+    }
+}
+
+/// Where auth is required and no token exists yet, makes the first admin
+/// token and writes it to `DATA/auth/admin.token` (mode 0600), as
+/// Elasticsearch prints its first password. In a cluster the leader does
+/// it, once every committed entry is applied (so a token made by an
+/// earlier leader is seen), and only its node has the file.
+async fn bootstrap_admin(service: Arc<Service>, data: PathBuf) {
+    let path = auth::admin_token_path(&data);
+    loop {
+        if !service.tokens().is_empty() {
+            return;
+        }
+        let ready = match service.cluster() {
+            None => true,
+            Some(cluster) => {
+                cluster.status().role == "leader" && cluster.read_barrier().await.is_ok()
+            }
+        };
+        if ready && service.tokens().is_empty() {
+            match make_admin_token(&service, &path).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "auth: the first admin token is in {} (readable by this user only); make others with `lode token create --token \"$(cat {})\" ...`",
+                        path.display(),
+                        path.display()
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "auth: could not make the first admin token; trying again")
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn make_admin_token(
+    service: &Service,
+    path: &std::path::Path,
+) -> std::result::Result<(), String> {
+    let scopes = auth::Scopes::parse("admin")?;
+    let made = auth::new_token(None, scopes, lode_engine::now_ns(), None)?;
+    // The secret is on disk before the token exists: a crash between the
+    // two leaves a file of no use, never a token no one holds.
+    auth::write_secret(path, &made.secret).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = serde_json::to_vec(&made.info).map_err(|e| e.to_string())?;
+    service
+        .store_token(&made.info.id, value)
+        .await
+        .map_err(|f| f.to_string())
 }
 
 fn local(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {

@@ -9,15 +9,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_engine::{EncodedBatch, Engine, FrameKind, LogRecord, SeqRange};
+use lode_engine::{
+    EncodedBatch, Engine, FrameKind, LogRecord, SeqRange, now_ns, stored_tenant, tenant_name,
+};
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
 use lode_protocol::wire::Filter;
 use lode_replication::ClusterNode;
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::auth::{self, Caller, NewToken, Scope, Tokens};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, Source};
+use crate::scoped::Scoped;
 
 /// A failed request: a stable code and a message naming what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +80,15 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Turns of `limits.max_queries`.
     queries: Arc<Semaphore>,
+    /// Whether requests must carry a credential.
+    pub auth: auth::Mode,
+    /// Whether `/metrics` is served without one.
+    pub metrics_open: bool,
+    /// The tokens, as of the engine's settings generation they were
+    /// read at.
+    tokens: std::sync::Mutex<(u64, Arc<Tokens>)>,
+    /// Who plain syslog may come from, and its tenant.
+    syslog: crate::config::SyslogAccess,
 }
 
 /// The engine lives in the data directory itself, the index beside it in
@@ -106,7 +119,103 @@ impl Service {
             limits: config.limits.clone(),
             metrics: Arc::default(),
             queries: Arc::new(Semaphore::new(config.limits.max_queries.max(1))),
+            auth: config.auth_mode()?,
+            metrics_open: config.auth.metrics_open,
+            tokens: std::sync::Mutex::new((u64::MAX, Arc::default())),
+            syslog: config.syslog_access()?,
         })
+    }
+
+    /// The tokens this server knows (read again when the engine's
+    /// settings changed: a token created or revoked on any node).
+    pub fn tokens(&self) -> Arc<Tokens> {
+        let generation = self.engine.settings_generation();
+        let mut cached = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.0 != generation {
+            let settings = self.engine.settings();
+            *cached = (generation, Arc::new(Tokens::from_settings(settings.iter())));
+        }
+        Arc::clone(&cached.1)
+    }
+
+    /// Who a request acts as: `presented` is its token, `asked` the
+    /// tenants it names. A refusal is counted for `front`.
+    pub fn authenticate(
+        &self,
+        front: Source,
+        presented: Option<&str>,
+        asked: Option<Vec<String>>,
+    ) -> Outcome<Caller> {
+        let caller = auth::caller(self.auth, &self.tokens(), presented, asked, now_ns());
+        if caller.is_err() {
+            self.metrics.auth_failed(front);
+        }
+        self.counted(caller)
+    }
+
+    /// Who a plain syslog sender at `ip` writes as: everyone where auth
+    /// is off, else only senders in `syslog_allow` (refusals counted).
+    pub fn syslog_caller(&self, ip: std::net::IpAddr) -> Option<Caller> {
+        let allowed = self.auth == auth::Mode::Off || self.syslog.allow.iter().any(|n| n.holds(ip));
+        if !allowed {
+            self.metrics.auth_failed(Source::Syslog);
+            return None;
+        }
+        Some(Caller {
+            scopes: auth::Scopes::parse("ingest").unwrap_or_default(),
+            tenants: vec![self.syslog.tenant.clone()],
+            token: None,
+        })
+    }
+
+    /// Makes a token (`admin` scope needed): stored as a setting, on every
+    /// node of a cluster. The secret is in the answer and nowhere else.
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        tenant: Option<&str>,
+        scopes: auth::Scopes,
+        expires: Option<i64>,
+    ) -> Outcome<NewToken> {
+        self.counted(caller.require(Scope::Admin))?;
+        let made = auth::new_token(tenant, scopes, now_ns(), expires)
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, e))?;
+        let value = serde_json::to_vec(&made.info)
+            .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+        self.store_token(&made.info.id, value).await?;
+        Ok(made)
+    }
+
+    /// Keeps a token's record (JSON of its `TokenInfo`) under its id.
+    pub(crate) async fn store_token(&self, id: &str, value: Vec<u8>) -> Outcome<()> {
+        let name = format!("{}{id}", auth::TOKEN_PREFIX);
+        self.put_setting(name, Some(value)).await
+    }
+
+    /// Revokes token `id` (`admin` scope needed); false if there is none.
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Outcome<bool> {
+        self.counted(caller.require(Scope::Admin))?;
+        let name = format!("{}{id}", auth::TOKEN_PREFIX);
+        if !self.engine.settings().contains_key(&name) {
+            return Ok(false);
+        }
+        self.put_setting(name, None).await?;
+        Ok(true)
+    }
+
+    /// Sets an engine setting: through the log in a cluster (every node
+    /// makes it), else straight to the engine.
+    async fn put_setting(&self, name: String, value: Option<Vec<u8>>) -> Outcome<()> {
+        if let Some(cluster) = &self.cluster {
+            let done = cluster.put_setting(&name, value).await;
+            return self.counted(done.map_err(cluster_failure));
+        }
+        let engine = Arc::clone(&self.engine);
+        let done = blocking(move || Ok(engine.put_setting(&name, value.as_deref())?)).await;
+        self.counted(done)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -170,16 +279,26 @@ impl Service {
     /// seqs in order.
     pub async fn submit_payload(
         &self,
+        caller: &Caller,
         kind: FrameKind,
         reserved: Vec<u8>,
     ) -> Outcome<PendingAppend> {
+        self.counted(caller.require(Scope::Ingest))?;
+        let write_tenant = self.counted(caller.write_tenant())?.to_owned();
+        let any_tenant = caller.scopes.allow(Scope::Admin);
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
         let clustered = self.cluster.is_some();
         let submitted = blocking(move || {
-            let batch = EncodedBatch::from_reserved_kind(kind, reserved)
-                .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")))?;
+            let bad = |e: lode_engine::CodecError| {
+                Failure::new(ErrorCode::BadRequest, format!("append: {e}"))
+            };
+            let write = stored_tenant(&write_tenant);
+            let (reserved, named) =
+                EncodedBatch::stamp_tenant(kind, reserved, write).map_err(bad)?;
+            check_batch_tenant(&named, write, any_tenant)?;
+            let batch = EncodedBatch::from_reserved_kind(kind, reserved).map_err(bad)?;
             check_batch_records(batch.count() as usize, max_records)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
             if clustered {
@@ -226,28 +345,52 @@ impl Service {
         Ok(range)
     }
 
-    /// Appends records parsed by a front end; answers once durable.
-    pub async fn append_records(&self, records: Vec<LogRecord>) -> Outcome<SeqRange> {
-        let max_records = self.limits.max_batch_records;
+    /// Appends records parsed by a front end, after the per-record limits
+    /// (`max_line_bytes`, `max_attrs`), in batches the log takes (at most
+    /// `max_batch_records` records and `max_frame_bytes` encoded each):
+    /// nothing a client sends can make an append fail inside the log for
+    /// its size. Answers once every batch is durable (committed, in a
+    /// cluster), with each batch's seqs in the records' order.
+    pub async fn append_records(
+        &self,
+        caller: &Caller,
+        records: Vec<LogRecord>,
+    ) -> Outcome<Appended> {
+        self.counted(caller.require(Scope::Ingest))?;
+        let tenant = stored_tenant(self.counted(caller.write_tenant())?).to_owned();
+        let limits = self.limits.clone();
+        let max_bytes = self.engine.max_batch_bytes();
         let engine = Arc::clone(&self.engine);
         let clustered = self.cluster.is_some();
-        let submitted = blocking(move || {
-            check_batch_records(records.len(), max_records)?;
-            let batch = EncodedBatch::encode(&records).map_err(lode_engine::Error::from)?;
-            if clustered {
-                return Ok(Checked::Batch(batch));
-            }
-            submit(&engine, batch).map(Checked::Submitted)
+        let checked = blocking(move || {
+            let mut records = records;
+            limits.admit(&mut records)?;
+            let batches = encode_batches(&records, &tenant, limits.max_batch_records, max_bytes)?;
+            batches
+                .into_iter()
+                .map(|batch| match clustered {
+                    true => Ok(Checked::Batch(batch)),
+                    false => submit(&engine, batch).map(Checked::Submitted),
+                })
+                .collect::<Outcome<Vec<Checked>>>()
         })
         .await;
-        let submitted = self.hand_off(submitted).await;
-        let pending = self.counted(submitted)?;
-        self.acknowledged(pending).await
+        let checked = self.counted(checked)?;
+        let mut pending = Vec::with_capacity(checked.len());
+        for batch in checked {
+            pending.push(self.counted(self.hand_off(Ok(batch)).await)?);
+        }
+        let mut ranges = Vec::with_capacity(pending.len());
+        for pending in pending {
+            ranges.push(self.acknowledged(pending).await?);
+        }
+        Ok(Appended(ranges))
     }
 
     /// One page of the newest matches.
     pub async fn query(
         &self,
+        caller: &Caller,
         filter: Filter,
         limit: usize,
         cursor: Option<String>,
@@ -260,55 +403,73 @@ impl Service {
             until: filter.until,
             limit: Some(limit),
             cursor,
+            tenants: None,
         };
-        self.timed(move |index| {
+        self.timed(caller, move |index| {
             if limit > max {
                 return Err(Failure::new(
                     ErrorCode::TooLarge,
                     format!("limit {limit} exceeds max_result_records = {max}"),
                 ));
             }
-            Ok(index.search(&search)?)
+            Ok(index.search(search)?)
         })
         .await
     }
 
-    pub async fn count(&self, filter: Filter) -> Outcome<u64> {
+    pub async fn count(&self, caller: &Caller, filter: Filter) -> Outcome<u64> {
         let filter = everything_if_empty(filter);
-        self.timed(move |index| Ok(index.count(&filter.query, filter.since, filter.until)?))
-            .await
+        self.timed(caller, move |index| {
+            Ok(index.count(&filter.query, filter.since, filter.until)?)
+        })
+        .await
     }
 
-    pub async fn histogram(&self, filter: Filter, width: Option<i64>) -> Outcome<Histogram> {
+    pub async fn histogram(
+        &self,
+        caller: &Caller,
+        filter: Filter,
+        width: Option<i64>,
+    ) -> Outcome<Histogram> {
         let filter = everything_if_empty(filter);
-        self.timed(move |index| {
+        self.timed(caller, move |index| {
             Ok(index.histogram(&filter.query, filter.since, filter.until, width)?)
         })
         .await
     }
 
-    pub async fn top(&self, filter: Filter, field: &str, k: usize) -> Outcome<Vec<(String, u64)>> {
+    pub async fn top(
+        &self,
+        caller: &Caller,
+        filter: Filter,
+        field: &str,
+        k: usize,
+    ) -> Outcome<Vec<(String, u64)>> {
         let filter = everything_if_empty(filter);
         let field = match field {
             "level" => Ok(FacetField::Level),
             "service" => Ok(FacetField::Service),
             "host" => Ok(FacetField::Host),
+            "tenant" => Ok(FacetField::Tenant),
             other => Err(Failure::new(
                 ErrorCode::BadRequest,
-                format!("top values of '{other}': expected level, service or host"),
+                format!("top values of '{other}': expected level, service, host or tenant"),
             )),
         };
-        self.timed(move |index| {
+        self.timed(caller, move |index| {
             Ok(index.top_values(&filter.query, filter.since, filter.until, field?, k)?)
         })
         .await
     }
 
-    /// A live tail from `from_seq` (the next record when `None`).
-    pub fn tail(&self, query: &str, from_seq: Option<u64>) -> Outcome<Tail> {
+    /// A live tail from `from_seq` (the next record when `None`) of the
+    /// caller's tenants' records.
+    pub fn tail(&self, caller: &Caller, query: &str, from_seq: Option<u64>) -> Outcome<Tail> {
+        self.counted(caller.require(Scope::Read))?;
         let from = from_seq.unwrap_or_else(|| self.engine.next_seq());
         let query = if query.trim().is_empty() { "*" } else { query };
-        self.counted(self.index.tail(query, from).map_err(Failure::from))
+        let scoped = Scoped::new(&self.index, &caller.tenants);
+        self.counted(scoped.tail(query, from).map_err(Failure::from))
     }
 
     /// The engine's, index's and server's figures, by name.
@@ -359,14 +520,18 @@ impl Service {
         outcome
     }
 
-    /// Runs a read on the blocking pool in one of `max_queries` turns,
-    /// bounded (waiting for the turn included) by `query_timeout_ms`.
-    pub(crate) async fn timed<T, F>(&self, work: F) -> Outcome<T>
+    /// Runs a read of `caller` (who needs the `read` scope) on the
+    /// blocking pool in one of `max_queries` turns, bounded (waiting for
+    /// the turn included) by `query_timeout_ms`. The work sees the index
+    /// only as the caller may: restricted to its tenants.
+    pub(crate) async fn timed<T, F>(&self, caller: &Caller, work: F) -> Outcome<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Index) -> Outcome<T> + Send + 'static,
+        F: FnOnce(&Scoped<'_>) -> Outcome<T> + Send + 'static,
     {
+        self.counted(caller.require(Scope::Read))?;
         self.metrics.query();
+        let tenants = caller.tenants.clone();
         let index = Arc::clone(&self.index);
         let timeout = self.limits.query_timeout();
         let turns = Arc::clone(&self.queries);
@@ -378,7 +543,7 @@ impl Service {
                 .await
                 .map_err(|_| Failure::new(ErrorCode::Internal, "the server is closing"))?;
             blocking(move || {
-                let result = work(&index);
+                let result = work(&Scoped::new(&index, &tenants));
                 drop(turn);
                 result
             })
@@ -449,6 +614,62 @@ const LINEARIZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries per checksum of [`Service::log_checksums`].
 pub(crate) const VERIFY_RANGE: u64 = 65_536;
 
+/// The seqs of appended records: one range per batch, in the records'
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended(pub Vec<SeqRange>);
+
+impl Appended {
+    /// The seq of the `at`-th record appended.
+    pub fn seq_of(&self, mut at: u64) -> Option<u64> {
+        for range in &self.0 {
+            if at < range.len() {
+                return Some(range.start + at);
+            }
+            at -= range.len();
+        }
+        None
+    }
+
+    /// How many records were appended.
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(SeqRange::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes `records` into batches of `tenant` (stored form) of at most
+/// `max_records` records and `max_bytes` bytes of frame each; a record
+/// that does not fit a batch alone is refused, naming it and the limit.
+fn encode_batches(
+    records: &[LogRecord],
+    tenant: &str,
+    max_records: usize,
+    max_bytes: usize,
+) -> Outcome<Vec<EncodedBatch>> {
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let end = records.len().min(at + max_records.max(1));
+        let rest = records.get(at..end).unwrap_or_default();
+        let (batch, taken) = EncodedBatch::encode_prefix_as(rest, tenant, max_bytes).map_err(|e| match e {
+            lode_engine::CodecError::RecordTooLarge { bytes, .. } => Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "record {at} of the request encodes to {bytes} bytes, over max_frame_bytes = {max_bytes}"
+                ),
+            ),
+            other => Failure::new(ErrorCode::BadRequest, format!("encoding records: {other}")),
+        })?;
+        batches.push(batch);
+        at += taken;
+    }
+    Ok(batches)
+}
+
 /// An append handed to the engine (or the cluster), not yet durable
 /// (or committed).
 #[derive(Debug)]
@@ -475,6 +696,7 @@ fn cluster_failure(e: lode_replication::Error) -> Failure {
     use lode_replication::Error as E;
     let code = match &e {
         E::NotLeader { .. } | E::Raft(_) => ErrorCode::Unavailable,
+        E::TooLarge { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::Internal,
     };
     Failure::new(code, e.to_string())
@@ -517,6 +739,26 @@ fn everything_if_empty(mut filter: Filter) -> Filter {
         filter.query = "*".into();
     }
     filter
+}
+
+/// A tenant a client named in its batch (stored form; empty: none, so
+/// the session's was stamped on it) must be the caller's `write` tenant,
+/// or, for an admin, any valid one.
+fn check_batch_tenant(named: &str, write: &str, any: bool) -> Outcome<()> {
+    if named.is_empty() || named == write {
+        return Ok(());
+    }
+    if any {
+        return lode_protocol::auth::check_tenant(named)
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("append: {e}")));
+    }
+    Err(Failure::new(
+        ErrorCode::Forbidden,
+        format!(
+            "append: the batch is for tenant '{named}', this connection writes '{}'",
+            tenant_name(write)
+        ),
+    ))
 }
 
 fn check_batch_records(count: usize, max: usize) -> Outcome<()> {
@@ -564,14 +806,15 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let started = Instant::now();
+            let caller = Caller::everything();
             let slow = service
-                .timed(|_| {
+                .timed(&caller, |_| {
                     std::thread::sleep(Duration::from_millis(600));
                     Ok(1)
                 })
                 .await;
             assert_eq!(slow.unwrap_err().code, ErrorCode::Timeout);
-            let waiting = service.timed(|_| Ok(2)).await;
+            let waiting = service.timed(&caller, |_| Ok(2)).await;
             let failure = waiting.unwrap_err();
             assert_eq!(failure.code, ErrorCode::Timeout);
             assert!(
@@ -581,7 +824,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(600).saturating_sub(started.elapsed())).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(service.timed(|_| Ok(3)).await.unwrap(), 3);
+            assert_eq!(service.timed(&caller, |_| Ok(3)).await.unwrap(), 3);
         });
         service.close().unwrap();
     }

@@ -2,6 +2,11 @@
 //! and UDP (one message per datagram). Messages read together are
 //! appended as one batch; the next read waits for that append to be
 //! durable, so a fast sender is slowed by TCP rather than buffered here.
+//!
+//! Plain syslog carries no credential: where auth is required, only
+//! senders in `syslog_allow`'s networks are heard (their records go to
+//! `syslog_tenant`); the others' connections are closed and their
+//! datagrams dropped, and counted.
 
 use std::sync::Arc;
 
@@ -11,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+use crate::auth::Caller;
 use crate::metrics::Source;
 use crate::service::Service;
 
@@ -22,6 +28,10 @@ pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(caller) = service.syslog_caller(peer.ip()) else {
+                    tracing::debug!(%peer, "syslog connection refused: not in syslog_allow");
+                    continue;
+                };
                 // Over max_connections, the sender is disconnected.
                 let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
                     tracing::warn!(%peer, "syslog connection refused: max_connections reached");
@@ -29,7 +39,7 @@ pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
                 };
                 let service = Arc::clone(&service);
                 tokio::spawn(async move {
-                    serve_tcp(service, stream).await;
+                    serve_tcp(service, caller, stream).await;
                     drop(permit);
                 });
             }
@@ -41,7 +51,7 @@ pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
     }
 }
 
-async fn serve_tcp(service: Arc<Service>, mut stream: TcpStream) {
+async fn serve_tcp(service: Arc<Service>, caller: Caller, mut stream: TcpStream) {
     let max = service.limits.max_syslog_bytes;
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
@@ -77,7 +87,7 @@ async fn serve_tcp(service: Arc<Service>, mut stream: TcpStream) {
             // The last message of a stream may lack its newline.
             records.push(syslog::parse(&buf, now));
         }
-        append(&service, records).await;
+        append(&service, &caller, records).await;
         if n == 0 || broken {
             return;
         }
@@ -88,8 +98,8 @@ pub(crate) async fn serve_udp(service: Arc<Service>, socket: UdpSocket) {
     let mut datagram = vec![0u8; 64 << 10];
     loop {
         let mut records = Vec::new();
-        let n = match socket.recv(&mut datagram).await {
-            Ok(n) => n,
+        let (n, from) = match socket.recv_from(&mut datagram).await {
+            Ok(received) => received,
             Err(e) => {
                 // A persistent error must not spin the loop.
                 tracing::warn!(error = %e, "syslog udp receive failed");
@@ -98,19 +108,27 @@ pub(crate) async fn serve_udp(service: Arc<Service>, socket: UdpSocket) {
             }
         };
         let now = now_ns();
+        let Some(caller) = service.syslog_caller(from.ip()) else {
+            continue;
+        };
         records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now));
-        // Take what else already arrived, without waiting.
+        // Take what else already arrived from senders heard alike,
+        // without waiting.
         while records.len() < BATCH {
-            match socket.try_recv(&mut datagram) {
-                Ok(n) => records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now)),
+            match socket.try_recv_from(&mut datagram) {
+                Ok((n, from)) => {
+                    if service.syslog_caller(from.ip()).as_ref() == Some(&caller) {
+                        records.push(syslog::parse(datagram.get(..n).unwrap_or_default(), now));
+                    }
+                }
                 Err(_) => break,
             }
         }
-        append(&service, records).await;
+        append(&service, &caller, records).await;
     }
 }
 
-async fn append(service: &Service, records: Vec<LogRecord>) {
+async fn append(service: &Service, caller: &Caller, records: Vec<LogRecord>) {
     if records.is_empty() {
         return;
     }
@@ -118,7 +136,7 @@ async fn append(service: &Service, records: Vec<LogRecord>) {
         .metrics
         .received(Source::Syslog, records.len() as u64);
     for batch in records.chunks(BATCH) {
-        if let Err(failure) = service.append_records(batch.to_vec()).await {
+        if let Err(failure) = service.append_records(caller, batch.to_vec()).await {
             tracing::error!(%failure, "syslog append failed");
         }
     }

@@ -121,7 +121,9 @@ fn wait_count(rt: &tokio::runtime::Runtime, service: &Arc<Service>, query: &str,
             query: query.into(),
             ..Default::default()
         };
-        count = rt.block_on(service.count(filter)).unwrap();
+        count = rt
+            .block_on(service.count(&lode_server::Caller::everything(), filter))
+            .unwrap();
         if count >= expected {
             break;
         }
@@ -530,7 +532,8 @@ fn promtool_accepts_the_metrics() {
     let server = start(&rt, dir.path());
     let service = Arc::clone(server.service());
     let record = crate::record_for(1);
-    rt.block_on(service.append_records(vec![record])).unwrap();
+    rt.block_on(service.append_records(&lode_server::Caller::everything(), vec![record]))
+        .unwrap();
     let (status, head, body) =
         crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
     assert_eq!(status, 200);

@@ -64,6 +64,9 @@ fn node_child() {
         }),
         ..Config::default()
     };
+    // The partition test's nodes listen beyond loopback, where auth is
+    // required by default; these tests are about faults, not credentials.
+    config.auth.mode = "off".into();
     if tune == SNAPSHOTS {
         // Many small segments, no log kept for laggards, and a slow
         // transfer in small chunks: a follower that was away catches up
@@ -94,11 +97,13 @@ fn free_udp() -> SocketAddr {
         .unwrap()
 }
 
-struct Node {
+pub(crate) struct Node {
     spec: String,
     data: PathBuf,
     tcp: SocketAddr,
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
+    /// The peer endpoint (QUIC).
+    pub(crate) peer: SocketAddr,
     /// The network namespace the node runs in, if not this one.
     netns: Option<String>,
     child: Option<Child>,
@@ -137,15 +142,22 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
     }
 
+    /// Whether the node's process still runs (it did not panic or exit).
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// `GET path` on the node's HTTP API: the whole answer.
-    fn get(&self, path: &str) -> Option<String> {
+    pub(crate) fn get(&self, path: &str) -> Option<String> {
         self.get_within(path, Duration::from_secs(2))
     }
 
@@ -162,7 +174,7 @@ impl Node {
     }
 
     /// The node's view of its cluster, from `GET /api/v1/cluster`.
-    fn status(&self) -> Option<serde_json::Value> {
+    pub(crate) fn status(&self) -> Option<serde_json::Value> {
         let response = self.get("/api/v1/cluster")?;
         let body = response.split("\r\n\r\n").nth(1)?;
         serde_json::from_str(body).ok()
@@ -176,9 +188,9 @@ impl Drop for Node {
     }
 }
 
-struct Cluster3 {
-    _dir: tempfile::TempDir,
-    nodes: BTreeMap<u64, Node>,
+pub(crate) struct Cluster3 {
+    dir: tempfile::TempDir,
+    pub(crate) nodes: BTreeMap<u64, Node>,
 }
 
 /// Where node `id` runs: its peer (UDP), binary (TCP) and HTTP addresses
@@ -192,7 +204,7 @@ struct Placement {
 
 impl Cluster3 {
     /// Three nodes on loopback.
-    fn start() -> Cluster3 {
+    pub(crate) fn start() -> Cluster3 {
         Cluster3::start_placed(|_| Placement {
             peer: free_udp(),
             tcp: free_tcp(),
@@ -230,18 +242,24 @@ impl Cluster3 {
                 data,
                 tcp,
                 http,
+                peer: placement.peer,
                 netns: placement.netns,
                 child: None,
             };
             node.start();
             nodes.insert(id, node);
         }
-        Cluster3 { _dir: dir, nodes }
+        Cluster3 { dir, nodes }
+    }
+
+    /// Where the cluster CA and the nodes' certificates are.
+    pub(crate) fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     /// The node that says it leads and that a majority of the nodes
     /// follow, waiting up to `within`.
-    fn leader(&self, within: Duration) -> Option<u64> {
+    pub(crate) fn leader(&self, within: Duration) -> Option<u64> {
         let deadline = Instant::now() + within;
         let mut statuses = Vec::new();
         while Instant::now() < deadline {
@@ -286,7 +304,7 @@ impl Cluster3 {
 
     /// Waits until every node has applied the same, whole log; returns its
     /// last index.
-    fn settle(&self, within: Duration) -> u64 {
+    pub(crate) fn settle(&self, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
         loop {
             let states: Vec<(Option<u64>, Option<u64>)> = self
@@ -563,48 +581,8 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
         "linearizable counts {counts:?}, {} acknowledged",
         acked.len()
     );
-    for node in cluster.nodes.values_mut() {
-        node.kill();
-    }
-    let logs: Vec<_> = cluster
-        .nodes
-        .values()
-        .map(|n| committed(&n.data, through))
-        .collect();
-    // Below the first entry every node holds, some purged through a
-    // snapshot: their records show they hold it.
-    let from = logs
-        .iter()
-        .map(|(entries, _)| entries.first().map_or(through + 1, |e| e.1))
-        .max()
-        .unwrap_or(0);
-    let logs: Vec<(Vec<Entry>, Vec<LogRecord>)> = logs
-        .into_iter()
-        .map(|(entries, records)| {
-            (
-                entries.into_iter().filter(|e| e.1 >= from).collect(),
-                records,
-            )
-        })
-        .collect();
-    let (reference, _) = &logs[0];
-    for (i, (entries, records)) in logs.iter().enumerate() {
-        assert_eq!(
-            entries.len(),
-            reference.len(),
-            "node {}'s committed log length",
-            i + 1
-        );
-        if let Some(at) = entries.iter().zip(reference).position(|(a, b)| a != b) {
-            let show = |e: &Entry| (e.0, e.1, e.2.len());
-            panic!(
-                "node {}'s committed log differs from node 1's at position {at}: {:?} vs {:?}; {} entries",
-                i + 1,
-                show(&entries[at]),
-                show(&reference[at]),
-                entries.len()
-            );
-        }
+    let logs = stopped_logs(cluster, through);
+    for (i, records) in logs.iter().enumerate() {
         let mut found = HashSet::new();
         for record in records {
             let id: u64 = record.attrs[0].1.parse().unwrap();
@@ -634,6 +612,56 @@ fn check_settled_cluster(cluster: &mut Cluster3, acked: &[u64], sent: &HashSet<u
             &lost[..lost.len().min(10)]
         );
     }
+}
+
+/// Stops every node and compares their committed logs through `through`
+/// (from the first entry all still hold), which must be identical;
+/// returns each node's records.
+pub(crate) fn stopped_logs(cluster: &mut Cluster3, through: u64) -> Vec<Vec<LogRecord>> {
+    for node in cluster.nodes.values_mut() {
+        node.kill();
+    }
+    let logs: Vec<_> = cluster
+        .nodes
+        .values()
+        .map(|n| committed(&n.data, through))
+        .collect();
+    // Below the first entry every node holds, some purged through a
+    // snapshot: their records show they hold it.
+    let from = logs
+        .iter()
+        .map(|(entries, _)| entries.first().map_or(through + 1, |e| e.1))
+        .max()
+        .unwrap_or(0);
+    let logs: Vec<(Vec<Entry>, Vec<LogRecord>)> = logs
+        .into_iter()
+        .map(|(entries, records)| {
+            (
+                entries.into_iter().filter(|e| e.1 >= from).collect(),
+                records,
+            )
+        })
+        .collect();
+    let (reference, _) = &logs[0];
+    for (i, (entries, _)) in logs.iter().enumerate() {
+        assert_eq!(
+            entries.len(),
+            reference.len(),
+            "node {}'s committed log length",
+            i + 1
+        );
+        if let Some(at) = entries.iter().zip(reference).position(|(a, b)| a != b) {
+            let show = |e: &Entry| (e.0, e.1, e.2.len());
+            panic!(
+                "node {}'s committed log differs from node 1's at position {at}: {:?} vs {:?}; {} entries",
+                i + 1,
+                show(&entries[at]),
+                show(&reference[at]),
+                entries.len()
+            );
+        }
+    }
+    logs.into_iter().map(|(_, records)| records).collect()
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
@@ -1048,7 +1076,7 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
 }
 
 /// A counter's value in a `/metrics` answer.
-fn metric(metrics: &str, name: &str) -> u64 {
+pub(crate) fn metric(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

@@ -197,6 +197,70 @@ fn golden_wal_v1_is_still_read() {
     assert_eq!(engine.stats().sealed_records, 30);
 }
 
+/// A data directory of record format 1 (before records had a tenant),
+/// written by `golden_data_v1_is_still_read` with `LODE_WRITE_GOLDEN=1`:
+/// `record_for(1..=40)` sealed in RocksDB, `record_for(41..=60)` in the
+/// WAL.
+const GOLDEN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data-v1");
+
+/// Records of the first format, sealed and in the WAL, are read as
+/// records of the default tenant, and sealed again.
+#[test]
+fn golden_data_v1_is_still_read() {
+    let golden = Path::new(GOLDEN_DATA);
+    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+        let _ = fs::remove_dir_all(golden);
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            background_sealing: false,
+            ..Options::default()
+        };
+        let engine = Engine::open(scratch.path(), opts.clone()).expect("open");
+        append_seqs(&engine, 1..21);
+        append_seqs(&engine, 21..41);
+        engine.seal().expect("seal");
+        engine.close().expect("close");
+        let engine = Engine::open(scratch.path(), opts).expect("reopen");
+        append_seqs(&engine, 41..61);
+        engine.close().expect("close");
+        copy_dir(scratch.path(), golden);
+        // RocksDB's own logs are not part of the format.
+        for entry in fs::read_dir(golden.join("db")).expect("read") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("LOG") {
+                fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(golden, dir.path());
+    let engine = Engine::open(dir.path(), Options::default()).expect("open golden fixture");
+    assert_eq!(
+        engine.stats().sealed_records,
+        40,
+        "the fixture holds a sealed segment"
+    );
+    let check = |engine: &Engine| {
+        let records = all_records(engine);
+        assert_eq!(records.len(), 60);
+        for record in &records {
+            assert_eq!(record.log, record_for(record.seq));
+        }
+    };
+    check(&engine);
+    engine.seal().expect("the fixture's WAL seals");
+    assert_eq!(engine.stats().sealed_records, 60);
+    check(&engine);
+    engine.close().expect("close");
+    let engine = Engine::open(dir.path(), Options::default()).expect("reopen");
+    check(&engine);
+}
+
 /// Offsets of the frames of a WAL file, read from its length fields.
 fn frame_offsets(wal: &Path) -> Vec<u64> {
     let mut bytes = Vec::new();

@@ -206,6 +206,7 @@ mod bulk {
                     ("empty".into(), String::new()),
                 ],
                 message: "line one\nline two\ttab \u{1} control".into(),
+                tenant: String::new(),
             },
             LogRecord::default(),
         ]

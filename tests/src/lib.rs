@@ -41,6 +41,7 @@ pub fn record_for(seq: u64) -> LogRecord {
         host: format!("host-{}", seq % 13),
         attrs: vec![("seq".into(), seq.to_string())],
         message: format!("record {seq} {filler}"),
+        tenant: String::new(),
     }
 }
 
@@ -52,6 +53,8 @@ mod cluster;
 mod crash;
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod import;
 #[cfg(test)]

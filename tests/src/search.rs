@@ -47,6 +47,7 @@ pub(crate) fn loghub_records() -> Vec<LogRecord> {
                 host: format!("{service}-{}", i % 5),
                 attrs: vec![("line".into(), i.to_string())],
                 message: line.to_owned(),
+                tenant: String::new(),
             });
         }
     }
@@ -180,7 +181,7 @@ fn check_oracle(index: &Index, records: &[Record], runs: usize, seed: u64) {
             .map(|(r, _)| r.seq)
             .rev()
             .collect();
-        let count = index.count(&text, since, until).unwrap();
+        let count = index.count(&text, None, since, until).unwrap();
         assert_eq!(
             count,
             expected.len() as u64,
@@ -197,6 +198,7 @@ fn check_oracle(index: &Index, records: &[Record], runs: usize, seed: u64) {
                     until,
                     limit: Some(limit),
                     cursor: cursor.clone(),
+                    tenants: None,
                 })
                 .unwrap();
             got.extend(page.records.iter().map(|r| r.seq));
@@ -233,7 +235,7 @@ fn check_aggregations(
     expected: &[u64],
 ) {
     let by_seq = |seq: u64| &records[(seq - records[0].seq) as usize];
-    let histogram = index.histogram(text, since, until, None).unwrap();
+    let histogram = index.histogram(text, None, since, until, None).unwrap();
     assert!(
         histogram.buckets.len() <= 24,
         "{} buckets",
@@ -250,7 +252,9 @@ fn check_aggregations(
     );
     // A width of no whole milliseconds: every bucket edge cuts one.
     let width = histogram.width / 7 + 1;
-    let odd = index.histogram(text, since, until, Some(width)).unwrap();
+    let odd = index
+        .histogram(text, None, since, until, Some(width))
+        .unwrap();
     let mut counts = vec![0u64; odd.buckets.len()];
     for &seq in expected {
         counts[((by_seq(seq).ts - odd.start) / width) as usize] += 1;
@@ -267,6 +271,7 @@ fn check_aggregations(
                 FacetField::Level => record.level.as_str().to_lowercase(),
                 FacetField::Service => record.service.to_lowercase(),
                 FacetField::Host => record.host.to_lowercase(),
+                FacetField::Tenant => lode_engine::tenant_name(&record.tenant).to_owned(),
             };
             *tally.entry(value).or_insert(0) += 1;
         }
@@ -274,7 +279,9 @@ fn check_aggregations(
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(5);
         assert_eq!(
-            index.top_values(text, since, until, field, 5).unwrap(),
+            index
+                .top_values(text, None, since, until, field, 5)
+                .unwrap(),
             top,
             "top {field:?} of {text:?}"
         );
@@ -346,7 +353,7 @@ fn oracle_then_reopen(positions: bool) {
     .unwrap();
     assert_eq!(index.stats().indexed_upto, records.len() as u64);
     assert_eq!(
-        index.count("*", None, None).unwrap(),
+        index.count("*", None, None, None).unwrap(),
         records.len() as u64,
         "nothing indexed twice"
     );
@@ -382,7 +389,7 @@ fn bad_queries_are_errors_with_columns() {
 fn tail_filters_live_records() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, index) = open_both(dir.path(), false);
-    let mut tail = index.tail("level:>=error", 1).unwrap();
+    let mut tail = index.tail("level:>=error", None, 1).unwrap();
     let records = Corpus::new(3).take_records(2000);
     engine.append(&records).unwrap();
     let expected: Vec<u64> = (1u64..)
@@ -430,11 +437,12 @@ fn retention_drops_index_documents_too() {
     );
     assert!(index.wait_indexed(3500, Duration::from_secs(20)));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while index.count("*", None, None).unwrap() != 500 && std::time::Instant::now() < deadline {
+    while index.count("*", None, None, None).unwrap() != 500 && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        index.count("*", None, None).unwrap(),
+        index.count("*", None, None, None).unwrap(),
         500,
         "documents of dropped records are deleted"
     );
@@ -466,7 +474,7 @@ fn index_ahead_of_the_engine_forgets_what_the_engine_lost() {
     engine.append(&fresh).unwrap();
     assert!(index.wait_indexed(50, Duration::from_secs(10)));
     assert_eq!(
-        index.count("*", None, None).unwrap(),
+        index.count("*", None, None, None).unwrap(),
         50,
         "no stale or doubled documents"
     );
@@ -531,7 +539,7 @@ fn kill_during_indexing_then_oracle() {
     );
     assert!(index.wait_indexed(records.len() as u64, Duration::from_secs(60)));
     assert_eq!(
-        index.count("*", None, None).unwrap(),
+        index.count("*", None, None, None).unwrap(),
         records.len() as u64,
         "no record missed or indexed twice"
     );

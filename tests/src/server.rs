@@ -96,8 +96,7 @@ fn every_operation_over_tcp_and_quic() {
                         service: service.clone(),
                         host: format!("h{}", i % 3),
                         attrs: vec![("i".into(), i.to_string())],
-                        message: format!("request {i} served over {name}"),
-                    })
+                        message: format!("request {i} served over {name}"), tenant: String::new(), })
                     .collect();
                 let first = client.append(&batch[..100]).await.unwrap();
                 let second = client.append(&batch[100..]).await.unwrap();
@@ -275,11 +274,21 @@ fn raw_hello(addr: SocketAddr, version: u16) -> (TcpStream, [u8; HELLO_LEN]) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    stream
-        .write_all(&wire::encode_hello(version, HelloStatus::Ok))
-        .unwrap();
+    let mut hello = wire::encode_hello(version, HelloStatus::Ok).to_vec();
+    if version >= 2 {
+        hello.extend_from_slice(&wire::encode_credentials("", "").unwrap());
+    }
+    stream.write_all(&hello).unwrap();
     let mut answer = [0u8; HELLO_LEN];
     stream.read_exact(&mut answer).unwrap();
+    // From version 2 an accepted hello is followed by the session's tenant.
+    if version >= 2 && wire::decode_hello(&answer).unwrap().1 == HelloStatus::Ok {
+        let mut prefix = [0u8; 2];
+        stream.read_exact(&mut prefix).unwrap();
+        let mut tenant = vec![0u8; wire::str16_len(prefix).unwrap()];
+        stream.read_exact(&mut tenant).unwrap();
+        assert_eq!(tenant, b"default");
+    }
     (stream, answer)
 }
 
@@ -312,6 +321,17 @@ fn bad_input_closes_only_its_own_connection() {
         wire::decode_hello(&answer).unwrap(),
         (wire::VERSION, HelloStatus::UnsupportedVersion)
     );
+
+    // A client of version 1 (no credentials) is served where auth is off.
+    let (mut old, answer) = raw_hello(addr, 1);
+    assert_eq!(wire::decode_hello(&answer).unwrap(), (1, HelloStatus::Ok));
+    let mut ping = Vec::new();
+    wire::encode_request(3, &wire::Request::Ping, &mut ping).unwrap();
+    old.write_all(&ping).unwrap();
+    assert!(matches!(
+        read_response(&mut old),
+        (3, wire::Response::Pong { .. })
+    ));
 
     // A well-framed append of garbage is a bad request; the connection lives.
     let (mut stream, _) = raw_hello(addr, wire::VERSION);

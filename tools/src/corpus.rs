@@ -121,6 +121,7 @@ impl Corpus {
                 ("pid".into(), (1000 + self.rng.below(60_000)).to_string()),
             ],
             message: self.fill(template),
+            tenant: String::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use lode_engine::{ArchivedLogRecord, Engine, LogRecord};
+use lode_engine::{Engine, LogRecord, RecordRef};
 use lode_protocol::json::{Fields, to_json_line, write_json_line};
 use lode_query::{Prepared, Query};
 
@@ -186,11 +186,12 @@ fn render(
     Ok((buf, matched))
 }
 
-fn write_archived(format: ExportFormat, seq: u64, record: &ArchivedLogRecord, out: &mut Vec<u8>) {
+fn write_archived(format: ExportFormat, seq: u64, record: RecordRef<'_>, out: &mut Vec<u8>) {
     match format {
         ExportFormat::Jsonl => {
             let fields = Fields {
                 seq: Some(seq),
+                tenant: record.tenant,
                 ts: record.timestamp(),
                 level: record.level.as_str(),
                 service: record.service.as_str(),

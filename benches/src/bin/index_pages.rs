@@ -81,14 +81,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let started = Instant::now();
             found = match args.kind {
                 Kind::Page => index.search(&search)?.records.len() as u64,
-                Kind::Count => index.count(query, None, None)?,
+                Kind::Count => index.count(query, None, None, None)?,
                 Kind::Histogram => index
-                    .histogram(query, None, None, None)?
+                    .histogram(query, None, None, None, None)?
                     .buckets
                     .iter()
                     .sum(),
                 Kind::TopServices => index
-                    .top_values(query, None, None, FacetField::Service, 5)?
+                    .top_values(query, None, None, None, FacetField::Service, 5)?
                     .iter()
                     .map(|(_, n)| n)
                     .sum(),

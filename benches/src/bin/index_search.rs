@@ -531,7 +531,7 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
             page: false,
             text: common.clone(),
             lode: Box::new(move |index: &Index| {
-                index.count(&count_word, None, None).unwrap_or(0) as usize
+                index.count(&count_word, None, None, None).unwrap_or(0) as usize
             }),
             sqlite: json!({"name": "count common word", "kind": "count", "words": [common]}),
             rg: vec!["-c".into(), "-i".into(), "-w".into(), common.clone()],
@@ -543,7 +543,9 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
             page: false,
             text: count_phrase_text.clone(),
             lode: Box::new(move |index: &Index| {
-                index.count(&count_phrase_text, None, None).unwrap_or(0) as usize
+                index
+                    .count(&count_phrase_text, None, None, None)
+                    .unwrap_or(0) as usize
             }),
             sqlite: json!({"name": "count phrase", "kind": "count", "words": phrase}),
             rg: vec!["-c".into(), "-i".into(), phrase_rg],
@@ -554,7 +556,13 @@ fn pick_queries(records: &[LogRecord]) -> Vec<BenchQuery> {
             text: common.clone(),
             lode: Box::new(move |index: &Index| {
                 index
-                    .histogram(&hist_word, Some(min_ts), Some(max_ts + 1), Some(width))
+                    .histogram(
+                        &hist_word,
+                        None,
+                        Some(min_ts),
+                        Some(max_ts + 1),
+                        Some(width),
+                    )
                     .map_or(0, |h| h.buckets.len())
             }),
             sqlite: json!({"name": "24-bucket histogram", "kind": "histogram", "words": [hist_sql_word], "start": min_ts, "width": width, "since": min_ts, "until": max_ts + 1}),

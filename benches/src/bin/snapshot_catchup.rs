@@ -76,6 +76,7 @@ fn batch(rng: &mut SplitMix64, first: u64) -> EncodedBatch {
                 .map(|_| format!("{:016x}", rng.next_u64()))
                 .collect::<Vec<_>>()
                 .join(" "),
+            tenant: String::new(),
         })
         .collect();
     EncodedBatch::encode(&records).expect("encode a batch")

@@ -4,10 +4,15 @@
 //! ```text
 //! records  n standalone rkyv archives of LogRecord, back to back
 //! ends     n × u32 LE: end offset of record i within the payload
+//! tenant   the records' tenant, UTF-8 (empty: the default tenant)
+//! len      u8        bytes of tenant
 //! min_ts   i64 LE    smallest record ts
 //! max_ts   i64 LE    largest record ts
-//! count    u32 LE    n
+//! count    u32 LE    n, in the low 24 bits; the format (2) in the top 8
 //! ```
+//!
+//! Format 1 (count's top byte 0) had no tenant and no `len`: its records
+//! are the default tenant's. All records of a batch have one tenant.
 //!
 //! Each record is encoded once, on its own, so a sealed segment stores the
 //! very same bytes as its value (no re-encoding at seal), and recovery
@@ -16,40 +21,128 @@
 
 use rkyv::rancor;
 
-use crate::record::{ArchivedLogRecord, LogRecord, access_record};
+use crate::record::{LogRecord, MAX_TENANT_BYTES, RecordRef, access_record};
 use crate::{CodecError, Result};
 
 const FIXED_TRAILER: usize = 8 + 8 + 4;
+/// The trailer format this build writes, in the top byte of `count`.
+const FORMAT: u32 = 2;
+/// Most records one batch holds (the count's low 24 bits).
+pub const MAX_BATCH_RECORDS: usize = (1 << 24) - 1;
 
-/// Appends the payload of `records` to `out` (which may already hold a
-/// frame header; offsets in the trailer are relative to `payload_start`).
-/// Returns the bytes and the records' (min, max) ts.
+/// Appends the payload of `records`, all of `tenant` (stored form; the
+/// records' own `tenant` fields are not read), to `out` (which may
+/// already hold a frame header; offsets in the trailer are relative to
+/// `payload_start`): as many records as fit `max_len` bytes of `out` in
+/// all (`usize::MAX`: every one, up to [`MAX_BATCH_RECORDS`]). Returns
+/// the bytes, the records' (min, max) ts and how many records it holds; a
+/// first record that does not fit alone is [`CodecError::RecordTooLarge`].
 pub(crate) fn encode_batch_into(
     records: &[LogRecord],
+    tenant: &str,
     mut out: Vec<u8>,
     payload_start: usize,
-) -> Result<(Vec<u8>, (i64, i64))> {
+    max_len: usize,
+) -> Result<(Vec<u8>, (i64, i64), usize)> {
+    if tenant.len() > MAX_TENANT_BYTES {
+        return Err(CodecError::Encode(format!(
+            "a tenant of {} bytes (at most {MAX_TENANT_BYTES})",
+            tenant.len()
+        )));
+    }
     let mut ends = Vec::with_capacity(records.len());
-    for record in records {
+    for record in records.iter().take(MAX_BATCH_RECORDS) {
+        let before = out.len();
         out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, out)
             .map_err(|e| CodecError::Encode(e.to_string()))?;
+        let trailer = (ends.len() + 1) * 4 + tenant.len() + 1 + FIXED_TRAILER;
+        if out.len().saturating_add(trailer) > max_len {
+            if ends.is_empty() {
+                return Err(CodecError::RecordTooLarge {
+                    bytes: out.len() - before + trailer,
+                    limit: max_len.saturating_sub(payload_start),
+                });
+            }
+            out.truncate(before);
+            break;
+        }
         let end = u32::try_from(out.len() - payload_start)
             .map_err(|_| CodecError::Encode("batch payload exceeds 4 GiB".into()))?;
         ends.push(end);
     }
-    let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
-        count: records.len(),
-    })?;
-    out.reserve(ends.len() * 4 + FIXED_TRAILER);
+    let taken = records.get(..ends.len()).unwrap_or_default();
+    out.reserve(ends.len() * 4 + tenant.len() + 1 + FIXED_TRAILER);
     for end in ends {
         out.extend_from_slice(&end.to_le_bytes());
     }
-    let min_ts = records.iter().map(|r| r.ts).min().unwrap_or(0);
-    let max_ts = records.iter().map(|r| r.ts).max().unwrap_or(0);
+    let min_ts = taken.iter().map(|r| r.ts).min().unwrap_or(0);
+    let max_ts = taken.iter().map(|r| r.ts).max().unwrap_or(0);
+    write_trailer(&mut out, tenant, (min_ts, max_ts), taken.len());
+    Ok((out, (min_ts, max_ts), taken.len()))
+}
+
+/// Appends the trailer after the end offsets: tenant, its length, the
+/// time range, the count with the format.
+pub(crate) fn write_trailer(
+    out: &mut Vec<u8>,
+    tenant: &str,
+    (min_ts, max_ts): (i64, i64),
+    count: usize,
+) {
+    out.extend_from_slice(tenant.as_bytes());
+    // Callers checked the tenant's and the count's bounds.
+    out.push(tenant.len() as u8);
     out.extend_from_slice(&min_ts.to_le_bytes());
     out.extend_from_slice(&max_ts.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    Ok((out, (min_ts, max_ts)))
+    out.extend_from_slice(&((count as u32) | (FORMAT << 24)).to_le_bytes());
+}
+
+/// A trailer's tenant (stored form), where the end offsets end, the
+/// count and the time range, read from the trailer alone (the end
+/// offsets are not checked: [`BatchView::parse`] does).
+pub(crate) fn trailer_parts(payload: &[u8]) -> Result<(&str, usize, usize, (i64, i64))> {
+    let fixed_at = payload
+        .len()
+        .checked_sub(FIXED_TRAILER)
+        .ok_or_else(|| invalid("batch payload has no trailer"))?;
+    let field =
+        u32::from_le_bytes(le(payload, fixed_at + 16).ok_or_else(|| invalid("batch count"))?);
+    let count = (field & 0x00FF_FFFF) as usize;
+    let min_ts = i64::from_le_bytes(le(payload, fixed_at).ok_or_else(|| invalid("batch min_ts"))?);
+    let max_ts =
+        i64::from_le_bytes(le(payload, fixed_at + 8).ok_or_else(|| invalid("batch max_ts"))?);
+    let tenant = trailer_tenant(payload).ok_or_else(|| invalid("batch trailer"))?;
+    let ends_end = match field >> 24 {
+        0 => fixed_at,
+        _ => fixed_at - 1 - tenant.len(),
+    };
+    Ok((tenant, ends_end, count, (min_ts, max_ts)))
+}
+
+/// Whether a payload's trailer is of format 1 (no tenant).
+pub(crate) fn is_format_1(payload: &[u8]) -> bool {
+    payload
+        .len()
+        .checked_sub(1)
+        .and_then(|last| payload.get(last))
+        .is_some_and(|top| *top == 0)
+}
+
+/// The tenant a batch payload's trailer names (stored form), read from
+/// the trailer alone; `None` if the trailer does not say one.
+pub(crate) fn trailer_tenant(payload: &[u8]) -> Option<&str> {
+    let fixed_at = payload.len().checked_sub(FIXED_TRAILER)?;
+    let field = u32::from_le_bytes(le(payload, fixed_at + 16)?);
+    match field >> 24 {
+        0 => Some(""),
+        FORMAT => {
+            let len_at = fixed_at.checked_sub(1)?;
+            let len = usize::from(*payload.get(len_at)?);
+            let bytes = payload.get(len_at.checked_sub(len)?..len_at)?;
+            std::str::from_utf8(bytes).ok()
+        }
+        _ => None,
+    }
 }
 
 /// A checked view of a batch payload: the trailer is validated, records
@@ -58,6 +151,7 @@ pub(crate) fn encode_batch_into(
 pub struct BatchView<'a> {
     records: &'a [u8],
     ends: &'a [u8],
+    tenant: &'a str,
     count: u32,
     min_ts: i64,
     max_ts: i64,
@@ -77,8 +171,13 @@ impl<'a> BatchView<'a> {
         (self.records, self.ends)
     }
 
-    /// Validates the trailer of `payload`: sizes, and record end offsets
-    /// that rise and end exactly where the trailer starts.
+    /// The records' tenant, as stored (empty: the default tenant).
+    pub fn tenant(&self) -> &'a str {
+        self.tenant
+    }
+
+    /// Validates the trailer of `payload`: sizes, the tenant, and record
+    /// end offsets that rise and end exactly where the trailer starts.
     pub fn parse(payload: &'a [u8]) -> Result<BatchView<'a>> {
         let fixed_at = payload.len().checked_sub(FIXED_TRAILER).ok_or_else(|| {
             invalid(format!(
@@ -86,27 +185,45 @@ impl<'a> BatchView<'a> {
                 payload.len()
             ))
         })?;
-        let count =
+        let field =
             u32::from_le_bytes(le(payload, fixed_at + 16).ok_or_else(|| invalid("batch count"))?);
+        let count = field & 0x00FF_FFFF;
         let min_ts =
             i64::from_le_bytes(le(payload, fixed_at).ok_or_else(|| invalid("batch min_ts"))?);
         let max_ts =
             i64::from_le_bytes(le(payload, fixed_at + 8).ok_or_else(|| invalid("batch max_ts"))?);
+        let (tenant, ends_at) = match field >> 24 {
+            0 => ("", fixed_at),
+            FORMAT => {
+                let len_at = fixed_at
+                    .checked_sub(1)
+                    .ok_or_else(|| invalid("batch tenant length"))?;
+                let len = usize::from(*payload.get(len_at).unwrap_or(&0));
+                let start = len_at
+                    .checked_sub(len)
+                    .ok_or_else(|| invalid(format!("batch tenant of {len} bytes")))?;
+                let bytes = payload.get(start..len_at).unwrap_or_default();
+                let tenant = std::str::from_utf8(bytes)
+                    .map_err(|e| invalid(format!("batch tenant: {e}")))?;
+                (tenant, start)
+            }
+            other => return Err(invalid(format!("batch trailer of unknown format {other}"))),
+        };
         let ends_len = (count as usize)
             .checked_mul(4)
-            .filter(|&len| len <= fixed_at)
+            .filter(|&len| len <= ends_at)
             .ok_or_else(|| {
                 invalid(format!(
                     "batch count {count} does not fit its {} bytes",
                     payload.len()
                 ))
             })?;
-        let records_len = fixed_at - ends_len;
+        let records_len = ends_at - ends_len;
         let records = payload
             .get(..records_len)
             .ok_or_else(|| invalid("batch records"))?;
         let ends = payload
-            .get(records_len..fixed_at)
+            .get(records_len..ends_at)
             .ok_or_else(|| invalid("batch ends"))?;
         let mut previous = 0u32;
         for chunk in ends.chunks_exact(4) {
@@ -130,6 +247,7 @@ impl<'a> BatchView<'a> {
         Ok(BatchView {
             records,
             ends,
+            tenant,
             count,
             min_ts,
             max_ts,
@@ -159,16 +277,19 @@ impl<'a> BatchView<'a> {
         self.records.get(start..self.end(i)?)
     }
 
-    /// Checks and reads record `i` in place.
-    pub fn record(&self, i: usize) -> Result<&'a ArchivedLogRecord> {
+    /// Checks and reads record `i` in place, with the batch's tenant.
+    pub fn record(&self, i: usize) -> Result<RecordRef<'a>> {
         let bytes = self
             .record_bytes(i)
             .ok_or_else(|| invalid(format!("no record {i} in a batch of {}", self.count)))?;
-        access_record(bytes)
+        Ok(RecordRef {
+            tenant: self.tenant,
+            record: access_record(bytes)?,
+        })
     }
 
     /// Every record, checked, in order.
-    pub fn iter(&self) -> impl Iterator<Item = Result<&'a ArchivedLogRecord>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Result<RecordRef<'a>>> + '_ {
         (0..self.len()).map(|i| self.record(i))
     }
 }
@@ -181,7 +302,8 @@ mod tests {
     #[test]
     fn round_trips_behind_a_header() {
         let records: Vec<LogRecord> = (0..50).map(sample).collect();
-        let (bytes, _) = encode_batch_into(&records, vec![0xAB; 25], 25).unwrap();
+        let (bytes, _, _) =
+            encode_batch_into(&records, "", vec![0xAB; 25], 25, usize::MAX).unwrap();
         let view = BatchView::parse(&bytes[25..]).unwrap();
         assert_eq!(view.len(), 50);
         assert_eq!(view.ts_range(), (records[49].ts, records[0].ts));
@@ -197,8 +319,110 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_takes_the_records_that_fit() {
+        let records: Vec<LogRecord> = (0..50).map(sample).collect();
+        let (whole, _, _) = encode_batch_into(&records, "", Vec::new(), 0, usize::MAX).unwrap();
+        let limit = whole.len() / 2;
+        let (bytes, ts, taken) = encode_batch_into(&records, "", Vec::new(), 0, limit).unwrap();
+        assert!(bytes.len() <= limit && taken > 0 && taken < 50, "{taken}");
+        let view = BatchView::parse(&bytes).unwrap();
+        assert_eq!(view.len(), taken);
+        assert_eq!(view.ts_range(), ts);
+        let (more, _, _) = encode_batch_into(&records[taken..], "", Vec::new(), 0, limit).unwrap();
+        assert!(BatchView::parse(&more).is_ok());
+        match encode_batch_into(&records, "", Vec::new(), 0, 40) {
+            Err(CodecError::RecordTooLarge { bytes, limit: 40 }) => assert!(bytes > 40),
+            other => panic!("expected RecordTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_one_tenant_and_format_1_reads_as_the_default() {
+        let records: Vec<LogRecord> = (0..6).map(sample).collect();
+        let (bytes, _, taken) =
+            encode_batch_into(&records[..4], "team-a", Vec::new(), 0, usize::MAX).unwrap();
+        assert_eq!(taken, 4);
+        let view = BatchView::parse(&bytes).unwrap();
+        assert_eq!((view.tenant(), view.len()), ("team-a", 4));
+        let first = view.record(0).unwrap().to_owned_record().unwrap();
+        assert_eq!(
+            first,
+            LogRecord {
+                tenant: "team-a".into(),
+                ..records[0].clone()
+            }
+        );
+        // Format 1: no tenant in the trailer, count's top byte 0.
+        let mut old = Vec::new();
+        let mut ends = Vec::new();
+        for r in &records[4..] {
+            old.extend_from_slice(&crate::encode_record(r).unwrap());
+            ends.extend_from_slice(&(old.len() as u32).to_le_bytes());
+        }
+        old.extend_from_slice(&ends);
+        let (lo, hi) = (records[5].ts, records[4].ts);
+        old.extend_from_slice(&lo.to_le_bytes());
+        old.extend_from_slice(&hi.to_le_bytes());
+        old.extend_from_slice(&2u32.to_le_bytes());
+        let view = BatchView::parse(&old).unwrap();
+        assert_eq!((view.tenant(), view.len()), ("", 2));
+        assert_eq!(
+            view.record(1).unwrap().to_owned_record().unwrap(),
+            records[5]
+        );
+        // An unknown format is refused.
+        let mut strange = old.clone();
+        let n = strange.len();
+        strange[n - 1] = 7;
+        assert!(BatchView::parse(&strange).is_err());
+    }
+
+    #[test]
+    fn a_tenant_is_stamped_on_the_trailer_only() {
+        use crate::{EncodedBatch, FrameKind, HEADER_LEN};
+        let records: Vec<LogRecord> = (0..3).map(sample).collect();
+        let unnamed = EncodedBatch::encode(&records).unwrap();
+        let (bytes, named) =
+            EncodedBatch::stamp_tenant(FrameKind::Batch, unnamed.clone().into_reserved(), "team-a")
+                .unwrap();
+        assert_eq!(named, "");
+        let stamped = EncodedBatch::from_reserved_kind(FrameKind::Batch, bytes).unwrap();
+        assert_eq!(stamped.tenant(), Some("team-a"));
+        let view = BatchView::parse(stamped.payload()).unwrap();
+        assert_eq!(
+            view.record_bytes(2),
+            BatchView::parse(unnamed.payload()).unwrap().record_bytes(2)
+        );
+        // A keyed batch keeps its key after the trailer.
+        let key = crate::BatchKey {
+            producer: 7,
+            sequence: 9,
+        };
+        let keyed = unnamed.clone().with_key(key).unwrap();
+        let (bytes, _) =
+            EncodedBatch::stamp_tenant(FrameKind::KeyedBatch, keyed.into_reserved(), "team-b")
+                .unwrap();
+        let keyed = EncodedBatch::from_reserved_kind(FrameKind::KeyedBatch, bytes).unwrap();
+        assert_eq!((keyed.tenant(), keyed.key()), (Some("team-b"), Some(key)));
+        // A batch that names its tenant is left as it is, and says which.
+        let mut named_records = records.clone();
+        for r in &mut named_records {
+            r.tenant = "team-c".into();
+        }
+        let named = EncodedBatch::encode(&named_records)
+            .unwrap()
+            .into_reserved();
+        let (same, says) =
+            EncodedBatch::stamp_tenant(FrameKind::Batch, named.clone(), "team-a").unwrap();
+        assert_eq!((same, says.as_str()), (named, "team-c"));
+        assert!(
+            EncodedBatch::stamp_tenant(FrameKind::Batch, vec![0; HEADER_LEN + 3], "x").is_err()
+        );
+    }
+
+    #[test]
     fn empty_batch_is_valid() {
-        let (bytes, _) = encode_batch_into(&[], Vec::new(), 0).unwrap();
+        let (bytes, _, _) = encode_batch_into(&[], "", Vec::new(), 0, usize::MAX).unwrap();
         let view = BatchView::parse(&bytes).unwrap();
         assert!(view.is_empty());
     }
@@ -206,7 +430,7 @@ mod tests {
     #[test]
     fn damaged_trailers_are_errors() {
         let records: Vec<LogRecord> = (0..3).map(sample).collect();
-        let (bytes, _) = encode_batch_into(&records, Vec::new(), 0).unwrap();
+        let (bytes, _, _) = encode_batch_into(&records, "", Vec::new(), 0, usize::MAX).unwrap();
         for cut in 0..bytes.len() {
             let _ = BatchView::parse(&bytes[..cut]);
         }
@@ -215,7 +439,8 @@ mod tests {
         huge_count[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(BatchView::parse(&huge_count).is_err());
         let mut bad_end = bytes.clone();
-        let ends_at = n - 20 - 12;
+        // The trailer: 3 ends, an empty tenant and its length, 20 bytes.
+        let ends_at = n - 20 - 1 - 12;
         bad_end[ends_at..ends_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(BatchView::parse(&bad_end).is_err());
         assert!(BatchView::parse(&[]).is_err());

@@ -7,7 +7,8 @@
 //!      8     1  kind     1 = batch of records (see `batch.rs`), 2 = blank (a
 //!                        Raft leader's first entry), 3 = membership (a Raft
 //!                        configuration, opaque to the engine), 4 = keyed
-//!                        batch (a batch, then its 16-byte [`BatchKey`]);
+//!                        batch (a batch, then its 16-byte [`BatchKey`]),
+//!                        5 = retention decision, 6 = setting;
 //!                        only batches hold records
 //!      9     8  term     Raft term, u64 LE (0 in embedded mode)
 //!     17     8  index    log index, u64 LE, dense from 1
@@ -45,6 +46,10 @@ pub enum FrameKind {
     /// A replicated retention decision: every node drops the records
     /// below a seq (payload: that seq, u64 LE); no records.
     Retain = 5,
+    /// A replicated setting: every node sets (or removes) one of the
+    /// engine's settings as it applies the entry (payload: the
+    /// consensus layer's encoding of a name and a value); no records.
+    Setting = 6,
 }
 
 impl FrameKind {
@@ -55,6 +60,7 @@ impl FrameKind {
             3 => Some(FrameKind::Membership),
             4 => Some(FrameKind::KeyedBatch),
             5 => Some(FrameKind::Retain),
+            6 => Some(FrameKind::Setting),
             _ => None,
         }
     }
@@ -131,6 +137,15 @@ impl<'a> Frame<'a> {
     /// The batch this frame carries, its trailer checked.
     pub fn batch(&self) -> Result<BatchView<'a>> {
         BatchView::parse(batch_part(self.kind, self.payload)?)
+    }
+
+    /// The tenant of a batch's records as stored (empty: the default
+    /// tenant); `None` for a frame that holds no records.
+    pub fn tenant(&self) -> Option<&str> {
+        if !self.kind.holds_records() {
+            return None;
+        }
+        crate::batch::trailer_tenant(batch_part(self.kind, self.payload).ok()?)
     }
 
     /// A keyed batch's key.
@@ -255,11 +270,48 @@ fn check_payload_len(len: usize) -> Result<()> {
 impl EncodedBatch {
     /// Encodes `records` as the payload of a batch frame.
     pub fn encode(records: &[LogRecord]) -> Result<EncodedBatch> {
-        let count = u32::try_from(records.len()).map_err(|_| CodecError::BatchTooLarge {
-            count: records.len(),
-        })?;
-        let (bytes, ts_range) = encode_batch_into(records, vec![0u8; HEADER_LEN], HEADER_LEN)?;
-        EncodedBatch::batch_made_here(bytes, count, ts_range)
+        let tenant = records.first().map_or("", |r| r.tenant.as_str());
+        if let Some(at) = records.iter().position(|r| r.tenant != tenant) {
+            return Err(CodecError::Invalid(format!(
+                "record {at} is of another tenant than the batch's first: a batch holds one tenant's records"
+            )));
+        }
+        EncodedBatch::encode_as(records, tenant)
+    }
+
+    /// Encodes `records` as a batch of `tenant` (stored form: empty for
+    /// the default tenant), whatever their own `tenant` fields say: a
+    /// client encodes its records for the tenant its session writes to.
+    pub fn encode_as(records: &[LogRecord], tenant: &str) -> Result<EncodedBatch> {
+        let (batch, taken) = EncodedBatch::encode_prefix_as(records, tenant, usize::MAX)?;
+        if taken < records.len() {
+            return Err(CodecError::BatchTooLarge {
+                count: records.len(),
+            });
+        }
+        Ok(batch)
+    }
+
+    /// Encodes the longest prefix of `records` whose whole frame (header
+    /// included) fits `max_frame_bytes`, as a batch of `tenant` (stored
+    /// form), and says how many records it holds: a front end cuts a
+    /// large request into batches the log takes. A first record too
+    /// large alone is [`CodecError::RecordTooLarge`].
+    pub fn encode_prefix_as(
+        records: &[LogRecord],
+        tenant: &str,
+        max_frame_bytes: usize,
+    ) -> Result<(EncodedBatch, usize)> {
+        let (bytes, ts_range, taken) = encode_batch_into(
+            records,
+            tenant,
+            vec![0u8; HEADER_LEN],
+            HEADER_LEN,
+            max_frame_bytes,
+        )?;
+        // `taken` is at most `MAX_BATCH_RECORDS`, which fits a u32.
+        let batch = EncodedBatch::batch_made_here(bytes, taken as u32, ts_range)?;
+        Ok((batch, taken))
     }
 
     /// A batch frame whose payload this process just wrote after the
@@ -355,12 +407,22 @@ impl EncodedBatch {
             }
             views.push(BatchView::parse(batch.payload())?);
         }
+        let tenant = views.first().map_or("", BatchView::tenant);
+        if views.iter().any(|v| v.tenant() != tenant) {
+            return Err(CodecError::Invalid(
+                "only batches of one tenant merge".to_owned(),
+            ));
+        }
         let records: usize = views.iter().map(|v| v.parts().0.len()).sum();
         // Record end offsets are u32: the records must fit them.
         check_payload_len(records)?;
         let count: usize = views.iter().map(BatchView::len).sum();
-        let count = u32::try_from(count).map_err(|_| CodecError::BatchTooLarge { count })?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + records + 4 * count as usize + 20);
+        if count > crate::batch::MAX_BATCH_RECORDS {
+            return Err(CodecError::BatchTooLarge { count });
+        }
+        let count = count as u32;
+        let mut bytes =
+            Vec::with_capacity(HEADER_LEN + records + 4 * count as usize + tenant.len() + 21);
         bytes.resize(HEADER_LEN, 0);
         for view in &views {
             bytes.extend_from_slice(view.parts().0);
@@ -385,9 +447,7 @@ impl EncodedBatch {
         if count == 0 {
             (min_ts, max_ts) = (0, 0);
         }
-        bytes.extend_from_slice(&min_ts.to_le_bytes());
-        bytes.extend_from_slice(&max_ts.to_le_bytes());
-        bytes.extend_from_slice(&count.to_le_bytes());
+        crate::batch::write_trailer(&mut bytes, tenant, (min_ts, max_ts), count as usize);
         EncodedBatch::batch_made_here(bytes, count, (min_ts, max_ts))
     }
 
@@ -417,6 +477,15 @@ impl EncodedBatch {
         }
         self.kind = FrameKind::KeyedBatch;
         Ok(self)
+    }
+
+    /// The tenant of a batch's records as stored (empty: the default
+    /// tenant); `None` for a frame that holds no records.
+    pub fn tenant(&self) -> Option<&str> {
+        if !self.kind.holds_records() {
+            return None;
+        }
+        crate::batch::trailer_tenant(batch_part(self.kind, self.payload()).ok()?)
     }
 
     /// A keyed batch's key.
@@ -486,6 +555,49 @@ impl EncodedBatch {
             min_ts,
             max_ts,
         })
+    }
+
+    /// Names `tenant` (stored form) in the trailer of a batch payload a
+    /// client sent (in `bytes`, after `HEADER_LEN` bytes of room; a keyed
+    /// batch's key stays after it), where the client named none: only the
+    /// trailer's bytes change, never a record's. Returns the bytes and the
+    /// tenant the client named (empty for none, or a format 1 batch),
+    /// which the caller checks. Call before
+    /// [`EncodedBatch::from_reserved_kind`], which checks the whole.
+    pub fn stamp_tenant(
+        kind: FrameKind,
+        mut bytes: Vec<u8>,
+        tenant: &str,
+    ) -> Result<(Vec<u8>, String)> {
+        let key_len = match kind {
+            FrameKind::KeyedBatch => KEY_LEN,
+            _ => 0,
+        };
+        let payload_len = bytes
+            .len()
+            .checked_sub(HEADER_LEN + key_len)
+            .ok_or_else(|| {
+                CodecError::Invalid("a batch too short for its header and key".to_owned())
+            })?;
+        let batch = bytes
+            .get(HEADER_LEN..HEADER_LEN + payload_len)
+            .unwrap_or_default();
+        let (named, ends_end, count, ts) = crate::batch::trailer_parts(batch)?;
+        let named = named.to_owned();
+        if !named.is_empty() || (tenant.is_empty() && !crate::batch::is_format_1(batch)) {
+            return Ok((bytes, named));
+        }
+        if tenant.len() > crate::record::MAX_TENANT_BYTES {
+            return Err(CodecError::Encode(format!(
+                "a tenant of {} bytes",
+                tenant.len()
+            )));
+        }
+        let key = bytes.split_off(HEADER_LEN + payload_len);
+        bytes.truncate(HEADER_LEN + ends_end);
+        crate::batch::write_trailer(&mut bytes, tenant, ts, count);
+        bytes.extend_from_slice(&key);
+        Ok((bytes, named))
     }
 
     /// The whole buffer: `HEADER_LEN` bytes of room for the frame header,
@@ -558,6 +670,7 @@ mod tests {
                 host: "h".into(),
                 attrs: vec![],
                 message: format!("message number {i}"),
+                tenant: String::new(),
             })
             .collect()
     }

@@ -13,12 +13,14 @@
 //!     host: "web-1".into(),
 //!     attrs: vec![("user".into(), "42".into())],
 //!     message: "slow request".into(),
+//!     tenant: "team-a".into(),
 //! }];
 //! let mut batch = EncodedBatch::encode(&records)?;
 //! let bytes = batch.seal(0, 1).to_vec();
 //! let frame = decode_frame(&bytes)?;
 //! assert_eq!(frame.index, 1);
-//! assert_eq!(frame.batch()?.record(0)?.message.as_str(), "slow request");
+//! let record = frame.batch()?.record(0)?;
+//! assert_eq!((record.tenant, record.message.as_str()), ("team-a", "slow request"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -30,12 +32,15 @@ mod segment;
 mod time;
 
 pub use batch::BatchView;
+pub use batch::MAX_BATCH_RECORDS;
 pub use frame::{
     BatchKey, EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, KEY_LEN, MAX_PAYLOAD,
     decode_frame, decode_frame_unchecksummed,
 };
 pub use record::{
-    ArchivedLevel, ArchivedLogRecord, Level, LogRecord, Record, access_record, encode_record,
+    ArchivedLevel, ArchivedLogRecord, DEFAULT_TENANT, Level, LogRecord, MAX_TENANT_BYTES, Record,
+    RecordRef, access_record, access_sealed_value, encode_record, encode_sealed_value,
+    stored_tenant, tenant_name,
 };
 pub use segment::{RecordsCrc, SegmentMeta};
 pub use time::{format_rfc3339, parse_rfc3339};
@@ -52,6 +57,9 @@ pub enum CodecError {
     Encode(String),
     #[error("batch of {count} records exceeds the u32 count limit")]
     BatchTooLarge { count: usize },
+    /// One record encodes larger than a whole batch may be.
+    #[error("a record of {bytes} encoded bytes exceeds the batch limit of {limit}")]
+    RecordTooLarge { bytes: usize, limit: usize },
 }
 
 /// Result alias of this crate.

@@ -77,6 +77,97 @@ pub struct LogRecord {
     pub host: String,
     pub attrs: Vec<(String, String)>,
     pub message: String,
+    /// The tenant the record belongs to; empty is the default tenant
+    /// ([`tenant_name`]). Not part of the record's archive: a batch names
+    /// its records' tenant once, in its trailer, and a sealed value before
+    /// its record, so records archived before tenants existed read as
+    /// they were, in the default tenant.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub tenant: String,
+}
+
+/// The name of the default tenant, which records of no tenant belong to.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The name of a record's tenant as users see it: `default` for the
+/// empty name records of the default tenant are stored with.
+pub fn tenant_name(stored: &str) -> &str {
+    if stored.is_empty() {
+        DEFAULT_TENANT
+    } else {
+        stored
+    }
+}
+
+/// The name a tenant is stored with: empty for the default tenant (so
+/// its records are byte for byte those of the format before tenants).
+pub fn stored_tenant(name: &str) -> &str {
+    if name == DEFAULT_TENANT { "" } else { name }
+}
+
+/// A record read in place, with the tenant its batch or sealed value
+/// names (the archive itself has none). Derefs to the archived record.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// As stored: empty for the default tenant.
+    pub tenant: &'a str,
+    pub record: &'a ArchivedLogRecord,
+}
+
+impl Deref for RecordRef<'_> {
+    type Target = ArchivedLogRecord;
+    fn deref(&self) -> &ArchivedLogRecord {
+        self.record
+    }
+}
+
+impl RecordRef<'_> {
+    /// Copies the record out, its tenant included.
+    pub fn to_owned_record(&self) -> Result<LogRecord> {
+        let mut record = self.record.to_owned_record()?;
+        record.tenant = self.tenant.to_owned();
+        Ok(record)
+    }
+}
+
+/// Longest tenant name a batch or a sealed value can carry.
+pub const MAX_TENANT_BYTES: usize = 255;
+
+/// Appends a sealed segment's value for a record of `tenant` (stored
+/// form) whose archive is `record`: the tenant's length (u8) and bytes,
+/// then the archive.
+pub fn encode_sealed_value(tenant: &str, record: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let len = u8::try_from(tenant.len())
+        .map_err(|_| CodecError::Encode(format!("tenant of {} bytes", tenant.len())))?;
+    out.reserve(1 + tenant.len() + record.len());
+    out.push(len);
+    out.extend_from_slice(tenant.as_bytes());
+    out.extend_from_slice(record);
+    Ok(())
+}
+
+/// Checks and reads a sealed segment's value in place: with its tenant
+/// in front ([`encode_sealed_value`]), or, for a segment sealed before
+/// tenants existed, the record's archive alone (the default tenant).
+pub fn access_sealed_value(bytes: &[u8], tenant_prefix: bool) -> Result<RecordRef<'_>> {
+    if !tenant_prefix {
+        return Ok(RecordRef {
+            tenant: "",
+            record: access_record(bytes)?,
+        });
+    }
+    let (&len, rest) = bytes
+        .split_first()
+        .ok_or_else(|| CodecError::Invalid("an empty sealed value".into()))?;
+    let (tenant, record) = rest
+        .split_at_checked(usize::from(len))
+        .ok_or_else(|| CodecError::Invalid(format!("a tenant of {len} bytes past the value")))?;
+    let tenant = std::str::from_utf8(tenant)
+        .map_err(|e| CodecError::Invalid(format!("the value's tenant: {e}")))?;
+    Ok(RecordRef {
+        tenant,
+        record: access_record(record)?,
+    })
 }
 
 impl LogRecord {
@@ -164,6 +255,7 @@ pub(crate) mod tests {
             host: format!("web-{i}"),
             attrs: vec![("user".into(), format!("u{i}"))],
             message: format!("request {i} took {} ms", i * 3),
+            tenant: String::new(),
         }
     }
 
@@ -177,6 +269,45 @@ pub(crate) mod tests {
         assert_eq!(archived.to_owned_record().unwrap(), record);
         assert_eq!(archived.timestamp(), record.ts);
         assert_eq!(archived.level.as_str(), record.level.as_str());
+    }
+
+    #[test]
+    fn sealed_values_carry_their_tenant() {
+        let record = sample(3);
+        let archive = encode_record(&record).unwrap();
+        let mut value = Vec::new();
+        encode_sealed_value("team-a", &archive, &mut value).unwrap();
+        let read = access_sealed_value(&value, true).unwrap();
+        assert_eq!(read.tenant, "team-a");
+        assert_eq!(
+            read.to_owned_record().unwrap(),
+            LogRecord {
+                tenant: "team-a".into(),
+                ..record.clone()
+            }
+        );
+        // A value sealed before tenants: the archive alone, default tenant.
+        let old = access_sealed_value(&archive, false).unwrap();
+        assert_eq!((old.tenant, old.to_owned_record().unwrap()), ("", record));
+        assert!(access_sealed_value(&[], true).is_err());
+        assert!(access_sealed_value(&[200, 1, 2], true).is_err());
+        assert!(encode_sealed_value(&"x".repeat(256), &archive, &mut Vec::new()).is_err());
+        assert_eq!((tenant_name(""), stored_tenant("default")), ("default", ""));
+    }
+
+    /// The tenant is no part of a record's archive: a record of any
+    /// tenant archives to the bytes a record had before tenants existed.
+    #[test]
+    fn the_archive_has_no_tenant() {
+        let plain = sample(4);
+        let tenanted = LogRecord {
+            tenant: "team-b".into(),
+            ..plain.clone()
+        };
+        assert_eq!(
+            encode_record(&plain).unwrap(),
+            encode_record(&tenanted).unwrap()
+        );
     }
 
     #[test]

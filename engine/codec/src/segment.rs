@@ -5,8 +5,10 @@ use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Manifest format version, the first byte of every entry. Version 1
-/// had no records checksum.
-const VERSION: u8 = 2;
+/// had no records checksum; version 2 entries are of segments whose
+/// values are records alone (sealed before tenants existed), version 3
+/// of segments whose values start with their record's tenant.
+const VERSION: u8 = 3;
 
 /// A sealed, immutable segment: one SST file of consecutive records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,12 @@ pub struct SegmentMeta {
     /// records, whatever its SST file looks like (a cluster compares
     /// segments by it). `None` for a segment sealed by a version before it.
     pub records_crc32c: Option<u32>,
+    /// Each value is its record's tenant, then the record
+    /// (`lode_codec::encode_sealed_value`); false for a segment sealed
+    /// before tenants existed, whose values are records alone. Said by the
+    /// entry's version byte, not archived.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub tenant_prefix: bool,
 }
 
 /// A manifest entry of version 1.
@@ -73,7 +81,8 @@ impl SegmentMeta {
     /// then the rkyv archive.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain integers into a Vec cannot fail.
-        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, vec![VERSION])
+        let version = if self.tenant_prefix { VERSION } else { 2 };
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, vec![version])
             .unwrap_or_else(|e| unreachable!("encoding a SegmentMeta failed: {e}"))
     }
 
@@ -82,8 +91,11 @@ impl SegmentMeta {
     pub fn decode(bytes: &[u8]) -> Result<SegmentMeta, String> {
         let (&version, body) = bytes.split_first().ok_or("empty manifest entry")?;
         match version {
-            VERSION => {
-                rkyv::from_bytes::<SegmentMeta, rancor::Error>(body).map_err(|e| e.to_string())
+            2 | VERSION => {
+                let mut meta = rkyv::from_bytes::<SegmentMeta, rancor::Error>(body)
+                    .map_err(|e| e.to_string())?;
+                meta.tenant_prefix = version == VERSION;
+                Ok(meta)
             }
             1 => {
                 let v1 = rkyv::from_bytes::<SegmentMetaV1, rancor::Error>(body)
@@ -101,6 +113,7 @@ impl SegmentMeta {
                     sst_crc32c: v1.sst_crc32c,
                     sealed_at: v1.sealed_at,
                     records_crc32c: None,
+                    tenant_prefix: false,
                 })
             }
             other => Err(format!("unsupported manifest version {other}")),
@@ -132,9 +145,21 @@ mod tests {
             sst_crc32c: 0xdead_beef,
             sealed_at: 42,
             records_crc32c: Some(7),
+            tenant_prefix: true,
         };
         assert_eq!(SegmentMeta::decode(&meta.encode()).unwrap(), meta);
+        let older = SegmentMeta {
+            tenant_prefix: false,
+            ..meta.clone()
+        };
+        assert_eq!(
+            older.encode()[0],
+            2,
+            "a segment without tenants stays version 2"
+        );
+        assert_eq!(SegmentMeta::decode(&older.encode()).unwrap(), older);
         assert!(SegmentMeta::decode(&[]).is_err());
+        assert!(SegmentMeta::decode(&[4, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[3, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[2, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[1, 0, 0]).is_err());
@@ -157,6 +182,7 @@ mod tests {
             SegmentMeta::decode(&bytes).unwrap(),
             SegmentMeta {
                 records_crc32c: None,
+                tenant_prefix: false,
                 ..meta
             }
         );

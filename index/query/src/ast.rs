@@ -11,6 +11,9 @@ pub enum Field {
     Host,
     /// `attrs.KEY`
     Attr(String),
+    /// The tenant a record belongs to (`default` for the default tenant):
+    /// how a server scopes every read to its caller's tenants.
+    Tenant,
 }
 
 /// How `level:` compares.

@@ -26,6 +26,7 @@ fn field_values<'a>(record: &'a LogRecord, field: &Field) -> Vec<&'a str> {
         Field::Level => vec![record.level.as_str()],
         Field::Service => vec![record.service.as_str()],
         Field::Host => vec![record.host.as_str()],
+        Field::Tenant => vec![lode_codec::tenant_name(&record.tenant)],
         Field::Attr(key) => record
             .attrs
             .iter()
@@ -90,6 +91,7 @@ mod tests {
             host: "web-1".into(),
             attrs: vec![("user".into(), "Bob".into())],
             message: message.into(),
+            tenant: String::new(),
         }
     }
 

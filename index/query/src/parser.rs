@@ -269,6 +269,7 @@ impl Parser {
             "level" => Some(Field::Level),
             "service" => Some(Field::Service),
             "host" => Some(Field::Host),
+            "tenant" => Some(Field::Tenant),
             "message" => None,
             _ => match name.strip_prefix("attrs.") {
                 Some(key) if !key.is_empty() => Some(Field::Attr(key.to_owned())),
@@ -276,7 +277,7 @@ impl Parser {
                     return Err(error(
                         column,
                         format!(
-                            "unknown field '{name}': expected level, service, host, message or attrs.KEY"
+                            "unknown field '{name}': expected level, service, host, tenant, message or attrs.KEY"
                         ),
                     ));
                 }
@@ -324,8 +325,8 @@ fn split_field(word: &str) -> Option<(&str, &str)> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
-    let known =
-        matches!(name, "level" | "service" | "host" | "message") || name.starts_with("attrs.");
+    let known = matches!(name, "level" | "service" | "host" | "tenant" | "message")
+        || name.starts_with("attrs.");
     (is_name && (known || !value.starts_with('/'))).then_some((name, value))
 }
 
@@ -491,7 +492,7 @@ mod tests {
         assert_eq!(err("a )").column, 3);
         assert_eq!(
             err("foo:bar").message,
-            "unknown field 'foo': expected level, service, host, message or attrs.KEY"
+            "unknown field 'foo': expected level, service, host, tenant, message or attrs.KEY"
         );
         assert_eq!(err("x \"open").column, 3);
         assert_eq!(err("level:>=loud").column, 7);

@@ -6,11 +6,12 @@
 //! All integers are fixed-width little endian.
 //!
 //! ```text
-//! message   len u32 | version u8 (1) | tag u8 | id u64 | body     (len counts from version on)
+//! message   len u32 | version u8 (2) | tag u8 | id u64 | body     (len counts from version on)
 //! log id    term u64 | index u64
 //! opt X     0 u8 | 1 u8 X
 //! vote      term u64 | voted_for u64 | committed u8
-//! entry     kind u8 (1 batch, 2 blank, 3 membership, 4 keyed batch) | term u64 | index u64 | len u32 | payload
+//! entry     kind u8 (1 batch, 2 blank, 3 membership, 4 keyed batch, 5 retention, 6 setting) | term u64 | index u64 | len u32 | payload
+//!           (a setting's payload: name str | opt value str)
 //!           (a batch's payload is the WAL frame payload, byte for byte; a keyed batch's ends with its key)
 //! membership configs u32 | { voters u32 | id u64 ... } ... | nodes u32 | { id u64 | addr str } ...
 //! str       len u32 | utf-8 bytes
@@ -21,7 +22,8 @@
 //! log id | opt leader commit | count u32 | entries), 4 transfer-leader
 //! request (vote | to u64 | opt log id), 5 forward (a client's batch for
 //! the leader to write: payload str-framed bytes), 6 keyed forward (the
-//! same, a keyed batch's payload), 7 read index (no body); 65 vote response (vote | granted
+//! same, a keyed batch's payload), 7 read index (no body), 11 forward
+//! setting (a setting entry's payload, str-framed); 65 vote response (vote | granted
 //! u8 | opt log id), 66 append response (0 success, 1 partial + opt log id,
 //! 2 conflict, 3 higher vote + vote), 67 transfer-leader response (0 ok, 1
 //! refused + str), 68 written (first seq u64 | end seq u64), 69 not leader
@@ -38,7 +40,8 @@
 //! installed (vote).
 //!
 //! ```text
-//! segment list  count u32 | segment ... | floor u64 | end seq u64
+//! segment list  count u32 | segment ... | floor u64 | end seq u64 | opt settings
+//! settings      count u32 | { name str | value str } ...   (the engine's settings: a server's tokens)
 //! snapshot meta opt last log id | opt membership log id | membership
 //! ```
 
@@ -54,7 +57,7 @@ use openraft::{EntryPayload, LogId as RaftLogId};
 use crate::types::{Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote};
 
 /// Version of the message format; a peer speaking another is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest message accepted: a batch of entries up to the engine's batch
 /// limit, with room for framing.
 pub const MAX_MESSAGE: usize = 80 << 20;
@@ -95,6 +98,12 @@ pub enum Request {
     /// A follower's linearizable read asks the leader for the index to
     /// apply through first.
     ReadIndex,
+    /// A setting a follower was asked to make (a token created or
+    /// revoked), for the leader to write: answered `Written` once applied.
+    ForwardSetting {
+        name: String,
+        value: Option<Vec<u8>>,
+    },
     /// The leader offers a snapshot: the follower answers what it lacks.
     SnapshotOffer(SegmentList),
     /// A piece of a segment's file for the follower to stage.
@@ -115,7 +124,13 @@ pub struct SegmentList {
     pub segments: Vec<SegmentMeta>,
     pub floor: u64,
     pub end_seq: u64,
+    /// The engine's settings (a server's tokens) as of the snapshot;
+    /// `None` for a snapshot described before they were carried.
+    pub settings: Option<Settings>,
 }
+
+/// The engine's settings, by name (`lode_engine::Settings`).
+pub type Settings = BTreeMap<String, Vec<u8>>;
 
 /// A segment a follower lacks, and where its transfer resumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +242,20 @@ impl Writer {
         }
         self.u64(list.floor);
         self.u64(list.end_seq);
+        self.settings(list.settings.as_ref());
+    }
+    fn settings(&mut self, settings: Option<&Settings>) {
+        match settings {
+            None => self.u8(0),
+            Some(settings) => {
+                self.u8(1);
+                self.u32(settings.len() as u32);
+                for (name, value) in settings {
+                    self.bytes(name.as_bytes());
+                    self.bytes(value);
+                }
+            }
+        }
     }
     fn snapshot_state(&mut self, s: &SnapshotState) {
         self.opt_log_id(s.last_log_id.as_ref());
@@ -257,6 +286,34 @@ pub fn log_id(term: u64, index: u64) -> LogId {
         openraft::vote::leader_id_std::CommittedLeaderId::new(term),
         index,
     )
+}
+
+/// A setting entry's payload: the name (str) and, to set it, its value
+/// (opt str); without one the setting is removed.
+pub fn encode_setting(name: &str, value: Option<&[u8]>) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(name.as_bytes());
+    match value {
+        None => w.u8(0),
+        Some(value) => {
+            w.u8(1);
+            w.bytes(value);
+        }
+    }
+    w.0
+}
+
+/// A setting entry's name and value, as [`encode_setting`] wrote them.
+pub fn decode_setting(bytes: &[u8]) -> Result<(String, Option<Vec<u8>>)> {
+    Reader::new(bytes).whole(|r| {
+        let name = r.string("setting name")?;
+        let value = if r.flag("setting value")? {
+            Some(r.bytes("setting value")?.to_vec())
+        } else {
+            None
+        };
+        Ok((name, value))
+    })
 }
 
 /// A membership entry's payload, as the WAL stores it.
@@ -320,6 +377,9 @@ pub fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             message(tag, id, |w| w.bytes(batch.payload()))
         }
         Request::ReadIndex => message(7, id, |_| {}),
+        Request::ForwardSetting { name, value } => message(11, id, |w| {
+            w.bytes(&encode_setting(name, value.as_deref()));
+        }),
         Request::SnapshotOffer(list) => message(8, id, |w| w.segment_list(list)),
         Request::SnapshotChunk(chunk) => message(9, id, |w| {
             w.0.reserve(chunk.bytes.len() + 160);
@@ -522,6 +582,13 @@ impl<'a> Reader<'a> {
                     .map_err(|e| self.invalid_at(payload_at, "batch entry", e.to_string()))?;
                 EntryPayload::Normal(Batch::new(batch))
             }
+            6 => {
+                decode_setting(payload)
+                    .map_err(|e| self.invalid_at(payload_at, "setting entry", e.to_string()))?;
+                let batch = EncodedBatch::without_records(FrameKind::Setting, payload)
+                    .map_err(|e| self.invalid_at(payload_at, "setting entry", e.to_string()))?;
+                EntryPayload::Normal(Batch::new(batch))
+            }
             5 => {
                 let batch = EncodedBatch::from_log(FrameKind::Retain, payload)
                     .ok()
@@ -574,7 +641,21 @@ impl<'a> Reader<'a> {
             segments,
             floor: self.u64("floor")?,
             end_seq: self.u64("end seq")?,
+            settings: self.settings()?,
         })
+    }
+    fn settings(&mut self) -> Result<Option<Settings>> {
+        if !self.flag("settings")? {
+            return Ok(None);
+        }
+        let n = self.count("settings", 8)?;
+        let mut settings = Settings::new();
+        for _ in 0..n {
+            let name = self.string("setting name")?;
+            let value = self.bytes("setting value")?.to_vec();
+            settings.insert(name, value);
+        }
+        Ok(Some(settings))
     }
     fn snapshot_state(&mut self) -> Result<SnapshotState> {
         Ok(SnapshotState {
@@ -685,6 +766,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<(u64, Request)> {
             Ok(Request::Forward(batch))
         })?,
         7 => r.whole(|_| Ok(Request::ReadIndex))?,
+        11 => r.whole(|r| {
+            let at = r.at + 4;
+            let (name, value) = decode_setting(r.bytes("forwarded setting")?)
+                .map_err(|e| r.invalid_at(at, "forwarded setting", e.to_string()))?;
+            Ok(Request::ForwardSetting { name, value })
+        })?,
         8 => r.whole(|r| r.segment_list().map(Request::SnapshotOffer))?,
         9 => r.whole(|r| {
             let segment = r.segment()?;
@@ -826,26 +913,32 @@ pub struct SnapshotDescription {
     pub state: SnapshotState,
     pub floor: u64,
     pub end_seq: u64,
+    /// The engine's settings when the snapshot was built; `None` in a
+    /// description of version 1.
+    pub settings: Option<Settings>,
 }
 
-const DESCRIPTION_VERSION: u8 = 1;
+const DESCRIPTION_VERSION: u8 = 2;
 
-/// A snapshot description's bytes: version u8, snapshot meta, floor u64,
-/// end seq u64.
+/// A snapshot description's bytes: version u8 (2), snapshot meta, floor
+/// u64, end seq u64, opt settings (count u32 | { name str | value str }).
+/// Version 1 had no settings.
 pub fn encode_description(d: &SnapshotDescription) -> Vec<u8> {
     let mut w = Writer::default();
     w.u8(DESCRIPTION_VERSION);
     w.snapshot_state(&d.state);
     w.u64(d.floor);
     w.u64(d.end_seq);
+    w.settings(d.settings.as_ref());
     w.0
 }
 
-/// A snapshot description as [`encode_description`] wrote it.
+/// A snapshot description as [`encode_description`] wrote it (or
+/// version 1 did).
 pub fn decode_description(bytes: &[u8]) -> Result<SnapshotDescription> {
     Reader::new(bytes).whole(|r| {
         let version = r.u8("description version")?;
-        if version != DESCRIPTION_VERSION {
+        if !(1..=DESCRIPTION_VERSION).contains(&version) {
             return Err(r.invalid_at(
                 0,
                 "snapshot description",
@@ -856,6 +949,7 @@ pub fn decode_description(bytes: &[u8]) -> Result<SnapshotDescription> {
             state: r.snapshot_state()?,
             floor: r.u64("floor")?,
             end_seq: r.u64("end seq")?,
+            settings: if version >= 2 { r.settings()? } else { None },
         })
     })
 }
@@ -934,6 +1028,64 @@ pub fn decode_state(bytes: &[u8]) -> Result<LogState> {
     })
 }
 
+/// Messages as a hostile or broken peer sends them, for tests: a vote
+/// request, an append of blank entries at given log ids, a snapshot
+/// install. Nothing checks them here; the receiving node must.
+pub mod crafted {
+    use super::*;
+
+    fn id((term, index): (u64, u64)) -> LogId {
+        log_id(term, index)
+    }
+
+    /// A candidate's vote request for `term`.
+    pub fn vote(term: u64, candidate: NodeId, last: Option<(u64, u64)>) -> Request {
+        Request::Vote(VoteRequest::new(Vote::new(term, candidate), last.map(id)))
+    }
+
+    /// A leader's append of blank entries with the given log ids.
+    pub fn append(
+        term: u64,
+        leader: NodeId,
+        prev: Option<(u64, u64)>,
+        entries: &[(u64, u64)],
+    ) -> Request {
+        Request::Append(AppendEntriesRequest {
+            vote: Vote::new_committed(term, leader),
+            prev_log_id: prev.map(id),
+            entries: entries.iter().map(|e| Entry::new_blank(id(*e))).collect(),
+            leader_commit: None,
+        })
+    }
+
+    /// A leader's snapshot install of nothing, through `last`, with a
+    /// membership of `voters`.
+    pub fn install(term: u64, leader: NodeId, last: (u64, u64), voters: &[NodeId]) -> Request {
+        let nodes: BTreeMap<NodeId, Node> = voters
+            .iter()
+            .map(|v| {
+                (
+                    *v,
+                    Node {
+                        addr: format!("node-{v}:1"),
+                    },
+                )
+            })
+            .collect();
+        let config: BTreeSet<NodeId> = voters.iter().copied().collect();
+        let membership = Membership::new(vec![config], nodes).unwrap_or_default();
+        Request::SnapshotInstall {
+            vote: Vote::new_committed(term, leader),
+            meta: SnapshotState {
+                last_log_id: Some(id(last)),
+                membership_log_id: None,
+                membership,
+            },
+            data: SegmentList::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,6 +1115,7 @@ mod tests {
             host: "h".into(),
             attrs: vec![],
             message: "disk full".into(),
+            tenant: String::new(),
         }];
         Entry::new(
             log_id(term, index),
@@ -997,6 +1150,7 @@ mod tests {
             sst_crc32c: 0xfeed,
             sealed_at: 3,
             records_crc32c: Some(9),
+            tenant_prefix: true,
         }
     }
 
@@ -1006,6 +1160,7 @@ mod tests {
             segments: vec![segment(1), segment(101)],
             floor: 1,
             end_seq: 201,
+            settings: Some(Settings::from([("token/ab".to_owned(), b"{}".to_vec())])),
         };
         let meta = SnapshotState {
             last_log_id: Some(log_id(2, 29)),
@@ -1042,9 +1197,15 @@ mod tests {
             state: meta,
             floor: 51,
             end_seq: 201,
+            settings: list.settings.clone(),
         };
         let bytes = encode_description(&description);
         assert_eq!(decode_description(&bytes).unwrap(), description);
+        // A description of version 1 (no settings) still reads.
+        let mut old = bytes[..bytes.len() - (1 + 4 + 4 + 8 + 4 + 2)].to_vec();
+        old[0] = 1;
+        let read = decode_description(&old).unwrap();
+        assert_eq!((read.floor, read.settings), (51, None));
         assert!(decode_description(&bytes[..bytes.len() - 1]).is_err());
         let mut other = bytes.clone();
         other[0] = 9;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use lode_codec::{EncodedBatch, FrameKind, HEADER_LEN};
 
-use crate::{ClientError, ClientOptions, Result};
+use crate::{ClientError, ClientOptions, ErrorCode, Result};
 
 type Routed = (Response, bool);
 
@@ -35,6 +35,7 @@ pub(crate) struct Connection {
     max_in_flight: usize,
     tasks: Vec<JoinHandle<()>>,
     kept: Option<Box<dyn std::any::Any + Send + Sync>>,
+    tenant: String,
 }
 
 impl std::fmt::Debug for Connection {
@@ -89,10 +90,13 @@ impl Connection {
         // Frames larger than the buffer bypass it: an append batch goes to the
         // socket without another copy.
         let mut writer = BufWriter::with_capacity(64 << 10, writer);
+        let mut greeting = wire::encode_hello(VERSION, HelloStatus::Ok).to_vec();
+        greeting.extend_from_slice(&wire::encode_credentials(
+            options.token.as_deref().unwrap_or_default(),
+            options.tenant.as_deref().unwrap_or_default(),
+        )?);
         let hello = async {
-            writer
-                .write_all(&wire::encode_hello(VERSION, HelloStatus::Ok))
-                .await?;
+            writer.write_all(&greeting).await?;
             writer.flush().await?;
             let mut answer = [0u8; HELLO_LEN];
             reader.read_exact(&mut answer).await?;
@@ -104,12 +108,37 @@ impl Connection {
             .map_err(|e| ClientError::io("hello", e))?;
         match wire::decode_hello(&answer)? {
             (VERSION, HelloStatus::Ok) => {}
+            (_, HelloStatus::Unauthorized) => {
+                return Err(ClientError::Server {
+                    code: Some(ErrorCode::Unauthorized),
+                    message: "the server wants a valid token (--token, or LODE_TOKEN)".into(),
+                });
+            }
+            (_, HelloStatus::Forbidden) => {
+                return Err(ClientError::Server {
+                    code: Some(ErrorCode::Forbidden),
+                    message: "the token does not allow the tenant asked for".into(),
+                });
+            }
             (peer, _) => {
                 return Err(ClientError::Protocol(wire::WireError::UnsupportedVersion {
                     peer,
                 }));
             }
         }
+        let session = async {
+            let mut prefix = [0u8; 2];
+            reader.read_exact(&mut prefix).await?;
+            let len = wire::str16_len(prefix)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut tenant = vec![0u8; len];
+            reader.read_exact(&mut tenant).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&tenant).into_owned())
+        };
+        let tenant = tokio::time::timeout(options.connect_timeout, session)
+            .await
+            .map_err(|_| ClientError::io("hello", "the server did not answer in time"))?
+            .map_err(|e| ClientError::io("hello", e))?;
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (tx, rx) = mpsc::channel(256);
         let tasks = vec![
@@ -128,7 +157,13 @@ impl Connection {
             max_in_flight: options.max_in_flight.max(1),
             tasks,
             kept: None,
+            tenant,
         })
+    }
+
+    /// The tenant the server said this session writes to.
+    pub(crate) fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {

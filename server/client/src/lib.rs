@@ -105,6 +105,12 @@ pub struct ClientOptions {
     pub max_frame_bytes: u32,
     /// Connecting (and the hello) must finish within this.
     pub connect_timeout: Duration,
+    /// The token the session acts with (`lode token create`); none where
+    /// the server asks for no credential.
+    pub token: Option<String>,
+    /// The tenants the session acts on (`a` or `a|b`); none: the token's
+    /// own, or the default tenant. Appends go to the first.
+    pub tenant: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -113,6 +119,8 @@ impl Default for ClientOptions {
             max_in_flight: 64,
             max_frame_bytes: lode_protocol::wire::DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(10),
+            token: None,
+            tenant: None,
         }
     }
 }
@@ -194,6 +202,11 @@ impl Client {
         Ok(Client {
             connection: Arc::new(connection),
         })
+    }
+
+    /// The tenant the server says this session writes to.
+    pub fn tenant(&self) -> &str {
+        self.connection.tenant()
     }
 
     /// Round trip with the server; returns its name and version.
@@ -442,7 +455,10 @@ pub fn quic_endpoint(
     quinn::Endpoint::new(config, server, socket, runtime)
 }
 
-fn quic_config(cert: &Path) -> Result<quinn::ClientConfig> {
+/// A TLS client configuration that trusts only the certificate(s) in the
+/// PEM file `cert` (a server's self-signed certificate, or the CA that
+/// signed it): what `--cert` and `--tls-ca` name.
+pub fn tls_client_config(cert: &Path) -> Result<rustls::ClientConfig> {
     let tls = |e: &dyn std::fmt::Display| ClientError::Tls(format!("{}: {e}", cert.display()));
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_file_iter(cert).map_err(|e| tls(&e))? {
@@ -452,11 +468,16 @@ fn quic_config(cert: &Path) -> Result<quinn::ClientConfig> {
         return Err(tls(&"no certificate in the file"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(&e))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+fn quic_config(cert: &Path) -> Result<quinn::ClientConfig> {
+    let tls = |e: &dyn std::fmt::Display| ClientError::Tls(format!("{}: {e}", cert.display()));
+    let mut crypto = tls_client_config(cert)?;
     crypto.alpn_protocols = vec![b"lode/1".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| tls(&e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -154,6 +154,7 @@ fn record(fields: Vec<(String, String)>, now: i64) -> LogRecord {
         host,
         attrs,
         message,
+        tenant: String::new(),
     }
 }
 

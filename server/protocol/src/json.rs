@@ -376,6 +376,9 @@ fn type_name(value: &Value) -> &'static str {
 pub struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Only for a record of a tenant other than the default.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub tenant: &'a str,
     pub ts: String,
     pub level: &'a str,
     pub service: &'a str,
@@ -393,6 +396,7 @@ impl<'a> JsonRecord<'a> {
             .collect();
         JsonRecord {
             seq,
+            tenant: &record.tenant,
             ts: format_rfc3339(record.ts),
             level: record.level.as_str(),
             service: &record.service,
@@ -412,6 +416,7 @@ pub fn to_json_line(seq: Option<u64>, record: &LogRecord, out: &mut Vec<u8>) {
         out,
         &Fields {
             seq,
+            tenant: &record.tenant,
             ts: record.ts,
             level: record.level.as_str(),
             service: &record.service,
@@ -426,6 +431,8 @@ pub fn to_json_line(seq: Option<u64>, record: &LogRecord, out: &mut Vec<u8>) {
 #[derive(Debug, Clone, Copy)]
 pub struct Fields<'a> {
     pub seq: Option<u64>,
+    /// The record's tenant as stored; written only when not the default.
+    pub tenant: &'a str,
     pub ts: i64,
     pub level: &'a str,
     pub service: &'a str,
@@ -443,6 +450,11 @@ pub fn write_json_line<'a>(
     if let Some(seq) = fields.seq {
         out.extend_from_slice(b"\"seq\":");
         out.extend_from_slice(seq.to_string().as_bytes());
+        out.push(b',');
+    }
+    if !fields.tenant.is_empty() {
+        out.extend_from_slice(b"\"tenant\":");
+        escaped(out, fields.tenant);
         out.push(b',');
     }
     out.extend_from_slice(b"\"ts\":\"");
@@ -555,6 +567,7 @@ mod tests {
             host: "h".into(),
             attrs: vec![("k".into(), "v".into())],
             message: "boom \"quoted\"\n".into(),
+            tenant: String::new(),
         };
         let mut line = Vec::new();
         to_json_line(Some(3), &record, &mut line);
@@ -578,8 +591,7 @@ mod tests {
                 service: "s\\".into(),
                 host: "h\u{1}".into(),
                 attrs: vec![(key, value)],
-                message,
-            };
+                message, tenant: String::new(), };
             let mut line = Vec::new();
             to_json_line(Some(7), &record, &mut line);
             let ours: Value = serde_json::from_slice(&line).unwrap();

@@ -190,6 +190,7 @@ fn entry(
         host: value(host),
         attrs,
         message,
+        tenant: String::new(),
     }
 }
 
@@ -235,6 +236,13 @@ pub fn parse_push_proto(body: &[u8]) -> Result<Vec<LogRecord>, PushError> {
 /// Unpacks a snappy block (Loki's protobuf push is compressed with
 /// snappy's block format, not its framing format), refused past `limit`
 /// bytes unpacked.
+/// The length a snappy block says it unpacks to (checked against a
+/// limit before anything is unpacked).
+pub fn snappy_len(body: &[u8]) -> Result<usize, PushError> {
+    snap::raw::decompress_len(body)
+        .map_err(|e| refuse("the body", format!("not snappy (block format): {e}")))
+}
+
 pub fn unsnappy(body: &[u8], limit: usize) -> Result<Vec<u8>, PushError> {
     let len = snap::raw::decompress_len(body)
         .map_err(|e| refuse("the body", format!("not snappy (block format): {e}")))?;

@@ -245,6 +245,7 @@ fn with_resource(
         host: String::new(),
         attrs: Vec::new(),
         message,
+        tenant: String::new(),
     };
     for (key, value) in resource {
         match key.as_str() {

@@ -125,6 +125,7 @@ fn parse_5424(rest: &str, now: i64) -> (LogRecord, bool) {
         host: nil(host),
         attrs,
         message: message.to_owned(),
+        tenant: String::new(),
     };
     (record, ts.is_some())
 }
@@ -240,6 +241,7 @@ fn parse_3164(rest: &str, now: i64) -> (LogRecord, bool) {
         host: host.to_owned(),
         attrs,
         message: message.to_owned(),
+        tenant: String::new(),
     };
     (record, ts.is_some())
 }

@@ -1,10 +1,14 @@
 //! The binary protocol. Drawn byte by byte in `docs/protocol.md`.
 //!
-//! A connection opens with an 8-byte hello each way, then carries frames:
+//! A connection opens with an 8-byte hello each way (in version 2, each
+//! followed by a small block: the client's credentials, the server's
+//! tenant for the session), then carries frames:
 //!
 //! ```text
-//! hello     "LODE" | version u16 | status u16        (client sends status 0)
-//! frame     len u32 | kind u8 | flags u8 | reserved u16 | id u64 | payload
+//! hello        "LODE" | version u16 | status u16        (client sends status 0)
+//! credentials  token_len u16 | token | tenants_len u16 | tenants   (client, version 2)
+//! session      tenant_len u16 | tenant                            (server, version 2, status ok)
+//! frame        len u32 | kind u8 | flags u8 | reserved u16 | id u64 | payload
 //! ```
 //!
 //! Integers are little endian. `id` is chosen by the client; every response
@@ -18,8 +22,15 @@ use lode_codec::LogRecord;
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks: 2 carries credentials in the
+/// handshake.
+pub const VERSION: u16 = 2;
+/// The oldest version a server still serves: version 1 clients send no
+/// credentials, so they are served only where auth is off, in the
+/// default tenant.
+pub const MIN_VERSION: u16 = 1;
+/// Longest token or tenant list a hello may carry.
+pub const MAX_CREDENTIAL: usize = 4096;
 /// Bytes of the hello each side sends first.
 pub const HELLO_LEN: usize = 8;
 const MAGIC: &[u8; 4] = b"LODE";
@@ -49,11 +60,16 @@ pub enum WireError {
     BadMessage(String),
 }
 
-/// The side that answers a hello: `Ok` or the reason it refuses.
+/// The side that answers a hello: `Ok` or the reason it refuses (the
+/// server closes the connection after a refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HelloStatus {
     Ok,
     UnsupportedVersion,
+    /// No token, or one the server does not know (or expired).
+    Unauthorized,
+    /// The token does not allow the tenants asked for.
+    Forbidden,
 }
 
 /// Encodes a hello: a client's (status `Ok`) or a server's answer.
@@ -64,12 +80,15 @@ pub fn encode_hello(version: u16, status: HelloStatus) -> [u8; HELLO_LEN] {
     let status: u16 = match status {
         HelloStatus::Ok => 0,
         HelloStatus::UnsupportedVersion => 1,
+        HelloStatus::Unauthorized => 2,
+        HelloStatus::Forbidden => 3,
     };
     out[6..8].copy_from_slice(&status.to_le_bytes());
     out
 }
 
-/// Decodes a hello into the peer's version and status.
+/// Decodes a hello into the peer's version and status (an unknown status
+/// reads as an unsupported version).
 pub fn decode_hello(bytes: &[u8; HELLO_LEN]) -> Result<(u16, HelloStatus), WireError> {
     let [m0, m1, m2, m3, v0, v1, s0, s1] = *bytes;
     if &[m0, m1, m2, m3] != MAGIC {
@@ -77,9 +96,72 @@ pub fn decode_hello(bytes: &[u8; HELLO_LEN]) -> Result<(u16, HelloStatus), WireE
     }
     let status = match u16::from_le_bytes([s0, s1]) {
         0 => HelloStatus::Ok,
+        2 => HelloStatus::Unauthorized,
+        3 => HelloStatus::Forbidden,
         _ => HelloStatus::UnsupportedVersion,
     };
     Ok((u16::from_le_bytes([v0, v1]), status))
+}
+
+/// Appends a length-prefixed string of the handshake (u16 length).
+pub fn encode_str16(text: &str, out: &mut Vec<u8>) -> Result<(), WireError> {
+    if text.len() > MAX_CREDENTIAL {
+        return Err(WireError::BadMessage(format!(
+            "a handshake string of {} bytes (at most {MAX_CREDENTIAL})",
+            text.len()
+        )));
+    }
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// The credentials block a version 2 client sends after its hello: its
+/// token (empty for none) and the tenants it asks for (empty for its
+/// token's own, or the default tenant).
+pub fn encode_credentials(token: &str, tenants: &str) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(4 + token.len() + tenants.len());
+    encode_str16(token, &mut out)?;
+    encode_str16(tenants, &mut out)?;
+    Ok(out)
+}
+
+/// Reads a handshake string's length from its 2-byte prefix, refusing
+/// one past [`MAX_CREDENTIAL`] before anything is read.
+pub fn str16_len(prefix: [u8; 2]) -> Result<usize, WireError> {
+    let len = usize::from(u16::from_le_bytes(prefix));
+    if len > MAX_CREDENTIAL {
+        return Err(WireError::BadMessage(format!(
+            "a handshake string of {len} bytes (at most {MAX_CREDENTIAL})"
+        )));
+    }
+    Ok(len)
+}
+
+/// Decodes a whole credentials block: (token, tenants).
+pub fn decode_credentials(bytes: &[u8]) -> Result<(String, String), WireError> {
+    let mut rest = bytes;
+    let mut next = || -> Result<String, WireError> {
+        let (prefix, tail) = rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| WireError::BadMessage("credentials: truncated".into()))?;
+        let len = str16_len(*prefix)?;
+        let (text, tail) = tail
+            .split_at_checked(len)
+            .ok_or_else(|| WireError::BadMessage("credentials: truncated".into()))?;
+        rest = tail;
+        String::from_utf8(text.to_vec())
+            .map_err(|e| WireError::BadMessage(format!("credentials: {e}")))
+    };
+    let token = next()?;
+    let tenants = next()?;
+    if !rest.is_empty() {
+        return Err(WireError::BadMessage(format!(
+            "credentials: {} bytes after the end",
+            rest.len()
+        )));
+    }
+    Ok((token, tenants))
 }
 
 /// What a frame's payload is.
@@ -341,10 +423,17 @@ pub enum ErrorCode {
     /// The engine cannot take writes (poisoned, closing).
     Unavailable = 8,
     Internal = 9,
+    /// No credential, or one this server does not know (or expired).
+    Unauthorized = 10,
+    /// The credential does not allow this request (scope or tenant).
+    Forbidden = 11,
+    /// A format or encoding this server does not take.
+    Unsupported = 12,
 }
 
 impl ErrorCode {
-    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+    /// Every code, in number order.
+    pub const ALL: [ErrorCode; 12] = {
         use ErrorCode::*;
         [
             BadFrame,
@@ -356,9 +445,14 @@ impl ErrorCode {
             Timeout,
             Unavailable,
             Internal,
+            Unauthorized,
+            Forbidden,
+            Unsupported,
         ]
-        .into_iter()
-        .find(|c| *c as u16 == code)
+    };
+
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| *c as u16 == code)
     }
 
     pub fn name(self) -> &'static str {
@@ -372,6 +466,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 }
@@ -436,6 +533,29 @@ mod tests {
     }
 
     #[test]
+    fn credentials_round_trip_and_refuse_damage() {
+        let block = encode_credentials("lode_ab_cd", "team-a|team-b").unwrap();
+        assert_eq!(
+            decode_credentials(&block).unwrap(),
+            ("lode_ab_cd".to_owned(), "team-a|team-b".to_owned())
+        );
+        for cut in 0..block.len() {
+            assert!(decode_credentials(&block[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = block.clone();
+        longer.push(0);
+        assert!(decode_credentials(&longer).is_err());
+        assert!(encode_credentials(&"x".repeat(MAX_CREDENTIAL + 1), "").is_err());
+        assert!(str16_len([0xff, 0xff]).is_err());
+        for status in [HelloStatus::Unauthorized, HelloStatus::Forbidden] {
+            assert_eq!(
+                decode_hello(&encode_hello(VERSION, status)),
+                Ok((VERSION, status))
+            );
+        }
+    }
+
+    #[test]
     fn frames_wait_for_their_bytes_and_check_the_header_first() {
         let mut bytes = Vec::new();
         encode_response(
@@ -487,7 +607,7 @@ mod tests {
 
     #[test]
     fn every_error_code_round_trips() {
-        for code in 1..=9u16 {
+        for code in 1..=12u16 {
             let known = ErrorCode::from_u16(code).unwrap();
             assert_eq!(known as u16, code);
             assert!(!known.name().is_empty());
@@ -510,6 +630,7 @@ mod tests {
             }
             let _ = decode_request(&bytes);
             let _ = decode_response(&bytes);
+            let _ = decode_credentials(&bytes);
             if let Some(hello) = bytes.first_chunk::<HELLO_LEN>() {
                 let _ = decode_hello(hello);
             }

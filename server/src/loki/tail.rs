@@ -22,9 +22,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
-    Answer, DEFAULT_RANGE_NS, LokiError, Params, Shared, bad, evaluated, limit, loki_time,
+    Answer, DEFAULT_RANGE_NS, LokiError, Params, Shared, Who, bad, evaluated, limit, loki_time,
     over_index, param, parse_query, streams,
 };
+use crate::auth::Caller;
 use crate::service::{Failure, Service};
 
 /// Most lines one frame carries.
@@ -44,6 +45,7 @@ struct Start {
 
 pub(super) async fn tail(
     State(service): Shared,
+    who: Who,
     upgrade: WebSocketUpgrade,
     Form(params): Params,
 ) -> Answer {
@@ -61,21 +63,28 @@ pub(super) async fn tail(
         None => now_ns().saturating_sub(DEFAULT_RANGE_NS),
     };
     let live_from = service.engine().next_seq();
-    let live = service.tail(&query.candidates(), Some(live_from))?;
+    let live = service.tail(&who, &query.candidates(), Some(live_from))?;
     let start = Start {
         query,
         since,
         limit,
         live_from,
     };
-    Ok(upgrade.on_upgrade(move |socket| stream(service, start, live, socket)))
+    let who = who.0;
+    Ok(upgrade.on_upgrade(move |socket| stream(service, who, start, live, socket)))
 }
 
 /// Sends the backfill, then new lines, until the client goes away or the
 /// subscription fails (the socket is then closed with the reason).
-async fn stream(service: Arc<Service>, start: Start, live: Tail, mut socket: WebSocket) {
+async fn stream(
+    service: Arc<Service>,
+    who: Caller,
+    start: Start,
+    live: Tail,
+    mut socket: WebSocket,
+) {
     let query = start.query.clone();
-    match backfill(&service, start).await {
+    match backfill(&service, &who, start).await {
         Ok(entries) if entries.is_empty() => {}
         Ok(entries) => {
             if send(&mut socket, entries).await.is_err() {
@@ -114,8 +123,8 @@ async fn stream(service: Arc<Service>, start: Start, live: Tail, mut socket: Web
 
 /// The newest `limit` matching lines since `since` among the records
 /// before `live_from`, oldest first, once those are all searchable.
-async fn backfill(service: &Service, start: Start) -> Result<Vec<Entry>, LokiError> {
-    let mut entries = over_index(service, move |source| {
+async fn backfill(service: &Service, who: &Caller, start: Start) -> Result<Vec<Entry>, LokiError> {
+    let mut entries = over_index(service, who, move |source| {
         let wait = source.deadline.saturating_duration_since(Instant::now());
         let last = start.live_from.saturating_sub(1);
         if !source.index.wait_indexed(last, wait) {

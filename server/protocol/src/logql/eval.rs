@@ -881,6 +881,7 @@ mod tests {
             host: "web-1".into(),
             attrs: vec![("env".into(), "prod".into())],
             message: message.into(),
+            tenant: String::new(),
         }
     }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use lode_client::{Batcher, Client, ClusterClient, Filter};
+use lode_client::{Batcher, Client, ClientOptions, ClusterClient, Filter};
 use lode_engine::{LogRecord, Record};
-use lode_server::{Config, Service};
+use lode_server::{Caller, Config, Service};
 
 use crate::CliError;
 
@@ -28,6 +28,14 @@ pub(crate) struct Target {
     /// Certificate to trust for quic:// (the server's DATA/tls/cert.pem).
     #[arg(long, default_value = "./lode-data/tls/cert.pem")]
     pub(crate) cert: PathBuf,
+    /// The token to act with (`lode token create`), where the server
+    /// asks for one.
+    #[arg(long, env = "LODE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The tenant to act on: the token's own when not given (or
+    /// `default`). An admin token may name several to read: a,b.
+    #[arg(long, env = "LODE_TENANT")]
+    pub(crate) tenant: Option<String>,
     /// `linearizable`: the answer reflects every write acknowledged before
     /// the command, on any node of a cluster (the leader confirms with a
     /// quorum, the node asked catches up first). `local`: what the node
@@ -52,7 +60,30 @@ pub(crate) struct Page {
 pub(crate) enum Backend {
     /// A server; with the cluster client when several nodes were given.
     Remote(Client, Option<Arc<ClusterClient>>),
-    Local(Box<Service>),
+    /// A data directory in this process, read and written as `Caller`
+    /// (every scope: whoever can open the directory can read its files).
+    Local(Box<Service>, Caller),
+}
+
+impl Target {
+    /// The client options these flags give.
+    pub(crate) fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            token: self.token.clone(),
+            tenant: self.tenant.clone(),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// The caller a local data directory is opened as: every scope, on
+    /// the tenants `--tenant` names (the default one without it).
+    fn local_caller(&self) -> Result<Caller, CliError> {
+        let mut caller = Caller::everything();
+        if let Some(text) = &self.tenant {
+            caller.tenants = lode_protocol::auth::tenants(text).map_err(CliError::new)?;
+        }
+        Ok(caller)
+    }
 }
 
 impl Backend {
@@ -61,7 +92,7 @@ impl Backend {
         if target.consistency == Consistency::Linearizable {
             match &backend {
                 Backend::Remote(client, _) => client.read_barrier().await?,
-                Backend::Local(service) => service.linearize().await?,
+                Backend::Local(service, _) => service.linearize().await?,
             }
         }
         Ok(backend)
@@ -69,7 +100,7 @@ impl Backend {
 
     async fn connect_to(target: &Target) -> Result<Backend, CliError> {
         if let Some(data) = &target.data {
-            return open_local(data).await;
+            return open_local(data, target.local_caller()?).await;
         }
         if target.server.contains(',') {
             let nodes: Vec<String> = target
@@ -78,7 +109,11 @@ impl Backend {
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty())
                 .collect();
-            let cluster = Arc::new(ClusterClient::new(&nodes)?);
+            let cluster = Arc::new(ClusterClient::with_options(
+                &nodes,
+                target.client_options(),
+                lode_client::RetryOptions::default(),
+            )?);
             let client = cluster.client().await.map_err(|e| {
                 CliError::new(format!("no node of {} answered ({e})", target.server))
             })?;
@@ -91,15 +126,19 @@ impl Backend {
                     .ok()
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| CliError::new(format!("cannot resolve '{addr}'")))?;
-                Client::connect_quic(addr, &target.cert, "localhost").await
+                Client::connect_quic_with(addr, &target.cert, "localhost", target.client_options())
+                    .await
             }
-            None => Client::connect_tcp(&target.server).await,
+            None => Client::connect_tcp_with(&target.server, target.client_options()).await,
         };
-        client.map(|c| Backend::Remote(c, None)).map_err(|e| {
-            CliError::new(format!(
-                "no lode server at {} ({e})\n  start one with `lode serve`, or open a data directory directly with --data DIR",
+        client.map(|c| Backend::Remote(c, None)).map_err(|e| match e {
+            lode_client::ClientError::Server { message, .. } => {
+                CliError::new(format!("{}: {message}", target.server))
+            }
+            other => CliError::new(format!(
+                "no lode server at {} ({other})\n  start one with `lode serve`, or open a data directory directly with --data DIR",
                 target.server
-            ))
+            )),
         })
     }
 
@@ -112,7 +151,7 @@ impl Backend {
                 Some(Batcher::for_cluster(Arc::clone(cluster), batch, 8).await?)
             }
             Backend::Remote(client, None) => Some(Batcher::new(client.clone(), batch, 8)),
-            Backend::Local(_) => None,
+            Backend::Local(..) => None,
         })
     }
 
@@ -122,8 +161,8 @@ impl Backend {
             Backend::Remote(client, _) => {
                 client.append(&records).await?;
             }
-            Backend::Local(service) => {
-                service.append_records(records).await?;
+            Backend::Local(service, caller) => {
+                service.append_records(caller, records).await?;
             }
         }
         Ok(n)
@@ -150,8 +189,10 @@ impl Backend {
                     next_cursor: page.next_cursor,
                 })
             }
-            Backend::Local(service) => {
-                let page = service.query(filter, limit as usize, cursor).await?;
+            Backend::Local(service, caller) => {
+                let page = service
+                    .query(caller, filter, limit as usize, cursor)
+                    .await?;
                 Ok(Page {
                     records: page.records,
                     next_cursor: page.next_cursor,
@@ -163,7 +204,7 @@ impl Backend {
     pub(crate) async fn count(&self, filter: Filter) -> Result<u64, CliError> {
         Ok(match self {
             Backend::Remote(client, _) => client.count(filter).await?,
-            Backend::Local(service) => service.count(filter).await?,
+            Backend::Local(service, caller) => service.count(caller, filter).await?,
         })
     }
 
@@ -175,7 +216,9 @@ impl Backend {
     ) -> Result<Vec<(String, u64)>, CliError> {
         Ok(match self {
             Backend::Remote(client, _) => client.top(filter, field, k).await?,
-            Backend::Local(service) => service.top(filter, field, k as usize).await?,
+            Backend::Local(service, caller) => {
+                service.top(caller, filter, field, k as usize).await?
+            }
         })
     }
 
@@ -186,8 +229,8 @@ impl Backend {
     ) -> Result<lode_client::Histogram, CliError> {
         Ok(match self {
             Backend::Remote(client, _) => client.histogram(filter, width).await?,
-            Backend::Local(service) => {
-                let h = service.histogram(filter, width).await?;
+            Backend::Local(service, caller) => {
+                let h = service.histogram(caller, filter, width).await?;
                 lode_client::Histogram {
                     start: h.start,
                     width: h.width,
@@ -200,7 +243,7 @@ impl Backend {
     pub(crate) async fn stats(&self) -> Result<Vec<(String, u64)>, CliError> {
         Ok(match self {
             Backend::Remote(client, _) => client.stats().await?,
-            Backend::Local(service) => service.figures(),
+            Backend::Local(service, _) => service.figures(),
         })
     }
 
@@ -223,8 +266,8 @@ impl Backend {
                 }
                 Ok(())
             }
-            Backend::Local(service) => {
-                let mut tail = service.tail(query, None)?;
+            Backend::Local(service, caller) => {
+                let mut tail = service.tail(caller, query, None)?;
                 loop {
                     let next = tokio::task::block_in_place(|| {
                         tail.next_timeout(Duration::from_millis(200))
@@ -238,14 +281,14 @@ impl Backend {
     }
 
     pub(crate) fn close(self) -> Result<(), CliError> {
-        if let Backend::Local(service) = self {
+        if let Backend::Local(service, _) = self {
             (*service).close()?;
         }
         Ok(())
     }
 }
 
-async fn open_local(data: &Path) -> Result<Backend, CliError> {
+async fn open_local(data: &Path, caller: Caller) -> Result<Backend, CliError> {
     let config = Config {
         data: data.to_owned(),
         ..Config::default()
@@ -265,5 +308,5 @@ async fn open_local(data: &Path) -> Result<Backend, CliError> {
     if !caught_up {
         eprintln!("lode: the index is still catching up; results may miss the newest records");
     }
-    Ok(Backend::Local(Box::new(service)))
+    Ok(Backend::Local(Box::new(service), caller))
 }

@@ -378,10 +378,14 @@ async fn latency(
             match (query.is_empty(), is_count) {
                 (true, _) => {}
                 (false, true) => {
-                    service.count(filter(query)).await?;
+                    service
+                        .count(&lode_server::Caller::everything(), filter(query))
+                        .await?;
                 }
                 (false, false) => {
-                    service.query(filter(query), 100, None).await?;
+                    service
+                        .query(&lode_server::Caller::everything(), filter(query), 100, None)
+                        .await?;
                 }
             }
             local_ms.push(started.elapsed().as_secs_f64() * 1e3);

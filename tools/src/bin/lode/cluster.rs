@@ -1,52 +1,16 @@
 //! `lode cluster status|verify|add|remove|transfer-leader`: the nodes'
-//! HTTP APIs, asked over plain HTTP/1.1 (no client library for a few
-//! calls).
+//! HTTP APIs, asked through [`Api`] (plain HTTP or HTTPS, with a token).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::CliError;
+use crate::api::Api;
 
 /// How long a node has to answer a question about itself.
 const SHORT: Duration = Duration::from_secs(10);
-
-/// One request to `addr`, answered within `wait`; the status code and
-/// the JSON body.
-fn request(addr: &str, method: &str, path: &str, wait: Duration) -> Result<(u16, Value), CliError> {
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| CliError::new(format!("{addr}: {e}")))?
-        .next()
-        .ok_or_else(|| CliError::new(format!("{addr}: no address")))?;
-    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
-    stream
-        .set_read_timeout(Some(wait))
-        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(head.as_bytes())
-        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| CliError::new(format!("{addr}: {e}")))?;
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| CliError::new(format!("{addr}: not an HTTP answer")))?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let json = serde_json::from_str(body)
-        .map_err(|e| CliError::new(format!("{addr} answered {code}, not JSON: {e}")))?;
-    Ok((code, json))
-}
 
 /// A field of a JSON object, `null` when absent.
 fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
@@ -87,7 +51,8 @@ fn print_transfers(addr: &str, s: &serde_json::Value) {
 }
 
 /// Prints a line per node, then each follower's lag as the leader sees it.
-pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
+pub(crate) fn status(api: &Api) -> Result<(), CliError> {
+    let nodes = &api.http;
     println!(
         "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
         "address", "node", "role", "term", "leader", "last", "committed", "applied"
@@ -95,7 +60,7 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
     let mut leader_view = None;
     let mut failures = 0;
     for addr in nodes {
-        match request(addr, "GET", "/api/v1/cluster", SHORT) {
+        match api.request(addr, "GET", "/api/v1/cluster", None, SHORT) {
             Ok((200, s)) => {
                 println!(
                     "{:<22} {:>4} {:<9} {:>6} {:>6} {:>10} {:>10} {:>10}",
@@ -167,9 +132,9 @@ pub(crate) fn status(nodes: &[String]) -> Result<(), CliError> {
 
 /// The HTTP address of the node among `nodes` that answers as leader,
 /// with its status.
-fn find_leader(nodes: &[String]) -> Result<(&str, Value), CliError> {
-    for addr in nodes {
-        if let Ok((200, s)) = request(addr, "GET", "/api/v1/cluster", SHORT)
+fn find_leader(api: &Api) -> Result<(&str, Value), CliError> {
+    for addr in &api.http {
+        if let Ok((200, s)) = api.request(addr, "GET", "/api/v1/cluster", None, SHORT)
             && field(&s, "role") == "leader"
         {
             return Ok((addr, s));
@@ -181,13 +146,13 @@ fn find_leader(nodes: &[String]) -> Result<(&str, Value), CliError> {
 /// Asks the leader among `nodes` for `method path`; the answer's body if
 /// it succeeded.
 fn ask_leader(
-    nodes: &[String],
+    api: &Api,
     method: &str,
     path: &str,
     wait: Duration,
 ) -> Result<(Value, Value), CliError> {
-    let (addr, status) = find_leader(nodes)?;
-    let (code, body) = request(addr, method, path, wait)?;
+    let (addr, status) = find_leader(api)?;
+    let (code, body) = api.request(addr, method, path, None, wait)?;
     if code != 200 {
         return Err(CliError::new(format!(
             "{addr}: {}",
@@ -198,9 +163,9 @@ fn ask_leader(
 }
 
 /// Asks the leader among `nodes` to hand leadership to `to`.
-pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError> {
+pub(crate) fn transfer_leader(to: u64, api: &Api) -> Result<(), CliError> {
     let path = format!("/api/v1/cluster/transfer-leader?to={to}");
-    let (status, _) = ask_leader(nodes, "POST", &path, SHORT)?;
+    let (status, _) = ask_leader(api, "POST", &path, SHORT)?;
     println!(
         "node {} hands leadership to node {to}",
         text(field(&status, "node"))
@@ -212,7 +177,7 @@ pub(crate) fn transfer_leader(to: u64, nodes: &[String]) -> Result<(), CliError>
 const CATCH_UP: Duration = Duration::from_secs(3600);
 
 /// Adds node `id` at peer address `addr` through the leader among `nodes`.
-pub(crate) fn add(id: u64, addr: &str, nodes: &[String]) -> Result<(), CliError> {
+pub(crate) fn add(id: u64, addr: &str, api: &Api) -> Result<(), CliError> {
     if addr.parse::<std::net::SocketAddr>().is_err() {
         return Err(CliError::new(format!(
             "'{addr}' is not a peer address (HOST:PORT, the node's --peers entry)"
@@ -220,7 +185,7 @@ pub(crate) fn add(id: u64, addr: &str, nodes: &[String]) -> Result<(), CliError>
     }
     println!("adding node {id} at {addr}: a learner until it has the log, then a voter ...");
     let path = format!("/api/v1/cluster/nodes?id={id}&addr={addr}");
-    let (status, _) = ask_leader(nodes, "POST", &path, CATCH_UP)?;
+    let (status, _) = ask_leader(api, "POST", &path, CATCH_UP)?;
     println!(
         "node {id} is a voter (added by the leader, node {})",
         text(field(&status, "node"))
@@ -229,9 +194,9 @@ pub(crate) fn add(id: u64, addr: &str, nodes: &[String]) -> Result<(), CliError>
 }
 
 /// Removes node `id` through the leader among `nodes`.
-pub(crate) fn remove(id: u64, nodes: &[String]) -> Result<(), CliError> {
+pub(crate) fn remove(id: u64, api: &Api) -> Result<(), CliError> {
     let path = format!("/api/v1/cluster/nodes/{id}");
-    let (status, _) = ask_leader(nodes, "DELETE", &path, SHORT)?;
+    let (status, _) = ask_leader(api, "DELETE", &path, SHORT)?;
     println!(
         "node {id} removed (by the leader, node {})",
         text(field(&status, "node"))
@@ -242,11 +207,12 @@ pub(crate) fn remove(id: u64, nodes: &[String]) -> Result<(), CliError> {
 /// Compares the nodes' log checksums through the least applied index,
 /// from the first entry every node's log still holds (below it, records
 /// are compared by their segments' checksums).
-pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
+pub(crate) fn verify(api: &Api) -> Result<(), CliError> {
+    let nodes = &api.http;
     let mut through = u64::MAX;
     let mut from = 0;
     for addr in nodes {
-        let (code, s) = request(addr, "GET", "/api/v1/cluster", SHORT)?;
+        let (code, s) = api.request(addr, "GET", "/api/v1/cluster", None, SHORT)?;
         if code != 200 {
             return Err(CliError::new(format!(
                 "{addr} answered {code}: is it a cluster node?"
@@ -261,10 +227,11 @@ pub(crate) fn verify(nodes: &[String]) -> Result<(), CliError> {
     let mut lists = Vec::new();
     let mut segment_lists = Vec::new();
     for addr in nodes {
-        let (code, body) = request(
+        let (code, body) = api.request(
             addr,
             "GET",
             &format!("/api/v1/cluster/verify?from={from}&through={through}"),
+            None,
             SHORT,
         )?;
         if code != 200 {

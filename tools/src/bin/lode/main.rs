@@ -1,5 +1,6 @@
 //! The `lode` command line: run a server, send it logs, search them.
 
+mod api;
 mod backend;
 mod bench;
 mod bench_cluster;
@@ -8,6 +9,7 @@ mod bench_http;
 mod bulk;
 mod cluster;
 mod output;
+mod token;
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use api::Api;
 use backend::{Backend, Target};
 use clap::{Parser, Subcommand};
 use lode_client::Filter;
@@ -103,6 +106,9 @@ enum Command {
     /// Set up and inspect a cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Make, list and revoke the tokens clients act with (admin).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Send JSON lines (a file, or - for standard input) to lode.
     ///
     /// Each line: {"ts":"2026-01-01T10:00:00Z" or ns, "level", "service",
@@ -282,6 +288,11 @@ struct ServeArgs {
     /// [default: ./cluster-tls].
     #[arg(long)]
     cluster_tls: Option<PathBuf>,
+    /// Whether clients must present a token: `required`, `off`, or
+    /// `auto` (required as soon as a client listener binds beyond
+    /// loopback) [default: auto, or the config's auth.mode].
+    #[arg(long, value_parser = ["auto", "required", "off"])]
+    auth: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,10 +335,8 @@ enum ClusterCommand {
         node: u64,
         /// Its peer address (QUIC), HOST:PORT.
         addr: String,
-        /// The nodes' HTTP addresses, comma-separated: the leader among
-        /// them is asked.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
-        http: Vec<String>,
+        #[command(flatten)]
+        api: Api,
     },
     /// Remove a node from the cluster (a voter or a learner). Removing the
     /// leader makes it step down once the change is committed.
@@ -337,10 +346,8 @@ enum ClusterCommand {
     Remove {
         /// The node to remove.
         node: u64,
-        /// The nodes' HTTP addresses, comma-separated: the leader among
-        /// them is asked.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
-        http: Vec<String>,
+        #[command(flatten)]
+        api: Api,
     },
     /// Each node's role, term, leader and indexes, and each follower's lag,
     /// as the nodes' HTTP APIs report them.
@@ -348,9 +355,8 @@ enum ClusterCommand {
     ///   lode cluster status --http 10.0.0.1:7401,10.0.0.2:7401,10.0.0.3:7401
     #[command(verbatim_doc_comment)]
     Status {
-        /// The nodes' HTTP addresses, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
-        http: Vec<String>,
+        #[command(flatten)]
+        api: Api,
     },
     /// Check that the nodes hold the same log: each hashes its entries up
     /// to the index every node has applied, by ranges; any range that
@@ -359,18 +365,15 @@ enum ClusterCommand {
     ///   lode cluster verify --http 10.0.0.1:7401,10.0.0.2:7401,10.0.0.3:7401
     #[command(verbatim_doc_comment)]
     Verify {
-        /// The nodes' HTTP addresses, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
-        http: Vec<String>,
+        #[command(flatten)]
+        api: Api,
     },
     /// Hand leadership to another node (asked of the current leader).
     TransferLeader {
         /// The node to lead.
         node: u64,
-        /// The nodes' HTTP addresses, comma-separated: the leader among
-        /// them is asked.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
-        http: Vec<String>,
+        #[command(flatten)]
+        api: Api,
     },
 }
 
@@ -418,15 +421,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve(args).await,
         Command::Cluster(ClusterCommand::Init { nodes, dir }) => cluster_init(&nodes, &dir),
         Command::Cluster(ClusterCommand::Cert { node, dir }) => cluster_cert(&node, &dir),
-        Command::Cluster(ClusterCommand::Add { node, addr, http }) => {
-            cluster::add(node, &addr, &http)
+        Command::Cluster(ClusterCommand::Add { node, addr, api }) => {
+            cluster::add(node, &addr, &api)
         }
-        Command::Cluster(ClusterCommand::Remove { node, http }) => cluster::remove(node, &http),
-        Command::Cluster(ClusterCommand::Status { http }) => cluster::status(&http),
-        Command::Cluster(ClusterCommand::Verify { http }) => cluster::verify(&http),
-        Command::Cluster(ClusterCommand::TransferLeader { node, http }) => {
-            cluster::transfer_leader(node, &http)
+        Command::Cluster(ClusterCommand::Remove { node, api }) => cluster::remove(node, &api),
+        Command::Cluster(ClusterCommand::Status { api }) => cluster::status(&api),
+        Command::Cluster(ClusterCommand::Verify { api }) => cluster::verify(&api),
+        Command::Cluster(ClusterCommand::TransferLeader { node, api }) => {
+            cluster::transfer_leader(node, &api)
         }
+        Command::Token(command) => token::run(command),
         Command::Ingest {
             file,
             batch,
@@ -682,6 +686,9 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(data) = &args.data {
         config.data = data.clone();
     }
+    if let Some(mode) = &args.auth {
+        config.auth.mode = mode.clone();
+    }
     config.listen = listener(&args.listen, config.listen, "listen")?;
     config.quic = listener(&args.quic, config.quic, "quic")?;
     config.http = listener(&args.http, config.http, "http")?;
@@ -720,6 +727,15 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     if let Some(addr) = a.syslog {
         println!("  syslog         {addr} (tcp, udp)");
+    }
+    match server.service().auth {
+        lode_server::auth::Mode::Required => println!(
+            "  auth           required: a token on every request (the first admin token: {})",
+            lode_server::auth::admin_token_path(&data).display()
+        ),
+        lode_server::auth::Mode::Off => {
+            println!("  auth           off (loopback only, or --auth off)")
+        }
     }
     if let Some(node) = server.service().cluster() {
         let addr = node
