@@ -285,7 +285,7 @@ impl Caller {
         }
         Err(Failure::new(
             ErrorCode::Forbidden,
-            format!("this token does not have the '{}' scope", scope.name()),
+            format!("this credential does not have the '{}' scope", scope.name()),
         ))
     }
 

@@ -28,9 +28,12 @@
 //! header_timeout_ms = 10000    # slow clients: HTTP headers
 //! body_timeout_ms = 60000      # ... an HTTP body, a binary frame's payload
 //!
-//! [tls]                        # absent: a self-signed pair in DATA/tls
-//! cert = "/etc/lode/cert.pem"
+//! [tls]
+//! mode = "auto"                # TLS on HTTP and binary TCP beyond loopback; "on" or "off"
+//! cert = "/etc/lode/cert.pem"  # absent: a self-signed pair made into DATA/tls
 //! key = "/etc/lode/key.pem"
+//! client_ca = "/etc/lode/ca.pem"  # client certificates of `lode cert client --tenant NAME`
+//! syslog = "0.0.0.0:6514"      # syslog over TLS (RFC 5425)
 //!
 //! [storage]
 //! durability = "sync"          # or "buffered" (synced within 10 ms)
@@ -89,7 +92,7 @@ pub struct Config {
     /// The tenant of records from plain syslog.
     pub syslog_tenant: String,
     pub limits: Limits,
-    pub tls: Option<TlsFiles>,
+    pub tls: Tls,
     pub storage: Storage,
     /// Present: this server is one node of a Raft cluster.
     pub cluster: Option<Cluster>,
@@ -249,12 +252,44 @@ pub struct Limits {
     pub body_timeout_ms: u64,
 }
 
-/// A certificate and key given by the operator, PEM.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A certificate and its key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// TLS on the client listeners (QUIC always has it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// `auto` (the default): the HTTP and binary TCP listeners serve TLS
+    /// when they bind beyond loopback; `on`: always; `off`: never.
+    pub mode: String,
+    /// The certificate and key (PEM) the listeners present; without
+    /// them, a self-signed pair made into `DATA/tls` on first start
+    /// (`lode cert server` makes a CA-signed pair for trials).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// A CA (PEM) whose client certificates (`lode cert client --tenant
+    /// NAME`) are accepted instead of a token: an ingest caller of the
+    /// certificate's tenant, as `systemd-journal-upload` and RFC 5425
+    /// syslog senders authenticate.
+    pub client_ca: Option<PathBuf>,
+    /// Syslog over TLS (RFC 5425, octet-counted) on this address.
+    pub syslog: Option<SocketAddr>,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            mode: "auto".into(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            syslog: None,
+        }
+    }
 }
 
 /// Storage choices passed to the engine.
@@ -355,7 +390,7 @@ impl Default for Config {
             syslog_allow: Vec::new(),
             syslog_tenant: lode_protocol::auth::DEFAULT_TENANT.to_owned(),
             limits: Limits::default(),
-            tls: None,
+            tls: Tls::default(),
             storage: Storage::default(),
             cluster: None,
             replication: Replication::default(),
@@ -474,6 +509,7 @@ impl Config {
             ("quic", self.quic),
             ("http", self.http),
             ("syslog", self.syslog),
+            ("tls.syslog", self.tls.syslog),
         ]
         .into_iter()
         .filter_map(|(name, addr)| Some((name, addr?)))
@@ -500,6 +536,19 @@ impl Config {
             allow,
             tenant: self.syslog_tenant.clone(),
         })
+    }
+
+    /// Whether a listener on `addr` serves TLS: `tls.mode`, where `auto`
+    /// means beyond loopback.
+    pub fn tls_on(&self, addr: SocketAddr) -> Result<bool> {
+        match self.tls.mode.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            "auto" => Ok(!addr.ip().is_loopback()),
+            other => Err(Error::BadConfig(format!(
+                "tls.mode = '{other}': expected 'auto', 'on' or 'off'"
+            ))),
+        }
     }
 
     /// Whether requests must carry a credential: `auth.mode`, where

@@ -150,14 +150,40 @@ async fn authenticate(
             .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("X-Scope-OrgID: {e}"))),
         Some(Err(_)) => Err(bad_request("X-Scope-OrgID: not ASCII")),
     };
-    let caller =
-        asked.and_then(|asked| service.authenticate(front_end(&path), presented.as_deref(), asked));
+    // A client certificate of a tenant (journald's upload) stands for a
+    // token where none is given.
+    let certified = request
+        .extensions()
+        .get::<crate::listen::Peer>()
+        .and_then(|p| p.certified.clone())
+        .filter(|_| presented.is_none());
+    let caller = match certified {
+        Some(tenant) => Ok(service.certified(&tenant)),
+        None => asked
+            .and_then(|asked| service.authenticate(front_end(&path), presented.as_deref(), asked)),
+    };
     match caller {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
         }
         Err(_) if open_route(&path, service.metrics_open) => {}
-        Err(failure) => return failure.into_response(),
+        Err(failure) => {
+            // A browser's script (the search page) asks by fetch: a Basic
+            // challenge would make the browser prompt for a login of its
+            // own, and the page asks for a token itself.
+            let fetched = request
+                .headers()
+                .get("sec-fetch-mode")
+                .is_some_and(|mode| mode.as_bytes() != b"navigate");
+            let mut response = failure.into_response();
+            if fetched && response.headers().contains_key(header::WWW_AUTHENTICATE) {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="lode""#),
+                );
+            }
+            return response;
+        }
     }
     next.run(request).await
 }

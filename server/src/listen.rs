@@ -32,6 +32,9 @@ use tower_service::Service as _;
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
+    /// The tenant of the client certificate it presented over TLS
+    /// (verified against `tls.client_ca` in the handshake), if any.
+    pub(crate) certified: Option<String>,
 }
 
 /// How long a client may take.
@@ -69,12 +72,20 @@ pub(crate) async fn serve_http(
         let (app, builder, acceptor) = (app.clone(), builder.clone(), acceptor.clone());
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
-                let peer = Peer { addr };
+                let peer = Peer {
+                    addr,
+                    certified: None,
+                };
                 return serve_connection(&builder, tcp, peer, app, deadlines).await;
             };
             match timeout(deadlines.header, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let peer = Peer { addr };
+                    let certified = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(crate::tls::client_tenant);
+                    let peer = Peer { addr, certified };
                     serve_connection(&builder, tls, peer, app, deadlines).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%addr, error = %e, "tls handshake failed"),

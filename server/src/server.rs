@@ -20,7 +20,13 @@ pub struct Addresses {
     pub quic: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub syslog: Option<SocketAddr>,
-    /// The QUIC certificate clients can pin.
+    /// Syslog over TLS (RFC 5425).
+    pub syslog_tls: Option<SocketAddr>,
+    /// Whether the binary protocol over TCP and HTTP serve TLS.
+    pub tcp_tls: bool,
+    pub http_tls: bool,
+    /// The certificate the QUIC and TLS listeners present: what clients
+    /// pin (`--cert`, `--tls-ca`) unless a CA signed it.
     pub cert: Option<PathBuf>,
 }
 
@@ -78,20 +84,38 @@ impl Server {
             quic: None,
         };
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let files = tls_files(&config)?;
+        server.addresses.cert = files.as_ref().map(|f| f.cert.clone());
+        let client_ca = config.tls.client_ca.as_deref();
+        // TLS over TCP for a listener on `addr` when the config says so.
+        let tcp_tls =
+            |addr: SocketAddr, alpn: &[&[u8]]| -> Result<Option<Arc<rustls::ServerConfig>>> {
+                match &files {
+                    Some(files) if config.tls_on(addr)? => {
+                        Ok(Some(tls::tcp_server(files, client_ca, alpn)?))
+                    }
+                    _ => Ok(None),
+                }
+            };
         if let Some(addr) = config.listen {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(bind_error("the binary protocol (tcp)", addr))?;
             server.addresses.tcp = Some(local(&listener, addr));
-            let task = accept_tcp(Arc::clone(&service), listener, Arc::clone(&connections));
+            let tls = tcp_tls(addr, &[])?;
+            server.addresses.tcp_tls = tls.is_some();
+            let task = accept_tcp(
+                Arc::clone(&service),
+                listener,
+                Arc::clone(&connections),
+                tls,
+            );
             server.tasks.push(tokio::spawn(task));
         }
-        if let Some(addr) = config.quic {
-            let files = tls::files(&config.data, config.tls.as_ref())?;
-            let endpoint = lode_client::quic_endpoint(addr, Some(tls::quic_server(&files)?))
+        if let (Some(addr), Some(files)) = (config.quic, &files) {
+            let endpoint = lode_client::quic_endpoint(addr, Some(tls::quic_server(files)?))
                 .map_err(bind_error("the binary protocol (quic)", addr))?;
             server.addresses.quic = Some(endpoint.local_addr().unwrap_or(addr));
-            server.addresses.cert = Some(files.cert);
             let task = accept_quic(Arc::clone(&service), endpoint.clone(), connections);
             server.tasks.push(tokio::spawn(task));
             server.quic = Some(endpoint);
@@ -106,8 +130,10 @@ impl Server {
                 header: config.limits.header_timeout(),
                 body: config.limits.body_timeout(),
             };
+            let tls = tcp_tls(addr, &[b"http/1.1"])?;
+            server.addresses.http_tls = tls.is_some();
             server.tasks.push(tokio::spawn(listen::serve_http(
-                listener, app, None, deadlines,
+                listener, app, tls, deadlines,
             )));
         }
         if let Some(data) = bootstrap {
@@ -130,6 +156,19 @@ impl Server {
             server
                 .tasks
                 .push(tokio::spawn(syslog::serve_udp(Arc::clone(&service), udp)));
+        }
+        if let (Some(addr), Some(files)) = (config.tls.syslog, &files) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(bind_error("syslog (tls)", addr))?;
+            server.addresses.syslog_tls = Some(local(&listener, addr));
+            let tls = tls::tcp_server(files, client_ca, &[])?;
+            server.tasks.push(tokio::spawn(syslog::accept_tls(
+                Arc::clone(&service),
+                listener,
+                tokio_rustls::TlsAcceptor::from(tls),
+                config.limits.header_timeout(),
+            )));
         }
         Ok(server)
     }
@@ -277,7 +316,37 @@ fn admit(connections: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
     Arc::clone(connections).try_acquire_owned().ok()
 }
 
-async fn accept_tcp(service: Arc<Service>, listener: TcpListener, connections: Arc<Semaphore>) {
+/// The certificate the listeners present, when one of them needs it
+/// (QUIC always; TLS over TCP by `tls.mode`).
+fn tls_files(config: &Config) -> Result<Option<crate::config::TlsFiles>> {
+    let tcp_tls = [config.listen, config.http]
+        .into_iter()
+        .flatten()
+        .map(|addr| config.tls_on(addr))
+        .collect::<Result<Vec<bool>>>()?
+        .contains(&true);
+    if config.quic.is_none() && !tcp_tls && config.tls.syslog.is_none() {
+        return Ok(None);
+    }
+    // A made certificate is also valid for the addresses the listeners
+    // bind to, when they name one.
+    let extra: Vec<String> = [config.listen, config.http, config.quic, config.tls.syslog]
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .collect();
+    tls::files(&config.data, &config.tls, &extra).map(Some)
+}
+
+async fn accept_tcp(
+    service: Arc<Service>,
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -291,10 +360,22 @@ async fn accept_tcp(service: Arc<Service>, listener: TcpListener, connections: A
         let _ = stream.set_nodelay(true);
         let permit = admit(&connections);
         let service = Arc::clone(&service);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             tracing::debug!(%peer, "binary connection");
-            let (reader, writer) = stream.into_split();
-            binary::serve(service, reader, writer, permit.is_some()).await;
+            let Some(acceptor) = acceptor else {
+                let (reader, writer) = stream.into_split();
+                return binary::serve(service, reader, writer, permit.is_some()).await;
+            };
+            let handshake = service.limits.header_timeout();
+            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let (reader, writer) = tokio::io::split(tls);
+                    binary::serve(service, reader, writer, permit.is_some()).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            }
         });
     }
 }

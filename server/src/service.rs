@@ -156,6 +156,17 @@ impl Service {
         self.counted(caller)
     }
 
+    /// Who a client with a certificate of `tenant` (signed by
+    /// `tls.client_ca`, checked in the TLS handshake) acts as: it writes
+    /// that tenant's records.
+    pub fn certified(&self, tenant: &str) -> Caller {
+        Caller {
+            scopes: auth::Scopes::parse("ingest").unwrap_or_default(),
+            tenants: vec![tenant.to_owned()],
+            token: None,
+        }
+    }
+
     /// Who a plain syslog sender at `ip` writes as: everyone where auth
     /// is off, else only senders in `syslog_allow` (refusals counted).
     pub fn syslog_caller(&self, ip: std::net::IpAddr) -> Option<Caller> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lode_engine::{LogRecord, now_ns};
 use lode_protocol::syslog;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::auth::Caller;
@@ -51,7 +51,57 @@ pub(crate) async fn accept_tcp(service: Arc<Service>, listener: TcpListener) {
     }
 }
 
-async fn serve_tcp(service: Arc<Service>, caller: Caller, mut stream: TcpStream) {
+/// Syslog over TLS (RFC 5425): a sender is heard as the tenant of its
+/// client certificate (`lode cert client --tenant NAME`, checked against
+/// `tls.client_ca` in the handshake), or, without one, as plain syslog is
+/// (`syslog_allow`).
+pub(crate) async fn accept_tls(
+    service: Arc<Service>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake: std::time::Duration,
+) {
+    let connections = Arc::new(Semaphore::new(service.limits.max_connections.max(1)));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "syslog (tls) accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, "syslog connection refused: max_connections reached");
+            continue;
+        };
+        let (service, acceptor) = (Arc::clone(&service), acceptor.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                _ => return,
+            };
+            let certified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::tls::client_tenant);
+            let caller = match certified {
+                Some(tenant) => Some(service.certified(&tenant)),
+                None => service.syslog_caller(peer.ip()),
+            };
+            if let Some(caller) = caller {
+                serve_tcp(service, caller, tls).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp<S>(service: Arc<Service>, caller: Caller, mut stream: S)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let max = service.limits.max_syslog_bytes;
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];

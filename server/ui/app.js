@@ -94,8 +94,33 @@ function within(query, filter) {
 
 class ApiError extends Error {}
 
+// A server that asks for credentials answers 401: the page asks for a
+// token once and keeps it for this tab only (session storage).
+const TOKEN_KEY = "lode-token";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function call(url, options) {
+  for (let attempt = 0; ; attempt++) {
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    const response = await fetch(url, { ...options, headers: authHeaders() });
+    if (response.status !== 401 || attempt >= 2) return response;
+    // Several calls may be refused at once: only one asks, the others
+    // find the token it was given.
+    if (sessionStorage.getItem(TOKEN_KEY) !== sent) continue;
+    const token = window.prompt(
+      "This lode server asks for a token with the read scope (`lode token create --scope read ...`; the first admin token is in DATA/auth/admin.token):",
+    );
+    if (!token) return response;
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
+  }
+}
+
 async function api(path, p) {
-  const response = await fetch(`${path}?${p}`);
+  const response = await call(`${path}?${p}`);
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const message = (body.error && body.error.message) || body.message || `${response.status} ${response.statusText}`;
@@ -325,7 +350,7 @@ async function startLive() {
   if (state.q) p.set("q", state.q);
   let response;
   try {
-    response = await fetch(`/api/v1/tail?${p}`, { signal: controller.signal });
+    response = await call(`/api/v1/tail?${p}`, { signal: controller.signal });
   } catch (e) {
     return;
   }

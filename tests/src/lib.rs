@@ -46,6 +46,8 @@ pub fn record_for(seq: u64) -> LogRecord {
 }
 
 #[cfg(test)]
+mod auth;
+#[cfg(test)]
 mod clients;
 #[cfg(test)]
 mod cluster;

@@ -163,6 +163,39 @@ impl Client {
         })
     }
 
+    /// Connects over TCP with TLS, trusting only the certificate(s) in the
+    /// PEM file `ca` (the server's self-signed `DATA/tls/cert.pem`, or the
+    /// CA of `lode cert server`); `server_name` is the name (or address)
+    /// its certificate is valid for.
+    pub async fn connect_tls_with(
+        addr: &str,
+        ca: &Path,
+        server_name: &str,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let config = Arc::new(tls_client_config(ca)?);
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| ClientError::Tls(format!("{server_name}: {e}")))?;
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| ClientError::io(&format!("connect to {addr}"), e))?;
+            let _ = stream.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ClientError::Tls(format!("{addr}: {e}")))
+        };
+        let stream = tokio::time::timeout(options.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::io(&format!("connect to {addr}"), "timed out"))??;
+        let (reader, writer) = tokio::io::split(stream);
+        let connection = Connection::start(reader, writer, &options).await?;
+        Ok(Client {
+            connection: Arc::new(connection),
+        })
+    }
+
     /// Connects over QUIC, trusting only the certificate(s) in the PEM file
     /// `cert` (the server's self-signed `DATA/tls/cert.pem`, or its CA).
     pub async fn connect_quic(addr: SocketAddr, cert: &Path, server_name: &str) -> Result<Client> {

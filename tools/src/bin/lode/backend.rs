@@ -16,7 +16,8 @@ use crate::CliError;
 /// Where to send requests, from the command line.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Target {
-    /// Server to talk to: HOST:PORT over TCP, or quic://HOST:PORT. Nodes
+    /// Server to talk to: HOST:PORT over TCP, tls://HOST:PORT (TCP with
+    /// TLS, trusting --cert), or quic://HOST:PORT. Nodes
     /// of a cluster: HOST:PORT,HOST:PORT,... (over TCP; writes are keyed
     /// and retried on the next node, never stored twice).
     #[arg(long, short = 's', default_value = lode_server::DEFAULT_LISTEN, env = "LODE_SERVER")]
@@ -25,7 +26,8 @@ pub(crate) struct Target {
     /// server (it must not be held by a running server).
     #[arg(long, short = 'd')]
     pub(crate) data: Option<PathBuf>,
-    /// Certificate to trust for quic:// (the server's DATA/tls/cert.pem).
+    /// Certificate to trust for quic:// and tls:// (the server's
+    /// DATA/tls/cert.pem, or the CA of `lode cert server`).
     #[arg(long, default_value = "./lode-data/tls/cert.pem")]
     pub(crate) cert: PathBuf,
     /// The token to act with (`lode token create`), where the server
@@ -118,6 +120,16 @@ impl Backend {
                 CliError::new(format!("no node of {} answered ({e})", target.server))
             })?;
             return Ok(Backend::Remote(client, Some(cluster)));
+        }
+        if let Some(addr) = target.server.strip_prefix("tls://") {
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h)
+                .trim_matches(['[', ']']);
+            return Client::connect_tls_with(addr, &target.cert, host, target.client_options())
+                .await
+                .map(|c| Backend::Remote(c, None))
+                .map_err(|e| CliError::new(format!("{}: {e}", target.server)));
         }
         let client = match target.server.strip_prefix("quic://") {
             Some(addr) => {

@@ -109,6 +109,11 @@ enum Command {
     /// Make, list and revoke the tokens clients act with (admin).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Make certificates for TLS on the client listeners: a server's, and
+    /// clients' of a tenant (journald's upload, syslog over TLS), signed
+    /// by a CA made in the same directory.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Send JSON lines (a file, or - for standard input) to lode.
     ///
     /// Each line: {"ts":"2026-01-01T10:00:00Z" or ns, "level", "service",
@@ -296,6 +301,36 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// A server certificate (DIR/server.pem, DIR/server-key.pem) valid for
+    /// the names and addresses clients reach it by, and loopback; then
+    /// `[tls] cert`, `key` name them and clients trust DIR/ca.pem.
+    ///
+    ///   lode cert server --name logs.example.com,10.0.0.5 --dir ./lode-tls
+    #[command(verbatim_doc_comment)]
+    Server {
+        /// Host names and IP addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        name: Vec<String>,
+        #[arg(long, default_value = "./lode-tls")]
+        dir: PathBuf,
+    },
+    /// A client certificate of a tenant (DIR/client-NAME.pem and -key.pem):
+    /// with `[tls] client_ca = "DIR/ca.pem"`, a client presenting it writes
+    /// that tenant's records without a token (systemd-journal-upload's
+    /// --cert, an RFC 5425 syslog sender).
+    ///
+    ///   lode cert client --tenant team-a --dir ./lode-tls
+    #[command(verbatim_doc_comment)]
+    Client {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "./lode-tls")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Make a cluster CA and one certificate per node (mutual TLS between
     /// nodes): DIR/ca.pem, DIR/ca-key.pem, DIR/node-ID.pem, DIR/node-ID-key.pem.
@@ -431,6 +466,37 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             cluster::transfer_leader(node, &api)
         }
         Command::Token(command) => token::run(command),
+        Command::Cert(CertCommand::Server { name, dir }) => {
+            let files = lode_server::tls::issue_server(&dir, &name)?;
+            println!("server certificate {}", files.cert.display());
+            println!("its key            {} (0600)", files.key.display());
+            println!(
+                "the CA             {} (clients trust this; keep ca-key.pem off the servers)",
+                dir.join("ca.pem").display()
+            );
+            println!(
+                "in lode.toml:\n  [tls]\n  cert = \"{}\"\n  key = \"{}\"",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(())
+        }
+        Command::Cert(CertCommand::Client { tenant, dir }) => {
+            let files = lode_server::tls::issue_client(&dir, &tenant)?;
+            println!(
+                "client certificate of tenant {tenant}: {}",
+                files.cert.display()
+            );
+            println!(
+                "its key                       {} (0600)",
+                files.key.display()
+            );
+            println!(
+                "servers accept it with:\n  [tls]\n  client_ca = \"{}\"",
+                dir.join("ca.pem").display()
+            );
+            Ok(())
+        }
         Command::Ingest {
             file,
             batch,
@@ -717,16 +783,28 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         data.display()
     );
     if let Some(addr) = a.tcp {
-        println!("  binary (tcp)   {addr}");
+        let tls = if a.tcp_tls {
+            " (tls: lode --server tls://HOST:PORT --cert CA)"
+        } else {
+            ""
+        };
+        println!("  binary (tcp)   {addr}{tls}");
     }
     if let (Some(addr), Some(cert)) = (a.quic, &a.cert) {
         println!("  binary (quic)  {addr}  cert {}", cert.display());
     }
     if let Some(addr) = a.http {
-        println!("  http           http://{addr}");
+        let scheme = if a.http_tls { "https" } else { "http" };
+        println!("  http           {scheme}://{addr}");
+    }
+    if let (Some(cert), true) = (&a.cert, a.tcp_tls || a.http_tls) {
+        println!("  tls            certificate {}", cert.display());
     }
     if let Some(addr) = a.syslog {
         println!("  syslog         {addr} (tcp, udp)");
+    }
+    if let Some(addr) = a.syslog_tls {
+        println!("  syslog (tls)   {addr} (RFC 5425; client certificates of a tenant)");
     }
     match server.service().auth {
         lode_server::auth::Mode::Required => println!(
