@@ -6,6 +6,16 @@
 //! Loki push API, and `promtool check metrics`. Each is checked by
 //! querying what arrived.
 //!
+//! The server asks for credentials, as one on a network does, and each
+//! client sends them the way it can: an ingest token of the tenant `shop`
+//! as Basic auth (Python's `elasticsearch`, `python-logging-loki`,
+//! `loki-logger-handler`, winston-loki, rsyslog's `omelasticsearch`,
+//! syslog-ng's `elasticsearch-http()`) or a bearer header (the
+//! OpenTelemetry exporters); a client certificate of `shop`
+//! (`systemd-journal-upload` over HTTPS, rsyslog forwarding RFC 5425
+//! syslog over TLS); plain syslog from an allowed network (`logger`).
+//! Every record read back must be `shop`'s.
+//!
 //! `tools/with-deps --test` installs them (Debian `bsdutils`, `rsyslog`,
 //! `systemd-journal-remote`,
 //! `rsyslog-elasticsearch`, `prometheus`; PyPI `elasticsearch`,
@@ -20,7 +30,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lode_server::{Config, Server, Service};
+use lode_server::{Caller, Config, Server, Service};
 
 use crate::server::runtime;
 
@@ -49,17 +59,46 @@ fn run(program: &str, args: &[&str]) -> Output {
     output
 }
 
-fn start(rt: &tokio::runtime::Runtime, data: &Path) -> Server {
+/// The tenant the clients write to, with a token of its own.
+const TENANT: &str = "shop";
+
+/// A server that asks for credentials, as one on a network would: the
+/// clients send an ingest token of [`TENANT`] (Basic auth, or a bearer
+/// header), plain syslog is heard from loopback (`syslog_allow`) into
+/// [`TENANT`]. Returns the server and the token.
+fn start(rt: &tokio::runtime::Runtime, data: &Path) -> (Server, String) {
+    start_with(rt, data, |_| {})
+}
+
+fn start_with(
+    rt: &tokio::runtime::Runtime,
+    data: &Path,
+    tune: impl FnOnce(&mut Config),
+) -> (Server, String) {
     let loopback: Option<SocketAddr> = "127.0.0.1:0".parse().ok();
-    let config = Config {
+    let mut config = Config {
         data: data.to_owned(),
         listen: None,
         quic: None,
         http: loopback,
         syslog: loopback,
+        syslog_allow: vec!["127.0.0.1".into()],
+        syslog_tenant: TENANT.into(),
         ..Config::default()
     };
-    rt.block_on(Server::start(config)).unwrap()
+    config.auth.mode = "required".into();
+    tune(&mut config);
+    let server = rt.block_on(Server::start(config)).unwrap();
+    let scopes = lode_server::Scopes::parse("ingest").unwrap();
+    let token = rt
+        .block_on(
+            server
+                .service()
+                .create_token(&Caller::everything(), Some(TENANT), scopes, None),
+        )
+        .unwrap()
+        .secret;
+    (server, token)
 }
 
 /// Starts a server in `dir`, runs the Python `script` with `python` (a
@@ -89,7 +128,7 @@ fn serve_and_run(
     if !python.contains('/') {
         require(python);
     }
-    let server = start(rt, dir);
+    let (server, token) = start(rt, dir);
     let url = format!("http://{}", server.addresses().http.unwrap());
     let path = dir.join(name);
     std::fs::write(&path, script).unwrap();
@@ -97,6 +136,7 @@ fn serve_and_run(
         .arg(&path)
         .arg(&url)
         .args(args)
+        .env("LODE_TOKEN", &token)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{python}: {e}"));
@@ -121,9 +161,7 @@ fn wait_count(rt: &tokio::runtime::Runtime, service: &Arc<Service>, query: &str,
             query: query.into(),
             ..Default::default()
         };
-        count = rt
-            .block_on(service.count(&lode_server::Caller::everything(), filter))
-            .unwrap();
+        count = rt.block_on(service.count(&shop(), filter)).unwrap();
         if count >= expected {
             break;
         }
@@ -132,20 +170,33 @@ fn wait_count(rt: &tokio::runtime::Runtime, service: &Arc<Service>, query: &str,
     assert_eq!(count, expected, "records matching '{query}'");
 }
 
+/// Who reads [`TENANT`]'s records.
+fn shop() -> Caller {
+    Caller {
+        tenants: vec![TENANT.into()],
+        ..Caller::everything()
+    }
+}
+
+/// The records of `service_name`, each checked to be [`TENANT`]'s.
 fn messages(service: &Service, service_name: &str) -> Vec<lode_engine::LogRecord> {
-    service
+    let records: Vec<_> = service
         .engine()
         .scan(..)
         .map(|r| r.unwrap().log)
         .filter(|r| r.service == service_name)
-        .collect()
+        .collect();
+    for r in &records {
+        assert_eq!(r.tenant, TENANT, "{service_name}: {}", r.message);
+    }
+    records
 }
 
 #[test]
 fn logger_over_tcp_and_udp() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
+    let (server, _) = start(&rt, dir.path());
     let port = server.addresses().syslog.unwrap().port().to_string();
     let base = ["-n", "127.0.0.1", "-P", port.as_str()];
     let cases: [(&[&str], &str); 4] = [
@@ -202,7 +253,8 @@ fn logger_over_tcp_and_udp() {
 const BULK_PY: &str = r#"
 import sys
 from elasticsearch import Elasticsearch, helpers
-es = Elasticsearch(sys.argv[1], request_timeout=30)
+import os
+es = Elasticsearch(sys.argv[1], basic_auth=("lode", os.environ["LODE_TOKEN"]), request_timeout=30)
 assert es.info()["version"]["number"].startswith("8."), "an 8.x version"
 docs = ({"_index": "pyshop", "message": f"python order {i} shipped",
          "level": "warning" if i % 10 == 0 else "info", "order": i}
@@ -238,11 +290,12 @@ fn python_elasticsearch_helpers_bulk() {
 /// `python-logging-loki` (version "1": Loki's JSON push, which it expects
 /// to answer 204), three records of a `checkout` service.
 const LOKI_PY: &str = r#"
-import logging, sys
+import logging, os, sys
 import logging_loki
 
 url = sys.argv[1] + "/loki/api/v1/push"
-handler = logging_loki.LokiHandler(url=url, tags={"service": "checkout", "env": "prod"}, version="1")
+handler = logging_loki.LokiHandler(url=url, tags={"service": "checkout", "env": "prod"},
+                                   auth=("lode", os.environ["LODE_TOKEN"]), version="1")
 def fail(record):
     raise SystemExit("loki handler failed: %s" % (sys.exc_info()[1],))
 handler.handleError = fail
@@ -316,7 +369,7 @@ fn rsyslog_forwards_to_bulk() {
     require("rsyslogd");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, &dir.path().join("data"));
+    let (server, token) = start(&rt, &dir.path().join("data"));
     let http = server.addresses().http.unwrap();
     let input = free_port();
     let work = dir.path().join("rsyslog");
@@ -334,7 +387,7 @@ template(name="lodejson" type="list" option.jsonf="on") {{
 }}
 input(type="imtcp" port="{input}" address="127.0.0.1")
 action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex="rsyslog"
-       template="lodejson" bulkmode="on" action.resumeInterval="1")
+       uid="lode" pwd="{token}" template="lodejson" bulkmode="on" action.resumeInterval="1")
 "#,
         work = work.display(),
         port = http.port()
@@ -379,6 +432,86 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{port}" searchIndex
     rt.block_on(server.shutdown()).unwrap();
 }
 
+/// rsyslog forwarding over TLS (RFC 5425: `omfwd` with the OpenSSL
+/// stream driver, octet-counted frames) to lode's syslog TLS listener,
+/// presenting a client certificate of the tenant: no plain syslog is
+/// heard (`syslog_allow` is empty), so the records arrive only because
+/// the certificate names their tenant.
+#[test]
+fn rsyslog_forwards_over_tls_with_a_client_certificate() {
+    require("rsyslogd");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let server_cert = lode_server::tls::issue_server(&certs, &["localhost".into()]).unwrap();
+    let client = lode_server::tls::issue_client(&certs, TENANT).unwrap();
+    let rt = runtime();
+    let (server, _) = start_with(&rt, &dir.path().join("data"), |config| {
+        config.syslog_allow.clear();
+        config.tls.cert = Some(server_cert.cert.clone());
+        config.tls.key = Some(server_cert.key.clone());
+        config.tls.client_ca = Some(certs.join("ca.pem"));
+        config.tls.syslog = "127.0.0.1:0".parse().ok();
+    });
+    let tls_port = server.addresses().syslog_tls.unwrap().port();
+    let input = free_port();
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = format!(
+        r#"global(workDirectory="{work}"
+       DefaultNetstreamDriverCAFile="{ca}"
+       DefaultNetstreamDriverCertFile="{cert}"
+       DefaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp")
+input(type="imtcp" port="{input}" address="127.0.0.1")
+action(type="omfwd" target="127.0.0.1" port="{tls_port}" protocol="tcp"
+       StreamDriver="ossl" StreamDriverMode="1" StreamDriverAuthMode="x509/name"
+       StreamDriverPermittedPeers="localhost" TCP_Framing="octet-counted"
+       template="RSYSLOG_SyslogProtocol23Format" action.resumeInterval="1")
+"#,
+        work = work.display(),
+        ca = certs.join("ca.pem").display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    );
+    let conf_path = work.join("rsyslog.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let _rsyslog = Daemon(
+        Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(work.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(input, "rsyslogd");
+    let port = input.to_string();
+    for i in 0..10 {
+        let message = format!("refund {i} sent over tls");
+        run(
+            "logger",
+            &[
+                "-n",
+                "127.0.0.1",
+                "-P",
+                &port,
+                "-T",
+                "-t",
+                "refunds",
+                "-p",
+                "user.notice",
+                &message,
+            ],
+        );
+    }
+    let service = Arc::clone(server.service());
+    wait_count(&rt, &service, "service:refunds sent", 10);
+    assert_eq!(messages(&service, "refunds").len(), 10);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
 fn wait_listening(port: u16, daemon: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -407,7 +540,7 @@ fn syslog_ng_elasticsearch_http_posts_to_bulk() {
     );
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, &dir.path().join("data"));
+    let (server, token) = start(&rt, &dir.path().join("data"));
     let http = server.addresses().http.unwrap();
     let input = free_port();
     let work = dir.path().join("syslog-ng");
@@ -418,7 +551,7 @@ fn syslog_ng_elasticsearch_http_posts_to_bulk() {
 @include "scl/elasticsearch/elastic-http.conf"
 options {{ keep-hostname(yes); }};
 source lines {{ network(ip("127.0.0.1") port({input}) transport("tcp") flags(syslog-protocol)); }};
-destination lode {{ elasticsearch-http(url("http://{http}/_bulk") index("syslog-ng") type("")); }};
+destination lode {{ elasticsearch-http(url("http://{http}/_bulk") index("syslog-ng") type("") user("lode") password("{token}")); }};
 log {{ source(lines); destination(lode); }};
 "#,
         include = root.join("usr/share/syslog-ng/include").display(),
@@ -529,7 +662,8 @@ fn promtool_accepts_the_metrics() {
     require("promtool");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let server = start(&rt, dir.path());
+    // `/metrics` for a scraper without a token: auth.metrics_open.
+    let (server, _) = start_with(&rt, dir.path(), |config| config.auth.metrics_open = true);
     let service = Arc::clone(server.service());
     let record = crate::record_for(1);
     rt.block_on(service.append_records(&lode_server::Caller::everything(), vec![record]))
@@ -588,14 +722,16 @@ fn host_level_message(got: &[lode_engine::LogRecord]) -> Vec<(&str, lode_engine:
 /// OpenTelemetry's Python SDK: its logging handler, a resource, and the
 /// OTLP exporter over HTTP in JSON, one record at a time.
 const OTEL_JSON_PY: &str = r#"
-import logging, sys
+import logging, os, sys
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter
 
 provider = LoggerProvider(resource=Resource.create({"service.name": "otelshop", "host.name": "otelhost"}))
-provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs")))
+exporter = OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs",
+                           headers={"Authorization": "Bearer " + os.environ["LODE_TOKEN"]})
+provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
 log = logging.getLogger("shop")
 log.setLevel(logging.DEBUG)
 log.addHandler(LoggingHandler(level=logging.DEBUG, logger_provider=provider))
@@ -641,11 +777,12 @@ fn opentelemetry_python_sdk_exports_logs_as_otlp_json() {
 /// `loki-logger-handler`: gzipped JSON pushes from a background thread,
 /// each line the record as JSON (its level read from it).
 const LOKI_HANDLER_PY: &str = r#"
-import logging, sys
+import logging, os, sys
 from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
 
 handler = LokiLoggerHandler(url=sys.argv[1] + "/loki/api/v1/push",
-                            labels={"service": "ledger", "env": "prod"}, enable_self_errors=True)
+                            labels={"service": "ledger", "env": "prod"},
+                            auth=("lode", os.environ["LODE_TOKEN"]), enable_self_errors=True)
 log = logging.getLogger("ledger")
 log.setLevel(logging.DEBUG)
 log.addHandler(handler)
@@ -688,7 +825,7 @@ fn loki_logger_handler_pushes_gzipped_json() {
 /// protobuf (`opentelemetry-exporter-otlp-proto-http`), in its own
 /// virtual environment.
 const OTEL_PROTO_PY: &str = r#"
-import logging, sys
+import logging, os, sys
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -698,7 +835,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 trace.set_tracer_provider(TracerProvider())
 provider = LoggerProvider(resource=Resource.create({"service.name": "otelproto", "host.name": "protohost"}))
-provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs")))
+exporter = OTLPLogExporter(endpoint=sys.argv[1] + "/v1/logs",
+                           headers={"Authorization": "Bearer " + os.environ["LODE_TOKEN"]})
+provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
 log = logging.getLogger("shop")
 log.setLevel(logging.DEBUG)
 log.addHandler(LoggingHandler(level=logging.DEBUG, logger_provider=provider))
@@ -753,6 +892,7 @@ const winston = require(modules + "winston");
 const LokiTransport = require(modules + "winston-loki");
 const transport = new LokiTransport({
   host: process.argv[2], json: false, interval: 1, replaceTimestamp: false,
+  basicAuth: "lode:" + process.env.LODE_TOKEN,
   labels: { app: "winshop", host: "winhost", env: "prod" },
   onConnectionError: (e) => { console.error("push failed:", e); process.exit(2); },
 });
@@ -804,8 +944,23 @@ fn winston_loki_pushes_snappy_protobuf() {
         "{:?}",
         got[0].attrs
     );
-    let (_, _, metrics) =
-        crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");
+    // `/metrics` needs the read scope.
+    let reader = rt
+        .block_on(service.create_token(
+            &Caller::everything(),
+            Some(TENANT),
+            lode_server::Scopes::parse("read").unwrap(),
+            None,
+        ))
+        .unwrap()
+        .secret;
+    let (_, _, metrics) = crate::server::http_with(
+        server.addresses().http.unwrap(),
+        "GET",
+        "/metrics",
+        &format!("Authorization: Bearer {reader}\r\n"),
+        b"",
+    );
     assert!(
         String::from_utf8_lossy(&metrics)
             .contains("lode_received_records_total{source=\"loki\"} 2\n")
@@ -847,12 +1002,28 @@ fn systemd_journal_upload_sends_a_journal_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Over HTTPS, with a client certificate of the tenant instead of a
+    // token: how systemd-journal-upload authenticates.
+    let certs = dir.path().join("certs");
+    let server_cert = lode_server::tls::issue_server(&certs, &["localhost".into()]).unwrap();
+    let client = lode_server::tls::issue_client(&certs, TENANT).unwrap();
     let rt = runtime();
-    let server = start(&rt, &dir.path().join("data"));
-    let url = format!("http://{}", server.addresses().http.unwrap());
+    let (server, _) = start_with(&rt, &dir.path().join("data"), |config| {
+        config.tls.mode = "on".into();
+        config.tls.cert = Some(server_cert.cert.clone());
+        config.tls.key = Some(server_cert.key.clone());
+        config.tls.client_ca = Some(certs.join("ca.pem"));
+    });
+    let url = format!(
+        "https://localhost:{}",
+        server.addresses().http.unwrap().port()
+    );
     let out = Command::new(upload)
         .arg("--follow=no")
         .arg(format!("--url={url}"))
+        .arg(format!("--key={}", client.key.display()))
+        .arg(format!("--cert={}", client.cert.display()))
+        .arg(format!("--trust={}", certs.join("ca.pem").display()))
         .arg(format!("--file={}", journal.display()))
         .output()
         .unwrap();
