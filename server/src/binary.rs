@@ -434,10 +434,7 @@ async fn answer(replies: &Replies, id: u64, request: Request, cancels: Cancels) 
 fn wire_records(records: Vec<Record>) -> Vec<WireRecord> {
     records
         .into_iter()
-        .map(|r| WireRecord {
-            seq: r.seq,
-            record: r.log,
-        })
+        .map(|r| WireRecord::new(r.seq, r.log))
         .collect()
 }
 

@@ -139,10 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let page: Vec<WireRecord> = engine
         .get_many(&newest)?
         .into_iter()
-        .map(|r| WireRecord {
-            seq: r.seq,
-            record: r.log,
-        })
+        .map(|r| WireRecord::new(r.seq, r.log))
         .collect();
     let mut frame = Vec::new();
     let encode = time(args.runs, || {

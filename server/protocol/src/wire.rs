@@ -25,10 +25,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// The protocol version this build speaks: 2 carries credentials in the
 /// handshake.
 pub const VERSION: u16 = 2;
-/// The oldest version a server still serves: version 1 clients send no
-/// credentials, so they are served only where auth is off, in the
-/// default tenant.
-pub const MIN_VERSION: u16 = 1;
+/// The oldest version a server still serves (version 1 carried no
+/// credentials and no tenant with a record).
+pub const MIN_VERSION: u16 = 2;
 /// Longest token or tenant list a hello may carry.
 pub const MAX_CREDENTIAL: usize = 4096;
 /// Bytes of the hello each side sends first.
@@ -298,11 +297,32 @@ pub fn encode_frame(
     Ok(())
 }
 
-/// A record as it travels back to a client: its seq and content.
+/// A record as it travels back to a client: its seq, its tenant (the
+/// record's archive does not carry it) and its content.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct WireRecord {
     pub seq: u64,
+    /// As stored: empty for the default tenant.
+    pub tenant: String,
     pub record: LogRecord,
+}
+
+impl WireRecord {
+    pub fn new(seq: u64, record: LogRecord) -> WireRecord {
+        WireRecord {
+            seq,
+            tenant: record.tenant.clone(),
+            record,
+        }
+    }
+
+    /// The record, its tenant included.
+    pub fn into_log(self) -> LogRecord {
+        LogRecord {
+            tenant: self.tenant,
+            ..self.record
+        }
+    }
 }
 
 /// Which records a request is about: a query and a time range (ns,
@@ -564,6 +584,7 @@ mod tests {
             &Response::Records {
                 records: vec![WireRecord {
                     seq: 5,
+                    tenant: String::new(),
                     record: LogRecord {
                         level: Level::Warn,
                         message: "disk almost full".into(),

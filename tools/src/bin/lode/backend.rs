@@ -195,7 +195,7 @@ impl Backend {
                         .into_iter()
                         .map(|r| Record {
                             seq: r.seq,
-                            log: r.record,
+                            log: r.into_log(),
                         })
                         .collect(),
                     next_cursor: page.next_cursor,
@@ -272,7 +272,7 @@ impl Backend {
                     for r in records {
                         each(&Record {
                             seq: r.seq,
-                            log: r.record,
+                            log: r.into_log(),
                         })?;
                     }
                 }

@@ -317,8 +317,14 @@ pub(crate) async fn export_command(args: ExportArgs) -> Result<(), CliError> {
     let mut out = export::output(args.output.as_deref()).map_err(CliError::new)?;
     let (records, bytes) = match &args.target.data {
         Some(data) => {
-            let query =
-                lode_query::parse(&args.query).map_err(|e| CliError::new(format!("query {e}")))?;
+            // A directory's every tenant is there: the export takes the
+            // one `--tenant` names (several: a,b), the default one without.
+            let tenants = match &args.target.tenant {
+                Some(text) => lode_protocol::auth::tenants(text).map_err(CliError::new)?,
+                None => vec![lode_protocol::auth::DEFAULT_TENANT.to_owned()],
+            };
+            let query = lode_index::scoped(&args.query, Some(&tenants))
+                .map_err(|e| CliError::new(format!("query {e}")))?;
             let selection = Selection {
                 query,
                 since,
