@@ -44,6 +44,15 @@
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
 //!
+//! [tenant_limits]               # every tenant's; 0 or absent: none
+//! ingest_records_per_sec = 0   # past it: 429 with Retry-After (a second's worth may come at once)
+//! ingest_bytes_per_sec = 0
+//! query_timeout_ms = 10000     # absent: limits.query_timeout_ms
+//! max_result_records = 10000   # absent: limits.max_result_records
+//!
+//! [tenant.team-a]              # one tenant's, over [tenant_limits]
+//! ingest_records_per_sec = 50000
+//!
 //! [auth]
 //! mode = "auto"                # required once a client listener leaves loopback; "required" or "off"
 //! metrics_open = false         # true: /metrics without a credential
@@ -100,6 +109,10 @@ pub struct Config {
     pub replication: Replication,
     /// Who may do what.
     pub auth: Auth,
+    /// Every tenant's limits, unless `tenant.NAME` sets its own.
+    pub tenant_limits: crate::tenants::TenantLimits,
+    /// One tenant's limits (`[tenant.team-a]`), over `tenant_limits`.
+    pub tenant: std::collections::BTreeMap<String, crate::tenants::TenantLimits>,
 }
 
 /// Credentials: whether they are asked for.
@@ -395,6 +408,8 @@ impl Default for Config {
             cluster: None,
             replication: Replication::default(),
             auth: Auth::default(),
+            tenant_limits: crate::tenants::TenantLimits::default(),
+            tenant: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -515,6 +530,18 @@ impl Config {
         .filter_map(|(name, addr)| Some((name, addr?)))
         .filter(|(_, addr)| !addr.ip().is_loopback())
         .collect()
+    }
+
+    /// The tenants' limits, their names checked.
+    pub fn tenants(&self) -> Result<crate::tenants::Tenants> {
+        for name in self.tenant.keys() {
+            lode_protocol::auth::check_tenant(name)
+                .map_err(|e| Error::BadConfig(format!("[tenant.{name}]: {e}")))?;
+        }
+        Ok(crate::tenants::Tenants::new(
+            self.tenant_limits.clone(),
+            self.tenant.clone(),
+        ))
     }
 
     /// `syslog_allow` and `syslog_tenant`, checked.

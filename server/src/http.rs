@@ -215,8 +215,17 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let unauthorized = self.code == ErrorCode::Unauthorized;
+        let retry = match self.code {
+            ErrorCode::Busy => Some(self.retry_after_s.unwrap_or(1)),
+            _ => self.retry_after_s,
+        };
         let body = json!({"error": {"code": self.code.name(), "message": self.message}});
         let mut response = (status(self.code), axum::Json(body)).into_response();
+        if let Some(secs) = retry
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if unauthorized {
             for challenge in [r#"Bearer realm="lode""#, r#"Basic realm="lode""#] {
                 response.headers_mut().append(
@@ -494,6 +503,7 @@ async fn metrics(State(service): Shared, who: Option<Who>) -> Response {
         }
     }
     let mut text = service.metrics.render(&service.figures());
+    crate::metrics::render_tenants(&mut text, &service.tenants.figures());
     if let Some(cluster) = service.cluster() {
         crate::metrics::render_cluster(&mut text, &cluster.status(), &cluster.figures());
     }
@@ -726,7 +736,8 @@ async fn otlp_logs(
     match otlp_write(&service, &who, &headers, body, protobuf).await {
         Ok(response) => response,
         Err(failure) => {
-            let retry = matches!(failure.code, ErrorCode::Busy | ErrorCode::Unavailable);
+            let retry = matches!(failure.code, ErrorCode::Busy | ErrorCode::Unavailable)
+                .then(|| failure.retry_after_s.unwrap_or(1).to_string());
             let mut response = if protobuf {
                 let grpc = match failure.code {
                     ErrorCode::Busy => 8,
@@ -739,10 +750,8 @@ async fn otlp_logs(
             } else {
                 failure.into_response()
             };
-            if retry {
-                response
-                    .headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
+            if let Some(value) = retry.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             response
         }

@@ -30,6 +30,7 @@ mod scoped;
 mod server;
 mod service;
 mod syslog;
+pub mod tenants;
 pub mod tls;
 mod ui;
 

@@ -300,6 +300,37 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
 
 /// A cluster node's labelled and histogram figures: each follower's lag
 /// (on the leader), leader changes, append and commit latencies.
+/// Each tenant's writes and refusals.
+pub(crate) fn render_tenants(
+    out: &mut String,
+    tenants: &[(String, crate::tenants::TenantFigures)],
+) {
+    let by = |value: fn(&crate::tenants::TenantFigures) -> u64| -> Vec<(String, u64)> {
+        tenants
+            .iter()
+            .map(|(name, f)| (format!("tenant=\"{name}\""), value(f)))
+            .collect()
+    };
+    labelled(
+        out,
+        "lode_tenant_ingested_records_total",
+        "Records each tenant wrote (admitted by its limits).",
+        &by(|f| f.records),
+    );
+    labelled(
+        out,
+        "lode_tenant_ingested_bytes_total",
+        "Bytes of records (their text) each tenant wrote.",
+        &by(|f| f.bytes),
+    );
+    labelled(
+        out,
+        "lode_tenant_refused_total",
+        "Writes refused because a tenant was past its ingest limits (429).",
+        &by(|f| f.refused),
+    );
+}
+
 pub(crate) fn render_cluster(
     out: &mut String,
     status: &lode_replication::Status,

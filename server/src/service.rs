@@ -22,6 +22,7 @@ use crate::auth::{self, Caller, NewToken, Scope, Tokens};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, Source};
 use crate::scoped::Scoped;
+use crate::tenants::Tenants;
 
 /// A failed request: a stable code and a message naming what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +30,9 @@ use crate::scoped::Scoped;
 pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
+    /// When a refusal for load (`busy`) may be tried again, in seconds
+    /// (HTTP's `Retry-After`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl Failure {
@@ -36,7 +40,15 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// The same failure, to be tried again after `wait` (rounded up to
+    /// whole seconds, at least one).
+    pub fn retry_after(mut self, wait: Duration) -> Failure {
+        self.retry_after_s = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 }
 
@@ -89,6 +101,8 @@ pub struct Service {
     tokens: std::sync::Mutex<(u64, Arc<Tokens>)>,
     /// Who plain syslog may come from, and its tenant.
     syslog: crate::config::SyslogAccess,
+    /// Each tenant's limits and counts.
+    pub tenants: Arc<Tenants>,
 }
 
 /// The engine lives in the data directory itself, the index beside it in
@@ -123,6 +137,7 @@ impl Service {
             metrics_open: config.auth.metrics_open,
             tokens: std::sync::Mutex::new((u64::MAX, Arc::default())),
             syslog: config.syslog_access()?,
+            tenants: Arc::new(config.tenants()?),
         })
     }
 
@@ -154,6 +169,15 @@ impl Service {
             self.metrics.auth_failed(front);
         }
         self.counted(caller)
+    }
+
+    /// The limits of a caller's one tenant (a read of several tenants has
+    /// the server's).
+    fn tenant_limits(&self, caller: &Caller) -> Option<crate::tenants::TenantLimits> {
+        match caller.tenants.as_slice() {
+            [one] => Some(self.tenants.limits(one)),
+            _ => None,
+        }
     }
 
     /// Who a client with a certificate of `tenant` (signed by
@@ -300,6 +324,7 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let max_records = self.limits.max_batch_records;
         let metrics = Arc::clone(&self.metrics);
+        let tenants = Arc::clone(&self.tenants);
         let clustered = self.cluster.is_some();
         let submitted = blocking(move || {
             let bad = |e: lode_engine::CodecError| {
@@ -311,6 +336,13 @@ impl Service {
             check_batch_tenant(&named, write, any_tenant)?;
             let batch = EncodedBatch::from_reserved_kind(kind, reserved).map_err(bad)?;
             check_batch_records(batch.count() as usize, max_records)?;
+            let tenant = match named.as_str() {
+                "" => write_tenant.as_str(),
+                named => tenant_name(named),
+            };
+            let now = std::time::Instant::now();
+            let (count, bytes) = (u64::from(batch.count()), batch.payload().len() as u64);
+            tenants.admit(tenant, count, bytes, now)?;
             metrics.received(Source::Binary, u64::from(batch.count()));
             if clustered {
                 return Ok(Checked::Batch(batch));
@@ -368,7 +400,13 @@ impl Service {
         records: Vec<LogRecord>,
     ) -> Outcome<Appended> {
         self.counted(caller.require(Scope::Ingest))?;
-        let tenant = stored_tenant(self.counted(caller.write_tenant())?).to_owned();
+        let name = self.counted(caller.write_tenant())?;
+        let bytes = records.iter().map(|r| r.text_len() as u64).sum();
+        let admitted =
+            self.tenants
+                .admit(name, records.len() as u64, bytes, std::time::Instant::now());
+        self.counted(admitted)?;
+        let tenant = stored_tenant(name).to_owned();
         let limits = self.limits.clone();
         let max_bytes = self.engine.max_batch_bytes();
         let engine = Arc::clone(&self.engine);
@@ -406,7 +444,10 @@ impl Service {
         limit: usize,
         cursor: Option<String>,
     ) -> Outcome<Page> {
-        let max = self.limits.max_result_records;
+        let max = self
+            .tenant_limits(caller)
+            .and_then(|l| l.max_result_records)
+            .unwrap_or(self.limits.max_result_records);
         let filter = everything_if_empty(filter);
         let search = Search {
             query: filter.query,
@@ -544,7 +585,10 @@ impl Service {
         self.metrics.query();
         let tenants = caller.tenants.clone();
         let index = Arc::clone(&self.index);
-        let timeout = self.limits.query_timeout();
+        let timeout = self
+            .tenant_limits(caller)
+            .and_then(|l| l.query_timeout_ms)
+            .map_or_else(|| self.limits.query_timeout(), Duration::from_millis);
         let turns = Arc::clone(&self.queries);
         // The turn goes with the work: a query that times out still holds it
         // until its blocking work ends.

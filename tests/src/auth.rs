@@ -647,3 +647,79 @@ fn tenants_never_see_each_others_records() {
     }
     rt.block_on(server.shutdown()).unwrap();
 }
+
+/// A tenant past its ingest rate is answered 429 with `Retry-After` over
+/// HTTP and `busy` over the binary protocol; another tenant is not held
+/// back; the refusals are counted per tenant.
+#[test]
+fn a_tenant_past_its_rate_is_told_to_retry_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let loopback: Option<SocketAddr> = "127.0.0.1:0".parse().ok();
+    let mut config = Config {
+        data: dir.path().to_owned(),
+        listen: loopback,
+        quic: None,
+        http: loopback,
+        syslog: None,
+        ..Config::default()
+    };
+    config.tenant.insert(
+        "team-a".into(),
+        lode_server::tenants::TenantLimits {
+            ingest_records_per_sec: 100,
+            ..Default::default()
+        },
+    );
+    let rt = runtime();
+    let server = rt.block_on(Server::start(config)).unwrap();
+    let http = server.addresses().http.unwrap();
+    let lines = |n: usize| {
+        (0..n)
+            .map(|i| format!("{{\"message\":\"line {i}\"}}\n"))
+            .collect::<String>()
+    };
+    let post = |tenant: &str, n: usize| {
+        http_with(
+            http,
+            "POST",
+            "/api/v1/ingest",
+            &format!("X-Scope-OrgID: {tenant}\r\n"),
+            lines(n).as_bytes(),
+        )
+    };
+    assert_eq!(post("team-a", 100).0, 200, "a second's worth at once");
+    let (status, head, body) = post("team-a", 50);
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("retry-after: "), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("ingest_records_per_sec = 100"));
+    assert_eq!(
+        post("team-b", 1000).0,
+        200,
+        "another tenant is not held back"
+    );
+    let options = ClientOptions {
+        tenant: Some("team-a".into()),
+        ..ClientOptions::default()
+    };
+    let client = rt
+        .block_on(Client::connect_tcp_with(
+            &server.addresses().tcp.unwrap().to_string(),
+            options,
+        ))
+        .unwrap();
+    let records: Vec<lode_engine::LogRecord> = (0..200).map(crate::record_for).collect();
+    match rt.block_on(client.append(&records)) {
+        Err(lode_client::ClientError::Server { code, .. }) => {
+            assert_eq!(code, Some(ErrorCode::Busy))
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    let (_, _, metrics) = http_with(http, "GET", "/metrics", "", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("lode_tenant_refused_total{tenant=\"team-a\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lode_tenant_ingested_records_total{tenant=\"team-b\"} 1000\n"));
+    rt.block_on(server.shutdown()).unwrap();
+}
