@@ -25,6 +25,8 @@ use crate::record_for;
 const NODE_VAR: &str = "LODE_TEST_CLUSTER_NODE";
 /// A node spec's tuning for the snapshot tests.
 const SNAPSHOTS: &str = "snapshots";
+/// The tune of the tokens test: auth required, a snapshot's catch-up.
+const TOKENS: &str = "tokens";
 const TRANSFER_BYTES_PER_SEC: u64 = 512 << 10;
 const TRANSFER_CHUNK: usize = 64 << 10;
 const KILLS: usize = 20;
@@ -65,8 +67,15 @@ fn node_child() {
         ..Config::default()
     };
     // The partition test's nodes listen beyond loopback, where auth is
-    // required by default; these tests are about faults, not credentials.
-    config.auth.mode = "off".into();
+    // required by default; these tests are about faults, not credentials,
+    // but the tokens test's.
+    config.auth.mode = if tune == TOKENS { "required" } else { "off" }.into();
+    if tune == TOKENS {
+        // Small segments and no log kept for a node that is away: it
+        // catches up by snapshot.
+        config.storage.segment_bytes = 64 << 10;
+        config.replication.keep_log_bytes = 0;
+    }
     if tune == SNAPSHOTS {
         // Many small segments, no log kept for laggards, and a slow
         // transfer in small chunks: a follower that was away catches up
@@ -107,6 +116,8 @@ pub(crate) struct Node {
     /// The network namespace the node runs in, if not this one.
     netns: Option<String>,
     child: Option<Child>,
+    /// The token the harness's own requests carry, where the node asks.
+    token: Option<String>,
 }
 
 impl Node {
@@ -166,7 +177,12 @@ impl Node {
         self.child.as_ref()?;
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(wait)).ok()?;
-        let head = format!("GET {path} HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n");
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: l\r\n{auth}Connection: close\r\n\r\n");
         stream.write_all(head.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
@@ -245,6 +261,7 @@ impl Cluster3 {
                 peer: placement.peer,
                 netns: placement.netns,
                 child: None,
+                token: None,
             };
             node.start();
             nodes.insert(id, node);
@@ -1278,4 +1295,194 @@ fn shipped_metric_names() -> std::collections::BTreeSet<String> {
     }
     assert!(names.len() > 20, "{names:?}");
     names
+}
+
+/// A request to a node's HTTP API carrying `token`: the status and body,
+/// or `None` when the node does not answer.
+fn ask(node: &Node, method: &str, path: &str, token: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&node.http, Duration::from_secs(1)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: l\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    Some((
+        status,
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+}
+
+/// Waits until `node` answers `GET /api/v1/count` with `token` by
+/// `status`, at most `within`.
+fn wait_answers(node: &Node, token: &str, status: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if ask(node, "GET", "/api/v1/count", token, b"").is_some_and(|(s, _)| s == status) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Tokens are entries of the replicated log: one made on a follower
+/// holds on every node; while a node is away a token is revoked and
+/// another made, and the log is purged past both, so the node catches up
+/// by snapshot and must take the new token and refuse the revoked one;
+/// then every node restarts and the tokens still hold.
+#[test]
+fn tokens_hold_on_every_node_through_restarts_and_a_snapshot() {
+    let mut cluster = Cluster3::start_tuned(
+        |_| Placement {
+            peer: free_udp(),
+            tcp: free_tcp(),
+            http: free_tcp(),
+            netns: None,
+        },
+        TOKENS,
+    );
+    // The leader makes the first admin token into its data directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let admin = loop {
+        let found = cluster
+            .nodes
+            .values()
+            .find_map(|n| std::fs::read_to_string(n.data.join("auth/admin.token")).ok());
+        if let Some(token) = found.filter(|t| t.ends_with('\n')) {
+            break token.trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node wrote the first admin token"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for node in cluster.nodes.values_mut() {
+        node.token = Some(admin.clone());
+    }
+    let leader = cluster.leader(Duration::from_secs(30)).expect("a leader");
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    let make = |node: &Node, tenant: &str| {
+        let body = format!(r#"{{"tenant":"{tenant}","scopes":"ingest,read"}}"#);
+        let (status, answer) =
+            ask(node, "POST", "/api/v1/tokens", &admin, body.as_bytes()).expect("an answer");
+        assert_eq!(status, 201, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        (
+            answer["id"].as_str().unwrap().to_owned(),
+            answer["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (_, kept) = make(&cluster.nodes[&followers[0]], "team-a");
+    let (doomed_id, doomed) = make(&cluster.nodes[&followers[0]], "team-a");
+    for (id, node) in &cluster.nodes {
+        assert!(
+            wait_answers(node, &kept, 200, Duration::from_secs(20)),
+            "a token made on a follower holds on node {id}"
+        );
+    }
+    let away = followers[1];
+    cluster.nodes.get_mut(&away).unwrap().kill();
+    let leader_node = &cluster.nodes[&leader];
+    let (status, _) = ask(
+        leader_node,
+        "DELETE",
+        &format!("/api/v1/tokens/{doomed_id}"),
+        &admin,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let (_, fresh) = make(leader_node, "team-b");
+    // Megabytes of records through the leader: many sealed segments, and
+    // the log purged past the token changes.
+    let mut rng = lode_tools::SplitMix64::new(29);
+    for _ in 0..40 {
+        let lines: String = (0..500)
+            .map(|_| {
+                format!(
+                    "{{\"message\":\"{:016x}{:016x}{:016x}\"}}\n",
+                    rng.next_u64(),
+                    rng.next_u64(),
+                    rng.next_u64()
+                )
+            })
+            .collect();
+        let (status, answer) = ask(
+            leader_node,
+            "POST",
+            "/api/v1/ingest",
+            &kept,
+            lines.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster.nodes[&leader].status().unwrap_or_default();
+        let purged = s["purged_index"].as_u64().unwrap_or(0);
+        let snapshot = s["snapshot_index"].as_u64().unwrap_or(0);
+        if purged > 0
+            && purged == snapshot
+            && snapshot + 2 >= s["last_log_index"].as_u64().unwrap_or(0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot and purge: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.nodes.get_mut(&away).unwrap().start();
+    let back = &cluster.nodes[&away];
+    assert!(
+        wait_answers(back, &fresh, 200, Duration::from_secs(60)),
+        "the node back from away takes the token made meanwhile"
+    );
+    assert!(
+        wait_answers(back, &doomed, 401, Duration::from_secs(10)),
+        "and refuses the revoked one"
+    );
+    let metrics = back.get("/metrics").unwrap_or_default();
+    assert!(
+        metric(&metrics, "lode_snapshots_received_total") >= 1,
+        "it caught up by snapshot"
+    );
+    // Every node restarted: the tokens hold.
+    for node in cluster.nodes.values_mut() {
+        node.kill();
+    }
+    for node in cluster.nodes.values_mut() {
+        node.start();
+    }
+    cluster
+        .leader(Duration::from_secs(30))
+        .expect("a leader after the restart");
+    for (id, node) in &cluster.nodes {
+        for token in [&kept, &fresh] {
+            assert!(
+                wait_answers(node, token, 200, Duration::from_secs(30)),
+                "node {id} takes a token after a restart"
+            );
+        }
+        assert!(
+            wait_answers(node, &doomed, 401, Duration::from_secs(5)),
+            "node {id} refuses the revoked one"
+        );
+    }
 }
