@@ -83,10 +83,41 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Who may read a PEM file [`write_pem`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// A certificate: anyone (0644 under the usual umask).
+    Anyone,
+    /// A private key: its owner only (0600), from its first byte.
+    Owner,
+}
+
+/// Writes a PEM file through a temporary file and a rename, so a crash
+/// never leaves half a file.
+pub fn write_pem(path: &Path, bytes: &[u8], readers: Readers) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e))
+    let mode = match readers {
+        Readers::Anyone => 0o644,
+        Readers::Owner => 0o600,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    // An earlier file of the same name keeps its mode on open: set it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+fn write_file(path: &Path, bytes: &[u8], readers: Readers) -> Result<(), TlsError> {
+    write_pem(path, bytes, readers).map_err(|e| err(path, e))
 }
 
 /// Makes a cluster CA in `dir` (refusing to replace one), then a
@@ -105,8 +136,12 @@ pub fn init_cluster(dir: &Path, nodes: &[(NodeId, Vec<String>)]) -> Result<(), T
     let ca = ca_params()
         .and_then(|p| p.self_signed(&key))
         .map_err(|e| err(dir, e))?;
-    write_file(&dir.join("ca-key.pem"), key.serialize_pem().as_bytes())?;
-    write_file(&ca_path, ca.pem().as_bytes())?;
+    write_file(
+        &dir.join("ca-key.pem"),
+        key.serialize_pem().as_bytes(),
+        Readers::Owner,
+    )?;
+    write_file(&ca_path, ca.pem().as_bytes(), Readers::Anyone)?;
     for (id, names) in nodes {
         issue_node_cert(dir, *id, names)?;
     }
@@ -134,8 +169,8 @@ pub fn issue_node_cert(dir: &Path, id: NodeId, names: &[String]) -> Result<NodeT
         .signed_by(&key, &ca, &ca_key)
         .map_err(|e| err(dir, e))?;
     let files = NodeTlsFiles::in_dir(dir, id);
-    write_file(&files.key, key.serialize_pem().as_bytes())?;
-    write_file(&files.cert, cert.pem().as_bytes())?;
+    write_file(&files.key, key.serialize_pem().as_bytes(), Readers::Owner)?;
+    write_file(&files.cert, cert.pem().as_bytes(), Readers::Anyone)?;
     Ok(files)
 }
 
@@ -293,5 +328,10 @@ mod tests {
             init_cluster(&ours, &[]).is_err(),
             "an existing CA is never replaced"
         );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for key in [ours.join("ca-key.pem"), NodeTlsFiles::in_dir(&ours, 2).key] {
+            assert_eq!(mode(key), 0o600, "private keys are their owner's only");
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! DIR/client-NAME.pem, -key.pem       a client of tenant NAME (`lode cert client --tenant NAME`)
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
@@ -19,6 +19,8 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use lode_replication::tls::{Readers, write_pem};
 
 use crate::config::{Tls, TlsFiles};
 use crate::{Error, Result};
@@ -82,28 +84,12 @@ pub fn files(data: &Path, tls: &Tls, extra: &[String]) -> Result<TlsFiles> {
     Ok(files)
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves
-/// half a file.
 fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| tls_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| tls_error(path, e))
+    write_pem(path, bytes, Readers::Anyone).map_err(|e| tls_error(path, e))
 }
 
-/// A private key: readable by its owner only (0600).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp: PathBuf = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| tls_error(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| tls_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| tls_error(path, e))
+    write_pem(path, bytes, Readers::Owner).map_err(|e| tls_error(path, e))
 }
 
 /// Reads every certificate of a PEM file.
