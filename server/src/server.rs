@@ -136,10 +136,20 @@ impl Server {
                 listener, app, tls, deadlines,
             )));
         }
-        if let Some(data) = bootstrap {
-            server
-                .tasks
-                .push(tokio::spawn(bootstrap_admin(Arc::clone(&service), data)));
+        match bootstrap {
+            // A single node makes its first admin token before it answers
+            // anyone: the file is there when the startup lines say so.
+            Some(data) if service.cluster().is_none() => {
+                first_admin_token(&service, &data)
+                    .await
+                    .map_err(|e| Error::Runtime(format!("auth: the first admin token: {e}")))?;
+            }
+            Some(data) => {
+                server
+                    .tasks
+                    .push(tokio::spawn(bootstrap_admin(Arc::clone(&service), data)));
+            }
+            None => {}
         }
         if let Some(addr) = config.syslog {
             let tcp = TcpListener::bind(addr)
@@ -261,7 +271,6 @@ fn announce_auth(config: &Config, service: &Service) -> Option<PathBuf> {
 /// it, once every committed entry is applied (so a token made by an
 /// earlier leader is seen), and only its node has the file.
 async fn bootstrap_admin(service: Arc<Service>, data: PathBuf) {
-    let path = auth::admin_token_path(&data);
     loop {
         if !service.tokens().is_empty() {
             return;
@@ -272,16 +281,9 @@ async fn bootstrap_admin(service: Arc<Service>, data: PathBuf) {
                 cluster.status().role == "leader" && cluster.read_barrier().await.is_ok()
             }
         };
-        if ready && service.tokens().is_empty() {
-            match make_admin_token(&service, &path).await {
-                Ok(()) => {
-                    tracing::info!(
-                        "auth: the first admin token is in {} (readable by this user only); make others with `lode token create --token \"$(cat {})\" ...`",
-                        path.display(),
-                        path.display()
-                    );
-                    return;
-                }
+        if ready {
+            match first_admin_token(&service, &data).await {
+                Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "auth: could not make the first admin token; trying again")
                 }
@@ -289,6 +291,25 @@ async fn bootstrap_admin(service: Arc<Service>, data: PathBuf) {
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Makes the first admin token into `DATA/auth/admin.token`, unless a
+/// token exists.
+async fn first_admin_token(
+    service: &Service,
+    data: &std::path::Path,
+) -> std::result::Result<(), String> {
+    if !service.tokens().is_empty() {
+        return Ok(());
+    }
+    let path = auth::admin_token_path(data);
+    make_admin_token(service, &path).await?;
+    tracing::info!(
+        "auth: the first admin token is in {} (readable by this user only); make others with `lode token create --token \"$(cat {})\" ...`",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 async fn make_admin_token(

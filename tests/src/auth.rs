@@ -612,13 +612,7 @@ fn tenants_never_see_each_others_records() {
     });
 
     // Export over the server, with each token.
-    let lode = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lode");
+    let lode = lode_exe();
     for (token, mine, theirs) in [(&token_a, "apple", "banana"), (&token_b, "banana", "apple")] {
         let out = std::process::Command::new(&lode)
             .args([
@@ -722,4 +716,32 @@ fn a_tenant_past_its_rate_is_told_to_retry_later() {
     );
     assert!(metrics.contains("lode_tenant_ingested_records_total{tenant=\"team-b\"} 1000\n"));
     rt.block_on(server.shutdown()).unwrap();
+}
+
+/// The `lode` binary the workspace built beside this test binary.
+fn lode_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("lode")
+}
+
+/// `lode bench --secure` runs end to end on a small workload: a server
+/// over HTTPS that requires a token takes a tenant's records and answers
+/// every query as the plain one does (the benchmark fails otherwise).
+#[test]
+fn the_secure_benchmark_compares_like_with_like() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(lode_exe())
+        .args(["bench", "--secure", "--records", "3000", "--batch", "500"])
+        .args(["--runs", "2", "--queries", "3", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("https + token / http"), "{printed}");
+    assert!(printed.contains("count level:error"), "{printed}");
 }

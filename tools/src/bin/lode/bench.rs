@@ -43,7 +43,7 @@ pub(crate) struct BenchArgs {
     pub(crate) queries: usize,
     /// Concurrent HTTP connections for JSON-lines ingest.
     #[arg(long, default_value_t = 4)]
-    http_connections: usize,
+    pub(crate) http_connections: usize,
     /// Where the data directories go (a temporary directory by default).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
@@ -71,6 +71,11 @@ pub(crate) struct BenchArgs {
     /// lode's own; --queries rounds (try --records 10000000 --queries 20).
     #[arg(long)]
     pub(crate) grafana: bool,
+    /// Benchmark what TLS and a token cost instead: the same records as
+    /// JSON lines over HTTP with auth off beside HTTPS with a tenant's
+    /// token, CPU per record until searchable, and query round trips.
+    #[arg(long, conflicts_with_all = ["cluster", "grafana"])]
+    pub(crate) secure: bool,
     /// Priority of sealing and indexing, embedded and in the server alike:
     /// idle, nice:N or normal (the config key storage.background).
     #[arg(long, default_value = "idle")]
@@ -145,6 +150,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     }
     if args.grafana {
         return crate::bench_grafana::bench_grafana(&args).await;
+    }
+    if args.secure {
+        return crate::bench_secure::bench_secure(&args).await;
     }
     let Workload {
         _temp,
@@ -224,7 +232,13 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
                 .to_owned();
             let before = Cpu::now(Some(child.0.id()));
             let rate = tokio::task::block_in_place(|| {
-                bench_http::ingest(format, &addr, &records, args.batch, args.http_connections)
+                bench_http::ingest(
+                    format,
+                    &bench_http::Endpoint::plain(&addr),
+                    &records,
+                    args.batch,
+                    args.http_connections,
+                )
             })?;
             let cpu = Cpu::now(Some(child.0.id())).since(&before).of_server();
             if let (Some(cpus), Some(rates)) = (f.http_cpu.get_mut(i), f.http.get_mut(i)) {
@@ -410,25 +424,27 @@ pub(crate) fn start_server(
         };
         args.extend([flag.to_owned(), value.to_owned()]);
     }
-    spawn_serve(dir, &args, background)
+    spawn_serve(dir, &args, &background_config(background))
 }
 
-/// Starts `lode serve ARGS` on a fresh directory `dir`, sealing and
-/// indexing at `background`; returns the child and what it printed about
-/// its listeners.
+/// A server's config of sealing and indexing at `background` (checked
+/// by `check_args`: a plain word).
+pub(crate) fn background_config(background: &str) -> String {
+    format!("[storage]\nbackground = \"{background}\"\n")
+}
+
+/// Starts `lode serve ARGS` on a fresh directory `dir` with the config
+/// `config_text` (TOML); returns the child and what it printed about its
+/// listeners.
 pub(crate) fn spawn_serve(
     dir: &Path,
     args: &[String],
-    background: &str,
+    config_text: &str,
 ) -> Result<(ServerChild, String), CliError> {
     let exe = std::env::current_exe()?;
     std::fs::create_dir_all(dir)?;
     let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        // `background` was checked by `check_args`: a plain word.
-        format!("[storage]\nbackground = \"{background}\"\n"),
-    )?;
+    std::fs::write(&config, config_text)?;
     let mut child = ServerChild(
         Command::new(exe)
             .arg("serve")
@@ -455,8 +471,8 @@ pub(crate) fn spawn_serve(
         let line = line?;
         printed.push_str(&line);
         printed.push('\n');
-        if line.starts_with("  ") {
-            // Its first listener line: the server is up.
+        if line.starts_with("  auth") {
+            // The line after its listeners': the server is up.
             std::thread::spawn(move || lines.for_each(drop));
             return Ok((child, printed));
         }
@@ -694,7 +710,7 @@ impl Cpu {
     }
 
     /// Only the server's threads.
-    fn of_server(self) -> Cpu {
+    pub(crate) fn of_server(self) -> Cpu {
         Cpu(self
             .0
             .into_iter()
@@ -715,7 +731,7 @@ impl Cpu {
 
     /// Microseconds per record: of all threads, of those not idle, of the
     /// idle ones.
-    fn per_record(&self, records: usize) -> [f64; 3] {
+    pub(crate) fn per_record(&self, records: usize) -> [f64; 3] {
         let us = |idle: Option<bool>| {
             let ns: u64 = self
                 .0

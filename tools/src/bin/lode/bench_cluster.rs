@@ -235,7 +235,11 @@ impl LodeCluster {
             .iter()
             .map(|a| (*a).to_owned())
             .collect();
-            let (child, _) = spawn_serve(&dir.join(format!("node-{id}")), &args, background)?;
+            let (child, _) = spawn_serve(
+                &dir.join(format!("node-{id}")),
+                &args,
+                &crate::bench::background_config(background),
+            )?;
             cluster.children.insert(id, child);
             cluster.tcp.insert(id, tcp);
             cluster.http.insert(id, http);

@@ -7,18 +7,16 @@
 //! HTTP on one keep-alive connection, alternating; medians.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use lode_client::Client;
 use lode_engine::{EncodedBatch, now_ns};
-use lode_tools::{Corpus, median, url_encode};
+use lode_tools::{Corpus, median};
 use serde_json::Value;
 
 use crate::CliError;
 use crate::bench::{BenchArgs, TempDir, spawn_serve};
-use crate::bench_http::read_response;
+use crate::bench_http::{Endpoint, Session};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 const SELECTOR: &str = r#"{service_name="hdfs"}"#;
@@ -40,7 +38,11 @@ pub(crate) async fn bench_grafana(args: &BenchArgs) -> Result<(), CliError> {
     ]
     .map(str::to_owned)
     .to_vec();
-    let (child, line) = spawn_serve(&root.join("grafana"), &flags, &args.background)?;
+    let (child, line) = spawn_serve(
+        &root.join("grafana"),
+        &flags,
+        &crate::bench::background_config(&args.background),
+    )?;
     let binary = crate::bench::field(&line, "binary (tcp)")?;
     let client = Client::connect_tcp(&binary).await?;
     let end = now_ns();
@@ -53,7 +55,7 @@ pub(crate) async fn bench_grafana(args: &BenchArgs) -> Result<(), CliError> {
     wait_indexed(&client).await?;
     eprintln!("indexed in {:.1} s", started.elapsed().as_secs_f64());
 
-    let mut session = Http::connect(&http)?;
+    let mut session = Endpoint::plain(&http).connect().map_err(CliError::new)?;
     let (start, end) = (end - HOUR_NS, end + 1);
     let asks = questions(start, end);
     let mut times: Vec<[Vec<f64>; 2]> = vec![[vec![], vec![]]; asks.len()];
@@ -137,40 +139,6 @@ async fn wait_indexed(client: &Client) -> Result<(), CliError> {
     }
 }
 
-/// One keep-alive HTTP connection.
-struct Http {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Http {
-    fn connect(addr: &str) -> Result<Http, CliError> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Http { stream, reader })
-    }
-
-    fn get(&mut self, path: &str, params: &[(&str, String)]) -> Result<Value, CliError> {
-        let query: Vec<String> = params
-            .iter()
-            .map(|(k, v)| format!("{k}={}", url_encode(v)))
-            .collect();
-        let head = format!(
-            "GET {path}?{} HTTP/1.1\r\nHost: lode\r\n\r\n",
-            query.join("&")
-        );
-        self.stream.write_all(head.as_bytes())?;
-        let (status, body) = read_response(&mut self.reader).map_err(CliError::new)?;
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| CliError::new(format!("{path}: {e}")))?;
-        if status != 200 {
-            return Err(CliError::new(format!("{path}: {status} {value}")));
-        }
-        Ok(value)
-    }
-}
-
 /// A question and its two askings: Loki's API, lode's.
 struct Question {
     name: &'static str,
@@ -238,11 +206,11 @@ fn questions(start: i64, end: i64) -> Vec<Question> {
 
 impl Side {
     /// Asks; the time it took, ms.
-    fn run(&self, http: &mut Http) -> Result<f64, CliError> {
+    fn run(&self, http: &mut Session) -> Result<f64, CliError> {
         let started = Instant::now();
         match self {
             Side::Lines { path, params } => {
-                let answer = http.get(path, params)?;
+                let answer = http.get_json(path, params)?;
                 let lines = count_lines(&answer);
                 if lines != 1000 {
                     return Err(CliError::new(format!(
@@ -251,14 +219,14 @@ impl Side {
                 }
             }
             Side::Volume { loki } => {
-                http.get("/loki/api/v1/query_range", loki)?;
+                http.get_json("/loki/api/v1/query_range", loki)?;
             }
             Side::LodeVolume { range } => {
                 let q = format!("service:hdfs {WORD}");
                 let bounds = [("since", range.0.clone()), ("until", range.1.clone())];
                 let mut params = vec![("q", q.clone()), ("field", "level".to_owned())];
                 params.extend(bounds.clone());
-                let levels = http.get("/api/v1/top", &params)?;
+                let levels = http.get_json("/api/v1/top", &params)?;
                 for level in levels
                     .get("values")
                     .and_then(Value::as_array)
@@ -274,7 +242,7 @@ impl Side {
                         ("width", "60000000000".to_owned()),
                     ];
                     params.extend(bounds.clone());
-                    http.get("/api/v1/histogram", &params)?;
+                    http.get_json("/api/v1/histogram", &params)?;
                 }
             }
         }

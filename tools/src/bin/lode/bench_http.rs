@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use lode_engine::LogRecord;
 use lode_protocol::{loki, otlp};
-use lode_tools::to_json_line;
+use lode_tools::{to_json_line, url_encode};
+use serde_json::Value;
 
 use crate::CliError;
 
@@ -39,15 +40,13 @@ impl Format {
         }
     }
 
-    fn head(self, length: usize) -> String {
-        let (path, kind) = match self {
+    /// The path a body of this format is posted to, and its type.
+    fn route(self) -> (&'static str, &'static str) {
+        match self {
             Format::JsonLines => ("/api/v1/ingest", "application/x-ndjson"),
             Format::LokiProtobuf => ("/loki/api/v1/push", "application/x-protobuf"),
             Format::OtlpProtobuf => ("/v1/logs", "application/x-protobuf"),
-        };
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: lode\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
-        )
+        }
     }
 
     fn encode(self, records: &[LogRecord]) -> Vec<u8> {
@@ -177,12 +176,112 @@ fn otlp_body(records: &[LogRecord]) -> Vec<u8> {
     prost::Message::encode_to_vec(&pb::ExportLogsServiceRequest { resource_logs })
 }
 
+/// Where the benchmark's HTTP requests go, and how: plain, or over TLS
+/// trusting `tls`'s roots, with a bearer token or without.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: String,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) token: Option<String>,
+}
+
+/// A byte stream a session runs over: TCP, or TLS over TCP.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// One keep-alive HTTP/1.1 connection.
+pub(crate) struct Session {
+    reader: BufReader<Box<dyn Stream>>,
+    /// Headers every request carries: the host, the credential.
+    common: String,
+}
+
+impl Endpoint {
+    pub(crate) fn plain(addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_owned(),
+            tls: None,
+            token: None,
+        }
+    }
+
+    pub(crate) fn connect(&self) -> Result<Session, String> {
+        let tcp = TcpStream::connect(&self.addr).map_err(|e| format!("{}: {e}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                // The servers' self-signed certificates name localhost.
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(|e| e.to_string())?;
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        };
+        let mut common = "Host: lode\r\n".to_owned();
+        if let Some(token) = &self.token {
+            common.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        Ok(Session {
+            reader: BufReader::new(stream),
+            common,
+        })
+    }
+}
+
+impl Session {
+    /// One request and its answer: status and body.
+    pub(crate) fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), String> {
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\n{}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            self.common,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .and_then(|()| stream.flush())
+            .map_err(|e| e.to_string())?;
+        read_response(&mut self.reader)
+    }
+
+    /// `GET path?params`, answered 200 with JSON.
+    pub(crate) fn get_json(
+        &mut self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        let target = format!("{path}?{}", query.join("&"));
+        let (status, body) = self
+            .send("GET", &target, "application/json", b"")
+            .map_err(CliError::new)?;
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| CliError::new(format!("{path}: {e}")))?;
+        if status != 200 {
+            return Err(CliError::new(format!("{path}: {status} {value}")));
+        }
+        Ok(value)
+    }
+}
+
 /// POSTs `records` in `format`, `batch` per request, over `connections`
-/// keep-alive connections, each waiting for an answer before its next
-/// request; records acknowledged per second.
+/// keep-alive connections to `endpoint`, each waiting for an answer
+/// before its next request; records acknowledged per second.
 pub(crate) fn ingest(
     format: Format,
-    addr: &str,
+    endpoint: &Endpoint,
     records: &[LogRecord],
     batch: usize,
     connections: usize,
@@ -193,22 +292,17 @@ pub(crate) fn ingest(
         .collect();
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
+    let (path, kind) = format.route();
     let started = Instant::now();
     let workers: Vec<_> = (0..connections.max(1))
         .map(|_| {
-            let (requests, next, addr) =
-                (Arc::clone(&requests), Arc::clone(&next), addr.to_owned());
+            let (requests, next, endpoint) =
+                (Arc::clone(&requests), Arc::clone(&next), endpoint.clone());
             std::thread::spawn(move || -> Result<u64, String> {
-                let mut stream = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
-                let _ = stream.set_nodelay(true);
-                let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+                let mut session = endpoint.connect()?;
                 let mut accepted = 0;
                 while let Some((sent, body)) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    stream
-                        .write_all(format.head(body.len()).as_bytes())
-                        .and_then(|()| stream.write_all(body))
-                        .map_err(|e| e.to_string())?;
-                    let (status, answer) = read_response(&mut reader)?;
+                    let (status, answer) = session.send("POST", path, kind, body)?;
                     accepted += format.accepted(status, &answer, *sent)?;
                 }
                 Ok(accepted)
@@ -233,7 +327,7 @@ pub(crate) fn ingest(
 }
 
 /// An HTTP/1.1 answer with a `Content-Length` (or none): status and body.
-pub(crate) fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>), String> {
+fn read_response(reader: &mut impl BufRead) -> Result<(u16, Vec<u8>), String> {
     let mut line = String::new();
     reader.read_line(&mut line).map_err(|e| e.to_string())?;
     let status = line

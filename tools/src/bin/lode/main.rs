@@ -6,6 +6,7 @@ mod bench;
 mod bench_cluster;
 mod bench_grafana;
 mod bench_http;
+mod bench_secure;
 mod bulk;
 mod cluster;
 mod output;
@@ -230,6 +231,7 @@ enum Command {
     ///   lode bench --records 200000 --runs 5
     ///   lode bench --runs 5 --window 16 --connections 2   the README's figures
     ///   lode bench --grafana --records 10000000 --queries 20   Grafana's questions, Loki API beside lode's
+    ///   lode bench --secure --runs 5     HTTPS with a tenant's token beside plain HTTP
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// Store generated sample logs into a data directory (no server).
