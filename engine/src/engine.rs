@@ -143,6 +143,13 @@ fn check_options(opts: &Options) -> Result<()> {
     if opts.tick.is_zero() {
         return Err(Error::InvalidArgument("tick must be positive".to_owned()));
     }
+    if opts.replicated && matches!(opts.durability, crate::Durability::Buffered { .. }) {
+        return Err(Error::InvalidArgument(
+            "a replicated log's entries count toward a quorum once appended: \
+             Durability::Buffered would count unsynced ones"
+                .to_owned(),
+        ));
+    }
     Ok(())
 }
 
@@ -158,6 +165,20 @@ fn check_mode(dir: &Path, opts: &Options) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// An embedded log's key table: the keyed batches of its sealed
+/// segments and of its WAL. `None` for a replicated log.
+fn embedded_keys(shared: &Shared) -> Result<Option<crate::keys::KeyTable>> {
+    if shared.opts.replicated {
+        return Ok(None);
+    }
+    let sealed = shared.store.keyed()?;
+    let logged = crate::log::keyed_frames(shared, ..)?;
+    Ok(Some(crate::keys::KeyTable::new(
+        shared.opts.keys.count,
+        sealed.into_iter().chain(logged),
+    )))
 }
 
 fn make_dir(path: &Path) -> Result<PathBuf> {
@@ -207,9 +228,13 @@ fn recover_wal(
         }
         let mut segment = recovered.segment;
         expected = Some((segment.next_index(), segment.end_seq()));
+        // In a replicated log, entries at or below the applied index are
+        // covered by the sealed segments or an installed snapshot, whatever
+        // seqs the file gives them: a deposed leader's uncommitted entries
+        // that a snapshot replaced (kept as log until purged) may number
+        // their records past the snapshot's.
         let sealed = opts.replicated
             && applied.is_some()
-            && segment.end_seq() <= expected_seq
             && segment
                 .last_index()
                 .is_some_and(|last| last <= sealed_through);
@@ -244,12 +269,12 @@ fn recover_wal(
         Some(file) => file,
         None => {
             let (next_index, end_seq) = expected.unwrap_or((0, expected_seq));
-            // Past an installed snapshot, the log goes on after it.
-            let index = match applied {
-                Some(applied) if opts.replicated => next_index.max(applied + 1),
-                _ => next_index,
+            // A replicated log goes on after what is applied (sealed, or an
+            // installed snapshot): every file left ends at or below it.
+            let (index, seq) = match applied {
+                Some(applied) if opts.replicated => (applied + 1, expected_seq),
+                _ => (next_index, end_seq.max(expected_seq)),
             };
-            let seq = end_seq.max(expected_seq);
             let jumped = (index, seq) != (next_index, end_seq) && !retained.is_empty();
             let flags = if jumped { wal::SNAPSHOT } else { 0 };
             let (file, segment) = wal::create(wal_dir, index, seq, flags)?;
@@ -361,6 +386,9 @@ impl Engine {
             cuts,
         ));
         shared.reload_settings()?;
+        shared
+            .keyed
+            .store(shared.store.keyed()?.len(), Ordering::Release);
 
         let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
         let (sealer_tx, sealer_rx) = crossbeam_channel::unbounded();
@@ -382,6 +410,7 @@ impl Engine {
             first_frame_at: has_frames.then(Instant::now),
             unsynced: false,
             last_sync: Instant::now(),
+            keys: embedded_keys(&shared)?,
         };
         // Joined in this order at shutdown: the writer finishes first and
         // its exit disconnects the sealer's channel.
@@ -578,6 +607,11 @@ impl Engine {
     /// reach the log.
     pub fn max_batch_bytes(&self) -> usize {
         self.shared.opts.max_batch_bytes
+    }
+
+    /// Which keyed batches the log remembers.
+    pub fn key_window(&self) -> crate::KeyWindow {
+        self.shared.opts.keys
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -33,6 +33,7 @@
 
 mod engine;
 mod error;
+mod keys;
 mod log;
 mod options;
 mod read;
@@ -49,30 +50,13 @@ pub use error::{Error, Result};
 pub use lode_codec::SegmentMeta;
 pub use lode_codec::{
     ArchivedLevel, ArchivedLogRecord, BatchKey, CodecError, DEFAULT_TENANT, EncodedBatch,
-    FrameKind, HEADER_LEN, KEY_LEN, Level, LogRecord, Record, RecordRef, format_rfc3339,
-    parse_rfc3339, stored_tenant, tenant_name,
+    FrameKind, HEADER_LEN, KEY_LEN, KeyedEntry, Level, LogRecord, Record, RecordRef, SeqRange,
+    format_rfc3339, parse_rfc3339, stored_tenant, tenant_name,
 };
-pub use log::{KeyedEntry, LogBounds, LogEntry, SnapshotInstall};
-pub use options::{Background, Durability, Options, RecoveryMode, Retention};
+pub use log::{LogBounds, LogEntry, SnapshotInstall};
+pub use options::{Background, Durability, KeyWindow, Options, RecoveryMode, Retention};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use shared::now_ns;
 pub use store::Settings;
 pub use wal::TailCut;
-
-/// Seqs given to one append: `start..end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SeqRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl SeqRange {
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-}

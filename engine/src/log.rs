@@ -17,12 +17,12 @@ use std::ops::RangeBounds;
 use std::path::PathBuf;
 
 use crossbeam_channel::bounded;
-use lode_codec::{BatchKey, EncodedBatch, FrameKind, SegmentMeta};
+use lode_codec::{EncodedBatch, FrameKind, SegmentMeta};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::writer::{AppendReq, Reply, WriterMsg};
-use crate::{SeqRange, wal};
+use crate::{KeyedEntry, SeqRange, wal};
 
 /// One entry of a replicated log, as stored.
 #[derive(Debug, Clone)]
@@ -38,15 +38,6 @@ impl LogEntry {
     pub fn kind(&self) -> FrameKind {
         self.frame.kind()
     }
-}
-
-/// A keyed batch in the log: its index, key and seqs (the seqs its
-/// records have once applied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyedEntry {
-    pub index: u64,
-    pub key: BatchKey,
-    pub seqs: SeqRange,
 }
 
 /// A snapshot for a replicated log to install
@@ -72,6 +63,10 @@ pub struct SnapshotInstall {
     /// The settings as of the snapshot, replacing the log's own in the
     /// same write (`None`: left as they are).
     pub settings: Option<crate::store::Settings>,
+    /// The keyed batches the snapshot's segments hold that the sender
+    /// remembers ([`Engine::sealed_keys`]), replacing the log's own in the
+    /// same write: a retry of one is still answered with its seqs.
+    pub keys: Vec<KeyedEntry>,
 }
 
 /// Where a replicated log starts and ends.
@@ -173,17 +168,9 @@ impl Engine {
     fn visit_frames(
         &self,
         range: impl RangeBounds<u64>,
-        mut f: impl FnMut(&wal::FrameLoc, &lode_codec::Frame<'_>) -> lode_codec::Result<()>,
+        f: impl FnMut(&wal::FrameLoc, &lode_codec::Frame<'_>) -> lode_codec::Result<()>,
     ) -> Result<()> {
-        let (start, end) = crate::read::half_open(&range, || u64::MAX);
-        let state = self.shared.read();
-        for segment in state.log_segments() {
-            for loc in frames_in(segment, start, end) {
-                let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
-                f(loc, &frame).map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?;
-            }
-        }
-        Ok(())
+        visit_frames(&self.shared, range, f)
     }
 
     /// The durable entries with index in `range` that the log holds, in
@@ -205,21 +192,18 @@ impl Engine {
     /// (read from the frames in place: only their headers and keys are
     /// touched).
     pub fn batch_keys(&self, range: impl RangeBounds<u64>) -> Result<Vec<KeyedEntry>> {
-        let mut out = Vec::new();
-        self.visit_frames(range, |loc, frame| {
-            if let Some(key) = frame.key() {
-                out.push(KeyedEntry {
-                    index: frame.index,
-                    key,
-                    seqs: SeqRange {
-                        start: loc.first_seq,
-                        end: loc.end_seq(),
-                    },
-                });
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        keyed_frames(&self.shared, range)
+    }
+
+    /// The keyed batches of sealed segments the log remembers (the newest
+    /// within [`crate::KeyWindow`], kept with the manifest), oldest first;
+    /// only those at or below index `through` when given.
+    pub fn sealed_keys(&self, through: Option<u64>) -> Result<Vec<KeyedEntry>> {
+        let mut keys = self.shared.store.keyed()?;
+        if let Some(through) = through {
+            keys.retain(|k| k.index <= through);
+        }
+        Ok(keys)
     }
 
     /// The newest entry of `kind` at or below index `through`, found by
@@ -370,4 +354,44 @@ fn frames_in(
         .iter()
         .skip(from)
         .take_while(move |f| f.index < end)
+}
+
+/// Calls `f` with each durable frame of the WAL with index in `range`, in
+/// order, under the read lock.
+fn visit_frames(
+    shared: &crate::shared::Shared,
+    range: impl RangeBounds<u64>,
+    mut f: impl FnMut(&wal::FrameLoc, &lode_codec::Frame<'_>) -> lode_codec::Result<()>,
+) -> Result<()> {
+    let (start, end) = crate::read::half_open(&range, || u64::MAX);
+    let state = shared.read();
+    for segment in state.log_segments() {
+        for loc in frames_in(segment, start, end) {
+            let frame = wal::read_indexed_frame(&segment.map, &segment.path, loc)?;
+            f(loc, &frame).map_err(|e| Error::corrupt(&segment.path, loc.offset, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The keyed batches of the WAL with index in `range`.
+pub(crate) fn keyed_frames(
+    shared: &crate::shared::Shared,
+    range: impl RangeBounds<u64>,
+) -> Result<Vec<KeyedEntry>> {
+    let mut out = Vec::new();
+    visit_frames(shared, range, |loc, frame| {
+        if let Some(key) = frame.key() {
+            out.push(KeyedEntry {
+                index: frame.index,
+                key,
+                seqs: SeqRange {
+                    start: loc.first_seq,
+                    end: loc.end_seq(),
+                },
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }

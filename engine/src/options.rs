@@ -34,6 +34,24 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
 }
 
+/// How many keyed batches of sealed segments the log remembers, so that a
+/// retry of one is answered with its first seqs (on any node, after any
+/// restart or snapshot): the newest `count`, sealed at most `max_age` ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyWindow {
+    pub count: usize,
+    pub max_age: Duration,
+}
+
+impl Default for KeyWindow {
+    fn default() -> Self {
+        KeyWindow {
+            count: 1 << 18,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// Options of [`crate::Engine::open`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -79,6 +97,8 @@ pub struct Options {
     /// until [`crate::Engine::purge`]. Off: the embedded engine, whose
     /// appends are readable once durable.
     pub replicated: bool,
+    /// Which keyed batches of sealed segments are remembered.
+    pub keys: KeyWindow,
 }
 
 /// How background threads (sealing, indexing, index merges) share the CPU
@@ -138,6 +158,7 @@ impl Default for Options {
             background_sealing: true,
             background: Background::Idle,
             replicated: false,
+            keys: KeyWindow::default(),
         }
     }
 }

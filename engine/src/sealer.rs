@@ -15,6 +15,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use memmap2::Mmap;
@@ -24,7 +25,7 @@ use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
 use lode_codec::SegmentMeta;
-use lode_codec::{RecordsCrc, encode_sealed_value};
+use lode_codec::{KeyedEntry, RecordsCrc, SeqRange, encode_sealed_value};
 
 pub(crate) enum SealerMsg {
     /// A WAL segment was finished.
@@ -64,6 +65,11 @@ pub struct RetentionReport {
     pub bytes: u64,
 }
 
+/// The wait before the first retry of a failed seal; each failure after
+/// doubles it, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub(crate) struct Sealer {
     pub(crate) shared: Arc<Shared>,
     pub(crate) rx: Receiver<SealerMsg>,
@@ -82,11 +88,28 @@ struct Finished {
 
 impl Sealer {
     pub(crate) fn run(self) {
+        // After a failed seal, when the next try is due (and the wait
+        // after that one): a full disk or a bad file is not retried in a
+        // loop.
+        let mut retry: Option<(Instant, Duration)> = None;
         loop {
             match self.rx.recv_timeout(self.shared.opts.tick) {
                 Ok(SealerMsg::Work) | Err(RecvTimeoutError::Timeout) => {
-                    let sealed =
-                        !self.shared.opts.background_sealing || self.seal_finished().is_ok();
+                    let due = retry.is_none_or(|(at, _)| Instant::now() >= at);
+                    let sealed = !self.shared.opts.background_sealing
+                        || due
+                            && match self.seal_finished() {
+                                Ok(()) => {
+                                    retry = None;
+                                    true
+                                }
+                                Err(_) => {
+                                    let wait =
+                                        retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                                    retry = Some((Instant::now() + wait, wait));
+                                    false
+                                }
+                            };
                     // A replicated log drops only what its log decided
                     // (segments sealed since a decision go now).
                     if sealed && self.shared.opts.replicated {
@@ -126,9 +149,14 @@ impl Sealer {
         }
     }
 
-    /// Seals every WAL segment but the active one, oldest first.
+    /// Seals the WAL segments finished now (every one but the active),
+    /// oldest first. Those finished meanwhile wait for the next call, so
+    /// that a steady ingest does not hold back the messages queued behind
+    /// (a snapshot's save, an install).
     fn seal_finished(&self) -> Result<()> {
-        while !self.stop.load(Ordering::Acquire) {
+        let mut left = self.shared.read().wal.len().saturating_sub(1);
+        while left > 0 && !self.stop.load(Ordering::Acquire) {
+            left -= 1;
             let next = {
                 let state = self.shared.read();
                 if state.wal.len() < 2 {
@@ -177,7 +205,7 @@ impl Sealer {
             .shared
             .tmp_dir
             .join(format!("seal-{first_seq:020}.sst"));
-        let records_crc32c = self.write_sst(finished, &tmp)?;
+        let (records_crc32c, keys) = self.write_sst(finished, &tmp)?;
         let (sst_bytes, sst_crc32c) = file_crc(&tmp)?;
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -199,8 +227,35 @@ impl Sealer {
         };
         self.keep_file(&tmp, &meta)?;
         self.shared.store.ingest(&tmp, first_seq, last_seq)?;
-        self.shared.store.commit_segment(&meta)?;
+        let (forget, forgotten) = self.keys_to_forget(keys.len(), &meta)?;
+        self.shared.store.commit_segment(&meta, &keys, forget)?;
+        let keyed = &self.shared.keyed;
+        let now = keyed.load(Ordering::Acquire) + keys.len();
+        keyed.store(now.saturating_sub(forgotten), Ordering::Release);
         self.retire(finished, Some(meta))
+    }
+
+    /// The remembered keyed batches to forget when `adding` more are
+    /// sealed with `segment`: the oldest past [`crate::KeyWindow`]'s count,
+    /// and those of segments sealed longer ago than its age.
+    fn keys_to_forget(&self, adding: usize, segment: &SegmentMeta) -> Result<(Option<u64>, usize)> {
+        let window = self.shared.opts.keys;
+        let held = self.shared.keyed.load(Ordering::Acquire);
+        let excess = (held + adding).saturating_sub(window.count);
+        let oldest = segment
+            .sealed_at
+            .saturating_sub(i64::try_from(window.max_age.as_nanos()).unwrap_or(i64::MAX));
+        // Seqs of segments sealed before `oldest` end here.
+        let expired_end = self
+            .shared
+            .read()
+            .sealed
+            .values()
+            .filter(|s| s.sealed_at < oldest)
+            .map(|s| s.last_seq + 1)
+            .max()
+            .unwrap_or(0);
+        self.shared.store.keyed_to_forget(excess, expired_end)
     }
 
     /// A replicated log keeps each segment's SST as sealed, a hard link
@@ -222,13 +277,29 @@ impl Sealer {
             .map_err(Error::io("fsync", dir))
     }
 
-    /// Writes the segment's SST; returns its records' checksum.
-    fn write_sst(&self, finished: &Finished, tmp: &std::path::Path) -> Result<u32> {
+    /// Writes the segment's SST; returns its records' checksum and its
+    /// keyed batches.
+    fn write_sst(
+        &self,
+        finished: &Finished,
+        tmp: &std::path::Path,
+    ) -> Result<(u32, Vec<KeyedEntry>)> {
         let mut sst = self.shared.store.sst_writer(tmp)?;
         let mut crc = RecordsCrc::default();
         let mut value = Vec::new();
+        let mut keys = Vec::new();
         for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
+            if let Some(key) = frame.key() {
+                keys.push(KeyedEntry {
+                    index: loc.index,
+                    key,
+                    seqs: SeqRange {
+                        start: loc.first_seq,
+                        end: loc.end_seq(),
+                    },
+                });
+            }
             let batch = frame
                 .batch()
                 .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
@@ -246,7 +317,7 @@ impl Sealer {
             }
         }
         sst.finish()?;
-        Ok(crc.value())
+        Ok((crc.value(), keys))
     }
 
     /// Switches readers from the WAL segment to its sealed form and deletes
@@ -304,9 +375,10 @@ impl Sealer {
                 .join(format!("install-{:020}.sst", segment.first_seq));
             let _ = fs::remove_file(&tmp);
             fs::hard_link(path, &tmp).map_err(Error::io("link", &tmp))?;
-            self.shared
-                .store
-                .ingest(&tmp, segment.first_seq, segment.last_seq)?;
+            // Over the node's own files of those seqs, which stay until
+            // the manifest no longer names them: a crash before the swap
+            // leaves every record the manifest names readable.
+            self.shared.store.ingest_over(&tmp)?;
         }
         let replaced: Vec<SegmentMeta> = self
             .shared
@@ -316,14 +388,10 @@ impl Sealer {
             .filter(|held| !install.segments.contains(held))
             .cloned()
             .collect();
-        self.shared.store.install(
-            &install.segments,
-            &replaced,
-            install.through,
-            install.floor,
-            &install.description,
-            install.settings.as_ref(),
-        )?;
+        self.shared.store.install(install, &replaced)?;
+        self.shared
+            .keyed
+            .store(install.keys.len(), Ordering::Release);
         self.shared.store.set_segments(&install.segments);
         if install.settings.is_some() {
             self.shared.reload_settings()?;
@@ -353,8 +421,27 @@ impl Sealer {
             {
                 let _ = fs::remove_file(path);
             }
+            self.free_replaced(segment, &install.segments)?;
         }
         self.shared.notify();
+        Ok(())
+    }
+
+    /// Deletes the record file of `replaced`, a segment the manifest no
+    /// longer names, where the file of an installed segment covers its
+    /// seqs and more (a file of the very same seqs would go with it: it
+    /// stays, unread, until retention drops those seqs).
+    fn free_replaced(&self, replaced: &SegmentMeta, installed: &[SegmentMeta]) -> Result<()> {
+        let covered = installed.iter().any(|s| {
+            s.first_seq <= replaced.first_seq
+                && replaced.last_seq <= s.last_seq
+                && (s.first_seq, s.last_seq) != (replaced.first_seq, replaced.last_seq)
+        });
+        if covered {
+            self.shared
+                .store
+                .delete_files_within(replaced.first_seq, replaced.last_seq)?;
+        }
         Ok(())
     }
 

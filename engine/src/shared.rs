@@ -85,6 +85,9 @@ pub(crate) struct Shared {
     /// many times they changed.
     settings: RwLock<std::sync::Arc<crate::store::Settings>>,
     settings_generation: AtomicU64,
+    /// How many keyed batches the store remembers (see
+    /// [`crate::KeyWindow`]).
+    pub(crate) keyed: std::sync::atomic::AtomicUsize,
     /// Failpoint: the next WAL sync fails (tests only).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
@@ -123,6 +126,7 @@ impl Shared {
             counters: Counters::default(),
             settings: RwLock::default(),
             settings_generation: AtomicU64::new(0),
+            keyed: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
         }

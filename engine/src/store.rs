@@ -8,9 +8,11 @@
 //! - `meta`: `applied` (u64 LE: last WAL index whose records are sealed),
 //!   `floor` (u64 LE: first seq retention keeps), `seg/` + first seq (u64
 //!   BE) → [`SegmentMeta`], `set/` + name → a setting's bytes (opaque to
-//!   the engine: a server's tokens). These few small writes go through
-//!   RocksDB's WAL, synced, which is what makes a seal or a drop durable
-//!   and atomic.
+//!   the engine: a server's tokens), `key/` + log index (u64 BE) → a
+//!   [`KeyedEntry`] (where a keyed batch of a sealed segment landed, the
+//!   newest of them within the [`crate::KeyWindow`]). These few small
+//!   writes go through RocksDB's WAL, synced, which is what makes a seal
+//!   or a drop durable and atomic.
 //!
 //! Owns every RocksDB call of the engine; knows nothing of WAL files.
 
@@ -18,7 +20,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use lode_codec::access_sealed_value;
+use lode_codec::{KeyedEntry, access_sealed_value};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
@@ -40,6 +42,10 @@ const SEGMENT_PREFIX: &[u8] = b"seg/";
 const SETTING_PREFIX: &[u8] = b"set/";
 /// One past every setting key (`/` + 1 is `0`).
 const SETTING_END: &[u8] = b"set0";
+/// Remembered keyed batches: key `key/` + the entry's log index (u64 BE).
+const KEYED_PREFIX: &[u8] = b"key/";
+/// One past every keyed-batch key.
+const KEYED_END: &[u8] = b"key0";
 /// Keys between full keys in a block of `records`: a seek within a block
 /// binary-searches the full keys, then decodes keys one by one from there,
 /// half this many on average.
@@ -60,6 +66,12 @@ pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
 fn segment_key(first_seq: u64) -> Vec<u8> {
     let mut key = SEGMENT_PREFIX.to_vec();
     key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+fn keyed_key(index: u64) -> Vec<u8> {
+    let mut key = KEYED_PREFIX.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
     key
 }
 
@@ -269,24 +281,101 @@ impl Store {
     /// Ingests a finished SST of one segment, replacing any file a crashed
     /// earlier seal of the same segment left behind.
     pub(crate) fn ingest(&self, path: &Path, first_seq: u64, last_seq: u64) -> Result<()> {
-        let records = self.cf(CF_RECORDS)?;
-        self.db
-            .delete_file_in_range_cf(records, seq_key(first_seq), seq_key(last_seq))?;
+        self.delete_files_within(first_seq, last_seq)?;
+        self.ingest_over(path)
+    }
+
+    /// Ingests an SST over what is there: where files of the same seqs
+    /// are held, its records are read from then on (until those files
+    /// are deleted, they take space, never answers).
+    pub(crate) fn ingest_over(&self, path: &Path) -> Result<()> {
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
         self.db
-            .ingest_external_file_cf_opts(records, &opts, vec![path])?;
+            .ingest_external_file_cf_opts(self.cf(CF_RECORDS)?, &opts, vec![path])?;
         Ok(())
     }
 
-    /// Records a sealed segment and the WAL index it covers, atomically.
-    pub(crate) fn commit_segment(&self, meta: &SegmentMeta) -> Result<()> {
+    /// Deletes the record files whose seqs all lie in `first..=last`.
+    pub(crate) fn delete_files_within(&self, first: u64, last: u64) -> Result<()> {
+        self.db
+            .delete_file_in_range_cf(self.cf(CF_RECORDS)?, seq_key(first), seq_key(last))?;
+        Ok(())
+    }
+
+    /// Records a sealed segment, the WAL index it covers and its keyed
+    /// batches, atomically; the remembered keyed batches through index
+    /// `forget` go in the same write.
+    pub(crate) fn commit_segment(
+        &self,
+        meta: &SegmentMeta,
+        keys: &[KeyedEntry],
+        forget: Option<u64>,
+    ) -> Result<()> {
         let cf = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, segment_key(meta.first_seq), meta.encode());
         batch.put_cf(cf, KEY_APPLIED, meta.last_index.to_le_bytes());
+        if let Some(through) = forget {
+            batch.delete_range_cf(cf, keyed_key(0), keyed_key(through.saturating_add(1)));
+        }
+        for entry in keys {
+            batch.put_cf(cf, keyed_key(entry.index), entry.encode());
+        }
         self.db.write_opt(batch, &Self::synced())?;
         Ok(())
+    }
+
+    /// Every remembered keyed batch, oldest first.
+    pub(crate) fn keyed(&self) -> Result<Vec<KeyedEntry>> {
+        let mut out = Vec::new();
+        self.each_keyed(|entry| {
+            out.push(entry);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with the remembered keyed batches, oldest first, while it
+    /// returns true.
+    fn each_keyed(&self, mut f: impl FnMut(KeyedEntry) -> bool) -> Result<()> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_META)?);
+        iter.seek(KEYED_PREFIX);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !key.starts_with(KEYED_PREFIX) {
+                break;
+            }
+            let entry = KeyedEntry::decode(value).ok_or_else(|| {
+                Error::corrupt(&self.path, 0, "a remembered keyed batch of the wrong size")
+            })?;
+            if !f(entry) {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
+    /// Which of the oldest remembered keyed batches to forget: at least
+    /// `excess` of them, and every one whose seqs end at or below
+    /// `expired_end`. Returns the newest index to forget (none: nothing)
+    /// and how many that is.
+    pub(crate) fn keyed_to_forget(
+        &self,
+        excess: usize,
+        expired_end: u64,
+    ) -> Result<(Option<u64>, usize)> {
+        let (mut through, mut n) = (None, 0);
+        self.each_keyed(|entry| {
+            if n >= excess && entry.seqs.end > expired_end {
+                return false;
+            }
+            through = Some(entry.index);
+            n += 1;
+            true
+        })?;
+        Ok((through, n))
     }
 
     /// The last snapshot's index and description, if one was saved.
@@ -320,20 +409,22 @@ impl Store {
 
     /// Replaces the manifest by an installed snapshot's, in one synced
     /// batch: its segments in place of `replaced`, the applied index, the
-    /// floor (records below it deleted) and the snapshot's description.
+    /// floor (records below it deleted), the snapshot's description, its
+    /// remembered keyed batches and settings.
     pub(crate) fn install(
         &self,
-        segments: &[SegmentMeta],
+        install: &crate::SnapshotInstall,
         replaced: &[SegmentMeta],
-        applied: u64,
-        floor: u64,
-        snapshot: &[u8],
-        settings: Option<&Settings>,
     ) -> Result<()> {
+        let (applied, floor) = (install.through, install.floor);
         let meta = self.cf(CF_META)?;
         let records = self.cf(CF_RECORDS)?;
         let mut batch = WriteBatch::default();
-        if let Some(settings) = settings {
+        batch.delete_range_cf(meta, KEYED_PREFIX, KEYED_END);
+        for entry in &install.keys {
+            batch.put_cf(meta, keyed_key(entry.index), entry.encode());
+        }
+        if let Some(settings) = &install.settings {
             batch.delete_range_cf(meta, SETTING_PREFIX, SETTING_END);
             for (name, value) in settings {
                 batch.put_cf(meta, setting_key(name), value);
@@ -342,12 +433,16 @@ impl Store {
         for segment in replaced {
             batch.delete_cf(meta, segment_key(segment.first_seq));
         }
-        for segment in segments {
+        for segment in &install.segments {
             batch.put_cf(meta, segment_key(segment.first_seq), segment.encode());
         }
         batch.put_cf(meta, KEY_APPLIED, applied.to_le_bytes());
         batch.put_cf(meta, KEY_FLOOR, floor.to_le_bytes());
-        batch.put_cf(meta, KEY_SNAPSHOT, Self::snapshot_value(applied, snapshot));
+        batch.put_cf(
+            meta,
+            KEY_SNAPSHOT,
+            Self::snapshot_value(applied, &install.description),
+        );
         batch.delete_range_cf(records, seq_key(0), seq_key(floor));
         self.db.write_opt(batch, &Self::synced())?;
         self.reclaim_below(floor)

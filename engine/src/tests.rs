@@ -644,6 +644,18 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
             append_log(&follower, 1, &entries[..held as usize]);
             follower.apply(applied).unwrap();
         }
+        // A keyed batch the sender remembers among the snapshot's.
+        let sent_key = crate::KeyedEntry {
+            index: through,
+            key: crate::BatchKey {
+                producer: 77,
+                sequence: through,
+            },
+            seqs: crate::SeqRange {
+                start: end_seq - 1,
+                end: end_seq,
+            },
+        };
         // The files it lacks, staged as a transfer would leave them.
         let staged = dir.path().join(format!("{name}-staged"));
         std::fs::create_dir_all(&staged).unwrap();
@@ -665,8 +677,14 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
                     "token/a".to_owned(),
                     name.as_bytes().to_vec(),
                 )])),
+                keys: vec![sent_key],
             })
             .unwrap();
+        assert_eq!(
+            follower.sealed_keys(None).unwrap(),
+            vec![sent_key],
+            "the snapshot's keyed batches replace the log's"
+        );
         assert_eq!(
             follower.settings().get("token/a").map(Vec::as_slice),
             Some(name.as_bytes()),
@@ -699,6 +717,7 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
             reopened.snapshot().unwrap(),
             Some((through, name.as_bytes().to_vec()))
         );
+        assert_eq!(reopened.sealed_keys(None).unwrap(), vec![sent_key]);
         reopened.apply(170).unwrap();
         append_log(&reopened, 171, &entries[170..]);
         reopened.apply(200).unwrap();
@@ -726,8 +745,133 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
                     end_seq,
                     description: Vec::new(),
                     settings: None,
+                    keys: Vec::new(),
                 })
                 .is_err()
         );
     }
+}
+
+/// A replicated log keeps the keyed batches of what it seals with the
+/// manifest: the newest within its window's count, across a reopen; a
+/// log entry with no key adds none.
+#[test]
+fn sealed_keyed_batches_are_remembered_within_the_window() {
+    let opts = Options {
+        replicated: true,
+        segment_bytes: 8 << 10,
+        tick: Duration::from_millis(5),
+        keys: crate::KeyWindow {
+            count: 40,
+            max_age: Duration::from_secs(3600),
+        },
+        ..Options::default()
+    };
+    let key = |i: u64| crate::BatchKey {
+        producer: 3,
+        sequence: i,
+    };
+    // Odd entries keyed, even ones not.
+    let entries: Vec<_> = log_entries(200)
+        .into_iter()
+        .enumerate()
+        .map(|(i, batch)| {
+            let i = i as u64 + 1;
+            if i % 2 == 1 {
+                Arc::new((*batch).clone().with_key(key(i)).unwrap())
+            } else {
+                batch
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+    append_log(&engine, 1, &entries);
+    let applied = engine.apply(200).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.segments().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "never sealed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let check = |engine: &Engine| {
+        let kept = engine.sealed_keys(None).unwrap();
+        let sealed_through = engine.segments().last().unwrap().last_index;
+        let keyed_sealed = (1..=sealed_through).filter(|i| i % 2 == 1).count();
+        assert_eq!(kept.len(), keyed_sealed.min(40), "{kept:?}");
+        for entry in &kept {
+            assert_eq!(entry.key, key(entry.index));
+            let seqs = applied.iter().find(|(i, _)| *i == entry.index).unwrap().1;
+            assert_eq!(entry.seqs, seqs, "entry {}", entry.index);
+        }
+        assert!(
+            kept.windows(2).all(|w| w[0].index < w[1].index),
+            "oldest first"
+        );
+        assert_eq!(
+            kept.last().map(|k| k.index),
+            Some(sealed_through - (sealed_through + 1) % 2),
+            "the newest are kept"
+        );
+        let through = kept[kept.len() / 2].index;
+        assert!(
+            engine
+                .sealed_keys(Some(through))
+                .unwrap()
+                .iter()
+                .all(|k| k.index <= through)
+        );
+        kept
+    };
+    let before = check(&engine);
+    drop(engine);
+    let reopened = Engine::open(dir.path(), opts).unwrap();
+    // More may have been sealed before the drop; what was kept still is,
+    // unless newer ones pushed it out of the window.
+    let after = check(&reopened);
+    let oldest = after[0].index;
+    let still: Vec<_> = before.into_iter().filter(|k| k.index >= oldest).collect();
+    assert_eq!(&after[..still.len()], &still[..], "the same after a reopen");
+}
+
+/// An embedded log answers a retried keyed batch with its first seqs and
+/// writes it once: in the same group, after it is durable, after it is
+/// sealed, and after a reopen.
+#[test]
+fn an_embedded_log_writes_a_keyed_batch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |sequence: u64, from: u64| {
+        crate::EncodedBatch::encode(&records(from..from + 3))
+            .unwrap()
+            .with_key(crate::BatchKey {
+                producer: 42,
+                sequence,
+            })
+            .unwrap()
+    };
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    let a = engine.submit_encoded(keyed(1, 0)).unwrap();
+    let a_again = engine.submit_encoded(keyed(1, 0)).unwrap();
+    let first = a.wait().unwrap();
+    assert_eq!(a_again.wait().unwrap(), first, "a retry in flight");
+    let other = engine.submit_encoded(keyed(2, 10)).unwrap().wait().unwrap();
+    assert_eq!(other.start, first.end, "another key is written");
+    assert_eq!(
+        engine.submit_encoded(keyed(1, 0)).unwrap().wait().unwrap(),
+        first,
+        "a retry once durable"
+    );
+    engine.seal().unwrap();
+    assert_eq!(
+        engine.submit_encoded(keyed(2, 10)).unwrap().wait().unwrap(),
+        other,
+        "a retry once sealed"
+    );
+    drop(engine);
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        engine.submit_encoded(keyed(1, 0)).unwrap().wait().unwrap(),
+        first,
+        "a retry after a reopen"
+    );
+    assert_eq!(all_records(&engine).len(), 6, "each batch once");
 }

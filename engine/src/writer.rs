@@ -102,6 +102,9 @@ pub(crate) struct Writer {
     pub(crate) first_frame_at: Option<Instant>,
     pub(crate) unsynced: bool,
     pub(crate) last_sync: Instant,
+    /// An embedded log's keyed batches: a retry is answered, not written
+    /// (`None` for a replicated log, whose leader decides that).
+    pub(crate) keys: Option<crate::keys::KeyTable>,
 }
 
 impl Writer {
@@ -260,6 +263,13 @@ impl Writer {
                 self.fail_group(group, || Error::InvalidArgument(reason.clone()));
                 break;
             }
+            let key = self.keys.as_ref().and(batch.key());
+            if let Some(first) = key.and_then(|k| self.keys.as_ref()?.get(k)) {
+                // A retry: answered with the first try's seqs once this
+                // group is durable (the first try may be in it).
+                replies.push((reply, first));
+                continue;
+            }
             terms.push(log_id.map_or(0, |(term, _)| term));
             let (min_ts, max_ts) = batch.ts_range();
             let loc = FrameLoc {
@@ -274,17 +284,21 @@ impl Writer {
             end += batch.frame_len() as u64;
             self.next_index += 1;
             self.next_seq = loc.end_seq();
-            replies.push((
-                reply,
-                SeqRange {
-                    start: loc.first_seq,
-                    end: loc.end_seq(),
-                },
-            ));
+            let seqs = SeqRange {
+                start: loc.first_seq,
+                end: loc.end_seq(),
+            };
+            if let (Some(key), Some(table)) = (key, self.keys.as_mut()) {
+                table.insert(key, seqs);
+            }
+            replies.push((reply, seqs));
             locs.push(loc);
             batches.push(batch);
         }
         if locs.is_empty() {
+            for (reply, range) in replies {
+                reply.send(Ok(range));
+            }
             return;
         }
         let written = end - self.len;

@@ -14,7 +14,8 @@
 //! entries it inherited, committed or not; an entry that a leader holds is
 //! committed while it leads, or the leader is deposed (and the waiting
 //! retry fails, to be retried again). At open the table is rebuilt from
-//! the frames of the log's newest entries.
+//! the keys the engine keeps with its sealed segments (carried by
+//! snapshots too) and the frames of the log's entries after them.
 //!
 //! Owns no consensus: which entry is committed is openraft's.
 
@@ -24,10 +25,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use lode_engine::{BatchKey, SeqRange};
 use tokio::sync::Notify;
 
-/// Keyed entries remembered at most: a retry is recognised while its
-/// first try is among this many newest keyed batches (and, after a
-/// restart, among the log's newest entries scanned at open).
-pub(crate) const WINDOW: usize = 1 << 18;
+/// Keyed entries remembered at most unless told (the engine's
+/// [`lode_engine::KeyWindow`]): a retry is recognised while its first try
+/// is among this many newest keyed batches.
+#[cfg(test)]
+const WINDOW: usize = 1 << 18;
 
 /// Where a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +61,24 @@ struct Table {
 }
 
 /// The key table of one node; see the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Keys {
     table: Mutex<Table>,
     /// Woken on every change a waiting retry may be waiting for.
     changed: Notify,
+    /// Keys in the log remembered at most.
+    window: usize,
 }
 
 impl Keys {
+    pub(crate) fn new(window: usize) -> Keys {
+        Keys {
+            table: Mutex::default(),
+            changed: Notify::new(),
+            window: window.max(1),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -114,7 +126,7 @@ impl Keys {
             table.slots.insert(key, Slot::Logged(index));
             table.by_index.insert(index, key);
         }
-        forget_oldest(&mut table);
+        forget_oldest(&mut table, self.window);
         drop(table);
         self.changed.notify_waiters();
     }
@@ -127,7 +139,7 @@ impl Keys {
             table.slots.insert(key, Slot::Applied(index, seqs));
             table.by_index.insert(index, key);
         }
-        forget_oldest(&mut table);
+        forget_oldest(&mut table, self.window);
         drop(table);
         self.changed.notify_waiters();
     }
@@ -139,26 +151,48 @@ impl Keys {
         let from = after.map_or(0, |a| a + 1);
         let cut = table.by_index.split_off(&from);
         for (index, key) in cut {
-            let here = table.slots.get(&key).copied();
-            if matches!(here, Some(Slot::Logged(i) | Slot::Applied(i, _)) if i == index) {
-                table.slots.remove(&key);
-            }
+            table.forget(index, key);
         }
         drop(table);
         self.changed.notify_waiters();
     }
+
+    /// A snapshot through index `through` was installed: what the table
+    /// knew at or below it is replaced by the snapshot's keyed batches.
+    pub(crate) fn installed(
+        &self,
+        through: u64,
+        entries: impl IntoIterator<Item = (u64, BatchKey, SeqRange)>,
+    ) {
+        let mut table = self.lock();
+        let after = table.by_index.split_off(&through.saturating_add(1));
+        let replaced = std::mem::replace(&mut table.by_index, after);
+        for (index, key) in replaced {
+            table.forget(index, key);
+        }
+        drop(table);
+        self.applied(entries);
+    }
 }
 
-/// Keeps the newest [`WINDOW`] keys in the log.
-fn forget_oldest(table: &mut Table) {
-    while table.by_index.len() > WINDOW {
+impl Table {
+    /// Forgets `key` if its slot is the entry at `index` (a key logged
+    /// again elsewhere stays).
+    fn forget(&mut self, index: u64, key: BatchKey) {
+        let here = self.slots.get(&key).copied();
+        if matches!(here, Some(Slot::Logged(i) | Slot::Applied(i, _)) if i == index) {
+            self.slots.remove(&key);
+        }
+    }
+}
+
+/// Keeps the newest `window` keys in the log.
+fn forget_oldest(table: &mut Table, window: usize) {
+    while table.by_index.len() > window {
         let Some((index, key)) = table.by_index.pop_first() else {
             break;
         };
-        let here = table.slots.get(&key).copied();
-        if matches!(here, Some(Slot::Logged(i) | Slot::Applied(i, _)) if i == index) {
-            table.slots.remove(&key);
-        }
+        table.forget(index, key);
     }
 }
 
@@ -179,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_key_is_proposed_once_then_answered_from_the_log() {
-        let keys = Keys::default();
+        let keys = Keys::new(WINDOW);
         assert_eq!(keys.claim(key(1)), Claim::Propose);
         assert_eq!(keys.claim(key(1)), Claim::Wait, "a retry while in flight");
         keys.logged([(5, key(1))]);
@@ -191,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_released_or_cut_key_may_be_proposed_again() {
-        let keys = Keys::default();
+        let keys = Keys::new(WINDOW);
         assert_eq!(keys.claim(key(1)), Claim::Propose);
         keys.release(key(1));
         assert_eq!(keys.claim(key(1)), Claim::Propose);
@@ -209,7 +243,7 @@ mod tests {
     fn a_key_logged_again_at_another_index_survives_the_cut_of_the_first() {
         // A follower's conflicting suffix held the key at 7; the leader's
         // log has it at 9 (a retry that reached the new leader first).
-        let keys = Keys::default();
+        let keys = Keys::new(WINDOW);
         keys.logged([(7, key(1))]);
         keys.logged([(9, key(1))]);
         keys.cut_after(Some(8));
@@ -221,8 +255,20 @@ mod tests {
     }
 
     #[test]
+    fn an_installed_snapshot_replaces_the_keys_through_it() {
+        let keys = Keys::new(WINDOW);
+        keys.applied([(3, key(1), seqs(1, 2)), (5, key(2), seqs(2, 3))]);
+        keys.logged([(9, key(3))]);
+        keys.installed(6, [(4, key(7), seqs(40, 42))]);
+        assert_eq!(keys.slot(key(1)), None, "replaced");
+        assert_eq!(keys.slot(key(2)), None, "replaced");
+        assert_eq!(keys.claim(key(7)), Claim::Done(seqs(40, 42)));
+        assert_eq!(keys.slot(key(3)), Some(Slot::Logged(9)), "past it: kept");
+    }
+
+    #[test]
     fn only_the_newest_keys_are_remembered() {
-        let keys = Keys::default();
+        let keys = Keys::new(WINDOW);
         let n = WINDOW as u64 + 10;
         keys.applied((0..n).map(|i| (i, key(i), seqs(i, i + 1))));
         assert_eq!(keys.slot(key(9)), None);

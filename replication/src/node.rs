@@ -758,12 +758,13 @@ async fn snapshot_loop(writes: Writes, engine: Arc<Engine>, keep_log_bytes: u64,
             )
         };
         let sealed = engine.segments().last().map(|s| s.last_index);
-        if sealed > snapshot {
-            if let Err(e) = writes.raft.trigger().snapshot().await {
-                tracing::warn!(error = %e, "could not take a snapshot");
-            }
-            continue;
+        if sealed > snapshot
+            && let Err(e) = writes.raft.trigger().snapshot().await
+        {
+            tracing::warn!(error = %e, "could not take a snapshot");
         }
+        // Purged through the snapshot there is (a newer one is being
+        // built: under a steady ingest there always is).
         let Some(mut upto) = snapshot else { continue };
         for (id, matched) in replication.iter().flatten() {
             let Some(matched) = matched.map(|m| m.index).filter(|_| *id != me) else {

@@ -28,7 +28,7 @@ use openraft::storage::{
 };
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::keys::{Keys, WINDOW};
+use crate::keys::Keys;
 pub use lode_replication_wire::wire::SegmentList;
 use lode_replication_wire::wire::{self, SnapshotDescription, SnapshotState};
 
@@ -131,11 +131,12 @@ pub(crate) fn open_with(
             .save_log_state(wire::encode_state(&state))
             .map_err(io_err)?;
     }
+    let keys = Arc::new(Keys::new(engine_window(&engine)));
     let shared = Arc::new(Shared {
         engine,
         state: Mutex::new(state),
         pending: Unflushed::default(),
-        keys: Arc::default(),
+        keys,
         append_latency: Arc::default(),
         transfers,
     });
@@ -195,28 +196,25 @@ fn recovered_applied_state(shared: &Shared) -> io::Result<(Option<LogId>, Stored
     Ok((applied, membership))
 }
 
-/// Fills the key table from the log's newest entries: those applied with
-/// their seqs, the rest as logged (openraft applies them again).
+/// Fills the key table: the keyed batches the engine remembers with its
+/// sealed segments (or received with a snapshot) are applied with their
+/// seqs; those of the log's entries after `applied` are logged (openraft
+/// applies them again). Entries at or below `applied` still in the log
+/// are not read: after a snapshot install they may be a deposed
+/// leader's, not the ones the snapshot holds.
 fn recover_keys(shared: &Shared, applied: Option<u64>) -> io::Result<()> {
-    let Some(bounds) = shared.engine.log_bounds().map_err(io_err)? else {
-        return Ok(());
-    };
-    let from = bounds.last.1.saturating_sub(WINDOW as u64 - 1);
-    let keyed = shared.engine.batch_keys(from..).map_err(io_err)?;
-    let is_applied = |index: u64| applied.is_some_and(|a| index <= a);
-    shared.keys.applied(
-        keyed
-            .iter()
-            .filter(|k| is_applied(k.index))
-            .map(|k| (k.index, k.key, k.seqs)),
-    );
-    shared.keys.logged(
-        keyed
-            .iter()
-            .filter(|k| !is_applied(k.index))
-            .map(|k| (k.index, k.key)),
-    );
+    let sealed = shared.engine.sealed_keys(applied).map_err(io_err)?;
+    shared
+        .keys
+        .applied(sealed.iter().map(|k| (k.index, k.key, k.seqs)));
+    let after = applied.map_or(0, |a| a + 1);
+    let logged = shared.engine.batch_keys(after..).map_err(io_err)?;
+    shared.keys.logged(logged.iter().map(|k| (k.index, k.key)));
     Ok(())
+}
+
+fn engine_window(engine: &Engine) -> usize {
+    engine.key_window().count
 }
 
 /// An entry as openraft sees it, from the engine's stored form.
@@ -436,9 +434,15 @@ fn stored_snapshot(engine: &Engine) -> io::Result<Option<SnapshotDescription>> {
 
 /// The snapshot data of a description: the segments this node holds
 /// through its last entry (retention may have dropped some since).
-fn segment_list(engine: &Engine, d: &SnapshotDescription) -> SegmentList {
+fn segment_list(engine: &Engine, d: &SnapshotDescription) -> io::Result<SegmentList> {
     let through = d.state.last_log_id.map(|l| l.index);
-    SegmentList {
+    // What this node remembers now of the keyed batches through the
+    // snapshot (the newest within its window).
+    let keys = match through {
+        Some(through) => engine.sealed_keys(Some(through)).map_err(io_err)?,
+        None => Vec::new(),
+    };
+    Ok(SegmentList {
         segments: engine
             .segments()
             .into_iter()
@@ -447,11 +451,12 @@ fn segment_list(engine: &Engine, d: &SnapshotDescription) -> SegmentList {
         floor: d.floor.max(engine.first_seq()),
         end_seq: d.end_seq,
         settings: d.settings.clone(),
-    }
+        keys,
+    })
 }
 
-fn snapshot_of(engine: &Engine, d: &SnapshotDescription) -> LodeSnapshot {
-    Snapshot {
+fn snapshot_of(engine: &Engine, d: &SnapshotDescription) -> io::Result<LodeSnapshot> {
+    Ok(Snapshot {
         meta: SnapshotMeta {
             last_log_id: d.state.last_log_id,
             last_membership: StoredMembership::new(
@@ -459,8 +464,8 @@ fn snapshot_of(engine: &Engine, d: &SnapshotDescription) -> LodeSnapshot {
                 d.state.membership.clone(),
             ),
         },
-        snapshot: segment_list(engine, d),
-    }
+        snapshot: segment_list(engine, d)?,
+    })
 }
 
 /// openraft's state machine over the engine: applying an entry makes its
@@ -587,7 +592,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     None => return Err(io_err("nothing to snapshot yet: no segment is sealed")),
                 },
             };
-            Ok(snapshot_of(&shared.engine, &description))
+            snapshot_of(&shared.engine, &description)
         })
         .await
         .map_err(io_err)?
@@ -750,9 +755,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             end_seq: snapshot.end_seq,
             description: wire::encode_description(&description),
             settings: snapshot.settings,
+            keys: snapshot.keys.clone(),
         };
         let engine = Arc::clone(&self.shared.engine);
         blocking(move || engine.install_snapshot(install)).await?;
+        self.shared.keys.installed(
+            through,
+            snapshot.keys.iter().map(|k| (k.index, k.key, k.seqs)),
+        );
         self.shared.transfers.installed();
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -762,7 +772,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<LodeSnapshot>> {
         let engine = Arc::clone(&self.shared.engine);
         tokio::task::spawn_blocking(move || {
-            Ok(stored_snapshot(&engine)?.map(|d| snapshot_of(&engine, &d)))
+            stored_snapshot(&engine)?
+                .map(|d| snapshot_of(&engine, &d))
+                .transpose()
         })
         .await
         .map_err(io_err)?

@@ -36,7 +36,7 @@
 //! syslog = "0.0.0.0:6514"      # syslog over TLS (RFC 5425)
 //!
 //! [storage]
-//! durability = "sync"          # or "buffered" (synced within 10 ms)
+//! durability = "sync"          # or "buffered" (synced within 10 ms; not on a cluster node)
 //! segment_bytes = 67108864
 //! background = "idle"         # sealing and indexing: "idle", "nice:N" or "normal"
 //! phrase_positions = false     # true: fast phrase counts, index 11 bytes/record larger
@@ -69,6 +69,8 @@
 //! keep_log_bytes = 536870912   # log kept below the snapshot for followers this close behind
 //! snapshot_bytes_per_sec = 100000000  # cap on a snapshot transfer to one follower; 0: none
 //! snapshot_chunk_bytes = 2097152
+//! batch_keys = 262144          # a retried batch is stored once while among this many newest ...
+//! batch_key_age_s = 86400      # ... written at most this long ago
 //! ```
 
 use std::net::SocketAddr;
@@ -149,14 +151,23 @@ pub struct Replication {
     pub snapshot_bytes_per_sec: u64,
     /// Bytes of file per snapshot chunk (1-4 MiB suits most links).
     pub snapshot_chunk_bytes: usize,
+    /// A client's retried batch is answered with its first seqs, never
+    /// written twice, while the first try is among this many newest
+    /// keyed batches ...
+    pub batch_keys: usize,
+    /// ... and was written at most this many seconds ago.
+    pub batch_key_age_s: u64,
 }
 
 impl Default for Replication {
     fn default() -> Self {
+        let keys = lode_engine::KeyWindow::default();
         Replication {
             keep_log_bytes: lode_replication::KEEP_LOG_BYTES,
             snapshot_bytes_per_sec: lode_replication::SNAPSHOT_BYTES_PER_SEC,
             snapshot_chunk_bytes: lode_replication::snapshot::CHUNK_BYTES,
+            batch_keys: keys.count,
+            batch_key_age_s: keys.max_age.as_secs(),
         }
     }
 }
@@ -604,6 +615,14 @@ impl Config {
     pub fn engine_options(&self) -> Result<Options> {
         let durability = match self.storage.durability.as_str() {
             "sync" => Durability::Sync,
+            "buffered" if self.cluster.is_some() => {
+                return Err(Error::BadConfig(
+                    "storage.durability = 'buffered' on a cluster node: an entry is counted \
+                     toward a quorum as durable, so a power loss on this node could lose an \
+                     acknowledged write and leave the nodes' logs different; use 'sync'"
+                        .into(),
+                ));
+            }
             "buffered" => Durability::Buffered {
                 window: Duration::from_millis(10),
             },
@@ -624,6 +643,10 @@ impl Config {
             max_batch_bytes: (self.limits.max_frame_bytes as usize)
                 .min(Options::default().max_batch_bytes),
             replicated: self.cluster.is_some(),
+            keys: lode_engine::KeyWindow {
+                count: self.replication.batch_keys.max(1),
+                max_age: Duration::from_secs(self.replication.batch_key_age_s),
+            },
             ..Options::default()
         })
     }
@@ -688,8 +711,14 @@ mod tests {
             "[cluster]\nnode_id = 2\npeers = [\"2=127.0.0.1:7410\"]\ntls_dir = \"t\"\n",
         )
         .unwrap();
-        let config = Config::load(&path).unwrap();
+        let mut config = Config::load(&path).unwrap();
         assert!(config.engine_options().unwrap().replicated);
+        config.storage.durability = "buffered".into();
+        let err = config.engine_options().unwrap_err().to_string();
+        assert!(
+            err.contains("buffered") && err.contains("cluster node"),
+            "{err}"
+        );
         assert_eq!(config.cluster.unwrap().election_timeout_ms, [200, 400]);
     }
 

@@ -665,7 +665,9 @@ async fn ingest(
         .rejected(Source::Http, parsed.rejected as u64);
     let accepted = parsed.records.len();
     if accepted > 0 {
-        service.append_records(&who, parsed.records).await?;
+        service
+            .append_records(&who, parsed.records, idempotency_key(&headers))
+            .await?;
     }
     Ok(axum::Json(json!({
         "accepted": accepted,
@@ -710,11 +712,21 @@ async fn loki_push(
     })
     .await?;
     service.metrics.received(Source::Loki, parsed.len() as u64);
-    service.append_records(&who, parsed).await?;
+    service
+        .append_records(&who, parsed, idempotency_key(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Whether a request's body is protobuf (`application/x-protobuf`).
+/// A push's `Idempotency-Key`: its retries land once (see
+/// [`Service::append_records`]).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
 fn is_protobuf(headers: &axum::http::HeaderMap) -> bool {
     header_lower(headers, axum::http::header::CONTENT_TYPE).contains("protobuf")
 }
@@ -787,7 +799,9 @@ async fn otlp_write(
     let total = parsed.records.len() as u64 + parsed.rejected;
     service.metrics.received(Source::Otlp, total);
     service.metrics.rejected(Source::Otlp, parsed.rejected);
-    service.append_records(who, parsed.records).await?;
+    service
+        .append_records(who, parsed.records, idempotency_key(headers))
+        .await?;
     if protobuf {
         let body =
             lode_protocol::otlp::response_proto(parsed.rejected, parsed.first_error.as_ref());
@@ -820,7 +834,9 @@ async fn journal_upload(
     service
         .metrics
         .received(Source::Journal, records.len() as u64);
-    service.append_records(&who, records).await?;
+    service
+        .append_records(&who, records, idempotency_key(&headers))
+        .await?;
     Ok((StatusCode::OK, "OK.\n").into_response())
 }
 
@@ -1210,7 +1226,9 @@ async fn bulk_body(
     let appended = if records.is_empty() {
         Ok(crate::service::Appended::default())
     } else {
-        service.append_records(&who, records).await
+        service
+            .append_records(&who, records, idempotency_key(&headers))
+            .await
     };
     let mut errors = refused > 0;
     let answers: Vec<Value> = items
@@ -1277,7 +1295,7 @@ async fn doc_into(
     }
     service.metrics.received(Source::Bulk, 1);
     let seq = service
-        .append_records(&who, vec![record])
+        .append_records(&who, vec![record], None)
         .await?
         .seq_of(0)
         .unwrap_or_default();

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lode_engine::{
-    EncodedBatch, Engine, FrameKind, LogRecord, SeqRange, now_ns, stored_tenant, tenant_name,
+    BatchKey, EncodedBatch, Engine, FrameKind, LogRecord, SeqRange, now_ns, stored_tenant,
+    tenant_name,
 };
 use lode_index::{FacetField, Histogram, Index, IndexOptions, Page, Search, Tail};
 use lode_protocol::ErrorCode;
@@ -394,13 +395,23 @@ impl Service {
     /// nothing a client sends can make an append fail inside the log for
     /// its size. Answers once every batch is durable (committed, in a
     /// cluster), with each batch's seqs in the records' order.
+    ///
+    /// With `request_key` (HTTP's `Idempotency-Key`) each batch is keyed
+    /// by it and its place in the request: a retry of the same body, after
+    /// any failure, on any node, writes only the batches that did not
+    /// land and is answered with the first seqs of those that did.
     pub async fn append_records(
         &self,
         caller: &Caller,
         records: Vec<LogRecord>,
+        request_key: Option<&str>,
     ) -> Outcome<Appended> {
         self.counted(caller.require(Scope::Ingest))?;
         let name = self.counted(caller.write_tenant())?;
+        let producer = match request_key {
+            Some(text) => Some(self.counted(request_producer(name, text))?),
+            None => None,
+        };
         let bytes = records.iter().map(|r| r.text_len() as u64).sum();
         let admitted =
             self.tenants
@@ -414,12 +425,24 @@ impl Service {
         let checked = blocking(move || {
             let mut records = records;
             limits.admit(&mut records)?;
-            let batches = encode_batches(&records, &tenant, limits.max_batch_records, max_bytes)?;
+            // A key takes KEY_LEN bytes of the batch's room.
+            let room = max_bytes - producer.map_or(0, |_| lode_engine::KEY_LEN);
+            let batches = encode_batches(&records, &tenant, limits.max_batch_records, room)?;
             batches
                 .into_iter()
+                .enumerate()
+                .map(|(i, batch)| match producer {
+                    Some(producer) => batch
+                        .with_key(BatchKey {
+                            producer,
+                            sequence: i as u64,
+                        })
+                        .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string())),
+                    None => Ok(batch),
+                })
                 .map(|batch| match clustered {
-                    true => Ok(Checked::Batch(batch)),
-                    false => submit(&engine, batch).map(Checked::Submitted),
+                    true => batch.map(Checked::Batch),
+                    false => batch.and_then(|batch| submit(&engine, batch).map(Checked::Submitted)),
                 })
                 .collect::<Outcome<Vec<Checked>>>()
         })
@@ -699,6 +722,26 @@ impl Appended {
 /// Encodes `records` into batches of `tenant` (stored form) of at most
 /// `max_records` records and `max_bytes` bytes of frame each; a record
 /// that does not fit a batch alone is refused, naming it and the limit.
+/// The producer a request key stands for: the first 8 bytes of the
+/// SHA-256 of the tenant and the key, so that tenants' keys never meet.
+/// A key is 1 to 255 visible ASCII characters.
+fn request_producer(tenant: &str, key: &str) -> Outcome<u64> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "Idempotency-Key: expected 1 to 255 visible ASCII characters",
+        ));
+    }
+    let mut text = Vec::with_capacity(tenant.len() + key.len() + 1);
+    text.extend_from_slice(tenant.as_bytes());
+    text.push(0);
+    text.extend_from_slice(key.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.as_ref().get(..8).unwrap_or(&[0; 8]));
+    Ok(u64::from_le_bytes(first))
+}
+
 fn encode_batches(
     records: &[LogRecord],
     tenant: &str,

@@ -186,7 +186,7 @@ async fn append(service: &Service, caller: &Caller, records: Vec<LogRecord>) {
         .metrics
         .received(Source::Syslog, records.len() as u64);
     for batch in records.chunks(BATCH) {
-        if let Err(failure) = service.append_records(caller, batch.to_vec()).await {
+        if let Err(failure) = service.append_records(caller, batch.to_vec(), None).await {
             tracing::error!(%failure, "syslog append failed");
         }
     }

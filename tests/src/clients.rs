@@ -666,7 +666,7 @@ fn promtool_accepts_the_metrics() {
     let (server, _) = start_with(&rt, dir.path(), |config| config.auth.metrics_open = true);
     let service = Arc::clone(server.service());
     let record = crate::record_for(1);
-    rt.block_on(service.append_records(&lode_server::Caller::everything(), vec![record]))
+    rt.block_on(service.append_records(&lode_server::Caller::everything(), vec![record], None))
         .unwrap();
     let (status, head, body) =
         crate::server::http(server.addresses().http.unwrap(), "GET", "/metrics", b"");

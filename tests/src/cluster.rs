@@ -27,12 +27,15 @@ const NODE_VAR: &str = "LODE_TEST_CLUSTER_NODE";
 const SNAPSHOTS: &str = "snapshots";
 /// The tune of the tokens test: auth required, a snapshot's catch-up.
 const TOKENS: &str = "tokens";
+/// The tune of the exactly-once tests: small segments purged at once, a
+/// node away catches up by snapshot.
+pub(crate) const PURGING: &str = "purging";
 const TRANSFER_BYTES_PER_SEC: u64 = 512 << 10;
 const TRANSFER_CHUNK: usize = 64 << 10;
 const KILLS: usize = 20;
 const NODES: u64 = 3;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -46,6 +49,16 @@ fn runtime() -> tokio::runtime::Runtime {
 fn node_child() {
     let spec = std::env::var(NODE_VAR).expect("node spec");
     crate::die_with_parent();
+    if std::env::var_os("LODE_TEST_NODE_LOGS").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
     let parts: Vec<&str> = spec.split(';').collect();
     let [id, peers, tls, data, tcp, http, tune] = parts[..] else {
         panic!("bad spec {spec}");
@@ -72,7 +85,7 @@ fn node_child() {
     // plain HTTP.
     config.auth.mode = if tune == TOKENS { "required" } else { "off" }.into();
     config.tls.mode = "off".into();
-    if tune == TOKENS {
+    if tune == TOKENS || tune == PURGING {
         // Small segments and no log kept for a node that is away: it
         // catches up by snapshot.
         config.storage.segment_bytes = 64 << 10;
@@ -94,6 +107,27 @@ fn node_child() {
     });
 }
 
+/// Where a node's stderr goes: nowhere, or with `LODE_TEST_NODE_LOGS=DIR`
+/// appended to a file per node there (to read what a failed test's nodes
+/// said).
+fn node_log(spec: &str) -> Stdio {
+    let Some(dir) = std::env::var_os("LODE_TEST_NODE_LOGS") else {
+        return Stdio::null();
+    };
+    let name: String = spec
+        .split(';')
+        .nth(3)
+        .unwrap_or(spec)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::path::Path::new(&dir).join(format!("{name}.log")))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 fn free_tcp() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -111,7 +145,7 @@ fn free_udp() -> SocketAddr {
 pub(crate) struct Node {
     spec: String,
     data: PathBuf,
-    tcp: SocketAddr,
+    pub(crate) tcp: SocketAddr,
     pub(crate) http: SocketAddr,
     /// The peer endpoint (QUIC).
     pub(crate) peer: SocketAddr,
@@ -123,7 +157,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let exe = std::env::current_exe().unwrap();
         let mut command = match &self.netns {
             Some(ns) => {
@@ -143,7 +177,7 @@ impl Node {
             ])
             .env(NODE_VAR, &self.spec)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(node_log(&self.spec))
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -153,6 +187,10 @@ impl Node {
             .any(|l| l.contains("listening "));
         assert!(ready, "node {} started", self.spec);
         self.child = Some(child);
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub(crate) fn kill(&mut self) {
@@ -175,7 +213,7 @@ impl Node {
     }
 
     /// `GET path`, answered within `wait`.
-    fn get_within(&self, path: &str, wait: Duration) -> Option<String> {
+    pub(crate) fn get_within(&self, path: &str, wait: Duration) -> Option<String> {
         self.child.as_ref()?;
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(wait)).ok()?;
@@ -211,6 +249,16 @@ pub(crate) struct Cluster3 {
     pub(crate) nodes: BTreeMap<u64, Node>,
 }
 
+/// Fresh loopback addresses for a node.
+fn on_loopback(_: u64) -> Placement {
+    Placement {
+        peer: free_udp(),
+        tcp: free_tcp(),
+        http: free_tcp(),
+        netns: None,
+    }
+}
+
 /// Where node `id` runs: its peer (UDP), binary (TCP) and HTTP addresses
 /// and its network namespace.
 struct Placement {
@@ -223,12 +271,12 @@ struct Placement {
 impl Cluster3 {
     /// Three nodes on loopback.
     pub(crate) fn start() -> Cluster3 {
-        Cluster3::start_placed(|_| Placement {
-            peer: free_udp(),
-            tcp: free_tcp(),
-            http: free_tcp(),
-            netns: None,
-        })
+        Cluster3::start_tuned(on_loopback, "")
+    }
+
+    /// Three nodes on loopback, tuned for a test (see `node_child`).
+    pub(crate) fn start_on_loopback(tune: &str) -> Cluster3 {
+        Cluster3::start_tuned(on_loopback, tune)
     }
 
     fn start_placed(place: impl Fn(u64) -> Placement) -> Cluster3 {
@@ -274,6 +322,15 @@ impl Cluster3 {
     /// Where the cluster CA and the nodes' certificates are.
     pub(crate) fn tls_dir(&self) -> PathBuf {
         self.dir.path().join("tls")
+    }
+
+    /// Every node's id but `leader`'s.
+    pub(crate) fn others(&self, leader: u64) -> Vec<u64> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != leader)
+            .collect()
     }
 
     /// The node that says it leads and that a majority of the nodes
@@ -1316,15 +1373,26 @@ fn shipped_metric_names() -> std::collections::BTreeSet<String> {
     names
 }
 
-/// A request to a node's HTTP API carrying `token`: the status and body,
-/// or `None` when the node does not answer.
-fn ask(node: &Node, method: &str, path: &str, token: &str, body: &[u8]) -> Option<(u16, String)> {
+/// A request to a node's HTTP API carrying `token` (none if empty): the
+/// status and body, or `None` when the node does not answer.
+pub(crate) fn ask(
+    node: &Node,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&node.http, Duration::from_secs(1)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .ok()?;
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: l\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: l\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).ok()?;
@@ -1362,15 +1430,7 @@ fn wait_answers(node: &Node, token: &str, status: u16, within: Duration) -> bool
 /// then every node restarts and the tokens still hold.
 #[test]
 fn tokens_hold_on_every_node_through_restarts_and_a_snapshot() {
-    let mut cluster = Cluster3::start_tuned(
-        |_| Placement {
-            peer: free_udp(),
-            tcp: free_tcp(),
-            http: free_tcp(),
-            netns: None,
-        },
-        TOKENS,
-    );
+    let mut cluster = Cluster3::start_on_loopback(TOKENS);
     // The leader makes the first admin token into its data directory.
     let deadline = Instant::now() + Duration::from_secs(60);
     let admin = loop {
@@ -1391,12 +1451,7 @@ fn tokens_hold_on_every_node_through_restarts_and_a_snapshot() {
         node.token = Some(admin.clone());
     }
     let leader = cluster.leader(Duration::from_secs(30)).expect("a leader");
-    let followers: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.others(leader);
     let make = |node: &Node, tenant: &str| {
         let body = format!(r#"{{"tenant":"{tenant}","scopes":"ingest,read"}}"#);
         let (status, answer) =

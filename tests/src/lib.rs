@@ -54,6 +54,8 @@ mod cluster;
 #[cfg(test)]
 mod crash;
 #[cfg(test)]
+mod exactly_once;
+#[cfg(test)]
 mod fixtures;
 #[cfg(test)]
 mod hostile;

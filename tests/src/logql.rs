@@ -494,7 +494,7 @@ pub(crate) fn serve(
         for chunk in records.chunks(2000) {
             server
                 .service()
-                .append_records(&lode_server::Caller::everything(), chunk.to_vec())
+                .append_records(&lode_server::Caller::everything(), chunk.to_vec(), None)
                 .await
                 .unwrap();
         }

@@ -1113,3 +1113,46 @@ fn limits_answer_busy_rather_than_queue() {
     });
     rt.block_on(server.shutdown()).unwrap();
 }
+
+/// A push sent again with the same `Idempotency-Key` is written once
+/// (a body the server cuts into several batches included) and answered
+/// as the first time; another key, or none, writes again; a key that is
+/// not one is refused.
+#[test]
+fn a_push_retried_with_its_idempotency_key_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.limits.max_batch_records = 10;
+    runtime().block_on(async {
+        let server = Server::start(config).await.unwrap();
+        let addr = server.addresses().http.unwrap();
+        let body: String = (0..35)
+            .map(|i| format!("{{\"message\":\"once {i}\"}}\n"))
+            .collect();
+        let push = |key: &str| {
+            let headers = format!("Content-Type: application/x-ndjson\r\n{key}");
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || {
+                http_with(addr, "POST", "/api/v1/ingest", &headers, body.as_bytes())
+            })
+        };
+        let first = push("Idempotency-Key: push-1\r\n").await.unwrap();
+        assert_eq!(first.0, 200, "{}", String::from_utf8_lossy(&first.2));
+        let again = push("Idempotency-Key: push-1\r\n").await.unwrap();
+        assert_eq!((again.0, json(&again.2)), (200, json(&first.2)));
+        wait_indexed(&server).await;
+        let count = || {
+            let text =
+                tokio::task::block_in_place(|| http(addr, "GET", "/api/v1/count?q=once", b"").2);
+            json(&text)["count"].as_u64().unwrap()
+        };
+        assert_eq!(count(), 35, "the retry wrote nothing");
+        assert_eq!(push("Idempotency-Key: push-2\r\n").await.unwrap().0, 200);
+        assert_eq!(push("").await.unwrap().0, 200);
+        wait_indexed(&server).await;
+        assert_eq!(count(), 105, "another key, or none, writes");
+        let bad = push("Idempotency-Key: not one\r\n").await.unwrap();
+        assert_eq!(bad.0, 400, "{}", String::from_utf8_lossy(&bad.2));
+        server.shutdown().await.unwrap();
+    });
+}

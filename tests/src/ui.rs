@@ -87,11 +87,12 @@ fn search_page_over_https_with_a_token() {
             .append_records(
                 &as_tenant("team-a"),
                 vec![record("alpha ours"), record("alpha too")],
+                None,
             )
             .await
             .unwrap();
         service
-            .append_records(&as_tenant("team-b"), vec![record("bravo theirs")])
+            .append_records(&as_tenant("team-b"), vec![record("bravo theirs")], None)
             .await
             .unwrap();
         let scopes = lode_server::Scopes::parse("read").unwrap();

@@ -42,10 +42,17 @@ async function main() {
     // A query: records holding the word, and bars in the histogram.
     await page.fill("#q", word);
     await page.press("#q", "Enter");
+    // The URL may change before the answer replaces the records shown:
+    // wait for records that hold the word (the check below says which
+    // did not, if none ever came).
     await page.waitForFunction(
-      (w) => document.querySelectorAll("#records .record").length > 0 && location.search.includes(w),
+      (w) => {
+        const shown = [...document.querySelectorAll("#records .record .message")];
+        return shown.length > 0 && location.search.includes(w)
+          && shown.every((n) => n.textContent.toLowerCase().includes(w));
+      },
       word, { timeout },
-    );
+    ).catch(() => {});
     const messages = await page.$$eval("#records .record .message", (ns) => ns.map((n) => n.textContent));
     check(messages.every((m) => m.toLowerCase().includes(word)), `${messages.length} records all hold '${word}'`);
     await page.waitForSelector("#chart rect.bar", { timeout });

@@ -27,6 +27,7 @@
 mod batch;
 mod crc;
 mod frame;
+mod keys;
 mod record;
 mod segment;
 mod time;
@@ -37,6 +38,7 @@ pub use frame::{
     BatchKey, EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, KEY_LEN, MAX_PAYLOAD,
     decode_frame, decode_frame_unchecksummed,
 };
+pub use keys::{KeyedEntry, SeqRange};
 pub use record::{
     ArchivedLevel, ArchivedLogRecord, DEFAULT_TENANT, Level, LogRecord, MAX_TENANT_BYTES, Record,
     RecordRef, access_record, access_sealed_value, encode_record, encode_sealed_value,

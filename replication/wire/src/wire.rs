@@ -41,13 +41,15 @@
 //!
 //! ```text
 //! segment list  count u32 | segment ... | floor u64 | end seq u64 | opt settings
+//!               | keyed count u32 | keyed entry (40 bytes: index, producer,
+//!               sequence, first seq, seq after; u64 LE each) ...   (since version 3)
 //! settings      count u32 | { name str | value str } ...   (the engine's settings: a server's tokens)
 //! snapshot meta opt last log id | opt membership log id | membership
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lode_codec::{EncodedBatch, FrameKind, SegmentMeta};
+use lode_codec::{EncodedBatch, FrameKind, KeyedEntry, SegmentMeta};
 use openraft::entry::RaftEntry;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest, VoteResponse,
@@ -57,7 +59,7 @@ use openraft::{EntryPayload, LogId as RaftLogId};
 use crate::types::{Batch, Entry, LogId, Membership, Node, NodeId, TypeConfig, Vote};
 
 /// Version of the message format; a peer speaking another is refused.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest message accepted: a batch of entries up to the engine's batch
 /// limit, with room for framing.
 pub const MAX_MESSAGE: usize = 80 << 20;
@@ -127,6 +129,10 @@ pub struct SegmentList {
     /// The engine's settings (a server's tokens) as of the snapshot;
     /// `None` for a snapshot described before they were carried.
     pub settings: Option<Settings>,
+    /// Where the keyed batches of its segments landed, as far as the
+    /// sender remembers (the newest within its key window): a retry of one
+    /// is answered with its seqs on the node that installs it.
+    pub keys: Vec<KeyedEntry>,
 }
 
 /// The engine's settings, by name (`lode_engine::Settings`).
@@ -243,6 +249,10 @@ impl Writer {
         self.u64(list.floor);
         self.u64(list.end_seq);
         self.settings(list.settings.as_ref());
+        self.u32(list.keys.len() as u32);
+        for entry in &list.keys {
+            self.0.extend_from_slice(&entry.encode());
+        }
     }
     fn settings(&mut self, settings: Option<&Settings>) {
         match settings {
@@ -642,7 +652,20 @@ impl<'a> Reader<'a> {
             floor: self.u64("floor")?,
             end_seq: self.u64("end seq")?,
             settings: self.settings()?,
+            keys: self.keyed_entries()?,
         })
+    }
+    fn keyed_entries(&mut self) -> Result<Vec<KeyedEntry>> {
+        let n = self.count("keyed batches", KeyedEntry::LEN)?;
+        let mut keys = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = self.at;
+            let raw = self.take(KeyedEntry::LEN, "keyed batch")?;
+            keys.push(KeyedEntry::decode(raw).ok_or_else(|| {
+                self.invalid_at(at, "keyed batch", "seqs that end before they start".into())
+            })?);
+        }
+        Ok(keys)
     }
     fn settings(&mut self) -> Result<Option<Settings>> {
         if !self.flag("settings")? {
@@ -1161,6 +1184,17 @@ mod tests {
             floor: 1,
             end_seq: 201,
             settings: Some(Settings::from([("token/ab".to_owned(), b"{}".to_vec())])),
+            keys: vec![KeyedEntry {
+                index: 28,
+                key: lode_codec::BatchKey {
+                    producer: 5,
+                    sequence: 6,
+                },
+                seqs: lode_codec::SeqRange {
+                    start: 190,
+                    end: 201,
+                },
+            }],
         };
         let meta = SnapshotState {
             last_log_id: Some(log_id(2, 29)),

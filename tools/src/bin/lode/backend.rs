@@ -174,7 +174,7 @@ impl Backend {
                 client.append(&records).await?;
             }
             Backend::Local(service, caller) => {
-                service.append_records(caller, records).await?;
+                service.append_records(caller, records, None).await?;
             }
         }
         Ok(n)
