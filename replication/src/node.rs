@@ -50,6 +50,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// How long a forwarded write may take before the follower gives up.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for a leader to be elected when this node
+/// knows of none (an election under way) before it is refused: an
+/// overloaded cluster that elects answers late rather than not at all.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for the leader's confirmation
 /// and for this node to apply through the read index.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -411,8 +415,16 @@ impl Writes {
     /// again, restarted: the forward went to its old process).
     async fn forward(&self, batch: EncodedBatch) -> Result<SeqRange> {
         let me = *self.raft.node_id();
-        let (id, addr) = match known_leader(&self.raft) {
+        let (id, addr) = match self.leader_within(LEADER_WAIT).await {
             Some((id, addr)) if id != me => (id, addr),
+            // Elected meanwhile: written here (an unkeyed batch queues
+            // again, after those that came while it waited).
+            Some(_) if self.raft.is_leader() => {
+                return match self.queue(batch).await {
+                    Ok(queued) => queued?.wait().await,
+                    Err(Forward { leader, .. }) => Err(Error::NotLeader { node: me, leader }),
+                };
+            }
             leader => return Err(Error::NotLeader { node: me, leader }),
         };
         let request = Request::Forward(batch);
@@ -437,6 +449,22 @@ impl Writes {
             other => Err(Error::Raft(format!(
                 "node {id} answered a forward with {other:?}"
             ))),
+        }
+    }
+
+    /// The leader this node knows, waiting up to `wait` for one to be
+    /// elected when it knows of none.
+    async fn leader_within(&self, wait: Duration) -> Option<(NodeId, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = known_leader(&self.raft) {
+                return Some(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
         }
     }
 
