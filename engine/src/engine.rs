@@ -13,7 +13,7 @@ use lode_codec::{EncodedBatch, LogRecord, MAX_PAYLOAD};
 
 use crate::SeqRange;
 use crate::error::{Error, Result};
-use crate::options::{Background, Options};
+use crate::options::Options;
 use crate::sealer::{RetentionReport, Sealer, SealerMsg};
 use crate::shared::{Shared, State};
 use crate::store::{Settings, Store};
@@ -89,42 +89,6 @@ fn lock_dir(dir: &Path) -> Result<File> {
     file.rewind().map_err(Error::io("seek", &path))?;
     write!(file, "{}", std::process::id()).map_err(Error::io("write", &path))?;
     Ok(file)
-}
-
-/// Lowers the calling thread's scheduling priority as `priority` says
-/// (Linux: priority is per thread, and threads it spawns inherit it).
-/// Background work (sealing, indexing, merging) runs this way so that the
-/// CPU goes to acknowledging appends first. Best effort: a failure is
-/// logged and changes nothing.
-pub fn lower_thread_priority(priority: Background) {
-    let result = match priority {
-        Background::Normal => return,
-        Background::Nice(niceness) => {
-            #[allow(unsafe_code)]
-            // SAFETY: setpriority takes plain integers and touches no memory
-            // of ours; on Linux, PRIO_PROCESS with who = 0 is the calling
-            // thread.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, niceness.clamp(0, 19))
-            }
-        }
-        Background::Idle => {
-            let param = libc::sched_param { sched_priority: 0 };
-            #[allow(unsafe_code)]
-            // SAFETY: `param` is a valid sched_param that outlives the call;
-            // pid 0 is the calling thread.
-            unsafe {
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param)
-            }
-        }
-    };
-    if result != 0 {
-        tracing::debug!(
-            ?priority,
-            error = %std::io::Error::last_os_error(),
-            "could not lower a background thread's priority"
-        );
-    }
 }
 
 fn check_options(opts: &Options) -> Result<()> {
@@ -215,13 +179,15 @@ fn recover_wal(
         fs::remove_file(&path).map_err(Error::io("remove sealed WAL file", &path))?;
     }
     let mut expected = (!opts.replicated).then_some((sealed_through + 1, expected_seq));
+    // Where the next file must go on from, if anywhere.
+    let mut check = expected;
     let mut segments = Vec::new();
     let mut retained = Vec::new();
     let mut cuts = Vec::new();
     let mut active = None;
     let count = live.len();
     for (i, (_, path)) in live.into_iter().enumerate() {
-        let recovered = wal::recover(&path, expected, i + 1 == count, opts.recovery)?;
+        let recovered = wal::recover(&path, check, i + 1 == count, opts.recovery)?;
         if let Some(cut) = recovered.cut {
             tracing::warn!(path = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, reason = %cut.reason, "cut torn WAL tail");
             cuts.push(cut);
@@ -238,8 +204,13 @@ fn recover_wal(
             && segment
                 .last_index()
                 .is_some_and(|last| last <= sealed_through);
+        check = expected;
         if sealed && segments.is_empty() {
             retained.push(segment);
+            // What follows is checked against the manifest (below), not
+            // against a covered file: a deposed leader's numbering need
+            // not continue into the file an install started.
+            check = None;
         } else {
             if opts.replicated
                 && segments.is_empty()
@@ -418,7 +389,7 @@ impl Engine {
         let threads = vec![
             spawn("lode-writer", move || writer.run())?,
             spawn("lode-sealer", move || {
-                lower_thread_priority(background);
+                crate::lower_thread_priority(background);
                 sealer.run()
             })?,
         ];

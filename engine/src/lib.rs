@@ -36,6 +36,7 @@ mod error;
 mod keys;
 mod log;
 mod options;
+mod priority;
 mod read;
 mod sealer;
 mod shared;
@@ -45,7 +46,7 @@ mod tests;
 mod wal;
 mod writer;
 
-pub use engine::{AppendTicket, Engine, lower_thread_priority};
+pub use engine::{AppendTicket, Engine};
 pub use error::{Error, Result};
 pub use lode_codec::SegmentMeta;
 pub use lode_codec::{
@@ -55,6 +56,7 @@ pub use lode_codec::{
 };
 pub use log::{LogBounds, LogEntry, SnapshotInstall};
 pub use options::{Background, Durability, KeyWindow, Options, RecoveryMode, Retention};
+pub use priority::{Hurry, hurry_background, lower_thread_priority};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use shared::now_ns;

@@ -421,7 +421,11 @@ impl Sealer {
             {
                 let _ = fs::remove_file(path);
             }
-            self.free_replaced(segment, &install.segments)?;
+            // The install is done and durable: a file not freed now only
+            // takes space.
+            if let Err(e) = self.free_replaced(segment, &install.segments) {
+                tracing::warn!(error = %e, first_seq = segment.first_seq, "could not free a replaced segment's file");
+            }
         }
         self.shared.notify();
         Ok(())

@@ -429,6 +429,50 @@ fn background_priorities_are_applied_to_the_calling_thread() {
     assert_eq!(on_a_thread(Background::Normal).1, thread_priority());
 }
 
+/// While someone waits for background work, idle threads run as normal
+/// ones; idle again once nobody waits (where the process may raise them:
+/// otherwise they stay idle).
+#[test]
+fn idle_threads_are_raised_while_someone_waits_for_them() {
+    use crate::{Background, hurry_background, lower_thread_priority};
+    const SCHED_OTHER: u64 = 0;
+    const SCHED_IDLE: u64 = 5;
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (tell, told) = std::sync::mpsc::channel();
+    let idle = std::thread::spawn(move || {
+        lower_thread_priority(Background::Idle);
+        while asked.recv().is_ok() {
+            tell.send(thread_priority().1).unwrap();
+        }
+    });
+    let policy = || {
+        ask.send(()).unwrap();
+        told.recv().unwrap()
+    };
+    assert_eq!(policy(), SCHED_IDLE);
+    let may_raise = {
+        let param = libc::sched_param { sched_priority: 0 };
+        #[allow(unsafe_code)]
+        // SAFETY: a valid sched_param; pid 0 is this thread, set back
+        // below.
+        let raised = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param);
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const param)
+        };
+        raised == 0
+    };
+    let first = hurry_background();
+    let second = hurry_background();
+    let want = if may_raise { SCHED_OTHER } else { SCHED_IDLE };
+    assert_eq!(policy(), want, "raised while someone waits");
+    drop(first);
+    assert_eq!(policy(), want, "someone still waits");
+    drop(second);
+    assert_eq!(policy(), SCHED_IDLE, "idle again");
+    drop(ask);
+    idle.join().unwrap();
+}
+
 /// A replicated log drops only what its log decided: its own policy is
 /// never applied by the background pass; `drop_below` carries a decision
 /// out, and it survives a reopen.
@@ -600,21 +644,26 @@ fn all_records(engine: &Engine) -> Vec<(u64, crate::LogRecord)> {
         .collect()
 }
 
-/// A snapshot of `leader` through its last sealed segment installed in
-/// logs that hold nothing, a prefix, or entries past it: each then reads
-/// the leader's records, goes on with the leader's entries and seqs, and
-/// keeps all of it across a reopen.
-#[test]
-fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
+/// A leader that appended and applied entries 1..=150 and sealed at
+/// least four segments, with what a snapshot of it offers.
+struct SealedLeader {
+    /// A replicated log's options, with small segments.
+    opts: Options,
+    leader: Engine,
+    offered: Vec<crate::SegmentMeta>,
+    /// The snapshot's last index and the seq after its records.
+    through: u64,
+    end_seq: u64,
+}
+
+fn sealed_leader(dir: &std::path::Path, entries: &[Arc<crate::EncodedBatch>]) -> SealedLeader {
     let opts = Options {
         replicated: true,
         segment_bytes: 8 << 10,
         tick: Duration::from_millis(5),
         ..Options::default()
     };
-    let entries = log_entries(200);
-    let dir = tempfile::tempdir().unwrap();
-    let leader = Engine::open(dir.path().join("leader"), opts.clone()).unwrap();
+    let leader = Engine::open(dir.join("leader"), opts.clone()).unwrap();
     append_log(&leader, 1, &entries[..150]);
     leader.apply(150).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -624,8 +673,98 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
     }
     let offered = leader.segments();
     let last = offered.last().unwrap().clone();
-    let through = last.last_index;
-    let end_seq = last.last_seq + 1;
+    SealedLeader {
+        opts,
+        leader,
+        offered,
+        through: last.last_index,
+        end_seq: last.last_seq + 1,
+    }
+}
+
+/// Copies of `leader`'s files of `segments` in `staged`, as a transfer
+/// leaves them.
+fn staged_files(
+    leader: &Engine,
+    segments: &[crate::SegmentMeta],
+    staged: &std::path::Path,
+) -> Vec<(crate::SegmentMeta, std::path::PathBuf)> {
+    std::fs::create_dir_all(staged).unwrap();
+    segments
+        .iter()
+        .map(|segment| {
+            let to = staged.join(format!("{}.sst", segment.first_seq));
+            std::fs::copy(leader.segment_file(segment).unwrap(), &to).unwrap();
+            (segment.clone(), to)
+        })
+        .collect()
+}
+
+/// A deposed leader's entries that were never committed, numbered past
+/// the records of the snapshot then installed over them, stay as log
+/// until purged: the log opens with them, twice, and goes on after the
+/// snapshot with the snapshot's seqs.
+#[test]
+fn a_snapshot_over_a_deposed_leaders_entries_reopens() {
+    let entries = log_entries(200);
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = sealed_leader(dir.path(), &entries);
+    let (opts, leader, offered) = (sealed.opts, sealed.leader, sealed.offered);
+    let (through, end_seq) = (sealed.through, sealed.end_seq);
+    // The deposed leader: the first 10 entries, then larger ones of its
+    // own up to a little before `through`, all in one file.
+    let path = dir.path().join("deposed");
+    let opts = Options {
+        segment_bytes: 1 << 20,
+        ..opts
+    };
+    let deposed = Engine::open(&path, opts.clone()).unwrap();
+    append_log(&deposed, 1, &entries[..10]);
+    let own: Vec<_> = (10..through - 5)
+        .map(|i| Arc::new(crate::EncodedBatch::encode(&records(i * 100..i * 100 + 20)).unwrap()))
+        .collect();
+    append_log(&deposed, 11, &own);
+    deposed.apply(10).unwrap();
+    let files = staged_files(&leader, &offered, &dir.path().join("staged"));
+    deposed
+        .install_snapshot(crate::SnapshotInstall {
+            segments: offered.clone(),
+            files,
+            floor: 1,
+            through,
+            end_seq,
+            description: b"deposed".to_vec(),
+            settings: None,
+            keys: Vec::new(),
+        })
+        .unwrap();
+    drop(deposed);
+    let want: Vec<_> = all_records(&leader)
+        .into_iter()
+        .filter(|(seq, _)| *seq < end_seq)
+        .collect();
+    for _ in 0..2 {
+        let reopened = Engine::open(&path, opts.clone()).unwrap();
+        assert_eq!(all_records(&reopened), want, "the snapshot's records");
+    }
+    let reopened = Engine::open(&path, opts).unwrap();
+    append_log(&reopened, through + 1, &entries[through as usize..170]);
+    let seqs = reopened.apply(170).unwrap();
+    let first_after = seqs.iter().find(|(_, r)| r.end > r.start).unwrap().1.start;
+    assert_eq!(first_after, end_seq, "seqs go on from the snapshot's");
+}
+
+/// A snapshot of `leader` through its last sealed segment installed in
+/// logs that hold nothing, a prefix, or entries past it: each then reads
+/// the leader's records, goes on with the leader's entries and seqs, and
+/// keeps all of it across a reopen.
+#[test]
+fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
+    let entries = log_entries(200);
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = sealed_leader(dir.path(), &entries);
+    let (opts, leader, offered) = (sealed.opts, sealed.leader, sealed.offered);
+    let (through, end_seq) = (sealed.through, sealed.end_seq);
     // Each follower: how many entries it holds, how many it applied,
     // how large its files grow (the longer log's one file straddles the
     // snapshot's end).
@@ -658,13 +797,7 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
         };
         // The files it lacks, staged as a transfer would leave them.
         let staged = dir.path().join(format!("{name}-staged"));
-        std::fs::create_dir_all(&staged).unwrap();
-        let mut files = Vec::new();
-        for segment in &offered {
-            let to = staged.join(format!("{}.sst", segment.first_seq));
-            std::fs::copy(leader.segment_file(segment).unwrap(), &to).unwrap();
-            files.push((segment.clone(), to));
-        }
+        let files = staged_files(&leader, &offered, &staged);
         follower
             .install_snapshot(crate::SnapshotInstall {
                 segments: offered.clone(),

@@ -39,6 +39,10 @@ use crate::schema::{
 };
 use crate::time::{TimeRange, span};
 
+/// How long a reader waits for the index before the indexer is raised to
+/// normal priority (under a commit interval: the wait of an index that
+/// keeps up is rarely longer).
+const HURRY_AFTER: Duration = Duration::from_millis(200);
 /// Most records the indexer adds between two looks at the commit deadline.
 const CATCH_UP_ROUND: u64 = 50_000;
 /// Documents handed to tantivy's indexing thread at once: one channel send
@@ -749,11 +753,19 @@ impl Index {
     }
 
     /// Waits until every record up to `seq` is searchable; false on timeout.
+    /// Past a short wait, the indexer runs at normal priority until then
+    /// ([`lode_engine::hurry_background`]): other processes keeping the
+    /// machine busy do not starve it while someone waits.
     pub fn wait_indexed(&self, seq: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let mut hurry = None;
         while self.indexed_upto.load(Ordering::Acquire) < seq {
-            if Instant::now() >= deadline {
+            let waited = started.elapsed();
+            if waited >= timeout {
                 return false;
+            }
+            if hurry.is_none() && waited >= HURRY_AFTER {
+                hurry = Some(lode_engine::hurry_background());
             }
             std::thread::sleep(Duration::from_millis(5));
         }

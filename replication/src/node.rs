@@ -417,9 +417,13 @@ impl Writes {
         let me = *self.raft.node_id();
         let (id, addr) = match self.leader_within(LEADER_WAIT).await {
             Some((id, addr)) if id != me => (id, addr),
-            // Elected meanwhile: written here (an unkeyed batch queues
-            // again, after those that came while it waited).
+            // Elected meanwhile: written here. An unkeyed batch is
+            // proposed as it is, not merged again: the merge loop may be
+            // waiting for the slot this forward holds.
             Some(_) if self.raft.is_leader() => {
+                if batch.key().is_none() {
+                    return self.propose(batch, None).await?.wait().await;
+                }
                 return match self.queue(batch).await {
                     Ok(queued) => queued?.wait().await,
                     Err(Forward { leader, .. }) => Err(Error::NotLeader { node: me, leader }),

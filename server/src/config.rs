@@ -69,7 +69,7 @@
 //! keep_log_bytes = 536870912   # log kept below the snapshot for followers this close behind
 //! snapshot_bytes_per_sec = 100000000  # cap on a snapshot transfer to one follower; 0: none
 //! snapshot_chunk_bytes = 2097152
-//! batch_keys = 262144          # a retried batch is stored once while among this many newest ...
+//! batch_keys = 262144          # a retried batch is stored once while among this many newest (at most 1048576) ...
 //! batch_key_age_s = 86400      # ... written at most this long ago
 //! ```
 
@@ -83,6 +83,10 @@ use serde::Deserialize;
 
 use crate::service::Failure;
 use crate::{Error, Result};
+
+/// The most keyed batches a node may remember: a snapshot sends them in
+/// one peer message (40 MiB at this bound, under its 80 MiB limit).
+const MAX_BATCH_KEYS: usize = 1 << 20;
 
 /// Everything `lode serve` can be told.
 #[derive(Debug, Clone, Deserialize)]
@@ -632,6 +636,13 @@ impl Config {
                 )));
             }
         };
+        // A snapshot carries the keys in one peer message (40 bytes each).
+        if self.replication.batch_keys > MAX_BATCH_KEYS {
+            return Err(Error::BadConfig(format!(
+                "replication.batch_keys = {}: at most {MAX_BATCH_KEYS}",
+                self.replication.batch_keys
+            )));
+        }
         Ok(Options {
             durability,
             segment_bytes: self.storage.segment_bytes,

@@ -341,6 +341,15 @@ impl Service {
                 "" => write_tenant.as_str(),
                 named => tenant_name(named),
             };
+            let batch = match batch.key() {
+                Some(key) => batch
+                    .with_key(BatchKey {
+                        producer: tenant_producer(tenant, key.producer),
+                        sequence: key.sequence,
+                    })
+                    .map_err(bad)?,
+                None => batch,
+            };
             let now = std::time::Instant::now();
             let (count, bytes) = (u64::from(batch.count()), batch.payload().len() as u64);
             tenants.admit(tenant, count, bytes, now)?;
@@ -431,30 +440,47 @@ impl Service {
             batches
                 .into_iter()
                 .enumerate()
-                .map(|(i, batch)| match producer {
+                .map(|(i, batch)| (u64::from(batch.count()), i, batch))
+                .map(|(count, i, batch)| match producer {
                     Some(producer) => batch
                         .with_key(BatchKey {
                             producer,
                             sequence: i as u64,
                         })
+                        .map(|batch| (count, batch))
                         .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string())),
-                    None => Ok(batch),
+                    None => Ok((count, batch)),
                 })
                 .map(|batch| match clustered {
-                    true => batch.map(Checked::Batch),
-                    false => batch.and_then(|batch| submit(&engine, batch).map(Checked::Submitted)),
+                    true => batch.map(|(count, batch)| (count, Checked::Batch(batch))),
+                    false => batch.and_then(|(count, batch)| {
+                        submit(&engine, batch).map(|s| (count, Checked::Submitted(s)))
+                    }),
                 })
-                .collect::<Outcome<Vec<Checked>>>()
+                .collect::<Outcome<Vec<(u64, Checked)>>>()
         })
         .await;
         let checked = self.counted(checked)?;
         let mut pending = Vec::with_capacity(checked.len());
-        for batch in checked {
-            pending.push(self.counted(self.hand_off(Ok(batch)).await)?);
+        for (count, batch) in checked {
+            pending.push((count, self.counted(self.hand_off(Ok(batch)).await)?));
         }
         let mut ranges = Vec::with_capacity(pending.len());
-        for pending in pending {
-            ranges.push(self.acknowledged(pending).await?);
+        for (i, (count, pending)) in pending.into_iter().enumerate() {
+            let range = self.acknowledged(pending).await?;
+            // A keyed batch answered from an earlier try of another size:
+            // the key came with another body (or split otherwise).
+            if producer.is_some() && range.end - range.start != count {
+                return self.counted(Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "this Idempotency-Key was first used for another body: its batch {i} \
+                         held {} records, this one {count}",
+                        range.end - range.start
+                    ),
+                )));
+            }
+            ranges.push(range);
         }
         Ok(Appended(ranges))
     }
@@ -732,14 +758,26 @@ fn request_producer(tenant: &str, key: &str) -> Outcome<u64> {
             "Idempotency-Key: expected 1 to 255 visible ASCII characters",
         ));
     }
-    let mut text = Vec::with_capacity(tenant.len() + key.len() + 1);
+    Ok(tenant_hash(tenant, key.as_bytes()))
+}
+
+/// The producer a client's batch key is kept under: its own, scoped by
+/// the tenant it writes for, so that no tenant's key can answer another's
+/// retry.
+fn tenant_producer(tenant: &str, producer: u64) -> u64 {
+    tenant_hash(tenant, &producer.to_le_bytes())
+}
+
+/// The first 8 bytes of SHA-256(tenant, 0, bytes), little-endian.
+fn tenant_hash(tenant: &str, bytes: &[u8]) -> u64 {
+    let mut text = Vec::with_capacity(tenant.len() + bytes.len() + 1);
     text.extend_from_slice(tenant.as_bytes());
     text.push(0);
-    text.extend_from_slice(key.as_bytes());
+    text.extend_from_slice(bytes);
     let digest = ring::digest::digest(&ring::digest::SHA256, &text);
     let mut first = [0u8; 8];
     first.copy_from_slice(digest.as_ref().get(..8).unwrap_or(&[0; 8]));
-    Ok(u64::from_le_bytes(first))
+    u64::from_le_bytes(first)
 }
 
 fn encode_batches(
