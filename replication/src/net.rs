@@ -36,7 +36,7 @@ use lode_replication_wire::{Node, NodeId, TypeConfig, Vote};
 /// How long dialling a peer may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The least time an append may take. openraft gives appends the
-/// heartbeat interval (50 ms), which a follower writing and syncing a
+/// heartbeat interval (100 ms), which a follower writing and syncing a
 /// batch of megabytes on a busy machine can exceed; a timed-out append is
 /// sent again, so too short a bound turns load into retries. A follower
 /// that is gone fails at once (its connection closes); one that hangs

@@ -635,12 +635,11 @@ pub const KEEP_LOG_BYTES: u64 = 512 << 20;
 pub const SNAPSHOT_BYTES_PER_SEC: u64 = 100_000_000;
 
 impl ClusterConfig {
-    /// A configuration with the default timing: heartbeats every 50 ms,
-    /// elections after 200-400 ms of silence: a new leader within a second
-    /// of a SIGKILL (median 0.72 s measured), and few needless elections
-    /// when saturated cores deliver heartbeats late (with 150-300 ms a
-    /// burst of 131,072 appends on 2 cores moved leadership and had 26-52%
-    /// of them refused; with 200-400, 0-2%).
+    /// A configuration with the default timing: heartbeats every 100 ms,
+    /// elections after 500-1000 ms of silence. Shorter timeouts make
+    /// saturated nodes on shared cores take late heartbeats for a dead
+    /// leader and elect, failing what was in flight (figures in
+    /// docs/performance.md); the price is a slower failover.
     pub fn new(
         node_id: NodeId,
         peers: BTreeMap<NodeId, String>,
@@ -650,8 +649,8 @@ impl ClusterConfig {
             node_id,
             peers,
             tls,
-            heartbeat_ms: 50,
-            election_timeout_ms: (200, 400),
+            heartbeat_ms: 100,
+            election_timeout_ms: (500, 1000),
             join: false,
             retention_check: Duration::from_secs(10),
             snapshot_check: Duration::from_secs(1),

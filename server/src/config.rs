@@ -61,8 +61,8 @@
 //! node_id = 1
 //! peers = ["1=10.0.0.1:7410", "2=10.0.0.2:7410", "3=10.0.0.3:7410"]
 //! tls_dir = "/etc/lode/cluster"  # ca.pem, node-ID.pem, node-ID-key.pem (`lode cluster init`)
-//! heartbeat_ms = 50
-//! election_timeout_ms = [200, 400]
+//! heartbeat_ms = 100
+//! election_timeout_ms = [500, 1000]
 //! join = false                 # true: join a running cluster (`lode cluster add`); peers = this node only
 //!
 //! [replication]                # a cluster node's catch-up by snapshot
@@ -196,12 +196,19 @@ pub struct Cluster {
     pub join: bool,
 }
 
+/// A cluster node's default heartbeat interval, ms.
+pub const HEARTBEAT_MS: u64 = 100;
+/// A cluster node's default election timeout, a random time in this
+/// range, ms: long enough that nodes saturated by a burst of writes on
+/// shared cores do not take late heartbeats for a dead leader.
+pub const ELECTION_TIMEOUT_MS: [u64; 2] = [500, 1000];
+
 fn default_heartbeat_ms() -> u64 {
-    50
+    HEARTBEAT_MS
 }
 
 fn default_election_timeout_ms() -> [u64; 2] {
-    [200, 400]
+    ELECTION_TIMEOUT_MS
 }
 
 impl Cluster {
@@ -730,7 +737,10 @@ mod tests {
             err.contains("buffered") && err.contains("cluster node"),
             "{err}"
         );
-        assert_eq!(config.cluster.unwrap().election_timeout_ms, [200, 400]);
+        assert_eq!(
+            config.cluster.unwrap().election_timeout_ms,
+            ELECTION_TIMEOUT_MS
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ mod ui;
 
 pub use auth::{Caller, Scope, Scopes};
 pub use config::{
-    Auth, Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, Limits, Replication,
-    Storage, TlsFiles,
+    Auth, Cluster, Config, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_SYSLOG, ELECTION_TIMEOUT_MS,
+    HEARTBEAT_MS, Limits, Replication, Storage, TlsFiles,
 };
 pub use error::{Error, Result};
 pub use metrics::{Metrics, Source};

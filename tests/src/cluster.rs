@@ -73,8 +73,8 @@ fn node_child() {
             node_id: id.parse().unwrap(),
             peers: peers.split(',').map(str::to_owned).collect(),
             tls_dir: PathBuf::from(tls),
-            heartbeat_ms: 50,
-            election_timeout_ms: [200, 400],
+            heartbeat_ms: lode_server::HEARTBEAT_MS,
+            election_timeout_ms: lode_server::ELECTION_TIMEOUT_MS,
             join: false,
         }),
         ..Config::default()

@@ -769,8 +769,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 .cluster_tls
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("./cluster-tls")),
-            heartbeat_ms: 50,
-            election_timeout_ms: [200, 400],
+            heartbeat_ms: lode_server::HEARTBEAT_MS,
+            election_timeout_ms: lode_server::ELECTION_TIMEOUT_MS,
             join: args.join,
         });
     } else if let (Some(dir), Some(cluster)) = (&args.cluster_tls, config.cluster.as_mut()) {
