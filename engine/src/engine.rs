@@ -610,6 +610,9 @@ impl Engine {
         self.stop_sealer.store(true, Ordering::Release);
         self.sealer_tx = None;
         let here = std::thread::current().id();
+        // The sealer may be mid-seal at idle priority: on a busy machine it
+        // would finish only when the CPUs fall idle.
+        let _hurry = (!self.threads.is_empty()).then(crate::hurry_background);
         for thread in self.threads.drain(..) {
             // The last holder can let go on one of the engine's own
             // threads (an append's callback runs on the writer): that

@@ -1126,6 +1126,15 @@ async fn a_stopped_follower_catches_up_by_the_segments_it_lacks() {
     write_some(&cluster, 20).await;
     cluster.converge(leader).await;
     let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    // Its sealer runs idle-priority: on a busy machine it seals only
+    // while someone waits for it.
+    let hurry = lode_engine::hurry_background();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.nodes[&follower].engine().segments().is_empty() {
+        assert!(Instant::now() < deadline, "the follower never sealed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(hurry);
     cluster.stop_node(follower).await;
     // What it holds once stopped (it may seal while it stops).
     let held = Engine::open(
