@@ -73,12 +73,13 @@ static HURRYING: Mutex<Hurrying> = Mutex::new(Hurrying {
 pub fn hurry_background() -> Hurry {
     let mut hurrying = HURRYING.lock().unwrap_or_else(PoisonError::into_inner);
     hurrying.waiting += 1;
-    if hurrying.waiting == 1 {
-        hurrying.raised = idle_threads()
-            .into_iter()
-            .filter(|&tid| set_policy(tid, libc::SCHED_OTHER) == 0)
-            .collect();
-    }
+    // Every call looks again: a thread made idle since the first waiter
+    // came (a new sealer, a test's thread) is raised too.
+    let raised: Vec<_> = idle_threads()
+        .into_iter()
+        .filter(|&tid| set_policy(tid, libc::SCHED_OTHER) == 0)
+        .collect();
+    hurrying.raised.extend(raised);
     Hurry(())
 }
 
