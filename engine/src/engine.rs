@@ -369,6 +369,9 @@ impl Engine {
             rx: sealer_rx,
             stop: Arc::clone(&stop_sealer),
         };
+        shared
+            .space
+            .update(&shared.wal_dir, shared.opts.free_space_floor);
         let writer = Writer {
             shared: Arc::clone(&shared),
             rx: writer_rx,
@@ -382,6 +385,8 @@ impl Engine {
             unsynced: false,
             last_sync: Instant::now(),
             keys: embedded_keys(&shared)?,
+            space_checked: None,
+            sealing: crate::Overdue::default(),
         };
         // Joined in this order at shutdown: the writer finishes first and
         // its exit disconnects the sealer's channel.
@@ -454,6 +459,7 @@ impl Engine {
             reply.send(Ok(SeqRange { start: end, end }));
             return Ok(());
         }
+        self.refuse_if_no_space()?;
         let limit = self.shared.opts.max_batch_bytes;
         if encoded.frame_len() > limit {
             return Err(Error::BatchTooLarge {
@@ -468,6 +474,27 @@ impl Engine {
                 reply,
             }))
             .map_err(|_| Error::Closed)
+    }
+
+    /// The data directory's free space and floor, as last measured (at
+    /// most a quarter of a second ago while the engine writes, a tick
+    /// ago otherwise). While `low`, an embedded engine refuses appends
+    /// ([`Error::NoSpace`]); a cluster node refuses writes cluster-wide.
+    pub fn space(&self) -> crate::Space {
+        self.shared.space.get()
+    }
+
+    /// [`Error::NoSpace`] while the free space is below the floor.
+    fn refuse_if_no_space(&self) -> Result<()> {
+        if !self.shared.space.low() {
+            return Ok(());
+        }
+        let space = self.shared.space.get();
+        Err(Error::NoSpace {
+            path: self.shared.wal_dir.clone(),
+            free: space.free,
+            floor: space.floor,
+        })
     }
 
     pub(crate) fn sealer(&self) -> Result<&Sender<SealerMsg>> {

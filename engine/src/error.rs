@@ -35,6 +35,14 @@ pub enum Error {
     Codec(#[from] lode_codec::CodecError),
     #[error("the engine is closed")]
     Closed,
+    /// The data directory's disk is below its free-space floor (or a
+    /// write found it full): writes are refused, reads go on, and writes
+    /// resume once space is freed.
+    #[error(
+        "no space for writes: {free} bytes free in {path}, below the floor of {floor}; \
+         writes resume once retention or the operator frees space"
+    )]
+    NoSpace { path: PathBuf, free: u64, floor: u64 },
 }
 
 /// Result alias of this crate.

@@ -33,6 +33,13 @@ impl KeyTable {
         self.seqs.get(&key).copied()
     }
 
+    /// Forgets `key` (a batch that was not written after all).
+    pub(crate) fn remove(&mut self, key: BatchKey) {
+        if self.seqs.remove(&key).is_some() {
+            self.order.retain(|k| *k != key);
+        }
+    }
+
     pub(crate) fn insert(&mut self, key: BatchKey, seqs: SeqRange) {
         if self.seqs.insert(key, seqs).is_none() {
             self.order.push_back(key);

@@ -40,6 +40,7 @@ mod priority;
 mod read;
 mod sealer;
 mod shared;
+mod space;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -56,9 +57,10 @@ pub use lode_codec::{
 };
 pub use log::{LogBounds, LogEntry, SnapshotInstall};
 pub use options::{Background, Durability, KeyWindow, Options, RecoveryMode, Retention};
-pub use priority::{Hurry, hurry_background, lower_thread_priority};
+pub use priority::{Hurry, Overdue, hurry_background, lower_thread_priority};
 pub use read::{Scan, Stats, Subscription};
 pub use sealer::RetentionReport;
 pub use shared::now_ns;
+pub use space::Space;
 pub use store::Settings;
 pub use wal::TailCut;

@@ -99,6 +99,10 @@ pub struct Options {
     pub replicated: bool,
     /// Which keyed batches of sealed segments are remembered.
     pub keys: KeyWindow,
+    /// Writes are refused while the data directory's disk has fewer free
+    /// bytes than this ([`crate::Error::NoSpace`]); `None`: the smaller of
+    /// 1 GiB and 5% of the disk; `Some(0)`: only a full disk refuses.
+    pub free_space_floor: Option<u64>,
 }
 
 /// How background threads (sealing, indexing, index merges) share the CPU
@@ -159,6 +163,7 @@ impl Default for Options {
             background: Background::Idle,
             replicated: false,
             keys: KeyWindow::default(),
+            free_space_floor: None,
         }
     }
 }

@@ -83,6 +83,44 @@ pub fn hurry_background() -> Hurry {
     Hurry(())
 }
 
+/// Hurries background threads while the work they owe is overdue: a
+/// position (a seq, a log index) that work should reach, not reached
+/// within an age, or too far behind. Without it an idle thread beside
+/// busy ones (this process's ingest, or other processes) may get no CPU
+/// at all, and its backlog has no bound.
+#[derive(Debug, Default)]
+pub struct Overdue {
+    hurry: Option<Hurry>,
+    /// The position awaited, and since when.
+    awaited: Option<(u64, std::time::Instant)>,
+}
+
+impl Overdue {
+    /// Work has reached `done` and owes `owed`: hurried once a position
+    /// owed has waited `age`, or more than `bound` is owed; calm again
+    /// once nothing owed is that old and at most a quarter of `bound` is.
+    pub fn check(&mut self, done: u64, owed: u64, bound: u64, age: std::time::Duration) {
+        if done >= owed {
+            self.awaited = None;
+        } else if self.awaited.is_none_or(|(position, _)| done >= position) {
+            self.awaited = Some((owed, std::time::Instant::now()));
+        }
+        let late = self.awaited.is_some_and(|(_, since)| since.elapsed() >= age);
+        let behind = owed.saturating_sub(done);
+        if (late || behind > bound) && self.hurry.is_none() {
+            tracing::debug!(behind, late, "background work is overdue: it hurries");
+            self.hurry = Some(hurry_background());
+        } else if !late && behind <= bound / 4 {
+            self.hurry = None;
+        }
+    }
+
+    /// Whether background threads are hurried now.
+    pub fn hurried(&self) -> bool {
+        self.hurry.is_some()
+    }
+}
+
 /// Keeps the background threads raised; see [`hurry_background`].
 #[derive(Debug)]
 pub struct Hurry(());

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     /// How many keyed batches the store remembers (see
     /// [`crate::KeyWindow`]).
     pub(crate) keyed: std::sync::atomic::AtomicUsize,
+    /// The data directory's free space, as the writer last measured it.
+    pub(crate) space: crate::space::SpaceWatch,
     /// Failpoint: the next WAL sync fails (tests only).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
@@ -127,6 +129,7 @@ impl Shared {
             settings: RwLock::default(),
             settings_generation: AtomicU64::new(0),
             keyed: std::sync::atomic::AtomicUsize::new(0),
+            space: crate::space::SpaceWatch::default(),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
         }

@@ -1022,3 +1022,26 @@ fn an_embedded_log_writes_a_keyed_batch_once() {
     );
     assert_eq!(all_records(&engine).len(), 6, "each batch once");
 }
+
+/// Overdue work hurries background threads: once a position has waited
+/// its age, or too much is owed; calm once caught up.
+#[test]
+fn overdue_work_hurries_until_it_catches_up() {
+    let mut sealing = crate::Overdue::default();
+    sealing.check(5, 5, u64::MAX, Duration::ZERO);
+    assert!(!sealing.hurried(), "nothing owed");
+    sealing.check(5, 10, u64::MAX, Duration::ZERO);
+    assert!(sealing.hurried(), "owed for its age");
+    sealing.check(10, 10, u64::MAX, Duration::ZERO);
+    assert!(!sealing.hurried(), "caught up");
+    let mut indexing = crate::Overdue::default();
+    let hour = Duration::from_secs(3600);
+    indexing.check(0, 50, 100, hour);
+    assert!(!indexing.hurried(), "within the bound, not yet late");
+    indexing.check(0, 101, 100, hour);
+    assert!(indexing.hurried(), "past the bound");
+    indexing.check(70, 101, 100, hour);
+    assert!(indexing.hurried(), "still more than a quarter of the bound");
+    indexing.check(80, 101, 100, hour);
+    assert!(!indexing.hurried(), "within a quarter of the bound");
+}

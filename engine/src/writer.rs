@@ -105,7 +105,19 @@ pub(crate) struct Writer {
     /// An embedded log's keyed batches: a retry is answered, not written
     /// (`None` for a replicated log, whose leader decides that).
     pub(crate) keys: Option<crate::keys::KeyTable>,
+    /// When the free space and the seal backlog were last looked at.
+    pub(crate) space_checked: Option<Instant>,
+    /// Hurries sealing while a finished segment waits too long.
+    pub(crate) sealing: crate::Overdue,
 }
+
+/// How long a finished WAL segment may wait to be sealed before sealing
+/// is hurried (see `Writer::bound_seal_backlog`).
+const SEAL_AGE: Duration = Duration::from_secs(2);
+
+/// How long a replicated log's write waits for space on a full disk
+/// before the engine gives up (poisoned: the node's Raft stops).
+const DISK_FULL_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Writer {
     fn tick(&self) -> Duration {
@@ -173,6 +185,7 @@ impl Writer {
             if self.len >= self.shared.opts.segment_bytes {
                 self.rotate_or_warn();
             }
+            self.check_space();
         }
         if let Err(e) = self.sync_if_unsynced() {
             self.shared.poison(e.to_string());
@@ -205,7 +218,42 @@ impl Writer {
         (group, None)
     }
 
+    /// Measures the free space, and bounds the seal backlog, if neither
+    /// was looked at for a while.
+    fn check_space(&mut self) {
+        if self
+            .space_checked
+            .is_some_and(|at| at.elapsed() < crate::space::CHECK_EVERY)
+        {
+            return;
+        }
+        self.space_checked = Some(Instant::now());
+        let opts = &self.shared.opts;
+        self.shared
+            .space
+            .update(&self.shared.wal_dir, opts.free_space_floor);
+        self.bound_seal_backlog();
+    }
+
+    /// The sealer runs on CPU time nobody else wants: under ingest, or
+    /// beside other busy processes, it may get none and the unsealed WAL
+    /// (and, in a cluster, the log no snapshot covers) grows without
+    /// bound. Once a finished segment has waited `SEAL_AGE`, background
+    /// threads run as normal ones until it is sealed ([`crate::Overdue`]).
+    fn bound_seal_backlog(&mut self) {
+        if !self.shared.opts.background_sealing {
+            return;
+        }
+        let (oldest, active) = {
+            let state = self.shared.read();
+            let first = |w: Option<&WalSegment>| w.map_or(0, |w| w.first_index);
+            (first(state.wal.front()), first(state.wal.back()))
+        };
+        self.sealing.check(oldest, active, u64::MAX, SEAL_AGE);
+    }
+
     fn on_tick(&mut self) {
+        self.check_space();
         let sync_due = match self.shared.opts.durability {
             Durability::Buffered { window } => self.last_sync.elapsed() >= window,
             Durability::Sync => false,
@@ -246,6 +294,8 @@ impl Writer {
             });
         }
         let mut end = self.len;
+        let (first_index, first_seq) = (self.next_index, self.next_seq);
+        let mut keyed = Vec::new();
         while let Some(AppendReq {
             batch,
             log_id,
@@ -290,6 +340,7 @@ impl Writer {
             };
             if let (Some(key), Some(table)) = (key, self.keys.as_mut()) {
                 table.insert(key, seqs);
+                keyed.push(key);
             }
             replies.push((reply, seqs));
             locs.push(loc);
@@ -319,6 +370,28 @@ impl Writer {
                     reply.send(Ok(range));
                 }
             }
+            Err(Error::Io { op: "write", source, .. })
+                if crate::space::is_disk_full(&source) =>
+            {
+                // Nothing of the group was written (its bytes are cut
+                // off): the engine goes on, refusing writes until space
+                // is freed.
+                self.next_index = first_index;
+                self.next_seq = first_seq;
+                if let Some(table) = self.keys.as_mut() {
+                    for key in keyed {
+                        table.remove(key);
+                    }
+                }
+                let space = self.shared.space.get();
+                for (reply, _) in replies {
+                    reply.send(Err(Error::NoSpace {
+                        path: self.path.clone(),
+                        free: space.free,
+                        floor: space.floor,
+                    }));
+                }
+            }
             Err(e) => {
                 let cause = e.to_string();
                 self.shared.poison(cause.clone());
@@ -345,13 +418,14 @@ impl Writer {
             .zip(terms.iter().zip(locs))
             .map(|(batch, (&term, loc))| batch.header(term, loc.index))
             .collect();
-        let mut frames: Vec<IoSlice<'_>> = headers
-            .iter()
-            .zip(batches)
-            .flat_map(|(header, batch)| [IoSlice::new(header), IoSlice::new(batch.payload())])
-            .collect();
-        let written = write_all_vectored_at(&self.file, self.len, &mut frames);
-        if let Err(source) = written {
+        let frames = || -> Vec<IoSlice<'_>> {
+            headers
+                .iter()
+                .zip(batches)
+                .flat_map(|(header, batch)| [IoSlice::new(header), IoSlice::new(batch.payload())])
+                .collect()
+        };
+        if let Err(source) = self.write_frames_at_end(frames) {
             return Err(Error::Io {
                 op: "write",
                 path: self.path.clone(),
@@ -367,6 +441,39 @@ impl Writer {
             Durability::Buffered { window } => self.last_sync.elapsed() >= window,
         };
         if due { self.sync_if_unsynced() } else { Ok(()) }
+    }
+
+    /// Writes the frames `frames` gives at the end of the file. When the
+    /// disk is full, the space is marked low and the bytes written are
+    /// cut off again; an embedded log fails the write (answered "no
+    /// space", the engine goes on), a replicated one tries again for up
+    /// to `DISK_FULL_PATIENCE` (its entries are decided: the log must
+    /// take them, and failing would stop the node's Raft).
+    fn write_frames_at_end<'a>(
+        &self,
+        frames: impl Fn() -> Vec<IoSlice<'a>>,
+    ) -> std::io::Result<()> {
+        let deadline = Instant::now() + DISK_FULL_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let written = write_all_vectored_at(&self.file, self.len, &mut frames());
+            match written {
+                Err(e) if crate::space::is_disk_full(&e) => {
+                    self.shared.space.disk_full();
+                    let _ = self.file.set_len(self.len);
+                    if !self.shared.opts.replicated || Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "the disk is full: the log's write waits for space"
+                    );
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn sync_if_unsynced(&mut self) -> Result<()> {

@@ -43,6 +43,31 @@ use crate::time::{TimeRange, span};
 /// normal priority (under a commit interval: the wait of an index that
 /// keeps up is rarely longer).
 const HURRY_AFTER: Duration = Duration::from_millis(200);
+/// Records durable but not yet searchable past which indexing is
+/// hurried, until the lag is a quarter of it (see `bound_lag`)...
+const LAG_BOUND: u64 = 262_144;
+/// ... or once a durable record has waited this long to be searchable.
+const LAG_AGE: Duration = Duration::from_secs(3);
+/// How often the lag is compared with its bound.
+const LAG_CHECK: Duration = Duration::from_millis(250);
+
+/// Keeps the index lag bounded: the indexer runs on CPU time nobody else
+/// wants, so under ingest, or beside other busy processes, it may get
+/// none. Past `LAG_BOUND` records, or once a record has waited `LAG_AGE`,
+/// background threads run as normal ones until it has caught up
+/// ([`lode_engine::Overdue`]). Runs until its sender is dropped.
+fn bound_lag(engine: &Engine, indexed_upto: &AtomicU64, stop: &std::sync::mpsc::Receiver<()>) {
+    let mut indexing = lode_engine::Overdue::default();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(LAG_CHECK) {
+        let durable = engine.next_seq().saturating_sub(1);
+        indexing.check(
+            indexed_upto.load(Ordering::Acquire),
+            durable,
+            LAG_BOUND,
+            LAG_AGE,
+        );
+    }
+}
 /// Most records the indexer adds between two looks at the commit deadline.
 const CATCH_UP_ROUND: u64 = 50_000;
 /// Documents handed to tantivy's indexing thread at once: one channel send
@@ -188,6 +213,8 @@ pub struct Index {
     indexed_upto: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     indexer: Option<JoinHandle<Result<()>>>,
+    /// Bounds the lag (see `bound_lag`); stopped by dropping the sender.
+    lag_watch: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     max_limit: usize,
     /// Each segment's seq and time columns; also a warmer of the reader,
     /// which keeps it alive only through this `Arc`.
@@ -342,6 +369,18 @@ impl Index {
                 path: dir.to_owned(),
                 source: e,
             })?;
+        let lag_watch = {
+            let (stop_watch, stopped) = std::sync::mpsc::channel();
+            let (engine, indexed_upto) = (Arc::clone(&engine), Arc::clone(&indexed_upto));
+            let watching = std::thread::Builder::new()
+                .name("lode-index-lag".into())
+                .spawn(move || bound_lag(&engine, &indexed_upto, &stopped))
+                .map_err(|e| Error::Io {
+                    path: dir.to_owned(),
+                    source: e,
+                })?;
+            Some((stop_watch, watching))
+        };
         Ok(Index {
             engine,
             fields,
@@ -349,6 +388,7 @@ impl Index {
             indexed_upto,
             stop,
             indexer: Some(handle),
+            lag_watch,
             max_limit: opts.max_limit,
             columns,
             scans: scan_executor(),
@@ -779,6 +819,10 @@ impl Index {
 
     fn shutdown(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Release);
+        if let Some((stop_watch, watching)) = self.lag_watch.take() {
+            drop(stop_watch);
+            let _ = watching.join();
+        }
         match self.indexer.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::Indexer("the indexer thread panicked".into())),

@@ -42,6 +42,10 @@ pub enum Error {
     /// Raft (an append that fails in storage would stop the node).
     #[error("batch of {bytes} encoded bytes exceeds max_batch_bytes = {limit}")]
     TooLarge { bytes: usize, limit: usize },
+    /// A member's disk is below its free-space floor (its alarm is
+    /// raised): the cluster refuses writes until it clears; reads go on.
+    #[error("no space: the disk of node {} is below its free-space floor; writes are refused until space is freed (reads go on)", nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", node "))]
+    NoSpace { nodes: Vec<NodeId> },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -116,6 +120,24 @@ pub(crate) struct Writes {
     max_entry_bytes: usize,
     /// Peer messages (and answers) refused before openraft saw them.
     pub(crate) refused_messages: Arc<AtomicU64>,
+    /// The engine, for the settings every node holds (alarms).
+    engine: Arc<Engine>,
+}
+
+/// The setting that holds node `id`'s no-space alarm while it is raised.
+fn no_space_alarm(id: NodeId) -> String {
+    format!("{NO_SPACE_ALARM}{id}")
+}
+
+const NO_SPACE_ALARM: &str = "alarm/no-space/";
+
+/// The nodes whose no-space alarm is raised in `settings`.
+fn no_space_alarms(settings: &lode_engine::Settings) -> Vec<NodeId> {
+    settings
+        .range(NO_SPACE_ALARM.to_owned()..)
+        .map_while(|(name, _)| name.strip_prefix(NO_SPACE_ALARM))
+        .filter_map(|id| id.parse().ok())
+        .collect()
 }
 
 /// An unkeyed batch waiting to be proposed, and where its seqs go.
@@ -145,6 +167,9 @@ fn echo(e: &Error) -> Error {
         Error::TooLarge { bytes, limit } => Error::TooLarge {
             bytes: *bytes,
             limit: *limit,
+        },
+        Error::NoSpace { nodes } => Error::NoSpace {
+            nodes: nodes.clone(),
         },
         other => Error::Raft(other.to_string()),
     }
@@ -250,6 +275,10 @@ impl Writes {
         &self,
         batch: EncodedBatch,
     ) -> std::result::Result<Result<PendingWrite>, Forward> {
+        let alarms = no_space_alarms(&self.engine.settings());
+        if !alarms.is_empty() {
+            return Ok(Err(Error::NoSpace { nodes: alarms }));
+        }
         if batch.frame_len() > self.max_entry_bytes {
             return Ok(Err(Error::TooLarge {
                 bytes: batch.frame_len(),
@@ -711,6 +740,9 @@ pub struct Status {
     /// Snapshot transfers under way (sending, on the leader; receiving,
     /// on a follower).
     pub transfers: Vec<crate::snapshot::TransferProgress>,
+    /// The members whose no-space alarm is raised: while any is, the
+    /// cluster refuses writes.
+    pub no_space: Vec<NodeId>,
 }
 
 /// A node's latencies and counters, for `/metrics`.
@@ -813,6 +845,54 @@ async fn snapshot_loop(writes: Writes, engine: Arc<Engine>, keep_log_bytes: u64,
     }
 }
 
+/// How often a node compares its disk's free space with its alarm.
+const SPACE_CHECK: Duration = Duration::from_millis(500);
+
+/// Raises this node's no-space alarm while its engine finds the disk
+/// below the floor, and clears it once space is freed. The alarm is a
+/// setting, held by every node, so the whole cluster refuses writes
+/// while any member lacks space (etcd's NOSPACE alarm): no member's log
+/// fills its disk, none stops. The leader also clears the alarms of
+/// nodes that are no longer members.
+async fn space_loop(writes: Writes, every: Duration) {
+    let me = *writes.raft.node_id();
+    loop {
+        tokio::time::sleep(every).await;
+        let raised = no_space_alarms(&writes.engine.settings());
+        let space = writes.engine.space();
+        let mut changes = Vec::new();
+        if space.low && !raised.contains(&me) {
+            tracing::warn!(
+                free = space.free,
+                floor = space.floor,
+                "the disk is below its free-space floor: the cluster refuses writes until space is freed"
+            );
+            changes.push((me, Some(space.free.to_string().into_bytes())));
+        } else if !space.low && raised.contains(&me) {
+            tracing::info!(free = space.free, "disk space freed: writes resume");
+            changes.push((me, None));
+        }
+        if writes.raft.is_leader() {
+            let members = {
+                let m = writes.raft.metrics();
+                let m = m.borrow_watched();
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect::<BTreeSet<_>>()
+            };
+            let gone = raised.iter().filter(|id| !members.contains(id));
+            changes.extend(gone.map(|id| (*id, None)));
+        }
+        for (id, value) in changes {
+            if let Err(e) = writes.set(no_space_alarm(id), value).await {
+                tracing::debug!(error = %e, node = id, "no-space alarm not changed yet");
+            }
+        }
+    }
+}
+
 /// Counts the changes of leader this node sees, until it stops.
 async fn count_leader_changes(raft: Raft, changes: Arc<AtomicU64>) {
     let mut metrics = raft.metrics();
@@ -853,7 +933,7 @@ pub struct ClusterNode {
     engine: Arc<Engine>,
     /// The peer endpoint's server, the merging queue, the leader watcher
     /// and the retention check, stopped at shutdown.
-    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 5]>>,
+    tasks: std::sync::Mutex<Option<[tokio::task::JoinHandle<()>; 6]>>,
     append_latency: Arc<Latency>,
     leader_changes: Arc<AtomicU64>,
 }
@@ -920,6 +1000,7 @@ impl ClusterNode {
             transfers,
             max_entry_bytes: engine.max_batch_bytes(),
             refused_messages: Arc::default(),
+            engine: Arc::clone(&engine),
         };
         let merging = tokio::spawn(merge_loop(writes.clone(), waiting));
         let leader_changes = Arc::new(AtomicU64::new(0));
@@ -939,6 +1020,7 @@ impl ClusterNode {
             config.keep_log_bytes,
             config.snapshot_check,
         ));
+        let spacing = tokio::spawn(space_loop(writes.clone(), SPACE_CHECK));
         let initialized = raft
             .is_initialized()
             .await
@@ -957,7 +1039,14 @@ impl ClusterNode {
             id: config.node_id,
             writes,
             engine,
-            tasks: std::sync::Mutex::new(Some([serve, merging, watching, retaining, snapshotting])),
+            tasks: std::sync::Mutex::new(Some([
+                serve,
+                merging,
+                watching,
+                retaining,
+                snapshotting,
+                spacing,
+            ])),
             append_latency,
             leader_changes,
         })
@@ -965,6 +1054,11 @@ impl ClusterNode {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The members whose no-space alarm is raised (see [`Error::NoSpace`]).
+    pub fn no_space_alarms(&self) -> Vec<NodeId> {
+        no_space_alarms(&self.engine.settings())
     }
 
     /// This node's snapshot transfers: their counts and those under way.
@@ -1108,6 +1202,7 @@ impl ClusterNode {
             snapshot: m.snapshot.map(|s| s.index),
             purged: m.purged.map(|p| p.index),
             transfers: self.writes.transfers.underway(),
+            no_space: self.no_space_alarms(),
             matched,
             lag_bytes,
         }

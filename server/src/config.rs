@@ -43,6 +43,7 @@
 //! field_bitmaps = true         # false: saves ~3.6 bytes/record of memory (~5.4 once attributes are queried); field-filter counts slower
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
+//! free_space_floor = 1073741824  # writes refused (507) below this many free bytes; absent: 1 GiB or 5% of a smaller disk; 0: only a full disk
 //!
 //! [tenant_limits]               # every tenant's; 0 or absent: none
 //! ingest_records_per_sec = 0   # past it: 429 with Retry-After (a second's worth may come at once)
@@ -345,6 +346,9 @@ pub struct Storage {
     pub field_bitmaps: bool,
     pub retention_max_age_s: Option<u64>,
     pub retention_max_bytes: Option<u64>,
+    /// Writes are refused while the data directory's disk has fewer free
+    /// bytes; see [`Options::free_space_floor`].
+    pub free_space_floor: Option<u64>,
 }
 
 /// Who plain syslog is heard from, and its records' tenant.
@@ -469,6 +473,7 @@ impl Default for Storage {
             field_bitmaps: true,
             retention_max_age_s: None,
             retention_max_bytes: None,
+            free_space_floor: None,
         }
     }
 }
@@ -661,6 +666,7 @@ impl Config {
             max_batch_bytes: (self.limits.max_frame_bytes as usize)
                 .min(Options::default().max_batch_bytes),
             replicated: self.cluster.is_some(),
+            free_space_floor: self.storage.free_space_floor,
             keys: lode_engine::KeyWindow {
                 count: self.replication.batch_keys.max(1),
                 max_age: Duration::from_secs(self.replication.batch_key_age_s),

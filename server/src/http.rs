@@ -208,6 +208,7 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -347,6 +348,7 @@ async fn cluster_status(State(service): Shared, who: Who) -> Response {
         "voters": s.voters,
         "learners": s.learners,
         "addresses": s.addrs,
+        "no_space": s.no_space,
     }))
     .into_response()
 }
@@ -752,7 +754,7 @@ async fn otlp_logs(
                 .then(|| failure.retry_after_s.unwrap_or(1).to_string());
             let mut response = if protobuf {
                 let grpc = match failure.code {
-                    ErrorCode::Busy => 8,
+                    ErrorCode::Busy | ErrorCode::NoSpace => 8,
                     ErrorCode::Unavailable => 14,
                     ErrorCode::TooLarge | ErrorCode::BadRequest => 3,
                     _ => 13,

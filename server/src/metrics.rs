@@ -273,6 +273,21 @@ const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
         "The retention bound on sealed bytes (0: none).",
         false,
     ),
+    (
+        "disk_free_bytes",
+        "Free bytes on the data directory's disk.",
+        false,
+    ),
+    (
+        "disk_free_floor_bytes",
+        "Below this many free bytes writes are refused.",
+        false,
+    ),
+    (
+        "no_space",
+        "1 while writes are refused for want of disk space (this node's, or in a cluster any member's).",
+        false,
+    ),
 ];
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {

@@ -60,6 +60,7 @@ impl From<lode_engine::Error> for Failure {
             E::BatchTooLarge { .. } => ErrorCode::TooLarge,
             E::InvalidArgument(_) | E::Codec(_) => ErrorCode::BadRequest,
             E::Poisoned { .. } | E::Closed => ErrorCode::Unavailable,
+            E::NoSpace { .. } => ErrorCode::NoSpace,
             _ => ErrorCode::Internal,
         };
         Failure::new(code, e.to_string())
@@ -256,6 +257,15 @@ impl Service {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Whether writes are refused for want of disk space: this engine's,
+    /// or in a cluster any member's (its alarm).
+    fn refuses_for_space(&self) -> bool {
+        match &self.cluster {
+            Some(cluster) => !cluster.no_space_alarms().is_empty(),
+            None => self.engine.space().low,
+        }
     }
 
     /// Makes this service a node of a cluster: starts Raft over its engine
@@ -600,6 +610,9 @@ impl Service {
                 "retention_max_bytes",
                 self.engine.retention().max_bytes.unwrap_or(0),
             ),
+            ("disk_free_bytes", self.engine.space().free),
+            ("disk_free_floor_bytes", self.engine.space().floor),
+            ("no_space", u64::from(self.refuses_for_space())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -833,6 +846,7 @@ fn cluster_failure(e: lode_replication::Error) -> Failure {
     let code = match &e {
         E::NotLeader { .. } | E::Raft(_) => ErrorCode::Unavailable,
         E::TooLarge { .. } => ErrorCode::TooLarge,
+        E::NoSpace { .. } => ErrorCode::NoSpace,
         _ => ErrorCode::Internal,
     };
     Failure::new(code, e.to_string())

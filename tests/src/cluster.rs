@@ -30,6 +30,8 @@ const TOKENS: &str = "tokens";
 /// The tune of the exactly-once tests: small segments purged at once, a
 /// node away catches up by snapshot.
 pub(crate) const PURGING: &str = "purging";
+/// Nodes refuse writes below 16 MiB of free disk, with 1 MiB segments.
+pub(crate) const DISK_FLOOR: &str = "disk-floor";
 const TRANSFER_BYTES_PER_SEC: u64 = 512 << 10;
 const TRANSFER_CHUNK: usize = 64 << 10;
 const KILLS: usize = 20;
@@ -91,6 +93,10 @@ fn node_child() {
         config.storage.segment_bytes = 64 << 10;
         config.replication.keep_log_bytes = 0;
     }
+    if tune == DISK_FLOOR {
+        config.storage.free_space_floor = Some(16 << 20);
+        config.storage.segment_bytes = 1 << 20;
+    }
     if tune == SNAPSHOTS {
         // Many small segments, no log kept for laggards, and a slow
         // transfer in small chunks: a follower that was away catches up
@@ -128,23 +134,42 @@ fn node_log(spec: &str) -> Stdio {
         .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
+/// A port the system calls free that this process has not handed out
+/// before (the system may give the same one to two calls in a row: a
+/// node then fails to bind its second listener).
+fn unused_port(bind: impl Fn() -> SocketAddr) -> SocketAddr {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let addr = bind();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(addr.port()) {
+            return addr;
+        }
+    }
+}
+
 fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    unused_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    })
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    unused_port(|| {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    })
 }
 
 pub(crate) struct Node {
     spec: String,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     pub(crate) tcp: SocketAddr,
     pub(crate) http: SocketAddr,
     /// The peer endpoint (QUIC).
@@ -1371,6 +1396,22 @@ fn shipped_metric_names() -> std::collections::BTreeSet<String> {
     }
     assert!(names.len() > 20, "{names:?}");
     names
+}
+
+/// How many records match `query` on `node` (a linearizable count,
+/// waiting up to 30 s for an answer).
+pub(crate) fn linearizable_count(node: &Node, query: &str) -> u64 {
+    let answer = node
+        .get_within(
+            &format!("/api/v1/count?q={query}&consistency=linearizable"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_default();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["count"].as_u64())
+        .unwrap_or_else(|| panic!("a count: {answer}"))
 }
 
 /// A request to a node's HTTP API carrying `token` (none if empty): the

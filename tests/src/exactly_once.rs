@@ -95,17 +95,7 @@ fn fill_until_purged(cluster: &Cluster3, node: u64, index: u64) {
 /// How many records of the keyed batch `node` holds (a linearizable
 /// count).
 fn marked(node: &Node) -> u64 {
-    let answer = node
-        .get_within(
-            &format!("/api/v1/count?q={MARK}&consistency=linearizable"),
-            Duration::from_secs(30),
-        )
-        .unwrap_or_default();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["count"].as_u64())
-        .unwrap_or_else(|| panic!("a count: {answer}"))
+    crate::cluster::linearizable_count(node, MARK)
 }
 
 fn last_index(node: &Node) -> u64 {

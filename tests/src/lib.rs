@@ -54,6 +54,8 @@ mod cluster;
 #[cfg(test)]
 mod crash;
 #[cfg(test)]
+mod disk_full;
+#[cfg(test)]
 mod exactly_once;
 #[cfg(test)]
 mod fixtures;

@@ -449,11 +449,14 @@ pub enum ErrorCode {
     Forbidden = 11,
     /// A format or encoding this server does not take.
     Unsupported = 12,
+    /// A disk is below its free-space floor: writes are refused until
+    /// space is freed; reads go on.
+    NoSpace = 13,
 }
 
 impl ErrorCode {
     /// Every code, in number order.
-    pub const ALL: [ErrorCode; 12] = {
+    pub const ALL: [ErrorCode; 13] = {
         use ErrorCode::*;
         [
             BadFrame,
@@ -468,6 +471,7 @@ impl ErrorCode {
             Unauthorized,
             Forbidden,
             Unsupported,
+            NoSpace,
         ]
     };
 
@@ -489,6 +493,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::NoSpace => "no_space",
         }
     }
 }
