@@ -46,6 +46,23 @@ pub enum Error {
     /// raised): the cluster refuses writes until it clears; reads go on.
     #[error("no space: the disk of node {} is below its free-space floor; writes are refused until space is freed (reads go on)", nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", node "))]
     NoSpace { nodes: Vec<NodeId> },
+    /// This node's Raft has stopped (a storage failure, or shutting
+    /// down): nothing more goes through it here; another node may take it.
+    #[error("this node stopped: {0}")]
+    Stopped(String),
+    /// No answer within the time allowed (a quorum, a commit, an apply).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A write forwarded to a leader that changed before it answered:
+    /// whether it was committed is unknown (a keyed batch is safe to
+    /// send again).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Another node could not be reached, or answered with an error.
+    #[error("node {node}: {reason}")]
+    Peer { node: NodeId, reason: String },
+    /// openraft refused a request for a reason of its own (a membership
+    /// change under way, an internal error).
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -170,6 +187,13 @@ fn echo(e: &Error) -> Error {
         },
         Error::NoSpace { nodes } => Error::NoSpace {
             nodes: nodes.clone(),
+        },
+        Error::Stopped(reason) => Error::Stopped(reason.clone()),
+        Error::Timeout(reason) => Error::Timeout(reason.clone()),
+        Error::OutcomeUnknown(reason) => Error::OutcomeUnknown(reason.clone()),
+        Error::Peer { node, reason } => Error::Peer {
+            node: *node,
+            reason: reason.clone(),
         },
         other => Error::Raft(other.to_string()),
     }
@@ -312,10 +336,10 @@ impl Writes {
         self.merge
             .send((batch, tx))
             .await
-            .map_err(|_| Error::Raft("the node stopped".to_owned()))?;
+            .map_err(|_| Error::Stopped("the write queue is closed".to_owned()))?;
         Ok(PendingWrite(Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(Error::Raft("the node stopped".to_owned())))
+                .unwrap_or_else(|_| Err(Error::Stopped("the write was dropped".to_owned())))
         })))
     }
 
@@ -336,7 +360,7 @@ impl Writes {
         };
         if let Err(e) = queued {
             release(self);
-            return Err(Error::Raft(e.to_string()));
+            return Err(Error::Stopped(e.to_string()));
         }
         let writes = self.clone();
         let proposed = std::time::Instant::now();
@@ -350,9 +374,7 @@ impl Writes {
                     Err(moved(*writes.raft.node_id(), forward))
                 }
                 Ok(Err(e)) => Err(Error::Raft(e.to_string())),
-                Err(_) => Err(Error::Raft(
-                    "the write was dropped: the node stopped".to_owned(),
-                )),
+                Err(_) => Err(Error::Stopped("the write was dropped".to_owned())),
             };
             if outcome.is_err() {
                 release(&writes);
@@ -386,7 +408,7 @@ impl Writes {
                 return Err(self.not_leader());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Raft(format!(
+                return Err(Error::Timeout(format!(
                     "the first try of batch {}/{} was not committed within {FORWARD_TIMEOUT:?}",
                     key.producer, key.sequence
                 )));
@@ -416,7 +438,7 @@ impl Writes {
         )
         .await
         .map_err(|_| {
-            Error::Raft(format!(
+            Error::Timeout(format!(
                 "no quorum confirmed the leader within {READ_TIMEOUT:?}"
             ))
         })?;
@@ -425,6 +447,7 @@ impl Writes {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
             }
+            Err(RaftError::Fatal(fatal)) => Err(Error::Stopped(fatal.to_string())),
             Err(e) => Err(Error::Raft(e.to_string())),
         }
     }
@@ -464,12 +487,13 @@ impl Writes {
         let term = self.raft.metrics().borrow_watched().current_term;
         let forward = self.network.request(id, &addr, &request, FORWARD_TIMEOUT);
         let response = tokio::select! {
-            response = forward => response.map_err(|e| {
-                Error::Raft(format!("forwarding to the leader, node {id}: {e}"))
+            response = forward => response.map_err(|e| Error::Peer {
+                node: id,
+                reason: format!("forwarding a write to the leader: {e}"),
             })?,
             () = self.leader_changes(id, term) => {
                 self.network.forget_node(id);
-                return Err(Error::Raft(format!(
+                return Err(Error::OutcomeUnknown(format!(
                     "the leader (node {id}) changed while a write was forwarded to it; \
                      whether it was committed is unknown"
                 )));
@@ -478,10 +502,11 @@ impl Writes {
         match response {
             Response::Written { start, end } => Ok(SeqRange { start, end }),
             Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
-            Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
-            other => Err(Error::Raft(format!(
-                "node {id} answered a forward with {other:?}"
-            ))),
+            Response::Error(reason) => Err(Error::Peer { node: id, reason }),
+            other => Err(Error::Peer {
+                node: id,
+                reason: format!("answered a forward with {other:?}"),
+            }),
         }
     }
 
@@ -534,14 +559,18 @@ impl Writes {
                 .network
                 .request(id, &addr, &request, FORWARD_TIMEOUT)
                 .await
-                .map_err(|e| Error::Raft(format!("forwarding a setting to node {id}: {e}")))?;
+                .map_err(|e| Error::Peer {
+                    node: id,
+                    reason: format!("forwarding a setting: {e}"),
+                })?;
             return match answer {
                 Response::Written { .. } => Ok(()),
                 Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
-                Response::Error(reason) => Err(Error::Raft(format!("node {id}: {reason}"))),
-                other => Err(Error::Raft(format!(
-                    "node {id} answered a setting with {other:?}"
-                ))),
+                Response::Error(reason) => Err(Error::Peer { node: id, reason }),
+                other => Err(Error::Peer {
+                    node: id,
+                    reason: format!("answered a setting with {other:?}"),
+                }),
             };
         }
         self.propose_setting(&name, value.as_deref()).await
@@ -1123,14 +1152,19 @@ impl ClusterNode {
                 Ok(answer) => Ok(answer),
                 Err(_) => ask().await,
             };
-            match answer.map_err(|e| Error::Raft(format!("asking the leader, node {id}: {e}")))? {
+            let answer = answer.map_err(|e| Error::Peer {
+                node: id,
+                reason: format!("asking the leader for a read index: {e}"),
+            })?;
+            match answer {
                 Response::ReadIndex(index) => index,
                 Response::NotLeader(leader) => return Err(Error::NotLeader { node: id, leader }),
-                Response::Error(reason) => return Err(Error::Raft(format!("node {id}: {reason}"))),
+                Response::Error(reason) => return Err(Error::Peer { node: id, reason }),
                 other => {
-                    return Err(Error::Raft(format!(
-                        "node {id} answered a read index request with {other:?}"
-                    )));
+                    return Err(Error::Peer {
+                        node: id,
+                        reason: format!("answered a read index request with {other:?}"),
+                    });
                 }
             }
         };
@@ -1227,10 +1261,10 @@ impl ClusterNode {
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::Timeout(e.to_string()))?;
         metrics
             .current_leader
-            .ok_or_else(|| Error::Raft("no leader".to_owned()))
+            .ok_or_else(|| Error::Timeout("no leader".to_owned()))
     }
 
     /// Waits until this node has applied at least `index`, up to `timeout`.
@@ -1241,7 +1275,7 @@ impl ClusterNode {
             .applied_index_at_least(Some(index), "applied")
             .await
             .map(|_| ())
-            .map_err(|e| Error::Raft(e.to_string()))
+            .map_err(|e| Error::Timeout(e.to_string()))
     }
 
     /// Refuses an operation only the leader makes.

@@ -844,7 +844,12 @@ fn submit(engine: &Engine, batch: EncodedBatch) -> Outcome<PendingAppend> {
 fn cluster_failure(e: lode_replication::Error) -> Failure {
     use lode_replication::Error as E;
     let code = match &e {
-        E::NotLeader { .. } | E::Raft(_) => ErrorCode::Unavailable,
+        E::NotLeader { .. }
+        | E::Stopped(_)
+        | E::OutcomeUnknown(_)
+        | E::Peer { .. }
+        | E::Raft(_) => ErrorCode::Unavailable,
+        E::Timeout(_) => ErrorCode::Timeout,
         E::TooLarge { .. } => ErrorCode::TooLarge,
         E::NoSpace { .. } => ErrorCode::NoSpace,
         _ => ErrorCode::Internal,
