@@ -50,7 +50,8 @@ pub(crate) struct BenchArgs {
     /// Benchmark a cluster of this many nodes on this machine instead:
     /// batched ingest beside one node, CPU per record per node, and
     /// single-record appends from --clients clients beside an etcd cluster
-    /// of as many members (if `etcd` is installed).
+    /// of as many members (if `etcd` is installed), and failover: the
+    /// leader killed under writes (3 nodes or more).
     #[arg(long)]
     pub(crate) cluster: Option<usize>,
     /// Concurrent single-record writers, each with its own connection

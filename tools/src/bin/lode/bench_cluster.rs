@@ -7,7 +7,10 @@
 //! - single-record appends from many clients at once, each with its own
 //!   connection, spread over the nodes, for a fixed time: writes/s and
 //!   commit latency, beside etcd taking single-key puts the same way
-//!   (its JSON gateway over HTTP/1.1, one connection per client).
+//!   (its JSON gateway over HTTP/1.1, one connection per client);
+//! - failover: the leader killed (SIGKILL) while writers keep writing
+//!   through the other nodes, timed until a write sent after the kill is
+//!   acknowledged.
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
@@ -40,6 +43,9 @@ struct Run {
     etcd_writes: Option<Writes>,
     /// The burst of appends all in flight at once, if run.
     burst: Option<Writes>,
+    /// From the leader's kill to the first write sent after it and
+    /// acknowledged (none: the cluster is a single node).
+    failover: Option<Duration>,
 }
 
 /// What the many-clients phase measured.
@@ -142,6 +148,12 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
                 args.burst, w.per_sec, w.p50_ms, w.p99_ms, w.errors
             );
             figures.burst = Some(w);
+        }
+        let mut cluster = cluster;
+        if nodes >= 3 {
+            let took = failover(&mut cluster, &records).await?;
+            eprintln!("  failover          {:>12.0} ms", took.as_secs_f64() * 1e3);
+            figures.failover = Some(took);
         }
         drop(cluster);
 
@@ -442,6 +454,72 @@ async fn burst(
     Ok(collect(tasks, started).await)
 }
 
+/// Writers per surviving node while the leader is killed.
+const FAILOVER_WRITERS: usize = 8;
+/// The longest a failover is waited for.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Kills the leader while writers keep appending single records through
+/// every other node (each reconnecting after a failure), and returns the
+/// time from the kill until a write sent after it is acknowledged: what
+/// a client sees of an election under load.
+async fn failover(
+    cluster: &mut LodeCluster,
+    records: &Arc<Vec<LogRecord>>,
+) -> Result<Duration, CliError> {
+    let leader = cluster.leader(Duration::from_secs(20)).await?;
+    let survivors: Vec<String> = cluster
+        .tcp
+        .iter()
+        .filter(|(id, _)| **id != leader)
+        .map(|(_, addr)| addr.clone())
+        .collect();
+    let killed = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let (acked, mut first_ack) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut writers = Vec::new();
+    for (w, addr) in survivors.iter().cycle().take(FAILOVER_WRITERS * survivors.len()).enumerate() {
+        let (addr, killed, acked) = (addr.clone(), Arc::clone(&killed), acked.clone());
+        let record = records.get(w % records.len().max(1)).cloned();
+        writers.push(tokio::spawn(async move {
+            let Some(record) = record else { return };
+            let mut client = None;
+            while !acked.is_closed() {
+                if client.is_none() {
+                    client = Client::connect_tcp(&addr).await.ok();
+                }
+                let Some(connected) = &client else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let sent = Instant::now();
+                match connected.append(std::slice::from_ref(&record)).await {
+                    Ok(_) if killed.get().is_some_and(|k| sent > *k) => {
+                        let _ = acked.send(Instant::now());
+                    }
+                    Ok(_) => {}
+                    Err(_) => client = None,
+                }
+            }
+        }));
+    }
+    drop(acked);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    let _ = killed.set(killed_at);
+    drop(cluster.children.remove(&leader));
+    let first = tokio::time::timeout(FAILOVER_LIMIT, first_ack.recv()).await;
+    first_ack.close();
+    for writer in writers {
+        writer.abort();
+    }
+    match first {
+        Ok(Some(at)) => Ok(at - killed_at),
+        _ => Err(CliError::new(format!(
+            "no write was acknowledged within {FAILOVER_LIMIT:?} of the leader's kill"
+        ))),
+    }
+}
+
 /// What each writer task returns: its latencies, failures and first
 /// failure.
 type WriterResult = (Vec<Duration>, u64, Option<String>);
@@ -739,6 +817,19 @@ fn report(args: &BenchArgs, nodes: usize, runs: &[Run]) {
             "lode / etcd writes/s: {:.2}x (ratio of medians), {:.2}x (median of run ratios)",
             lode / etcd,
             median(&mut ratios)
+        );
+    }
+    let mut failovers: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| Some(r.failover?.as_secs_f64() * 1e3))
+        .collect();
+    if !failovers.is_empty() {
+        let max = failovers.iter().copied().fold(0.0, f64::max);
+        println!(
+            "\n{:<44} {:>9.0} ms median, {max:.0} ms max (of {})",
+            "failover: leader killed under writes",
+            median(&mut failovers),
+            failovers.len()
         );
     }
 }
