@@ -357,7 +357,19 @@ impl Sealer {
     /// then readers see the new segments and the log's files at or below
     /// the snapshot leave the records' way (kept as log until purged).
     fn install(&self, install: &crate::log::SnapshotInstall) -> Result<()> {
+        tracing::info!(
+            through = install.through,
+            segments = install.segments.len(),
+            files = install.files.len(),
+            "installing a snapshot"
+        );
         for (segment, path) in &install.files {
+            tracing::debug!(
+                first_seq = segment.first_seq,
+                last_seq = segment.last_seq,
+                path = %path.display(),
+                "ingesting a staged segment"
+            );
             let len = fs::metadata(path).map_err(Error::io("stat", path))?.len();
             if len != segment.sst_bytes {
                 return Err(Error::InvalidArgument(format!(
