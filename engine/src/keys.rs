@@ -26,6 +26,7 @@ impl KeyTable {
         for entry in entries {
             table.insert(entry.key, entry.seqs);
         }
+        table.trim();
         table
     }
 
@@ -33,17 +34,26 @@ impl KeyTable {
         self.seqs.get(&key).copied()
     }
 
-    /// Forgets `key` (a batch that was not written after all).
-    pub(crate) fn remove(&mut self, key: BatchKey) {
-        if self.seqs.remove(&key).is_some() {
-            self.order.retain(|k| *k != key);
+    /// Forgets `key`, the newest inserted (a batch that was not written
+    /// after all; several are taken back newest first).
+    pub(crate) fn remove_newest(&mut self, key: BatchKey) {
+        if self.order.back() == Some(&key) {
+            self.order.pop_back();
+            self.seqs.remove(&key);
         }
     }
 
+    /// Adds `key`; the table may hold more than its window until
+    /// [`KeyTable::trim`] (so that a batch not written after all is
+    /// taken back without losing older keys).
     pub(crate) fn insert(&mut self, key: BatchKey, seqs: SeqRange) {
         if self.seqs.insert(key, seqs).is_none() {
             self.order.push_back(key);
         }
+    }
+
+    /// Forgets the oldest keys past the window.
+    pub(crate) fn trim(&mut self) {
         while self.order.len() > self.window {
             if let Some(oldest) = self.order.pop_front() {
                 self.seqs.remove(&oldest);
@@ -77,6 +87,11 @@ mod tests {
         assert_eq!(table.get(key(1)), None);
         assert_eq!(table.get(key(3)), Some(seqs(3)));
         table.insert(key(4), seqs(4));
+        table.insert(key(5), seqs(5));
+        table.remove_newest(key(5));
+        assert_eq!(table.get(key(2)), Some(seqs(2)), "kept until trimmed");
+        table.trim();
+        assert_eq!(table.get(key(5)), None);
         assert_eq!(table.get(key(2)), None);
         assert_eq!(table.get(key(4)), Some(seqs(4)));
     }

@@ -14,9 +14,9 @@ use std::time::Duration;
 /// How often the writer measures the free space.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// After a write found the disk full, free bytes needed above the floor
-/// before writes resume.
-const FULL_MARGIN: u64 = 1 << 20;
+/// Once low, free bytes needed above the floor before writes resume: a
+/// tenth of the floor, at least this.
+const MARGIN: u64 = 1 << 20;
 
 /// The default floor's largest value: 1 GiB...
 const DEFAULT_FLOOR_MAX: u64 = 1 << 30;
@@ -72,9 +72,6 @@ pub(crate) struct SpaceWatch {
     total: AtomicU64,
     floor: AtomicU64,
     low: AtomicBool,
-    /// A write found the disk full; cleared by the next measure above the
-    /// floor.
-    full: AtomicBool,
 }
 
 impl SpaceWatch {
@@ -84,13 +81,11 @@ impl SpaceWatch {
             return;
         };
         let floor = floor(configured, total);
-        // A full disk stays low until the free space passes the floor by
-        // a margin, so that writes do not resume for a few bytes freed.
-        let full = self.full.load(Ordering::Relaxed);
-        let low = free < floor || (full && free < floor.saturating_add(FULL_MARGIN));
-        if !low {
-            self.full.store(false, Ordering::Relaxed);
-        }
+        // Once low, low until the free space passes the floor by a
+        // margin: writes (and a cluster's alarm) do not flap at the floor
+        // or resume for a few bytes freed on a full disk.
+        let margin = (floor / 10).max(MARGIN);
+        let low = free < floor || (self.low() && free < floor.saturating_add(margin));
         self.free.store(free, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
         self.floor.store(floor, Ordering::Relaxed);
@@ -99,7 +94,6 @@ impl SpaceWatch {
 
     /// A write failed with `ENOSPC`.
     pub(crate) fn disk_full(&self) {
-        self.full.store(true, Ordering::Relaxed);
         self.low.store(true, Ordering::Release);
     }
 
@@ -135,7 +129,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_stays_low_until_the_floor_is_passed_by_a_margin() {
+    fn low_space_stays_low_until_the_floor_is_passed_by_a_margin() {
         let dir = tempfile::tempdir().unwrap();
         let watch = SpaceWatch::default();
         watch.update(dir.path(), Some(0));
@@ -144,9 +138,9 @@ mod tests {
         assert!(watch.low());
         let free = watch.get().free;
         // Above the floor but within the margin: still low.
-        watch.update(dir.path(), Some(free - FULL_MARGIN / 4));
+        watch.update(dir.path(), Some(free - MARGIN / 4));
         assert!(watch.low(), "{:?}", watch.get());
-        // Passed by the margin: writes resume, and the full mark is gone.
+        // Passed by the margin: writes resume.
         watch.update(dir.path(), Some(1));
         assert!(!watch.low(), "{:?}", watch.get());
         watch.update(dir.path(), Some(free / 2));

@@ -358,6 +358,9 @@ impl Writer {
             .and_then(|()| self.publish(&locs));
         match outcome {
             Ok(()) => {
+                if let Some(table) = self.keys.as_mut() {
+                    table.trim();
+                }
                 let counters = &self.shared.counters;
                 Counters::add(&counters.group_commits, 1);
                 Counters::add(&counters.appends, replies.len() as u64);
@@ -371,25 +374,30 @@ impl Writer {
                 }
             }
             Err(Error::Io { op: "write", source, .. })
-                if crate::space::is_disk_full(&source) =>
+                if crate::space::is_disk_full(&source) && !self.shared.opts.replicated =>
             {
                 // Nothing of the group was written (its bytes are cut
-                // off): the engine goes on, refusing writes until space
-                // is freed.
+                // off, durably): the engine goes on, refusing writes
+                // until space is freed. A retry of a batch written
+                // before this group still gets its seqs.
                 self.next_index = first_index;
                 self.next_seq = first_seq;
                 if let Some(table) = self.keys.as_mut() {
-                    for key in keyed {
-                        table.remove(key);
+                    for key in keyed.into_iter().rev() {
+                        table.remove_newest(key);
                     }
                 }
                 let space = self.shared.space.get();
-                for (reply, _) in replies {
-                    reply.send(Err(Error::NoSpace {
-                        path: self.path.clone(),
-                        free: space.free,
-                        floor: space.floor,
-                    }));
+                for (reply, seqs) in replies {
+                    reply.send(if seqs.start < first_seq {
+                        Ok(seqs)
+                    } else {
+                        Err(Error::NoSpace {
+                            path: self.path.clone(),
+                            free: space.free,
+                            floor: space.floor,
+                        })
+                    });
                 }
             }
             Err(e) => {
@@ -460,7 +468,16 @@ impl Writer {
             match written {
                 Err(e) if crate::space::is_disk_full(&e) => {
                     self.shared.space.disk_full();
-                    let _ = self.file.set_len(self.len);
+                    // Cut durably: a crash must not bring back frames
+                    // answered "no space". A failed cut poisons.
+                    self.file
+                        .set_len(self.len)
+                        .and_then(|()| self.file.sync_data())
+                        .map_err(|cut| {
+                            std::io::Error::other(format!(
+                                "cutting off a write the full disk refused: {cut}"
+                            ))
+                        })?;
                     if !self.shared.opts.replicated || Instant::now() >= deadline {
                         return Err(e);
                     }

@@ -299,8 +299,11 @@ impl Writes {
         &self,
         batch: EncodedBatch,
     ) -> std::result::Result<Result<PendingWrite>, Forward> {
+        // Refused while a member lacks space; a retry of a batch already
+        // applied is still answered with its seqs (it writes nothing).
         let alarms = no_space_alarms(&self.engine.settings());
-        if !alarms.is_empty() {
+        let written = |key| matches!(self.keys.slot(key), Some(Slot::Applied(..)));
+        if !alarms.is_empty() && !batch.key().is_some_and(written) {
             return Ok(Err(Error::NoSpace { nodes: alarms }));
         }
         if batch.frame_len() > self.max_entry_bytes {
