@@ -42,7 +42,11 @@ pub enum Error {
         "no space for writes: {free} bytes free in {path}, below the floor of {floor}; \
          writes resume once retention or the operator frees space"
     )]
-    NoSpace { path: PathBuf, free: u64, floor: u64 },
+    NoSpace {
+        path: PathBuf,
+        free: u64,
+        floor: u64,
+    },
 }
 
 /// Result alias of this crate.

@@ -105,7 +105,9 @@ impl Overdue {
         } else if self.awaited.is_none_or(|(position, _)| done >= position) {
             self.awaited = Some((owed, std::time::Instant::now()));
         }
-        let late = self.awaited.is_some_and(|(_, since)| since.elapsed() >= age);
+        let late = self
+            .awaited
+            .is_some_and(|(_, since)| since.elapsed() >= age);
         let behind = owed.saturating_sub(done);
         if (late || behind > bound) && self.hurry.is_none() {
             tracing::debug!(behind, late, "background work is overdue: it hurries");

@@ -373,9 +373,11 @@ impl Writer {
                     reply.send(Ok(range));
                 }
             }
-            Err(Error::Io { op: "write", source, .. })
-                if crate::space::is_disk_full(&source) && !self.shared.opts.replicated =>
-            {
+            Err(Error::Io {
+                op: "write",
+                source,
+                ..
+            }) if crate::space::is_disk_full(&source) && !self.shared.opts.replicated => {
                 // Nothing of the group was written (its bytes are cut
                 // off, durably): the engine goes on, refusing writes
                 // until space is freed. A retry of a batch written

@@ -142,7 +142,9 @@ fn unused_port(bind: impl Fn() -> SocketAddr) -> SocketAddr {
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let addr = bind();
-        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if given.insert(addr.port()) {
             return addr;
         }

@@ -42,7 +42,11 @@ fn mount_tmpfs(at: &Path, mib: u64) {
         .arg(at)
         .status()
         .unwrap();
-    assert!(mounted.success(), "mount a tmpfs on {} (needs root)", at.display());
+    assert!(
+        mounted.success(),
+        "mount a tmpfs on {} (needs root)",
+        at.display()
+    );
 }
 
 fn unmount(at: &Path) {

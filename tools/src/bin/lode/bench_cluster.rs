@@ -477,7 +477,12 @@ async fn failover(
     let killed = Arc::new(std::sync::OnceLock::<Instant>::new());
     let (acked, mut first_ack) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut writers = Vec::new();
-    for (w, addr) in survivors.iter().cycle().take(FAILOVER_WRITERS * survivors.len()).enumerate() {
+    for (w, addr) in survivors
+        .iter()
+        .cycle()
+        .take(FAILOVER_WRITERS * survivors.len())
+        .enumerate()
+    {
         let (addr, killed, acked) = (addr.clone(), Arc::clone(&killed), acked.clone());
         let record = records.get(w % records.len().max(1)).cloned();
         writers.push(tokio::spawn(async move {
