@@ -193,6 +193,15 @@ fn recover_wal(
             cuts.push(cut);
         }
         let mut segment = recovered.segment;
+        if segment.frames.is_empty() && i + 1 < count {
+            // An empty file was being replaced by the next one (after a
+            // snapshot install, a restart) when the process died: it holds
+            // no entry, and the next file's header says where the log goes.
+            drop(recovered.file);
+            fs::remove_file(&segment.path).map_err(Error::io("remove", &segment.path))?;
+            wal::sync_dir(wal_dir)?;
+            continue;
+        }
         expected = Some((segment.next_index(), segment.end_seq()));
         // In a replicated log, entries at or below the applied index are
         // covered by the sealed segments or an installed snapshot, whatever
@@ -529,7 +538,7 @@ impl Engine {
         writer
             .send(WriterMsg::SealAll(reply))
             .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        crate::sealer::await_answer(&rx)
     }
 
     /// Applies retention now, as if the time were `now` (ns since the
@@ -541,7 +550,7 @@ impl Engine {
         sealer
             .send(SealerMsg::Retention { now, reply })
             .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        crate::sealer::await_answer(&rx)
     }
 
     /// The seq retention would keep from as of `now` (ns since the
@@ -562,7 +571,7 @@ impl Engine {
         sealer
             .send(SealerMsg::DropBelow { floor, reply })
             .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        crate::sealer::await_answer(&rx)
     }
 
     /// The SST file of a sealed segment as it was sealed, if this is a

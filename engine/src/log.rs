@@ -96,7 +96,7 @@ impl Engine {
         let sealer = self.sealer()?;
         let (reply, rx) = bounded(1);
         sealer.send(msg(reply)).map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        crate::sealer::await_answer(&rx)
     }
 
     /// Appends entries of a replicated log, each `(term, index, frame)`

@@ -34,7 +34,7 @@ pub fn lower_thread_priority(priority: Background) {
                 libc::setpriority(libc::PRIO_PROCESS, 0, niceness.clamp(0, 19))
             }
         }
-        Background::Idle => set_policy(0, libc::SCHED_IDLE),
+        Background::Idle => lower_unless_hurried(),
     };
     if result != 0 {
         tracing::debug!(
@@ -43,6 +43,21 @@ pub fn lower_thread_priority(priority: Background) {
             "could not lower a background thread's priority"
         );
     }
+}
+
+/// Makes the calling thread `SCHED_IDLE`, unless background threads are
+/// hurried now: then it is counted among the raised ones and made idle
+/// when the hurry ends (a thread that starts while someone already waits,
+/// such as a new engine's sealer, is not left behind).
+fn lower_unless_hurried() -> libc::c_int {
+    let mut hurrying = HURRYING.lock().unwrap_or_else(PoisonError::into_inner);
+    if hurrying.waiting > 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: gettid takes no arguments and touches no memory.
+        hurrying.raised.push(unsafe { libc::gettid() });
+        return 0;
+    }
+    set_policy(0, libc::SCHED_IDLE)
 }
 
 /// Sets thread `tid`'s scheduling policy (0: the calling thread); 0 or -1

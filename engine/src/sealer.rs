@@ -27,6 +27,14 @@ use crate::wal::{self, FrameLoc};
 use lode_codec::SegmentMeta;
 use lode_codec::{KeyedEntry, RecordsCrc, SeqRange, encode_sealed_value};
 
+/// Waits for the sealer's answer to `rx`, this process's idle-priority
+/// threads running as normal ones meanwhile: someone waits on work that
+/// an idle thread beside busy ones might otherwise get no CPU for.
+pub(crate) fn await_answer<T>(rx: &Receiver<Result<T>>) -> Result<T> {
+    let _hurry = crate::hurry_background();
+    rx.recv().map_err(|_| Error::Closed)?
+}
+
 pub(crate) enum SealerMsg {
     /// A WAL segment was finished.
     Work,

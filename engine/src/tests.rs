@@ -415,6 +415,15 @@ fn background_priorities_are_applied_to_the_calling_thread() {
         std::thread::spawn(move || {
             let before = thread_priority();
             lower_thread_priority(priority);
+            // Another test may hurry background threads: an idle thread
+            // is lowered once that ends.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while priority == Background::Idle
+                && thread_priority().1 != SCHED_IDLE
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             (before, thread_priority())
         })
         .join()
@@ -467,16 +476,36 @@ fn idle_threads_are_raised_while_someone_waits_for_them() {
     assert_eq!(policy(), want, "raised while someone waits");
     drop(first);
     assert_eq!(policy(), want, "someone still waits");
+    // A thread that lowers itself while someone waits (a sealer that
+    // starts then) runs as a normal one until the waiting ends.
+    let (ask_late, asked_late) = std::sync::mpsc::channel::<()>();
+    let (tell_late, told_late) = std::sync::mpsc::channel();
+    let late = std::thread::spawn(move || {
+        lower_thread_priority(Background::Idle);
+        while asked_late.recv().is_ok() {
+            tell_late.send(thread_priority().1).unwrap();
+        }
+    });
+    let late_policy = || {
+        ask_late.send(()).unwrap();
+        told_late.recv().unwrap()
+    };
+    assert_eq!(
+        late_policy(),
+        SCHED_OTHER,
+        "not lowered while someone waits"
+    );
     drop(second);
     // Other tests of this process may be waiting for their engines: idle
     // again once the last of them stops.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while policy() != SCHED_IDLE {
+    while policy() != SCHED_IDLE || late_policy() != SCHED_IDLE {
         assert!(std::time::Instant::now() < deadline, "idle again");
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop(ask);
+    drop((ask, ask_late));
     idle.join().unwrap();
+    late.join().unwrap();
 }
 
 /// A replicated log drops only what its log decided: its own policy is

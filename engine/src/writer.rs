@@ -821,7 +821,7 @@ impl Writer {
                 reply,
             })
             .map_err(|_| Error::Closed)?;
-        rx.recv().map_err(|_| Error::Closed)??;
+        crate::sealer::await_answer(&rx)?;
         let active = {
             let state = self.shared.read();
             state.wal.back().map(WalSegment::last_index)
