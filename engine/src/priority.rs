@@ -34,7 +34,7 @@ pub fn lower_thread_priority(priority: Background) {
                 libc::setpriority(libc::PRIO_PROCESS, 0, niceness.clamp(0, 19))
             }
         }
-        Background::Idle => lower_unless_hurried(),
+        Background::Idle => set_policy(0, libc::SCHED_IDLE),
     };
     if result != 0 {
         tracing::debug!(
@@ -43,21 +43,6 @@ pub fn lower_thread_priority(priority: Background) {
             "could not lower a background thread's priority"
         );
     }
-}
-
-/// Makes the calling thread `SCHED_IDLE`, unless background threads are
-/// hurried now: then it is counted among the raised ones and made idle
-/// when the hurry ends (a thread that starts while someone already waits,
-/// such as a new engine's sealer, is not left behind).
-fn lower_unless_hurried() -> libc::c_int {
-    let mut hurrying = HURRYING.lock().unwrap_or_else(PoisonError::into_inner);
-    if hurrying.waiting > 0 {
-        #[allow(unsafe_code)]
-        // SAFETY: gettid takes no arguments and touches no memory.
-        hurrying.raised.push(unsafe { libc::gettid() });
-        return 0;
-    }
-    set_policy(0, libc::SCHED_IDLE)
 }
 
 /// Sets thread `tid`'s scheduling policy (0: the calling thread); 0 or -1
@@ -88,14 +73,18 @@ static HURRYING: Mutex<Hurrying> = Mutex::new(Hurrying {
 pub fn hurry_background() -> Hurry {
     let mut hurrying = HURRYING.lock().unwrap_or_else(PoisonError::into_inner);
     hurrying.waiting += 1;
-    // Every call looks again: a thread made idle since the first waiter
-    // came (a new sealer, a test's thread) is raised too.
+    raise_idle(&mut hurrying);
+    Hurry(())
+}
+
+/// Raises every `SCHED_IDLE` thread of this process: each look finds the
+/// threads made idle since the last (a new sealer, a test's thread).
+fn raise_idle(hurrying: &mut Hurrying) {
     let raised: Vec<_> = idle_threads()
         .into_iter()
         .filter(|&tid| set_policy(tid, libc::SCHED_OTHER) == 0)
         .collect();
     hurrying.raised.extend(raised);
-    Hurry(())
 }
 
 /// Hurries background threads while the work they owe is overdue: a
@@ -129,6 +118,8 @@ impl Overdue {
             self.hurry = Some(hurry_background());
         } else if !late && behind <= bound / 4 {
             self.hurry = None;
+        } else if let Some(hurry) = &self.hurry {
+            hurry.again();
         }
     }
 
@@ -141,6 +132,15 @@ impl Overdue {
 /// Keeps the background threads raised; see [`hurry_background`].
 #[derive(Debug)]
 pub struct Hurry(());
+
+impl Hurry {
+    /// Raises the threads made idle since the hurry began (a thread that
+    /// started meanwhile lowers itself at its start): a long wait calls
+    /// this now and then.
+    pub fn again(&self) {
+        raise_idle(&mut HURRYING.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
 
 impl Drop for Hurry {
     fn drop(&mut self) {

@@ -31,9 +31,20 @@ use lode_codec::{KeyedEntry, RecordsCrc, SeqRange, encode_sealed_value};
 /// threads running as normal ones meanwhile: someone waits on work that
 /// an idle thread beside busy ones might otherwise get no CPU for.
 pub(crate) fn await_answer<T>(rx: &Receiver<Result<T>>) -> Result<T> {
-    let _hurry = crate::hurry_background();
-    rx.recv().map_err(|_| Error::Closed)?
+    let hurry = crate::hurry_background();
+    loop {
+        match rx.recv_timeout(LOOK_AGAIN) {
+            Ok(answer) => return answer,
+            Err(RecvTimeoutError::Timeout) => hurry.again(),
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+        }
+    }
 }
+
+/// How often a wait on the sealer looks for threads to raise again: a
+/// sealer that starts while someone waits lowers itself after the first
+/// look.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
 
 pub(crate) enum SealerMsg {
     /// A WAL segment was finished.

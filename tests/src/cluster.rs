@@ -1285,6 +1285,13 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         "megabytes to send: {missing} (purged through {purged})"
     );
     // Kill the follower at a random point of each transfer.
+    let term = |cluster: &Cluster3| {
+        cluster.nodes[&leader]
+            .status()
+            .and_then(|s| s["term"].as_u64())
+            .unwrap_or(0)
+    };
+    let term_before = term(&cluster);
     let mut kills = 0;
     while kills < TRANSFER_KILLS {
         cluster.nodes.get_mut(&follower).unwrap().start();
@@ -1314,11 +1321,20 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
     );
     cluster.nodes.get_mut(&follower).unwrap().start();
     cluster.settle(Duration::from_secs(60));
-    let metrics = cluster.nodes[&leader].get("/metrics").unwrap_or_default();
-    let sent = metric(&metrics, "lode_snapshot_sent_bytes_total");
-    let resumes = metric(&metrics, "lode_snapshot_resumes_total");
+    // A busy machine may elect another leader meanwhile: its own files
+    // (sealed by itself, not byte for byte the first leader's) are sent
+    // whole once per such term.
+    let elections = term(&cluster).saturating_sub(term_before);
+    let (mut sent, mut resumes) = (0, 0);
+    for (id, node) in &cluster.nodes {
+        if *id != follower {
+            let metrics = node.get("/metrics").unwrap_or_default();
+            sent += metric(&metrics, "lode_snapshot_sent_bytes_total");
+            resumes += metric(&metrics, "lode_snapshot_resumes_total");
+        }
+    }
     eprintln!(
-        "{kills} kills: {missing} bytes missing, {sent} sent ({} over), {resumes} resumes, {:?}",
+        "{kills} kills: {missing} bytes missing, {sent} sent ({} over), {resumes} resumes, {elections} elections, {:?}",
         sent - missing.min(sent),
         started.elapsed()
     );
@@ -1327,8 +1343,8 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
         "every missing byte was sent ({sent} < {missing})"
     );
     assert!(
-        sent <= missing + kills * TRANSFER_CHUNK as u64,
-        "at most a chunk more per kill: {sent} sent for {missing}"
+        sent <= missing * (1 + elections) + kills * TRANSFER_CHUNK as u64,
+        "at most a chunk more per kill: {sent} sent for {missing}, {elections} elections"
     );
     assert!(resumes >= 1, "transfers resumed ({resumes})");
     assert_eq!(
