@@ -4,7 +4,7 @@
 //! once space is freed).
 //!
 //! The writer measures after its work at most every [`CHECK_EVERY`] (one
-//! `statvfs`), and a write that fails with `ENOSPC` marks the space low
+//! `statvfs`), and a write that fails with `ENOSPC` (or `EDQUOT`) marks the space low
 //! at once.
 
 use std::path::Path;
@@ -92,7 +92,7 @@ impl SpaceWatch {
         self.low.store(low, Ordering::Release);
     }
 
-    /// A write failed with `ENOSPC`.
+    /// A write failed with `ENOSPC` or `EDQUOT`.
     pub(crate) fn disk_full(&self) {
         self.low.store(true, Ordering::Release);
     }
@@ -111,14 +111,25 @@ impl SpaceWatch {
     }
 }
 
-/// Whether `error` says the disk is full.
+/// Whether `error` says the disk is full, or the user's quota of it is
+/// spent (statvfs does not see a quota: the write is refused as on a
+/// full disk, and the next one tries again).
 pub(crate) fn is_disk_full(error: &std::io::Error) -> bool {
-    error.raw_os_error() == Some(libc::ENOSPC)
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_and_a_spent_quota_are_told_from_other_errors() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(is_disk_full(&os(libc::ENOSPC)));
+        assert!(is_disk_full(&os(libc::EDQUOT)));
+        assert!(!is_disk_full(&os(libc::EIO)));
+        assert!(!is_disk_full(&std::io::Error::other("no space")));
+    }
 
     #[test]
     fn the_default_floor_is_a_gibibyte_or_a_twentieth_of_a_small_disk() {

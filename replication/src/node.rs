@@ -1264,7 +1264,7 @@ impl ClusterNode {
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
-            .map_err(|e| Error::Timeout(e.to_string()))?;
+            .map_err(wait_error)?;
         metrics
             .current_leader
             .ok_or_else(|| Error::Timeout("no leader".to_owned()))
@@ -1278,7 +1278,7 @@ impl ClusterNode {
             .applied_index_at_least(Some(index), "applied")
             .await
             .map(|_| ())
-            .map_err(|e| Error::Timeout(e.to_string()))
+            .map_err(wait_error)
     }
 
     /// Refuses an operation only the leader makes.
@@ -1380,5 +1380,14 @@ impl ClusterNode {
         }
         self.writes.network.close().await;
         stopped.map_err(|e| Error::Raft(e.to_string()))
+    }
+}
+
+/// A wait on openraft's metrics that ended unmet: its time ran out, or the
+/// node is shutting down.
+fn wait_error(error: openraft::metrics::WaitError) -> Error {
+    match error {
+        openraft::metrics::WaitError::ShuttingDown => Error::Stopped(error.to_string()),
+        openraft::metrics::WaitError::Timeout(..) => Error::Timeout(error.to_string()),
     }
 }
