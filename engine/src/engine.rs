@@ -193,10 +193,12 @@ fn recover_wal(
             cuts.push(cut);
         }
         let mut segment = recovered.segment;
-        if segment.frames.is_empty() && i + 1 < count {
-            // An empty file was being replaced by the next one (after a
-            // snapshot install, a restart) when the process died: it holds
-            // no entry, and the next file's header says where the log goes.
+        let covered = opts.replicated && applied.is_some_and(|a| segment.first_index <= a);
+        if segment.frames.is_empty() && (i + 2 == count || covered) {
+            // An empty file was being replaced (after a snapshot install, a
+            // restart) when the process died: by the next one, or, when
+            // the manifest already covers where it starts, by a file after
+            // the applied index (made below). It holds no entry.
             drop(recovered.file);
             fs::remove_file(&segment.path).map_err(Error::io("remove", &segment.path))?;
             wal::sync_dir(wal_dir)?;

@@ -505,6 +505,7 @@ impl Writes {
         match response {
             Response::Written { start, end } => Ok(SeqRange { start, end }),
             Response::NotLeader(leader) => Err(Error::NotLeader { node: id, leader }),
+            Response::NoSpace(nodes) => Err(Error::NoSpace { nodes }),
             Response::Error(reason) => Err(Error::Peer { node: id, reason }),
             other => Err(Error::Peer {
                 node: id,
@@ -609,6 +610,7 @@ impl Writes {
                 end: seqs.end,
             },
             Ok(Err(Error::NotLeader { leader, .. })) => Response::NotLeader(leader),
+            Ok(Err(Error::NoSpace { nodes })) => Response::NoSpace(nodes),
             Ok(Err(e)) => Response::Error(e.to_string()),
             Err(Forward { leader, .. }) => Response::NotLeader(leader),
         }

@@ -351,11 +351,33 @@ fn sigkill_during_snapshot_installs() {
     // How long one whole install takes here, then kills spread over it.
     let started = Instant::now();
     let whole = install_and_kill(&dir.path().join("timing"), &plan_path, None).unwrap();
+    // The follower holds the leader's records, and its log goes on after
+    // the snapshot with the snapshot's next seq, across a reopen.
     let verify = |follower: &Path| {
         let engine = Engine::open(follower, replicated_options()).unwrap();
         let got: Vec<_> = engine.scan(..).map(|r| r.unwrap().log).collect();
         assert_eq!(got.len(), want.len(), "every record once");
         assert!(got == want, "the follower's records are the leader's");
+        let next = plan.through + 1;
+        let batch = lode_engine::EncodedBatch::encode(&[record_for(plan.end_seq)]).unwrap();
+        let (tx, rx) = mpsc::channel();
+        engine
+            .append_entries(vec![(1, next, std::sync::Arc::new(batch))], move |r| {
+                let _ = tx.send(r);
+            })
+            .unwrap();
+        rx.recv().unwrap().unwrap();
+        let seqs = engine.apply(next).unwrap();
+        assert_eq!(
+            seqs.last().map(|(_, r)| r.start),
+            Some(plan.end_seq),
+            "the entry after the snapshot takes the snapshot's next seq"
+        );
+        engine.close().unwrap();
+        // Reopened, the log applies that entry again with the same seq.
+        let engine = Engine::open(follower, replicated_options()).unwrap();
+        let seqs = engine.apply(next).unwrap();
+        assert_eq!(seqs.last().map(|(_, r)| r.start), Some(plan.end_seq));
         engine.close().unwrap();
     };
     // Each follower is killed until a run of it ends the install (the

@@ -37,7 +37,8 @@
 //! (count u32 | { first seq u64 | sst crc u32 | from u64 }: the segments
 //! the follower lacks and where each resumes), 72 chunk staged (bytes
 //! staged u64), 73 chunk refused (bytes staged u64 | reason str), 74
-//! installed (vote).
+//! installed (vote), 75 no space (a forward refused: count u32 | { node
+//! id u64 }, the members whose no-space alarm is raised).
 //!
 //! ```text
 //! segment list  count u32 | segment ... | floor u64 | end seq u64 | opt settings
@@ -184,6 +185,9 @@ pub enum Response {
     },
     /// The snapshot is installed; the follower's vote.
     Installed(Vote),
+    /// A forwarded batch was refused: these members' disks are below
+    /// their free-space floor (their no-space alarm is raised).
+    NoSpace(Vec<NodeId>),
     /// The peer could not serve the request (it is shutting down, say).
     Error(String),
 }
@@ -460,6 +464,12 @@ pub fn encode_response(id: u64, resp: &Response) -> Vec<u8> {
             w.bytes(reason.as_bytes());
         }),
         Response::Installed(vote) => message(74, id, |w| w.vote(vote)),
+        Response::NoSpace(nodes) => message(75, id, |w| {
+            w.u32(nodes.len() as u32);
+            for node in nodes {
+                w.u64(*node);
+            }
+        }),
         Response::Error(reason) => message(127, id, |w| w.bytes(reason.as_bytes())),
     }
 }
@@ -892,6 +902,14 @@ pub fn decode_response(bytes: &[u8]) -> Result<(u64, Response)> {
             Ok(Response::ChunkRefused { staged, reason })
         })?,
         74 => r.whole(|r| r.vote().map(Response::Installed))?,
+        75 => r.whole(|r| {
+            let n = r.count("alarmed nodes", 8)?;
+            let mut nodes = Vec::with_capacity(n);
+            for _ in 0..n {
+                nodes.push(r.u64("alarmed node")?);
+            }
+            Ok(Response::NoSpace(nodes))
+        })?,
         127 => r.whole(|r| r.string("error").map(Response::Error))?,
         other => {
             return Err(WireError::Invalid {
@@ -1373,6 +1391,8 @@ mod tests {
                 reason: "bad crc".into(),
             },
             Response::Installed(Vote::new(3, 1)),
+            Response::NoSpace(vec![2, 3]),
+            Response::NoSpace(Vec::new()),
             Response::Error("shutting down".into()),
         ] {
             let (id, back) = decode_response(&encode_response(u64::MAX, &resp)).unwrap();
