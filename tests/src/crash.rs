@@ -293,7 +293,22 @@ fn install_and_kill(dir: &Path, plan: &Path, delay: Option<Duration>) -> Option<
             child.kill().unwrap();
             child.wait().unwrap();
         }
-        None => assert!(child.wait().unwrap().success(), "the install child failed"),
+        None => {
+            // Bounded: an install that hangs fails the test, not CI.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("the install child did not finish within 120 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(status.success(), "the install child failed");
+        }
     }
     reader.join().unwrap()
 }
