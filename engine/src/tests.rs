@@ -434,21 +434,11 @@ fn background_priorities_are_applied_to_the_calling_thread() {
 /// otherwise they stay idle).
 #[test]
 fn idle_threads_are_raised_while_someone_waits_for_them() {
-    use crate::{Background, hurry_background, lower_thread_priority};
+    use crate::hurry_background;
     const SCHED_OTHER: u64 = 0;
     const SCHED_IDLE: u64 = 5;
-    let (ask, asked) = std::sync::mpsc::channel::<()>();
-    let (tell, told) = std::sync::mpsc::channel();
-    let idle = std::thread::spawn(move || {
-        lower_thread_priority(Background::Idle);
-        while asked.recv().is_ok() {
-            tell.send(thread_priority().1).unwrap();
-        }
-    });
-    let policy = || {
-        ask.send(()).unwrap();
-        told.recv().unwrap()
-    };
+    let idle = IdleThread::start();
+    let policy = || idle.policy();
     assert_eq!(policy(), SCHED_IDLE);
     let may_raise = {
         let param = libc::sched_param { sched_priority: 0 };
@@ -469,18 +459,8 @@ fn idle_threads_are_raised_while_someone_waits_for_them() {
     assert_eq!(policy(), want, "someone still waits");
     // A thread that lowers itself while someone waits (a sealer that
     // starts then) is raised by the waiter's next look.
-    let (ask_late, asked_late) = std::sync::mpsc::channel::<()>();
-    let (tell_late, told_late) = std::sync::mpsc::channel();
-    let late = std::thread::spawn(move || {
-        lower_thread_priority(Background::Idle);
-        while asked_late.recv().is_ok() {
-            tell_late.send(thread_priority().1).unwrap();
-        }
-    });
-    let late_policy = || {
-        ask_late.send(()).unwrap();
-        told_late.recv().unwrap()
-    };
+    let late = IdleThread::start();
+    let late_policy = || late.policy();
     // Answering means it has lowered itself (another test's wait may
     // have raised it already: its policy is not asserted here).
     let _ = late_policy();
@@ -494,9 +474,33 @@ fn idle_threads_are_raised_while_someone_waits_for_them() {
         assert!(std::time::Instant::now() < deadline, "idle again");
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop((ask, ask_late));
-    idle.join().unwrap();
-    late.join().unwrap();
+}
+
+/// A thread that lowers itself to `SCHED_IDLE` and tells its policy when
+/// asked; it ends when dropped.
+struct IdleThread {
+    ask: std::sync::mpsc::Sender<()>,
+    told: std::sync::mpsc::Receiver<u64>,
+}
+
+impl IdleThread {
+    fn start() -> IdleThread {
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            crate::lower_thread_priority(crate::Background::Idle);
+            while asked.recv().is_ok() {
+                tell.send(thread_priority().1).unwrap();
+            }
+        });
+        IdleThread { ask, told }
+    }
+
+    /// Its scheduling policy; answering means it has lowered itself.
+    fn policy(&self) -> u64 {
+        self.ask.send(()).unwrap();
+        self.told.recv().unwrap()
+    }
 }
 
 /// A replicated log drops only what its log decided: its own policy is
