@@ -797,11 +797,13 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
     let (through, end_seq) = (sealed.through, sealed.end_seq);
     // Each follower: how many entries it holds, how many it applied,
     // how large its files grow (the longer log's one file straddles the
-    // snapshot's end).
-    for (name, held, applied, file_bytes) in [
-        ("empty", 0u64, 0u64, 8 << 10),
-        ("short", 30, 20, 8 << 10),
-        ("longer", through + 5, 10, 1 << 20),
+    // snapshot's end), whether its active file was just started empty
+    // (a rotation after its last entry).
+    for (name, held, applied, file_bytes, rotated) in [
+        ("empty", 0u64, 0u64, 8 << 10, false),
+        ("short", 30, 20, 8 << 10, false),
+        ("longer", through + 5, 10, 1 << 20, false),
+        ("rotated", through + 5, 10, 1 << 20, true),
     ] {
         let path = dir.path().join(name);
         let opts = Options {
@@ -812,6 +814,9 @@ fn a_snapshot_installs_over_an_empty_a_short_and_a_longer_log() {
         if held > 0 {
             append_log(&follower, 1, &entries[..held as usize]);
             follower.apply(applied).unwrap();
+        }
+        if rotated {
+            follower.seal().unwrap();
         }
         // A keyed batch the sender remembers among the snapshot's.
         let sent_key = crate::KeyedEntry {

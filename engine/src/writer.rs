@@ -791,12 +791,12 @@ impl Writer {
 
     /// Installs a snapshot: checks that the entries this log holds past
     /// it carry its seqs, has the sealer swap the segments and manifest
-    /// in, then starts the log after it unless the active file holds
-    /// later entries.
+    /// in, then starts the log after it unless the log holds later
+    /// entries.
     fn install(&mut self, install: crate::log::SnapshotInstall) -> Result<()> {
         self.sync_if_unsynced()?;
         let (through, end_seq) = (install.through, install.end_seq);
-        {
+        let holds_later = {
             let state = self.shared.read();
             if let Some(applied) = state.applied.filter(|&a| a >= through) {
                 return Err(Error::InvalidArgument(format!(
@@ -813,7 +813,8 @@ impl Writer {
                     f.index, f.first_seq
                 )));
             }
-        }
+            later.is_some()
+        };
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.sealer
             .send(SealerMsg::Install {
@@ -826,8 +827,11 @@ impl Writer {
             let state = self.shared.read();
             state.wal.back().map(WalSegment::last_index)
         };
+        // An empty active file (a rotation after the last entry) is
+        // restarted after the snapshot only when no earlier file holds
+        // entries past it: the log goes on after those otherwise.
         match active {
-            Some(None) => {
+            Some(None) if !holds_later => {
                 self.next_seq = end_seq;
                 self.replace_empty_active(through + 1, wal::SNAPSHOT)?;
             }
