@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::OptionalSend;
-use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -24,7 +23,6 @@ use openraft::raft::{
 };
 
 use crate::guard;
-use crate::node::Writes;
 use crate::sim;
 use crate::snapshot::{Pacer, Transfers};
 use crate::store::SegmentList;
@@ -76,6 +74,21 @@ fn network(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::from_string(e.to_string()))
 }
 
+/// A boxed future that may cross threads.
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What answers the requests a node's peer endpoint receives (the node's
+/// replica): the network and the simulation carry messages and know
+/// nothing of what answers them.
+pub(crate) trait PeerHandler: Send + Sync + std::fmt::Debug {
+    /// `request`'s answer; `sender` is the peer it came from.
+    fn answer<'a>(&'a self, request: Request, sender: &'a Sender) -> BoxFuture<'a, Response>;
+}
+
+/// A node's handler of its peers' requests, shared by every connection.
+pub(crate) type Handler = Arc<dyn PeerHandler>;
+
 /// How a node reaches its peers: QUIC, or the simulated network of the
 /// seeded tests. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -98,12 +111,12 @@ impl Network {
         }
     }
 
-    /// Serves peers' requests to `writes`' Raft until the endpoint
-    /// closes (on the simulated network, from now until `close`).
-    pub(crate) async fn serve(self, writes: Writes, unflushed: crate::store::Unflushed) {
+    /// Serves peers' requests with `handler` until the endpoint closes
+    /// (on the simulated network, from now until `close`).
+    pub(crate) async fn serve(self, handler: Handler, unflushed: crate::store::Unflushed) {
         match self {
-            Network::Quic(quic) => quic.serve(writes).await,
-            Network::Sim(sim) => sim.serve(writes, unflushed),
+            Network::Quic(quic) => quic.serve(handler).await,
+            Network::Sim(sim) => sim.serve(handler, unflushed),
         }
     }
 
@@ -176,15 +189,15 @@ impl Quic {
             .local_addr()
     }
 
-    async fn serve(self, writes: Writes) {
+    async fn serve(self, handler: Handler) {
         let Some(endpoint) = self.endpoint() else {
             return;
         };
         while let Some(incoming) = endpoint.accept().await {
-            let writes = writes.clone();
+            let handler = Arc::clone(&handler);
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => serve_connection(conn, writes).await,
+                    Ok(conn) => serve_connection(conn, handler).await,
                     Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
                 }
             });
@@ -355,7 +368,7 @@ impl Sender {
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, writes: Writes) {
+async fn serve_connection(conn: quinn::Connection, handler: Handler) {
     let Some(sender) = Sender::of(&conn) else {
         tracing::warn!("a peer connection without a certificate; closing it");
         conn.close(1u32.into(), b"no certificate");
@@ -364,7 +377,12 @@ async fn serve_connection(conn: quinn::Connection, writes: Writes) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, writes.clone(), sender.clone()));
+                tokio::spawn(serve_stream(
+                    send,
+                    recv,
+                    Arc::clone(&handler),
+                    sender.clone(),
+                ));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "peer connection closed");
@@ -412,7 +430,7 @@ const MESSAGE_RESERVE: usize = 1 << 20;
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    writes: Writes,
+    handler: Handler,
     sender: Sender,
 ) {
     loop {
@@ -425,7 +443,7 @@ async fn serve_stream(
             }
         };
         let (id, response) = match wire::decode_request(&bytes) {
-            Ok((id, request)) => (id, answer(&writes, request, &sender).await),
+            Ok((id, request)) => (id, handler.answer(request, &sender).await),
             Err(e) => {
                 tracing::warn!(error = %e, "refusing a malformed peer message");
                 let _ = send
@@ -441,170 +459,6 @@ async fn serve_stream(
         {
             return;
         }
-    }
-}
-
-/// A peer's request answered by this node.
-/// A peer's request answered by this node, once the sender is who the
-/// request says and its fields are ones openraft takes ([`guard`]).
-pub(crate) async fn answer(writes: &Writes, request: Request, sender: &Sender) -> Response {
-    let request = match request {
-        Request::Forward(batch) => return writes.write_here(batch).await,
-        Request::ReadIndex => return writes.read_index_here().await,
-        Request::ForwardSetting { name, value } => {
-            return writes.setting_here(name, value).await;
-        }
-        other => other,
-    };
-    let raft = &writes.raft;
-    if let Err(refusal) = admit(writes, &request, sender).await {
-        tracing::warn!(%refusal, "refusing a peer message");
-        writes
-            .refused_messages
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Response::Error(format!("refused: {refusal}"));
-    }
-    if let Request::SnapshotInstall { meta, .. } = &request
-        && let Ok(local) = local_state(raft, true).await
-        && guard::snapshot_is_stale(meta.last_log_id, &local)
-    {
-        // Already covered by what this node committed: nothing to do
-        // (openraft would assert on some of these).
-        return Response::Installed(local.vote);
-    }
-    let failed = |e: &dyn std::fmt::Display| Response::Error(e.to_string());
-    match request {
-        Request::Vote(req) => raft
-            .vote(req)
-            .await
-            .map_or_else(|e| failed(&e), Response::Vote),
-        Request::PreVote(req) => raft
-            .pre_vote(req)
-            .await
-            .map_or_else(|e| failed(&e), Response::Vote),
-        Request::Append(req) => raft
-            .append_entries(req)
-            .await
-            .map_or_else(|e| failed(&e), Response::Append),
-        Request::TransferLeader(req) => match raft.handle_transfer_leader(req).await {
-            Ok(outcome) => Response::TransferLeader(outcome.map_err(|e| e.to_string())),
-            Err(e) => failed(&e),
-        },
-        Request::SnapshotOffer(list) => {
-            let leader = raft.current_leader().await;
-            let transfers = Arc::clone(&writes.transfers);
-            on_disk(move || match transfers.offer(&list, leader) {
-                Ok(needed) => Response::SnapshotNeed(needed),
-                Err(e) => Response::Error(e.to_string()),
-            })
-            .await
-        }
-        Request::SnapshotChunk(chunk) => {
-            let transfers = Arc::clone(&writes.transfers);
-            on_disk(move || transfers.chunk(&chunk)).await
-        }
-        Request::SnapshotInstall { vote, meta, data } => install(writes, vote, meta, data).await,
-        Request::Forward(_) | Request::ReadIndex | Request::ForwardSetting { .. } => {
-            Response::Error("answered above".to_owned())
-        }
-    }
-}
-
-/// This node's id, vote and committed log id, for [`guard`]: from the
-/// metrics (which may lag a little; only the term bound uses the vote),
-/// or asked of the Raft core when `exact` (a snapshot install checks the
-/// committed log id).
-async fn local_state(raft: &crate::Raft, exact: bool) -> Result<guard::Local, String> {
-    if exact {
-        let id = *raft.node_id();
-        return raft
-            .with_raft_state(move |s| guard::Local {
-                id,
-                vote: *s.vote_ref(),
-                committed: s.local_committed().cloned(),
-            })
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let m = raft.metrics().borrow_watched().clone();
-    Ok(guard::Local {
-        id: m.id,
-        vote: m.vote,
-        committed: m.local_committed,
-    })
-}
-
-/// Checks that `request` comes from the node it names (for snapshot
-/// offers and chunks: from the leader this node follows) and that its
-/// fields pass [`guard::check_request`].
-async fn admit(writes: &Writes, request: &Request, sender: &Sender) -> Result<(), String> {
-    let raft = &writes.raft;
-    let claimed = match request {
-        Request::Vote(v) | Request::PreVote(v) => v.vote.leader_id.voted_for,
-        Request::Append(a) => a.vote.leader_id.voted_for,
-        Request::TransferLeader(t) => t.from_leader().leader_id.voted_for,
-        Request::SnapshotInstall { vote, .. } => vote.leader_id.voted_for,
-        Request::SnapshotOffer(_) | Request::SnapshotChunk(_) => {
-            let leader = raft.metrics().borrow_watched().current_leader;
-            match leader {
-                Some(leader) if sender.is(leader) => return Ok(()),
-                _ => {
-                    return Err(format!(
-                        "a snapshot transfer from a node that is not the leader ({leader:?})"
-                    ));
-                }
-            }
-        }
-        Request::Forward(_) | Request::ReadIndex | Request::ForwardSetting { .. } => {
-            return Ok(());
-        }
-    };
-    if !sender.is(claimed) {
-        return Err(format!(
-            "the message claims node {claimed}, whose certificate the sender does not hold"
-        ));
-    }
-    let exact = matches!(request, Request::SnapshotInstall { .. });
-    let local = local_state(raft, exact).await?;
-    guard::check_request(request, claimed, &local)
-}
-
-/// Runs a request's disk work off the async workers.
-async fn on_disk(work: impl FnOnce() -> Response + Send + 'static) -> Response {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Response::Error(e.to_string()))
-}
-
-/// Installs a snapshot whose missing files are all staged; refused (and
-/// the leader sends what is missing again) otherwise.
-async fn install(
-    writes: &Writes,
-    vote: lode_replication_wire::Vote,
-    meta: wire::SnapshotState,
-    data: SegmentList,
-) -> Response {
-    let transfers = Arc::clone(&writes.transfers);
-    let list = data.clone();
-    let staged = tokio::task::spawn_blocking(move || transfers.resolve(&list).map(|_| ())).await;
-    match staged {
-        Ok(Ok(())) => {}
-        Ok(Err(reason)) => return Response::Error(reason),
-        Err(e) => return Response::Error(e.to_string()),
-    }
-    let snapshot = openraft::storage::Snapshot {
-        meta: openraft::storage::SnapshotMeta {
-            last_log_id: meta.last_log_id,
-            last_membership: lode_replication_wire::StoredMembership::new(
-                meta.membership_log_id,
-                meta.membership,
-            ),
-        },
-        snapshot: data,
-    };
-    match writes.raft.install_full_snapshot(vote, snapshot).await {
-        Ok(answer) => Response::Installed(answer.vote),
-        Err(e) => Response::Error(e.to_string()),
     }
 }
 

@@ -24,7 +24,7 @@ pub use lode_replication_wire::runtime::{SplitMix, seed_this_thread};
 use lode_replication_wire::wire::{self, Request, Response};
 use openraft::errors::{NetworkError, RPCError, Unreachable};
 
-use crate::node::Writes;
+use crate::net::{Handler, Sender};
 use crate::store::Unflushed;
 
 /// How often the network misbehaves; each a chance per message.
@@ -71,7 +71,7 @@ struct State {
     /// Messages sent so far on each link, from and to.
     sent: HashMap<(NodeId, NodeId), u64>,
     faults: Faults,
-    nodes: HashMap<NodeId, (Writes, Unflushed)>,
+    nodes: HashMap<NodeId, (Handler, Unflushed)>,
     isolated: BTreeSet<NodeId>,
     counts: Counts,
 }
@@ -200,10 +200,10 @@ impl SimNet {
     }
 
     /// The target's handler, if a message from `from` reaches it now.
-    fn reach(&self, from: NodeId, to: NodeId) -> Option<Writes> {
+    fn reach(&self, from: NodeId, to: NodeId) -> Option<Handler> {
         let mut state = self.state();
         let open = !state.isolated.contains(&from) && !state.isolated.contains(&to);
-        let target = state.nodes.get(&to).map(|(w, _)| w.clone());
+        let target = state.nodes.get(&to).map(|(h, _)| Arc::clone(h));
         let reached = target.filter(|_| open);
         state.counts.cut += u64::from(reached.is_none());
         reached
@@ -229,9 +229,9 @@ impl Endpoint {
         self.addr
     }
 
-    /// Makes this node reachable, answering with `writes`.
-    pub(crate) fn serve(&self, writes: Writes, unflushed: Unflushed) {
-        self.net.state().nodes.insert(self.id, (writes, unflushed));
+    /// Makes this node reachable, answering with `handler`.
+    pub(crate) fn serve(&self, handler: Handler, unflushed: Unflushed) {
+        self.net.state().nodes.insert(self.id, (handler, unflushed));
     }
 
     /// Takes this node off the network: messages to it are lost.
@@ -256,22 +256,22 @@ impl Endpoint {
         let (net, from) = (self.net.clone(), self.id);
         let exchange = async move {
             tokio::time::sleep(plan.there).await;
-            let Some(writes) = net.reach(from, target).filter(|_| !plan.lose_request) else {
+            let Some(handler) = net.reach(from, target).filter(|_| !plan.lose_request) else {
                 return std::future::pending().await;
             };
             // Raft's own messages may come twice (a delayed copy, as a
             // retry after a timeout makes); a forwarded write travels on
             // a reliable stream, sent once, as over QUIC.
             if let Some(again) = plan.again.filter(|_| raft_message) {
-                let (writes, bytes) = (writes.clone(), bytes.clone());
+                let (handler, bytes) = (Arc::clone(&handler), bytes.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(again).await;
-                    answer(&writes, &bytes, from).await
+                    answer(&handler, &bytes, from).await
                 });
             }
             // Answered in a task of its own, as a real peer would go on
             // with a request its caller gave up on.
-            let reply = tokio::spawn(async move { answer(&writes, &bytes, from).await })
+            let reply = tokio::spawn(async move { answer(&handler, &bytes, from).await })
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
             tokio::time::sleep(plan.back).await;
@@ -293,12 +293,10 @@ impl Endpoint {
 }
 
 /// A request's bytes answered as the peer endpoint answers them.
-async fn answer(writes: &Writes, bytes: &[u8], from: NodeId) -> Vec<u8> {
-    let sender = crate::net::Sender::Known(from);
+async fn answer(handler: &Handler, bytes: &[u8], from: NodeId) -> Vec<u8> {
+    let sender = Sender::Known(from);
     match wire::decode_request(bytes) {
-        Ok((id, request)) => {
-            wire::encode_response(id, &crate::net::answer(writes, request, &sender).await)
-        }
+        Ok((id, request)) => wire::encode_response(id, &handler.answer(request, &sender).await),
         Err(e) => wire::encode_response(0, &Response::Error(e.to_string())),
     }
 }
