@@ -394,6 +394,7 @@ impl Engine {
             next_seq,
             first_frame_at: has_frames.then(Instant::now),
             unsynced: false,
+            synced_len: len,
             last_sync: Instant::now(),
             keys: embedded_keys(&shared)?,
             space_checked: None,
@@ -541,6 +542,26 @@ impl Engine {
             .send(WriterMsg::SealAll(reply))
             .map_err(|_| Error::Closed)?;
         crate::sealer::await_answer(&rx)
+    }
+
+    /// Tests: stops this engine as a power loss would, now. The writer
+    /// takes no further message (appends, cuts and state saves still
+    /// queued are lost, their callers answered as by a closed engine),
+    /// the bytes of the active WAL file that were not fsynced are cut
+    /// off, and the sealer starts no further step. The engine is then
+    /// only good for dropping: reopening its directory recovers it.
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        self.shared.crashed.store(true, Ordering::Release);
+        let Some(writer) = self.writer_tx.as_ref() else {
+            return;
+        };
+        // Wakes the writer, which drops this message with the rest; the
+        // answer is the channel closing once the writer has stopped.
+        let (reply, rx) = bounded(1);
+        if writer.send(WriterMsg::Sync(reply)).is_ok() {
+            let _ = rx.recv();
+        }
     }
 
     /// Applies retention now, as if the time were `now` (ns since the

@@ -112,6 +112,10 @@ impl Sealer {
         // loop.
         let mut retry: Option<(Instant, Duration)> = None;
         loop {
+            // A simulated power loss: no further step.
+            if self.shared.crashed.load(Ordering::Acquire) {
+                return;
+            }
             match self.rx.recv_timeout(self.shared.opts.tick) {
                 Ok(SealerMsg::Work) | Err(RecvTimeoutError::Timeout) => {
                     let due = retry.is_none_or(|(at, _)| Instant::now() >= at);

@@ -93,6 +93,9 @@ pub(crate) struct Shared {
     /// Failpoint: the next WAL sync fails (tests only).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
+    /// Tests: the engine stopped as a power loss would
+    /// ([`crate::Engine::crash`]); its threads do nothing more.
+    pub(crate) crashed: AtomicBool,
 }
 
 impl Shared {
@@ -132,6 +135,7 @@ impl Shared {
             space: crate::space::SpaceWatch::default(),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
         }
     }
 

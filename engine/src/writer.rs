@@ -101,6 +101,8 @@ pub(crate) struct Writer {
     pub(crate) next_seq: u64,
     pub(crate) first_frame_at: Option<Instant>,
     pub(crate) unsynced: bool,
+    /// How much of the active file is known to be on disk (fsynced).
+    pub(crate) synced_len: u64,
     pub(crate) last_sync: Instant,
     /// An embedded log's keyed batches: a retry is answered, not written
     /// (`None` for a replicated log, whose leader decides that).
@@ -141,6 +143,14 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
+            if self
+                .shared
+                .crashed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                drop(msg);
+                return self.crash();
+            }
             match msg {
                 WriterMsg::Append(first) => {
                     let (group, next) = self.gather(first);
@@ -190,6 +200,16 @@ impl Writer {
         if let Err(e) = self.sync_if_unsynced() {
             self.shared.poison(e.to_string());
         }
+    }
+
+    /// Stops as a power loss would: what was written to the active file
+    /// but not fsynced is cut off, and every message still queued is
+    /// dropped unanswered (its caller sees the engine closed).
+    fn crash(self) {
+        if let Err(e) = self.file.set_len(self.synced_len) {
+            tracing::warn!(error = %e, "a simulated crash could not cut the unsynced bytes");
+        }
+        drop(self.rx.try_iter().collect::<Vec<_>>());
     }
 
     /// Takes every append already waiting, up to the group byte budget.
@@ -508,6 +528,7 @@ impl Writer {
                 });
             }
             self.unsynced = false;
+            self.synced_len = self.len;
             self.last_sync = Instant::now();
         }
         Ok(())
@@ -569,6 +590,7 @@ impl Writer {
         self.shared.write().wal.push_back(segment);
         self.file = file;
         self.len = wal::FILE_HEADER_LEN;
+        self.synced_len = self.len;
         self.next_index = first_index;
         self.first_frame_at = None;
         Ok(())

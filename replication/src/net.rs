@@ -704,6 +704,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 const SNAPSHOT_PRIORITY: i32 = -1;
 /// How long one chunk (its write and fsync on the follower) may take.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an offer (the follower compares lists and checks what it
+/// has staged) may take: a follower that does not answer is tried again
+/// sooner than a chunk's fsync allows.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A chunk refused this many times in a row ends the transfer.
 const CHUNK_TRIES: u32 = 8;
 
@@ -723,7 +727,7 @@ impl PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let list = snapshot.snapshot;
         let offer = Request::SnapshotOffer(list.clone());
-        let needed = match self.call(&offer, CHUNK_TIMEOUT).await.map_err(streaming)? {
+        let needed = match self.call(&offer, OFFER_TIMEOUT).await.map_err(streaming)? {
             Response::SnapshotNeed(needed) => needed,
             other => return Err(streaming(unexpected(self.target, &other))),
         };

@@ -766,6 +766,15 @@ mod simulation {
         }
     }
 
+    /// Small segments, sealed often: snapshots (and so installs) come
+    /// every few hundred milliseconds of a run.
+    fn sim_options() -> Options {
+        Options {
+            segment_bytes: 16 << 10,
+            ..replicated()
+        }
+    }
+
     type Nodes = Arc<Mutex<BTreeMap<u64, Arc<ClusterNode>>>>;
 
     /// One acknowledged batch: its record ids and the seqs it was given.
@@ -776,6 +785,8 @@ mod simulation {
         net: SimNet,
         peers: BTreeMap<u64, String>,
         nodes: Nodes,
+        /// Snapshots installed by nodes stopped so far.
+        installs: std::sync::atomic::AtomicU64,
     }
 
     impl Sim {
@@ -788,7 +799,7 @@ mod simulation {
             // A stopped node's engine closes once its last task lets go.
             let mut tries = 0;
             let engine = loop {
-                match Engine::open(&path, replicated()) {
+                match Engine::open(&path, sim_options()) {
                     Ok(engine) => break Arc::new(engine),
                     Err(e) if tries < 500 => {
                         tries += 1;
@@ -801,7 +812,13 @@ mod simulation {
                 }
             };
             let tls = NodeTlsFiles::in_dir(&self.dir.path().join("tls"), id);
-            let config = ClusterConfig::new(id, self.peers.clone(), tls);
+            // Snapshots often, and no log kept for followers behind: a
+            // node back from a stop catches up by a snapshot install.
+            let config = ClusterConfig {
+                snapshot_check: Duration::from_millis(200),
+                keep_log_bytes: 0,
+                ..ClusterConfig::new(id, self.peers.clone(), tls)
+            };
             let node = ClusterNode::start_simulated(engine, &config, &self.net)
                 .await
                 .unwrap();
@@ -811,7 +828,30 @@ mod simulation {
         async fn stop_node(&self, id: u64) {
             let node = self.nodes().remove(&id);
             if let Some(node) = node {
+                self.count_installs(&node);
                 node.shutdown().await.unwrap();
+            }
+        }
+
+        fn count_installs(&self, node: &ClusterNode) {
+            let installed = node
+                .transfers()
+                .counters()
+                .into_iter()
+                .find_map(|(name, _, n)| (name == "lode_snapshots_received_total").then_some(n));
+            self.installs
+                .fetch_add(installed.unwrap_or(0), Ordering::Relaxed);
+        }
+
+        /// Stops node `id` as a power loss would: its engine keeps only
+        /// what it fsynced and drops what was queued, then Raft stops
+        /// (failing, as its storage is gone).
+        async fn crash_node(&self, id: u64) {
+            let node = self.nodes().remove(&id);
+            if let Some(node) = node {
+                self.count_installs(&node);
+                node.engine().crash();
+                let _ = node.shutdown().await;
             }
         }
 
@@ -906,6 +946,9 @@ mod simulation {
         acked_batches: usize,
         last_index: u64,
         term: u64,
+        /// Snapshots nodes installed (real threads seal, so this varies
+        /// between replays of a seed).
+        installs: u64,
     }
 
     fn simulate(seed: u64) -> Outcome {
@@ -929,6 +972,7 @@ mod simulation {
             net: SimNet::new(seed, lossy()),
             peers,
             nodes: Nodes::default(),
+            installs: Default::default(),
         };
         tokio::spawn(sim.net.clone().hold_clock());
         for id in 1..=3 {
@@ -962,16 +1006,44 @@ mod simulation {
                 0 => sim.leader().unwrap_or(1 + rng.below(3)),
                 _ => 1 + rng.below(3),
             };
-            if rng.below(2) == 0 {
-                events.push(format!("stop {target} for {lasting:?}"));
-                sim.stop_node(target).await;
-                tokio::time::sleep(lasting).await;
-                sim.start_node(target).await;
-            } else {
-                events.push(format!("isolate {target} for {lasting:?}"));
-                sim.net.isolate(target);
-                tokio::time::sleep(lasting).await;
-                sim.net.heal();
+            match rng.below(5) {
+                0 => {
+                    events.push(format!("stop {target} for {lasting:?}"));
+                    sim.stop_node(target).await;
+                    tokio::time::sleep(lasting).await;
+                    sim.start_node(target).await;
+                }
+                1 => {
+                    events.push(format!("crash {target} for {lasting:?}"));
+                    sim.crash_node(target).await;
+                    tokio::time::sleep(lasting).await;
+                    sim.start_node(target).await;
+                }
+                2 => {
+                    events.push(format!("crash all for {lasting:?}"));
+                    for id in 1..=3 {
+                        sim.crash_node(id).await;
+                    }
+                    tokio::time::sleep(lasting).await;
+                    for id in 1..=3 {
+                        sim.start_node(id).await;
+                    }
+                }
+                3 => {
+                    events.push(format!("rolling restart, {lasting:?} each"));
+                    for id in 1..=3 {
+                        sim.crash_node(id).await;
+                        tokio::time::sleep(lasting / 3).await;
+                        sim.start_node(id).await;
+                        tokio::time::sleep(lasting / 3).await;
+                    }
+                }
+                _ => {
+                    events.push(format!("isolate {target} for {lasting:?}"));
+                    sim.net.isolate(target);
+                    tokio::time::sleep(lasting).await;
+                    sim.net.heal();
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -1005,8 +1077,10 @@ mod simulation {
             .collect();
         let leading = &nodes.iter().find(|(id, _)| *id == leader).unwrap().1;
         let last_index = leading.engine().log_bounds().unwrap().unwrap().last.1;
+        // Virtual time: a snapshot transfer whose message was lost waits
+        // out its timeout (30 s for a chunk) before it is sent again.
         for (id, node) in &nodes {
-            node.wait_for_applied(last_index, Duration::from_secs(30))
+            node.wait_for_applied(last_index, Duration::from_secs(300))
                 .await
                 .unwrap_or_else(|e| panic!("node {id} applies through {last_index}: {e}"));
         }
@@ -1026,6 +1100,7 @@ mod simulation {
             acked_batches,
             last_index,
             term,
+            installs: sim.installs.load(Ordering::Relaxed),
         }
     }
 
@@ -1077,26 +1152,37 @@ mod simulation {
 
     #[test]
     fn seeded_faults_lose_no_acknowledged_write_and_leave_identical_logs() {
+        trace();
         let seeds: Vec<u64> = match std::env::var("LODE_SIM_SEED") {
             Ok(s) => vec![s.parse().expect("LODE_SIM_SEED is a number")],
             Err(_) => SEEDS.collect(),
         };
+        let mut installs = 0;
+        let runs = seeds.len();
         for seed in seeds {
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(|| simulate(seed));
             match outcome {
-                Ok(outcome) => eprintln!(
-                    "seed {seed}: {} batches acknowledged, log through {} in term {}, {:?} real time",
-                    outcome.acked_batches,
-                    outcome.last_index,
-                    outcome.term,
-                    started.elapsed()
-                ),
+                Ok(outcome) => {
+                    installs += outcome.installs;
+                    eprintln!(
+                        "seed {seed}: {} batches acknowledged, log through {} in term {}, {} snapshot installs, {:?} real time",
+                        outcome.acked_batches,
+                        outcome.last_index,
+                        outcome.term,
+                        outcome.installs,
+                        started.elapsed()
+                    )
+                }
                 Err(_) => panic!(
                     "simulation seed {seed} failed; replay it: LODE_SIM_SEED={seed} cargo test --release --workspace -- seeded_faults"
                 ),
             }
         }
+        assert!(
+            runs < 4 || installs > 0,
+            "{runs} runs installed no snapshot: the fault mix lacks installs"
+        );
     }
 }
 

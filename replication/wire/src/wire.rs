@@ -6,7 +6,7 @@
 //! All integers are fixed-width little endian.
 //!
 //! ```text
-//! message   len u32 | version u8 (2) | tag u8 | id u64 | body     (len counts from version on)
+//! message   len u32 | version u8 (3) | tag u8 | id u64 | body     (len counts from version on)
 //! log id    term u64 | index u64
 //! opt X     0 u8 | 1 u8 X
 //! vote      term u64 | voted_for u64 | committed u8
