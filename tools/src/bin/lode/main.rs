@@ -47,6 +47,13 @@ const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 ///
 /// No transparent huge pages: mimalloc asks for them on its arenas, and
 /// a page purged then touched again faults back as 2 MiB zeroed at once.
+/// The option alone is not enough: mimalloc reads it when it starts,
+/// before `main`, and had already advised its first arena for huge
+/// pages (16 MiB of a fresh server's 40 MiB were huge pages, and
+/// `clear_page_erms` under `do_huge_pmd_anonymous_page` was still a
+/// third of a cluster node's async workers' CPU, perf). So the process
+/// turns THP off for itself (`PR_SET_THP_DISABLE`, which the kernel
+/// checks at each fault, also in mappings made before).
 /// A cluster leader under single-record writes spent 20% of its CPU in
 /// `clear_page_erms` under `do_huge_pmd_anonymous_page` (perf); without
 /// them its CPU per record in batched ingest fell from 3.1-4.0 us to
@@ -59,6 +66,12 @@ fn tune_allocator() {
     unsafe {
         libmimalloc_sys::mi_option_set(PURGE_DELAY, 1000);
         libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+    }
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integers only and
+    // changes nothing but this process's THP flag.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
