@@ -1,7 +1,9 @@
 //! The part of Loki's query API that Grafana's built-in Loki data source
 //! calls, so that lode can be added to Grafana as a "Loki" data source:
 //! instant and range queries in LogQL (`lode_protocol::logql`), labels
-//! and their values, series, index stats, build info and live tail.
+//! and their values, series, index stats, build info and live tail; and
+//! what Grafana's Logs Drilldown asks for (`drilldown`): volumes,
+//! detected labels and fields, a field's values.
 //!
 //! Answers have the shapes of Loki's HTTP API (`{"status": "success",
 //! "data": ...}`); errors are JSON with the reason in `message`, and
@@ -28,6 +30,7 @@ use crate::auth::Caller;
 use crate::scoped::Scoped;
 use crate::service::{Failure, Service};
 
+mod drilldown;
 mod tail;
 
 type Shared = State<Arc<Service>>;
@@ -57,6 +60,23 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route(
             "/loki/api/v1/index/stats",
             get(index_stats).post(index_stats),
+        )
+        .route("/loki/api/v1/index/volume", get(drilldown::volume))
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(drilldown::volume_range),
+        )
+        .route(
+            "/loki/api/v1/detected_labels",
+            get(drilldown::detected_labels),
+        )
+        .route(
+            "/loki/api/v1/detected_fields",
+            get(drilldown::detected_fields),
+        )
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(drilldown::detected_field_values),
         )
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
         .route("/loki/api/v1/tail", get(tail::tail))

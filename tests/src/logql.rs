@@ -881,3 +881,339 @@ fn loki_tail_sends_the_backfill_then_new_lines_once() {
     drop((socket, newest));
     rt.block_on(server.shutdown()).unwrap();
 }
+
+/// Records of three services for Logs Drilldown: JSON lines, logfmt
+/// lines and plain text, each with an `env` attribute and some a trace id.
+fn drilldown_records() -> Vec<LogRecord> {
+    (0..600)
+        .map(|i: i64| {
+            let (service, message) = match i % 3 {
+                0 => (
+                    "api",
+                    format!(
+                        r#"{{"status":{},"latency":"{}ms","user":{{"id":"u{}"}},"msg":"GET /items/{i}"}}"#,
+                        [200, 404, 500][(i as usize / 3) % 3],
+                        i % 50,
+                        i % 7
+                    ),
+                ),
+                1 => (
+                    "db",
+                    format!("query_ms={} table={} ok=true", i % 40, ["users", "items"][(i as usize) % 2]),
+                ),
+                _ => ("web", format!("served page {i} to a browser")),
+            };
+            let mut attrs = vec![("env".to_owned(), ["prod", "dev"][(i as usize / 2) % 2].to_owned())];
+            if i % 5 == 0 {
+                attrs.push(("trace_id".to_owned(), format!("{i:016x}")));
+            }
+            LogRecord {
+                ts: BASE + i * SECOND,
+                level: if i % 4 == 0 {
+                    lode_engine::Level::Error
+                } else {
+                    lode_engine::Level::Info
+                },
+                service: service.into(),
+                host: format!("h{}", i % 2),
+                attrs,
+                message,
+                tenant: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// The requests Grafana's Logs Drilldown sends (service list, labels,
+/// fields, a field's values) answered with Loki's shapes and the
+/// brute-force figures.
+#[test]
+fn logs_drilldown_requests_get_lokis_shapes() {
+    let records = drilldown_records();
+    let dir = tempfile::tempdir().unwrap();
+    let (_rt, server) = serve(dir.path(), &records);
+    let addr = server.addresses().http.unwrap();
+    // Drilldown sends ISO times.
+    let iso = |ns: i64| {
+        let s = ns / SECOND;
+        let (days, rem) = (s / 86_400, s % 86_400);
+        let (y, m, d) = civil(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    };
+    let (start, end) = (BASE - 60 * SECOND, BASE + 700 * SECOND);
+    let range = [("start", iso(start)), ("end", iso(end))];
+    let with = |more: &[(&'static str, &str)]| {
+        let mut p: Vec<(&str, String)> = range.to_vec();
+        p.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        p
+    };
+    let bytes_by = |key: &dyn Fn(&LogRecord) -> Option<String>| {
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &records {
+            if let Some(k) = key(r) {
+                *by.entry(k).or_default() += r.message.len() as u64;
+            }
+        }
+        by
+    };
+
+    // The service list: a vector of bytes per service, largest first.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume",
+        &with(&[("query", r#"{service_name=~".+"}"#), ("limit", "5000")]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "success");
+    assert_eq!(answer["data"]["resultType"], "vector");
+    let result = answer["data"]["result"].as_array().unwrap();
+    let listed: Vec<(String, f64)> = result
+        .iter()
+        .map(|s| {
+            assert!(s["value"][0].is_number(), "{s}");
+            let bytes: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+            (
+                s["metric"]["service_name"].as_str().unwrap().to_owned(),
+                bytes,
+            )
+        })
+        .collect();
+    let mut names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api", "db", "web"]);
+    assert!(listed.windows(2).all(|w| w[0].1 >= w[1].1), "{listed:?}");
+    // The search box's case-insensitive regex.
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume",
+        &with(&[("query", r#"{service_name=~"(?i).*AP.*"}"#)]),
+    );
+    let result = answer["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{answer}");
+    assert_eq!(
+        result[0]["metric"],
+        serde_json::json!({"service_name": "api"})
+    );
+
+    // By an attribute: read record by record, exact bytes.
+    let want = bytes_by(&|r| {
+        r.attrs
+            .iter()
+            .find(|(k, _)| k == "env")
+            .map(|(_, v)| v.clone())
+    });
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume",
+        &with(&[("query", "{}"), ("targetLabels", "env")]),
+    );
+    let got: BTreeMap<String, u64> = answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["env"].as_str().unwrap().to_owned(),
+                s["value"][1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{answer}");
+    // The same per minute: a matrix whose points add up to it.
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume_range",
+        &with(&[("query", "{}"), ("targetLabels", "env"), ("step", "60s")]),
+    );
+    assert_eq!(answer["data"]["resultType"], "matrix", "{answer}");
+    for series in answer["data"]["result"].as_array().unwrap() {
+        let env = series["metric"]["env"].as_str().unwrap();
+        let total: u64 = series["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_str().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(Some(&total), want.get(env), "{series}");
+    }
+    // Labels grouped by name (`aggregateBy=labels`).
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume",
+        &with(&[
+            ("query", r#"{service_name="db"}"#),
+            ("aggregateBy", "labels"),
+            ("targetLabels", "host,env"),
+        ]),
+    );
+    let metrics: Vec<&Value> = answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["metric"])
+        .collect();
+    assert_eq!(metrics.len(), 2, "{answer}");
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m.as_object().unwrap().values().all(|v| v == "")),
+        "{answer}"
+    );
+
+    // Labels, with their cardinality; bare (no status wrapper).
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/detected_labels",
+        &with(&[("query", "")]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let labels: BTreeMap<String, u64> = answer["detectedLabels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["label"].as_str().unwrap().to_owned(),
+                l["cardinality"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(labels.get("service_name"), Some(&3), "{answer}");
+    assert_eq!(labels.get("host"), Some(&2), "{answer}");
+    assert_eq!(labels.get("level"), Some(&2), "{answer}");
+
+    // Fields of a service's newest 100 lines, as the fields tab asks.
+    let pipeline = r#"{service_name="api"} | json | logfmt | drop __error__, __error_details__"#;
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/detected_fields",
+        &with(&[("query", pipeline)]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["limit"], 1000, "{answer}");
+    let fields: BTreeMap<String, &Value> = answer["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["label"].as_str().unwrap().to_owned(), f))
+        .collect();
+    let newest_api: Vec<&LogRecord> = records
+        .iter()
+        .rev()
+        .filter(|r| r.service == "api")
+        .take(100)
+        .collect();
+    let distinct = |f: &dyn Fn(&LogRecord) -> Option<String>| {
+        newest_api
+            .iter()
+            .filter_map(|r| f(r))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
+    };
+    let json_field = |r: &LogRecord, path: &[&str]| {
+        let v: Value = serde_json::from_str(&r.message).unwrap();
+        let leaf = path.iter().fold(&v, |v, k| &v[*k]);
+        Some(
+            leaf.as_str()
+                .map_or_else(|| leaf.to_string(), str::to_owned),
+        )
+    };
+    for (name, kind, path) in [
+        ("status", "int", vec!["status"]),
+        ("latency", "duration", vec!["latency"]),
+        ("user_id", "string", vec!["user", "id"]),
+        ("msg", "string", vec!["msg"]),
+    ] {
+        let field = fields
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: {answer}"));
+        assert_eq!(field["type"], kind, "{field}");
+        assert_eq!(field["parsers"], serde_json::json!(["json"]), "{field}");
+        assert_eq!(field["jsonPath"], serde_json::json!(path), "{field}");
+        assert_eq!(
+            field["cardinality"].as_u64(),
+            Some(distinct(&|r| json_field(r, &path))),
+            "{field}"
+        );
+    }
+    for name in ["env", "trace_id"] {
+        let field = fields
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: {answer}"));
+        assert!(field["parsers"].is_null(), "{field}");
+        assert!(field.get("jsonPath").is_none(), "{field}");
+    }
+    // logfmt lines.
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/detected_fields",
+        &with(&[("query", r#"{service_name="db"}"#), ("line_limit", "10")]),
+    );
+    let db: Vec<&Value> = answer["fields"].as_array().unwrap().iter().collect();
+    let query_ms = db
+        .iter()
+        .find(|f| f["label"] == "query_ms")
+        .expect("query_ms");
+    assert_eq!(
+        query_ms["parsers"],
+        serde_json::json!(["logfmt"]),
+        "{answer}"
+    );
+    assert_eq!(query_ms["type"], "int");
+    assert!(
+        db.iter()
+            .any(|f| f["label"] == "ok" && f["type"] == "boolean"),
+        "{answer}"
+    );
+    // Plain text has no parsed field; a selection without records none.
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/detected_fields",
+        &with(&[("query", r#"{service_name="nothing"}"#)]),
+    );
+    assert_eq!(answer, serde_json::json!({}));
+
+    // A field's values, as its value picker asks (times in ns).
+    let ns_range = [("start", start.to_string()), ("end", end.to_string())];
+    let mut params = ns_range.to_vec();
+    params.push(("query", pipeline.to_owned()));
+    params.push(("limit", "1000".to_owned()));
+    let (status, answer) = get(addr, "/loki/api/v1/detected_field/status/values", &params);
+    assert_eq!(status, 200, "{answer}");
+    let mut values: Vec<&str> = answer["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, ["200", "404", "500"], "{answer}");
+    assert_eq!(answer["limit"], 1000);
+
+    // Bad input is refused with Loki's error shape.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/index/volume",
+        &with(&[("aggregateBy", "streams")]),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["errorType"], "bad_data");
+}
+
+/// Days since 1970-01-01 as a civil date (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}

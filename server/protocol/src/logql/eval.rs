@@ -143,7 +143,7 @@ impl Matcher {
 
 /// Loki's rule for extracted label names: anything but letters, digits
 /// and `_` becomes `_`, and a leading digit gets a `_` before it.
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| {

@@ -38,6 +38,7 @@
 //! ```
 
 mod eval;
+pub mod fields;
 mod parse;
 
 pub use eval::{

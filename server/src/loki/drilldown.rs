@@ -1,0 +1,577 @@
+//! What Grafana's Logs Drilldown asks of Loki beyond Explore's queries:
+//! volumes by label (its service list), the labels and fields a
+//! selection has, a field's values. Shapes are Loki's.
+//!
+//! Volumes are bytes of messages, as Loki's. Where every label a volume
+//! groups by is one lode indexes (service, host, level), each group is
+//! counted from the index and its bytes estimated from the newest 100
+//! messages of the selection (as `index/stats` does); other labels are
+//! counted by reading the records, within the query time limit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use axum::extract::{Form, Path, State};
+use axum::response::{IntoResponse, Response};
+use lode_engine::LogRecord;
+use lode_index::{FacetField, Search};
+use lode_protocol::logql::fields::{self, Parser};
+use lode_protocol::logql::{self, Expr, Labels, LogQuery, MatchOp, Source, Steps};
+use serde_json::{Value, json};
+
+use super::{
+    Answer, IndexSource, LokiError, MAX_VALUES, Params, Shared, Who, bad, facet, number,
+    over_index, param, seconds, success, time_range, values_of,
+};
+use crate::scoped::Scoped;
+use crate::service::Failure;
+
+/// The stream labels lode indexes, by the name Loki's API gives them.
+const STREAM_LABELS: [(&str, FacetField); 3] = [
+    ("service_name", FacetField::Service),
+    ("host", FacetField::Host),
+    ("level", FacetField::Level),
+];
+
+/// Lines `detected_fields` and field values look at unless told.
+const LINE_LIMIT: usize = 100;
+/// Fields or values they list unless told.
+const FIELD_LIMIT: usize = 1000;
+
+/// A positive count parameter, `default` when absent.
+fn count(params: &[(String, String)], name: &str, default: usize) -> Result<usize, LokiError> {
+    match param(params, name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(format!("{name}: '{text}' is not a positive number"))),
+    }
+}
+
+/// The `query` parameter as a log query (a selector, perhaps with a
+/// pipeline); empty, `{}` or absent selects everything.
+fn log_query(params: &[(String, String)]) -> Result<LogQuery, LokiError> {
+    let text = param(params, "query").unwrap_or("").trim();
+    let matches_all = text
+        .strip_prefix('{')
+        .and_then(|rest| rest.trim_start().strip_prefix('}'))
+        .is_some_and(|rest| rest.trim().is_empty());
+    if text.is_empty() || matches_all {
+        return Ok(LogQuery {
+            selector: Vec::new(),
+            stages: Vec::new(),
+        });
+    }
+    match logql::parse(text).map_err(|e| bad(e.to_string()))? {
+        Expr::Log(query) => Ok(query),
+        _ => Err(bad(
+            "query: expected a stream selector such as {service_name=\"api\"}",
+        )),
+    }
+}
+
+/// A record's value of label `name`: a stream label, else an attribute.
+fn label_of<'a>(record: &'a LogRecord, name: &str) -> Option<&'a str> {
+    let value = match facet(name) {
+        Some(FacetField::Service) => record.service.as_str(),
+        Some(FacetField::Host) => record.host.as_str(),
+        Some(FacetField::Level) => record.level.as_str(),
+        _ => record
+            .attrs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map_or("", |(_, value)| value.as_str()),
+    };
+    (!value.is_empty()).then_some(value)
+}
+
+/// What a volume groups by (Loki's `aggregateBy` and `targetLabels`).
+struct Grouping {
+    /// Label names whose values make a group's key.
+    names: Vec<String>,
+    /// `aggregateBy=labels`: one group per label name, not per value.
+    by_name: bool,
+}
+
+impl Grouping {
+    fn of(params: &[(String, String)], query: &LogQuery) -> Result<Grouping, LokiError> {
+        let by_name = match param(params, "aggregateBy") {
+            None | Some("" | "series") => false,
+            Some("labels") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "aggregateBy: '{other}': expected series or labels"
+                )));
+            }
+        };
+        let targets: Vec<String> = param(params, "targetLabels")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut names = if targets.is_empty() {
+            query.selector.iter().map(|m| m.name.clone()).collect()
+        } else {
+            targets
+        };
+        if names.is_empty() {
+            names = STREAM_LABELS.iter().map(|(n, _)| (*n).to_owned()).collect();
+        }
+        let mut seen = BTreeSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        Ok(Grouping { names, by_name })
+    }
+
+    /// The keys a record counts under.
+    fn keys(&self, record: &LogRecord) -> Vec<Labels> {
+        if self.by_name {
+            return self
+                .names
+                .iter()
+                .filter(|n| label_of(record, n).is_some())
+                .map(|n| Labels::from([(n.clone(), String::new())]))
+                .collect();
+        }
+        let key: Labels = self
+            .names
+            .iter()
+            .filter_map(|n| Some((n.clone(), label_of(record, n)?.to_owned())))
+            .collect();
+        if key.is_empty() {
+            Vec::new()
+        } else {
+            vec![key]
+        }
+    }
+}
+
+/// Per group, bytes in each step.
+type Volumes = BTreeMap<Labels, Vec<u64>>;
+
+/// Volumes read record by record: any label, exact bytes.
+fn scanned_volumes(
+    source: &mut IndexSource<'_>,
+    query: &LogQuery,
+    grouping: &Grouping,
+    steps: Steps,
+    width: i64,
+) -> Result<Volumes, Failure> {
+    let mut volumes = Volumes::new();
+    let buckets = steps.count();
+    source.scan(
+        &query.candidates(),
+        steps.start,
+        steps.end.saturating_add(1),
+        &mut |record| {
+            if query.process(record).is_none() {
+                return true;
+            }
+            let i = usize::try_from((record.ts - steps.start) / width.max(1))
+                .unwrap_or(0)
+                .min(buckets - 1);
+            for key in grouping.keys(record) {
+                let bytes = volumes.entry(key).or_insert_with(|| vec![0; buckets]);
+                if let Some(b) = bytes.get_mut(i) {
+                    *b += record.message.len() as u64;
+                }
+            }
+            true
+        },
+    )?;
+    Ok(volumes)
+}
+
+/// Volumes from the index: groups of indexed labels counted per step,
+/// bytes estimated from the selection's newest messages.
+fn indexed_volumes(
+    index: &Scoped<'_>,
+    query: &LogQuery,
+    grouping: &Grouping,
+    steps: Steps,
+    width: i64,
+) -> Result<Volumes, Failure> {
+    let candidates = query.candidates();
+    let range = (steps.start, steps.end);
+    let sample = index.search(Search {
+        query: candidates.clone(),
+        since: Some(steps.start),
+        until: Some(steps.end.saturating_add(1)),
+        limit: Some(100),
+        ..Search::default()
+    })?;
+    let sampled: u64 = sample.records.iter().map(|r| r.message.len() as u64).sum();
+    let per_record = |n: u64| match sample.records.len() {
+        0 => 0,
+        len => n.saturating_mul(sampled) / len as u64,
+    };
+    // Each group: its index query and its key.
+    let mut groups = vec![(candidates, Labels::new())];
+    for name in &grouping.names {
+        let Some(field) = facet(name) else { continue };
+        let matchers: Vec<_> = query.selector.iter().filter(|m| &m.name == name).collect();
+        let mut next = Vec::new();
+        for (q, key) in groups {
+            for value in values_of(index, &q, range, field)? {
+                if value.contains('"') || !matchers.iter().all(|m| m.matches(&value, true)) {
+                    continue;
+                }
+                let mut key = key.clone();
+                key.insert(name.clone(), value.clone());
+                let term = match field {
+                    FacetField::Level => format!("level:{value}"),
+                    FacetField::Host => format!("host:\"{value}\""),
+                    _ => format!("service:\"{value}\""),
+                };
+                next.push((format!("({q}) AND {term}"), key));
+            }
+        }
+        groups = next;
+    }
+    let mut volumes = Volumes::new();
+    for (q, key) in groups {
+        let counts = index.histogram_at(&q, steps.start, width, steps.count())?;
+        let bytes: Vec<u64> = counts.into_iter().map(per_record).collect();
+        if grouping.by_name {
+            for name in key.keys() {
+                let total = volumes
+                    .entry(Labels::from([(name.clone(), String::new())]))
+                    .or_insert_with(|| vec![0; bytes.len()]);
+                for (t, b) in total.iter_mut().zip(&bytes) {
+                    *t += b;
+                }
+            }
+        } else {
+            volumes.insert(key, bytes);
+        }
+    }
+    Ok(volumes)
+}
+
+/// Whether the index alone can answer: every label grouped or matched is
+/// an indexed one, and the query has no stage or regex the index cannot
+/// decide.
+fn indexed(query: &LogQuery, grouping: &Grouping) -> bool {
+    grouping.names.iter().all(|n| facet(n).is_some())
+        && query.stages.is_empty()
+        && query.selector.iter().all(|m| {
+            facet(&m.name).is_some()
+                && (grouping.names.contains(&m.name) || !matches!(m.op, MatchOp::Re | MatchOp::Nre))
+        })
+}
+
+/// The groups with the most bytes first (ties by key), `limit` of them.
+fn largest(volumes: Volumes, limit: usize) -> Vec<(Labels, Vec<u64>)> {
+    let mut groups: Vec<(Labels, Vec<u64>)> = volumes
+        .into_iter()
+        .filter(|(_, v)| v.iter().any(|b| *b > 0))
+        .collect();
+    groups.sort_by(|(ka, a), (kb, b)| {
+        let (a, b): (u64, u64) = (a.iter().sum(), b.iter().sum());
+        b.cmp(&a).then_with(|| ka.cmp(kb))
+    });
+    groups.truncate(limit);
+    groups
+}
+
+async fn volumes(
+    service: &Shared,
+    who: &Who,
+    params: &[(String, String)],
+    steps: Steps,
+    width: i64,
+) -> Result<Vec<(Labels, Vec<u64>)>, LokiError> {
+    let query = log_query(params)?;
+    let grouping = Grouping::of(params, &query)?;
+    let limit = count(params, "limit", 100)?;
+    let volumes = over_index(&service.0, who, move |source| {
+        if indexed(&query, &grouping) {
+            indexed_volumes(source.index, &query, &grouping, steps, width)
+        } else {
+            scanned_volumes(source, &query, &grouping, steps, width)
+        }
+    })
+    .await?;
+    Ok(largest(volumes, limit))
+}
+
+/// `GET /loki/api/v1/index/volume`: bytes per group of streams over the
+/// range, as a vector at `end` (Drilldown's service list).
+pub(super) async fn volume(service: Shared, who: Who, Form(params): Params) -> Answer {
+    let (start, end) = time_range(&params)?;
+    let steps = Steps {
+        start,
+        end,
+        step: 0,
+    };
+    let width = end.saturating_sub(start).saturating_add(1);
+    let groups = volumes(&service, &who, &params, steps, width).await?;
+    let result: Vec<Value> = groups
+        .iter()
+        .map(|(key, bytes)| {
+            let total: u64 = bytes.iter().sum();
+            json!({"metric": key, "value": [seconds(end), number(total as f64)]})
+        })
+        .collect();
+    Ok(success(json!({"resultType": "vector", "result": result})))
+}
+
+/// `GET /loki/api/v1/index/volume_range`: the same per `step`, as a
+/// matrix (each point the bytes of the step that ends there).
+pub(super) async fn volume_range(service: Shared, who: Who, Form(params): Params) -> Answer {
+    let range = time_range(&params)?;
+    let step = super::step_ns(&params, range)?;
+    let steps = Steps {
+        start: range.0,
+        end: range.1,
+        step,
+    };
+    if steps.count() > logql::MAX_POINTS {
+        return Err(bad(format!(
+            "step: {} points exceed the {} a query may return; widen the step",
+            steps.count(),
+            logql::MAX_POINTS
+        )));
+    }
+    let groups = volumes(&service, &who, &params, steps, step).await?;
+    let result: Vec<Value> = groups
+        .iter()
+        .map(|(key, bytes)| {
+            let values: Vec<Value> = bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b > 0)
+                .map(|(i, b)| {
+                    let at = (range.0 + (i as i64 + 1) * step).min(range.1);
+                    json!([seconds(at), number(*b as f64)])
+                })
+                .collect();
+            json!({"metric": key, "values": values})
+        })
+        .collect();
+    Ok(success(json!({"resultType": "matrix", "result": result})))
+}
+
+/// Loki drops a label whose every value looks like an id (a number or a
+/// UUID), unless it is a 0/1 flag or one of the labels always kept.
+fn looks_like_ids(name: &str, values: &[String]) -> bool {
+    if matches!(name, "cluster" | "namespace" | "instance" | "pod") {
+        return false;
+    }
+    if values.len() <= 2 && values.iter().all(|v| v == "0" || v == "1") {
+        return false;
+    }
+    values
+        .iter()
+        .all(|v| v.parse::<f64>().is_ok() || is_uuid(v))
+}
+
+fn is_uuid(value: &str) -> bool {
+    let groups: Vec<&str> = value.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A bare JSON answer (Drilldown's endpoints have no status wrapper).
+fn bare(body: Value) -> Response {
+    axum::Json(body).into_response()
+}
+
+/// `GET /loki/api/v1/detected_labels`: the stream labels of the
+/// selection with their number of values.
+pub(super) async fn detected_labels(
+    State(service): Shared,
+    who: Who,
+    Form(params): Params,
+) -> Answer {
+    let range = time_range(&params)?;
+    let candidates = log_query(&params)?.candidates();
+    let labels = service
+        .timed(&who, move |index| {
+            let mut labels = Vec::new();
+            for (name, field) in STREAM_LABELS {
+                let values = values_of(index, &candidates, range, field)?;
+                if !values.is_empty() && !looks_like_ids(name, &values) {
+                    labels.push(json!({"label": name, "cardinality": values.len()}));
+                }
+            }
+            Ok(labels)
+        })
+        .await?;
+    Ok(bare(if labels.is_empty() {
+        json!({})
+    } else {
+        json!({"detectedLabels": labels})
+    }))
+}
+
+/// One detected field: its type (of the newest value), values seen,
+/// parsers, JSON path.
+struct Detected {
+    kind: &'static str,
+    values: BTreeSet<String>,
+    parsers: BTreeSet<Parser>,
+    json_path: Option<Vec<String>>,
+    /// An attribute (structured metadata), not parsed from the line.
+    attribute: bool,
+}
+
+/// The fields of the newest `lines` records of the selection (after its
+/// pipeline): attributes, and what JSON or logfmt finds in each line.
+fn detect(
+    source: &mut IndexSource<'_>,
+    query: &LogQuery,
+    range: (i64, i64),
+    lines: usize,
+    limit: usize,
+) -> Result<Vec<(String, Detected)>, Failure> {
+    let mut found: Vec<(String, Detected)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut seen = 0;
+    source.scan(
+        &query.candidates(),
+        range.0,
+        range.1.saturating_add(1),
+        &mut |record| {
+            if query.process(record).is_none() {
+                return true;
+            }
+            seen += 1;
+            let attrs = record
+                .attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone(), None, None));
+            let parsed =
+                fields::line_fields(&record.message)
+                    .into_iter()
+                    .flat_map(|(parser, fields)| {
+                        fields
+                            .into_iter()
+                            .map(move |f| (f.name, f.value, Some(parser), f.json_path))
+                    });
+            for (name, value, parser, json_path) in attrs.chain(parsed) {
+                if name.starts_with("__") {
+                    continue;
+                }
+                let i = match at.get(&name) {
+                    Some(i) => *i,
+                    None if found.len() < limit => {
+                        at.insert(name.clone(), found.len());
+                        found.push((
+                            name,
+                            Detected {
+                                kind: fields::value_type(&value),
+                                values: BTreeSet::new(),
+                                parsers: BTreeSet::new(),
+                                json_path: None,
+                                attribute: parser.is_none(),
+                            },
+                        ));
+                        found.len() - 1
+                    }
+                    None => continue,
+                };
+                let Some((_, field)) = found.get_mut(i) else {
+                    continue;
+                };
+                field.values.insert(value);
+                if let Some(parser) = parser {
+                    field.parsers.insert(parser);
+                    field.json_path = field.json_path.take().or(json_path);
+                }
+            }
+            seen < lines
+        },
+    )?;
+    Ok(found)
+}
+
+/// `GET /loki/api/v1/detected_fields`: the fields of the newest
+/// `line_limit` (100) lines of the selection, `limit` (1000) at most.
+pub(super) async fn detected_fields(
+    State(service): Shared,
+    who: Who,
+    Form(params): Params,
+) -> Answer {
+    let range = time_range(&params)?;
+    let query = log_query(&params)?;
+    let lines = count(&params, "line_limit", LINE_LIMIT)?;
+    let limit = match param(&params, "limit") {
+        Some(_) => count(&params, "limit", FIELD_LIMIT)?,
+        None => count(&params, "field_limit", FIELD_LIMIT)?,
+    };
+    let found = over_index(&service, &who, move |source| {
+        detect(source, &query, range, lines, limit)
+    })
+    .await?;
+    if found.is_empty() {
+        return Ok(bare(json!({})));
+    }
+    let fields: Vec<Value> = found
+        .into_iter()
+        .map(|(name, field)| {
+            let parsers = (!field.attribute)
+                .then(|| field.parsers.iter().map(|p| p.name()).collect::<Vec<_>>());
+            let mut value = serde_json::Map::new();
+            value.insert("label".into(), json!(name));
+            value.insert("type".into(), json!(field.kind));
+            value.insert("cardinality".into(), json!(field.values.len()));
+            value.insert("parsers".into(), json!(parsers));
+            if let Some(path) = field.json_path {
+                value.insert("jsonPath".into(), json!(path));
+            }
+            Value::Object(value)
+        })
+        .collect();
+    Ok(bare(json!({"fields": fields, "limit": limit})))
+}
+
+/// `GET /loki/api/v1/detected_field/{name}/values`: the values a field
+/// takes in the newest `line_limit` lines, `limit` at most.
+pub(super) async fn detected_field_values(
+    State(service): Shared,
+    who: Who,
+    Path(name): Path<String>,
+    Form(params): Params,
+) -> Answer {
+    let range = time_range(&params)?;
+    let query = log_query(&params)?;
+    let lines = count(&params, "line_limit", LINE_LIMIT)?;
+    let limit = count(&params, "limit", FIELD_LIMIT)?;
+    let found = over_index(&service, &who, move |source| {
+        detect(source, &query, range, lines, MAX_VALUES)
+    })
+    .await?;
+    let values: Vec<String> = found
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, field)| field.values.into_iter().take(limit).collect())
+        .unwrap_or_default();
+    Ok(bare(if values.is_empty() {
+        json!({})
+    } else {
+        json!({"values": values, "limit": limit})
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_not_offered_as_labels() {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(looks_like_ids("req", &strings(&["12", "13.5"])));
+        assert!(looks_like_ids(
+            "trace",
+            &strings(&["0b8f7a0e-9c1d-4e2f-8a3b-1c2d3e4f5a6b"])
+        ));
+        assert!(!looks_like_ids("flag", &strings(&["0", "1"])));
+        assert!(!looks_like_ids("pod", &strings(&["12"])));
+        assert!(!looks_like_ids("service_name", &strings(&["api", "12"])));
+    }
+}
