@@ -3,7 +3,7 @@
 //! instant and range queries in LogQL (`lode_protocol::logql`), labels
 //! and their values, series, index stats, build info and live tail; and
 //! what Grafana's Logs Drilldown asks for (`drilldown`): volumes,
-//! detected labels and fields, a field's values.
+//! detected labels and fields, a field's values, log patterns.
 //!
 //! Answers have the shapes of Loki's HTTP API (`{"status": "success",
 //! "data": ...}`); errors are JSON with the reason in `message`, and
@@ -78,6 +78,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
             "/loki/api/v1/detected_field/{name}/values",
             get(drilldown::detected_field_values),
         )
+        .route("/loki/api/v1/patterns", get(drilldown::patterns))
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
         .route("/loki/api/v1/tail", get(tail::tail))
 }

@@ -1195,6 +1195,53 @@ fn logs_drilldown_requests_get_lokis_shapes() {
     assert_eq!(values, ["200", "404", "500"], "{answer}");
     assert_eq!(answer["limit"], 1000);
 
+    // The patterns tab: each level's pattern of the plain-text lines,
+    // counted per step.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/patterns",
+        &with(&[("query", r#"{service_name="web"}"#), ("step", "60s")]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "success");
+    let mut mined: Vec<(String, String, u64)> = answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let samples = p["samples"].as_array().unwrap();
+            assert!(
+                samples.iter().all(|s| s[0].is_i64() && s[1].is_u64()),
+                "{p}"
+            );
+            let total = samples.iter().map(|s| s[1].as_u64().unwrap()).sum();
+            (
+                p["pattern"].as_str().unwrap().to_owned(),
+                p["level"].as_str().unwrap().to_owned(),
+                total,
+            )
+        })
+        .collect();
+    mined.sort();
+    let web = |level: lode_engine::Level| {
+        records
+            .iter()
+            .filter(|r| r.service == "web" && r.level == level)
+            .count() as u64
+    };
+    let served = "served page <_> to a browser".to_owned();
+    assert_eq!(
+        mined,
+        [
+            (
+                served.clone(),
+                "error".to_owned(),
+                web(lode_engine::Level::Error)
+            ),
+            (served, "info".to_owned(), web(lode_engine::Level::Info)),
+        ]
+    );
+
     // Bad input is refused with Loki's error shape.
     let (status, answer) = get(
         addr,

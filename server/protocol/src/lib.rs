@@ -23,6 +23,7 @@
 //! ```
 
 pub mod auth;
+pub mod drain;
 pub mod journal;
 pub mod json;
 pub mod lines;

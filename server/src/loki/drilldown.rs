@@ -1,6 +1,11 @@
 //! What Grafana's Logs Drilldown asks of Loki beyond Explore's queries:
 //! volumes by label (its service list), the labels and fields a
-//! selection has, a field's values. Shapes are Loki's.
+//! selection has, a field's values, its log patterns. Shapes are Loki's.
+//!
+//! Patterns are mined when asked (lode keeps no pattern ingester): Drain
+//! (`lode_protocol::drain`) over the selection's newest 100,000 lines
+//! in the range, one miner per level, counted per `step` (10 s at
+//! least); as Loki, a pattern needs 30 lines and 300 at most are listed.
 //!
 //! Volumes are bytes of messages, as Loki's. Where every label a volume
 //! groups by is one lode indexes (service, host, level), each group is
@@ -14,6 +19,7 @@ use axum::extract::{Form, Path, State};
 use axum::response::{IntoResponse, Response};
 use lode_engine::LogRecord;
 use lode_index::{FacetField, Search};
+use lode_protocol::drain::Drain;
 use lode_protocol::logql::fields::{self, Parser};
 use lode_protocol::logql::{self, Expr, Labels, LogQuery, MatchOp, Source, Steps};
 use serde_json::{Value, json};
@@ -84,6 +90,31 @@ fn label_of<'a>(record: &'a LogRecord, name: &str) -> Option<&'a str> {
             .map_or("", |(_, value)| value.as_str()),
     };
     (!value.is_empty()).then_some(value)
+}
+
+/// Visits the records of the range that pass `query` (its selector and
+/// pipeline), newest first, `max` of them at most.
+fn each_passing(
+    source: &mut IndexSource<'_>,
+    query: &LogQuery,
+    (start, end): (i64, i64),
+    max: usize,
+    visit: &mut dyn FnMut(&LogRecord),
+) -> Result<(), Failure> {
+    let mut seen = 0;
+    source.scan(
+        &query.candidates(),
+        start,
+        end.saturating_add(1),
+        &mut |record| {
+            if query.process(record).is_none() {
+                return true;
+            }
+            seen += 1;
+            visit(record);
+            seen < max
+        },
+    )
 }
 
 /// What a volume groups by (Loki's `aggregateBy` and `targetLabels`).
@@ -161,26 +192,18 @@ fn scanned_volumes(
 ) -> Result<Volumes, Failure> {
     let mut volumes = Volumes::new();
     let buckets = steps.count();
-    source.scan(
-        &query.candidates(),
-        steps.start,
-        steps.end.saturating_add(1),
-        &mut |record| {
-            if query.process(record).is_none() {
-                return true;
+    let range = (steps.start, steps.end);
+    each_passing(source, query, range, usize::MAX, &mut |record| {
+        let i = usize::try_from((record.ts - steps.start) / width.max(1))
+            .unwrap_or(0)
+            .min(buckets - 1);
+        for key in grouping.keys(record) {
+            let bytes = volumes.entry(key).or_insert_with(|| vec![0; buckets]);
+            if let Some(b) = bytes.get_mut(i) {
+                *b += record.message.len() as u64;
             }
-            let i = usize::try_from((record.ts - steps.start) / width.max(1))
-                .unwrap_or(0)
-                .min(buckets - 1);
-            for key in grouping.keys(record) {
-                let bytes = volumes.entry(key).or_insert_with(|| vec![0; buckets]);
-                if let Some(b) = bytes.get_mut(i) {
-                    *b += record.message.len() as u64;
-                }
-            }
-            true
-        },
-    )?;
+        }
+    })?;
     Ok(volumes)
 }
 
@@ -318,15 +341,13 @@ pub(super) async fn volume(service: Shared, who: Who, Form(params): Params) -> A
     Ok(success(json!({"resultType": "vector", "result": result})))
 }
 
-/// `GET /loki/api/v1/index/volume_range`: the same per `step`, as a
-/// matrix (each point the bytes of the step that ends there).
-pub(super) async fn volume_range(service: Shared, who: Who, Form(params): Params) -> Answer {
-    let range = time_range(&params)?;
-    let step = super::step_ns(&params, range)?;
+/// The range's steps (`step`, at least `min`), refused past the points
+/// a query may return.
+fn stepped(params: &[(String, String)], range: (i64, i64), min: i64) -> Result<Steps, LokiError> {
     let steps = Steps {
         start: range.0,
         end: range.1,
-        step,
+        step: super::step_ns(params, range)?.max(min),
     };
     if steps.count() > logql::MAX_POINTS {
         return Err(bad(format!(
@@ -335,6 +356,15 @@ pub(super) async fn volume_range(service: Shared, who: Who, Form(params): Params
             logql::MAX_POINTS
         )));
     }
+    Ok(steps)
+}
+
+/// `GET /loki/api/v1/index/volume_range`: the same per `step`, as a
+/// matrix (each point the bytes of the step that ends there).
+pub(super) async fn volume_range(service: Shared, who: Who, Form(params): Params) -> Answer {
+    let range = time_range(&params)?;
+    let steps = stepped(&params, range, 1)?;
+    let step = steps.step;
     let groups = volumes(&service, &who, &params, steps, step).await?;
     let result: Vec<Value> = groups
         .iter()
@@ -431,62 +461,51 @@ fn detect(
 ) -> Result<Vec<(String, Detected)>, Failure> {
     let mut found: Vec<(String, Detected)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
-    let mut seen = 0;
-    source.scan(
-        &query.candidates(),
-        range.0,
-        range.1.saturating_add(1),
-        &mut |record| {
-            if query.process(record).is_none() {
-                return true;
+    each_passing(source, query, range, lines, &mut |record| {
+        let attrs = record
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), None, None));
+        let parsed =
+            fields::line_fields(&record.message)
+                .into_iter()
+                .flat_map(|(parser, fields)| {
+                    fields
+                        .into_iter()
+                        .map(move |f| (f.name, f.value, Some(parser), f.json_path))
+                });
+        for (name, value, parser, json_path) in attrs.chain(parsed) {
+            if name.starts_with("__") {
+                continue;
             }
-            seen += 1;
-            let attrs = record
-                .attrs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone(), None, None));
-            let parsed =
-                fields::line_fields(&record.message)
-                    .into_iter()
-                    .flat_map(|(parser, fields)| {
-                        fields
-                            .into_iter()
-                            .map(move |f| (f.name, f.value, Some(parser), f.json_path))
-                    });
-            for (name, value, parser, json_path) in attrs.chain(parsed) {
-                if name.starts_with("__") {
-                    continue;
+            let i = match at.get(&name) {
+                Some(i) => *i,
+                None if found.len() < limit => {
+                    at.insert(name.clone(), found.len());
+                    found.push((
+                        name,
+                        Detected {
+                            kind: fields::value_type(&value),
+                            values: BTreeSet::new(),
+                            parsers: BTreeSet::new(),
+                            json_path: None,
+                            attribute: parser.is_none(),
+                        },
+                    ));
+                    found.len() - 1
                 }
-                let i = match at.get(&name) {
-                    Some(i) => *i,
-                    None if found.len() < limit => {
-                        at.insert(name.clone(), found.len());
-                        found.push((
-                            name,
-                            Detected {
-                                kind: fields::value_type(&value),
-                                values: BTreeSet::new(),
-                                parsers: BTreeSet::new(),
-                                json_path: None,
-                                attribute: parser.is_none(),
-                            },
-                        ));
-                        found.len() - 1
-                    }
-                    None => continue,
-                };
-                let Some((_, field)) = found.get_mut(i) else {
-                    continue;
-                };
-                field.values.insert(value);
-                if let Some(parser) = parser {
-                    field.parsers.insert(parser);
-                    field.json_path = field.json_path.take().or(json_path);
-                }
+                None => continue,
+            };
+            let Some((_, field)) = found.get_mut(i) else {
+                continue;
+            };
+            field.values.insert(value);
+            if let Some(parser) = parser {
+                field.parsers.insert(parser);
+                field.json_path = field.json_path.take().or(json_path);
             }
-            seen < lines
-        },
-    )?;
+        }
+    })?;
     Ok(found)
 }
 
@@ -556,6 +575,84 @@ pub(super) async fn detected_field_values(
     } else {
         json!({"values": values, "limit": limit})
     }))
+}
+
+/// Lines `patterns` mines at most: the newest of the range.
+const PATTERN_LINES: usize = 100_000;
+/// Loki's pruning: lines a pattern needs in the range, patterns listed.
+const MIN_PATTERN_LINES: u64 = 30;
+const MAX_PATTERNS: usize = 300;
+/// The finest step patterns are counted at (Loki's sample interval).
+const MIN_PATTERN_STEP: i64 = 10_000_000_000;
+
+/// The level a pattern is listed under: one Loki knows, else `unknown`.
+fn pattern_level(record: &LogRecord) -> &'static str {
+    match record.level.as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" => "warn",
+        "error" => "error",
+        "fatal" => "fatal",
+        _ => "unknown",
+    }
+}
+
+/// Mines the selection's lines into patterns, the most frequent first,
+/// each with its count per step (zeros between its first and last).
+fn mine(
+    source: &mut IndexSource<'_>,
+    query: &LogQuery,
+    range: (i64, i64),
+    step: i64,
+) -> Result<Vec<Value>, Failure> {
+    let mut miners: BTreeMap<&'static str, Drain> = BTreeMap::new();
+    each_passing(source, query, range, PATTERN_LINES, &mut |record| {
+        miners
+            .entry(pattern_level(record))
+            .or_default()
+            .train(&record.message, record.ts.div_euclid(step));
+    })?;
+    let mut found: Vec<(u64, String, Value)> = Vec::new();
+    for (level, miner) in &miners {
+        for cluster in miner.clusters() {
+            let total = cluster.total();
+            let (Some(first), Some(last)) = (
+                cluster.counts.keys().min().copied(),
+                cluster.counts.keys().max().copied(),
+            ) else {
+                continue;
+            };
+            if total < MIN_PATTERN_LINES {
+                continue;
+            }
+            let samples: Vec<Value> = (first..=last)
+                .map(|b| {
+                    let count = cluster.counts.get(&b).copied().unwrap_or(0);
+                    json!([b.saturating_mul(step) / 1_000_000_000, count])
+                })
+                .collect();
+            let pattern = cluster.pattern();
+            let value = json!({"pattern": pattern, "level": level, "samples": samples});
+            found.push((total, pattern, value));
+        }
+    }
+    found.sort_by(|(a, pa, _), (b, pb, _)| b.cmp(a).then_with(|| pa.cmp(pb)));
+    found.truncate(MAX_PATTERNS);
+    Ok(found.into_iter().map(|(_, _, v)| v).collect())
+}
+
+/// `GET /loki/api/v1/patterns`: the selection's log patterns with their
+/// counts over time.
+pub(super) async fn patterns(State(service): Shared, who: Who, Form(params): Params) -> Answer {
+    let range = time_range(&params)?;
+    let step = stepped(&params, range, MIN_PATTERN_STEP)?.step;
+    let query = log_query(&params)?;
+    let found = over_index(&service, &who, move |source| {
+        mine(source, &query, range, step)
+    })
+    .await?;
+    Ok(success(Value::Array(found)))
 }
 
 #[cfg(test)]

@@ -30,9 +30,9 @@ pub struct LineField {
     pub json_path: Option<Vec<String>>,
 }
 
-/// The fields of `line`: a JSON object's leaves (nested keys joined with
-/// `_`; arrays and nulls skipped, as Loki's parser does), else its logfmt
-/// pairs with a value; `None` when it has neither.
+/// The fields of `line`, in its order: a JSON object's leaves (nested
+/// keys joined with `_`; arrays and nulls skipped, as Loki's parser
+/// does), else its logfmt pairs with a value; `None` when it has neither.
 pub fn line_fields(line: &str) -> Option<(Parser, Vec<LineField>)> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('{')
@@ -196,9 +196,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("ok", "true", vec!["ok"]),
                 ("status", "200", vec!["status"]),
                 ("user_id", "u-1", vec!["user", "id"]),
+                ("ok", "true", vec!["ok"]),
             ]
         );
     }
