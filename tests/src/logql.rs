@@ -78,6 +78,9 @@ enum Op {
     Ne,
     Re,
     Nre,
+    /// Line filters only: `|>` and `!>`.
+    Pattern,
+    NotPattern,
 }
 
 impl Op {
@@ -89,7 +92,58 @@ impl Op {
             (Op::Re, false) => "=~",
             (Op::Re, true) => "|~",
             (Op::Nre, _) => "!~",
+            (Op::Pattern, _) => "|>",
+            (Op::NotPattern, _) => "!>",
         }
+    }
+}
+
+/// Whether `line` is `pattern` with each `<_>` some non-empty text: the
+/// brute force's own reading of a pattern filter (no regex).
+fn pattern_matches(pattern: &str, line: &str) -> bool {
+    let parts: Vec<&str> = pattern.split("<_>").collect();
+    fn rest_matches(parts: &[&str], line: &str) -> bool {
+        match parts {
+            [] => line.is_empty(),
+            [last] => line == *last,
+            [literal, more @ ..] => {
+                let Some(after) = line.strip_prefix(literal) else {
+                    return false;
+                };
+                // The wildcard takes one character or more.
+                after
+                    .char_indices()
+                    .skip(1)
+                    .map(|(i, _)| i)
+                    .chain(std::iter::once(after.len()).filter(|l| *l > 0))
+                    .any(|i| rest_matches(more, &after[i..]))
+            }
+        }
+    }
+    rest_matches(&parts, line)
+}
+
+/// A record's value of a stream label (as lode names them).
+fn stream_label<'a>(r: &'a LogRecord, name: &str) -> &'a str {
+    match name {
+        "service_name" | "job" => r.service.as_str(),
+        "host" => r.host.as_str(),
+        _ => r.level.as_str(),
+    }
+}
+
+/// A label matcher on a record, `=`/`!=` ignoring case as lode's do.
+fn label_matches(
+    r: &LogRecord,
+    (name, op, value): &(&'static str, Op, String),
+    re: Option<&Regex>,
+) -> bool {
+    let actual = stream_label(r, name);
+    match op {
+        Op::Eq => actual.to_lowercase() == value.to_lowercase(),
+        Op::Ne => actual.to_lowercase() != value.to_lowercase(),
+        Op::Re => re.is_some_and(|re| re.is_match(actual)),
+        _ => !re.is_some_and(|re| re.is_match(actual)),
     }
 }
 
@@ -100,8 +154,14 @@ struct Generated {
     /// (label, op, value)
     selector: Vec<(&'static str, Op, String)>,
     lines: Vec<(Op, String)>,
+    /// Label filter stages: each passes if one of its matchers does
+    /// (`or`); written as stages of their own, or joined by `and`/`,`.
+    filters: Vec<Vec<(&'static str, Op, String)>>,
+    /// How the groups are joined in one stage (`and`, `,`), if they are.
+    join: Option<&'static str>,
     drop_error: bool,
-    /// The regexes of `selector` then `lines`, compiled once.
+    /// The regexes of `selector` then `lines` then `filters`, compiled
+    /// once.
     regexes: Vec<Option<Regex>>,
     /// The time of the record most of the query was cut from.
     anchor: i64,
@@ -118,6 +178,25 @@ impl Generated {
         for (op, value) in &self.lines {
             text.push_str(&format!(" {} {}", op.symbol(true), quote(value)));
         }
+        let groups: Vec<String> = self
+            .filters
+            .iter()
+            .map(|group| {
+                let any: Vec<String> = group
+                    .iter()
+                    .map(|(name, op, value)| format!("{name}{}{}", op.symbol(false), quote(value)))
+                    .collect();
+                any.join(" or ")
+            })
+            .collect();
+        if let Some(join) = self.join.filter(|_| groups.len() > 1) {
+            let all: Vec<String> = groups.iter().map(|g| format!("({g})")).collect();
+            text.push_str(&format!(" | {}", all.join(join)));
+        } else {
+            for group in &groups {
+                text.push_str(&format!(" | {group}"));
+            }
+        }
         if self.drop_error {
             text.push_str(" | drop __error__");
         }
@@ -132,40 +211,43 @@ impl Generated {
             .lines
             .iter()
             .map(|(op, value)| matches!(op, Op::Re | Op::Nre).then(|| Regex::new(value).unwrap()));
-        self.regexes = selector.chain(lines).collect();
+        let filters = self.filters.iter().flatten().map(|(_, op, value)| {
+            matches!(op, Op::Re | Op::Nre).then(|| Regex::new(&format!("^(?:{value})$")).unwrap())
+        });
+        self.regexes = selector.chain(lines).chain(filters).collect();
         self
     }
 
     fn selects(&self, r: &LogRecord) -> bool {
-        let (matcher_res, line_res) = self.regexes.split_at(self.selector.len());
+        let (matcher_res, rest) = self.regexes.split_at(self.selector.len());
+        let (line_res, mut filter_res) = rest.split_at(self.lines.len());
         let selector = self
             .selector
             .iter()
             .zip(matcher_res)
-            .all(|((name, op, value), re)| {
-                let actual = match *name {
-                    "service_name" | "job" => r.service.as_str(),
-                    "host" => r.host.as_str(),
-                    _ => r.level.as_str(),
-                };
-                match (op, re) {
-                    (Op::Eq, _) => actual.to_lowercase() == value.to_lowercase(),
-                    (Op::Ne, _) => actual.to_lowercase() != value.to_lowercase(),
-                    (Op::Re, Some(re)) => re.is_match(actual),
-                    (_, re) => !re.as_ref().unwrap().is_match(actual),
-                }
+            .all(|(m, re)| label_matches(r, m, re.as_ref()));
+        let lines = self
+            .lines
+            .iter()
+            .zip(line_res)
+            .all(|((op, value), re)| match (op, re) {
+                (Op::Eq, _) => r.message.contains(value.as_str()),
+                (Op::Ne, _) => !r.message.contains(value.as_str()),
+                (Op::Re, Some(re)) => re.is_match(&r.message),
+                (Op::Pattern, _) => pattern_matches(value, &r.message),
+                (Op::NotPattern, _) => !pattern_matches(value, &r.message),
+                (_, re) => !re.as_ref().unwrap().is_match(&r.message),
             });
-        selector
-            && self
-                .lines
+        let mut filters = true;
+        for group in &self.filters {
+            let (res, more) = filter_res.split_at(group.len());
+            filter_res = more;
+            filters &= group
                 .iter()
-                .zip(line_res)
-                .all(|((op, value), re)| match (op, re) {
-                    (Op::Eq, _) => r.message.contains(value.as_str()),
-                    (Op::Ne, _) => !r.message.contains(value.as_str()),
-                    (Op::Re, Some(re)) => re.is_match(&r.message),
-                    (_, re) => !re.as_ref().unwrap().is_match(&r.message),
-                })
+                .zip(res)
+                .any(|(m, re)| label_matches(r, m, re.as_ref()));
+        }
+        selector && lines && filters
     }
 }
 
@@ -249,9 +331,45 @@ impl Gen<'_> {
         }
     }
 
+    /// A pattern `line` matches: some of its space-separated words
+    /// (never all) replaced by `<_>`.
+    fn pattern_of(&mut self, line: &str) -> String {
+        let mut words: Vec<String> = line.split(' ').map(str::to_owned).collect();
+        for _ in 0..1 + self.below(3) {
+            let i = self.below(words.len());
+            if !words[i].is_empty() && words.iter().filter(|w| *w != "<_>").count() > 1 {
+                words[i] = "<_>".to_owned();
+            }
+        }
+        words.join(" ")
+    }
+
+    /// A label filter group (`a="x" or b="y"`) `anchor` passes, mostly:
+    /// Logs Drilldown's level filter, or matchers on other labels.
+    fn filter_group(&mut self, anchor: &LogRecord) -> Vec<(&'static str, Op, String)> {
+        if self.below(2) == 0 {
+            let mut levels = vec![anchor.level.as_str().to_owned()];
+            for _ in 0..self.below(3) {
+                levels.push(self.pick().level.as_str().to_owned());
+            }
+            return levels
+                .into_iter()
+                .map(|l| ("detected_level", Op::Eq, l))
+                .collect();
+        }
+        (0..1 + self.below(2))
+            .map(|_| self.matcher(anchor))
+            .collect()
+    }
+
     /// A line filter `anchor` passes, mostly.
     fn line_filter(&mut self, anchor: &LogRecord) -> (Op, String) {
-        match self.below(7) {
+        match self.below(9) {
+            7 => (Op::Pattern, self.pattern_of(&anchor.message)),
+            8 => {
+                let other = self.pick().message.clone();
+                (Op::NotPattern, self.pattern_of(&other))
+            }
             0..=2 => (Op::Eq, self.piece(&anchor.message)),
             3 => {
                 let other = self.pick().message.clone();
@@ -282,9 +400,14 @@ impl Gen<'_> {
         let lines = (0..self.below(4))
             .map(|_| self.line_filter(&anchor))
             .collect();
+        let filters = (0..[0, 0, 1, 2][self.below(4)])
+            .map(|_| self.filter_group(&anchor))
+            .collect();
         Generated {
             selector,
             lines,
+            filters,
+            join: [None, Some(" and "), Some(", ")][self.below(3)],
             drop_error: self.below(4) == 0,
             regexes: Vec::new(),
             anchor: anchor.ts,
@@ -533,6 +656,11 @@ fn random_logql_equals_a_brute_force_evaluation() {
         lines >= 100 && series >= 100,
         "{lines} and {series} of 300 found records"
     );
+    // Every construct the generator knows was drawn.
+    for construct in ["|>", "!>", " or ", " and ", "), (", "detected_level="] {
+        let n = texts.iter().filter(|t| t.contains(construct)).count();
+        assert!(n >= 3, "'{construct}' in {n} queries");
+    }
     lezer_accepts(&texts);
 }
 

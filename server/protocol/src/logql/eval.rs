@@ -346,8 +346,12 @@ impl LogQuery {
                     let pass = match op {
                         LineOp::Contains => line.contains(text.as_str()),
                         LineOp::NotContains => !line.contains(text.as_str()),
-                        LineOp::Matches => regex.as_ref().is_some_and(|r| r.is_match(line)),
-                        LineOp::NotMatches => !regex.as_ref().is_some_and(|r| r.is_match(line)),
+                        LineOp::Matches | LineOp::Pattern => {
+                            regex.as_ref().is_some_and(|r| r.is_match(line))
+                        }
+                        LineOp::NotMatches | LineOp::NotPattern => {
+                            !regex.as_ref().is_some_and(|r| r.is_match(line))
+                        }
                     };
                     if !pass {
                         return None;
@@ -409,6 +413,8 @@ fn label_passes(record: &LogRecord, extracted: &mut Labels, filter: &LabelFilter
                 }
             }
         }
+        LabelFilter::Any(filters) => filters.iter().any(|f| label_passes(record, extracted, f)),
+        LabelFilter::All(filters) => filters.iter().all(|f| label_passes(record, extracted, f)),
     }
 }
 
@@ -1160,5 +1166,60 @@ mod tests {
             eval_metric(&mut source, &parse("vector(1)").unwrap(), too_many),
             Err(EvalError::Query(_))
         ));
+    }
+
+    /// Drilldown's level filter (`or`), `and` and `,` with parentheses,
+    /// and its pattern filters: each as the brute force decides.
+    #[test]
+    fn label_filter_expressions_and_pattern_filters() {
+        let lines = [
+            record(1, "api", Level::Error, "GET /items/1 200 in 5ms"),
+            record(2, "api", Level::Warn, "GET /health 200 in 1ms"),
+            record(3, "api", Level::Info, "POST /items 500 in 9ms"),
+            record(4, "db", Level::Error, "GET /items/2 404 in 2ms"),
+        ];
+        let passing = |text: &str| -> Vec<i64> {
+            let q = log_query(text);
+            lines
+                .iter()
+                .filter(|r| q.process(r).is_some())
+                .map(|r| r.ts)
+                .collect()
+        };
+        assert_eq!(
+            passing(r#"{service_name=~".+"} | detected_level="error" or detected_level="warn""#),
+            [1, 2, 4]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} | level="error" or level="warn", service_name="db""#),
+            [1, 4]
+        );
+        assert_eq!(
+            passing(
+                r#"{service_name=~".+"} | (level="error" or level="warn") and service_name="api""#
+            ),
+            [1, 2]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |> "GET <_> 200 in <_>""#),
+            [1, 2]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} !> "<_> /health <_>" |> "<_> in <_>ms""#),
+            [1, 3, 4]
+        );
+        // `<_>` stands for some text, not none; the rest is literal.
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |> "GET /items/<_>2 404 in 2ms""#),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |> "GET /items/<_> 404 in 2ms""#),
+            [4]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |> "GET (.*) 200 in 5ms""#),
+            Vec::<i64>::new()
+        );
     }
 }

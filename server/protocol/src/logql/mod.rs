@@ -123,7 +123,8 @@ pub enum Stage {
     Line {
         op: LineOp,
         text: String,
-        /// Unanchored, for `|~` and `!~`.
+        /// Unanchored, for `|~` and `!~`; the pattern as an anchored
+        /// regex for `|>` and `!>`.
         regex: Option<Regex>,
     },
     Json,
@@ -142,13 +143,26 @@ pub enum LineOp {
     Matches,
     /// `!~`
     NotMatches,
+    /// `|>`: the whole line matches the pattern, whose `<_>` stand for
+    /// any non-empty text (the patterns Logs Drilldown lists).
+    Pattern,
+    /// `!>`
+    NotPattern,
 }
 
 /// A filter on a label's value after the selector.
 #[derive(Debug, Clone)]
 pub enum LabelFilter {
     Text(Matcher),
-    Number { name: String, op: NumOp, value: f64 },
+    Number {
+        name: String,
+        op: NumOp,
+        value: f64,
+    },
+    /// `a or b`: one passes.
+    Any(Vec<LabelFilter>),
+    /// `a and b`, `a, b`: all pass.
+    All(Vec<LabelFilter>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,14 @@
 //! grouping  := ("by" | "without") "(" [label ("," label)*] ")"
 //! log       := "{" matcher ("," matcher)* "}" stage*
 //! matcher   := label ("=" | "!=" | "=~" | "!~") string
-//! stage     := ("|=" | "!=" | "|~" | "!~") string
+//! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string
 //!            | "|" "json" | "|" "logfmt" | "|" "drop" label ("," label)*
-//!            | "|" label ("=" | "!=" | "=~" | "!~") string
-//!            | "|" label ("==" | "!=" | ">" | ">=" | "<" | "<=") number
+//!            | "|" filters
+//! filters   := all ("or" all)*
+//! all       := filter (("and" | ",") filter)*
+//! filter    := "(" filters ")"
+//!            | label ("=" | "!=" | "=~" | "!~") string
+//!            | label ("==" | "!=" | ">" | ">=" | "<" | "<=") number
 //! ```
 
 use regex::Regex;
@@ -57,8 +61,8 @@ fn err(line: usize, column: usize, message: impl Into<String>) -> LogqlError {
 
 /// Two-character symbols first, so `|=` is not `|` then `=`.
 const SYMBOLS: &[&str] = &[
-    "|=", "|~", "!=", "!~", "=~", "==", ">=", "<=", "|", "=", ">", "<", "{", "}", "(", ")", ",",
-    "+", "-", "*", "/", "%",
+    "|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=", "|", "=", ">", "<", "{", "}", "(",
+    ")", ",", "+", "-", "*", "/", "%",
 ];
 
 fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
@@ -464,6 +468,8 @@ impl Parser {
             Some(Tok::Sym("!=")) => LineOp::NotContains,
             Some(Tok::Sym("|~")) => LineOp::Matches,
             Some(Tok::Sym("!~")) => LineOp::NotMatches,
+            Some(Tok::Sym("|>")) => LineOp::Pattern,
+            Some(Tok::Sym("!>")) => LineOp::NotPattern,
             Some(Tok::Sym("|")) => {
                 self.pos += 1;
                 return self.pipe_stage().map(Some);
@@ -474,12 +480,18 @@ impl Parser {
         let (text, at) = self.string(&describe(&symbol.tok))?;
         let regex = match op {
             LineOp::Matches | LineOp::NotMatches => Some(compile(&text, false, &at)?),
-            _ => None,
+            LineOp::Pattern | LineOp::NotPattern => {
+                Some(compile(&pattern_regex(&text), true, &at)?)
+            }
+            LineOp::Contains | LineOp::NotContains => None,
         };
         Ok(Some(Stage::Line { op, text, regex }))
     }
 
     fn pipe_stage(&mut self) -> Result<Stage, LogqlError> {
+        if self.peek_tok() == Some(&Tok::Sym("(")) {
+            return self.filters(None).map(Stage::Label);
+        }
         let s = self.next("json, logfmt, drop or a label filter")?;
         let Tok::Ident(name) = &s.tok else {
             return Err(self.unexpected(s, "json, logfmt, drop or a label filter"));
@@ -521,7 +533,51 @@ impl Parser {
                     ),
                 ))
             }
-            _ => self.label_filter(name.clone()),
+            _ => self.filters(Some(name.clone())).map(Stage::Label),
+        }
+    }
+
+    /// Label filters joined by `or`, `and` and `,` (`and` binds
+    /// tighter), in parentheses or not; `first` is a label name already
+    /// read.
+    fn filters(&mut self, first: Option<String>) -> Result<LabelFilter, LogqlError> {
+        let mut any = vec![self.all_filters(first)?];
+        while self.eat_word("or") {
+            any.push(self.all_filters(None)?);
+        }
+        Ok(one_or(any, LabelFilter::Any))
+    }
+
+    fn all_filters(&mut self, first: Option<String>) -> Result<LabelFilter, LogqlError> {
+        let mut all = vec![self.one_filter(first)?];
+        while self.eat(",") || self.eat_word("and") {
+            all.push(self.one_filter(None)?);
+        }
+        Ok(one_or(all, LabelFilter::All))
+    }
+
+    fn one_filter(&mut self, first: Option<String>) -> Result<LabelFilter, LogqlError> {
+        if let Some(name) = first {
+            return self.label_filter(name);
+        }
+        if self.eat("(") {
+            self.deeper()?;
+            let inner = self.filters(None)?;
+            self.expect(")")?;
+            self.depth -= 1;
+            return Ok(inner);
+        }
+        let name = self.label_name()?;
+        self.label_filter(name)
+    }
+
+    /// Consumes the word `word` (`or`, `and`) if it comes next.
+    fn eat_word(&mut self, word: &str) -> bool {
+        if matches!(self.peek_tok(), Some(Tok::Ident(w)) if w == word) {
+            self.pos += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -534,7 +590,7 @@ impl Parser {
         )
     }
 
-    fn label_filter(&mut self, name: String) -> Result<Stage, LogqlError> {
+    fn label_filter(&mut self, name: String) -> Result<LabelFilter, LogqlError> {
         const OPS: &str = "=, !=, =~, !~, ==, >, >=, < or <=";
         let op = self.next(OPS)?;
         let Tok::Sym(symbol) = op.tok else {
@@ -570,7 +626,7 @@ impl Parser {
             }
             _ => return Err(self.unexpected(value, "a string or a number")),
         };
-        Ok(Stage::Label(filter))
+        Ok(filter)
     }
 }
 
@@ -594,6 +650,25 @@ fn matcher(name: String, op: MatchOp, value: String, at: &Spanned) -> Result<Mat
         value,
         regex,
     })
+}
+
+/// The one filter of `list`, or `join` of them all.
+fn one_or(mut list: Vec<LabelFilter>, join: fn(Vec<LabelFilter>) -> LabelFilter) -> LabelFilter {
+    if list.len() == 1 {
+        list.remove(0)
+    } else {
+        join(list)
+    }
+}
+
+/// A pattern filter's text as a regex (to be anchored): its text
+/// literally, each `<_>` any non-empty text.
+fn pattern_regex(pattern: &str) -> String {
+    pattern
+        .split("<_>")
+        .map(regex::escape)
+        .collect::<Vec<_>>()
+        .join("(?s:.+?)")
 }
 
 /// Regexes of label matchers are anchored at both ends, line filters'
@@ -665,6 +740,42 @@ mod tests {
     fn column_of(text: &str) -> (usize, usize) {
         let e = parse(text).unwrap_err();
         (e.line, e.column)
+    }
+
+    #[test]
+    fn label_filters_join_with_or_and_and_and_pattern_filters_parse() {
+        let Expr::Log(q) = parse(
+            r#"{app="a"} | level="error" or level="warn", host="h" | (a="1" or b>2) and c!~"x.*" |> "GET <_> 200" !> "<_>health<_>""#,
+        )
+        .unwrap() else {
+            panic!("not a log query");
+        };
+        let Stage::Label(LabelFilter::Any(any)) = &q.stages[0] else {
+            panic!("{:?}", q.stages[0]);
+        };
+        assert_eq!(any.len(), 2);
+        assert!(matches!(&any[1], LabelFilter::All(all) if all.len() == 2));
+        let Stage::Label(LabelFilter::All(all)) = &q.stages[1] else {
+            panic!("{:?}", q.stages[1]);
+        };
+        assert!(matches!(&all[0], LabelFilter::Any(any) if any.len() == 2));
+        assert!(matches!(
+            q.stages[2],
+            Stage::Line {
+                op: LineOp::Pattern,
+                ..
+            }
+        ));
+        assert!(matches!(
+            q.stages[3],
+            Stage::Line {
+                op: LineOp::NotPattern,
+                ..
+            }
+        ));
+        // Unclosed, or an operator with nothing after it: refused where.
+        assert_eq!(column_of(r#"{a="b"} | (level="x" or level="y""#), (1, 34));
+        assert_eq!(column_of(r#"{a="b"} | level="x" or"#), (1, 23));
     }
 
     #[test]
