@@ -8,8 +8,8 @@ use lode_codec::{Level, LogRecord};
 use serde_json::Value;
 
 use super::{
-    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher, NumOp, RangeFn,
-    Stage,
+    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher, NumOp, PathStep,
+    RangeFn, Stage,
 };
 
 /// A set of labels, by name.
@@ -301,7 +301,7 @@ impl LogQuery {
                     ..
                 } => terms.extend(substring_words(text)),
                 // A parser changes no line; filters before it still hold.
-                Stage::Json
+                Stage::Json(_)
                 | Stage::Logfmt
                 | Stage::Drop(_)
                 | Stage::Label(_)
@@ -357,11 +357,25 @@ impl LogQuery {
                         return None;
                     }
                 }
-                Stage::Json => match serde_json::from_str::<Value>(&record.message) {
-                    Ok(value @ Value::Object(_)) => {
+                Stage::Json(fields) => match serde_json::from_str::<Value>(&record.message) {
+                    Ok(value @ Value::Object(_)) if fields.is_empty() => {
                         let mut pairs = Vec::new();
                         flatten_json("", &value, &mut pairs);
                         extract(&labels, pairs, &mut extracted);
+                    }
+                    Ok(value @ Value::Object(_)) => {
+                        for field in fields {
+                            let found = field.path.iter().try_fold(&value, |v, step| match step {
+                                PathStep::Key(key) => v.get(key),
+                                PathStep::Index(i) => v.get(i),
+                            });
+                            let text = match found {
+                                Some(Value::String(text)) => text.clone(),
+                                Some(Value::Null) | None => String::new(),
+                                Some(other) => other.to_string(),
+                            };
+                            extracted.insert(field.label.clone(), text);
+                        }
                     }
                     _ => {
                         extracted.insert(ERROR_LABEL.to_owned(), "JSONParserErr".to_owned());
@@ -1220,6 +1234,35 @@ mod tests {
         assert_eq!(
             passing(r#"{service_name=~".+"} |> "GET (.*) 200 in 5ms""#),
             Vec::<i64>::new()
+        );
+    }
+
+    /// `| json label="path"` takes only what the paths name: nested keys,
+    /// array items, quoted keys; a missing path gives an empty label.
+    #[test]
+    fn json_paths_extract_the_values_they_name() {
+        let line = r#"{"status":404,"user":{"id":"u7"},"servers":["a","b"],"headers":{"User-Agent":"curl"},"ok":true}"#;
+        let q = log_query(
+            r#"{service_name="api"} | json status="[\"status\"]", user="user.id", second="servers[1]", ua="headers[\"User-Agent\"]", gone="user.name", ok"#,
+        );
+        let labels = q.process(&record(1, "api", Level::Info, line)).unwrap();
+        for (name, value) in [
+            ("status", "404"),
+            ("user", "u7"),
+            ("second", "b"),
+            ("ua", "curl"),
+            ("gone", ""),
+            ("ok", "true"),
+        ] {
+            assert_eq!(labels.get(name).map(String::as_str), Some(value), "{name}");
+        }
+        assert!(!labels.contains_key("servers") && !labels.contains_key("user_id"));
+        // The fields tab's count: lines whose field is set.
+        let q = log_query(r#"{service_name="api"} | json status="[\"status\"]" | status!="""#);
+        assert!(q.process(&record(1, "api", Level::Info, line)).is_some());
+        assert!(
+            q.process(&record(2, "api", Level::Info, r#"{"other":1}"#))
+                .is_none()
         );
     }
 }

@@ -127,10 +127,25 @@ pub enum Stage {
         /// regex for `|>` and `!>`.
         regex: Option<Regex>,
     },
-    Json,
+    /// `| json`: every field; `| json a="x.y", b`: those the paths name.
+    Json(Vec<JsonField>),
     Logfmt,
     Label(LabelFilter),
     Drop(Vec<String>),
+}
+
+/// `label="path"` of `| json`: the label gets the value at the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonField {
+    pub label: String,
+    pub path: Vec<PathStep>,
+}
+
+/// One step of a JSON path: `.key` or `["key"]`, `[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathStep {
+    Key(String),
+    Index(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

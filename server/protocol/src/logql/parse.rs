@@ -11,7 +11,8 @@
 //! log       := "{" matcher ("," matcher)* "}" stage*
 //! matcher   := label ("=" | "!=" | "=~" | "!~") string
 //! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string
-//!            | "|" "json" | "|" "logfmt" | "|" "drop" label ("," label)*
+//!            | "|" "json" [label ["=" string] ("," label ["=" string])*]
+//!            | "|" "logfmt" | "|" "drop" label ("," label)*
 //!            | "|" filters
 //! filters   := all ("or" all)*
 //! all       := filter (("and" | ",") filter)*
@@ -23,8 +24,8 @@
 use regex::Regex;
 
 use super::{
-    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, LogqlError, MatchOp, Matcher,
-    NumOp, RangeFn, Stage,
+    AggOp, BinOp, Expr, Grouping, JsonField, LabelFilter, LineOp, LogQuery, LogqlError, MatchOp,
+    Matcher, NumOp, PathStep, RangeFn, Stage,
 };
 
 /// Longest query text taken (Loki's own limit is larger; nothing Grafana
@@ -497,7 +498,8 @@ impl Parser {
             return Err(self.unexpected(s, "json, logfmt, drop or a label filter"));
         };
         match name.as_str() {
-            "json" | "logfmt" if !self.at_label_op() => {
+            "json" if !self.at_label_op() => self.json_fields().map(Stage::Json),
+            "logfmt" if !self.at_label_op() => {
                 if let Some(Tok::Ident(_)) = self.peek_tok() {
                     let next = self.peek().unwrap_or(s.clone());
                     return Err(err(
@@ -508,11 +510,7 @@ impl Parser {
                         ),
                     ));
                 }
-                Ok(if name == "json" {
-                    Stage::Json
-                } else {
-                    Stage::Logfmt
-                })
+                Ok(Stage::Logfmt)
             }
             "drop" if !self.at_label_op() => {
                 let mut labels = vec![self.label_name()?];
@@ -534,6 +532,31 @@ impl Parser {
                 ))
             }
             _ => self.filters(Some(name.clone())).map(Stage::Label),
+        }
+    }
+
+    /// `label="path", label, ...` after `| json` (none: every field).
+    fn json_fields(&mut self) -> Result<Vec<JsonField>, LogqlError> {
+        let mut fields = Vec::new();
+        if !matches!(self.peek_tok(), Some(Tok::Ident(_))) {
+            return Ok(fields);
+        }
+        loop {
+            let label = self.label_name()?;
+            let (expr, at) = if self.eat("=") {
+                let (text, at) = self.string(&format!("{label}="))?;
+                (text, Some(at))
+            } else {
+                (label.clone(), None)
+            };
+            let path = json_path(&expr).map_err(|reason| {
+                let (line, column) = at.as_ref().map_or(self.end, |s| (s.line, s.column));
+                err(line, column, format!("json path \"{expr}\": {reason}"))
+            })?;
+            fields.push(JsonField { label, path });
+            if !self.eat(",") {
+                return Ok(fields);
+            }
         }
     }
 
@@ -652,6 +675,44 @@ fn matcher(name: String, op: MatchOp, value: String, at: &Spanned) -> Result<Mat
     })
 }
 
+/// A JSON path as `| json` takes one: `a.b`, `a[0]`, `["a b"].c`,
+/// `a["b"][1]`.
+fn json_path(text: &str) -> Result<Vec<PathStep>, String> {
+    let mut steps = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let close = inner.find(']').ok_or("a '[' without its ']'")?;
+            let key = inner[..close].trim();
+            rest = &inner[close + 1..];
+            if let Some(quoted) = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+                steps.push(PathStep::Key(quoted.to_owned()));
+            } else {
+                let index = key
+                    .parse()
+                    .map_err(|_| format!("[{key}] is neither an index nor a quoted key"))?;
+                steps.push(PathStep::Index(index));
+            }
+        } else {
+            let rest_of = rest.strip_prefix('.').unwrap_or(rest);
+            if rest_of.len() != rest.len() && steps.is_empty() {
+                return Err("a path does not start with '.'".to_owned());
+            }
+            let end = rest_of.find(['.', '[']).unwrap_or(rest_of.len());
+            let key = &rest_of[..end];
+            if key.is_empty() {
+                return Err("an empty key".to_owned());
+            }
+            steps.push(PathStep::Key(key.to_owned()));
+            rest = &rest_of[end..];
+        }
+    }
+    if steps.is_empty() {
+        return Err("an empty path".to_owned());
+    }
+    Ok(steps)
+}
+
 /// The one filter of `list`, or `join` of them all.
 fn one_or(mut list: Vec<LabelFilter>, join: fn(Vec<LabelFilter>) -> LabelFilter) -> LabelFilter {
     if list.len() == 1 {
@@ -743,6 +804,45 @@ mod tests {
     }
 
     #[test]
+    fn json_takes_labels_with_paths() {
+        let Expr::Log(q) = parse(
+            r#"{app="a"} | json status="[\"status\"]", user_id="user.id", first="servers[0]", ua="request.headers[\"User-Agent\"]", level | json"#,
+        )
+        .unwrap() else {
+            panic!("not a log query");
+        };
+        let Stage::Json(fields) = &q.stages[0] else {
+            panic!("{:?}", q.stages[0]);
+        };
+        let key = |k: &str| PathStep::Key(k.to_owned());
+        let got: Vec<(&str, &[PathStep])> = fields
+            .iter()
+            .map(|f| (f.label.as_str(), f.path.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("status", &[key("status")][..]),
+                ("user_id", &[key("user"), key("id")][..]),
+                ("first", &[key("servers"), PathStep::Index(0)][..]),
+                (
+                    "ua",
+                    &[key("request"), key("headers"), key("User-Agent")][..]
+                ),
+                ("level", &[key("level")][..]),
+            ]
+        );
+        assert!(matches!(&q.stages[1], Stage::Json(all) if all.is_empty()));
+        for bad in [
+            r#"{a="b"} | json x="a[b]""#,
+            r#"{a="b"} | json x="a..b""#,
+            r#"{a="b"} | json x="""#,
+        ] {
+            assert_eq!(column_of(bad), (1, 18), "{bad}");
+        }
+    }
+
+    #[test]
     fn label_filters_join_with_or_and_and_and_pattern_filters_parse() {
         let Expr::Log(q) = parse(
             r#"{app="a"} | level="error" or level="warn", host="h" | (a="1" or b>2) and c!~"x.*" |> "GET <_> 200" !> "<_>health<_>""#,
@@ -792,7 +892,7 @@ mod tests {
         assert!(
             matches!(&q.stages[1], Stage::Line { op: LineOp::NotContains, text, .. } if text == "debug")
         );
-        assert!(matches!(q.stages[3], Stage::Json));
+        assert!(matches!(&q.stages[3], Stage::Json(fields) if fields.is_empty()));
         assert!(
             matches!(&q.stages[4], Stage::Label(LabelFilter::Number { op: NumOp::Ge, value, .. }) if *value == 500.0)
         );
