@@ -493,17 +493,78 @@ enum Func {
     Rate,
     Bytes,
     BytesRate,
+    /// Over the records' `line` attribute, unwrapped.
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Stdvar,
+    Stddev,
+    Quantile(f64),
+}
+
+impl Func {
+    fn name(self) -> &'static str {
+        match self {
+            Func::Count => "count_over_time",
+            Func::Rate => "rate",
+            Func::Bytes => "bytes_over_time",
+            Func::BytesRate => "bytes_rate",
+            Func::Sum => "sum_over_time",
+            Func::Avg => "avg_over_time",
+            Func::Min => "min_over_time",
+            Func::Max => "max_over_time",
+            Func::Stdvar => "stdvar_over_time",
+            Func::Stddev => "stddev_over_time",
+            Func::Quantile(_) => "quantile_over_time",
+        }
+    }
+
+    /// The value of a window's records (`(size, line)` each) for a range
+    /// of `seconds`, worked out plainly.
+    fn of(self, window: &[(f64, f64)], seconds: f64) -> f64 {
+        let n = window.len() as f64;
+        let lines = || window.iter().map(|(_, line)| *line);
+        let mean = lines().sum::<f64>() / n;
+        let variance = lines().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        match self {
+            Func::Count => n,
+            Func::Rate => n / seconds,
+            Func::Bytes => window.iter().map(|(size, _)| size).sum(),
+            Func::BytesRate => window.iter().map(|(size, _)| size).sum::<f64>() / seconds,
+            Func::Sum => lines().sum(),
+            Func::Avg => mean,
+            Func::Min => lines().fold(f64::INFINITY, f64::min),
+            Func::Max => lines().fold(f64::NEG_INFINITY, f64::max),
+            Func::Stdvar => variance,
+            Func::Stddev => variance.sqrt(),
+            Func::Quantile(phi) => {
+                let mut sorted: Vec<f64> = lines().collect();
+                sorted.sort_by(f64::total_cmp);
+                let rank = phi * (sorted.len() - 1) as f64;
+                let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+                sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - rank.floor())
+            }
+        }
+    }
 }
 
 fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> (String, bool) {
     let q = g.log_query();
-    let func = [Func::Count, Func::Rate, Func::Bytes, Func::BytesRate][g.below(4)];
-    let name = match func {
-        Func::Count => "count_over_time",
-        Func::Rate => "rate",
-        Func::Bytes => "bytes_over_time",
-        Func::BytesRate => "bytes_rate",
-    };
+    let func = [
+        Func::Count,
+        Func::Rate,
+        Func::Bytes,
+        Func::BytesRate,
+        Func::Sum,
+        Func::Avg,
+        Func::Min,
+        Func::Max,
+        Func::Stdvar,
+        Func::Stddev,
+        Func::Quantile([0.0, 0.5, 0.9, 1.0][g.below(4)]),
+    ][g.below(11)];
+    let name = func.name();
     let (range, range_text) = [
         (10, "10s"),
         (60, "1m"),
@@ -513,7 +574,15 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
     ][g.below(5)];
     let step = [15, 30, 60, 120][g.below(4)] as i64 * SECOND;
     let grouping = g.below(6);
-    let inner = format!("{name}({} [{range_text}])", q.text());
+    let inner = match func {
+        Func::Count | Func::Rate | Func::Bytes | Func::BytesRate => {
+            format!("{name}({} [{range_text}])", q.text())
+        }
+        Func::Quantile(phi) => {
+            format!("{name}({phi}, {} | unwrap line [{range_text}])", q.text())
+        }
+        _ => format!("{name}({} | unwrap line [{range_text}])", q.text()),
+    };
     let text = match grouping {
         0 => inner,
         1 => format!("sum({inner})"),
@@ -526,14 +595,31 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
     let end = start + (1 + g.below(120)) as i64 * step;
     let step_text = format!("{}s", step / SECOND);
     let answer = query_range(addr, &text, (start, end), &[("step", step_text)], "matrix");
-    // The brute force: at each step t, the records in (t - range, t].
+    // The brute force: at each step t, each series' records in
+    // (t - range, t], then the aggregation over the series.
     let range = range * SECOND;
+    let seconds = range as f64 / 1e9;
     let mut expected: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
     let selected: Vec<&LogRecord> = records.iter().filter(|r| q.selects(r)).collect();
     let mut t = start;
     while t <= end {
+        let mut windows: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for r in selected.iter().filter(|r| r.ts > t - range && r.ts <= t) {
-            let all = labels_of(r);
+            let line: f64 = r
+                .attrs
+                .iter()
+                .find(|(k, _)| k == "line")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap();
+            windows
+                .entry(labels_of(r))
+                .or_default()
+                .push((r.message.len() as f64, line));
+        }
+        for (all, window) in windows {
+            let level = all["level"].clone();
             let key: Labels = match grouping {
                 0 => all,
                 1 => Labels::new(),
@@ -543,22 +629,12 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
                     .filter(|(k, _)| k == "service_name")
                     .collect(),
                 4 => all.into_iter().filter(|(k, _)| k != "host").collect(),
-                _ => [
-                    ("level", r.level.as_str()),
-                    ("detected_level", r.level.as_str()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+                _ => [("level", level.clone()), ("detected_level", level)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
             };
-            let seconds = range as f64 / 1e9;
-            let value = match func {
-                Func::Count => 1.0,
-                Func::Rate => 1.0 / seconds,
-                Func::Bytes => r.message.len() as f64,
-                Func::BytesRate => r.message.len() as f64 / seconds,
-            };
-            *expected.entry(key).or_default().entry(t).or_default() += value;
+            *expected.entry(key).or_default().entry(t).or_default() += func.of(&window, seconds);
         }
         t += step;
     }
@@ -657,7 +733,18 @@ fn random_logql_equals_a_brute_force_evaluation() {
         "{lines} and {series} of 300 found records"
     );
     // Every construct the generator knows was drawn.
-    for construct in ["|>", "!>", " or ", " and ", "), (", "detected_level="] {
+    for construct in [
+        "|>",
+        "!>",
+        " or ",
+        " and ",
+        "), (",
+        "detected_level=",
+        "| unwrap line",
+        "quantile_over_time(0.9",
+        "stddev_over_time",
+        "avg_over_time",
+    ] {
         let n = texts.iter().filter(|t| t.contains(construct)).count();
         assert!(n >= 3, "'{construct}' in {n} queries");
     }

@@ -8,8 +8,8 @@ use lode_codec::{Level, LogRecord};
 use serde_json::Value;
 
 use super::{
-    AggOp, BinOp, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher, NumOp, PathStep,
-    RangeFn, Stage,
+    AggOp, BinOp, Conversion, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher,
+    NumOp, PathStep, RangeFn, Stage,
 };
 
 /// A set of labels, by name.
@@ -302,6 +302,7 @@ impl LogQuery {
                 } => terms.extend(substring_words(text)),
                 // A parser changes no line; filters before it still hold.
                 Stage::Json(_)
+                | Stage::Unwrap(_)
                 | Stage::Logfmt
                 | Stage::Drop(_)
                 | Stage::Label(_)
@@ -329,6 +330,13 @@ impl LogQuery {
     /// Whether `record` passes, and its labels then: its stream's and
     /// those the pipeline extracted.
     pub fn process(&self, record: &LogRecord) -> Option<Labels> {
+        self.sample(record).map(|(labels, _)| labels)
+    }
+
+    /// What `process` gives, and the value `| unwrap` took from the line
+    /// (`None` without one, or when its text is no number of its kind:
+    /// the line is then marked `__error__`).
+    pub fn sample(&self, record: &LogRecord) -> Option<(Labels, Option<f64>)> {
         let none = Labels::new();
         for matcher in &self.selector {
             let (value, fold) = label_value(record, &none, &matcher.name);
@@ -339,6 +347,7 @@ impl LogQuery {
         let mut labels = stream_labels(record);
         let mut extracted = Labels::new();
         let mut dropped: Vec<&str> = Vec::new();
+        let mut value = None;
         for stage in &self.stages {
             match stage {
                 Stage::Line { op, text, regex } => {
@@ -399,12 +408,33 @@ impl LogQuery {
                         dropped.push(name);
                     }
                 }
+                Stage::Unwrap(unwrap) => {
+                    let (text, _) = label_value(record, &extracted, &unwrap.label);
+                    value = unwrapped(unwrap.conversion, text);
+                    if value.is_none() {
+                        extracted.insert(ERROR_LABEL.to_owned(), "SampleExtractionErr".to_owned());
+                    }
+                    // The value, not a label, of the series.
+                    extracted.remove(&unwrap.label);
+                    dropped.push(&unwrap.label);
+                }
             }
         }
         labels.retain(|name, _| !dropped.contains(&name.as_str()));
         labels.extend(extracted);
-        Some(labels)
+        Some((labels, value))
     }
+}
+
+/// A label's text as `| unwrap` reads it.
+fn unwrapped(conversion: Conversion, text: &str) -> Option<f64> {
+    let text = text.trim();
+    let value = match conversion {
+        Conversion::Number => text.parse::<f64>().ok(),
+        Conversion::Duration => super::fields::duration_seconds(text),
+        Conversion::Bytes => super::fields::bytes(text),
+    };
+    value.filter(|v| !v.is_nan())
 }
 
 fn label_passes(record: &LogRecord, extracted: &mut Labels, filter: &LabelFilter) -> bool {
@@ -565,7 +595,20 @@ pub fn eval_metric<S: Source>(
             func,
             query,
             range_ns,
-        } => range_series(source, *func, query, *range_ns, steps).map(Metric::Vector),
+            param,
+            grouping,
+        } => range_series(
+            source,
+            RangeCall {
+                func: *func,
+                query,
+                range_ns: *range_ns,
+                param: *param,
+                grouping: grouping.as_ref(),
+            },
+            steps,
+        )
+        .map(Metric::Vector),
         Expr::Aggregate {
             op,
             grouping,
@@ -589,34 +632,62 @@ pub fn eval_metric<S: Source>(
     }
 }
 
-/// Per series, the time and size of each selected line, in time order.
-type Samples = Vec<(Labels, Vec<(i64, u64)>)>;
+/// Per series, the time, size and unwrapped value of each selected
+/// line, in time order.
+type Samples = Vec<(Labels, Vec<Sample>)>;
 
-/// The samples `query` selects in the window the steps' ranges cover:
-/// `(start - range, end]`.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    ts: i64,
+    size: u64,
+    value: f64,
+}
+
+/// A range aggregation, as written.
+#[derive(Debug, Clone, Copy)]
+struct RangeCall<'a> {
+    func: RangeFn,
+    query: &'a LogQuery,
+    range_ns: i64,
+    param: Option<f64>,
+    grouping: Option<&'a Grouping>,
+}
+
+/// The samples the call's query selects in the window the steps' ranges
+/// cover: `(start - range, end]`; lines whose value could not be
+/// unwrapped are left out (as `| __error__=""` would).
 fn samples<S: Source>(
     source: &mut S,
-    query: &LogQuery,
-    range_ns: i64,
+    call: RangeCall<'_>,
     steps: Steps,
 ) -> Result<Samples, EvalError<S::Error>> {
-    let since = steps.start.saturating_sub(range_ns).saturating_add(1);
+    let since = steps.start.saturating_sub(call.range_ns).saturating_add(1);
     let until = steps.at(steps.count() - 1).saturating_add(1);
-    let mut by_labels: HashMap<Labels, Vec<(i64, u64)>> = HashMap::new();
+    let unwraps = call.func.unwraps();
+    let mut by_labels: HashMap<Labels, Vec<Sample>> = HashMap::new();
     source
-        .scan(&query.candidates(), since, until, &mut |record| {
-            if let Some(labels) = query.process(record) {
-                by_labels
-                    .entry(labels)
-                    .or_default()
-                    .push((record.ts, record.message.len() as u64));
+        .scan(&call.query.candidates(), since, until, &mut |record| {
+            let Some((labels, value)) = call.query.sample(record) else {
+                return true;
+            };
+            if unwraps && value.is_none() {
+                return true;
             }
+            let labels = match call.grouping {
+                Some(grouping) => group_key(&labels, Some(grouping)),
+                None => labels,
+            };
+            by_labels.entry(labels).or_default().push(Sample {
+                ts: record.ts,
+                size: record.message.len() as u64,
+                value: value.unwrap_or(0.0),
+            });
             true
         })
         .map_err(EvalError::Source)?;
     let mut out: Samples = by_labels.into_iter().collect();
     for (_, samples) in &mut out {
-        samples.sort_unstable();
+        samples.sort_by_key(|s| s.ts);
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -624,30 +695,42 @@ fn samples<S: Source>(
 
 fn range_series<S: Source>(
     source: &mut S,
-    func: RangeFn,
-    query: &LogQuery,
-    range_ns: i64,
+    call: RangeCall<'_>,
     steps: Steps,
 ) -> Result<Vec<Series>, EvalError<S::Error>> {
+    let range_ns = call.range_ns;
     let seconds = range_ns as f64 / 1e9;
     let mut out = Vec::new();
-    for (labels, samples) in samples(source, query, range_ns, steps)? {
-        let bytes = Prefix::new(samples.iter().map(|(_, size)| *size));
+    for (labels, samples) in samples(source, call, steps)? {
+        let bytes = Prefix::new(samples.iter().map(|s| s.size));
         let points = (0..steps.count())
             .map(|i| {
                 let t = steps.at(i);
-                let first = samples.partition_point(|(ts, _)| *ts <= t.saturating_sub(range_ns));
-                let past = samples.partition_point(|(ts, _)| *ts <= t);
+                let first = samples.partition_point(|s| s.ts <= t.saturating_sub(range_ns));
+                let past = samples.partition_point(|s| s.ts <= t);
                 let count = past.saturating_sub(first);
                 if count == 0 {
                     return None;
                 }
                 let size = bytes.sum(first, past);
-                Some(match func {
+                let window = samples.get(first..past).unwrap_or_default();
+                let values = || window.iter().map(|s| s.value);
+                Some(match call.func {
                     RangeFn::CountOverTime => count as f64,
                     RangeFn::Rate => count as f64 / seconds,
                     RangeFn::BytesOverTime => size as f64,
                     RangeFn::BytesRate => size as f64 / seconds,
+                    RangeFn::SumOverTime => values().sum(),
+                    RangeFn::AvgOverTime => values().sum::<f64>() / count as f64,
+                    RangeFn::MinOverTime => values().fold(f64::INFINITY, f64::min),
+                    RangeFn::MaxOverTime => values().fold(f64::NEG_INFINITY, f64::max),
+                    RangeFn::FirstOverTime => values().next()?,
+                    RangeFn::LastOverTime => values().next_back()?,
+                    RangeFn::StdvarOverTime => variance(values()),
+                    RangeFn::StddevOverTime => variance(values()).sqrt(),
+                    RangeFn::QuantileOverTime => {
+                        quantile(call.param.unwrap_or(0.5), values().collect())
+                    }
                 })
             })
             .collect::<Vec<_>>();
@@ -657,6 +740,30 @@ fn range_series<S: Source>(
         }
     }
     Ok(out)
+}
+
+/// The population variance (Prometheus' `stdvar_over_time`).
+fn variance(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let n = values.clone().count() as f64;
+    let mean = values.clone().sum::<f64>() / n;
+    values.map(|v| (v - mean) * (v - mean)).sum::<f64>() / n
+}
+
+/// Prometheus' quantile: linear interpolation between the closest
+/// ranks; below 0 is -Inf, above 1 +Inf.
+fn quantile(phi: f64, mut values: Vec<f64>) -> f64 {
+    if phi < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if phi > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = phi * (values.len() - 1) as f64;
+    let (lower, upper) = (rank.floor() as usize, rank.ceil() as usize);
+    let weight = rank - rank.floor();
+    let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+    at(lower) * (1.0 - weight) + at(upper) * weight
 }
 
 /// `sum [by (level)] (count_over_time(q[r]))` (or `rate`) when `q` needs
@@ -673,6 +780,7 @@ fn fast_counts<S: Source>(
         func: func @ (RangeFn::CountOverTime | RangeFn::Rate),
         query,
         range_ns,
+        ..
     } = inner
     else {
         return Ok(None);
@@ -1264,5 +1372,87 @@ mod tests {
             q.process(&record(2, "api", Level::Info, r#"{"other":1}"#))
                 .is_none()
         );
+    }
+
+    /// Range aggregations over unwrapped values: each function over the
+    /// values of its window, by the series' own labels or a grouping;
+    /// `duration()` and `bytes()` convert, and lines whose value is not
+    /// a number are left out.
+    #[test]
+    fn unwrapped_values_are_aggregated_over_their_window() {
+        let lines: Vec<LogRecord> = [
+            (1, Level::Info, "took=1s size=1KiB"),
+            (2, Level::Info, "took=500ms size=512B"),
+            (3, Level::Error, "took=2m size=2kB"),
+            (4, Level::Info, "took=soon size=1MB"),
+            (5, Level::Error, "took=3s size=3B"),
+        ]
+        .into_iter()
+        .map(|(s, level, m)| record(s * 1_000_000_000, "api", level, m))
+        .collect();
+        let mut source = Records(lines);
+        let at = Steps {
+            start: 5_000_000_000,
+            end: 5_000_000_000,
+            step: 0,
+        };
+        let mut value = |text: &str| -> Vec<(Labels, f64)> {
+            let Metric::Vector(series) = eval_metric(&mut source, &parse(text).unwrap(), at)
+                .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+            else {
+                panic!("{text}")
+            };
+            series
+                .into_iter()
+                .map(|s| (s.labels, s.points[0].unwrap()))
+                .collect()
+        };
+        let one = |v: Vec<(Labels, f64)>| -> f64 {
+            assert_eq!(v.len(), 1, "{v:?}");
+            v[0].1
+        };
+        let q = |f: &str, unwrap: &str, by: &str| {
+            format!(
+                r#"{f}({{service_name="api"}} | logfmt | unwrap {unwrap} | __error__="" [10s]){by}"#
+            )
+        };
+        // Durations in seconds: 1, 0.5, 120, 3 (soon is no duration).
+        let d = "duration(took)";
+        assert_eq!(one(value(&q("sum_over_time", d, " by ()"))), 124.5);
+        assert_eq!(one(value(&q("avg_over_time", d, " by ()"))), 124.5 / 4.0);
+        assert_eq!(one(value(&q("min_over_time", d, " by ()"))), 0.5);
+        assert_eq!(one(value(&q("max_over_time", d, " by ()"))), 120.0);
+        let median = r#"quantile_over_time(0.5, {service_name="api"} | logfmt | unwrap duration(took) | __error__="" [10s]) by ()"#;
+        // 0.5, 1, 3, 120: halfway between the second and third.
+        assert_eq!(one(value(median)), 2.0);
+        let var = one(value(&q("stdvar_over_time", d, " by ()")));
+        let mean = 124.5 / 4.0;
+        let want: f64 = [1.0, 0.5, 120.0, 3.0]
+            .iter()
+            .map(|v: &f64| (v - mean).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        assert!((var - want).abs() < 1e-9, "{var} vs {want}");
+        assert!((one(value(&q("stddev_over_time", d, " by ()"))) - want.sqrt()).abs() < 1e-9);
+        // Bytes, by level: info 1024 + 512 + 1e6, error 2000 + 3.
+        let by_level = value(&q("sum_over_time", "bytes(size)", " by (level)"));
+        let got: Vec<(&str, f64)> = by_level
+            .iter()
+            .map(|(l, v)| (l["level"].as_str(), *v))
+            .collect();
+        assert_eq!(got, [("error", 2003.0), ("info", 1_001_536.0)]);
+        // Without a grouping, each series keeps its labels (here each
+        // line's own `size`), not the unwrapped one.
+        let series = value(&q("max_over_time", d, ""));
+        assert_eq!(series.len(), 4, "{series:?}");
+        assert!(
+            series
+                .iter()
+                .all(|(l, _)| !l.contains_key("took") && l.contains_key("size"))
+        );
+        // A counting function takes no unwrap; a value one needs it.
+        assert!(parse(r#"count_over_time({a="b"} | unwrap x [1m])"#).is_err());
+        assert!(parse(r#"avg_over_time({a="b"} [1m])"#).is_err());
+        assert!(parse(r#"quantile_over_time({a="b"} | unwrap x [1m])"#).is_err());
     }
 }

@@ -124,52 +124,78 @@ fn number_len(text: &str) -> usize {
     if int == 0 && frac <= 1 { 0 } else { int + frac }
 }
 
-/// Go's `time.ParseDuration`: an optional sign, then one or more numbers
-/// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`); `0` alone.
 fn is_duration(value: &str) -> bool {
-    let mut rest = value.strip_prefix(['+', '-']).unwrap_or(value);
+    duration_seconds(value).is_some()
+}
+
+/// Go's `time.ParseDuration` in seconds: an optional sign, then one or
+/// more numbers each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`,
+/// `h`); `0` alone.
+pub fn duration_seconds(value: &str) -> Option<f64> {
+    let (sign, mut rest) = match value.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, value.strip_prefix('+').unwrap_or(value)),
+    };
     if rest == "0" {
-        return true;
+        return Some(0.0);
     }
     if rest.is_empty() {
-        return false;
+        return None;
     }
+    let mut total = 0.0;
     while !rest.is_empty() {
         let n = number_len(rest);
         if n == 0 {
-            return false;
+            return None;
         }
-        rest = &rest[n..];
-        let unit = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
-            .into_iter()
-            .filter(|u| rest.starts_with(u))
-            .max_by_key(|u| u.len());
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
+        let number: f64 = rest.get(..n)?.parse().ok()?;
+        rest = rest.get(n..)?;
+        let (unit, scale) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("μs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .into_iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())?;
+        rest = rest.get(unit.len()..)?;
+        total += number * scale;
     }
-    true
+    Some(sign * total)
 }
 
-/// A size as humanize's `ParseBytes` reads one: a number, optional
-/// spaces, and a unit (`B`, `kB`, `KiB`, `M`, ... any case).
 fn is_bytes(value: &str) -> bool {
+    bytes(value).is_some()
+}
+
+/// A size as humanize's `ParseBytes` reads one, in bytes: a number,
+/// optional spaces, and a unit (`B`, `kB` = 1000, `KiB` = 1024, `M`, ...
+/// any case).
+pub fn bytes(value: &str) -> Option<f64> {
     let n = number_len(value);
     if n == 0 {
-        return false;
+        return None;
     }
-    let unit = value[n..].trim_start().to_ascii_lowercase();
-    let prefixes = ["k", "m", "g", "t", "p", "e"];
-    unit == "b"
-        || unit == "byte"
-        || unit == "bytes"
-        || prefixes.iter().any(|p| {
-            unit == *p
-                || unit == format!("{p}b")
-                || unit == format!("{p}ib")
-                || unit == format!("{p}i")
-        })
+    let number: f64 = value.get(..n)?.parse().ok()?;
+    let unit = value.get(n..)?.trim_start().to_ascii_lowercase();
+    if unit.is_empty() || unit == "b" || unit == "byte" || unit == "bytes" {
+        return Some(number);
+    }
+    let (power, rest) = ["k", "m", "g", "t", "p", "e"]
+        .iter()
+        .zip(1..)
+        .find_map(|(p, power)| Some((power, unit.strip_prefix(p)?)))?;
+    let base: f64 = match rest {
+        "" | "b" => 1000.0,
+        "i" | "ib" => 1024.0,
+        _ => return None,
+    };
+    Some(number * base.powi(power))
 }
 
 #[cfg(test)]

@@ -63,11 +63,16 @@ pub struct LogqlError {
 pub enum Expr {
     /// A log query: the records themselves.
     Log(LogQuery),
-    /// `count_over_time({...}[5m])` and friends.
+    /// `count_over_time({...}[5m])` and friends; over unwrapped values
+    /// (`avg_over_time({...} | unwrap took [5m]) by (level)`) with the
+    /// grouping of their series.
     Range {
         func: RangeFn,
         query: LogQuery,
         range_ns: i64,
+        /// `quantile_over_time`'s φ.
+        param: Option<f64>,
+        grouping: Option<Grouping>,
     },
     /// `sum by (level) (...)` and friends.
     Aggregate {
@@ -132,6 +137,26 @@ pub enum Stage {
     Logfmt,
     Label(LabelFilter),
     Drop(Vec<String>),
+    /// `| unwrap took`, `| unwrap duration(took)`: the value a range
+    /// aggregation takes from each line.
+    Unwrap(Unwrap),
+}
+
+/// What `| unwrap` reads, and how it turns the label's text into a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwrap {
+    pub label: String,
+    pub conversion: Conversion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// The text as a number.
+    Number,
+    /// `duration(label)`, `duration_seconds(label)`: Go's `1m30s` as seconds.
+    Duration,
+    /// `bytes(label)`: `5 MiB` as bytes.
+    Bytes,
 }
 
 /// `label="path"` of `| json`: the label gets the value at the path.
@@ -196,6 +221,16 @@ pub enum RangeFn {
     Rate,
     BytesOverTime,
     BytesRate,
+    // Over unwrapped values:
+    SumOverTime,
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+    FirstOverTime,
+    LastOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    QuantileOverTime,
 }
 
 impl RangeFn {
@@ -205,8 +240,25 @@ impl RangeFn {
             "rate" => RangeFn::Rate,
             "bytes_over_time" => RangeFn::BytesOverTime,
             "bytes_rate" => RangeFn::BytesRate,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            "first_over_time" => RangeFn::FirstOverTime,
+            "last_over_time" => RangeFn::LastOverTime,
+            "stddev_over_time" => RangeFn::StddevOverTime,
+            "stdvar_over_time" => RangeFn::StdvarOverTime,
+            "quantile_over_time" => RangeFn::QuantileOverTime,
             _ => return None,
         })
+    }
+
+    /// Whether it aggregates unwrapped values (and so needs `| unwrap`).
+    pub fn unwraps(self) -> bool {
+        !matches!(
+            self,
+            RangeFn::CountOverTime | RangeFn::Rate | RangeFn::BytesOverTime | RangeFn::BytesRate
+        )
     }
 }
 

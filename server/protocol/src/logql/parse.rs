@@ -5,7 +5,7 @@
 //! expr      := term (("+" | "-") term)*
 //! term      := primary (("*" | "/" | "%") primary)*
 //! primary   := number | "-" number | "(" expr ")" | "vector" "(" number ")"
-//!            | log | range_fn "(" log range ")" | agg
+//!            | log | range_fn "(" [number ","] log range ")" [grouping] | agg
 //! agg       := agg_op [grouping] "(" expr ")" [grouping]
 //! grouping  := ("by" | "without") "(" [label ("," label)*] ")"
 //! log       := "{" matcher ("," matcher)* "}" stage*
@@ -13,6 +13,7 @@
 //! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string
 //!            | "|" "json" [label ["=" string] ("," label ["=" string])*]
 //!            | "|" "logfmt" | "|" "drop" label ("," label)*
+//!            | "|" "unwrap" (label | ("duration" | "duration_seconds" | "bytes") "(" label ")")
 //!            | "|" filters
 //! filters   := all ("or" all)*
 //! all       := filter (("and" | ",") filter)*
@@ -24,8 +25,8 @@
 use regex::Regex;
 
 use super::{
-    AggOp, BinOp, Expr, Grouping, JsonField, LabelFilter, LineOp, LogQuery, LogqlError, MatchOp,
-    Matcher, NumOp, PathStep, RangeFn, Stage,
+    AggOp, BinOp, Conversion, Expr, Grouping, JsonField, LabelFilter, LineOp, LogQuery, LogqlError,
+    MatchOp, Matcher, NumOp, PathStep, RangeFn, Stage, Unwrap,
 };
 
 /// Longest query text taken (Loki's own limit is larger; nothing Grafana
@@ -349,7 +350,29 @@ impl Parser {
         }
         if let Some(func) = RangeFn::named(name) {
             self.expect("(")?;
+            let param = if func == RangeFn::QuantileOverTime {
+                let phi = self.next("a number (the quantile, 0 to 1)")?;
+                let Tok::Num(phi_value) = phi.tok else {
+                    return Err(self.unexpected(phi, "a number (the quantile, 0 to 1)"));
+                };
+                self.expect(",")?;
+                Some(phi_value)
+            } else {
+                None
+            };
             let query = self.log_query()?;
+            let unwrapped = query.stages.iter().any(|st| matches!(st, Stage::Unwrap(_)));
+            if unwrapped != func.unwraps() {
+                return Err(err(
+                    s.line,
+                    s.column,
+                    if unwrapped {
+                        format!("{name} counts lines: it takes no | unwrap")
+                    } else {
+                        format!("{name} aggregates values: its query needs | unwrap LABEL")
+                    },
+                ));
+            }
             let range = self.next("a range such as [5m]")?;
             let range_ns = match &range.tok {
                 Tok::Range(text) => duration_ns(text).ok_or_else(|| {
@@ -362,10 +385,17 @@ impl Parser {
                 _ => return Err(self.unexpected(range, "a range such as [5m]")),
             };
             self.expect(")")?;
+            let grouping = if func.unwraps() {
+                self.grouping()?
+            } else {
+                None
+            };
             return Ok(Expr::Range {
                 func,
                 query,
                 range_ns,
+                param,
+                grouping,
             });
         }
         if let Some(op) = AggOp::named(name) {
@@ -519,8 +549,9 @@ impl Parser {
                 }
                 Ok(Stage::Drop(labels))
             }
-            "line_format" | "label_format" | "unpack" | "pattern" | "regexp" | "unwrap"
-            | "keep" | "decolorize" | "distinct"
+            "unwrap" if !self.at_label_op() => self.unwrap().map(Stage::Unwrap),
+            "line_format" | "label_format" | "unpack" | "pattern" | "regexp" | "keep"
+            | "decolorize" | "distinct"
                 if !self.at_label_op() =>
             {
                 Err(err(
@@ -533,6 +564,29 @@ impl Parser {
             }
             _ => self.filters(Some(name.clone())).map(Stage::Label),
         }
+    }
+
+    /// `label`, `duration(label)`, `duration_seconds(label)` or
+    /// `bytes(label)` after `| unwrap`.
+    fn unwrap(&mut self) -> Result<Unwrap, LogqlError> {
+        let label = self.label_name()?;
+        let conversion = match label.as_str() {
+            "duration" | "duration_seconds" | "bytes" if self.eat("(") => {
+                let conversion = if label == "bytes" {
+                    Conversion::Bytes
+                } else {
+                    Conversion::Duration
+                };
+                let inner = self.label_name()?;
+                self.expect(")")?;
+                return Ok(Unwrap {
+                    label: inner,
+                    conversion,
+                });
+            }
+            _ => Conversion::Number,
+        };
+        Ok(Unwrap { label, conversion })
     }
 
     /// `label="path", label, ...` after `| json` (none: every field).
