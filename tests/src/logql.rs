@@ -1247,6 +1247,14 @@ fn logs_drilldown_requests_get_lokis_shapes() {
     );
     assert_eq!(answer["data"]["resultType"], "matrix", "{answer}");
     for series in answer["data"]["result"].as_array().unwrap() {
+        let times: Vec<i64> = series["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap() * 1e9).round() as i64)
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{series}");
+        assert!(times.iter().all(|t| (start..=end).contains(t)), "{series}");
         let env = series["metric"]["env"].as_str().unwrap();
         let total: u64 = series["values"]
             .as_array()
@@ -1356,7 +1364,7 @@ fn logs_drilldown_requests_get_lokis_shapes() {
             "{field}"
         );
     }
-    for name in ["env", "trace_id"] {
+    for name in ["env", "trace_id", "detected_level"] {
         let field = fields
             .get(name)
             .unwrap_or_else(|| panic!("{name}: {answer}"));
@@ -1409,6 +1417,17 @@ fn logs_drilldown_requests_get_lokis_shapes() {
     values.sort_unstable();
     assert_eq!(values, ["200", "404", "500"], "{answer}");
     assert_eq!(answer["limit"], 1000);
+    // The level filter's values.
+    let (_, answer) = get(
+        addr,
+        "/loki/api/v1/detected_field/detected_level/values",
+        &params,
+    );
+    assert_eq!(
+        answer["values"],
+        serde_json::json!(["error", "info"]),
+        "{answer}"
+    );
 
     // The patterns tab: each level's pattern of the plain-text lines,
     // counted per step.

@@ -28,7 +28,6 @@ use super::{
     Answer, IndexSource, LokiError, MAX_VALUES, Params, Shared, Who, bad, facet, number,
     over_index, param, seconds, success, time_range, values_of,
 };
-use crate::scoped::Scoped;
 use crate::service::Failure;
 
 /// The stream labels lode indexes, by the name Loki's API gives them.
@@ -93,13 +92,14 @@ fn label_of<'a>(record: &'a LogRecord, name: &str) -> Option<&'a str> {
 }
 
 /// Visits the records of the range that pass `query` (its selector and
-/// pipeline), newest first, `max` of them at most.
+/// pipeline), newest first, `max` of them at most, while `visit` says
+/// go on.
 fn each_passing(
     source: &mut IndexSource<'_>,
     query: &LogQuery,
     (start, end): (i64, i64),
     max: usize,
-    visit: &mut dyn FnMut(&LogRecord),
+    visit: &mut dyn FnMut(&LogRecord) -> bool,
 ) -> Result<(), Failure> {
     let mut seen = 0;
     source.scan(
@@ -111,8 +111,7 @@ fn each_passing(
                 return true;
             }
             seen += 1;
-            visit(record);
-            seen < max
+            visit(record) && seen < max
         },
     )
 }
@@ -123,6 +122,8 @@ struct Grouping {
     names: Vec<String>,
     /// `aggregateBy=labels`: one group per label name, not per value.
     by_name: bool,
+    /// `targetLabels`: a record counts only if it has every one.
+    targets: bool,
 }
 
 impl Grouping {
@@ -143,6 +144,7 @@ impl Grouping {
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
             .collect();
+        let given = !targets.is_empty();
         let mut names = if targets.is_empty() {
             query.selector.iter().map(|m| m.name.clone()).collect()
         } else {
@@ -153,11 +155,18 @@ impl Grouping {
         }
         let mut seen = BTreeSet::new();
         names.retain(|n| seen.insert(n.clone()));
-        Ok(Grouping { names, by_name })
+        Ok(Grouping {
+            names,
+            by_name,
+            targets: given,
+        })
     }
 
     /// The keys a record counts under.
     fn keys(&self, record: &LogRecord) -> Vec<Labels> {
+        if self.targets && self.names.iter().any(|n| label_of(record, n).is_none()) {
+            return Vec::new();
+        }
         if self.by_name {
             return self
                 .names
@@ -179,49 +188,109 @@ impl Grouping {
     }
 }
 
-/// Per group, bytes in each step.
-type Volumes = BTreeMap<Labels, Vec<u64>>;
+/// Groups a volume lists at most before it is refused: each is a series
+/// of the answer.
+const MAX_GROUPS: usize = 10_000;
+
+fn too_many_groups() -> Failure {
+    Failure::new(
+        lode_protocol::ErrorCode::BadQuery,
+        format!(
+            "more than {MAX_GROUPS} groups of streams: narrow the selector, or group by fewer labels (targetLabels)"
+        ),
+    )
+}
+
+/// The buckets a volume counts in: `count` of `width` from `start`, the
+/// last one cut at the range's end.
+#[derive(Debug, Clone, Copy)]
+struct Buckets {
+    start: i64,
+    end: i64,
+    width: i64,
+    count: usize,
+}
+
+impl Buckets {
+    fn over((start, end): (i64, i64), width: i64) -> Buckets {
+        let width = width.max(1);
+        let span = end.saturating_sub(start).saturating_add(1);
+        let count = usize::try_from(span.saturating_add(width - 1) / width).unwrap_or(1);
+        Buckets {
+            start,
+            end,
+            width,
+            count: count.max(1),
+        }
+    }
+
+    fn of(&self, ts: i64) -> usize {
+        usize::try_from(ts.saturating_sub(self.start) / self.width)
+            .unwrap_or(0)
+            .min(self.count - 1)
+    }
+
+    /// Where bucket `i` ends (its point's time), at most the range's end.
+    fn end_of(&self, i: usize) -> i64 {
+        let i = i64::try_from(i).unwrap_or(i64::MAX);
+        self.start
+            .saturating_add(i.saturating_add(1).saturating_mul(self.width))
+            .saturating_sub(1)
+            .min(self.end)
+    }
+}
+
+/// Per group, bytes per bucket (only buckets that hold some).
+type Volumes = BTreeMap<Labels, BTreeMap<usize, u64>>;
+
+/// Adds `bytes` to `key`'s bucket `i`, refusing a group past the bound.
+fn add(volumes: &mut Volumes, key: Labels, i: usize, bytes: u64) -> bool {
+    if !volumes.contains_key(&key) && volumes.len() >= MAX_GROUPS {
+        return false;
+    }
+    *volumes.entry(key).or_default().entry(i).or_default() += bytes;
+    true
+}
 
 /// Volumes read record by record: any label, exact bytes.
 fn scanned_volumes(
     source: &mut IndexSource<'_>,
     query: &LogQuery,
     grouping: &Grouping,
-    steps: Steps,
-    width: i64,
+    buckets: Buckets,
 ) -> Result<Volumes, Failure> {
     let mut volumes = Volumes::new();
-    let buckets = steps.count();
-    let range = (steps.start, steps.end);
+    let mut bounded = true;
+    let range = (buckets.start, buckets.end);
     each_passing(source, query, range, usize::MAX, &mut |record| {
-        let i = usize::try_from((record.ts - steps.start) / width.max(1))
-            .unwrap_or(0)
-            .min(buckets - 1);
+        let i = buckets.of(record.ts);
         for key in grouping.keys(record) {
-            let bytes = volumes.entry(key).or_insert_with(|| vec![0; buckets]);
-            if let Some(b) = bytes.get_mut(i) {
-                *b += record.message.len() as u64;
-            }
+            bounded &= add(&mut volumes, key, i, record.message.len() as u64);
         }
+        bounded
     })?;
+    if !bounded {
+        return Err(too_many_groups());
+    }
     Ok(volumes)
 }
 
-/// Volumes from the index: groups of indexed labels counted per step,
+/// Volumes from the index: groups of indexed labels counted per bucket,
 /// bytes estimated from the selection's newest messages.
 fn indexed_volumes(
-    index: &Scoped<'_>,
+    source: &mut IndexSource<'_>,
     query: &LogQuery,
     grouping: &Grouping,
-    steps: Steps,
-    width: i64,
+    buckets: Buckets,
+    limit: usize,
 ) -> Result<Volumes, Failure> {
+    let index = source.index;
     let candidates = query.candidates();
-    let range = (steps.start, steps.end);
+    let (since, until) = (Some(buckets.start), Some(buckets.end.saturating_add(1)));
     let sample = index.search(Search {
         query: candidates.clone(),
-        since: Some(steps.start),
-        until: Some(steps.end.saturating_add(1)),
+        since,
+        until,
         limit: Some(100),
         ..Search::default()
     })?;
@@ -230,16 +299,29 @@ fn indexed_volumes(
         0 => 0,
         len => n.saturating_mul(sampled) / len as u64,
     };
-    // Each group: its index query and its key.
+    // Each group: its index query and its key. A label no record of a
+    // group has leaves the group as it is.
     let mut groups = vec![(candidates, Labels::new())];
     for name in &grouping.names {
         let Some(field) = facet(name) else { continue };
         let matchers: Vec<_> = query.selector.iter().filter(|m| &m.name == name).collect();
         let mut next = Vec::new();
         for (q, key) in groups {
-            for value in values_of(index, &q, range, field)? {
-                if value.contains('"') || !matchers.iter().all(|m| m.matches(&value, true)) {
+            source.in_time()?;
+            let values = index.top_values(&q, since, until, field, limit.max(MAX_VALUES))?;
+            if values.iter().all(|(v, _)| v.is_empty()) {
+                next.push((q, key));
+                continue;
+            }
+            for (value, _) in values {
+                if value.is_empty()
+                    || value.contains('"')
+                    || !matchers.iter().all(|m| m.matches(&value, true))
+                {
                     continue;
+                }
+                if next.len() >= MAX_GROUPS {
+                    return Err(too_many_groups());
                 }
                 let mut key = key.clone();
                 key.insert(name.clone(), value.clone());
@@ -255,65 +337,84 @@ fn indexed_volumes(
     }
     let mut volumes = Volumes::new();
     for (q, key) in groups {
-        let counts = index.histogram_at(&q, steps.start, width, steps.count())?;
-        let bytes: Vec<u64> = counts.into_iter().map(per_record).collect();
-        if grouping.by_name {
-            for name in key.keys() {
-                let total = volumes
-                    .entry(Labels::from([(name.clone(), String::new())]))
-                    .or_insert_with(|| vec![0; bytes.len()]);
-                for (t, b) in total.iter_mut().zip(&bytes) {
-                    *t += b;
+        source.in_time()?;
+        let counts = index.histogram_at(&q, buckets.start, buckets.width, buckets.count)?;
+        let keys = if grouping.by_name {
+            key.into_keys()
+                .map(|name| Labels::from([(name, String::new())]))
+                .collect()
+        } else {
+            vec![key]
+        };
+        for key in keys {
+            for (i, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                if !add(&mut volumes, key.clone(), i, per_record(*n)) {
+                    return Err(too_many_groups());
                 }
             }
-        } else {
-            volumes.insert(key, bytes);
         }
     }
     Ok(volumes)
 }
 
 /// Whether the index alone can answer: every label grouped or matched is
-/// an indexed one, and the query has no stage or regex the index cannot
-/// decide.
+/// an indexed one, the query has no stage, a matcher on a label not
+/// grouped is one the index decides exactly, and a regex on a grouped
+/// label can be tried on the index's lowercased values.
 fn indexed(query: &LogQuery, grouping: &Grouping) -> bool {
+    let (grouped, other): (Vec<_>, Vec<_>) = query
+        .selector
+        .iter()
+        .cloned()
+        .partition(|m| grouping.names.contains(&m.name));
+    let lowercase = |m: &lode_protocol::logql::Matcher| {
+        !matches!(m.op, MatchOp::Re | MatchOp::Nre)
+            || m.value.starts_with("(?i)")
+            || !m.value.chars().any(char::is_uppercase)
+    };
     grouping.names.iter().all(|n| facet(n).is_some())
         && query.stages.is_empty()
-        && query.selector.iter().all(|m| {
-            facet(&m.name).is_some()
-                && (grouping.names.contains(&m.name) || !matches!(m.op, MatchOp::Re | MatchOp::Nre))
-        })
+        && grouped.iter().all(lowercase)
+        && LogQuery {
+            selector: other,
+            stages: Vec::new(),
+        }
+        .exact()
 }
 
 /// The groups with the most bytes first (ties by key), `limit` of them.
-fn largest(volumes: Volumes, limit: usize) -> Vec<(Labels, Vec<u64>)> {
-    let mut groups: Vec<(Labels, Vec<u64>)> = volumes
+fn largest(volumes: Volumes, limit: usize) -> Vec<(Labels, BTreeMap<usize, u64>)> {
+    let mut groups: Vec<(u64, Labels, BTreeMap<usize, u64>)> = volumes
         .into_iter()
-        .filter(|(_, v)| v.iter().any(|b| *b > 0))
+        .map(|(key, bytes)| (bytes.values().sum(), key, bytes))
+        .filter(|(total, _, _)| *total > 0)
         .collect();
-    groups.sort_by(|(ka, a), (kb, b)| {
-        let (a, b): (u64, u64) = (a.iter().sum(), b.iter().sum());
-        b.cmp(&a).then_with(|| ka.cmp(kb))
-    });
+    groups.sort_by(|(a, ka, _), (b, kb, _)| b.cmp(a).then_with(|| ka.cmp(kb)));
     groups.truncate(limit);
     groups
+        .into_iter()
+        .map(|(_, key, bytes)| (key, bytes))
+        .collect()
 }
 
 async fn volumes(
     service: &Shared,
     who: &Who,
     params: &[(String, String)],
-    steps: Steps,
-    width: i64,
-) -> Result<Vec<(Labels, Vec<u64>)>, LokiError> {
+    buckets: Buckets,
+) -> Result<Vec<(Labels, BTreeMap<usize, u64>)>, LokiError> {
     let query = log_query(params)?;
     let grouping = Grouping::of(params, &query)?;
-    let limit = count(params, "limit", 100)?;
+    // Loki reads 0 as its default.
+    let limit = match count(params, "limit", 100) {
+        Err(_) if param(params, "limit") == Some("0") => 100,
+        other => other?,
+    };
     let volumes = over_index(&service.0, who, move |source| {
         if indexed(&query, &grouping) {
-            indexed_volumes(source.index, &query, &grouping, steps, width)
+            indexed_volumes(source, &query, &grouping, buckets, limit)
         } else {
-            scanned_volumes(source, &query, &grouping, steps, width)
+            scanned_volumes(source, &query, &grouping, buckets)
         }
     })
     .await?;
@@ -324,17 +425,12 @@ async fn volumes(
 /// range, as a vector at `end` (Drilldown's service list).
 pub(super) async fn volume(service: Shared, who: Who, Form(params): Params) -> Answer {
     let (start, end) = time_range(&params)?;
-    let steps = Steps {
-        start,
-        end,
-        step: 0,
-    };
     let width = end.saturating_sub(start).saturating_add(1);
-    let groups = volumes(&service, &who, &params, steps, width).await?;
+    let groups = volumes(&service, &who, &params, Buckets::over((start, end), width)).await?;
     let result: Vec<Value> = groups
         .iter()
         .map(|(key, bytes)| {
-            let total: u64 = bytes.iter().sum();
+            let total: u64 = bytes.values().sum();
             json!({"metric": key, "value": [seconds(end), number(total as f64)]})
         })
         .collect();
@@ -363,20 +459,14 @@ fn stepped(params: &[(String, String)], range: (i64, i64), min: i64) -> Result<S
 /// matrix (each point the bytes of the step that ends there).
 pub(super) async fn volume_range(service: Shared, who: Who, Form(params): Params) -> Answer {
     let range = time_range(&params)?;
-    let steps = stepped(&params, range, 1)?;
-    let step = steps.step;
-    let groups = volumes(&service, &who, &params, steps, step).await?;
+    let buckets = Buckets::over(range, stepped(&params, range, 1)?.step);
+    let groups = volumes(&service, &who, &params, buckets).await?;
     let result: Vec<Value> = groups
         .iter()
         .map(|(key, bytes)| {
             let values: Vec<Value> = bytes
                 .iter()
-                .enumerate()
-                .filter(|(_, b)| **b > 0)
-                .map(|(i, b)| {
-                    let at = (range.0 + (i as i64 + 1) * step).min(range.1);
-                    json!([seconds(at), number(*b as f64)])
-                })
+                .map(|(i, b)| json!([seconds(buckets.end_of(*i)), number(*b as f64)]))
                 .collect();
             json!({"metric": key, "values": values})
         })
@@ -462,19 +552,32 @@ fn detect(
     let mut found: Vec<(String, Detected)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     each_passing(source, query, range, lines, &mut |record| {
+        // The level as Loki's `detected_level` (structured metadata, for
+        // Drilldown's level filter), the attributes, then what the line
+        // holds: a parsed name taken already gets `_extracted`, as
+        // LogQL's parsers name it.
+        let level = (!record.level.as_str().is_empty()).then(|| {
+            let level = record.level.as_str().to_owned();
+            ("detected_level".to_owned(), level, None, None)
+        });
         let attrs = record
             .attrs
             .iter()
             .map(|(k, v)| (k.clone(), v.clone(), None, None));
-        let parsed =
-            fields::line_fields(&record.message)
-                .into_iter()
-                .flat_map(|(parser, fields)| {
-                    fields
-                        .into_iter()
-                        .map(move |f| (f.name, f.value, Some(parser), f.json_path))
-                });
-        for (name, value, parser, json_path) in attrs.chain(parsed) {
+        let taken =
+            |name: &str| facet(name).is_some() || record.attrs.iter().any(|(k, _)| k == name);
+        let parsed = fields::line_fields(&record.message)
+            .into_iter()
+            .flat_map(|(parser, fields)| fields.into_iter().map(move |f| (parser, f)))
+            .map(|(parser, f)| {
+                let name = if taken(&f.name) {
+                    format!("{}_extracted", f.name)
+                } else {
+                    f.name
+                };
+                (name, f.value, Some(parser), f.json_path)
+            });
+        for (name, value, parser, json_path) in level.into_iter().chain(attrs).chain(parsed) {
             if name.starts_with("__") {
                 continue;
             }
@@ -505,6 +608,7 @@ fn detect(
                 field.json_path = field.json_path.take().or(json_path);
             }
         }
+        true
     })?;
     Ok(found)
 }
@@ -518,7 +622,7 @@ pub(super) async fn detected_fields(
 ) -> Answer {
     let range = time_range(&params)?;
     let query = log_query(&params)?;
-    let lines = count(&params, "line_limit", LINE_LIMIT)?;
+    let lines = count(&params, "line_limit", LINE_LIMIT)?.min(service.limits.max_result_records);
     let limit = match param(&params, "limit") {
         Some(_) => count(&params, "limit", FIELD_LIMIT)?,
         None => count(&params, "field_limit", FIELD_LIMIT)?,
@@ -559,7 +663,7 @@ pub(super) async fn detected_field_values(
 ) -> Answer {
     let range = time_range(&params)?;
     let query = log_query(&params)?;
-    let lines = count(&params, "line_limit", LINE_LIMIT)?;
+    let lines = count(&params, "line_limit", LINE_LIMIT)?.min(service.limits.max_result_records);
     let limit = count(&params, "limit", FIELD_LIMIT)?;
     let found = over_index(&service, &who, move |source| {
         detect(source, &query, range, lines, MAX_VALUES)
@@ -612,6 +716,7 @@ fn mine(
             .entry(pattern_level(record))
             .or_default()
             .train(&record.message, record.ts.div_euclid(step));
+        true
     })?;
     let mut found: Vec<(u64, String, Value)> = Vec::new();
     for (level, miner) in &miners {

@@ -383,7 +383,7 @@ impl LogQuery {
                                 Some(Value::Null) | None => String::new(),
                                 Some(other) => other.to_string(),
                             };
-                            extracted.insert(field.label.clone(), text);
+                            extract(&labels, vec![(field.label.clone(), text)], &mut extracted);
                         }
                     }
                     _ => {
