@@ -157,6 +157,9 @@ pub struct Drain {
     clusters: HashMap<usize, Cluster>,
     next_id: usize,
     clock: u64,
+    /// Clusters evicted since the tree was last rebuilt: their paths stay
+    /// in the tree until then.
+    evicted: usize,
 }
 
 impl Drain {
@@ -247,11 +250,47 @@ impl Drain {
                 .map(|(id, _)| *id)
         {
             self.clusters.remove(&oldest);
+            self.evicted += 1;
+            if self.evicted >= MAX_CLUSTERS {
+                self.rebuild();
+            }
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut node = self.roots.entry(tokens.tokens.len()).or_default();
-        for token in tokens.tokens.iter().take(MAX_DEPTH) {
+        self.place(id, &tokens.tokens);
+        self.clusters.insert(
+            id,
+            Cluster {
+                template: tokens.tokens,
+                spaced: tokens.spaced,
+                wrapped,
+                counts: HashMap::new(),
+                last_used: 0,
+            },
+        );
+        id
+    }
+
+    /// The tree again from the live clusters only, so that evicted ones
+    /// do not leave paths behind (memory stays bounded however many
+    /// lines are mined).
+    fn rebuild(&mut self) {
+        self.roots.clear();
+        self.evicted = 0;
+        let live: Vec<(usize, Vec<String>)> = self
+            .clusters
+            .iter()
+            .map(|(id, c)| (*id, c.template.clone()))
+            .collect();
+        for (id, template) in live {
+            self.place(id, &template);
+        }
+    }
+
+    /// Puts cluster `id` in the leaf its tokens lead to.
+    fn place(&mut self, id: usize, tokens: &[String]) {
+        let mut node = self.roots.entry(tokens.len()).or_default();
+        for token in tokens.iter().take(MAX_DEPTH) {
             let key = if token.chars().any(|c| c.is_ascii_digit())
                 || (!node.children.contains_key(token) && node.children.len() + 1 >= MAX_CHILDREN)
             {
@@ -264,17 +303,6 @@ impl Drain {
         let clusters = &self.clusters;
         node.clusters.retain(|id| clusters.contains_key(id));
         node.clusters.push(id);
-        self.clusters.insert(
-            id,
-            Cluster {
-                template: tokens.tokens,
-                spaced: tokens.spaced,
-                wrapped,
-                counts: HashMap::new(),
-                last_used: 0,
-            },
-        );
-        id
     }
 
     /// The clusters mined so far.
@@ -354,16 +382,22 @@ mod tests {
         assert_eq!(patterns, ["<_>request <_> served in <_> ok<_>"]);
     }
 
+    fn nodes(node: &Node) -> usize {
+        1 + node.children.values().map(nodes).sum::<usize>()
+    }
+
     #[test]
-    fn clusters_are_bounded() {
+    fn clusters_and_the_tree_are_bounded() {
         let mut drain = Drain::new();
-        for i in 0..(MAX_CLUSTERS * 2) {
+        for i in 0..(MAX_CLUSTERS * 20) {
             let word: String = (0..6)
                 .map(|k| char::from(b'a' + ((i >> (k * 2)) % 26) as u8))
                 .collect();
             drain.train(&format!("{word} alpha beta gamma delta {word}"), 0);
         }
         assert!(drain.clusters().count() <= MAX_CLUSTERS);
+        let total: usize = drain.roots.values().map(nodes).sum();
+        assert!(total <= 2 * MAX_CLUSTERS * 7, "{total} nodes");
     }
 }
 

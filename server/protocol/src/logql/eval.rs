@@ -298,8 +298,9 @@ impl LogQuery {
                 Stage::Line {
                     op: LineOp::Contains,
                     text,
+                    or,
                     ..
-                } => terms.extend(substring_words(text)),
+                } if or.is_empty() => terms.extend(substring_words(text)),
                 // A parser changes no line; filters before it still hold.
                 Stage::Json(_)
                 | Stage::Unwrap(_)
@@ -350,19 +351,23 @@ impl LogQuery {
         let mut value = None;
         for stage in &self.stages {
             match stage {
-                Stage::Line { op, text, regex } => {
+                Stage::Line {
+                    op,
+                    text,
+                    regex,
+                    or,
+                } => {
                     let line = &record.message;
-                    let pass = match op {
-                        LineOp::Contains => line.contains(text.as_str()),
-                        LineOp::NotContains => !line.contains(text.as_str()),
-                        LineOp::Matches | LineOp::Pattern => {
-                            regex.as_ref().is_some_and(|r| r.is_match(line))
-                        }
-                        LineOp::NotMatches | LineOp::NotPattern => {
-                            !regex.as_ref().is_some_and(|r| r.is_match(line))
-                        }
+                    let found = |text: &String, regex: &Option<regex::Regex>| match op {
+                        LineOp::Contains | LineOp::NotContains => line.contains(text.as_str()),
+                        _ => regex.as_ref().is_some_and(|r| r.is_match(line)),
                     };
-                    if !pass {
+                    let any = found(text, regex) || or.iter().any(|(t, r)| found(t, r));
+                    let negative = matches!(
+                        op,
+                        LineOp::NotContains | LineOp::NotMatches | LineOp::NotPattern
+                    );
+                    if any == negative {
                         return None;
                     }
                 }
@@ -1329,6 +1334,24 @@ mod tests {
         assert_eq!(
             passing(r#"{service_name=~".+"} !> "<_> /health <_>" |> "<_> in <_>ms""#),
             [1, 3, 4]
+        );
+        // `or` between texts: a positive filter takes any, a negative
+        // one none (as Loki, where `!= "a" or "b"` is `!= "a" != "b"`).
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |> "<_> /health <_>" or "POST <_>""#),
+            [2, 3]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} |= "health" or "500" or "404""#),
+            [2, 3, 4]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} != "health" or "500""#),
+            [1, 4]
+        );
+        assert_eq!(
+            passing(r#"{service_name=~".+"} !~ "^GET" or "500""#),
+            Vec::<i64>::new()
         );
         // `<_>` stands for some text, not none; the rest is literal.
         assert_eq!(

@@ -131,6 +131,9 @@ pub enum Stage {
         /// Unanchored, for `|~` and `!~`; the pattern as an anchored
         /// regex for `|>` and `!>`.
         regex: Option<Regex>,
+        /// `|= "a" or "b"`: more texts (with their regexes); a positive
+        /// filter passes if one matches, a negative one if none does.
+        or: Vec<(String, Option<Regex>)>,
     },
     /// `| json`: every field; `| json a="x.y", b`: those the paths name.
     Json(Vec<JsonField>),

@@ -10,7 +10,7 @@
 //! grouping  := ("by" | "without") "(" [label ("," label)*] ")"
 //! log       := "{" matcher ("," matcher)* "}" stage*
 //! matcher   := label ("=" | "!=" | "=~" | "!~") string
-//! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string
+//! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string ("or" string)*
 //!            | "|" "json" [label ["=" string] ("," label ["=" string])*]
 //!            | "|" "logfmt" | "|" "drop" label ("," label)*
 //!            | "|" "unwrap" (label | ("duration" | "duration_seconds" | "bytes") "(" label ")")
@@ -508,7 +508,27 @@ impl Parser {
             _ => return Ok(None),
         };
         let symbol = self.next("a line filter")?;
-        let (text, at) = self.string(&describe(&symbol.tok))?;
+        let after = describe(&symbol.tok);
+        let (text, regex) = self.line_text(op, &after)?;
+        let mut or = Vec::new();
+        while self.eat_word("or") {
+            or.push(self.line_text(op, &format!("{after} ... or"))?);
+        }
+        Ok(Some(Stage::Line {
+            op,
+            text,
+            regex,
+            or,
+        }))
+    }
+
+    /// A line filter's string, and its regex for `op`.
+    fn line_text(
+        &mut self,
+        op: LineOp,
+        after: &str,
+    ) -> Result<(String, Option<Regex>), LogqlError> {
+        let (text, at) = self.string(after)?;
         let regex = match op {
             LineOp::Matches | LineOp::NotMatches => Some(compile(&text, false, &at)?),
             LineOp::Pattern | LineOp::NotPattern => {
@@ -516,7 +536,7 @@ impl Parser {
             }
             LineOp::Contains | LineOp::NotContains => None,
         };
-        Ok(Some(Stage::Line { op, text, regex }))
+        Ok((text, regex))
     }
 
     fn pipe_stage(&mut self) -> Result<Stage, LogqlError> {
