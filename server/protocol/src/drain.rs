@@ -1,7 +1,10 @@
-//! Log patterns mined the way Loki's pattern ingester mines them: Drain
-//! (He et al., 2017) over each line's tokens, with Loki's settings. A
+//! Log patterns mined as Loki's pattern ingester mines them: Drain (He
+//! et al., 2017) over each line's tokens, with Loki's settings. A
 //! pattern is a line's tokens with `<_>` where lines of its cluster
-//! differ; it is also a LogQL pattern filter (`|> "..."`).
+//! differ; it is also a LogQL pattern filter (`|> "..."`). Where lode's
+//! tokens differ from Loki's (ASCII punctuation only, one space kept
+//! where a line had several, a JSON message decoded), a pattern may miss
+//! lines whose spacing or escapes differ.
 //!
 //! Tokens: a line is split at spaces (which are kept to join the tokens
 //! back), and every ASCII punctuation character but `_ - . : /` is a
