@@ -1476,6 +1476,38 @@ fn logs_drilldown_requests_get_lokis_shapes() {
         ]
     );
 
+    // A field panel's count, grouped by an attribute (Loki's structured
+    // metadata): one series per value.
+    let (status, answer) = get(
+        addr,
+        "/loki/api/v1/query",
+        &[
+            (
+                "query",
+                r#"sum by (env) (count_over_time({service_name="api"} | env!="" [1h]))"#.to_owned(),
+            ),
+            ("time", end.to_string()),
+        ],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let got: BTreeMap<String, f64> = answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["env"].as_str().unwrap_or("").to_owned(),
+                s["value"][1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.service == "api") {
+        let env = r.attrs.iter().find(|(k, _)| k == "env").unwrap().1.clone();
+        *want.entry(env).or_default() += 1.0;
+    }
+    assert_eq!(got, want, "{answer}");
+
     // Bad input is refused with Loki's error shape.
     let (status, answer) = get(
         addr,

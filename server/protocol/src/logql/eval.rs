@@ -582,6 +582,19 @@ pub fn eval_metric<S: Source>(
     expr: &Expr,
     steps: Steps,
 ) -> Result<Metric, EvalError<S::Error>> {
+    eval_grouped(source, expr, steps, &[])
+}
+
+/// `eval_metric`, where `by` names the labels an aggregation around
+/// `expr` groups by: an attribute among them (Loki's structured
+/// metadata, such as Drilldown's `sum by (env)`) is kept in the series'
+/// labels, which otherwise hold only the stream's and extracted ones.
+fn eval_grouped<S: Source>(
+    source: &mut S,
+    expr: &Expr,
+    steps: Steps,
+    by: &[String],
+) -> Result<Metric, EvalError<S::Error>> {
     if steps.count() > MAX_POINTS {
         return Err(too_much(format!(
             "exceeded maximum resolution of {MAX_POINTS} points per timeseries; try decreasing the query resolution (?step=XX)"
@@ -610,6 +623,7 @@ pub fn eval_metric<S: Source>(
                 range_ns: *range_ns,
                 param: *param,
                 grouping: grouping.as_ref(),
+                by,
             },
             steps,
         )
@@ -622,7 +636,11 @@ pub fn eval_metric<S: Source>(
             if let Some(series) = fast_counts(source, *op, grouping.as_ref(), inner, steps)? {
                 return Ok(Metric::Vector(series));
             }
-            match eval_metric(source, inner, steps)? {
+            let mut by = by.to_vec();
+            if let Some(Grouping::By(names)) = grouping {
+                by.extend(names.iter().cloned());
+            }
+            match eval_grouped(source, inner, steps, &by)? {
                 Metric::Scalar(_) => Err(too_much("an aggregation takes a vector, not a number")),
                 Metric::Vector(series) => {
                     Ok(Metric::Vector(aggregate(*op, grouping.as_ref(), series)))
@@ -630,8 +648,8 @@ pub fn eval_metric<S: Source>(
             }
         }
         Expr::Binary(op, lhs, rhs) => {
-            let lhs = eval_metric(source, lhs, steps)?;
-            let rhs = eval_metric(source, rhs, steps)?;
+            let lhs = eval_grouped(source, lhs, steps, by)?;
+            let rhs = eval_grouped(source, rhs, steps, by)?;
             Ok(binary(*op, lhs, rhs))
         }
     }
@@ -656,6 +674,9 @@ struct RangeCall<'a> {
     range_ns: i64,
     param: Option<f64>,
     grouping: Option<&'a Grouping>,
+    /// Labels an aggregation around the call groups by (see
+    /// `eval_grouped`).
+    by: &'a [String],
 }
 
 /// The samples the call's query selects in the window the steps' ranges
@@ -672,11 +693,19 @@ fn samples<S: Source>(
     let mut by_labels: HashMap<Labels, Vec<Sample>> = HashMap::new();
     source
         .scan(&call.query.candidates(), since, until, &mut |record| {
-            let Some((labels, value)) = call.query.sample(record) else {
+            let Some((mut labels, value)) = call.query.sample(record) else {
                 return true;
             };
             if unwraps && value.is_none() {
                 return true;
+            }
+            for name in call.by.iter().chain(grouped_names(call.grouping)) {
+                if !labels.contains_key(name)
+                    && field_label(name).is_none()
+                    && let Some((_, v)) = record.attrs.iter().find(|(k, _)| k == name)
+                {
+                    labels.insert(name.clone(), v.clone());
+                }
             }
             let labels = match call.grouping {
                 Some(grouping) => group_key(&labels, Some(grouping)),
@@ -696,6 +725,14 @@ fn samples<S: Source>(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The names a `by` grouping lists (none for `without`).
+fn grouped_names(grouping: Option<&Grouping>) -> impl Iterator<Item = &String> {
+    match grouping {
+        Some(Grouping::By(names)) => names.iter(),
+        _ => [].iter(),
+    }
 }
 
 fn range_series<S: Source>(
