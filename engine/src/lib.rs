@@ -51,7 +51,7 @@ pub use engine::{AppendTicket, Engine};
 pub use error::{Error, Result};
 pub use lode_codec::SegmentMeta;
 pub use lode_codec::{
-    ArchivedLevel, ArchivedLogRecord, BatchKey, CodecError, DEFAULT_TENANT, EncodedBatch,
+    ArchivedLevel, ArchivedLogRecord, BatchKey, CodecError, DEFAULT_TENANT, EncodedBatch, Fields,
     FrameKind, HEADER_LEN, KEY_LEN, KeyedEntry, Level, LogRecord, Record, RecordRef, SeqRange,
     format_rfc3339, parse_rfc3339, stored_tenant, tenant_name,
 };

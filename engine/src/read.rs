@@ -89,6 +89,58 @@ impl Shared {
         })
     }
 
+    /// Calls `f` with each of `seqs` (ascending) that the WAL holds, read
+    /// in place, each frame parsed once however many of its records are
+    /// asked for; returns the seqs it no longer holds (sealed meanwhile).
+    pub(crate) fn visit_wal_seqs(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<Vec<u64>> {
+        let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        let files: Vec<(Arc<memmap2::Mmap>, std::path::PathBuf, Vec<FrameLoc>)> = {
+            let state = self.read();
+            state
+                .wal
+                .iter()
+                .filter(|w| w.first_seq <= hi && lo < w.end_seq())
+                .map(|w| {
+                    let start = w.frame_position(lo).unwrap_or(w.frames.len());
+                    let frames = w.frames.iter().skip(start);
+                    let frames = frames.take_while(|loc| loc.first_seq <= hi).copied();
+                    (Arc::clone(&w.map), w.path.clone(), frames.collect())
+                })
+                .collect()
+        };
+        let mut missed = Vec::new();
+        let mut rest = seqs;
+        for (map, path, frames) in &files {
+            for loc in frames.iter().filter(|loc| loc.count > 0) {
+                let below = rest.partition_point(|&seq| seq < loc.first_seq);
+                let (before, from) = rest.split_at(below);
+                missed.extend_from_slice(before);
+                let inside = from.partition_point(|&seq| seq < loc.end_seq());
+                let (wanted, after) = from.split_at(inside);
+                rest = after;
+                if wanted.is_empty() {
+                    continue;
+                }
+                let frame = wal::read_indexed_frame(map, path, loc)?;
+                let batch = frame
+                    .batch()
+                    .map_err(|e| Error::corrupt(path, loc.offset, e))?;
+                for &seq in wanted {
+                    batch
+                        .record((seq - loc.first_seq) as usize)
+                        .and_then(|record| f(seq, record))
+                        .map_err(|e| {
+                            Error::corrupt(path, loc.offset, format!("record {seq}: {e}"))
+                        })?;
+                }
+            }
+        }
+        missed.extend_from_slice(rest);
+        Ok(missed)
+    }
+
     /// Calls `f` with up to `max` records with seq in `[from, end)`, read in
     /// place and checked, all from one place (one WAL segment or the sealed
     /// store); returns the seq to continue from.
@@ -240,7 +292,7 @@ impl Engine {
             .collect();
         let (sealed, unsealed) = held.split_at(held.partition_point(|&seq| seq < wal_first));
         self.shared.store.visit_seqs(sealed, f)?;
-        for &seq in unsealed {
+        for seq in self.shared.visit_wal_seqs(unsealed, f)? {
             // Sealed meanwhile, the record is found in the store instead.
             self.shared.visit(seq, seq + 1, 1, f)?;
         }

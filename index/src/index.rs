@@ -466,10 +466,10 @@ impl Index {
 
     /// Calls `visit` with each record (and its seq) that matches `text`
     /// with `since <= ts < until`, newest seq first, until it returns false:
-    /// for callers that look at every match (LogQL's metric queries, a
-    /// window of its log queries) rather than a page of them. The matches'
-    /// seqs are collected first, then their records are read in runs of
-    /// 4096 through one store iterator each.
+    /// for callers that look at every match (a window of LogQL's log
+    /// queries) rather than a page of them. The matches' seqs are
+    /// collected first, then their records are read in runs of 4096
+    /// through one store iterator each.
     pub fn for_each_match(
         &self,
         text: &str,
@@ -478,26 +478,7 @@ impl Index {
         until: Option<i64>,
         visit: &mut dyn FnMut(u64, &lode_engine::LogRecord) -> bool,
     ) -> Result<()> {
-        let query = scoped(text, tenants)?;
-        let mut seqs = self.rechecking(|recheck| {
-            let tquery = self.query(&query, since, until, None, recheck)?;
-            let searcher = self.reader.searcher();
-            let weight = tquery.weight(EnableScoring::disabled_from_searcher(&searcher))?;
-            let mut seqs = Vec::new();
-            for reader in searcher.segment_readers() {
-                let columns = self.columns.of(reader)?;
-                weight.for_each_no_score(reader, &mut |docs| {
-                    seqs.extend(
-                        docs.iter()
-                            .filter(|&&doc| alive(reader, doc))
-                            .filter_map(|&doc| columns.seqs.first(doc)),
-                    );
-                })?;
-            }
-            Ok(seqs)
-        })?;
-        seqs.sort_unstable();
-        seqs.dedup();
+        let seqs = self.matching_seqs(text, tenants, since, until)?;
         for run in seqs.rchunks(FETCH_RUN) {
             let mut records = Vec::with_capacity(run.len());
             let mut failed = None;
@@ -518,6 +499,62 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// [`Index::for_each_match`] reading each record in place, not copied
+    /// out, in no particular order: for callers that look at each match
+    /// once and keep little of it (LogQL's metric queries).
+    pub fn visit_matches(
+        &self,
+        text: &str,
+        tenants: Option<&[String]>,
+        since: Option<i64>,
+        until: Option<i64>,
+        visit: &mut dyn FnMut(u64, lode_engine::RecordRef<'_>) -> bool,
+    ) -> Result<()> {
+        let seqs = self.matching_seqs(text, tenants, since, until)?;
+        for run in seqs.rchunks(FETCH_RUN) {
+            let mut going = true;
+            self.engine.visit_seqs(run, |seq, record| {
+                going = going && visit(seq, record);
+            })?;
+            if !going {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The seqs of the records that match `text` with `since <= ts <
+    /// until`, ascending.
+    fn matching_seqs(
+        &self,
+        text: &str,
+        tenants: Option<&[String]>,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<u64>> {
+        let query = scoped(text, tenants)?;
+        let mut seqs = self.rechecking(|recheck| {
+            let tquery = self.query(&query, since, until, None, recheck)?;
+            let searcher = self.reader.searcher();
+            let weight = tquery.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+            let mut seqs = Vec::new();
+            for reader in searcher.segment_readers() {
+                let columns = self.columns.of(reader)?;
+                weight.for_each_no_score(reader, &mut |docs| {
+                    seqs.extend(
+                        docs.iter()
+                            .filter(|&&doc| alive(reader, doc))
+                            .filter_map(|&doc| columns.seqs.first(doc)),
+                    );
+                })?;
+            }
+            Ok(seqs)
+        })?;
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(seqs)
     }
 
     /// How many records match the query in the time range.

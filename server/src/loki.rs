@@ -18,7 +18,7 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lode_engine::{LogRecord, now_ns};
+use lode_engine::{Fields, LogRecord, now_ns};
 use lode_index::{FacetField, Search};
 use lode_protocol::ErrorCode;
 use lode_protocol::logql::{
@@ -187,6 +187,8 @@ fn parse_query(params: &[(String, String)]) -> Result<Expr, LokiError> {
     logql::parse(text).map_err(|e| bad(e.to_string()))
 }
 
+const TIMEOUT: &str = "the query ran past query_timeout_ms; narrow its time range or its selector";
+
 /// lode's index as LogQL's source of records, within the query's time.
 struct IndexSource<'a> {
     index: &'a Scoped<'a>,
@@ -198,10 +200,42 @@ struct IndexSource<'a> {
 impl IndexSource<'_> {
     fn in_time(&self) -> Result<(), Failure> {
         if Instant::now() > self.deadline {
-            return Err(Failure::new(
-                ErrorCode::Timeout,
-                "the query ran past query_timeout_ms; narrow its time range or its selector",
-            ));
+            return Err(Failure::new(ErrorCode::Timeout, TIMEOUT));
+        }
+        Ok(())
+    }
+}
+
+/// Stops a visit of records past the query's deadline, looked at every
+/// 1024 records.
+struct Clock {
+    deadline: Instant,
+    seen: u64,
+    late: bool,
+}
+
+impl Clock {
+    fn new(deadline: Instant) -> Clock {
+        Clock {
+            deadline,
+            seen: 0,
+            late: false,
+        }
+    }
+
+    /// Whether the visit may go on.
+    fn tick(&mut self) -> bool {
+        self.seen += 1;
+        if self.seen.is_multiple_of(1024) && Instant::now() > self.deadline {
+            self.late = true;
+        }
+        !self.late
+    }
+
+    /// The visit's outcome: a timeout if it was stopped.
+    fn after(&self) -> Result<(), Failure> {
+        if self.late {
+            return Err(Failure::new(ErrorCode::Timeout, TIMEOUT));
         }
         Ok(())
     }
@@ -218,18 +252,28 @@ impl Source for IndexSource<'_> {
         visit: &mut dyn FnMut(&LogRecord) -> bool,
     ) -> Result<(), Failure> {
         self.in_time()?;
-        let (deadline, below_seq) = (self.deadline, self.below_seq);
-        let (mut seen, mut late) = (0u64, false);
+        let (mut clock, below_seq) = (Clock::new(self.deadline), self.below_seq);
         self.index
             .for_each_match(query, Some(since), Some(until), &mut |seq, record| {
-                seen += 1;
-                if seen.is_multiple_of(1024) && Instant::now() > deadline {
-                    late = true;
-                    return false;
-                }
-                seq >= below_seq || visit(record)
+                clock.tick() && (seq >= below_seq || visit(record))
             })?;
-        if late { self.in_time() } else { Ok(()) }
+        clock.after()
+    }
+
+    fn visit(
+        &mut self,
+        query: &str,
+        since: i64,
+        until: i64,
+        visit: &mut dyn FnMut(u64, &dyn Fields) -> bool,
+    ) -> Result<(), Failure> {
+        self.in_time()?;
+        let (mut clock, below_seq) = (Clock::new(self.deadline), self.below_seq);
+        self.index
+            .visit_matches(query, Some(since), Some(until), &mut |seq, record| {
+                clock.tick() && (seq >= below_seq || visit(seq, record.record))
+            })?;
+        clock.after()
     }
 
     fn histogram(

@@ -80,6 +80,17 @@ impl<'a> Scoped<'a> {
             .for_each_match(query, Some(self.tenants), since, until, visit)
     }
 
+    pub fn visit_matches(
+        &self,
+        query: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+        visit: &mut dyn FnMut(u64, lode_engine::RecordRef<'_>) -> bool,
+    ) -> Result<()> {
+        self.index
+            .visit_matches(query, Some(self.tenants), since, until, visit)
+    }
+
     /// Waits until every record through `seq` is searchable.
     pub fn wait_indexed(&self, seq: u64, timeout: std::time::Duration) -> bool {
         self.index.wait_indexed(seq, timeout)

@@ -40,8 +40,8 @@ pub use frame::{
 };
 pub use keys::{KeyedEntry, SeqRange};
 pub use record::{
-    ArchivedLevel, ArchivedLogRecord, DEFAULT_TENANT, Level, LogRecord, MAX_TENANT_BYTES, Record,
-    RecordRef, access_record, access_sealed_value, encode_record, encode_sealed_value,
+    ArchivedLevel, ArchivedLogRecord, DEFAULT_TENANT, Fields, Level, LogRecord, MAX_TENANT_BYTES,
+    Record, RecordRef, access_record, access_sealed_value, encode_record, encode_sealed_value,
     stored_tenant, tenant_name,
 };
 pub use segment::{RecordsCrc, SegmentMeta};

@@ -183,6 +183,64 @@ impl LogRecord {
     }
 }
 
+/// A record's fields, however it is held: owned ([`LogRecord`]) or read
+/// in place ([`ArchivedLogRecord`], [`RecordRef`]), so a query can look at
+/// records without copying them out.
+pub trait Fields {
+    fn ts(&self) -> i64;
+    /// The level's canonical name ([`Level::as_str`]).
+    fn level_name(&self) -> &str;
+    fn service(&self) -> &str;
+    fn host(&self) -> &str;
+    fn message(&self) -> &str;
+    /// The value of the first attribute named `name`.
+    fn attr(&self, name: &str) -> Option<&str>;
+}
+
+impl Fields for LogRecord {
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn level_name(&self) -> &str {
+        self.level.as_str()
+    }
+    fn service(&self) -> &str {
+        &self.service
+    }
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn attr(&self, name: &str) -> Option<&str> {
+        let (_, value) = self.attrs.iter().find(|(key, _)| key == name)?;
+        Some(value)
+    }
+}
+
+impl Fields for ArchivedLogRecord {
+    fn ts(&self) -> i64 {
+        self.ts.to_native()
+    }
+    fn level_name(&self) -> &str {
+        self.level.as_str()
+    }
+    fn service(&self) -> &str {
+        &self.service
+    }
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn attr(&self, name: &str) -> Option<&str> {
+        let pair = self.attrs.iter().find(|pair| pair.0 == name)?;
+        Some(&pair.1)
+    }
+}
+
 /// A stored record: its position in the log and its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lode_codec::{Level, LogRecord};
+use lode_codec::{Fields, Level, LogRecord};
 use serde_json::Value;
 
 use super::{
@@ -32,6 +32,16 @@ pub trait Source {
         since: i64,
         until: i64,
         visit: &mut dyn FnMut(&LogRecord) -> bool,
+    ) -> Result<(), Self::Error>;
+    /// Visits the same records as `scan`, with their seqs, read in place
+    /// and in no particular order: for metric queries, which look at each
+    /// once and keep little of it.
+    fn visit(
+        &mut self,
+        query: &str,
+        since: i64,
+        until: i64,
+        visit: &mut dyn FnMut(u64, &dyn Fields) -> bool,
     ) -> Result<(), Self::Error>;
     /// Matches of `query` per bucket `[origin + i * width, origin + (i +
     /// 1) * width)`, for `i < buckets`.
@@ -76,22 +86,22 @@ fn field_label(name: &str) -> Option<FieldLabel> {
     }
 }
 
-fn field_value(record: &LogRecord, field: FieldLabel) -> &str {
+fn field_value<R: Fields + ?Sized>(record: &R, field: FieldLabel) -> &str {
     match field {
-        FieldLabel::Service => &record.service,
-        FieldLabel::Host => &record.host,
-        FieldLabel::Level => record.level.as_str(),
+        FieldLabel::Service => record.service(),
+        FieldLabel::Host => record.host(),
+        FieldLabel::Level => record.level_name(),
     }
 }
 
 /// A record's stream labels: `service_name`, `host` and `level`, those it
 /// has.
-pub fn stream_labels(record: &LogRecord) -> Labels {
+pub fn stream_labels<R: Fields + ?Sized>(record: &R) -> Labels {
     let mut labels = Labels::new();
     for (name, value) in [
-        ("service_name", record.service.as_str()),
-        ("host", record.host.as_str()),
-        ("level", record.level.as_str()),
+        ("service_name", record.service()),
+        ("host", record.host()),
+        ("level", record.level_name()),
     ] {
         if !value.is_empty() {
             labels.insert(name.to_owned(), value.to_owned());
@@ -103,19 +113,18 @@ pub fn stream_labels(record: &LogRecord) -> Labels {
 /// A label's value for a record and what its pipeline extracted so far
 /// (`""` when it has none), and whether it compares ignoring case (a
 /// field's).
-fn label_value<'a>(record: &'a LogRecord, extracted: &'a Labels, name: &str) -> (&'a str, bool) {
+fn label_value<'a, R: Fields + ?Sized>(
+    record: &'a R,
+    extracted: &'a Labels,
+    name: &str,
+) -> (&'a str, bool) {
     if let Some(value) = extracted.get(name) {
         return (value, false);
     }
     if let Some(field) = field_label(name) {
         return (field_value(record, field), true);
     }
-    let attr = record
-        .attrs
-        .iter()
-        .find(|(key, _)| key == name)
-        .map_or("", |(_, value)| value.as_str());
-    (attr, true)
+    (record.attr(name).unwrap_or_default(), true)
 }
 
 impl Matcher {
@@ -330,20 +339,16 @@ impl LogQuery {
 
     /// Whether `record` passes, and its labels then: its stream's and
     /// those the pipeline extracted.
-    pub fn process(&self, record: &LogRecord) -> Option<Labels> {
+    pub fn process<R: Fields + ?Sized>(&self, record: &R) -> Option<Labels> {
         self.sample(record).map(|(labels, _)| labels)
     }
 
     /// What `process` gives, and the value `| unwrap` took from the line
     /// (`None` without one, or when its text is no number of its kind:
     /// the line is then marked `__error__`).
-    pub fn sample(&self, record: &LogRecord) -> Option<(Labels, Option<f64>)> {
-        let none = Labels::new();
-        for matcher in &self.selector {
-            let (value, fold) = label_value(record, &none, &matcher.name);
-            if !matcher.matches(value, fold) {
-                return None;
-            }
+    pub fn sample<R: Fields + ?Sized>(&self, record: &R) -> Option<(Labels, Option<f64>)> {
+        if !self.selects(record) {
+            return None;
         }
         let mut labels = stream_labels(record);
         let mut extracted = Labels::new();
@@ -357,21 +362,11 @@ impl LogQuery {
                     regex,
                     or,
                 } => {
-                    let line = &record.message;
-                    let found = |text: &String, regex: &Option<regex::Regex>| match op {
-                        LineOp::Contains | LineOp::NotContains => line.contains(text.as_str()),
-                        _ => regex.as_ref().is_some_and(|r| r.is_match(line)),
-                    };
-                    let any = found(text, regex) || or.iter().any(|(t, r)| found(t, r));
-                    let negative = matches!(
-                        op,
-                        LineOp::NotContains | LineOp::NotMatches | LineOp::NotPattern
-                    );
-                    if any == negative {
+                    if !line_passes(*op, (text, regex), or, record.message()) {
                         return None;
                     }
                 }
-                Stage::Json(fields) => match serde_json::from_str::<Value>(&record.message) {
+                Stage::Json(fields) => match serde_json::from_str::<Value>(record.message()) {
                     Ok(value @ Value::Object(_)) if fields.is_empty() => {
                         let mut pairs = Vec::new();
                         flatten_json("", &value, &mut pairs);
@@ -396,7 +391,7 @@ impl LogQuery {
                     }
                 },
                 Stage::Logfmt => {
-                    let pairs = crate::lines::logfmt_pairs(&record.message)
+                    let pairs = crate::lines::logfmt_pairs(record.message())
                         .into_iter()
                         .map(|(k, v)| (sanitize(&k), v))
                         .collect();
@@ -431,6 +426,61 @@ impl LogQuery {
     }
 }
 
+/// Whether a line passes a line filter: `first` or one of `or` found
+/// in it (none, for a negative filter).
+fn line_passes(
+    op: LineOp,
+    first: (&String, &Option<regex::Regex>),
+    or: &[(String, Option<regex::Regex>)],
+    line: &str,
+) -> bool {
+    let found = |text: &String, regex: &Option<regex::Regex>| match op {
+        LineOp::Contains | LineOp::NotContains => line.contains(text.as_str()),
+        _ => regex.as_ref().is_some_and(|r| r.is_match(line)),
+    };
+    let any = found(first.0, first.1) || or.iter().any(|(t, r)| found(t, r));
+    let negative = matches!(
+        op,
+        LineOp::NotContains | LineOp::NotMatches | LineOp::NotPattern
+    );
+    any != negative
+}
+
+impl LogQuery {
+    /// Whether the record's stream passes the selector.
+    fn selects<R: Fields + ?Sized>(&self, record: &R) -> bool {
+        let none = Labels::new();
+        self.selector.iter().all(|matcher| {
+            let (value, fold) = label_value(record, &none, &matcher.name);
+            matcher.matches(value, fold)
+        })
+    }
+
+    /// Whether the pipeline only filters whole lines (and drops errors it
+    /// cannot raise): a selected line's labels are its stream's.
+    fn filters_lines_only(&self) -> bool {
+        self.stages.iter().all(|stage| match stage {
+            Stage::Line { .. } => true,
+            Stage::Drop(names) => names.iter().all(|n| n.starts_with("__error")),
+            _ => false,
+        })
+    }
+
+    /// Whether a query that filters lines only selects the record.
+    fn keeps<R: Fields + ?Sized>(&self, record: &R) -> bool {
+        self.selects(record)
+            && self.stages.iter().all(|stage| match stage {
+                Stage::Line {
+                    op,
+                    text,
+                    regex,
+                    or,
+                } => line_passes(*op, (text, regex), or, record.message()),
+                _ => true,
+            })
+    }
+}
+
 /// A label's text as `| unwrap` reads it.
 fn unwrapped(conversion: Conversion, text: &str) -> Option<f64> {
     let text = text.trim();
@@ -442,7 +492,11 @@ fn unwrapped(conversion: Conversion, text: &str) -> Option<f64> {
     value.filter(|v| !v.is_nan())
 }
 
-fn label_passes(record: &LogRecord, extracted: &mut Labels, filter: &LabelFilter) -> bool {
+fn label_passes<R: Fields + ?Sized>(
+    record: &R,
+    extracted: &mut Labels,
+    filter: &LabelFilter,
+) -> bool {
     match filter {
         LabelFilter::Text(matcher) => {
             let (value, fold) = label_value(record, extracted, &matcher.name);
@@ -662,6 +716,8 @@ type Samples = Vec<(Labels, Vec<Sample>)>;
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     ts: i64,
+    /// Orders samples of one time as the log does.
+    seq: u64,
     size: u64,
     value: f64,
 }
@@ -692,36 +748,42 @@ fn samples<S: Source>(
     let unwraps = call.func.unwraps();
     let mut by_labels: HashMap<Labels, Vec<Sample>> = HashMap::new();
     source
-        .scan(&call.query.candidates(), since, until, &mut |record| {
-            let Some((mut labels, value)) = call.query.sample(record) else {
-                return true;
-            };
-            if unwraps && value.is_none() {
-                return true;
-            }
-            for name in call.by.iter().chain(grouped_names(call.grouping)) {
-                if !labels.contains_key(name)
-                    && field_label(name).is_none()
-                    && let Some((_, v)) = record.attrs.iter().find(|(k, _)| k == name)
-                {
-                    labels.insert(name.clone(), v.clone());
+        .visit(
+            &call.query.candidates(),
+            since,
+            until,
+            &mut |seq, record| {
+                let Some((mut labels, value)) = call.query.sample(record) else {
+                    return true;
+                };
+                if unwraps && value.is_none() {
+                    return true;
                 }
-            }
-            let labels = match call.grouping {
-                Some(grouping) => group_key(&labels, Some(grouping)),
-                None => labels,
-            };
-            by_labels.entry(labels).or_default().push(Sample {
-                ts: record.ts,
-                size: record.message.len() as u64,
-                value: value.unwrap_or(0.0),
-            });
-            true
-        })
+                for name in call.by.iter().chain(grouped_names(call.grouping)) {
+                    if !labels.contains_key(name)
+                        && field_label(name).is_none()
+                        && let Some(v) = record.attr(name)
+                    {
+                        labels.insert(name.clone(), v.to_owned());
+                    }
+                }
+                let labels = match call.grouping {
+                    Some(grouping) => group_key(&labels, Some(grouping)),
+                    None => labels,
+                };
+                by_labels.entry(labels).or_default().push(Sample {
+                    ts: record.ts(),
+                    seq,
+                    size: record.message().len() as u64,
+                    value: value.unwrap_or(0.0),
+                });
+                true
+            },
+        )
         .map_err(EvalError::Source)?;
     let mut out: Samples = by_labels.into_iter().collect();
     for (_, samples) in &mut out {
-        samples.sort_by_key(|s| s.ts);
+        samples.sort_by_key(|s| (s.ts, s.seq));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -808,9 +870,13 @@ fn quantile(phi: f64, mut values: Vec<f64>) -> f64 {
     at(lower) * (1.0 - weight) + at(upper) * weight
 }
 
-/// `sum [by (level)] (count_over_time(q[r]))` (or `rate`) when `q` needs
-/// no record checked: counted by the index's histograms, one per level,
-/// without visiting a record. `None` when the query is not of that shape.
+/// `sum [by (level)] (count_over_time(q[r]))` (or `rate`, `bytes_over_time`,
+/// `bytes_rate`) when `q` only filters lines: counted per bucket of time,
+/// without a series per stream. When no record needs checking (and lines
+/// are counted, not their bytes), the index's histograms count them, one
+/// per level, without reading a record; otherwise the candidates are read
+/// in place once, each checked and counted. `None` when the query is not
+/// of that shape.
 fn fast_counts<S: Source>(
     source: &mut S,
     op: AggOp,
@@ -819,7 +885,7 @@ fn fast_counts<S: Source>(
     steps: Steps,
 ) -> Result<Option<Vec<Series>>, EvalError<S::Error>> {
     let Expr::Range {
-        func: func @ (RangeFn::CountOverTime | RangeFn::Rate),
+        func,
         query,
         range_ns,
         ..
@@ -838,7 +904,9 @@ fn fast_counts<S: Source>(
         }
         Some(_) => return Ok(None),
     };
-    if op != AggOp::Sum || !query.exact() {
+    let lines = matches!(func, RangeFn::CountOverTime | RangeFn::Rate);
+    let bytes = matches!(func, RangeFn::BytesOverTime | RangeFn::BytesRate);
+    if op != AggOp::Sum || !(lines || bytes) || !query.filters_lines_only() {
         return Ok(None);
     }
     let range = *range_ns;
@@ -855,43 +923,31 @@ fn fast_counts<S: Source>(
     if buckets > MAX_BUCKETS {
         return Ok(None);
     }
-    let origin = steps.start.saturating_sub(range).saturating_add(1);
-    let candidates = query.candidates();
-    let groups = if by_level.is_empty() {
-        vec![(Labels::new(), candidates)]
-    } else {
-        let until = steps.at(steps.count() - 1).saturating_add(1);
-        let levels = source
-            .levels(&candidates, origin, until)
-            .map_err(EvalError::Source)?;
-        let mut groups = Vec::new();
-        for level in levels {
-            // An unusual level the index holds lowercased could be
-            // spelt otherwise in its records: count those by visiting.
-            if Level::parse(&level).as_str() != level {
-                return Ok(None);
-            }
-            let labels = by_level
-                .iter()
-                .map(|n| (n.clone(), level.clone()))
-                .collect();
-            groups.push((labels, format!("({candidates}) AND level:{level}")));
-        }
-        groups
+    let buckets = Buckets {
+        origin: steps.start.saturating_sub(range).saturating_add(1),
+        width,
+        count: buckets,
     };
+    let groups = if lines && query.exact() {
+        match counted_by_index(source, query, &by_level, buckets)? {
+            Some(groups) => groups,
+            None => return Ok(None),
+        }
+    } else {
+        counted_by_visiting(source, query, &by_level, buckets, bytes)?
+    };
+    let mut groups = groups;
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     let seconds = range as f64 / 1e9;
     let mut out = Vec::new();
-    for (labels, lode_query) in groups {
-        let counts = source
-            .histogram(&lode_query, origin, width, buckets)
-            .map_err(EvalError::Source)?;
+    for (labels, counts) in groups {
         let prefix = Prefix::new(counts);
         let points: Vec<Option<f64>> = (0..steps.count())
             .map(|i| {
                 let first = i * per_step;
                 let n = prefix.sum(first, first + per_range);
                 (n > 0).then(|| match func {
-                    RangeFn::Rate => n as f64 / seconds,
+                    RangeFn::Rate | RangeFn::BytesRate => n as f64 / seconds,
                     _ => n as f64,
                 })
             })
@@ -901,6 +957,131 @@ fn fast_counts<S: Source>(
         }
     }
     Ok(Some(out))
+}
+
+/// Buckets of time: `[origin + i * width, origin + (i + 1) * width)` for
+/// `i < count`.
+#[derive(Debug, Clone, Copy)]
+struct Buckets {
+    origin: i64,
+    width: i64,
+    count: usize,
+}
+
+impl Buckets {
+    fn end(&self) -> i64 {
+        self.origin
+            .saturating_add(self.width.saturating_mul(self.count as i64))
+    }
+
+    fn of(&self, ts: i64) -> Option<usize> {
+        if ts < self.origin {
+            return None;
+        }
+        usize::try_from((ts - self.origin) / self.width)
+            .ok()
+            .filter(|&i| i < self.count)
+    }
+}
+
+/// Per group (the labels `by_level` names, set to a level), what falls in
+/// each bucket.
+type Counted = Vec<(Labels, Vec<u64>)>;
+
+/// Lines per bucket from the index's histograms, one per level; `None`
+/// when a level could be spelt otherwise in its records than the index
+/// holds it.
+fn counted_by_index<S: Source>(
+    source: &mut S,
+    query: &LogQuery,
+    by_level: &[String],
+    buckets: Buckets,
+) -> Result<Option<Counted>, EvalError<S::Error>> {
+    let candidates = query.candidates();
+    let groups = if by_level.is_empty() {
+        vec![(Labels::new(), candidates)]
+    } else {
+        let levels = source
+            .levels(&candidates, buckets.origin, buckets.end())
+            .map_err(EvalError::Source)?;
+        let mut groups = Vec::new();
+        for level in levels {
+            if Level::parse(&level).as_str() != level {
+                return Ok(None);
+            }
+            let query = format!("({candidates}) AND level:{level}");
+            groups.push((level_labels(by_level, &level), query));
+        }
+        groups
+    };
+    let mut out = Vec::new();
+    for (labels, lode_query) in groups {
+        let counts = source
+            .histogram(&lode_query, buckets.origin, buckets.width, buckets.count)
+            .map_err(EvalError::Source)?;
+        out.push((labels, counts));
+    }
+    Ok(Some(out))
+}
+
+/// Lines (or their bytes) per bucket, each candidate read in place once
+/// and checked.
+fn counted_by_visiting<S: Source>(
+    source: &mut S,
+    query: &LogQuery,
+    by_level: &[String],
+    buckets: Buckets,
+    bytes: bool,
+) -> Result<Counted, EvalError<S::Error>> {
+    let mut out: Counted = Vec::new();
+    let candidates = query.candidates();
+    source
+        .visit(
+            &candidates,
+            buckets.origin,
+            buckets.end(),
+            &mut |_, record| {
+                let Some(at) = buckets.of(record.ts()).filter(|_| query.keeps(record)) else {
+                    return true;
+                };
+                let level = if by_level.is_empty() {
+                    ""
+                } else {
+                    record.level_name()
+                };
+                let slot = match out.iter().position(|(labels, _)| {
+                    labels.values().next().map_or("", String::as_str) == level
+                }) {
+                    Some(i) => i,
+                    None => {
+                        out.push((level_labels(by_level, level), vec![0; buckets.count]));
+                        out.len() - 1
+                    }
+                };
+                if let Some(n) = out.get_mut(slot).and_then(|(_, c)| c.get_mut(at)) {
+                    *n += if bytes {
+                        record.message().len() as u64
+                    } else {
+                        1
+                    };
+                }
+                true
+            },
+        )
+        .map_err(EvalError::Source)?;
+    Ok(out)
+}
+
+/// Each of `names` set to `level` (none for an empty level, as a stream
+/// without one has no such label).
+fn level_labels(names: &[String], level: &str) -> Labels {
+    if level.is_empty() {
+        return Labels::new();
+    }
+    names
+        .iter()
+        .map(|n| (n.clone(), level.to_owned()))
+        .collect()
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -1076,6 +1257,22 @@ mod tests {
             }
             Ok(())
         }
+        /// Oldest first, unlike `scan`: callers must not rely on an order.
+        fn visit(
+            &mut self,
+            query: &str,
+            since: i64,
+            until: i64,
+            visit: &mut dyn FnMut(u64, &dyn Fields) -> bool,
+        ) -> Result<(), String> {
+            let parsed = lode_query_parse(query)?;
+            for (seq, r) in (1..).zip(&self.0) {
+                if r.ts >= since && r.ts < until && parsed(r) && !visit(seq, r) {
+                    break;
+                }
+            }
+            Ok(())
+        }
         fn histogram(
             &mut self,
             query: &str,
@@ -1240,7 +1437,7 @@ mod tests {
         let all: Vec<i64> = source
             .0
             .iter()
-            .filter(|r| q.process(r).is_some())
+            .filter(|r| q.process(*r).is_some())
             .map(|r| r.ts)
             .collect();
         let newest = select_logs(&mut source, &q, (0, 700_000_000_000), 7, true).unwrap();
@@ -1270,6 +1467,11 @@ mod tests {
             r#"sum by (level) (count_over_time({service_name="api"} | drop __error__ [30s]))"#,
             r#"sum(rate({service_name!="db"}[1m]))"#,
             r#"sum by (detected_level) (count_over_time({level="error"}[10s]))"#,
+            // Read and checked, not counted by the index:
+            r#"sum by (level, detected_level) (count_over_time({service_name="api"} |= "took 1" != "ms0" | drop __error__ [30s]))"#,
+            r#"sum(bytes_over_time({service_name=~"a.*"} |~ "request [0-9]+ took" [1m]))"#,
+            r#"sum by (level) (bytes_rate({service_name="db"}[30s]))"#,
+            r#"sum(rate({service_name="db"} |= "took 4" or "took 7" [20s]))"#,
         ] {
             let expr = parse(text).unwrap();
             let Expr::Aggregate {
@@ -1346,7 +1548,7 @@ mod tests {
             let q = log_query(text);
             lines
                 .iter()
-                .filter(|r| q.process(r).is_some())
+                .filter(|r| q.process(*r).is_some())
                 .map(|r| r.ts)
                 .collect()
         };
