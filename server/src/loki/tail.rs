@@ -154,13 +154,13 @@ fn follow(mut live: Tail, query: &LogQuery, tx: &mpsc::Sender<Result<Entry, Stri
     while !tx.is_closed() {
         match live.next_timeout(POLL) {
             Ok(Some(record)) => {
-                let Some(labels) = query.process(&record.log) else {
+                let Some(sampled) = query.sample(&record.log) else {
                     continue;
                 };
                 let entry = Entry {
                     ts: record.log.ts,
-                    line: record.log.message,
-                    labels,
+                    line: sampled.line.unwrap_or(record.log.message),
+                    labels: sampled.labels,
                 };
                 if tx.blocking_send(Ok(entry)).is_err() {
                     return;

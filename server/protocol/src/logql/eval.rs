@@ -2,14 +2,17 @@
 //! record, the candidates query, log selection by time windows, and
 //! metric queries at each step.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use lode_codec::{Fields, Level, LogRecord};
+use regex::Regex;
 use serde_json::Value;
 
 use super::{
-    AggOp, BinOp, Conversion, Expr, Grouping, LabelFilter, LineOp, LogQuery, MatchOp, Matcher,
-    NumOp, PathStep, RangeFn, Stage,
+    AggOp, BinOp, Conversion, Expr, Grouping, LabelFilter, LabelFormat, LineOp, LogQuery, MatchOp,
+    Matcher, NumOp, PathStep, PatternPart, RangeFn, Stage,
 };
 
 /// A set of labels, by name.
@@ -310,11 +313,18 @@ impl LogQuery {
                     or,
                     ..
                 } if or.is_empty() => terms.extend(substring_words(text)),
+                // Filters after a stage that changes the line look at
+                // another line than the record's.
+                Stage::LineFormat(_) | Stage::Decolorize | Stage::Unpack => break,
                 // A parser changes no line; filters before it still hold.
                 Stage::Json(_)
                 | Stage::Unwrap(_)
                 | Stage::Logfmt
+                | Stage::Regexp(_)
+                | Stage::Pattern(_)
                 | Stage::Drop(_)
+                | Stage::Keep(_)
+                | Stage::LabelFormat(_)
                 | Stage::Label(_)
                 | Stage::Line { .. } => {}
             }
@@ -332,98 +342,321 @@ impl LogQuery {
     /// labels of their streams: no record needs checking.
     pub fn exact(&self) -> bool {
         self.selector.iter().all(|m| field_filter(m).is_some())
-            && self.stages.iter().all(|stage| {
-                matches!(stage, Stage::Drop(names) if names.iter().all(|n| n.starts_with("__error")))
-            })
+            && self
+                .stages
+                .iter()
+                .all(|stage| matches!(stage, Stage::Drop(picks) if drops_errors_only(picks)))
     }
 
     /// Whether `record` passes, and its labels then: its stream's and
     /// those the pipeline extracted.
     pub fn process<R: Fields + ?Sized>(&self, record: &R) -> Option<Labels> {
-        self.sample(record).map(|(labels, _)| labels)
+        self.sample(record).map(|s| s.labels)
     }
 
-    /// What `process` gives, and the value `| unwrap` took from the line
-    /// (`None` without one, or when its text is no number of its kind:
-    /// the line is then marked `__error__`).
-    pub fn sample<R: Fields + ?Sized>(&self, record: &R) -> Option<(Labels, Option<f64>)> {
+    /// Whether `record` passes, and what the pipeline made of it.
+    pub fn sample<R: Fields + ?Sized>(&self, record: &R) -> Option<Sampled> {
         if !self.selects(record) {
             return None;
         }
-        let mut labels = stream_labels(record);
-        let mut extracted = Labels::new();
-        let mut dropped: Vec<&str> = Vec::new();
-        let mut value = None;
+        let mut run = Run {
+            stream: stream_labels(record),
+            extracted: Labels::new(),
+            dropped: Vec::new(),
+            kept: None,
+            line: Cow::Borrowed(record.message()),
+            value: None,
+        };
         for stage in &self.stages {
-            match stage {
-                Stage::Line {
-                    op,
-                    text,
-                    regex,
-                    or,
-                } => {
-                    if !line_passes(*op, (text, regex), or, record.message()) {
-                        return None;
+            if !run.stage(stage, record) {
+                return None;
+            }
+        }
+        let Run {
+            mut stream,
+            extracted,
+            dropped,
+            kept,
+            line,
+            value,
+        } = run;
+        stream.retain(|name, _| !dropped.contains(name));
+        stream.extend(extracted);
+        if let Some(kept) = kept {
+            stream.retain(|name, _| kept.contains(name) || name == ERROR_LABEL);
+        }
+        Some(Sampled {
+            labels: stream,
+            value,
+            line: match line {
+                Cow::Owned(line) => Some(line),
+                Cow::Borrowed(_) => None,
+            },
+        })
+    }
+}
+
+/// What a log pipeline made of a line it passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// Its stream's labels and those the pipeline extracted.
+    pub labels: Labels,
+    /// What `| unwrap` took (`None` without one, or when its text is no
+    /// number of its kind: the line is then marked `__error__`).
+    pub value: Option<f64>,
+    /// The line, when a stage changed it (`line_format`, `decolorize`,
+    /// `unpack`).
+    pub line: Option<String>,
+}
+
+/// A line going through a pipeline.
+struct Run<'a> {
+    /// The record's stream labels.
+    stream: Labels,
+    /// Labels the stages made.
+    extracted: Labels,
+    /// Stream labels dropped (or renamed) since.
+    dropped: Vec<String>,
+    /// `| keep`'s names, the last one's.
+    kept: Option<Vec<String>>,
+    line: Cow<'a, str>,
+    value: Option<f64>,
+}
+
+static ANSI: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    // The escapes Loki's decolorize takes out (acarl005/stripansi's).
+    Regex::new(
+        r"[\x1b\x{9b}][\[\]()#;?]*(?:(?:(?:[a-zA-Z\d]*(?:;[a-zA-Z\d]*)*)?\x07)|(?:(?:\d{1,4}(?:;\d{0,4})*)?[\dA-PRZcf-ntqry=><~]))",
+    )
+    .ok()
+});
+
+impl<'a> Run<'a> {
+    /// Runs one stage; false when the line is filtered out.
+    fn stage<R: Fields + ?Sized>(&mut self, stage: &Stage, record: &'a R) -> bool {
+        match stage {
+            Stage::Line {
+                op,
+                text,
+                regex,
+                or,
+            } => return line_passes(*op, (text, regex), or, &self.line),
+            Stage::Json(fields) => self.json(fields),
+            Stage::Logfmt => {
+                let pairs = crate::lines::logfmt_pairs(&self.line)
+                    .into_iter()
+                    .map(|(k, v)| (sanitize(&k), v))
+                    .collect();
+                self.extract(pairs);
+            }
+            Stage::Regexp(regex) => {
+                let pairs = regex.captures(&self.line).map(|found| {
+                    regex
+                        .capture_names()
+                        .flatten()
+                        .filter_map(|name| {
+                            Some((name.to_owned(), found.name(name)?.as_str().to_owned()))
+                        })
+                        .collect()
+                });
+                self.extract(pairs.unwrap_or_default());
+            }
+            Stage::Pattern(parts) => {
+                let pairs = pattern_captures(parts, &self.line);
+                self.extract(pairs);
+            }
+            Stage::Unpack => self.unpack(),
+            Stage::Label(filter) => return label_passes(record, &mut self.extracted, filter),
+            Stage::Drop(picks) => {
+                for pick in picks {
+                    let (value, fold) = self.value_of(record, &pick.name);
+                    if pick.matcher.as_ref().is_none_or(|m| m.matches(value, fold)) {
+                        self.extracted.remove(&pick.name);
+                        self.dropped.push(pick.name.clone());
                     }
                 }
-                Stage::Json(fields) => match serde_json::from_str::<Value>(record.message()) {
-                    Ok(value @ Value::Object(_)) if fields.is_empty() => {
-                        let mut pairs = Vec::new();
-                        flatten_json("", &value, &mut pairs);
-                        extract(&labels, pairs, &mut extracted);
-                    }
-                    Ok(value @ Value::Object(_)) => {
-                        for field in fields {
-                            let found = field.path.iter().try_fold(&value, |v, step| match step {
-                                PathStep::Key(key) => v.get(key),
-                                PathStep::Index(i) => v.get(i),
-                            });
-                            let text = match found {
-                                Some(Value::String(text)) => text.clone(),
-                                Some(Value::Null) | None => String::new(),
-                                Some(other) => other.to_string(),
-                            };
-                            extract(&labels, vec![(field.label.clone(), text)], &mut extracted);
-                        }
-                    }
-                    _ => {
-                        extracted.insert(ERROR_LABEL.to_owned(), "JSONParserErr".to_owned());
-                    }
-                },
-                Stage::Logfmt => {
-                    let pairs = crate::lines::logfmt_pairs(record.message())
-                        .into_iter()
-                        .map(|(k, v)| (sanitize(&k), v))
-                        .collect();
-                    extract(&labels, pairs, &mut extracted);
+            }
+            Stage::Keep(picks) => {
+                let kept = picks
+                    .iter()
+                    .filter(|pick| {
+                        let (value, fold) = self.value_of(record, &pick.name);
+                        pick.matcher.as_ref().is_none_or(|m| m.matches(value, fold))
+                    })
+                    .map(|pick| pick.name.clone())
+                    .collect();
+                self.kept = Some(kept);
+            }
+            Stage::Decolorize => {
+                if let Some(ansi) = ANSI.as_ref()
+                    && let Cow::Owned(clean) = ansi.replace_all(&self.line, "")
+                {
+                    self.line = Cow::Owned(clean);
                 }
-                Stage::Label(filter) => {
-                    if !label_passes(record, &mut extracted, filter) {
-                        return None;
-                    }
+            }
+            Stage::LineFormat(template) => match self.render(template, record) {
+                Ok(line) => self.line = Cow::Owned(line),
+                Err(_) => self.error("TemplateFormatErr"),
+            },
+            Stage::LabelFormat(formats) => self.label_format(formats, record),
+            Stage::Unwrap(unwrap) => {
+                let (text, _) = self.value_of(record, &unwrap.label);
+                self.value = unwrapped(unwrap.conversion, text);
+                if self.value.is_none() {
+                    self.error("SampleExtractionErr");
                 }
-                Stage::Drop(names) => {
-                    for name in names {
-                        extracted.remove(name);
-                        dropped.push(name);
-                    }
-                }
-                Stage::Unwrap(unwrap) => {
-                    let (text, _) = label_value(record, &extracted, &unwrap.label);
-                    value = unwrapped(unwrap.conversion, text);
-                    if value.is_none() {
-                        extracted.insert(ERROR_LABEL.to_owned(), "SampleExtractionErr".to_owned());
-                    }
-                    // The value, not a label, of the series.
-                    extracted.remove(&unwrap.label);
-                    dropped.push(&unwrap.label);
+                // The value, not a label, of the series.
+                self.extracted.remove(&unwrap.label);
+                self.dropped.push(unwrap.label.clone());
+            }
+        }
+        true
+    }
+
+    /// A label's current value, as `label_value` reads it.
+    fn value_of<'r, R: Fields + ?Sized>(&'r self, record: &'r R, name: &str) -> (&'r str, bool) {
+        if self.dropped.iter().any(|d| d == name) && !self.extracted.contains_key(name) {
+            return ("", false);
+        }
+        label_value(record, &self.extracted, name)
+    }
+
+    fn error(&mut self, kind: &str) {
+        self.extracted
+            .insert(ERROR_LABEL.to_owned(), kind.to_owned());
+    }
+
+    fn extract(&mut self, pairs: Vec<(String, String)>) {
+        extract(&self.stream, pairs, &mut self.extracted);
+    }
+
+    fn json(&mut self, fields: &[super::JsonField]) {
+        let parsed = match serde_json::from_str::<Value>(&self.line) {
+            Ok(value @ Value::Object(_)) => value,
+            _ => return self.error("JSONParserErr"),
+        };
+        if fields.is_empty() {
+            let mut pairs = Vec::new();
+            flatten_json("", &parsed, &mut pairs);
+            return self.extract(pairs);
+        }
+        for field in fields {
+            let found = field.path.iter().try_fold(&parsed, |v, step| match step {
+                PathStep::Key(key) => v.get(key),
+                PathStep::Index(i) => v.get(i),
+            });
+            let text = match found {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            self.extract(vec![(field.label.clone(), text)]);
+        }
+    }
+
+    /// Loki's `unpack`: string fields of a JSON object as labels, its
+    /// `_entry` as the line.
+    fn unpack(&mut self) {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&self.line) else {
+            return self.error("JSONParserErr");
+        };
+        let mut pairs = Vec::new();
+        let mut entry = None;
+        for (key, value) in map {
+            if let Value::String(text) = value {
+                if key == "_entry" {
+                    entry = Some(text);
+                } else {
+                    pairs.push((sanitize(&key), text));
                 }
             }
         }
-        labels.retain(|name, _| !dropped.contains(&name.as_str()));
-        labels.extend(extracted);
-        Some((labels, value))
+        self.extract(pairs);
+        if let Some(entry) = entry {
+            self.line = Cow::Owned(entry);
+        }
     }
+
+    /// Every label the line has now, for a template.
+    fn render<R: Fields + ?Sized>(
+        &self,
+        template: &super::template::Template,
+        record: &R,
+    ) -> Result<String, String> {
+        let label = |name: &str| self.value_of(record, name).0.to_owned();
+        template.render(&super::template::Data {
+            label: &label,
+            line: &self.line,
+            ts: record.ts(),
+        })
+    }
+
+    fn label_format<R: Fields + ?Sized>(&mut self, formats: &[LabelFormat], record: &R) {
+        let mut set = Vec::new();
+        for format in formats {
+            match format {
+                LabelFormat::Rename { to, from } => {
+                    let (value, _) = self.value_of(record, from);
+                    set.push((to.clone(), value.to_owned(), Some(from.clone())));
+                }
+                LabelFormat::Template { to, template } => match self.render(template, record) {
+                    Ok(value) => set.push((to.clone(), value, None)),
+                    Err(_) => self.error("TemplateFormatErr"),
+                },
+            }
+        }
+        for (to, value, from) in set {
+            if let Some(from) = from.filter(|f| *f != to) {
+                self.extracted.remove(&from);
+                self.dropped.push(from);
+            }
+            self.dropped.retain(|d| *d != to);
+            self.extracted.insert(to, value);
+        }
+    }
+}
+
+/// A `| pattern`'s captures in `line`, as Loki's pattern parser takes
+/// them: a leading literal must start the line; each capture runs to the
+/// first occurrence of the literal after it (to the end of the line when
+/// that is missing, and the captures after it are not made).
+fn pattern_captures(parts: &[PatternPart], line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    let mut parts = parts;
+    if let Some((PatternPart::Literal(first), after)) = parts.split_first() {
+        let Some(stripped) = rest.strip_prefix(first.as_str()) else {
+            return out;
+        };
+        rest = stripped;
+        parts = after;
+    }
+    while let Some((PatternPart::Capture(name), after)) = parts.split_first() {
+        let Some((PatternPart::Literal(literal), more)) = after.split_first() else {
+            if let Some(name) = name {
+                out.push((name.clone(), rest.to_owned()));
+            }
+            break;
+        };
+        let Some(at) = rest.find(literal.as_str()) else {
+            if let Some(name) = name {
+                out.push((name.clone(), rest.to_owned()));
+            }
+            break;
+        };
+        if let Some(name) = name {
+            out.push((name.clone(), rest[..at].to_owned()));
+        }
+        rest = &rest[at + literal.len()..];
+        parts = more;
+    }
+    out
+}
+
+/// Whether `| drop` names only error labels (which a pipeline without
+/// parsers never sets).
+fn drops_errors_only(picks: &[super::LabelPick]) -> bool {
+    picks.iter().all(|p| p.name.starts_with("__error"))
 }
 
 /// Whether a line passes a line filter: `first` or one of `or` found
@@ -461,7 +694,7 @@ impl LogQuery {
     fn filters_lines_only(&self) -> bool {
         self.stages.iter().all(|stage| match stage {
             Stage::Line { .. } => true,
-            Stage::Drop(names) => names.iter().all(|n| n.starts_with("__error")),
+            Stage::Drop(picks) => drops_errors_only(picks),
             _ => false,
         })
     }
@@ -557,11 +790,11 @@ pub fn select_logs<S: Source>(
         let mut window: Vec<Entry> = Vec::new();
         source
             .scan(&candidates, since, until, &mut |record| {
-                if let Some(labels) = query.process(record) {
+                if let Some(sampled) = query.sample(record) {
                     window.push(Entry {
                         ts: record.ts,
-                        line: record.message.clone(),
-                        labels,
+                        line: sampled.line.unwrap_or_else(|| record.message.clone()),
+                        labels: sampled.labels,
                     });
                     if window.len() >= 2 * need.max(512) {
                         keep_first(&mut window, need, backward);
@@ -753,7 +986,12 @@ fn samples<S: Source>(
             since,
             until,
             &mut |seq, record| {
-                let Some((mut labels, value)) = call.query.sample(record) else {
+                let Some(Sampled {
+                    mut labels,
+                    value,
+                    line,
+                }) = call.query.sample(record)
+                else {
                     return true;
                 };
                 if unwraps && value.is_none() {
@@ -774,7 +1012,7 @@ fn samples<S: Source>(
                 by_labels.entry(labels).or_default().push(Sample {
                     ts: record.ts(),
                     seq,
-                    size: record.message().len() as u64,
+                    size: line.as_deref().unwrap_or(record.message()).len() as u64,
                     value: value.unwrap_or(0.0),
                 });
                 true
@@ -1605,6 +1843,98 @@ mod tests {
             passing(r#"{service_name=~".+"} |> "GET (.*) 200 in 5ms""#),
             Vec::<i64>::new()
         );
+    }
+
+    /// Loki's parsers and formatters on one line each: what labels and
+    /// line come out, and filters after a formatter see the new line.
+    #[test]
+    fn parsers_and_formatters_give_lokis_labels_and_lines() {
+        let access = r#"10.0.0.1 - - [10/Oct/2000:13:55:36] "GET /api/v1/users HTTP/1.1" 404 2326"#;
+        let r = record(7_000_000_000, "api", Level::Info, access);
+        let sampled = |text: &str, r: &LogRecord| log_query(text).sample(r);
+        let get = |s: &Option<Sampled>, k: &str| {
+            s.as_ref()
+                .and_then(|s| s.labels.get(k).cloned())
+                .unwrap_or_default()
+        };
+        let s = sampled(
+            r#"{app="api"} | pattern `<ip> - - [<_>] "<method> <path> <_>" <status> <size>`"#,
+            &r,
+        );
+        assert_eq!(
+            [
+                get(&s, "ip"),
+                get(&s, "method"),
+                get(&s, "path"),
+                get(&s, "status"),
+                get(&s, "size")
+            ],
+            ["10.0.0.1", "GET", "/api/v1/users", "404", "2326"]
+        );
+        // A missing literal ends the captures there.
+        let s = sampled(r#"{app="api"} | pattern "<ip> - <who> ! <rest>""#, &r);
+        assert_eq!(get(&s, "who"), access.split_once(" - ").unwrap().1);
+        assert!(!s.as_ref().unwrap().labels.contains_key("rest"));
+        let s = sampled(
+            r#"{app="api"} | regexp `"(?P<method>\w+) (?P<path>[^ ]+)` | status="""#,
+            &r,
+        );
+        assert_eq!(
+            [get(&s, "method"), get(&s, "path")],
+            ["GET", "/api/v1/users"]
+        );
+        // keep and drop, with matchers; __error__ is kept.
+        let s = sampled(
+            r#"{app="api"} | regexp `" (?P<status>\d+) (?P<size>\d+)$` | keep status, level="error", host"#,
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            s.labels.keys().collect::<Vec<_>>(),
+            ["host", "status"],
+            "{:?}",
+            s.labels
+        );
+        let s = sampled(r#"{app="api"} | drop host="web-1", level="error""#, &r).unwrap();
+        assert_eq!(
+            s.labels.keys().collect::<Vec<_>>(),
+            ["level", "service_name"]
+        );
+        // line_format: the new line, filtered after it.
+        let q = r#"{app="api"} | regexp `"(?P<method>\w+) ` | line_format "{{.method | ToLower}} {{.service_name}} {{ __line__ | trunc 8 }}""#;
+        let s = sampled(q, &r).unwrap();
+        assert_eq!(s.line.as_deref(), Some("get api 10.0.0.1"));
+        assert!(sampled(&format!("{q} |= \"get api\""), &r).is_some());
+        assert!(sampled(&format!("{q} |= \"GET\""), &r).is_none());
+        assert_eq!(
+            log_query(&format!("{q} |= \"get api\"")).candidates(),
+            r#"service:"api""#
+        );
+        // label_format: renamed, templated.
+        let s = sampled(
+            r#"{app="api"} | label_format svc=service_name, where="{{.host}}/{{.env}}""#,
+            &r,
+        )
+        .unwrap();
+        assert_eq!(get(&Some(s.clone()), "svc"), "api");
+        assert_eq!(get(&Some(s.clone()), "where"), "web-1/prod");
+        assert!(!s.labels.contains_key("service_name"));
+        // decolorize, unpack.
+        let colored = record(1, "api", Level::Info, "\u{1b}[31merror\u{1b}[0m disk full");
+        let s = sampled(r#"{app="api"} | decolorize |= "error disk""#, &colored).unwrap();
+        assert_eq!(s.line.as_deref(), Some("error disk full"));
+        let packed = record(
+            1,
+            "api",
+            Level::Info,
+            r#"{"_entry":"the line","pod":"p-1","n":3}"#,
+        );
+        let s = sampled(r#"{app="api"} | unpack"#, &packed).unwrap();
+        assert_eq!(s.line.as_deref(), Some("the line"));
+        assert_eq!(get(&Some(s), "pod"), "p-1");
+        // A template that fails at run time marks the line.
+        let s = sampled(r#"{app="api"} | line_format "{{ div 1 }}""#, &r).unwrap();
+        assert_eq!(get(&Some(s), "__error__"), "TemplateFormatErr");
     }
 
     /// `| json label="path"` takes only what the paths name: nested keys,

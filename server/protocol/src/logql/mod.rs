@@ -40,10 +40,11 @@
 mod eval;
 pub mod fields;
 mod parse;
+pub mod template;
 
 pub use eval::{
-    Entry, EvalError, Labels, MAX_POINTS, Metric, Series, Source, Steps, eval_metric, select_logs,
-    stream_labels,
+    Entry, EvalError, Labels, MAX_POINTS, Metric, Sampled, Series, Source, Steps, eval_metric,
+    select_logs, stream_labels,
 };
 pub use parse::{MAX_LOGQL_CHARS, duration_ns, parse};
 
@@ -138,11 +139,54 @@ pub enum Stage {
     /// `| json`: every field; `| json a="x.y", b`: those the paths name.
     Json(Vec<JsonField>),
     Logfmt,
+    /// `| regexp "(?P<name>...)"`: each named group's match as a label.
+    Regexp(Regex),
+    /// `| pattern "<ip> - <_> \"<method> <path>\""`.
+    Pattern(Vec<PatternPart>),
+    /// `| unpack`: a JSON object's top-level fields as labels, and its
+    /// `_entry` as the line (Promtail's `pack` undone).
+    Unpack,
     Label(LabelFilter),
-    Drop(Vec<String>),
+    /// `| drop a, b="x"`: those labels (a matcher's only when it matches).
+    Drop(Vec<LabelPick>),
+    /// `| keep a, b="x"`: only those labels (and `__error__`).
+    Keep(Vec<LabelPick>),
+    /// `| decolorize`: ANSI color codes taken out of the line.
+    Decolorize,
+    /// `| line_format "{{.a}}"`: the line rendered from a template.
+    LineFormat(template::Template),
+    /// `| label_format a=b, c="{{.d}}"`.
+    LabelFormat(Vec<LabelFormat>),
     /// `| unwrap took`, `| unwrap duration(took)`: the value a range
     /// aggregation takes from each line.
     Unwrap(Unwrap),
+}
+
+/// A label named by `| drop` or `| keep`, with a matcher on its value.
+#[derive(Debug, Clone)]
+pub struct LabelPick {
+    pub name: String,
+    pub matcher: Option<Matcher>,
+}
+
+/// One part of a `| pattern`: literal text, or a capture (`<name>`; `<_>`
+/// captures nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternPart {
+    Literal(String),
+    Capture(Option<String>),
+}
+
+/// One assignment of `| label_format`.
+#[derive(Debug, Clone)]
+pub enum LabelFormat {
+    /// `dst=src`: the label renamed.
+    Rename { to: String, from: String },
+    /// `dst="{{...}}"`: the label set from a template.
+    Template {
+        to: String,
+        template: template::Template,
+    },
 }
 
 /// What `| unwrap` reads, and how it turns the label's text into a number.

@@ -12,11 +12,15 @@
 //! matcher   := label ("=" | "!=" | "=~" | "!~") string
 //! stage     := ("|=" | "!=" | "|~" | "!~" | "|>" | "!>") string ("or" string)*
 //!            | "|" "json" [label ["=" string] ("," label ["=" string])*]
-//!            | "|" "logfmt" | "|" "drop" label ("," label)*
+//!            | "|" ("logfmt" | "unpack" | "decolorize")
+//!            | "|" ("drop" | "keep") pick ("," pick)*
+//!            | "|" ("regexp" | "pattern" | "line_format") string
+//!            | "|" "label_format" label "=" (label | string) ("," ...)*
 //!            | "|" "unwrap" (label | ("duration" | "duration_seconds" | "bytes") "(" label ")")
 //!            | "|" filters
 //! filters   := all ("or" all)*
 //! all       := filter (("and" | ",") filter)*
+//! pick      := label [("=" | "!=" | "=~" | "!~") string]
 //! filter    := "(" filters ")"
 //!            | label ("=" | "!=" | "=~" | "!~") string
 //!            | label ("==" | "!=" | ">" | ">=" | "<" | "<=") number
@@ -24,9 +28,11 @@
 
 use regex::Regex;
 
+use super::template::{self, Template};
 use super::{
-    AggOp, BinOp, Conversion, Expr, Grouping, JsonField, LabelFilter, LineOp, LogQuery, LogqlError,
-    MatchOp, Matcher, NumOp, PathStep, RangeFn, Stage, Unwrap,
+    AggOp, BinOp, Conversion, Expr, Grouping, JsonField, LabelFilter, LabelFormat, LabelPick,
+    LineOp, LogQuery, LogqlError, MatchOp, Matcher, NumOp, PathStep, PatternPart, RangeFn, Stage,
+    Unwrap,
 };
 
 /// Longest query text taken (Loki's own limit is larger; nothing Grafana
@@ -543,9 +549,9 @@ impl Parser {
         if self.peek_tok() == Some(&Tok::Sym("(")) {
             return self.filters(None).map(Stage::Label);
         }
-        let s = self.next("json, logfmt, drop or a label filter")?;
+        let s = self.next("a parser, a formatter, drop, keep or a label filter")?;
         let Tok::Ident(name) = &s.tok else {
-            return Err(self.unexpected(s, "json, logfmt, drop or a label filter"));
+            return Err(self.unexpected(s, "a parser, a formatter, drop, keep or a label filter"));
         };
         match name.as_str() {
             "json" if !self.at_label_op() => self.json_fields().map(Stage::Json),
@@ -562,26 +568,31 @@ impl Parser {
                 }
                 Ok(Stage::Logfmt)
             }
-            "drop" if !self.at_label_op() => {
-                let mut labels = vec![self.label_name()?];
-                while self.eat(",") {
-                    labels.push(self.label_name()?);
-                }
-                Ok(Stage::Drop(labels))
-            }
+            "drop" if !self.at_label_op() => self.picks().map(Stage::Drop),
+            "keep" if !self.at_label_op() => self.picks().map(Stage::Keep),
             "unwrap" if !self.at_label_op() => self.unwrap().map(Stage::Unwrap),
-            "line_format" | "label_format" | "unpack" | "pattern" | "regexp" | "keep"
-            | "decolorize" | "distinct"
-                if !self.at_label_op() =>
-            {
-                Err(err(
-                    s.line,
-                    s.column,
-                    format!(
-                        "the '{name}' stage is not supported by lode: it takes line filters, json, logfmt, drop and label filters"
-                    ),
-                ))
+            "regexp" if !self.at_label_op() => {
+                let (text, at) = self.string("regexp")?;
+                regexp(&text, &at).map(Stage::Regexp)
             }
+            "pattern" if !self.at_label_op() => {
+                let (text, at) = self.string("pattern")?;
+                pattern(&text)
+                    .map(Stage::Pattern)
+                    .map_err(|m| err(at.line, at.column, format!("pattern \"{text}\": {m}")))
+            }
+            "unpack" if !self.at_label_op() => Ok(Stage::Unpack),
+            "decolorize" if !self.at_label_op() => Ok(Stage::Decolorize),
+            "line_format" if !self.at_label_op() => {
+                let (text, at) = self.string("line_format")?;
+                Ok(Stage::LineFormat(template_at(&text, &at)?))
+            }
+            "label_format" if !self.at_label_op() => self.label_formats().map(Stage::LabelFormat),
+            "distinct" if !self.at_label_op() => Err(err(
+                s.line,
+                s.column,
+                "the 'distinct' stage (experimental in Loki) is not supported by lode",
+            )),
             _ => self.filters(Some(name.clone())).map(Stage::Label),
         }
     }
@@ -607,6 +618,57 @@ impl Parser {
             _ => Conversion::Number,
         };
         Ok(Unwrap { label, conversion })
+    }
+
+    /// `a, b="x", c!~"y.*"` after `| drop` or `| keep`.
+    fn picks(&mut self) -> Result<Vec<LabelPick>, LogqlError> {
+        let mut picks = Vec::new();
+        loop {
+            let name = self.label_name()?;
+            let op = match self.peek_tok() {
+                Some(Tok::Sym("=")) => Some(MatchOp::Eq),
+                Some(Tok::Sym("!=")) => Some(MatchOp::Ne),
+                Some(Tok::Sym("=~")) => Some(MatchOp::Re),
+                Some(Tok::Sym("!~")) => Some(MatchOp::Nre),
+                _ => None,
+            };
+            let matcher = match op {
+                Some(op) => {
+                    self.pos += 1;
+                    let (value, at) = self.string(&format!("{name}{}", op.symbol()))?;
+                    Some(matcher(name.clone(), op, value, &at)?)
+                }
+                None => None,
+            };
+            picks.push(LabelPick { name, matcher });
+            if !self.eat(",") {
+                return Ok(picks);
+            }
+        }
+    }
+
+    /// `dst=src, dst="{{ template }}", ...` after `| label_format`.
+    fn label_formats(&mut self) -> Result<Vec<LabelFormat>, LogqlError> {
+        let mut formats = Vec::new();
+        loop {
+            let to = self.label_name()?;
+            self.expect("=")?;
+            let value = self.next("a label name or a template string")?;
+            formats.push(match &value.tok {
+                Tok::Ident(from) => LabelFormat::Rename {
+                    to,
+                    from: from.clone(),
+                },
+                Tok::Str(text) => LabelFormat::Template {
+                    to,
+                    template: template_at(text, &value)?,
+                },
+                _ => return Err(self.unexpected(value, "a label name or a template string")),
+            });
+            if !self.eat(",") {
+                return Ok(formats);
+            }
+        }
     }
 
     /// `label="path", label, ...` after `| json` (none: every field).
@@ -725,6 +787,76 @@ impl Parser {
         };
         Ok(filter)
     }
+}
+
+/// A template of `line_format` or `label_format`, its errors placed at
+/// its string.
+fn template_at(text: &str, at: &Spanned) -> Result<Template, LogqlError> {
+    template::parse(text).map_err(|m| err(at.line, at.column, format!("template \"{text}\": {m}")))
+}
+
+/// `| regexp`'s expression: unanchored, with at least one named group,
+/// each a label name.
+fn regexp(text: &str, at: &Spanned) -> Result<Regex, LogqlError> {
+    let regex = compile(text, false, at)?;
+    let names: Vec<&str> = regex.capture_names().flatten().collect();
+    if names.is_empty() {
+        return Err(err(
+            at.line,
+            at.column,
+            format!("regexp \"{text}\" has no named group, such as (?P<status>\\d+)"),
+        ));
+    }
+    if let Some(bad) = names.iter().find(|n| super::eval::sanitize(n) != **n) {
+        return Err(err(
+            at.line,
+            at.column,
+            format!("regexp \"{text}\": '{bad}' is not a label name"),
+        ));
+    }
+    Ok(regex)
+}
+
+/// `| pattern`'s text as literals and captures: at least one named
+/// capture, no two captures side by side, each name used once.
+fn pattern(text: &str) -> Result<Vec<PatternPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let capture = rest.find('<').and_then(|open| {
+            let close = open + rest[open..].find('>')?;
+            let name = &rest[open + 1..close];
+            let valid = name == "_"
+                || (name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            valid.then_some((open, close, name))
+        });
+        let Some((open, close, name)) = capture else {
+            parts.push(PatternPart::Literal(rest.to_owned()));
+            break;
+        };
+        if open > 0 {
+            parts.push(PatternPart::Literal(rest[..open].to_owned()));
+        }
+        if matches!(parts.last(), Some(PatternPart::Capture(_))) {
+            return Err(format!(
+                "<{name}> right after another capture: put text between them"
+            ));
+        }
+        let name = (name != "_").then(|| name.to_owned());
+        if name.is_some() && parts.contains(&PatternPart::Capture(name.clone())) {
+            return Err(format!("<{}> is named twice", name.unwrap_or_default()));
+        }
+        parts.push(PatternPart::Capture(name));
+        rest = &rest[close + 1..];
+    }
+    if !parts
+        .iter()
+        .any(|p| matches!(p, PatternPart::Capture(Some(_))))
+    {
+        return Err("no named capture, such as <status>".to_owned());
+    }
+    Ok(parts)
 }
 
 /// `symbol` as the static str the lexer made.
@@ -970,7 +1102,7 @@ mod tests {
         assert!(
             matches!(&q.stages[4], Stage::Label(LabelFilter::Number { op: NumOp::Ge, value, .. }) if *value == 500.0)
         );
-        assert!(matches!(&q.stages[6], Stage::Drop(l) if l == &["__error__"]));
+        assert!(matches!(&q.stages[6], Stage::Drop(l) if l.len() == 1 && l[0].name == "__error__"));
     }
 
     #[test]
@@ -1017,7 +1149,10 @@ mod tests {
         assert_eq!(column_of(r#"{service_name~"api"}"#), (1, 14));
         assert_eq!(column_of("{a=\"b\"}\n  |~ \"(\""), (2, 6));
         assert_eq!(column_of(r#"count_over_time({a="b"}[5x])"#), (1, 24));
-        assert_eq!(column_of(r#"{a="b"} | line_format "{{.x}}""#), (1, 11));
+        assert_eq!(column_of(r#"{a="b"} | distinct x"#), (1, 11));
+        assert_eq!(column_of(r#"{a="b"} | line_format "{{.x"#), (1, 23));
+        assert_eq!(column_of(r#"{a="b"} | regexp "(\d+)""#), (1, 18));
+        assert_eq!(column_of(r#"{a="b"} | pattern "<a><b>""#), (1, 19));
         assert_eq!(column_of(r#"frobnicate({a="b"})"#), (1, 1));
         assert_eq!(column_of(""), (1, 1));
         assert_eq!(column_of("{}"), (1, 2));
