@@ -11,8 +11,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::{
-    AggOp, BinOp, Conversion, Expr, Grouping, LabelFilter, LabelFormat, LineOp, LogQuery, MatchOp,
-    Matcher, NumOp, PathStep, PatternPart, RangeFn, Stage,
+    AggOp, BinOp, Binary, Conversion, Expr, Group, Grouping, LabelFilter, LabelFormat, LineOp,
+    LogQuery, MatchOp, Matcher, Matching, NumOp, PathStep, PatternPart, RangeFn, Stage,
 };
 
 /// A set of labels, by name.
@@ -900,21 +900,54 @@ fn eval_grouped<S: Source>(
             func,
             query,
             range_ns,
+            offset_ns,
             param,
             grouping,
-        } => range_series(
-            source,
-            RangeCall {
+        } => {
+            let call = RangeCall {
                 func: *func,
                 query,
                 range_ns: *range_ns,
                 param: *param,
                 grouping: grouping.as_ref(),
                 by,
-            },
-            steps,
-        )
-        .map(Metric::Vector),
+            };
+            let steps = earlier(steps, *offset_ns);
+            if *func == RangeFn::AbsentOverTime {
+                let counted = RangeCall {
+                    func: RangeFn::CountOverTime,
+                    ..call
+                };
+                let present = range_series(source, counted, steps)?;
+                return Ok(Metric::Vector(absent(query, &present, steps.count())));
+            }
+            range_series(source, call, steps).map(Metric::Vector)
+        }
+        Expr::TopK {
+            bottom,
+            k,
+            grouping,
+            inner,
+        } => match eval_grouped(source, inner, steps, by)? {
+            Metric::Scalar(_) => Err(too_much("topk and bottomk take a vector, not a number")),
+            Metric::Vector(series) => Ok(Metric::Vector(top_k(
+                series,
+                *k,
+                *bottom,
+                grouping.as_ref(),
+            ))),
+        },
+        Expr::Sort { desc, inner } => match eval_grouped(source, inner, steps, by)? {
+            Metric::Scalar(_) => Err(too_much("sort takes a vector, not a number")),
+            Metric::Vector(mut series) => {
+                let last = |s: &Series| s.points.iter().rev().find_map(|p| *p).unwrap_or(f64::NAN);
+                series.sort_by(|a, b| {
+                    let order = last(a).total_cmp(&last(b));
+                    if *desc { order.reverse() } else { order }
+                });
+                Ok(Metric::Vector(series))
+            }
+        },
         Expr::Aggregate {
             op,
             grouping,
@@ -934,11 +967,21 @@ fn eval_grouped<S: Source>(
                 }
             }
         }
-        Expr::Binary(op, lhs, rhs) => {
-            let lhs = eval_grouped(source, lhs, steps, by)?;
-            let rhs = eval_grouped(source, rhs, steps, by)?;
-            Ok(binary(*op, lhs, rhs))
+        Expr::Binary(b) => {
+            let lhs = eval_grouped(source, &b.lhs, steps, by)?;
+            let rhs = eval_grouped(source, &b.rhs, steps, by)?;
+            binary(b, lhs, rhs).map_err(too_much)
         }
+    }
+}
+
+/// The steps `offset` earlier: a range with `offset 1h` looks at the
+/// window an hour before each step (the points keep their steps).
+fn earlier(steps: Steps, offset: i64) -> Steps {
+    Steps {
+        start: steps.start.saturating_sub(offset),
+        end: steps.end.saturating_sub(offset),
+        step: steps.step,
     }
 }
 
@@ -1058,7 +1101,7 @@ fn range_series<S: Source>(
                 let window = samples.get(first..past).unwrap_or_default();
                 let values = || window.iter().map(|s| s.value);
                 Some(match call.func {
-                    RangeFn::CountOverTime => count as f64,
+                    RangeFn::CountOverTime | RangeFn::AbsentOverTime => count as f64,
                     RangeFn::Rate => count as f64 / seconds,
                     RangeFn::BytesOverTime => size as f64,
                     RangeFn::BytesRate => size as f64 / seconds,
@@ -1126,11 +1169,13 @@ fn fast_counts<S: Source>(
         func,
         query,
         range_ns,
+        offset_ns,
         ..
     } = inner
     else {
         return Ok(None);
     };
+    let steps = earlier(steps, *offset_ns);
     let by_level = match grouping {
         None => Vec::new(),
         Some(Grouping::By(names))
@@ -1392,62 +1437,214 @@ fn combine(op: AggOp, values: &[f64]) -> Option<f64> {
         AggOp::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
         AggOp::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         AggOp::Count => values.len() as f64,
+        AggOp::Stdvar => variance(values.iter().copied()),
+        AggOp::Stddev => variance(values.iter().copied()).sqrt(),
     })
 }
 
-fn apply(op: BinOp, a: f64, b: f64) -> f64 {
-    match op {
-        BinOp::Add => a + b,
-        BinOp::Sub => a - b,
-        BinOp::Mul => a * b,
-        BinOp::Div => a / b,
-        BinOp::Mod => a % b,
+/// `a op b` at one step: arithmetic, or for a comparison the value of
+/// `kept` (the vector's side) when it holds, and 1 or 0 with `bool`.
+fn apply(op: BinOp, bool_result: bool, (a, b): (f64, f64), kept: f64) -> Option<f64> {
+    let holds = match op {
+        BinOp::Add => return Some(a + b),
+        BinOp::Sub => return Some(a - b),
+        BinOp::Mul => return Some(a * b),
+        BinOp::Div => return Some(a / b),
+        BinOp::Mod => return Some(a % b),
+        BinOp::Pow => return Some(a.powf(b)),
+        BinOp::Eq => a == b,
+        BinOp::Ne => a != b,
+        BinOp::Gt => a > b,
+        BinOp::Ge => a >= b,
+        BinOp::Lt => a < b,
+        BinOp::Le => a <= b,
+    };
+    if bool_result {
+        Some(if holds { 1.0 } else { 0.0 })
+    } else {
+        holds.then_some(kept)
     }
 }
 
-fn map_points(series: Vec<Series>, f: impl Fn(f64) -> f64) -> Vec<Series> {
+/// Series with a number, one point at a time; `None` points stay none,
+/// and series left without a point go.
+fn with_scalar(series: Vec<Series>, f: impl Fn(f64) -> Option<f64>) -> Vec<Series> {
     series
         .into_iter()
         .map(|s| Series {
             labels: s.labels,
-            points: s.points.into_iter().map(|p| p.map(&f)).collect(),
+            points: s.points.into_iter().map(|p| p.and_then(&f)).collect(),
         })
+        .filter(|s| s.points.iter().any(Option::is_some))
         .collect()
 }
 
-/// Numbers with numbers, series with a number, and series with series of
-/// the same labels, one to one.
-fn binary(op: BinOp, lhs: Metric, rhs: Metric) -> Metric {
-    match (lhs, rhs) {
-        (Metric::Scalar(a), Metric::Scalar(b)) => Metric::Scalar(apply(op, a, b)),
-        (Metric::Vector(v), Metric::Scalar(b)) => {
-            Metric::Vector(map_points(v, |a| apply(op, a, b)))
+/// Numbers with numbers, series with a number, and series with series
+/// paired as `on`/`ignoring` and `group_left`/`group_right` say (by all
+/// their labels, one to one, without them).
+fn binary(b: &Binary, lhs: Metric, rhs: Metric) -> Result<Metric, String> {
+    let (op, flag) = (b.op, b.bool_result);
+    Ok(match (lhs, rhs) {
+        (Metric::Scalar(x), Metric::Scalar(y)) => {
+            if op.is_comparison() && !flag {
+                return Err("comparisons between numbers must use bool, as 1 > bool 2".into());
+            }
+            Metric::Scalar(apply(op, true, (x, y), x).unwrap_or(0.0))
         }
-        (Metric::Scalar(a), Metric::Vector(v)) => {
-            Metric::Vector(map_points(v, |b| apply(op, a, b)))
+        (Metric::Vector(v), Metric::Scalar(y)) => {
+            Metric::Vector(with_scalar(v, |x| apply(op, flag, (x, y), x)))
+        }
+        (Metric::Scalar(x), Metric::Vector(v)) => {
+            Metric::Vector(with_scalar(v, |y| apply(op, flag, (x, y), y)))
         }
         (Metric::Vector(left), Metric::Vector(right)) => {
-            let right: HashMap<Labels, Vec<Option<f64>>> =
-                right.into_iter().map(|s| (s.labels, s.points)).collect();
-            Metric::Vector(
-                left.into_iter()
-                    .filter_map(|s| {
-                        let other = right.get(&s.labels)?;
-                        let points = s
-                            .points
-                            .iter()
-                            .zip(other)
-                            .map(|(a, b)| Some(apply(op, (*a)?, (*b)?)))
-                            .collect();
-                        Some(Series {
-                            labels: s.labels,
-                            points,
-                        })
-                    })
-                    .collect(),
-            )
+            Metric::Vector(match_vectors(b, left, right)?)
+        }
+    })
+}
+
+/// The labels two series are matched on.
+fn match_key(labels: &Labels, matching: &Matching) -> Labels {
+    labels
+        .iter()
+        .filter(|(name, _)| matching.labels.contains(name) == matching.on)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+fn match_vectors(b: &Binary, left: Vec<Series>, right: Vec<Series>) -> Result<Vec<Series>, String> {
+    let m = &b.matching;
+    // The side with one series per key, and whether it is the right.
+    let (many, one, one_is_right) = match &m.group {
+        Group::Right(_) => (right, left, false),
+        _ => (left, right, true),
+    };
+    let mut ones: HashMap<Labels, Series> = HashMap::new();
+    for s in one {
+        let key = match_key(&s.labels, m);
+        if ones.insert(key.clone(), s).is_some() {
+            return Err(format!(
+                "found duplicate series for the match group {key:?} on the {} side of the operation: use group_left or group_right, or on/ignoring to match on fewer labels",
+                if one_is_right { "right" } else { "left" }
+            ));
         }
     }
+    let mut seen: HashMap<Labels, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for s in many {
+        let key = match_key(&s.labels, m);
+        let Some(other) = ones.get(&key) else {
+            continue;
+        };
+        if m.group == Group::OneToOne && seen.insert(key.clone(), ()).is_some() {
+            return Err(format!(
+                "multiple matches for labels {key:?}: many-to-one matching must be explicit (group_left/group_right)"
+            ));
+        }
+        let points = s
+            .points
+            .iter()
+            .zip(&other.points)
+            .map(|(x, y)| {
+                let (x, y) = ((*x)?, (*y)?);
+                let (l, r) = if one_is_right { (x, y) } else { (y, x) };
+                apply(b.op, b.bool_result, (l, r), l)
+            })
+            .collect::<Vec<_>>();
+        if points.iter().all(Option::is_none) {
+            continue;
+        }
+        let labels = match &m.group {
+            Group::OneToOne if m.on => key,
+            Group::OneToOne => s
+                .labels
+                .into_iter()
+                .filter(|(n, _)| !m.labels.contains(n))
+                .collect(),
+            Group::Left(extra) | Group::Right(extra) => {
+                let mut labels = s.labels;
+                for name in extra {
+                    match other.labels.get(name) {
+                        Some(v) => labels.insert(name.clone(), v.clone()),
+                        None => labels.remove(name),
+                    };
+                }
+                labels
+            }
+        };
+        out.push(Series { labels, points });
+    }
+    Ok(out)
+}
+
+/// `topk`/`bottomk`: at each step, the `k` series of each group with the
+/// largest (smallest) values; the others have no point there.
+fn top_k(series: Vec<Series>, k: usize, bottom: bool, grouping: Option<&Grouping>) -> Vec<Series> {
+    let steps = series.first().map_or(0, |s| s.points.len());
+    let keys: Vec<Labels> = series
+        .iter()
+        .map(|s| group_key(&s.labels, grouping))
+        .collect();
+    let mut keep = vec![vec![false; steps]; series.len()];
+    for step in 0..steps {
+        let mut at: Vec<(usize, f64)> = series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, (*s.points.get(step)?)?)))
+            .collect();
+        at.sort_by(|a, b| {
+            let order = a.1.total_cmp(&b.1);
+            if bottom { order } else { order.reverse() }
+        });
+        let mut taken: HashMap<&Labels, usize> = HashMap::new();
+        for (i, _) in at {
+            let Some(key) = keys.get(i) else { continue };
+            let n = taken.entry(key).or_default();
+            if *n < k {
+                *n += 1;
+                if let Some(slot) = keep.get_mut(i).and_then(|k| k.get_mut(step)) {
+                    *slot = true;
+                }
+            }
+        }
+    }
+    series
+        .into_iter()
+        .zip(keep)
+        .map(|(s, keep)| Series {
+            labels: s.labels,
+            points: s
+                .points
+                .into_iter()
+                .zip(keep)
+                .map(|(p, k)| p.filter(|_| k))
+                .collect(),
+        })
+        .filter(|s| s.points.iter().any(Option::is_some))
+        .collect()
+}
+
+/// `absent_over_time`: one series, labelled with the selector's
+/// equality matchers, with 1 at each step where `present` has no point.
+fn absent(query: &LogQuery, present: &[Series], steps: usize) -> Vec<Series> {
+    let points: Vec<Option<f64>> = (0..steps)
+        .map(|i| {
+            let any = present
+                .iter()
+                .any(|s| s.points.get(i).copied().flatten().is_some());
+            (!any).then_some(1.0)
+        })
+        .collect();
+    if points.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    let labels = query
+        .selector
+        .iter()
+        .filter(|m| m.op == MatchOp::Eq)
+        .map(|m| (m.name.clone(), m.value.clone()))
+        .collect();
+    vec![Series { labels, points }]
 }
 
 #[cfg(test)]
@@ -1770,6 +1967,120 @@ mod tests {
             eval_metric(&mut source, &parse("vector(1)").unwrap(), too_many),
             Err(EvalError::Query(_))
         ));
+    }
+
+    /// topk/bottomk/sort, comparisons (filtering and bool), vector
+    /// matching, offset and absent_over_time, each checked against the
+    /// series it is made from.
+    #[test]
+    fn vector_operators_agree_with_their_operands() {
+        let mut source = corpus();
+        let steps = Steps {
+            start: 120_000_000_000,
+            end: 480_000_000_000,
+            step: 60_000_000_000,
+        };
+        let mut eval = |text: &str| match eval_metric(&mut source, &parse(text).unwrap(), steps) {
+            Ok(Metric::Vector(v)) => v,
+            other => panic!("{text}: {other:?}"),
+        };
+        let by_ls = r#"sum by (level, service_name) (count_over_time({service_name=~".+"} |~ "took [0-3]" [90s]))"#;
+        let base = eval(by_ls);
+        assert!(base.len() == 6, "{base:?}");
+        let at = |series: &[Series], step: usize| -> Vec<f64> {
+            let mut v: Vec<f64> = series.iter().filter_map(|s| s.points[step]).collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let top = eval(&format!("topk(2, {by_ls})"));
+        let bottom = eval(&format!("bottomk by (level) (1, {by_ls})"));
+        for step in 0..steps.count() {
+            let all = at(&base, step);
+            assert_eq!(at(&top, step), all[all.len() - 2..].to_vec(), "step {step}");
+            // One per level.
+            assert_eq!(at(&bottom, step).len(), 3, "step {step}");
+        }
+        let sorted = eval(&format!("sort_desc({by_ls})"));
+        let lasts: Vec<f64> = sorted
+            .iter()
+            .map(|s| s.points.last().unwrap().unwrap())
+            .collect();
+        assert!(lasts.windows(2).all(|w| w[0] >= w[1]), "{lasts:?}");
+        // Comparisons: a filter keeps the value, bool gives 1 or 0.
+        let over = eval(&format!("{by_ls} > 6"));
+        let flags = eval(&format!("{by_ls} > bool 6"));
+        for (s, f) in base.iter().zip(&flags) {
+            assert_eq!(s.labels, f.labels);
+            for (p, q) in s.points.iter().zip(&f.points) {
+                assert_eq!(q.unwrap(), if p.unwrap() > 6.0 { 1.0 } else { 0.0 });
+            }
+            let kept = over.iter().find(|o| o.labels == s.labels);
+            for (i, p) in s.points.iter().enumerate() {
+                let got = kept.and_then(|k| k.points[i]);
+                assert_eq!(got, p.filter(|v| *v > 6.0), "{:?} at {i}", s.labels);
+            }
+        }
+        // Each service's share of its level: many-to-one on level.
+        let by_l =
+            r#"sum by (level) (count_over_time({service_name=~".+"} |~ "took [0-3]" [90s]))"#;
+        let share = eval(&format!(
+            "{by_ls} / ignoring(service_name) group_left {by_l}"
+        ));
+        let levels = eval(by_l);
+        assert_eq!(share.len(), 6);
+        for s in &share {
+            let part = base.iter().find(|b| b.labels == s.labels).unwrap();
+            let whole = levels
+                .iter()
+                .find(|l| l.labels.get("level") == s.labels.get("level"))
+                .unwrap();
+            for i in 0..steps.count() {
+                let want = part.points[i].unwrap() / whole.points[i].unwrap();
+                assert!((s.points[i].unwrap() - want).abs() < 1e-12);
+            }
+        }
+        let on = eval(&format!("{by_ls} / on(level) group_left {by_l}"));
+        assert_eq!(on.len(), 6);
+        let plain = parse(&format!("{by_ls} / {by_l}")).unwrap();
+        assert!(eval_metric(&mut corpus(), &plain, steps).unwrap() == Metric::Vector(vec![]));
+        let clash = parse(&format!("{by_l} / ignoring(service_name) {by_ls}")).unwrap();
+        assert!(
+            matches!(eval_metric(&mut corpus(), &clash, steps), Err(EvalError::Query(m)) if m.contains("group_"))
+        );
+        // offset: the window a minute earlier.
+        let now = eval(r#"count_over_time({service_name="api"}[60s])"#);
+        let before = eval(r#"count_over_time({service_name="api"}[60s] offset 1m)"#);
+        for (n, b) in now.iter().zip(&before) {
+            assert_eq!(n.labels, b.labels);
+            assert_eq!(n.points[..steps.count() - 1], b.points[1..]);
+        }
+        // absent_over_time: 1 where nothing is selected.
+        let none = eval(r#"absent_over_time({service_name="nope", host=~".+"}[1m])"#);
+        assert_eq!(none.len(), 1);
+        assert_eq!(
+            none[0].labels.get("service_name").map(String::as_str),
+            Some("nope")
+        );
+        assert!(none[0].points.iter().all(|p| *p == Some(1.0)));
+        assert!(eval(r#"absent_over_time({service_name="api"}[1m])"#).is_empty());
+        let spread = eval(&format!("stddev by (level) ({by_ls})"));
+        assert_eq!(spread.len(), 3);
+        // Precedence and numbers.
+        let at0 = Steps {
+            start: 5,
+            end: 5,
+            step: 0,
+        };
+        for (text, want) in [
+            ("2 + 3 * 2 ^ 2", 14.0),
+            ("2 ^ 3 ^ 2", 512.0),
+            ("1 < bool 2", 1.0),
+            ("(1 + 2) * 3 == bool 9", 1.0),
+        ] {
+            let got = eval_metric(&mut corpus(), &parse(text).unwrap(), at0).unwrap();
+            assert_eq!(got, Metric::Scalar(want), "{text}");
+        }
+        assert!(eval_metric(&mut corpus(), &parse("1 > 2").unwrap(), at0).is_err());
     }
 
     /// Drilldown's level filter (`or`), `and` and `,` with parentheses,

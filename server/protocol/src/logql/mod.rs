@@ -71,6 +71,8 @@ pub enum Expr {
         func: RangeFn,
         query: LogQuery,
         range_ns: i64,
+        /// `[5m] offset 1h`: the window that much earlier.
+        offset_ns: i64,
         /// `quantile_over_time`'s φ.
         param: Option<f64>,
         grouping: Option<Grouping>,
@@ -81,10 +83,55 @@ pub enum Expr {
         grouping: Option<Grouping>,
         inner: Box<Expr>,
     },
+    /// `topk(5, ...)`, `bottomk(3, ...) by (level)`: at each step, the
+    /// `k` series with the largest (smallest) values of each group.
+    TopK {
+        bottom: bool,
+        k: usize,
+        grouping: Option<Grouping>,
+        inner: Box<Expr>,
+    },
+    /// `sort(...)`, `sort_desc(...)`: series ordered by their last value.
+    Sort {
+        desc: bool,
+        inner: Box<Expr>,
+    },
     Number(f64),
     /// `vector(1)`: one series without labels.
     Vector(f64),
-    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Binary(Box<Binary>),
+}
+
+/// `lhs op [bool] [on|ignoring (...)] [group_left|group_right (...)] rhs`.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    pub op: BinOp,
+    /// A comparison gives 1 or 0 instead of filtering.
+    pub bool_result: bool,
+    pub matching: Matching,
+    pub lhs: Expr,
+    pub rhs: Expr,
+}
+
+/// How the series of two vectors are paired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matching {
+    /// `on (...)`: these labels must be equal; otherwise all but
+    /// `ignoring (...)`'s.
+    pub on: bool,
+    pub labels: Vec<String>,
+    pub group: Group,
+}
+
+/// Which side may have many series per match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Group {
+    #[default]
+    OneToOne,
+    /// `group_left (extra)`: many on the left; `extra` labels are copied
+    /// from the right.
+    Left(Vec<String>),
+    Right(Vec<String>),
 }
 
 /// A stream selector and the stages after it.
@@ -278,6 +325,8 @@ pub enum RangeFn {
     StddevOverTime,
     StdvarOverTime,
     QuantileOverTime,
+    /// 1 where the query selects nothing in the window.
+    AbsentOverTime,
 }
 
 impl RangeFn {
@@ -296,6 +345,7 @@ impl RangeFn {
             "stddev_over_time" => RangeFn::StddevOverTime,
             "stdvar_over_time" => RangeFn::StdvarOverTime,
             "quantile_over_time" => RangeFn::QuantileOverTime,
+            "absent_over_time" => RangeFn::AbsentOverTime,
             _ => return None,
         })
     }
@@ -304,7 +354,11 @@ impl RangeFn {
     pub fn unwraps(self) -> bool {
         !matches!(
             self,
-            RangeFn::CountOverTime | RangeFn::Rate | RangeFn::BytesOverTime | RangeFn::BytesRate
+            RangeFn::CountOverTime
+                | RangeFn::Rate
+                | RangeFn::BytesOverTime
+                | RangeFn::BytesRate
+                | RangeFn::AbsentOverTime
         )
     }
 }
@@ -316,6 +370,8 @@ pub enum AggOp {
     Min,
     Max,
     Count,
+    Stddev,
+    Stdvar,
 }
 
 impl AggOp {
@@ -326,6 +382,8 @@ impl AggOp {
             "min" => AggOp::Min,
             "max" => AggOp::Max,
             "count" => AggOp::Count,
+            "stddev" => AggOp::Stddev,
+            "stdvar" => AggOp::Stdvar,
             _ => return None,
         })
     }
@@ -344,4 +402,20 @@ pub enum BinOp {
     Mul,
     Div,
     Mod,
+    Pow,
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl BinOp {
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le
+        )
+    }
 }

@@ -30,14 +30,40 @@ use regex::Regex;
 
 use super::template::{self, Template};
 use super::{
-    AggOp, BinOp, Conversion, Expr, Grouping, JsonField, LabelFilter, LabelFormat, LabelPick,
-    LineOp, LogQuery, LogqlError, MatchOp, Matcher, NumOp, PathStep, PatternPart, RangeFn, Stage,
-    Unwrap,
+    AggOp, BinOp, Binary, Conversion, Expr, Group, Grouping, JsonField, LabelFilter, LabelFormat,
+    LabelPick, LineOp, LogQuery, LogqlError, MatchOp, Matcher, Matching, NumOp, PathStep,
+    PatternPart, RangeFn, Stage, Unwrap,
 };
 
 /// Longest query text taken (Loki's own limit is larger; nothing Grafana
 /// sends comes near).
 pub const MAX_LOGQL_CHARS: usize = 16 * 1024;
+
+const COMPARISONS: &[(&str, BinOp)] = &[
+    ("==", BinOp::Eq),
+    ("!=", BinOp::Ne),
+    (">", BinOp::Gt),
+    (">=", BinOp::Ge),
+    ("<", BinOp::Lt),
+    ("<=", BinOp::Le),
+];
+
+/// Arithmetic operators by precedence, loosest first.
+const LEVELS: &[&[(&str, BinOp)]] = &[
+    &[("+", BinOp::Add), ("-", BinOp::Sub)],
+    &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Mod)],
+    &[("^", BinOp::Pow)],
+];
+
+fn binary(op: BinOp, bool_result: bool, matching: Matching, lhs: Expr, rhs: Expr) -> Expr {
+    Expr::Binary(Box::new(Binary {
+        op,
+        bool_result,
+        matching,
+        lhs,
+        rhs,
+    }))
+}
 
 /// Deepest nesting of parentheses and aggregations.
 const MAX_DEPTH: usize = 64;
@@ -49,6 +75,8 @@ enum Tok {
     Num(f64),
     /// The text inside `[...]`.
     Range(String),
+    /// A duration outside `[...]`, as after `offset`.
+    Dur(String),
     Sym(&'static str),
 }
 
@@ -70,7 +98,7 @@ fn err(line: usize, column: usize, message: impl Into<String>) -> LogqlError {
 /// Two-character symbols first, so `|=` is not `|` then `=`.
 const SYMBOLS: &[&str] = &[
     "|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=", "|", "=", ">", "<", "{", "}", "(",
-    ")", ",", "+", "-", "*", "/", "%",
+    ")", ",", "+", "-", "*", "/", "%", "^",
 ];
 
 fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
@@ -118,10 +146,11 @@ fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
                 i += 1;
             }
             let word: String = chars.get(start..i).unwrap_or_default().iter().collect();
-            let value = word
-                .parse::<f64>()
-                .map_err(|_| err(line, column, format!("'{word}' is not a number")))?;
-            out.push(at(Tok::Num(value)));
+            match word.parse::<f64>() {
+                Ok(value) => out.push(at(Tok::Num(value))),
+                Err(_) if duration_ns(&word).is_some() => out.push(at(Tok::Dur(word))),
+                Err(_) => return Err(err(line, column, format!("'{word}' is not a number"))),
+            }
         } else if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
             while chars
@@ -222,6 +251,7 @@ fn describe(tok: &Tok) -> String {
         Tok::Str(text) => format!("string \"{text}\""),
         Tok::Num(n) => format!("number {n}"),
         Tok::Range(text) => format!("range [{text}]"),
+        Tok::Dur(text) => format!("duration {text}"),
         Tok::Sym(s) => format!("'{s}'"),
     }
 }
@@ -287,35 +317,95 @@ impl Parser {
 
     fn expr(&mut self) -> Result<Expr, LogqlError> {
         self.deeper()?;
-        let mut lhs = self.term()?;
-        loop {
-            let op = match self.peek_tok() {
-                Some(Tok::Sym("+")) => BinOp::Add,
-                Some(Tok::Sym("-")) => BinOp::Sub,
-                _ => break,
-            };
-            self.pos += 1;
-            let rhs = self.term()?;
-            lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+        let mut lhs = self.level(0)?;
+        while let Some(op) = self.binary_op(COMPARISONS) {
+            let bool_result = self.eat_word("bool");
+            let matching = self.matching()?;
+            let rhs = self.level(0)?;
+            lhs = binary(op, bool_result, matching, lhs, rhs);
         }
         self.depth -= 1;
         Ok(lhs)
     }
 
-    fn term(&mut self) -> Result<Expr, LogqlError> {
-        let mut lhs = self.primary()?;
-        loop {
-            let op = match self.peek_tok() {
-                Some(Tok::Sym("*")) => BinOp::Mul,
-                Some(Tok::Sym("/")) => BinOp::Div,
-                Some(Tok::Sym("%")) => BinOp::Mod,
-                _ => break,
+    /// Operators binding tighter than comparisons, by level: `+ -`, then
+    /// `* / %`, then `^` (right-associative).
+    fn level(&mut self, n: usize) -> Result<Expr, LogqlError> {
+        let Some(ops) = LEVELS.get(n) else {
+            return self.primary();
+        };
+        let lhs = self.level(n + 1)?;
+        if n + 1 == LEVELS.len() {
+            return match self.binary_op(ops) {
+                Some(op) => {
+                    let matching = self.matching()?;
+                    self.deeper()?;
+                    let rhs = self.level(n)?;
+                    self.depth -= 1;
+                    Ok(binary(op, false, matching, lhs, rhs))
+                }
+                None => Ok(lhs),
             };
-            self.pos += 1;
-            let rhs = self.primary()?;
-            lhs = Expr::Binary(op, Box::new(lhs), Box::new(rhs));
+        }
+        let mut lhs = lhs;
+        while let Some(op) = self.binary_op(ops) {
+            let matching = self.matching()?;
+            let rhs = self.level(n + 1)?;
+            lhs = binary(op, false, matching, lhs, rhs);
         }
         Ok(lhs)
+    }
+
+    /// The next token as one of `ops`, consumed.
+    fn binary_op(&mut self, ops: &[(&str, BinOp)]) -> Option<BinOp> {
+        let Some(Tok::Sym(symbol)) = self.peek_tok() else {
+            return None;
+        };
+        let (_, op) = ops.iter().find(|(s, _)| s == symbol)?;
+        self.pos += 1;
+        Some(*op)
+    }
+
+    /// `on (...)` or `ignoring (...)`, then `group_left` or `group_right`
+    /// with their labels, after a binary operator.
+    fn matching(&mut self) -> Result<Matching, LogqlError> {
+        let mut matching = Matching::default();
+        if self.eat_word("on") {
+            matching.on = true;
+        } else if !self.eat_word("ignoring") {
+            return Ok(matching);
+        }
+        matching.labels = self.label_list()?;
+        let left = self.eat_word("group_left");
+        if left || self.eat_word("group_right") {
+            let extra = if self.peek_tok() == Some(&Tok::Sym("(")) {
+                self.label_list()?
+            } else {
+                Vec::new()
+            };
+            matching.group = if left {
+                Group::Left(extra)
+            } else {
+                Group::Right(extra)
+            };
+        }
+        Ok(matching)
+    }
+
+    /// `(a, b, ...)`.
+    fn label_list(&mut self) -> Result<Vec<String>, LogqlError> {
+        self.expect("(")?;
+        let mut labels = Vec::new();
+        if !self.eat(")") {
+            loop {
+                labels.push(self.label_name()?);
+                if self.eat(")") {
+                    break;
+                }
+                self.expect(",")?;
+            }
+        }
+        Ok(labels)
     }
 
     fn primary(&mut self) -> Result<Expr, LogqlError> {
@@ -390,6 +480,7 @@ impl Parser {
                 })?,
                 _ => return Err(self.unexpected(range, "a range such as [5m]")),
             };
+            let offset_ns = self.offset()?;
             self.expect(")")?;
             let grouping = if func.unwraps() {
                 self.grouping()?
@@ -400,8 +491,41 @@ impl Parser {
                 func,
                 query,
                 range_ns,
+                offset_ns,
                 param,
                 grouping,
+            });
+        }
+        if name == "topk" || name == "bottomk" {
+            self.deeper()?;
+            let mut grouping = self.grouping()?;
+            self.expect("(")?;
+            let k = self.next("a number (how many series)")?;
+            let k = match k.tok {
+                Tok::Num(n) if n >= 1.0 && n.fract() == 0.0 && n <= 1e6 => n as usize,
+                _ => return Err(self.unexpected(k, "a whole number of series, 1 or more")),
+            };
+            self.expect(",")?;
+            let inner = self.expr()?;
+            self.expect(")")?;
+            if grouping.is_none() {
+                grouping = self.grouping()?;
+            }
+            self.depth -= 1;
+            return Ok(Expr::TopK {
+                bottom: name == "bottomk",
+                k,
+                grouping,
+                inner: Box::new(inner),
+            });
+        }
+        if name == "sort" || name == "sort_desc" {
+            self.expect("(")?;
+            let inner = self.expr()?;
+            self.expect(")")?;
+            return Ok(Expr::Sort {
+                desc: name == "sort_desc",
+                inner: Box::new(inner),
             });
         }
         if let Some(op) = AggOp::named(name) {
@@ -424,9 +548,21 @@ impl Parser {
             s.line,
             s.column,
             format!(
-                "unknown function '{name}': lode takes count_over_time, rate, bytes_over_time, bytes_rate, sum, avg, min, max, count and vector"
+                "unknown function '{name}': lode takes the range functions (count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, and sum, avg, min, max, first, last, stddev, stdvar and quantile _over_time of unwrapped values), the aggregations sum, avg, min, max, count, stddev, stdvar, topk, bottomk, sort, sort_desc, and vector(); not yet rate_counter, count_values, label_replace"
             ),
         ))
+    }
+
+    /// `offset 1h` after a range; 0 without one.
+    fn offset(&mut self) -> Result<i64, LogqlError> {
+        if !self.eat_word("offset") {
+            return Ok(0);
+        }
+        let at = self.next("a duration such as 1h")?;
+        match &at.tok {
+            Tok::Dur(text) => Ok(duration_ns(text).unwrap_or(0)),
+            _ => Err(self.unexpected(at, "a duration such as 1h")),
+        }
     }
 
     fn grouping(&mut self) -> Result<Option<Grouping>, LogqlError> {
@@ -436,17 +572,7 @@ impl Parser {
             _ => return Ok(None),
         };
         self.pos += 1;
-        self.expect("(")?;
-        let mut labels = Vec::new();
-        if !self.eat(")") {
-            loop {
-                labels.push(self.label_name()?);
-                if self.eat(")") {
-                    break;
-                }
-                self.expect(",")?;
-            }
-        }
+        let labels = self.label_list()?;
         Ok(Some(if without {
             Grouping::Without(labels)
         } else {
@@ -1127,7 +1253,7 @@ mod tests {
         ));
         assert!(matches!(
             parse("vector(1)+vector(1)").unwrap(),
-            Expr::Binary(BinOp::Add, _, _)
+            Expr::Binary(b) if b.op == BinOp::Add
         ));
         assert!(matches!(
             parse(r#"sum(rate({job="a"}[5m])) without (host)"#).unwrap(),
@@ -1138,7 +1264,7 @@ mod tests {
         ));
         assert!(matches!(
             parse("2 * 3 + 1").unwrap(),
-            Expr::Binary(BinOp::Add, _, _)
+            Expr::Binary(b) if b.op == BinOp::Add
         ));
     }
 
