@@ -45,7 +45,7 @@ pub use record::{
     stored_tenant, tenant_name,
 };
 pub use segment::{RecordsCrc, SegmentMeta};
-pub use time::{civil_from_days, format_rfc3339, parse_rfc3339};
+pub use time::{civil_from_days, days_from_civil, format_rfc3339, parse_rfc3339};
 
 /// Errors of encoding and decoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -320,6 +320,7 @@ impl LogQuery {
                 Stage::Json(_)
                 | Stage::Unwrap(_)
                 | Stage::Logfmt
+                | Stage::LineIp { .. }
                 | Stage::Regexp(_)
                 | Stage::Pattern(_)
                 | Stage::Drop(_)
@@ -441,6 +442,7 @@ impl<'a> Run<'a> {
                 regex,
                 or,
             } => return line_passes(*op, (text, regex), or, &self.line),
+            Stage::LineIp { negate, range } => return range.found_in(&self.line) != *negate,
             Stage::Json(fields) => self.json(fields),
             Stage::Logfmt => {
                 let pairs = crate::lines::logfmt_pairs(&self.line)
@@ -735,19 +737,33 @@ fn label_passes<R: Fields + ?Sized>(
             let (value, fold) = label_value(record, extracted, &matcher.name);
             matcher.matches(value, fold)
         }
-        LabelFilter::Number { name, op, value } => {
+        LabelFilter::Number {
+            name,
+            op,
+            value,
+            conversion,
+        } => {
             let (text, _) = label_value(record, extracted, name);
             if text.is_empty() {
                 return false;
             }
-            match text.trim().parse::<f64>() {
-                Ok(number) => compare(*op, number, *value),
-                Err(_) => {
+            match unwrapped(*conversion, text) {
+                Some(number) => compare(*op, number, *value),
+                None => {
                     // Loki keeps the line and marks it.
                     extracted.insert(ERROR_LABEL.to_owned(), "LabelFilterErr".to_owned());
                     true
                 }
             }
+        }
+        LabelFilter::Ip {
+            name,
+            negate,
+            range,
+        } => {
+            let (text, _) = label_value(record, extracted, name);
+            let inside = text.trim().parse().is_ok_and(|addr| range.contains(addr));
+            inside != *negate
         }
         LabelFilter::Any(filters) => filters.iter().any(|f| label_passes(record, extracted, f)),
         LabelFilter::All(filters) => filters.iter().all(|f| label_passes(record, extracted, f)),
@@ -936,6 +952,31 @@ fn eval_grouped<S: Source>(
                 *bottom,
                 grouping.as_ref(),
             ))),
+        },
+        Expr::LabelReplace {
+            inner,
+            dst,
+            replacement,
+            src,
+            regex,
+        } => match eval_grouped(source, inner, steps, by)? {
+            Metric::Scalar(_) => Err(too_much("label_replace takes a vector, not a number")),
+            Metric::Vector(mut series) => {
+                for s in &mut series {
+                    let value = s.labels.get(src).cloned().unwrap_or_default();
+                    let Some(found) = regex.captures(&value) else {
+                        continue;
+                    };
+                    let mut out = String::new();
+                    found.expand(replacement, &mut out);
+                    if out.is_empty() {
+                        s.labels.remove(dst);
+                    } else {
+                        s.labels.insert(dst.clone(), out);
+                    }
+                }
+                Ok(Metric::Vector(series))
+            }
         },
         Expr::Sort { desc, inner } => match eval_grouped(source, inner, steps, by)? {
             Metric::Scalar(_) => Err(too_much("sort takes a vector, not a number")),
@@ -1446,6 +1487,8 @@ fn combine(op: AggOp, values: &[f64]) -> Option<f64> {
 /// `kept` (the vector's side) when it holds, and 1 or 0 with `bool`.
 fn apply(op: BinOp, bool_result: bool, (a, b): (f64, f64), kept: f64) -> Option<f64> {
     let holds = match op {
+        // Set operations pair series, not values (`set_operation`).
+        BinOp::And | BinOp::Or | BinOp::Unless => return None,
         BinOp::Add => return Some(a + b),
         BinOp::Sub => return Some(a - b),
         BinOp::Mul => return Some(a * b),
@@ -1484,6 +1527,14 @@ fn with_scalar(series: Vec<Series>, f: impl Fn(f64) -> Option<f64>) -> Vec<Serie
 /// their labels, one to one, without them).
 fn binary(b: &Binary, lhs: Metric, rhs: Metric) -> Result<Metric, String> {
     let (op, flag) = (b.op, b.bool_result);
+    if op.is_set() {
+        return match (lhs, rhs) {
+            (Metric::Vector(left), Metric::Vector(right)) => {
+                Ok(Metric::Vector(set_operation(b, left, right)))
+            }
+            _ => Err("and, or and unless take vectors on both sides, not numbers".into()),
+        };
+    }
     Ok(match (lhs, rhs) {
         (Metric::Scalar(x), Metric::Scalar(y)) => {
             if op.is_comparison() && !flag {
@@ -1501,6 +1552,57 @@ fn binary(b: &Binary, lhs: Metric, rhs: Metric) -> Result<Metric, String> {
             Metric::Vector(match_vectors(b, left, right)?)
         }
     })
+}
+
+/// `and`, `or`, `unless`, step by step: the left's points whose match
+/// key the right has (has not) a point for at that step; `or` adds the
+/// right's where the left has none.
+fn set_operation(b: &Binary, left: Vec<Series>, right: Vec<Series>) -> Vec<Series> {
+    let steps = left.first().or(right.first()).map_or(0, |s| s.points.len());
+    let present = |series: &[Series]| {
+        let mut at: HashMap<Labels, Vec<bool>> = HashMap::new();
+        for s in series {
+            let slots = at
+                .entry(match_key(&s.labels, &b.matching))
+                .or_insert_with(|| vec![false; steps]);
+            for (slot, p) in slots.iter_mut().zip(&s.points) {
+                *slot |= p.is_some();
+            }
+        }
+        at
+    };
+    let on_right = present(&right);
+    let keep = |s: Series, other: &HashMap<Labels, Vec<bool>>, want: bool| {
+        let there = other.get(&match_key(&s.labels, &b.matching));
+        let points = s
+            .points
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let has = there.is_some_and(|t| t.get(i).copied().unwrap_or(false));
+                p.filter(|_| has == want)
+            })
+            .collect();
+        Series {
+            labels: s.labels,
+            points,
+        }
+    };
+    let mut out: Vec<Series> = match b.op {
+        BinOp::And => left.into_iter().map(|s| keep(s, &on_right, true)).collect(),
+        BinOp::Unless => left
+            .into_iter()
+            .map(|s| keep(s, &on_right, false))
+            .collect(),
+        _ => {
+            let on_left = present(&left);
+            let mut all = left;
+            all.extend(right.into_iter().map(|s| keep(s, &on_left, false)));
+            all
+        }
+    };
+    out.retain(|s| s.points.iter().any(Option::is_some));
+    out
 }
 
 /// The labels two series are matched on.
@@ -1967,6 +2069,81 @@ mod tests {
             eval_metric(&mut source, &parse("vector(1)").unwrap(), too_many),
             Err(EvalError::Query(_))
         ));
+    }
+
+    /// ip(), durations and bytes in label filters, set operations and
+    /// label_replace, as Loki's documentation shows them.
+    #[test]
+    fn ip_durations_set_operations_and_label_replace() {
+        let lines = [
+            record(1, "api", Level::Info, "from 10.0.3.7: took=1.5s size=20KB"),
+            record(
+                2,
+                "api",
+                Level::Info,
+                "from 192.168.1.9. took=250ms size=2MB",
+            ),
+            record(3, "api", Level::Info, "addr=2001:db8::5 took=3m size=10B"),
+        ];
+        let kept = |text: &str| -> Vec<i64> {
+            let q = log_query(text);
+            lines
+                .iter()
+                .filter(|r| q.process(*r).is_some())
+                .map(|r| r.ts)
+                .collect()
+        };
+        assert_eq!(kept(r#"{app="api"} |= ip("10.0.0.0/8")"#), [1]);
+        assert_eq!(kept(r#"{app="api"} != ip("10.0.0.0/8")"#), [2, 3]);
+        assert_eq!(
+            kept(r#"{app="api"} |= ip("192.168.1.1-192.168.1.10")"#),
+            [2]
+        );
+        assert_eq!(kept(r#"{app="api"} |= ip("2001:db8::1-2001:db8::8")"#), [3]);
+        assert_eq!(
+            kept(r#"{app="api"} | logfmt | addr = ip("2001:db8::/32")"#),
+            [3]
+        );
+        assert_eq!(kept(r#"{app="api"} | logfmt | took > 1s"#), [1, 3]);
+        assert_eq!(
+            kept(r#"{app="api"} | logfmt | took <= 250ms or size >= 1MB"#),
+            [2]
+        );
+        assert_eq!(kept(r#"{app="api"} | logfmt | size < 1KiB"#), [3]);
+
+        let mut source = corpus();
+        let steps = Steps {
+            start: 120_000_000_000,
+            end: 300_000_000_000,
+            step: 60_000_000_000,
+        };
+        let mut eval = |text: &str| match eval_metric(&mut source, &parse(text).unwrap(), steps) {
+            Ok(Metric::Vector(v)) => v,
+            other => panic!("{text}: {other:?}"),
+        };
+        let names = |v: &[Series]| -> Vec<String> {
+            v.iter()
+                .map(|s| format!("{:?}", s.labels.values().collect::<Vec<_>>()))
+                .collect()
+        };
+        let api = r#"sum by (service_name) (count_over_time({service_name="api"}[1m]))"#;
+        let both = r#"sum by (service_name) (count_over_time({service_name=~".+"}[1m]))"#;
+        assert_eq!(
+            names(&eval(&format!("{both} and {api}"))),
+            names(&eval(api))
+        );
+        assert_eq!(names(&eval(&format!("{both} unless {api}"))), [r#"["db"]"#]);
+        assert_eq!(eval(&format!("{api} or {both}")).len(), 2);
+        let replaced = eval(&format!(
+            r#"label_replace({both}, "short", "$1", "service_name", "(.)b")"#
+        ));
+        let shorts: Vec<Option<&String>> = replaced.iter().map(|s| s.labels.get("short")).collect();
+        assert_eq!(shorts, [None, Some(&"d".to_owned())]);
+        // A log query in parentheses inside a range.
+        assert_eq!(
+            eval(r#"count_over_time(({service_name="api"} |= "took")[1m])"#),
+            eval(r#"count_over_time({service_name="api"} |= "took" [1m])"#)
+        );
     }
 
     /// topk/bottomk/sort, comparisons (filtering and bool), vector

@@ -48,6 +48,8 @@ pub use eval::{
 };
 pub use parse::{MAX_LOGQL_CHARS, duration_ns, parse};
 
+use std::net::IpAddr;
+
 use regex::Regex;
 
 /// Why a query text is refused, at a 1-based line and column.
@@ -95,6 +97,14 @@ pub enum Expr {
     Sort {
         desc: bool,
         inner: Box<Expr>,
+    },
+    /// `label_replace(v, "dst", "$1", "src", "(.*):.*")`.
+    LabelReplace {
+        inner: Box<Expr>,
+        dst: String,
+        replacement: String,
+        src: String,
+        regex: Regex,
     },
     Number(f64),
     /// `vector(1)`: one series without labels.
@@ -186,6 +196,12 @@ pub enum Stage {
     /// `| json`: every field; `| json a="x.y", b`: those the paths name.
     Json(Vec<JsonField>),
     Logfmt,
+    /// `|= ip("10.0.0.0/8")`, `!= ip(...)`: whether the line holds an
+    /// address in the range.
+    LineIp {
+        negate: bool,
+        range: IpRange,
+    },
     /// `| regexp "(?P<name>...)"`: each named group's match as a label.
     Regexp(Regex),
     /// `| pattern "<ip> - <_> \"<method> <path>\""`.
@@ -207,6 +223,72 @@ pub enum Stage {
     /// `| unwrap took`, `| unwrap duration(took)`: the value a range
     /// aggregation takes from each line.
     Unwrap(Unwrap),
+}
+
+/// What `ip()` takes: one address, a CIDR block or `first-last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl IpRange {
+    /// `192.168.4.5`, `192.168.4.0/24`, `2001:db8::1-2001:db8::8`.
+    pub fn parse(text: &str) -> Option<IpRange> {
+        let text = text.trim();
+        if let Some((first, last)) = text.split_once('-') {
+            let first: IpAddr = first.trim().parse().ok()?;
+            let last: IpAddr = last.trim().parse().ok()?;
+            return (first.is_ipv4() == last.is_ipv4() && first <= last)
+                .then_some(IpRange { first, last });
+        }
+        let Some((base, bits)) = text.split_once('/') else {
+            let one: IpAddr = text.parse().ok()?;
+            return Some(IpRange {
+                first: one,
+                last: one,
+            });
+        };
+        let bits: u32 = bits.parse().ok()?;
+        Some(match base.parse().ok()? {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32u32.checked_sub(bits)?).unwrap_or(0);
+                let low = u32::from(v4) & mask;
+                IpRange {
+                    first: IpAddr::V4(low.into()),
+                    last: IpAddr::V4((low | !mask).into()),
+                }
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128u32.checked_sub(bits)?)
+                    .unwrap_or(0);
+                let low = u128::from(v6) & mask;
+                IpRange {
+                    first: IpAddr::V6(low.into()),
+                    last: IpAddr::V6((low | !mask).into()),
+                }
+            }
+        })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.first.is_ipv4() && self.first <= addr && addr <= self.last
+    }
+
+    /// Whether `text` holds an address in the range (among its runs of
+    /// hex digits, `.` and `:`).
+    pub fn found_in(&self, text: &str) -> bool {
+        text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+            .filter(|t| t.len() >= 2)
+            .filter_map(|t| {
+                // A sentence's period, or a `key:` before the address.
+                [t, t.trim_matches('.'), t.trim_matches(['.', ':'])]
+                    .iter()
+                    .find_map(|t| t.parse().ok())
+            })
+            .any(|addr| self.contains(addr))
+    }
 }
 
 /// A label named by `| drop` or `| keep`, with a matcher on its value.
@@ -288,10 +370,19 @@ pub enum LineOp {
 #[derive(Debug, Clone)]
 pub enum LabelFilter {
     Text(Matcher),
+    /// `status >= 500`, `took > 10s`, `size < 20MB`: the label's text read
+    /// as a number of `conversion`'s kind.
     Number {
         name: String,
         op: NumOp,
         value: f64,
+        conversion: Conversion,
+    },
+    /// `addr = ip("10.0.0.0/8")`, `addr != ip(...)`.
+    Ip {
+        name: String,
+        negate: bool,
+        range: IpRange,
     },
     /// `a or b`: one passes.
     Any(Vec<LabelFilter>),
@@ -403,6 +494,10 @@ pub enum BinOp {
     Div,
     Mod,
     Pow,
+    /// Set operations on series: `and`, `or`, `unless`.
+    And,
+    Or,
+    Unless,
     Eq,
     Ne,
     Gt,
@@ -412,6 +507,10 @@ pub enum BinOp {
 }
 
 impl BinOp {
+    pub fn is_set(self) -> bool {
+        matches!(self, BinOp::And | BinOp::Or | BinOp::Unless)
+    }
+
     pub fn is_comparison(self) -> bool {
         matches!(
             self,

@@ -123,6 +123,64 @@ fn go_time(ns: i64) -> String {
     out + " +0000 UTC"
 }
 
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `text` read in a Go layout (`2006-01-02`, `2006-01-02T15:04:05Z07:00`,
+/// `02/01/2006 15:04`), as UTC; `None` when it does not fit.
+fn parse_time(layout: &str, text: &str) -> Option<i64> {
+    let fields = [
+        ("2006", 4usize),
+        ("01", 2),
+        ("02", 2),
+        ("15", 2),
+        ("04", 2),
+        ("05", 2),
+    ];
+    let mut got = [1970i64, 1, 1, 0, 0, 0];
+    let mut nanos = 0i64;
+    let (mut rest, mut input) = (layout, text);
+    'outer: while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("Z07:00") {
+            input = input.strip_prefix('Z').unwrap_or(input);
+            rest = after;
+            continue;
+        }
+        if let Some(after) = rest.strip_prefix(".000") {
+            let digits = input.strip_prefix('.')?;
+            let len = digits.bytes().take_while(u8::is_ascii_digit).count();
+            let frac = digits.get(..len.min(9))?;
+            nanos = format!("{frac:0<9}").parse().ok()?;
+            input = digits.get(len..)?;
+            rest = after.trim_start_matches('0');
+            continue;
+        }
+        for (i, (token, width)) in fields.iter().enumerate() {
+            if let Some(after) = rest.strip_prefix(token) {
+                let value = input.get(..*width)?;
+                *got.get_mut(i)? = value.parse().ok()?;
+                input = input.get(*width..)?;
+                rest = after;
+                continue 'outer;
+            }
+        }
+        let mut chars = rest.chars();
+        let c = chars.next()?;
+        input = input.strip_prefix(c)?;
+        rest = chars.as_str();
+    }
+    if !input.is_empty() {
+        return None;
+    }
+    let [year, month, day, hour, minute, second] = got;
+    let days = lode_codec::days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
 /// A time in a Go layout (`2006-01-02T15:04:05Z07:00`), in UTC.
 fn layout_time(layout: &str, ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
@@ -350,6 +408,17 @@ const FUNCTIONS: &[FuncDef] = &[
     }),
     ("unixToTime", 1, 1, |a| {
         Ok(Value::Time((num(a, 0) * 1e9) as i64))
+    }),
+    ("now", 0, 0, |_| Ok(Value::Time(now_ns()))),
+    ("toDate", 2, 2, |a| {
+        let (layout, given) = (text(a, 0), text(a, 1));
+        parse_time(&layout, &given)
+            .map(Value::Time)
+            .ok_or_else(|| format!("toDate: \"{given}\" is not in the layout \"{layout}\""))
+    }),
+    ("count", 2, 2, |a| {
+        let re = regex(&text(a, 0))?;
+        Ok(Value::Num(re.find_iter(&text(a, 1)).count() as f64))
     }),
     ("bytes", 1, 1, |a| {
         Ok(Value::Num(super::fields::bytes(&text(a, 0)).unwrap_or(0.0)))
@@ -741,6 +810,12 @@ fn tokens(body: &str) -> Result<Vec<Tok>, String> {
                 let w = take(&mut i, &word_char);
                 out.push(Tok::Word(w));
             }
+            '$' => {
+                return Err(
+                    "template variables ($x) and range are not supported by lode: it takes .label, if, else and end"
+                        .into(),
+                );
+            }
             other => return Err(format!("unexpected '{other}' in an action")),
         }
     }
@@ -888,10 +963,20 @@ fn command(toks: &[Tok]) -> Result<Command, String> {
                 }
                 Arg::Nested(pipeline(toks.get(start..i - 1).unwrap_or_default())?)
             }
+            // A function that takes nothing is called where it stands.
             Tok::Word(w) => {
-                return Err(format!(
-                    "'{w}' as an argument: call a function in parentheses, as (ToUpper .x)"
-                ));
+                let niladic = FUNCTIONS
+                    .iter()
+                    .find(|(name, least, ..)| name == w && *least == 0);
+                let Some(def) = niladic else {
+                    return Err(format!(
+                        "'{w}' as an argument: call a function in parentheses, as (ToUpper .x)"
+                    ));
+                };
+                Arg::Nested(Pipeline(vec![Command {
+                    func: Some(def),
+                    args: Vec::new(),
+                }]))
             }
             other => return Err(format!("unexpected {other:?} in an action")),
         });
@@ -994,6 +1079,12 @@ mod tests {
         assert_eq!(render("a  {{- .method -}}  b", &l), "agetb");
         assert_eq!(render("{{ trunc 2 (ToUpper .method) }}", &l), "GE");
         assert_eq!(render("{{/* a comment */}}x", &l), "x");
+        assert_eq!(
+            render(r#"{{ unixEpoch (toDate "2006-01-02" "2023-11-14") }}"#, &l),
+            "1699920000"
+        );
+        assert_eq!(render(r#"{{ __line__ | count "e" }}"#, &l), "2");
+        assert!(render("{{ unixEpoch now }}", &l).parse::<i64>().unwrap() > 1_700_000_000);
     }
 
     #[test]
