@@ -160,6 +160,8 @@ struct Generated {
     /// How the groups are joined in one stage (`and`, `,`), if they are.
     join: Option<&'static str>,
     drop_error: bool,
+    /// A parser or formatter after the filters.
+    format: Format,
     /// The regexes of `selector` then `lines` then `filters`, compiled
     /// once.
     regexes: Vec<Option<Regex>>,
@@ -197,10 +199,34 @@ impl Generated {
                 text.push_str(&format!(" | {group}"));
             }
         }
+        text.push_str(&self.format.text());
         if self.drop_error {
             text.push_str(" | drop __error__");
         }
         text
+    }
+
+    /// The line the query answers for `r`.
+    fn line(&self, r: &LogRecord) -> String {
+        match &self.format {
+            Format::Formatted(_) => format!("{} {}", r.level.as_str().to_uppercase(), r.message),
+            _ => r.message.clone(),
+        }
+    }
+
+    /// The labels the query answers `r` with.
+    fn labels(&self, r: &LogRecord) -> Labels {
+        let mut labels = labels_of(r);
+        match &self.format {
+            Format::Regexp(_) | Format::Pattern(_) => {
+                if let Some(first) = self.format.first(&r.message) {
+                    labels.insert("first".into(), first);
+                }
+            }
+            Format::Keep => labels.retain(|k, _| k == "level" || k == "host"),
+            Format::None | Format::Formatted(_) => {}
+        }
+        labels
     }
 
     fn compile(mut self) -> Generated {
@@ -247,7 +273,66 @@ impl Generated {
                 .zip(res)
                 .any(|(m, re)| label_matches(r, m, re.as_ref()));
         }
-        selector && lines && filters
+        selector && lines && filters && self.format.passes(r)
+    }
+}
+
+/// A parser or formatter stage the generator adds, read by the brute
+/// force its own way.
+#[derive(Debug, Clone)]
+enum Format {
+    None,
+    /// `| regexp "(?P<first>\\S+)"`, then `| first="..."` if given.
+    Regexp(Option<String>),
+    /// `| pattern "<first> <_>"`, then `| first="..."` if given.
+    Pattern(Option<String>),
+    /// `| line_format "{{.level | ToUpper}} {{__line__}}"`, then `|= "..."`
+    /// on the new line if given.
+    Formatted(Option<String>),
+    /// `| keep level, host`.
+    Keep,
+}
+
+impl Format {
+    fn text(&self) -> String {
+        let then = |filter: &Option<String>, label: bool| match filter {
+            Some(v) if label => format!(" | first={}", quote(v)),
+            Some(v) => format!(" |= {}", quote(v)),
+            None => String::new(),
+        };
+        match self {
+            Format::None => String::new(),
+            Format::Regexp(f) => format!(r#" | regexp "(?P<first>\\S+)"{}"#, then(f, true)),
+            Format::Pattern(f) => format!(r#" | pattern "<first> <_>"{}"#, then(f, true)),
+            Format::Formatted(f) => format!(
+                r#" | line_format "{{{{.level | ToUpper}}}} {{{{__line__}}}}"{}"#,
+                then(f, false)
+            ),
+            Format::Keep => " | keep level, host".to_owned(),
+        }
+    }
+
+    /// What `first` is for a message: its first run of non-spaces
+    /// (regexp), or what comes before its first space (pattern).
+    fn first(&self, message: &str) -> Option<String> {
+        match self {
+            Format::Regexp(_) => message.split_whitespace().next().map(str::to_owned),
+            Format::Pattern(_) if message.is_empty() => None,
+            Format::Pattern(_) => Some(message.split(' ').next().unwrap_or_default().to_owned()),
+            _ => None,
+        }
+    }
+
+    fn passes(&self, r: &LogRecord) -> bool {
+        match self {
+            Format::Regexp(Some(want)) | Format::Pattern(Some(want)) => {
+                self.first(&r.message).unwrap_or_default() == *want
+            }
+            Format::Formatted(Some(want)) => {
+                format!("{} {}", r.level.as_str().to_uppercase(), r.message).contains(want.as_str())
+            }
+            _ => true,
+        }
     }
 }
 
@@ -391,6 +476,32 @@ impl Gen<'_> {
         }
     }
 
+    /// A parser or formatter, sometimes with a filter `anchor` passes.
+    fn format(&mut self, anchor: &LogRecord) -> Format {
+        let filter = self.below(2) == 0;
+        match self.below(8) {
+            0 => {
+                let f = Format::Regexp(None);
+                Format::Regexp(f.first(&anchor.message).filter(|_| filter))
+            }
+            1 => {
+                let f = Format::Pattern(None);
+                Format::Pattern(f.first(&anchor.message).filter(|_| filter))
+            }
+            2 => {
+                let line = format!(
+                    "{} {}",
+                    anchor.level.as_str().to_uppercase(),
+                    anchor.message
+                );
+                let cut: String = line.chars().take(4 + self.below(12)).collect();
+                Format::Formatted(filter.then_some(cut))
+            }
+            3 => Format::Keep,
+            _ => Format::None,
+        }
+    }
+
     fn log_query(&mut self) -> Generated {
         let anchor = self.pick().clone();
         let mut selector = vec![self.matcher(&anchor)];
@@ -403,12 +514,14 @@ impl Gen<'_> {
         let filters = (0..[0, 0, 1, 2][self.below(4)])
             .map(|_| self.filter_group(&anchor))
             .collect();
+        let format = self.format(&anchor);
         Generated {
             selector,
             lines,
             filters,
             join: [None, Some(" and "), Some(", ")][self.below(3)],
             drop_error: self.below(4) == 0,
+            format,
             regexes: Vec::new(),
             anchor: anchor.ts,
         }
@@ -468,7 +581,7 @@ fn check_log_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> 
     for (ts, line, labels) in &got {
         let found = records
             .iter()
-            .any(|r| r.ts == *ts && r.message == *line && labels_of(r) == *labels && q.selects(r));
+            .any(|r| r.ts == *ts && q.line(r) == *line && q.labels(r) == *labels && q.selects(r));
         assert!(found, "{text}: {ts} {line:?} {labels:?} is not selected");
     }
     let inner = |items: Vec<(i64, String)>| -> Vec<(i64, String)> {
@@ -481,7 +594,7 @@ fn check_log_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> 
     };
     assert_eq!(
         inner(got.iter().map(|(t, l, _)| (*t, l.clone())).collect()),
-        inner(expected.iter().map(|r| (r.ts, r.message.clone())).collect()),
+        inner(expected.iter().map(|r| (r.ts, q.line(r))).collect()),
         "{text}"
     );
     (text, !expected.is_empty())
@@ -550,7 +663,7 @@ impl Func {
 }
 
 fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) -> (String, bool) {
-    let q = g.log_query();
+    let mut q = g.log_query();
     let func = [
         Func::Count,
         Func::Rate,
@@ -565,6 +678,26 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
         Func::Quantile([0.0, 0.5, 0.9, 1.0][g.below(4)]),
     ][g.below(11)];
     let name = func.name();
+    let counts_lines = matches!(
+        func,
+        Func::Count | Func::Rate | Func::Bytes | Func::BytesRate
+    );
+    if !counts_lines && matches!(q.format, Format::Keep) {
+        // `keep` would take the unwrapped attribute away.
+        q.format = Format::None;
+    }
+    // Grafana's grammar (lezer-logql 0.3) refuses `| unwrap x [5m] offset
+    // 1m` after other stages, which Loki takes: offsets go on counts.
+    let offset = if counts_lines {
+        [0, 0, 60, 300][g.below(4)]
+    } else {
+        0
+    };
+    let offset_text = if offset > 0 {
+        format!(" offset {offset}s")
+    } else {
+        String::new()
+    };
     let (range, range_text) = [
         (10, "10s"),
         (60, "1m"),
@@ -574,14 +707,15 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
     ][g.below(5)];
     let step = [15, 30, 60, 120][g.below(4)] as i64 * SECOND;
     let grouping = g.below(6);
+    let window = format!("[{range_text}]{offset_text}");
     let inner = match func {
         Func::Count | Func::Rate | Func::Bytes | Func::BytesRate => {
-            format!("{name}({} [{range_text}])", q.text())
+            format!("{name}({} {window})", q.text())
         }
         Func::Quantile(phi) => {
-            format!("{name}({phi}, {} | unwrap line [{range_text}])", q.text())
+            format!("{name}({phi}, {} | unwrap line {window})", q.text())
         }
-        _ => format!("{name}({} | unwrap line [{range_text}])", q.text()),
+        _ => format!("{name}({} | unwrap line {window})", q.text()),
     };
     let text = match grouping {
         0 => inner,
@@ -590,6 +724,12 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
         3 => format!("sum by (service_name) ({inner})"),
         4 => format!("sum without (host) ({inner})"),
         _ => format!("sum by (detected_level, level) ({inner})"),
+    };
+    let post = g.below(6);
+    let text = match post {
+        4 => format!("topk(2, {text})"),
+        5 => format!("{text} > 1"),
+        _ => text,
     };
     let start = q.anchor - g.below(60) as i64 * step;
     let end = start + (1 + g.below(120)) as i64 * step;
@@ -604,7 +744,8 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
     let mut t = start;
     while t <= end {
         let mut windows: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
-        for r in selected.iter().filter(|r| r.ts > t - range && r.ts <= t) {
+        let at = t - offset * SECOND;
+        for r in selected.iter().filter(|r| r.ts > at - range && r.ts <= at) {
             let line: f64 = r
                 .attrs
                 .iter()
@@ -614,9 +755,9 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
                 .parse()
                 .unwrap();
             windows
-                .entry(labels_of(r))
+                .entry(q.labels(r))
                 .or_default()
-                .push((r.message.len() as f64, line));
+                .push((q.line(r).len() as f64, line));
         }
         for (all, window) in windows {
             let level = all["level"].clone();
@@ -647,6 +788,16 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
             points.insert(t, v[1].as_str().unwrap().parse().unwrap());
         }
     }
+    if post == 4 {
+        top_two_agree(&text, &got, &expected);
+        return (text, !expected.is_empty());
+    }
+    if post == 5 {
+        for points in expected.values_mut() {
+            points.retain(|_, v| *v > 1.0);
+        }
+        expected.retain(|_, points| !points.is_empty());
+    }
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -668,6 +819,42 @@ fn check_metric_query(addr: SocketAddr, records: &[LogRecord], g: &mut Gen<'_>) 
         }
     }
     (text, !expected.is_empty())
+}
+
+type Points = BTreeMap<Labels, BTreeMap<i64, f64>>;
+
+/// `topk(2, ...)`: at each step the two largest values of `all` (series
+/// of equal values may be either), each answered with its series' labels.
+fn top_two_agree(text: &str, got: &Points, all: &Points) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    let steps: std::collections::BTreeSet<i64> = all
+        .values()
+        .chain(got.values())
+        .flat_map(|p| p.keys().copied())
+        .collect();
+    for t in steps {
+        let at = |points: &Points| {
+            let mut values: Vec<f64> = points.values().filter_map(|p| p.get(&t).copied()).collect();
+            values.sort_by(|a, b| b.total_cmp(a));
+            values
+        };
+        let mut want = at(all);
+        want.truncate(2);
+        let have = at(got);
+        assert!(
+            have.len() == want.len() && have.iter().zip(&want).all(|(h, w)| close(*h, *w)),
+            "{text} at {t}: {have:?} != {want:?}"
+        );
+    }
+    for (labels, points) in got {
+        for (t, v) in points {
+            let there = all.get(labels).and_then(|p| p.get(t));
+            assert!(
+                there.is_some_and(|w| close(*v, *w)),
+                "{text}: {labels:?} at {t}"
+            );
+        }
+    }
 }
 
 fn config(data: &std::path::Path) -> Config {
@@ -734,6 +921,13 @@ fn random_logql_equals_a_brute_force_evaluation() {
     );
     // Every construct the generator knows was drawn.
     for construct in [
+        "| regexp",
+        "| pattern",
+        "| line_format",
+        "| keep",
+        "topk(2,",
+        ") > 1",
+        "] offset",
         "|>",
         "!>",
         " or ",

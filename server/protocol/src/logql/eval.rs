@@ -381,11 +381,10 @@ impl LogQuery {
             line,
             value,
         } = run;
-        stream.retain(|name, _| !dropped.contains(name));
+        stream.retain(|name, _| {
+            !dropped.contains(name) && kept.as_ref().is_none_or(|kept| kept.contains(name))
+        });
         stream.extend(extracted);
-        if let Some(kept) = kept {
-            stream.retain(|name, _| kept.contains(name) || name == ERROR_LABEL);
-        }
         Some(Sampled {
             labels: stream,
             value,
@@ -479,14 +478,17 @@ impl<'a> Run<'a> {
                 }
             }
             Stage::Keep(picks) => {
-                let kept = picks
+                let kept: Vec<String> = picks
                     .iter()
                     .filter(|pick| {
                         let (value, fold) = self.value_of(record, &pick.name);
-                        pick.matcher.as_ref().is_none_or(|m| m.matches(value, fold))
+                        !value.is_empty()
+                            && pick.matcher.as_ref().is_none_or(|m| m.matches(value, fold))
                     })
                     .map(|pick| pick.name.clone())
                     .collect();
+                self.extracted
+                    .retain(|name, _| kept.contains(name) || name == ERROR_LABEL);
                 self.kept = Some(kept);
             }
             Stage::Decolorize => {
@@ -516,8 +518,15 @@ impl<'a> Run<'a> {
     }
 
     /// A label's current value, as `label_value` reads it.
+    /// (A label `| keep` left out, or `| drop` took, has none, until a
+    /// later stage sets it again.)
     fn value_of<'r, R: Fields + ?Sized>(&'r self, record: &'r R, name: &str) -> (&'r str, bool) {
-        if self.dropped.iter().any(|d| d == name) && !self.extracted.contains_key(name) {
+        let gone = self.dropped.iter().any(|d| d == name)
+            || self
+                .kept
+                .as_ref()
+                .is_some_and(|kept| !kept.iter().any(|k| k == name));
+        if gone && !self.extracted.contains_key(name) {
             return ("", false);
         }
         label_value(record, &self.extracted, name)

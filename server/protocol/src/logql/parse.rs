@@ -122,12 +122,10 @@ fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
                 i += 1;
             }
         } else if c == '"' || c == '`' {
-            let (text, end) = string(&chars, i).ok_or_else(|| {
-                err(
-                    line,
-                    column,
-                    format!("unterminated string: expected a closing {c}"),
-                )
+            let (text, end) = string(&chars, i).map_err(|reason| {
+                let message = reason
+                    .unwrap_or_else(|| format!("unterminated string: expected a closing {c}"));
+                err(line, column, message)
             })?;
             out.push(at(Tok::Str(text)));
             i = end;
@@ -182,25 +180,57 @@ fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
 }
 
 /// A double-quoted string with Go's escapes, or a raw backquoted one,
-/// starting at `start`: its text and the index after it.
-fn string(chars: &[char], start: usize) -> Option<(String, usize)> {
-    let quote = *chars.get(start)?;
+/// starting at `start`: its text and the index after it; `Err(None)`
+/// when it does not end, `Err(Some(reason))` for an escape Go refuses.
+fn string(chars: &[char], start: usize) -> Result<(String, usize), Option<String>> {
+    let quote = *chars.get(start).ok_or(None)?;
     let mut text = String::new();
     let mut i = start + 1;
     loop {
-        let c = *chars.get(i)?;
+        let c = *chars.get(i).ok_or(None)?;
         i += 1;
         match c {
-            c if c == quote => return Some((text, i)),
+            c if c == quote => return Ok((text, i)),
             '\\' if quote == '"' => {
-                let e = *chars.get(i)?;
+                let e = *chars.get(i).ok_or(None)?;
                 i += 1;
-                text.push(match e {
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    other => other,
-                });
+                let simple = match e {
+                    'n' => Some('\n'),
+                    't' => Some('\t'),
+                    'r' => Some('\r'),
+                    'a' => Some('\u{7}'),
+                    'b' => Some('\u{8}'),
+                    'f' => Some('\u{c}'),
+                    'v' => Some('\u{b}'),
+                    '\\' | '"' | '\'' => Some(e),
+                    _ => None,
+                };
+                if let Some(c) = simple {
+                    text.push(c);
+                    continue;
+                }
+                let digits = match e {
+                    'x' => 2,
+                    'u' => 4,
+                    'U' => 8,
+                    _ => {
+                        return Err(Some(format!(
+                            "unknown escape \\{e} in a string: write \\\\{e}, or put the text in `backquotes`"
+                        )));
+                    }
+                };
+                let hex: String = chars
+                    .get(i..i + digits)
+                    .unwrap_or_default()
+                    .iter()
+                    .collect();
+                let code = u32::from_str_radix(&hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == digits)
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| Some(format!("\\{e}{hex} is not a character")))?;
+                text.push(code);
+                i += digits;
             }
             c => text.push(c),
         }
