@@ -1,6 +1,6 @@
 //! The part of Loki's query API that Grafana's built-in Loki data source
 //! calls, so that lode can be added to Grafana as a "Loki" data source:
-//! instant and range queries in LogQL (`lode_protocol::logql`), labels
+//! instant and range queries in LogQL (`lode_logql`), labels
 //! and their values, series, index stats, build info and live tail; and
 //! what Grafana's Logs Drilldown asks for (`drilldown`): volumes,
 //! detected labels and fields, a field's values, log patterns.
@@ -20,10 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lode_engine::{Fields, LogRecord, now_ns};
 use lode_index::{FacetField, Search};
+use lode_logql::{self, Entry, EvalError, Expr, Labels, LogQuery, Metric, Series, Source, Steps};
 use lode_protocol::ErrorCode;
-use lode_protocol::logql::{
-    self, Entry, EvalError, Expr, Labels, LogQuery, Metric, Series, Source, Steps,
-};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
@@ -169,7 +167,7 @@ fn step_ns(params: &[(String, String)], (start, end): (i64, i64)) -> Result<i64,
     let Some(text) = param(params, "step").or_else(|| param(params, "interval")) else {
         return Ok((end.saturating_sub(start) / 250 / 1_000_000_000).max(1) * 1_000_000_000);
     };
-    let step = logql::duration_ns(text).or_else(|| {
+    let step = lode_logql::duration_ns(text).or_else(|| {
         text.parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0)
@@ -184,7 +182,7 @@ fn step_ns(params: &[(String, String)], (start, end): (i64, i64)) -> Result<i64,
 
 fn parse_query(params: &[(String, String)]) -> Result<Expr, LokiError> {
     let text = param(params, "query").ok_or_else(|| bad("query: missing"))?;
-    logql::parse(text).map_err(|e| bad(e.to_string()))
+    lode_logql::parse(text).map_err(|e| bad(e.to_string()))
 }
 
 const TIMEOUT: &str = "the query ran past query_timeout_ms; narrow its time range or its selector";
@@ -376,7 +374,7 @@ async fn instant(State(service): Shared, who: Who, Form(params): Params) -> Answ
         step: 0,
     };
     let metric = over_index(&service, &who, move |source| {
-        evaluated(logql::eval_metric(source, &expr, steps))
+        evaluated(lode_logql::eval_metric(source, &expr, steps))
     })
     .await?;
     let (kind, result) = match metric {
@@ -417,7 +415,7 @@ async fn range(State(service): Shared, who: Who, Form(params): Params) -> Answer
                 }
             };
             let entries = over_index(&service, &who, move |source| {
-                evaluated(logql::select_logs(
+                evaluated(lode_logql::select_logs(
                     source,
                     &query,
                     (start, end),
@@ -440,7 +438,7 @@ async fn range(State(service): Shared, who: Who, Form(params): Params) -> Answer
                 step: step_ns(&params, (start, end))?,
             };
             let metric = over_index(&service, &who, move |source| {
-                evaluated(logql::eval_metric(source, &expr, steps))
+                evaluated(lode_logql::eval_metric(source, &expr, steps))
             })
             .await?;
             let series = match metric {
@@ -516,7 +514,7 @@ fn selector(params: &[(String, String)], name: &str) -> Result<String, LokiError
     match param(params, name) {
         None => Ok("*".into()),
         Some(text) if text.trim().is_empty() => Ok("*".into()),
-        Some(text) => match logql::parse(text).map_err(|e| bad(e.to_string()))? {
+        Some(text) => match lode_logql::parse(text).map_err(|e| bad(e.to_string()))? {
             Expr::Log(q) => Ok(q.candidates()),
             _ => Err(bad(format!(
                 "{name}: expected a stream selector such as {{service_name=\"api\"}}"
@@ -639,7 +637,7 @@ async fn series(State(service): Shared, who: Who, Form(params): Params) -> Answe
     let mut queries = Vec::new();
     for (name, text) in &params {
         if name == "match[]" || name == "match" {
-            match logql::parse(text).map_err(|e| bad(e.to_string()))? {
+            match lode_logql::parse(text).map_err(|e| bad(e.to_string()))? {
                 Expr::Log(q) => queries.push(q),
                 _ => return Err(bad("match[]: expected a stream selector")),
             }

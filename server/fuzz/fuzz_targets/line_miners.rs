@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_protocol::drain::Drain;
-use lode_protocol::logql::fields;
+use lode_logql::drain::Drain;
+use lode_logql::fields;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -23,11 +23,9 @@
 //! ```
 
 pub mod auth;
-pub mod drain;
 pub mod journal;
 pub mod json;
 pub mod lines;
-pub mod logql;
 pub mod loki;
 pub mod otlp;
 pub mod syslog;

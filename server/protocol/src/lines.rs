@@ -359,7 +359,7 @@ impl LineParser {
 
 /// `key=value key2="quoted \" value"` pairs, in order; text that is not a
 /// pair is skipped.
-pub(crate) fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
+pub fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     let mut rest = line.trim_start();
     while !rest.is_empty() {

@@ -3,7 +3,7 @@
 //! selection has, a field's values, its log patterns. Shapes are Loki's.
 //!
 //! Patterns are mined when asked (lode keeps no pattern ingester): Drain
-//! (`lode_protocol::drain`) over the selection's newest 100,000 lines
+//! (`lode_logql::drain`) over the selection's newest 100,000 lines
 //! in the range, one miner per level, counted per `step` (10 s at
 //! least); as Loki, a pattern needs 30 lines and 300 at most are listed.
 //!
@@ -19,9 +19,9 @@ use axum::extract::{Form, Path, State};
 use axum::response::{IntoResponse, Response};
 use lode_engine::LogRecord;
 use lode_index::{FacetField, Search};
-use lode_protocol::drain::Drain;
-use lode_protocol::logql::fields::{self, Parser};
-use lode_protocol::logql::{self, Expr, Labels, LogQuery, MatchOp, Source, Steps};
+use lode_logql::drain::Drain;
+use lode_logql::fields::{self, Parser};
+use lode_logql::{Expr, Labels, LogQuery, MatchOp, Source, Steps};
 use serde_json::{Value, json};
 
 use super::{
@@ -68,7 +68,7 @@ fn log_query(params: &[(String, String)]) -> Result<LogQuery, LokiError> {
             stages: Vec::new(),
         });
     }
-    match logql::parse(text).map_err(|e| bad(e.to_string()))? {
+    match lode_logql::parse(text).map_err(|e| bad(e.to_string()))? {
         Expr::Log(query) => Ok(query),
         _ => Err(bad(
             "query: expected a stream selector such as {service_name=\"api\"}",
@@ -367,7 +367,7 @@ fn indexed(query: &LogQuery, grouping: &Grouping) -> bool {
         .iter()
         .cloned()
         .partition(|m| grouping.names.contains(&m.name));
-    let lowercase = |m: &lode_protocol::logql::Matcher| {
+    let lowercase = |m: &lode_logql::Matcher| {
         !matches!(m.op, MatchOp::Re | MatchOp::Nre)
             || m.value.starts_with("(?i)")
             || !m.value.chars().any(char::is_uppercase)
@@ -445,11 +445,11 @@ fn stepped(params: &[(String, String)], range: (i64, i64), min: i64) -> Result<S
         end: range.1,
         step: super::step_ns(params, range)?.max(min),
     };
-    if steps.count() > logql::MAX_POINTS {
+    if steps.count() > lode_logql::MAX_POINTS {
         return Err(bad(format!(
             "step: {} points exceed the {} a query may return; widen the step",
             steps.count(),
-            logql::MAX_POINTS
+            lode_logql::MAX_POINTS
         )));
     }
     Ok(steps)

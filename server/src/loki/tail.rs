@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::extract::{Form, State};
 use lode_engine::now_ns;
 use lode_index::Tail;
+use lode_logql::{Entry, Expr, LogQuery};
 use lode_protocol::ErrorCode;
-use lode_protocol::logql::{self, Entry, Expr, LogQuery};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -135,7 +135,7 @@ async fn backfill(service: &Service, who: &Caller, start: Start) -> Result<Vec<E
         }
         source.below_seq = start.live_from;
         let range = (start.since, now_ns().saturating_add(1));
-        evaluated(logql::select_logs(
+        evaluated(lode_logql::select_logs(
             source,
             &start.query,
             range,

@@ -42,7 +42,7 @@ pub fn line_fields(line: &str) -> Option<(Parser, Vec<LineField>)> {
         json_leaves(&mut Vec::new(), &value, &mut fields);
         return Some((Parser::Json, fields));
     }
-    let fields: Vec<LineField> = crate::lines::logfmt_pairs(line)
+    let fields: Vec<LineField> = lode_protocol::lines::logfmt_pairs(line)
         .into_iter()
         .filter(|(key, value)| !key.is_empty() && !value.is_empty())
         .map(|(key, value)| LineField {

@@ -444,7 +444,7 @@ impl<'a> Run<'a> {
             Stage::LineIp { negate, range } => return range.found_in(&self.line) != *negate,
             Stage::Json(fields) => self.json(fields),
             Stage::Logfmt => {
-                let pairs = crate::lines::logfmt_pairs(&self.line)
+                let pairs = lode_protocol::lines::logfmt_pairs(&self.line)
                     .into_iter()
                     .map(|(k, v)| (sanitize(&k), v))
                     .collect();

@@ -1,14 +1,19 @@
-//! The part of LogQL, Loki's query language, that Grafana's Loki data
-//! source and its users send, evaluated over lode's records.
+//! LogQL, Loki's query language, as a query engine over lode's records:
+//! what Grafana's Loki data source, Logs Drilldown and the dashboards and
+//! alert rules people write send.
 //!
 //! - Log queries: a stream selector (`=`, `!=`, `=~`, `!~`), line
-//!   filters (`|=`, `!=`, `|~`, `!~`, chained), `| json`, `| logfmt`,
-//!   label filters after them (`| status >= 500`, `| user="ann"`) and
-//!   `| drop`.
-//! - Metric queries: `count_over_time`, `rate`, `bytes_over_time` and
-//!   `bytes_rate` over a range, `sum`, `avg`, `min`, `max` and `count`
-//!   with `by (...)` or `without (...)`, `vector(n)`, numbers and `+ - * /
-//!   %` between them.
+//!   filters (`|=`, `!=`, `|~`, `!~`, `|>`, `!>`, `ip()`), parsers
+//!   (`json`, `logfmt`, `regexp`, `pattern`, `unpack`), label filters
+//!   (strings, numbers, durations, bytes, `ip()`, with `or`/`and`),
+//!   `keep`, `drop`, `decolorize`, and `line_format`/`label_format` with
+//!   Go's templates ([`template`]).
+//! - Metric queries: range functions over lines and over `| unwrap`ped
+//!   values, `offset`, aggregations (`sum` ... `topk`, `sort`,
+//!   `label_replace`), arithmetic, comparisons and set operations with
+//!   vector matching.
+//! - [`drain`]: Drain's log patterns (Logs Drilldown's patterns tab);
+//!   [`fields`]: the fields of logfmt and JSON lines, with their types.
 //!
 //! A record's labels are `service_name`, `host` and `level` (the ones it
 //! has); `service`, `app` and `job` name its service, `hostname` and
@@ -21,11 +26,12 @@
 //! [`LogQuery::candidates`] is a query in lode's language whose matches
 //! include every record the LogQL query selects (`|=` is a substring, not
 //! a word: the candidates hold the words the substring surely contains and
-//! [`LogQuery::process`] checks each); [`eval`] runs queries over a
+//! [`LogQuery::process`] checks each); [`eval_metric`] and [`select_logs`]
+//! run queries over a
 //! [`Source`].
 //!
 //! ```
-//! use lode_protocol::logql::{Expr, parse};
+//! use lode_logql::{Expr, parse};
 //!
 //! let Expr::Log(query) = parse(r#"{service_name="api"} |= "connection reset by" != "retry""#)? else {
 //!     unreachable!()
@@ -34,9 +40,10 @@
 //! assert_eq!(query.candidates(), r#"service:"api" AND reset AND by*"#);
 //! let err = parse(r#"{service_name="api"} |= timeout"#).unwrap_err();
 //! assert_eq!(err.column, 25);
-//! # Ok::<(), lode_protocol::logql::LogqlError>(())
+//! # Ok::<(), lode_logql::LogqlError>(())
 //! ```
 
+pub mod drain;
 mod eval;
 pub mod fields;
 mod parse;

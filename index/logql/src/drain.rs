@@ -419,7 +419,7 @@ mod properties {
             let mut drain = Drain::new();
             for (i, line) in lines.iter().enumerate() {
                 drain.train(line, i as i64);
-                let _ = crate::logql::fields::line_fields(line);
+                let _ = crate::fields::line_fields(line);
             }
             prop_assert!(drain.clusters().count() <= MAX_CLUSTERS);
             for cluster in drain.clusters() {
