@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use lode_engine::{Fields, LogRecord, now_ns};
 use lode_index::{FacetField, Search};
 use lode_logql::{self, Entry, EvalError, Expr, Labels, LogQuery, Metric, Series, Source, Steps};
@@ -29,6 +29,7 @@ use crate::scoped::Scoped;
 use crate::service::{Failure, Service};
 
 mod drilldown;
+mod push;
 mod tail;
 
 type Shared = State<Arc<Service>>;
@@ -47,6 +48,7 @@ const MAX_VALUES: usize = 1000;
 
 pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()
+        .route("/loki/api/v1/push", post(push::loki_push))
         .route("/loki/api/v1/query", get(instant).post(instant))
         .route("/loki/api/v1/query_range", get(range).post(range))
         .route("/loki/api/v1/labels", get(labels).post(labels))
