@@ -1201,9 +1201,9 @@ fn quantile(phi: f64, mut values: Vec<f64>) -> f64 {
     at(lower) * (1.0 - weight) + at(upper) * weight
 }
 
-/// `sum [by (level)] (count_over_time(q[r]))` (or `rate`, `bytes_over_time`,
-/// `bytes_rate`) when `q` only filters lines: counted per bucket of time,
-/// without a series per stream. When no record needs checking (and lines
+/// `sum [by (service, host, level)] (count_over_time(q[r]))` (or `rate`,
+/// `bytes_over_time`, `bytes_rate`) when `q` only filters lines: counted
+/// per bucket of time, without a series per stream. When no record needs checking (and lines
 /// are counted, not their bytes), the index's histograms count them, one
 /// per level, without reading a record; otherwise the candidates are read
 /// in place once, each checked and counted. `None` when the query is not
@@ -1226,16 +1226,21 @@ fn fast_counts<S: Source>(
         return Ok(None);
     };
     let steps = earlier(steps, *offset_ns);
-    let by_level = match grouping {
+    // The fields a `sum by` groups by: service, host or level (aliases
+    // too); an attribute or `without` takes the general path.
+    let by: Vec<(String, FieldLabel)> = match grouping {
         None => Vec::new(),
-        Some(Grouping::By(names))
-            if names
+        Some(Grouping::By(names)) => {
+            let fields: Option<Vec<_>> = names
                 .iter()
-                .all(|n| field_label(n) == Some(FieldLabel::Level)) =>
-        {
-            names.clone()
+                .map(|n| Some((n.clone(), field_label(n)?)))
+                .collect();
+            match fields {
+                Some(fields) => fields,
+                None => return Ok(None),
+            }
         }
-        Some(_) => return Ok(None),
+        Some(Grouping::Without(_)) => return Ok(None),
     };
     let lines = matches!(func, RangeFn::CountOverTime | RangeFn::Rate);
     let bytes = matches!(func, RangeFn::BytesOverTime | RangeFn::BytesRate);
@@ -1261,13 +1266,16 @@ fn fast_counts<S: Source>(
         width,
         count: buckets,
     };
-    let groups = if lines && query.exact() {
-        match counted_by_index(source, query, &by_level, buckets)? {
-            Some(groups) => groups,
-            None => return Ok(None),
-        }
+    let by_level = by.iter().all(|(_, f)| *f == FieldLabel::Level);
+    let counted = if lines && query.exact() && by_level {
+        let names: Vec<String> = by.iter().map(|(n, _)| n.clone()).collect();
+        counted_by_index(source, query, &names, buckets)?
     } else {
-        counted_by_visiting(source, query, &by_level, buckets, bytes)?
+        None
+    };
+    let groups = match counted {
+        Some(groups) => groups,
+        None => counted_by_visiting(source, query, &by, buckets, bytes)?,
     };
     let mut groups = groups;
     groups.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1357,16 +1365,19 @@ fn counted_by_index<S: Source>(
     Ok(Some(out))
 }
 
-/// Lines (or their bytes) per bucket, each candidate read in place once
-/// and checked.
+/// Lines (or their bytes) per bucket and per group of `by`'s fields,
+/// each candidate read in place once and checked.
 fn counted_by_visiting<S: Source>(
     source: &mut S,
     query: &LogQuery,
-    by_level: &[String],
+    by: &[(String, FieldLabel)],
     buckets: Buckets,
     bytes: bool,
 ) -> Result<Counted, EvalError<S::Error>> {
     let mut out: Counted = Vec::new();
+    // A group's fields' values, and the groups by their hash.
+    let mut keys: Vec<Vec<String>> = Vec::new();
+    let mut slots: HashMap<u64, Vec<usize>> = HashMap::new();
     let candidates = query.candidates();
     source
         .visit(
@@ -1377,20 +1388,32 @@ fn counted_by_visiting<S: Source>(
                 let Some(at) = buckets.of(record.ts()).filter(|_| query.keeps(record)) else {
                     return true;
                 };
-                let level = if by_level.is_empty() {
-                    ""
-                } else {
-                    record.level_name()
+                let values = || by.iter().map(|(_, f)| field_value(record, *f));
+                let hash = {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    values().for_each(|v| std::hash::Hash::hash(v, &mut h));
+                    std::hash::Hasher::finish(&h)
                 };
-                let slot = match out.iter().position(|(labels, _)| {
-                    labels.values().next().map_or("", String::as_str) == level
-                }) {
-                    Some(i) => i,
-                    None => {
-                        out.push((level_labels(by_level, level), vec![0; buckets.count]));
-                        out.len() - 1
-                    }
-                };
+                let found = slots.get(&hash).and_then(|group| {
+                    group.iter().copied().find(|&i| {
+                        keys.get(i)
+                            .is_some_and(|k| k.iter().map(String::as_str).eq(values()))
+                    })
+                });
+                let slot = found.unwrap_or_else(|| {
+                    let key: Vec<String> = values().map(str::to_owned).collect();
+                    // A stream without a field has no such label.
+                    let labels = by
+                        .iter()
+                        .zip(&key)
+                        .filter(|(_, v)| !v.is_empty())
+                        .map(|((n, _), v)| (n.clone(), v.clone()))
+                        .collect();
+                    out.push((labels, vec![0; buckets.count]));
+                    keys.push(key);
+                    slots.entry(hash).or_default().push(out.len() - 1);
+                    out.len() - 1
+                });
                 if let Some(n) = out.get_mut(slot).and_then(|(_, c)| c.get_mut(at)) {
                     *n += if bytes {
                         record.message().len() as u64
@@ -2018,6 +2041,10 @@ mod tests {
             r#"sum(bytes_over_time({service_name=~"a.*"} |~ "request [0-9]+ took" [1m]))"#,
             r#"sum by (level) (bytes_rate({service_name="db"}[30s]))"#,
             r#"sum(rate({service_name="db"} |= "took 4" or "took 7" [20s]))"#,
+            // Grouped by other fields, read in place:
+            r#"sum by (service_name) (rate({service_name=~".+"}[30s]))"#,
+            r#"sum by (host, level) (count_over_time({service_name="api"} |= "took" [1m]))"#,
+            r#"sum by (app) (bytes_over_time({job=~"a.*|d.*"}[1m]))"#,
         ] {
             let expr = parse(text).unwrap();
             let Expr::Aggregate {

@@ -90,8 +90,88 @@ pub(crate) async fn bench_grafana(args: &BenchArgs) -> Result<(), CliError> {
         }
     }
     println!("(ratio: the Loki API's time over lode's own for the same answer)");
+    let alone = loki_only(start, end);
+    let mut spent: Vec<Vec<f64>> = vec![Vec::new(); alone.len()];
+    for _ in 0..args.queries.max(1) {
+        for ((_, path, params), into) in alone.iter().zip(spent.iter_mut()) {
+            let started = Instant::now();
+            session.get_json(path, params)?;
+            into.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    println!(
+        "\n{:<44} {:>12}",
+        "Logs Drilldown and dashboards (median ms)", "loki api"
+    );
+    for ((name, path, params), times) in alone.iter().zip(spent.iter_mut()) {
+        println!("{name:<44} {:>12.3}", median(times));
+        println!("  GET {path} {}", show(params));
+    }
     drop(child);
     Ok(())
+}
+
+/// A question's name, path and parameters.
+type Asking = (&'static str, &'static str, Vec<(&'static str, String)>);
+
+/// What Logs Drilldown asks for a service, and the metric queries
+/// dashboards run, which lode's own API has no one request for: each
+/// timed alone.
+fn loki_only(start: i64, end: i64) -> Vec<Asking> {
+    let range = || vec![("start", start.to_string()), ("end", end.to_string())];
+    let with = |more: Vec<(&'static str, String)>| {
+        let mut params = range();
+        params.extend(more);
+        params
+    };
+    vec![
+        (
+            "Drilldown: service list (volume by service)",
+            "/loki/api/v1/index/volume",
+            with(vec![
+                ("query", r#"{service_name=~".+"}"#.to_owned()),
+                ("limit", "100".to_owned()),
+            ]),
+        ),
+        (
+            "Drilldown: a service's fields",
+            "/loki/api/v1/detected_fields",
+            with(vec![
+                ("query", SELECTOR.to_owned()),
+                ("limit", "1000".to_owned()),
+            ]),
+        ),
+        (
+            "Drilldown: a service's patterns",
+            "/loki/api/v1/patterns",
+            with(vec![
+                ("query", SELECTOR.to_owned()),
+                ("step", "60s".to_owned()),
+            ]),
+        ),
+        (
+            "quantile_over_time of an unwrapped field",
+            "/loki/api/v1/query_range",
+            with(vec![
+                (
+                    "query",
+                    format!("quantile_over_time(0.99, {SELECTOR} | unwrap pid [1m]) by (host)"),
+                ),
+                ("step", "60".to_owned()),
+            ]),
+        ),
+        (
+            "topk of rate by service",
+            "/loki/api/v1/query_range",
+            with(vec![
+                (
+                    "query",
+                    r#"topk(5, sum by (service_name) (rate({service_name=~".+"}[1m])))"#.to_owned(),
+                ),
+                ("step", "60".to_owned()),
+            ]),
+        ),
+    ]
 }
 
 /// `--records` corpus records with times spread evenly over the hour
