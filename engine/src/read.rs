@@ -103,7 +103,7 @@ impl Shared {
                 .iter()
                 .filter(|w| w.first_seq <= hi && lo < w.end_seq())
                 .map(|w| {
-                    let start = w.frame_position(lo).unwrap_or(w.frames.len());
+                    let start = w.frames.partition_point(|f| f.end_seq() <= lo);
                     let frames = w.frames.iter().skip(start);
                     let frames = frames.take_while(|loc| loc.first_seq <= hi).copied();
                     (Arc::clone(&w.map), w.path.clone(), frames.collect())

@@ -467,7 +467,7 @@ impl<'a> Run<'a> {
                 self.extract(pairs);
             }
             Stage::Unpack => self.unpack(),
-            Stage::Label(filter) => return label_passes(record, &mut self.extracted, filter),
+            Stage::Label(filter) => return self.label_passes(record, filter),
             Stage::Drop(picks) => {
                 for pick in picks {
                     let (value, fold) = self.value_of(record, &pick.name);
@@ -607,8 +607,11 @@ impl<'a> Run<'a> {
         for format in formats {
             match format {
                 LabelFormat::Rename { to, from } => {
+                    // Renaming a label the line does not have does nothing.
                     let (value, _) = self.value_of(record, from);
-                    set.push((to.clone(), value.to_owned(), Some(from.clone())));
+                    if !value.is_empty() {
+                        set.push((to.clone(), value.to_owned(), Some(from.clone())));
+                    }
                 }
                 LabelFormat::Template { to, template } => match self.render(template, record) {
                     Ok(value) => set.push((to.clone(), value, None)),
@@ -633,6 +636,9 @@ impl<'a> Run<'a> {
 /// that is missing, and the captures after it are not made).
 fn pattern_captures(parts: &[PatternPart], line: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if line.is_empty() {
+        return out;
+    }
     let mut rest = line;
     let mut parts = parts;
     if let Some((PatternPart::Literal(first), after)) = parts.split_first() {
@@ -736,46 +742,60 @@ fn unwrapped(conversion: Conversion, text: &str) -> Option<f64> {
     value.filter(|v| !v.is_nan())
 }
 
-fn label_passes<R: Fields + ?Sized>(
-    record: &R,
-    extracted: &mut Labels,
-    filter: &LabelFilter,
-) -> bool {
-    match filter {
-        LabelFilter::Text(matcher) => {
-            let (value, fold) = label_value(record, extracted, &matcher.name);
-            matcher.matches(value, fold)
+impl Run<'_> {
+    /// Whether a label filter passes, on the labels as the stages before
+    /// it left them (`keep`, `drop` and renames included).
+    fn label_passes<R: Fields + ?Sized>(&mut self, record: &R, filter: &LabelFilter) -> bool {
+        let mut failed = false;
+        let passes = self.judge(record, filter, &mut failed);
+        if failed {
+            // Loki keeps the line and marks it.
+            self.error("LabelFilterErr");
         }
-        LabelFilter::Number {
-            name,
-            op,
-            value,
-            conversion,
-        } => {
-            let (text, _) = label_value(record, extracted, name);
-            if text.is_empty() {
-                return false;
+        passes
+    }
+
+    fn judge<R: Fields + ?Sized>(
+        &self,
+        record: &R,
+        filter: &LabelFilter,
+        failed: &mut bool,
+    ) -> bool {
+        match filter {
+            LabelFilter::Text(matcher) => {
+                let (value, fold) = self.value_of(record, &matcher.name);
+                matcher.matches(value, fold)
             }
-            match unwrapped(*conversion, text) {
-                Some(number) => compare(*op, number, *value),
-                None => {
-                    // Loki keeps the line and marks it.
-                    extracted.insert(ERROR_LABEL.to_owned(), "LabelFilterErr".to_owned());
-                    true
+            LabelFilter::Number {
+                name,
+                op,
+                value,
+                conversion,
+            } => {
+                let (text, _) = self.value_of(record, name);
+                if text.is_empty() {
+                    return false;
+                }
+                match unwrapped(*conversion, text) {
+                    Some(number) => compare(*op, number, *value),
+                    None => {
+                        *failed = true;
+                        true
+                    }
                 }
             }
+            LabelFilter::Ip {
+                name,
+                negate,
+                range,
+            } => {
+                let (text, _) = self.value_of(record, name);
+                let inside = text.trim().parse().is_ok_and(|addr| range.contains(addr));
+                inside != *negate
+            }
+            LabelFilter::Any(filters) => filters.iter().any(|f| self.judge(record, f, failed)),
+            LabelFilter::All(filters) => filters.iter().all(|f| self.judge(record, f, failed)),
         }
-        LabelFilter::Ip {
-            name,
-            negate,
-            range,
-        } => {
-            let (text, _) = label_value(record, extracted, name);
-            let inside = text.trim().parse().is_ok_and(|addr| range.contains(addr));
-            inside != *negate
-        }
-        LabelFilter::Any(filters) => filters.iter().any(|f| label_passes(record, extracted, f)),
-        LabelFilter::All(filters) => filters.iter().all(|f| label_passes(record, extracted, f)),
     }
 }
 
@@ -1275,19 +1295,25 @@ fn fast_counts<S: Source>(
     };
     let groups = match counted {
         Some(groups) => groups,
-        None => counted_by_visiting(source, query, &by, buckets, bytes)?,
+        None => counted_by_visiting(source, query, &by, buckets)?,
     };
     let mut groups = groups;
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     let seconds = range as f64 / 1e9;
     let mut out = Vec::new();
     for (labels, counts) in groups {
-        let prefix = Prefix::new(counts);
+        let lines = Prefix::new(counts.iter().map(|c| c.lines));
+        let sizes = Prefix::new(counts.iter().map(|c| c.bytes));
         let points: Vec<Option<f64>> = (0..steps.count())
             .map(|i| {
-                let first = i * per_step;
-                let n = prefix.sum(first, first + per_range);
-                (n > 0).then(|| match func {
+                let (first, past) = (i * per_step, i * per_step + per_range);
+                // A window with lines has a point, though they be empty.
+                let n = if bytes {
+                    sizes.sum(first, past)
+                } else {
+                    lines.sum(first, past)
+                };
+                (lines.sum(first, past) > 0).then(|| match func {
                     RangeFn::Rate | RangeFn::BytesRate => n as f64 / seconds,
                     _ => n as f64,
                 })
@@ -1316,10 +1342,8 @@ impl Buckets {
     }
 
     fn of(&self, ts: i64) -> Option<usize> {
-        if ts < self.origin {
-            return None;
-        }
-        usize::try_from((ts - self.origin) / self.width)
+        let since = ts.checked_sub(self.origin).filter(|d| *d >= 0)?;
+        usize::try_from(since / self.width)
             .ok()
             .filter(|&i| i < self.count)
     }
@@ -1327,7 +1351,14 @@ impl Buckets {
 
 /// Per group (the labels `by_level` names, set to a level), what falls in
 /// each bucket.
-type Counted = Vec<(Labels, Vec<u64>)>;
+type Counted = Vec<(Labels, Vec<Tally>)>;
+
+/// Lines, and their bytes, in one bucket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    lines: u64,
+    bytes: u64,
+}
 
 /// Lines per bucket from the index's histograms, one per level; `None`
 /// when a level could be spelt otherwise in its records than the index
@@ -1360,19 +1391,22 @@ fn counted_by_index<S: Source>(
         let counts = source
             .histogram(&lode_query, buckets.origin, buckets.width, buckets.count)
             .map_err(EvalError::Source)?;
+        let counts = counts
+            .into_iter()
+            .map(|lines| Tally { lines, bytes: 0 })
+            .collect();
         out.push((labels, counts));
     }
     Ok(Some(out))
 }
 
-/// Lines (or their bytes) per bucket and per group of `by`'s fields,
+/// Lines and their bytes per bucket and per group of `by`'s fields,
 /// each candidate read in place once and checked.
 fn counted_by_visiting<S: Source>(
     source: &mut S,
     query: &LogQuery,
     by: &[(String, FieldLabel)],
     buckets: Buckets,
-    bytes: bool,
 ) -> Result<Counted, EvalError<S::Error>> {
     let mut out: Counted = Vec::new();
     // A group's fields' values, and the groups by their hash.
@@ -1409,17 +1443,14 @@ fn counted_by_visiting<S: Source>(
                         .filter(|(_, v)| !v.is_empty())
                         .map(|((n, _), v)| (n.clone(), v.clone()))
                         .collect();
-                    out.push((labels, vec![0; buckets.count]));
+                    out.push((labels, vec![Tally::default(); buckets.count]));
                     keys.push(key);
                     slots.entry(hash).or_default().push(out.len() - 1);
                     out.len() - 1
                 });
-                if let Some(n) = out.get_mut(slot).and_then(|(_, c)| c.get_mut(at)) {
-                    *n += if bytes {
-                        record.message().len() as u64
-                    } else {
-                        1
-                    };
+                if let Some(tally) = out.get_mut(slot).and_then(|(_, c)| c.get_mut(at)) {
+                    tally.lines += 1;
+                    tally.bytes += record.message().len() as u64;
                 }
                 true
             },
@@ -1628,8 +1659,24 @@ fn set_operation(b: &Binary, left: Vec<Series>, right: Vec<Series>) -> Vec<Serie
             .collect(),
         _ => {
             let on_left = present(&left);
-            let mut all = left;
-            all.extend(right.into_iter().map(|s| keep(s, &on_left, false)));
+            let mut all: Vec<Series> = Vec::new();
+            let mut at: HashMap<Labels, usize> = HashMap::new();
+            let added = right.into_iter().map(|s| keep(s, &on_left, false));
+            // A right series with the left's labels fills its gaps: one
+            // series, as Prometheus answers `sum(...) or vector(0)`.
+            for s in left.into_iter().chain(added) {
+                match at.get(&s.labels).and_then(|&i| all.get_mut(i)) {
+                    Some(same) => {
+                        for (slot, p) in same.points.iter_mut().zip(s.points) {
+                            *slot = slot.or(p);
+                        }
+                    }
+                    None => {
+                        at.insert(s.labels.clone(), all.len());
+                        all.push(s);
+                    }
+                }
+            }
             all
         }
     };
@@ -2146,6 +2193,28 @@ mod tests {
             [2]
         );
         assert_eq!(kept(r#"{app="api"} | logfmt | size < 1KiB"#), [3]);
+        assert_eq!(
+            kept(r#"{app="api"} | logfmt | took > 1d"#),
+            Vec::<i64>::new()
+        );
+        assert_eq!(kept(r#"{app="api"} | logfmt | took < 1w"#), [1, 2, 3]);
+        // Label filters see the labels keep, drop and renames left.
+        assert_eq!(
+            kept(r#"{app="api"} | keep host | level="info""#),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            kept(r#"{app="api"} | drop level | level="info""#),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            kept(r#"{app="api"} | label_format lvl=level | lvl="info""#),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            kept(r#"{app="api"} | label_format level=nothing | level="info""#),
+            [1, 2, 3]
+        );
 
         let mut source = corpus();
         let steps = Steps {
@@ -2170,6 +2239,10 @@ mod tests {
         );
         assert_eq!(names(&eval(&format!("{both} unless {api}"))), [r#"["db"]"#]);
         assert_eq!(eval(&format!("{api} or {both}")).len(), 2);
+        // `or` fills the left's gaps in one series, not two of one name.
+        let filled = eval(r#"sum(count_over_time({service_name="nope"}[1m])) or vector(0)"#);
+        assert_eq!(filled.len(), 1);
+        assert!(filled[0].points.iter().all(|p| *p == Some(0.0)));
         let replaced = eval(&format!(
             r#"label_replace({both}, "short", "$1", "service_name", "(.)b")"#
         ));
@@ -2396,6 +2469,12 @@ mod tests {
             ["10.0.0.1", "GET", "/api/v1/users", "404", "2326"]
         );
         // A missing literal ends the captures there.
+        // A `<` that is no capture is text.
+        let s = sampled(r#"{app="api"} | pattern "<ip> <- <rest>""#, &r);
+        assert_eq!(get(&s, "ip"), access);
+        let arrow = record(1, "api", Level::Info, "a <- b");
+        let s = sampled(r#"{app="api"} | pattern "<ip> <- <rest>""#, &arrow);
+        assert_eq!([get(&s, "ip"), get(&s, "rest")], ["a", "b"]);
         let s = sampled(r#"{app="api"} | pattern "<ip> - <who> ! <rest>""#, &r);
         assert_eq!(get(&s, "who"), access.split_once(" - ").unwrap().1);
         assert!(!s.as_ref().unwrap().labels.contains_key("rest"));

@@ -66,6 +66,9 @@ fn binary(op: BinOp, bool_result: bool, matching: Matching, lhs: Expr, rhs: Expr
     }))
 }
 
+/// Most binary operators in one query.
+const MAX_OPERATORS: usize = 256;
+
 /// Deepest nesting of parentheses and aggregations.
 const MAX_DEPTH: usize = 64;
 
@@ -149,9 +152,7 @@ fn lex(text: &str) -> Result<Vec<Spanned>, LogqlError> {
             let word: String = chars.get(start..i).unwrap_or_default().iter().collect();
             match word.parse::<f64>() {
                 Ok(value) => out.push(at(Tok::Num(value))),
-                Err(_) if duration_ns(&word).is_some() || duration_seconds(&word).is_some() => {
-                    out.push(at(Tok::Dur(word)))
-                }
+                Err(_) if dur_seconds(&word).is_some() => out.push(at(Tok::Dur(word))),
                 Err(_) if let Some(n) = bytes(&word) => out.push(at(Tok::Bytes(n))),
                 Err(_) => return Err(err(line, column, format!("'{word}' is not a number"))),
             }
@@ -253,6 +254,7 @@ pub fn parse(text: &str) -> Result<Expr, LogqlError> {
         pos: 0,
         end: (line, column),
         depth: 0,
+        operators: 0,
     };
     if parser.toks.is_empty() {
         return Err(err(
@@ -279,6 +281,7 @@ struct Parser {
     pos: usize,
     end: (usize, usize),
     depth: usize,
+    operators: usize,
 }
 
 fn describe(tok: &Tok) -> String {
@@ -343,6 +346,21 @@ impl Parser {
         }
     }
 
+    /// Counts a binary operator: a long chain (`1+1+1+...`) nests as
+    /// deep as it is long when evaluated.
+    fn one_more_operator(&mut self) -> Result<(), LogqlError> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            let (line, column) = self.peek().map_or(self.end, |s| (s.line, s.column));
+            return Err(err(
+                line,
+                column,
+                format!("more than {MAX_OPERATORS} binary operators"),
+            ));
+        }
+        Ok(())
+    }
+
     fn deeper(&mut self) -> Result<(), LogqlError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -358,6 +376,7 @@ impl Parser {
         while self.eat_word("or") {
             let matching = self.matching()?;
             let rhs = self.and_unless()?;
+            self.one_more_operator()?;
             lhs = binary(BinOp::Or, false, matching, lhs, rhs);
         }
         self.depth -= 1;
@@ -376,6 +395,7 @@ impl Parser {
             };
             let matching = self.matching()?;
             let rhs = self.comparison()?;
+            self.one_more_operator()?;
             lhs = binary(op, false, matching, lhs, rhs);
         }
     }
@@ -386,6 +406,7 @@ impl Parser {
             let bool_result = self.eat_word("bool");
             let matching = self.matching()?;
             let rhs = self.level(0)?;
+            self.one_more_operator()?;
             lhs = binary(op, bool_result, matching, lhs, rhs);
         }
         Ok(lhs)
@@ -405,6 +426,7 @@ impl Parser {
                     self.deeper()?;
                     let rhs = self.level(n)?;
                     self.depth -= 1;
+                    self.one_more_operator()?;
                     Ok(binary(op, false, matching, lhs, rhs))
                 }
                 None => Ok(lhs),
@@ -414,6 +436,7 @@ impl Parser {
         while let Some(op) = self.binary_op(ops) {
             let matching = self.matching()?;
             let rhs = self.level(n + 1)?;
+            self.one_more_operator()?;
             lhs = binary(op, false, matching, lhs, rhs);
         }
         Ok(lhs)
@@ -639,7 +662,7 @@ impl Parser {
             s.line,
             s.column,
             format!(
-                "unknown function '{name}': lode takes the range functions (count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, and sum, avg, min, max, first, last, stddev, stdvar and quantile _over_time of unwrapped values), the aggregations sum, avg, min, max, count, stddev, stdvar, topk, bottomk, sort, sort_desc, and vector(); not yet rate_counter, count_values, label_replace"
+                "unknown function '{name}': lode takes the range functions (count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, and sum, avg, min, max, first, last, stddev, stdvar and quantile _over_time of unwrapped values), the aggregations sum, avg, min, max, count, stddev, stdvar, topk, bottomk, sort, sort_desc, label_replace and vector(); not yet rate_counter or count_values"
             ),
         ))
     }
@@ -651,7 +674,7 @@ impl Parser {
         }
         let at = self.next("a duration such as 1h")?;
         match &at.tok {
-            Tok::Dur(text) => Ok(duration_ns(text).unwrap_or(0)),
+            Tok::Dur(text) => Ok((dur_seconds(text).unwrap_or_default() * 1e9) as i64),
             _ => Err(self.unexpected(at, "a duration such as 1h")),
         }
     }
@@ -1006,10 +1029,7 @@ impl Parser {
                 return Ok(LabelFilter::Text(matcher(name, op, text.clone(), &value)?));
             }
             Tok::Num(n) => (*n, Conversion::Number),
-            Tok::Dur(text) => (
-                duration_seconds(text).unwrap_or_default(),
-                Conversion::Duration,
-            ),
+            Tok::Dur(text) => (dur_seconds(text).unwrap_or_default(), Conversion::Duration),
             Tok::Bytes(n) => (*n, Conversion::Bytes),
             _ => return Err(self.unexpected(value, VALUES)),
         };
@@ -1082,22 +1102,24 @@ fn regexp(text: &str, at: &Spanned) -> Result<Regex, LogqlError> {
 /// capture, no two captures side by side, each name used once.
 fn pattern(text: &str) -> Result<Vec<PatternPart>, String> {
     let mut parts = Vec::new();
+    let mut literal = String::new();
     let mut rest = text;
-    while !rest.is_empty() {
-        let capture = rest.find('<').and_then(|open| {
-            let close = open + rest[open..].find('>')?;
-            let name = &rest[open + 1..close];
-            let valid = name == "_"
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let capture = after.find('>').map(|close| &after[..close]).filter(|name| {
+            *name == "_"
                 || (name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-            valid.then_some((open, close, name))
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         });
-        let Some((open, close, name)) = capture else {
-            parts.push(PatternPart::Literal(rest.to_owned()));
-            break;
+        let Some(name) = capture else {
+            // Not a capture: the `<` is text.
+            literal.push_str(&rest[..open + 1]);
+            rest = after;
+            continue;
         };
-        if open > 0 {
-            parts.push(PatternPart::Literal(rest[..open].to_owned()));
+        literal.push_str(&rest[..open]);
+        if !literal.is_empty() {
+            parts.push(PatternPart::Literal(std::mem::take(&mut literal)));
         }
         if matches!(parts.last(), Some(PatternPart::Capture(_))) {
             return Err(format!(
@@ -1109,7 +1131,11 @@ fn pattern(text: &str) -> Result<Vec<PatternPart>, String> {
             return Err(format!("<{}> is named twice", name.unwrap_or_default()));
         }
         parts.push(PatternPart::Capture(name));
-        rest = &rest[close + 1..];
+        rest = &after[after.find('>').map_or(after.len(), |c| c + 1)..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(PatternPart::Literal(literal));
     }
     if !parts
         .iter()
@@ -1224,6 +1250,14 @@ fn compile(pattern: &str, anchored: bool, at: &Spanned) -> Result<Regex, LogqlEr
 
 fn first_line(text: &str) -> String {
     text.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+/// A duration as a label filter or `offset` takes it, in seconds:
+/// Prometheus' (`1d`, `1w`) or Go's (`1.5s`, `1h30m`).
+fn dur_seconds(text: &str) -> Option<f64> {
+    duration_ns(text)
+        .map(|ns| ns as f64 / 1e9)
+        .or_else(|| duration_seconds(text))
 }
 
 /// A Prometheus duration (`90s`, `1h30m`, `500ms`, `2d`, `1w`, `1y`) in ns.
@@ -1461,6 +1495,18 @@ mod tests {
         assert_eq!(duration_ns("5"), None);
         assert_eq!(duration_ns("0s"), None);
         assert_eq!(duration_ns("99999999999y"), None);
+    }
+
+    #[test]
+    fn operator_chains_are_bounded() {
+        let chain = format!("1{}", "+1".repeat(300));
+        assert!(
+            parse(&chain)
+                .unwrap_err()
+                .message
+                .contains("binary operators")
+        );
+        assert!(parse(&format!("1{}", "+1".repeat(200))).is_ok());
     }
 
     #[test]

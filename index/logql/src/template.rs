@@ -281,30 +281,17 @@ const FUNCTIONS: &[FuncDef] = &[
     ("Replace", 4, 4, |a| {
         let (s, old, new) = (text(a, 0), text(a, 1), text(a, 2));
         let n = num(a, 3);
-        Ok(if n < 0.0 {
-            s.replace(&old, &new)
-        } else {
-            s.replacen(&old, &new, n as usize)
-        }
-        .into())
+        let most = if n < 0.0 { usize::MAX } else { n as usize };
+        Ok(bounded_replace(&s, &old, &new, most).into())
     }),
     ("replace", 3, 3, |a| {
-        Ok(text(a, 2).replace(&text(a, 0), &text(a, 1)).into())
+        Ok(bounded_replace(&text(a, 2), &text(a, 0), &text(a, 1), usize::MAX).into())
     }),
     ("regexReplaceAll", 3, 3, |a| {
-        let re = regex(&text(a, 0))?;
-        Ok(re
-            .replace_all(&text(a, 1), text(a, 2).as_str())
-            .into_owned()
-            .into())
+        regex_replace(&text(a, 0), &text(a, 1), &text(a, 2), true).map(Value::Text)
     }),
     ("regexReplaceAllLiteral", 3, 3, |a| {
-        let re = regex(&text(a, 0))?;
-        let with = text(a, 2);
-        Ok(re
-            .replace_all(&text(a, 1), regex::NoExpand(&with))
-            .into_owned()
-            .into())
+        regex_replace(&text(a, 0), &text(a, 1), &text(a, 2), false).map(Value::Text)
     }),
     ("default", 2, 2, |a| {
         let given = a.get(1).cloned().unwrap_or(Value::Text(String::new()));
@@ -335,9 +322,9 @@ const FUNCTIONS: &[FuncDef] = &[
             .into())
     }),
     ("repeat", 2, 2, |a| {
-        Ok(text(a, 1)
-            .repeat(num(a, 0).clamp(0.0, 1024.0) as usize)
-            .into())
+        let t = text(a, 1);
+        let most = MAX_OUTPUT / t.len().max(1);
+        Ok(t.repeat((num(a, 0).max(0.0) as usize).min(most)).into())
     }),
     ("len", 1, 1, |a| Ok(Value::Num(text(a, 0).len() as f64))),
     ("printf", 1, 16, |a| {
@@ -417,8 +404,8 @@ const FUNCTIONS: &[FuncDef] = &[
             .ok_or_else(|| format!("toDate: \"{given}\" is not in the layout \"{layout}\""))
     }),
     ("count", 2, 2, |a| {
-        let re = regex(&text(a, 0))?;
-        Ok(Value::Num(re.find_iter(&text(a, 1)).count() as f64))
+        let n = with_regex(&text(a, 0), |re| re.find_iter(&text(a, 1)).count())?;
+        Ok(Value::Num(n as f64))
     }),
     ("bytes", 1, 1, |a| {
         Ok(Value::Num(super::fields::bytes(&text(a, 0)).unwrap_or(0.0)))
@@ -521,6 +508,101 @@ fn regex(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("invalid regex \"{pattern}\": {e}"))
 }
 
+thread_local! {
+    /// Regexes of template functions, compiled once per thread, not per
+    /// line (a few patterns per query).
+    static REGEXES: std::cell::RefCell<Vec<(String, Regex)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most regexes kept compiled per thread.
+const KEPT_REGEXES: usize = 16;
+
+fn with_regex<T>(pattern: &str, f: impl FnOnce(&Regex) -> T) -> Result<T, String> {
+    REGEXES.with(|cell| {
+        let mut kept = cell.borrow_mut();
+        if let Some((_, re)) = kept.iter().find(|(p, _)| p == pattern) {
+            return Ok(f(re));
+        }
+        let re = regex(pattern)?;
+        let out = f(&re);
+        if kept.len() >= KEPT_REGEXES {
+            kept.remove(0);
+        }
+        kept.push((pattern.to_owned(), re));
+        Ok(out)
+    })
+}
+
+/// `s` with `old` replaced by `new` (`most` times at most), the result
+/// cut at `MAX_OUTPUT` (an empty `old` matches between every character,
+/// as in Go).
+fn bounded_replace(s: &str, old: &str, new: &str, most: usize) -> String {
+    let mut out = String::new();
+    let mut done = 0;
+    let mut rest = s;
+    while done < most && out.len() <= MAX_OUTPUT {
+        let at = if old.is_empty() {
+            if done > 0 && rest.is_empty() {
+                break;
+            }
+            // Between characters: after the next one, except at the start.
+            match (done, rest.chars().next()) {
+                (0, _) => 0,
+                (_, Some(c)) => c.len_utf8(),
+                (_, None) => 0,
+            }
+        } else {
+            match rest.find(old) {
+                Some(at) => at,
+                None => break,
+            }
+        };
+        out.push_str(rest.get(..at).unwrap_or_default());
+        out.push_str(new);
+        rest = rest.get(at + old.len()..).unwrap_or_default();
+        done += 1;
+    }
+    out.push_str(rest);
+    cut(out)
+}
+
+/// Every match of `pattern` in `s` replaced by `with` (`$1`, `${name}`
+/// expanded when `expand`), the result cut at `MAX_OUTPUT`.
+fn regex_replace(pattern: &str, s: &str, with: &str, expand: bool) -> Result<String, String> {
+    with_regex(pattern, |re| {
+        let mut out = String::new();
+        let mut last = 0;
+        for found in re.captures_iter(s) {
+            if out.len() > MAX_OUTPUT {
+                break;
+            }
+            let Some(whole) = found.get(0) else { continue };
+            out.push_str(s.get(last..whole.start()).unwrap_or_default());
+            if expand {
+                found.expand(with, &mut out);
+            } else {
+                out.push_str(with);
+            }
+            last = whole.end();
+        }
+        out.push_str(s.get(last..).unwrap_or_default());
+        cut(out)
+    })
+}
+
+/// `text` cut to at most `MAX_OUTPUT` bytes, at a character boundary.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_OUTPUT {
+        let mut at = MAX_OUTPUT;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
+}
+
 /// Go's `fmt.Sprintf` for `%s %v %d %f %q %x %%`, with width and
 /// precision.
 fn printf(format: &str, args: &[Value]) -> String {
@@ -528,6 +610,9 @@ fn printf(format: &str, args: &[Value]) -> String {
     let mut args = args.iter();
     let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {
+        if out.len() > MAX_OUTPUT {
+            break;
+        }
         if c != '%' {
             out.push(c);
             continue;
@@ -555,10 +640,12 @@ fn printf(format: &str, args: &[Value]) -> String {
         };
         let left = spec.starts_with('-');
         let spec = spec.trim_start_matches('-');
+        // Bounded: a width or precision past the output's size is cut.
         let (width, precision): (usize, Option<usize>) = match spec.split_once('.') {
             Some((w, p)) => (w.parse().unwrap_or(0), p.parse::<usize>().ok()),
             None => (spec.parse().unwrap_or(0), None),
         };
+        let (width, precision) = (width.min(MAX_OUTPUT), precision.map(|p| p.min(64)));
         let body = match verb {
             'd' => format!("{}", value.num() as i64),
             'f' | 'F' => format!("{:.*}", precision.unwrap_or(6), value.num()),
@@ -590,14 +677,7 @@ impl Template {
     pub fn render(&self, data: &Data<'_>) -> Result<String, String> {
         let mut out = String::new();
         render_nodes(&self.nodes, data, &mut out)?;
-        if out.len() > MAX_OUTPUT {
-            let mut cut = MAX_OUTPUT;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-        }
-        Ok(out)
+        Ok(cut(out))
     }
 }
 
@@ -608,7 +688,7 @@ fn render_nodes(nodes: &[Node], data: &Data<'_>, out: &mut String) -> Result<(),
         }
         match node {
             Node::Text(text) => out.push_str(text),
-            Node::Action(pipeline) => out.push_str(&run(pipeline, data)?.text()),
+            Node::Action(pipeline) => out.push_str(&cut(run(pipeline, data)?.text())),
             Node::If {
                 branches,
                 otherwise,
@@ -644,7 +724,10 @@ fn run(pipeline: &Pipeline, data: &Data<'_>) -> Result<Value, String> {
                         args.len()
                     ));
                 }
-                f(&args)?
+                match f(&args)? {
+                    Value::Text(t) => Value::Text(cut(t)),
+                    other => other,
+                }
             }
             None => args.pop().unwrap_or(Value::Text(String::new())),
         });
@@ -682,10 +765,10 @@ enum Tok {
 pub fn parse(text: &str) -> Result<Template, String> {
     let mut actions = split(text)?;
     actions.reverse();
-    let (nodes, end) = nodes(&mut actions)?;
-    match end {
-        None => Ok(Template { nodes }),
-        Some(word) => Err(format!("unexpected {{{{{word}}}}}")),
+    match nodes(&mut actions, 0)? {
+        (nodes, Ending::Done) => Ok(Template { nodes }),
+        (_, Ending::End) => Err("unexpected {{end}}".into()),
+        (_, Ending::Else(_)) => Err("unexpected {{else}}".into()),
     }
 }
 
@@ -742,6 +825,7 @@ fn tokens(body: &str) -> Result<Vec<Tok>, String> {
     let chars: Vec<char> = body.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
+    let mut open = 0usize;
     let word_char = |c: char| c.is_alphanumeric() || c == '_';
     while let Some(&c) = chars.get(i) {
         let start = i;
@@ -764,6 +848,14 @@ fn tokens(body: &str) -> Result<Vec<Tok>, String> {
                     _ => Tok::Close,
                 });
                 i += 1;
+                match c {
+                    '(' => open += 1,
+                    ')' => open = open.saturating_sub(1),
+                    _ => {}
+                }
+                if open > MAX_NESTING {
+                    return Err(format!("parentheses nested deeper than {MAX_NESTING}"));
+                }
             }
             '.' => {
                 i += 1;
@@ -822,9 +914,20 @@ fn tokens(body: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
-/// Nodes up to an `else`, `else if ...` or `end` (returned, with the
-/// rest of its action) or the end of the template.
-fn nodes(pieces: &mut Vec<Piece>) -> Result<(Vec<Node>, Option<String>), String> {
+/// Deepest nesting of `if` blocks and of parentheses in an action.
+const MAX_NESTING: usize = 32;
+
+/// How a list of nodes ended: at `{{end}}`, at `{{else}}` (with the
+/// condition of an `{{else if ...}}`), or at the template's end.
+enum Ending {
+    End,
+    Else(Vec<Tok>),
+    Done,
+}
+
+/// Nodes up to an `else`, `else if ...` or `end`, or the end of the
+/// template, inside `depth` `if` blocks.
+fn nodes(pieces: &mut Vec<Piece>, depth: usize) -> Result<(Vec<Node>, Ending), String> {
     let mut out = Vec::new();
     while let Some(piece) = pieces.pop() {
         let toks = match piece {
@@ -835,17 +938,20 @@ fn nodes(pieces: &mut Vec<Piece>) -> Result<(Vec<Node>, Option<String>), String>
             Piece::Action(toks) => toks,
         };
         match toks.first() {
-            Some(Tok::Word(w)) if w == "end" || w == "else" => {
-                // Put back what follows `else` (an `else if`'s condition).
-                let rest: Vec<Tok> = toks.get(1..).unwrap_or_default().to_vec();
-                let word = w.clone();
-                if !rest.is_empty() {
-                    pieces.push(Piece::Action(rest));
-                }
-                return Ok((out, Some(word)));
+            Some(Tok::Word(w)) if w == "end" => return Ok((out, Ending::End)),
+            Some(Tok::Word(w)) if w == "else" => {
+                let rest = toks.get(1..).unwrap_or_default().to_vec();
+                return Ok((out, Ending::Else(rest)));
             }
             Some(Tok::Word(w)) if w == "if" => {
-                out.push(if_node(toks.get(1..).unwrap_or_default(), pieces)?)
+                if depth >= MAX_NESTING {
+                    return Err(format!("{{{{if}}}} nested deeper than {MAX_NESTING}"));
+                }
+                out.push(if_node(
+                    toks.get(1..).unwrap_or_default(),
+                    pieces,
+                    depth + 1,
+                )?)
             }
             Some(Tok::Word(w))
                 if matches!(
@@ -860,35 +966,29 @@ fn nodes(pieces: &mut Vec<Piece>) -> Result<(Vec<Node>, Option<String>), String>
             _ => out.push(Node::Action(pipeline(&toks)?)),
         }
     }
-    Ok((out, None))
+    Ok((out, Ending::Done))
 }
 
-fn if_node(condition: &[Tok], pieces: &mut Vec<Piece>) -> Result<Node, String> {
+fn if_node(condition: &[Tok], pieces: &mut Vec<Piece>, depth: usize) -> Result<Node, String> {
     let mut branches = vec![(pipeline(condition)?, Vec::new())];
     loop {
-        let (body, end) = nodes(pieces)?;
+        let (body, ending) = nodes(pieces, depth)?;
         if let Some(last) = branches.last_mut() {
             last.1 = body;
         }
-        match end.as_deref() {
-            Some("end") => {
+        match ending {
+            Ending::End => {
                 return Ok(Node::If {
                     branches,
                     otherwise: Vec::new(),
                 });
             }
-            Some("else") => {
-                // `else if cond`: its condition was put back as an action.
-                if let Some(Piece::Action(toks)) = pieces.last()
-                    && toks.first() == Some(&Tok::Word("if".into()))
-                {
-                    let cond = toks.get(1..).unwrap_or_default().to_vec();
-                    pieces.pop();
-                    branches.push((pipeline(&cond)?, Vec::new()));
-                    continue;
-                }
-                let (otherwise, end) = nodes(pieces)?;
-                if end.as_deref() != Some("end") {
+            Ending::Else(rest) if rest.first() == Some(&Tok::Word("if".into())) => {
+                branches.push((pipeline(rest.get(1..).unwrap_or_default())?, Vec::new()));
+            }
+            Ending::Else(rest) if rest.is_empty() => {
+                let (otherwise, ending) = nodes(pieces, depth)?;
+                if !matches!(ending, Ending::End) {
                     return Err("an {{if}} ... {{else}} without its {{end}}".into());
                 }
                 return Ok(Node::If {
@@ -896,7 +996,8 @@ fn if_node(condition: &[Tok], pieces: &mut Vec<Piece>) -> Result<Node, String> {
                     otherwise,
                 });
             }
-            _ => return Err("an {{if}} without its {{end}}".into()),
+            Ending::Else(_) => return Err("{{else}} takes nothing after it but if".into()),
+            Ending::Done => return Err("an {{if}} without its {{end}}".into()),
         }
     }
 }
@@ -1080,6 +1181,20 @@ mod tests {
         assert_eq!(render("{{ trunc 2 (ToUpper .method) }}", &l), "GE");
         assert_eq!(render("{{/* a comment */}}x", &l), "x");
         assert_eq!(
+            render("{{if .x}}A{{else}}{{if .method}}B{{end}}{{end}}", &l),
+            "B"
+        );
+        // Bounded whatever the template asks.
+        assert!(
+            render(r#"{{ printf "%.70000f|%99999999999d" 1 2 }}"#, &l).len() <= MAX_OUTPUT + 80
+        );
+        let huge = r#"{{ repeat 1024 (repeat 1024 (repeat 1024 "xxxxxxxx")) }}"#;
+        assert!(render(huge, &l).len() <= MAX_OUTPUT);
+        assert!(
+            render(r#"{{ replace "" "0123456789" (repeat 9999 "ab") }}"#, &l).len() <= MAX_OUTPUT
+        );
+        assert_eq!(render(r#"{{ replace "" "-" "abc" }}"#, &l), "-a-b-c-");
+        assert_eq!(
             render(r#"{{ unixEpoch (toDate "2006-01-02" "2023-11-14") }}"#, &l),
             "1699920000"
         );
@@ -1095,6 +1210,11 @@ mod tests {
             ("{{ if .x }}a", "without its {{end}}"),
             ("{{ range .x }}{{ end }}", "not supported"),
             ("{{ end }}", "unexpected"),
+            (
+                &format!("{{{{ {}1{} }}}}", "(".repeat(40), ")".repeat(40)),
+                "nested deeper",
+            ),
+            (&"{{if .a}}".repeat(40), "nested deeper"),
             ("{{ (ToUpper .x }}", "without its ')'"),
             ("{{ \"abc }}", "closing"),
         ] {
