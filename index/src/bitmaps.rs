@@ -168,7 +168,11 @@ impl FieldBitmaps {
                 rest -= self.matches(reader, inner)?.as_ref();
                 Cow::Owned(rest)
             }
-            Query::Word(_) | Query::WordPrefix(_) | Query::Phrase(_) | Query::FieldPrefix(..) => {
+            Query::Word(_)
+            | Query::WordPrefix(_)
+            | Query::WordPart { .. }
+            | Query::Phrase(_)
+            | Query::FieldPrefix(..) => {
                 return None;
             }
         })

@@ -877,6 +877,7 @@ fn contains_phrase(query: &Query) -> bool {
         Query::All
         | Query::Word(_)
         | Query::WordPrefix(_)
+        | Query::WordPart { .. }
         | Query::FieldIs(..)
         | Query::FieldPrefix(..)
         | Query::LevelCmp(..) => false,

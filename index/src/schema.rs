@@ -208,6 +208,14 @@ fn translate(
         Query::All => Box::new(AllQuery),
         Query::Word(word) => term_query(fields.message, word),
         Query::WordPrefix(prefix) => regex_query(fields.message, prefix)?,
+        Query::WordPart { part, at_end } => {
+            let pattern = format!(".*{}", prefix_pattern(part));
+            let pattern = match at_end {
+                true => pattern.strip_suffix(".*").unwrap_or(&pattern),
+                false => &pattern,
+            };
+            Box::new(RegexQuery::from_pattern(pattern, fields.message)?)
+        }
         Query::Phrase(_) | Query::And(_) => conjunction(fields, query, Vec::new(), recheck)?,
         Query::FieldIs(field, value) => {
             let (field, text) = field_term(fields, field, value);

@@ -370,6 +370,23 @@ impl Gen<'_> {
         chars.iter().skip(start).take(len).collect()
     }
 
+    /// Some characters from inside one of `line`'s words (at least 3),
+    /// so that the index finds it only as a part of a term.
+    fn inside_word(&mut self, line: &str) -> String {
+        let words: Vec<Vec<char>> = line
+            .split(|c: char| !c.is_alphanumeric())
+            .map(|w| w.chars().collect::<Vec<char>>())
+            .filter(|w| w.len() >= 3)
+            .collect();
+        if words.is_empty() {
+            return self.piece(line);
+        }
+        let word = &words[self.below(words.len())];
+        let len = 3 + self.below(word.len() - 2);
+        let start = self.below(word.len() - len + 1);
+        word[start..start + len].iter().collect()
+    }
+
     fn token(&mut self) -> String {
         loop {
             let message = self.pick().message.clone();
@@ -449,7 +466,8 @@ impl Gen<'_> {
 
     /// A line filter `anchor` passes, mostly.
     fn line_filter(&mut self, anchor: &LogRecord) -> (Op, String) {
-        match self.below(9) {
+        match self.below(10) {
+            9 => (Op::Eq, self.inside_word(&anchor.message)),
             7 => (Op::Pattern, self.pattern_of(&anchor.message)),
             8 => {
                 let other = self.pick().message.clone();
@@ -505,8 +523,11 @@ impl Gen<'_> {
     fn log_query(&mut self) -> Generated {
         let anchor = self.pick().clone();
         let mut selector = vec![self.matcher(&anchor)];
-        if self.below(3) == 0 {
-            selector.push(self.matcher(&anchor));
+        match self.below(6) {
+            // Nothing narrows: the line filters' words must.
+            0 => selector = vec![("service_name", Op::Re, ".+".to_owned())],
+            1 | 2 => selector.push(self.matcher(&anchor)),
+            _ => {}
         }
         let lines = (0..self.below(4))
             .map(|_| self.line_filter(&anchor))

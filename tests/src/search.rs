@@ -98,14 +98,16 @@ impl QueryGen<'_> {
                 )
             }
             4 => {
-                let token = self.token();
-                format!(
-                    "{}*",
-                    token
-                        .chars()
-                        .take(1 + self.rng.below(3) as usize)
-                        .collect::<String>()
-                )
+                // A prefix, a part anywhere or an ending of a token.
+                let token: Vec<char> = self.token().chars().collect();
+                let len = (1 + self.rng.below(3) as usize).min(token.len());
+                let from = self.rng.below((token.len() - len + 1) as u64) as usize;
+                let part: String = token[from..from + len].iter().collect();
+                match self.rng.below(3) {
+                    0 => format!("{part}*"),
+                    1 => format!("*{part}*"),
+                    _ => format!("*{part}"),
+                }
             }
             5 => format!("service:{}", self.pick().service.clone()),
             6 => format!("host:{}", self.pick().host.clone()),

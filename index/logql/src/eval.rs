@@ -269,29 +269,58 @@ fn field_filter(matcher: &Matcher) -> Option<String> {
     Some(if negate { format!("-{filter}") } else { filter })
 }
 
-/// The words a record's message must hold if it holds `text`: the
-/// tokens inside `text` (not touching its ends) whole, and the one that
-/// ends it as a prefix.
-fn substring_words(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// The runs of letters and digits in `text`, as byte ranges.
+fn runs(text: &str) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
     let mut start = None;
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    for (n, &(i, c)) in chars.iter().enumerate() {
-        if c.is_alphanumeric() {
-            start.get_or_insert(i);
-            if n + 1 == chars.len()
-                && let Some(s) = start.filter(|&s| s > 0)
-            {
-                out.push(format!("{}*", lower(text.get(s..).unwrap_or_default())));
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        match (c.is_alphanumeric() && i < text.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                runs.push((s, i));
+                start = None;
             }
-        } else if let Some(s) = start.take()
-            && s > 0
-        {
-            out.push(lower(text.get(s..i).unwrap_or_default()));
+            _ => {}
         }
     }
-    out
+    runs
 }
+
+/// The words a record's message must hold if it holds `text`, in lode's
+/// query language: each run of letters and digits in `text` is a whole
+/// token when `text` goes on past both its ends, and the start of one
+/// (`run*`) when it ends `text`.
+fn substring_words(text: &str) -> Vec<String> {
+    runs(text)
+        .into_iter()
+        .filter_map(|(s, e)| {
+            let run = lower(text.get(s..e).unwrap_or_default());
+            match (s == 0, e == text.len()) {
+                (false, false) => Some(run),
+                (false, true) => Some(format!("{run}*")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The run of letters and digits that starts `text`, as the end of a
+/// token (`*run`), or as a part of one (`*run*`) when it is all of
+/// `text`; if it has at least [`MIN_PART`] characters. Found by reading
+/// the whole term dictionary (150 ms per million records), so a query
+/// asks for it only when nothing else narrows its candidates.
+fn substring_part(text: &str) -> Option<String> {
+    let &(s, e) = runs(text).first().filter(|&&(s, _)| s == 0)?;
+    let run = lower(text.get(s..e).unwrap_or_default());
+    (run.chars().count() >= MIN_PART).then(|| match e == text.len() {
+        true => format!("*{run}*"),
+        false => format!("*{run}"),
+    })
+}
+
+/// The fewest characters a token's start, end or part must have to
+/// narrow a substring's candidates.
+const MIN_PART: usize = 3;
 
 fn lower(token: &str) -> String {
     token.chars().flat_map(char::to_lowercase).collect()
@@ -305,6 +334,7 @@ impl LogQuery {
     /// one selects; `*` when nothing narrows it.
     pub fn candidates(&self) -> String {
         let mut terms: Vec<String> = self.selector.iter().filter_map(field_filter).collect();
+        let mut parts = Vec::new();
         for stage in &self.stages {
             match stage {
                 Stage::Line {
@@ -312,7 +342,10 @@ impl LogQuery {
                     text,
                     or,
                     ..
-                } if or.is_empty() => terms.extend(substring_words(text)),
+                } if or.is_empty() => {
+                    terms.extend(substring_words(text));
+                    parts.extend(substring_part(text));
+                }
                 // Filters after a stage that changes the line look at
                 // another line than the record's.
                 Stage::LineFormat(_) | Stage::Decolorize | Stage::Unpack => break,
@@ -329,6 +362,9 @@ impl LogQuery {
                 | Stage::Label(_)
                 | Stage::Line { .. } => {}
             }
+        }
+        if terms.is_empty() {
+            terms.extend(parts.into_iter().max_by_key(String::len));
         }
         terms.dedup();
         terms.truncate(MAX_TERMS);
@@ -1186,6 +1222,7 @@ fn range_series<S: Source>(
                     RangeFn::QuantileOverTime => {
                         quantile(call.param.unwrap_or(0.5), values().collect())
                     }
+                    RangeFn::RateCounter => counter_rate(window, t, range_ns),
                 })
             })
             .collect::<Vec<_>>();
@@ -1195,6 +1232,45 @@ fn range_series<S: Source>(
         }
     }
     Ok(out)
+}
+
+/// Loki's `rate_counter` (Prometheus' extrapolated rate over a counter)
+/// of the window of `range_ns` that ends at `end`: the increase from the
+/// first sample to the last, each drop counted as a reset to 0, stretched
+/// to the window's edges where the samples come near them (to within 1.1
+/// of their mean spacing; otherwise half a spacing past each end sample,
+/// never past the counter's zero), per second. 0 below two samples.
+fn counter_rate(window: &[Sample], end: i64, range_ns: i64) -> f64 {
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        return 0.0;
+    };
+    if window.len() < 2 {
+        return 0.0;
+    }
+    let mut increase = last.value - first.value;
+    for pair in window.windows(2) {
+        if let [before, after] = pair
+            && after.value < before.value
+        {
+            increase += before.value;
+        }
+    }
+    let seconds = |ns: i64| ns as f64 / 1e9;
+    let sampled = seconds(last.ts - first.ts);
+    let spacing = sampled / (window.len() - 1) as f64;
+    let threshold = spacing * 1.1;
+    let mut to_start = seconds(first.ts - (end - range_ns));
+    let mut to_end = seconds(end - last.ts);
+    if to_start >= threshold {
+        to_start = spacing / 2.0;
+    }
+    if increase > 0.0 && first.value >= 0.0 {
+        to_start = to_start.min(sampled * (first.value / increase));
+    }
+    if to_end >= threshold {
+        to_end = spacing / 2.0;
+    }
+    increase * ((sampled + to_start + to_end) / sampled) / seconds(range_ns)
 }
 
 /// The population variance (Prometheus' `stdvar_over_time`).
@@ -1943,6 +2019,10 @@ mod tests {
                     r.service.to_lowercase() == v.trim_matches('"').to_lowercase()
                 } else if let Some(v) = t.strip_prefix("level:") {
                     r.level.as_str() == v
+                } else if let Some(p) = t.strip_prefix('*').and_then(|t| t.strip_suffix('*')) {
+                    lode_query_words(&r.message).any(|w| w.contains(p))
+                } else if let Some(p) = t.strip_prefix('*') {
+                    lode_query_words(&r.message).any(|w| w.ends_with(p))
                 } else if let Some(p) = t.strip_suffix('*') {
                     lode_query_words(&r.message).any(|w| w.starts_with(p))
                 } else {
@@ -1967,6 +2047,20 @@ mod tests {
         assert_eq!(substring_words("a=b c"), ["b", "c*"]);
         assert_eq!(substring_words("Timeout: "), Vec::<String>::new());
         assert_eq!(substring_words(": TimeOut"), ["timeout*"]);
+        assert_eq!(substring_part("error").as_deref(), Some("*error*"));
+        assert_eq!(substring_part("Ünïcode").as_deref(), Some("*ünïcode*"));
+        assert_eq!(substring_part("Timeout: ").as_deref(), Some("*timeout"));
+        assert_eq!(substring_part("ok"), None);
+        assert_eq!(substring_part(" reset"), None);
+        // Parts narrow only what nothing else does.
+        let candidates = |q: &str| log_query(q).candidates();
+        assert_eq!(candidates(r#"{a=~".+"} |= "Error""#), "*error*");
+        assert_eq!(
+            candidates(r#"{service_name="api"} |= "error""#),
+            r#"service:"api""#
+        );
+        assert_eq!(candidates(r#"{a=~".+"} |= "Error" |= " GET /""#), "get");
+        assert_eq!(candidates(r#"{a=~".+"} |= "Error" |= "GET /""#), "*error*");
     }
 
     #[test]
@@ -2645,6 +2739,37 @@ mod tests {
                 .iter()
                 .all(|(l, _)| !l.contains_key("took") && l.contains_key("size"))
         );
+        // A counter sampled each second at 2..=5 s: 10, 20, a reset to
+        // 5, then 15: an increase of 15 - 10 + 20 = 25 over the 3 s
+        // sampled. The last sample is on the window's end (5 s); the
+        // first is 2 s past its start, more than 1.1 spacings, so half a
+        // spacing is added there: 25 stretched to 3.5 s, per 5 s.
+        let counter: Vec<LogRecord> = [(2, 10), (3, 20), (4, 5), (5, 15)]
+            .into_iter()
+            .map(|(s, n)| record(s * 1_000_000_000, "api", Level::Info, &format!("n={n}")))
+            .collect();
+        let mut counter = Records(counter);
+        let text = r#"sum(rate_counter({service_name="api"} | logfmt | unwrap n [5s]))"#;
+        let Metric::Vector(series) = eval_metric(&mut counter, &parse(text).unwrap(), at).unwrap()
+        else {
+            panic!("{text}")
+        };
+        let got = series[0].points[0].unwrap();
+        let want = 25.0 * (3.5 / 3.0) / 5.0;
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        // The counter's zero bounds the stretch back: 1 then 5 at 4 and
+        // 5 s reach 0 a quarter second before 4 s, short of a spacing's half.
+        let zero: Vec<LogRecord> = [(4, 1), (5, 5)]
+            .into_iter()
+            .map(|(s, n)| record(s * 1_000_000_000, "api", Level::Info, &format!("n={n}")))
+            .collect();
+        let Metric::Vector(series) =
+            eval_metric(&mut Records(zero), &parse(text).unwrap(), at).unwrap()
+        else {
+            panic!("{text}")
+        };
+        let got = series[0].points[0].unwrap();
+        assert!((got - 4.0 * (1.25 / 1.0) / 5.0).abs() < 1e-9, "{got}");
         // A counting function takes no unwrap; a value one needs it.
         assert!(parse(r#"count_over_time({a="b"} | unwrap x [1m])"#).is_err());
         assert!(parse(r#"avg_over_time({a="b"} [1m])"#).is_err());

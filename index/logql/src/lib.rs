@@ -423,6 +423,9 @@ pub enum RangeFn {
     StddevOverTime,
     StdvarOverTime,
     QuantileOverTime,
+    /// The per-second increase of an unwrapped counter, resets allowed
+    /// and extrapolated to the window's edges (Prometheus' `rate`).
+    RateCounter,
     /// 1 where the query selects nothing in the window.
     AbsentOverTime,
 }
@@ -443,6 +446,7 @@ impl RangeFn {
             "stddev_over_time" => RangeFn::StddevOverTime,
             "stdvar_over_time" => RangeFn::StdvarOverTime,
             "quantile_over_time" => RangeFn::QuantileOverTime,
+            "rate_counter" => RangeFn::RateCounter,
             "absent_over_time" => RangeFn::AbsentOverTime,
             _ => return None,
         })

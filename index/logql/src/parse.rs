@@ -662,7 +662,7 @@ impl Parser {
             s.line,
             s.column,
             format!(
-                "unknown function '{name}': lode takes the range functions (count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, and sum, avg, min, max, first, last, stddev, stdvar and quantile _over_time of unwrapped values), the aggregations sum, avg, min, max, count, stddev, stdvar, topk, bottomk, sort, sort_desc, label_replace and vector(); not yet rate_counter or count_values"
+                "unknown function '{name}': lode takes the range functions (count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, and sum, avg, min, max, first, last, stddev, stdvar and quantile _over_time and rate_counter of unwrapped values), the aggregations sum, avg, min, max, count, stddev, stdvar, topk, bottomk, sort, sort_desc, label_replace and vector(); count_values is in neither Loki's nor Grafana's LogQL"
             ),
         ))
     }
@@ -1481,7 +1481,7 @@ mod tests {
                 "variables",
             ),
             (r#"{job="a"} | distinct id"#, "not supported"),
-            (r#"count_values("n", rate({a="b"}[1m]))"#, "not yet"),
+            (r#"count_values("n", rate({a="b"}[1m]))"#, "neither Loki's"),
         ] {
             let e = parse(refused).unwrap_err();
             assert!(e.message.contains(says), "{refused}: {e}");

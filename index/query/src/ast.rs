@@ -37,6 +37,12 @@ pub enum Query {
     Word(String),
     /// Message tokens that start with this (`conn*`).
     WordPrefix(String),
+    /// Message tokens that hold this: anywhere (`*conn*`), or at their
+    /// end (`*conn`).
+    WordPart {
+        part: String,
+        at_end: bool,
+    },
     /// Consecutive message tokens (`"a b c"`, or a word that tokenizes into
     /// several, like `blk_42`).
     Phrase(Vec<String>),

@@ -45,6 +45,10 @@ impl Query {
             Query::WordPrefix(prefix) => {
                 record.tokens.iter().any(|t| t.starts_with(prefix.as_str()))
             }
+            Query::WordPart { part, at_end } => record.tokens.iter().any(|t| match at_end {
+                true => t.ends_with(part.as_str()),
+                false => t.contains(part.as_str()),
+            }),
             Query::Phrase(words) => has_phrase(&record.record.message, words),
             Query::FieldIs(field, value) => field_values(record.record, field)
                 .iter()

@@ -10,6 +10,9 @@
 //! value   := [">=" | ">" | "<=" | "<"] WORD | PHRASE          (comparisons: level only)
 //! FIELD   := level | service | host | message | attrs.KEY
 //! ```
+//!
+//! A WORD ending in `*` is a prefix of a token (`conn*`); one starting
+//! with `*` a part of one (`*conn*` anywhere in it, `*conn` at its end).
 
 use lode_codec::Level;
 
@@ -340,6 +343,23 @@ fn phrase(text: &str, column: usize) -> Result<Query, ParseError> {
 }
 
 fn message_word(word: &str, column: usize) -> Result<Query, ParseError> {
+    if let Some(rest) = word.strip_prefix('*').filter(|rest| !rest.is_empty()) {
+        let (part, at_end) = match rest.strip_suffix('*') {
+            Some(part) => (part, false),
+            None => (rest, true),
+        };
+        let mut parts: Vec<String> = tokens(part).collect();
+        return match (parts.len(), part.chars().all(char::is_alphanumeric)) {
+            (1, true) => Ok(Query::WordPart {
+                part: parts.remove(0),
+                at_end,
+            }),
+            _ => Err(error(
+                column,
+                format!("'{word}': a part of a word must be letters and digits only"),
+            )),
+        };
+    }
     if let Some(prefix) = word.strip_suffix('*') {
         let mut parts: Vec<String> = tokens(prefix).collect();
         return match parts.len() {
@@ -424,6 +444,23 @@ mod tests {
         );
         assert_eq!(parse("*").unwrap(), Query::All);
         assert_eq!(parse("conn*").unwrap(), Query::WordPrefix("conn".into()));
+        assert_eq!(
+            parse("*Conn*").unwrap(),
+            Query::WordPart {
+                part: "conn".into(),
+                at_end: false
+            }
+        );
+        assert_eq!(
+            parse("*conn").unwrap(),
+            Query::WordPart {
+                part: "conn".into(),
+                at_end: true
+            }
+        );
+        for refused in ["**", "*a-b*", "*-*", "*a_b"] {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
         assert_eq!(
             parse("and or").unwrap(),
             Query::And(vec![word("and"), word("or")])
