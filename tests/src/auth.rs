@@ -464,7 +464,8 @@ fn every_front_end_answers_each_credential() {
 /// Two tenants, one writing through Loki with an admin token and
 /// `X-Scope-OrgID`, the other with a token of its own: every read path
 /// (query, count, top, histogram, Loki's query_range, series, labels and
-/// label values, the binary protocol's query and tail, export) shows each
+/// label values, Logs Drilldown's volumes, the binary
+/// protocol's query and tail, export) shows each
 /// only its own records; an admin reads both with `a|b`.
 #[test]
 fn tenants_never_see_each_others_records() {
@@ -546,6 +547,9 @@ fn tenants_never_see_each_others_records() {
         "/loki/api/v1/series",
         "/loki/api/v1/label/service_name/values",
         "/loki/api/v1/label/host/values",
+        // Logs Drilldown's.
+        "/loki/api/v1/index/volume?query=%7Bservice_name%3D~%22.%2B%22%7D",
+        "/loki/api/v1/index/volume_range?query=%7Bservice_name%3D~%22.%2B%22%7D&step=60",
     ];
     for (token, mine, theirs) in [(&token_a, "apple", "banana"), (&token_b, "banana", "apple")] {
         for path in reads {
