@@ -77,6 +77,12 @@ pub(crate) struct BenchArgs {
     /// token, CPU per record until searchable, and query round trips.
     #[arg(long, conflicts_with_all = ["cluster", "grafana"])]
     pub(crate) secure: bool,
+    /// Benchmark what a record costs until it is searchable and sealed
+    /// instead: CPU per record of the whole server process (JSON lines
+    /// over HTTP) and of `lode import --data`, and bytes on disk per
+    /// record after the seal, beside the JSON and zstd -3 of it.
+    #[arg(long, conflicts_with_all = ["cluster", "grafana", "secure"])]
+    pub(crate) cost: bool,
     /// Priority of sealing and indexing, embedded and in the server alike:
     /// idle, nice:N or normal (the config key storage.background).
     #[arg(long, default_value = "idle")]
@@ -154,6 +160,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     }
     if args.secure {
         return crate::bench_secure::bench_secure(&args).await;
+    }
+    if args.cost {
+        return crate::bench_cost::bench_cost(&args).await;
     }
     let Workload {
         _temp,
@@ -261,7 +270,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
 }
 
 /// The engine and index of `dir`, opened in this process.
-async fn open_service(dir: &Path, args: &BenchArgs) -> Result<Service, CliError> {
+pub(crate) async fn open_service(dir: &Path, args: &BenchArgs) -> Result<Service, CliError> {
     let mut config = Config {
         data: dir.to_owned(),
         ..Config::default()
@@ -760,6 +769,39 @@ impl Cpu {
             .map(|(name, ns)| format!("{name} {:.2}", us_per_record(*ns, records)))
             .collect();
         shown.join(", ")
+    }
+}
+
+/// CPU time of a whole process so far (this one for `None`), threads
+/// that ended included, from `/proc/PID/stat` (utime + stime, in clock
+/// ticks of 10 ms).
+pub(crate) fn process_cpu_ns(pid: Option<u32>) -> Result<u64, CliError> {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |pid| {
+        format!("/proc/{pid}/stat")
+    });
+    // After the name: state is field 3; utime and stime are 14 and 15.
+    stat_ticks_ns(&path, 11)
+}
+
+/// CPU time of every child process this one has waited for, threads
+/// included (`cutime` + `cstime` of `/proc/self/stat`).
+pub(crate) fn children_cpu_ns() -> Result<u64, CliError> {
+    stat_ticks_ns("/proc/self/stat", 13)
+}
+
+/// The sum of the two clock-tick fields of a `/proc` `stat` file that
+/// start at `at` (counted from 0 after the name: the state is 0), in ns.
+fn stat_ticks_ns(path: &str, at: usize) -> Result<u64, CliError> {
+    let stat = std::fs::read_to_string(path)?;
+    let after_name = stat
+        .rfind(')')
+        .and_then(|at| stat.get(at + 2..))
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (ticks(at), ticks(at + 1)) {
+        (Some(user), Some(system)) => Ok((user + system) * 10_000_000),
+        _ => Err(CliError::new(format!("cannot read {path}"))),
     }
 }
 

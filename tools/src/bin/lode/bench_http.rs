@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lode_engine::LogRecord;
 use lode_protocol::{loki, otlp};
@@ -324,6 +324,35 @@ pub(crate) fn ingest(
         )));
     }
     Ok(accepted as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Polls `/metrics` until the server's index lag is 0: every record
+/// acknowledged so far is searchable.
+pub(crate) fn wait_searchable(endpoint: &Endpoint, within: Duration) -> Result<(), CliError> {
+    let mut session = endpoint.connect().map_err(CliError::new)?;
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = session
+            .send("GET", "/metrics", "text/plain", b"")
+            .map_err(CliError::new)?;
+        let text = String::from_utf8_lossy(&body);
+        let lag = text
+            .lines()
+            .find_map(|line| line.strip_prefix("lode_index_lag "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        match lag {
+            Some(0.0) => return Ok(()),
+            None => {
+                return Err(CliError::new(format!(
+                    "/metrics ({status}) has no lode_index_lag"
+                )));
+            }
+            Some(_) if Instant::now() > deadline => {
+                return Err(CliError::new("the index did not catch up"));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// An HTTP/1.1 answer with a `Content-Length` (or none): status and body.

@@ -15,7 +15,9 @@ use lode_tools::median;
 use serde_json::{Value, json};
 
 use crate::CliError;
-use crate::bench::{BenchArgs, Cpu, ServerChild, Workload, background_config, field, spawn_serve};
+use crate::bench::{
+    BenchArgs, Cpu, ServerChild, Workload, background_config, field, process_cpu_ns, spawn_serve,
+};
 use crate::bench_http::{self, Endpoint, Format, Session};
 
 /// The tenant the secure side's token writes and reads.
@@ -157,7 +159,7 @@ impl Side {
     ) -> Result<(), CliError> {
         let records = workload.records.len();
         let server_before = Cpu::now(Some(self.pid)).of_server();
-        let client_before = process_cpu_ns()?;
+        let client_before = process_cpu_ns(None)?;
         let rate = bench_http::ingest(
             Format::JsonLines,
             &self.endpoint,
@@ -165,8 +167,8 @@ impl Side {
             args.batch,
             args.http_connections,
         )?;
-        let client_ns = process_cpu_ns()?.saturating_sub(client_before);
-        self.wait_searchable(Duration::from_secs(600))?;
+        let client_ns = process_cpu_ns(None)?.saturating_sub(client_before);
+        bench_http::wait_searchable(&self.endpoint, Duration::from_secs(600))?;
         let server = Cpu::now(Some(self.pid)).of_server().since(&server_before);
         figures.rate.push(rate);
         let [all, foreground, _] = server.per_record(records);
@@ -176,34 +178,6 @@ impl Side {
             .client_us
             .push(crate::bench::us_per_record(client_ns, records));
         Ok(())
-    }
-
-    /// Polls `/metrics` until the server's index lag is 0.
-    fn wait_searchable(&self, within: Duration) -> Result<(), CliError> {
-        let mut session = self.endpoint.connect().map_err(CliError::new)?;
-        let deadline = Instant::now() + within;
-        loop {
-            let (status, body) = session
-                .send("GET", "/metrics", "text/plain", b"")
-                .map_err(CliError::new)?;
-            let text = String::from_utf8_lossy(&body);
-            let lag = text
-                .lines()
-                .find_map(|line| line.strip_prefix("lode_index_lag "))
-                .and_then(|v| v.trim().parse::<f64>().ok());
-            match lag {
-                Some(0.0) => return Ok(()),
-                None => {
-                    return Err(CliError::new(format!(
-                        "/metrics ({status}) has no lode_index_lag"
-                    )));
-                }
-                Some(_) if Instant::now() > deadline => {
-                    return Err(CliError::new("the index did not catch up"));
-                }
-                Some(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
     }
 }
 
@@ -231,23 +205,6 @@ fn tenant_token(admin: &Endpoint) -> Result<String, CliError> {
     match answer.get("token").and_then(Value::as_str) {
         Some(token) if status == 201 => Ok(token.to_owned()),
         _ => Err(CliError::new(format!("making a token: {status} {answer}"))),
-    }
-}
-
-/// CPU time of this whole process so far, threads that ended included,
-/// from `/proc/self/stat` (utime + stime, in clock ticks of 10 ms).
-fn process_cpu_ns() -> Result<u64, CliError> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = stat
-        .rfind(')')
-        .and_then(|at| stat.get(at + 2..))
-        .unwrap_or_default();
-    // After the name: state is field 3; utime and stime are 14 and 15.
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok((user + system) * 10_000_000),
-        _ => Err(CliError::new("cannot read /proc/self/stat")),
     }
 }
 

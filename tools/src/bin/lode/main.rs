@@ -4,6 +4,7 @@ mod api;
 mod backend;
 mod bench;
 mod bench_cluster;
+mod bench_cost;
 mod bench_grafana;
 mod bench_http;
 mod bench_secure;
@@ -245,6 +246,7 @@ enum Command {
     ///   lode bench --runs 5 --window 16 --connections 2   the README's figures
     ///   lode bench --grafana --records 10000000 --queries 20   Grafana's questions, Loki API beside lode's
     ///   lode bench --secure --runs 5     HTTPS with a tenant's token beside plain HTTP
+    ///   lode bench --cost                CPU and bytes per record until searchable and sealed
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// Store generated sample logs into a data directory (no server).
