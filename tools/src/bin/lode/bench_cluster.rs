@@ -174,14 +174,9 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
     Ok(())
 }
 
-/// CPU per record of the server's threads (those named `server ...`).
+/// CPU per record of the server process, threads that ended included.
 fn server_cpu(cpu: &Cpu, records: usize) -> f64 {
-    let ns: u64 = cpu
-        .0
-        .iter()
-        .filter(|((name, _), _)| name.starts_with("server "))
-        .map(|(_, ns)| ns)
-        .sum();
+    let ns = cpu.processes.get("server ").copied().unwrap_or(0);
     us_per_record(ns, records)
 }
 

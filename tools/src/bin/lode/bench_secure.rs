@@ -313,9 +313,9 @@ fn report(args: &BenchArgs, sides: &mut [Figures; 2]) {
         "https + token / http", ratios[0], ratios[1], ratios[2], ratios[3]
     );
     println!(
-        "(server us/rec: CPU of all the server's threads from the first request\n\
-         until every record is searchable, sealing and indexing included;\n\
-         foreground: its threads other than sealing and indexing; client:\n\
+        "(server us/rec: the server process's CPU from the first request until\n\
+         every record is searchable, every thread, ended ones included;\n\
+         foreground: its live threads other than sealing and indexing; client:\n\
          this process; ratios: median over runs of each run's ratio)"
     );
     println!(
