@@ -10,13 +10,14 @@
 //! ([`crate::bitmaps`]) are built then too.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
 use tantivy::{Searcher, SearcherGeneration, SegmentReader, Warmer};
 
 use crate::bitmaps::FieldBitmaps;
+use crate::parts::Words;
 use crate::schema::{SEQ_FIELD, TS_FIELD};
 
 /// A segment's columns.
@@ -33,6 +34,9 @@ pub(crate) struct SegmentColumns {
     /// few values, once asked for), unless turned off
     /// ([`crate::IndexOptions::field_bitmaps`]).
     pub(crate) bitmaps: Option<FieldBitmaps>,
+    /// The message terms that hold a letter, listed when a query first
+    /// asks for a part of a word ([`crate::parts`]).
+    words: OnceLock<Arc<Words>>,
 }
 
 impl SegmentColumns {
@@ -51,7 +55,21 @@ impl SegmentColumns {
             ms,
             ordered,
             bitmaps: bitmaps.then(|| FieldBitmaps::build(reader)).transpose()?,
+            words: OnceLock::new(),
         })
+    }
+
+    /// The segment's terms of `field` that hold a letter, listed once.
+    pub(crate) fn words(
+        &self,
+        reader: &SegmentReader,
+        field: tantivy::schema::Field,
+    ) -> tantivy::Result<Arc<Words>> {
+        if let Some(words) = self.words.get() {
+            return Ok(Arc::clone(words));
+        }
+        let words = Arc::new(Words::build(reader, field)?);
+        Ok(Arc::clone(self.words.get_or_init(|| words)))
     }
 }
 

@@ -35,6 +35,7 @@ mod columns;
 mod error;
 mod facets;
 mod index;
+mod parts;
 mod phrase;
 mod recheck;
 mod schema;

@@ -19,6 +19,7 @@ use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
+use crate::parts::Part;
 use crate::phrase::Phrase;
 use crate::recheck::Recheck;
 use crate::time::{TimeRange, grain};
@@ -208,14 +209,12 @@ fn translate(
         Query::All => Box::new(AllQuery),
         Query::Word(word) => term_query(fields.message, word),
         Query::WordPrefix(prefix) => regex_query(fields.message, prefix)?,
-        Query::WordPart { part, at_end } => {
-            let pattern = format!(".*{}", prefix_pattern(part));
-            let pattern = match at_end {
-                true => pattern.strip_suffix(".*").unwrap_or(&pattern),
-                false => &pattern,
-            };
-            Box::new(RegexQuery::from_pattern(pattern, fields.message)?)
-        }
+        Query::WordPart { part, at_end } => Box::new(Part {
+            field: fields.message,
+            part: part.clone(),
+            at_end: *at_end,
+            recheck: Arc::clone(recheck),
+        }),
         Query::Phrase(_) | Query::And(_) => conjunction(fields, query, Vec::new(), recheck)?,
         Query::FieldIs(field, value) => {
             let (field, text) = field_term(fields, field, value);
