@@ -22,9 +22,9 @@ use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError};
 
 use crate::recheck::Recheck;
 
-/// Most terms a segment's list keeps; past it the segment's parts go
-/// through the regex (a list that large saves little over the dictionary).
-const MAX_WORDS: usize = 2_000_000;
+/// Most terms a segment's list keeps (about 70 bytes each in memory);
+/// past it the segment's parts go through the regex.
+const MAX_WORDS: usize = 500_000;
 
 /// A segment's message terms that hold a letter, each with where its
 /// postings are; `None` when there were more than [`MAX_WORDS`].
