@@ -345,6 +345,31 @@ pub(crate) async fn remote_ingest(
     Ok(acked as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Waits until the server `client` talks to holds at least `records`
+/// records and its index has them all (a follower's too: it counts what
+/// it applied).
+pub(crate) async fn wait_searchable(
+    client: &Client,
+    records: u64,
+    within: Duration,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = client.stats().await?;
+        if figure(&stats, "records") >= records && figure(&stats, "index_lag") == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::new(format!(
+                "not searchable within {within:?}: {} records, index lag {}",
+                figure(&stats, "records"),
+                figure(&stats, "index_lag")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Batches the server's WAL wrote per group commit (write and fsync).
 async fn batches_per_commit(clients: &[Client]) -> Result<f64, CliError> {
     let Some(client) = clients.first() else {

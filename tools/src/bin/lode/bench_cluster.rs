@@ -3,7 +3,8 @@
 //! invocation:
 //! - batched ingest (the binary protocol, into the leader) into the
 //!   cluster beside the same ingest into a single node, with CPU per
-//!   record on each node;
+//!   record on each node (its whole process, from the first batch until
+//!   every node has every record searchable);
 //! - single-record appends from many clients at once, each with its own
 //!   connection, spread over the nodes, for a fixed time: writes/s and
 //!   commit latency, beside etcd taking single-key puts the same way
@@ -27,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::CliError;
 use crate::bench::{
     BenchArgs, Cpu, ServerChild, Workload, field, remote_ingest, spawn_serve, start_server,
-    us_per_record,
+    us_per_record, wait_searchable,
 };
 
 /// Figures of one run.
@@ -35,8 +36,8 @@ use crate::bench::{
 struct Run {
     single: f64,
     cluster: f64,
-    /// Per node id: CPU per record (us) during the cluster's ingest, and
-    /// whether it led.
+    /// Per node id: CPU per record (us) from the cluster's ingest until
+    /// every node has every record searchable, and whether it led.
     cpu: BTreeMap<u64, (f64, bool)>,
     single_cpu: f64,
     lode_writes: Writes,
@@ -92,6 +93,7 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
         let before = Cpu::now(Some(child.0.id()));
         figures.single =
             remote_ingest(std::slice::from_ref(&client), &batches, args.window).await?;
+        wait_searchable(&client, args.records as u64, SEARCHABLE_WITHIN).await?;
         figures.single_cpu = server_cpu(&Cpu::now(Some(child.0.id())).since(&before), args.records);
         eprintln!("  single node       {:>12.0} records/s", figures.single);
         drop((client, child));
@@ -110,6 +112,10 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
             .collect();
         figures.cluster =
             remote_ingest(std::slice::from_ref(&client), &batches, args.window).await?;
+        for addr in cluster.tcp.values() {
+            let node = Client::connect_tcp(addr).await?;
+            wait_searchable(&node, args.records as u64, SEARCHABLE_WITHIN).await?;
+        }
         for (id, child) in &cluster.children {
             let Some(start) = before.get(id) else {
                 continue;
@@ -173,6 +179,9 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
     report(args, nodes, &runs);
     Ok(())
 }
+
+/// How long a node may take to have every record searchable.
+const SEARCHABLE_WITHIN: Duration = Duration::from_secs(600);
 
 /// CPU per record of the server process, threads that ended included.
 fn server_cpu(cpu: &Cpu, records: usize) -> f64 {
@@ -752,13 +761,18 @@ fn report(args: &BenchArgs, nodes: usize, runs: &[Run]) {
         cluster / single
     );
     println!(
-        "\n{:<44} {:>14}",
-        "cpu per record during batched ingest", "us (median)"
+        "\n{:<44} {:>14} {:>12}",
+        "cpu per record until searchable on every node", "us (median)", "vs single"
     );
-    println!("{:<44} {:>14.2}", "single node", med(&|r| r.single_cpu));
+    let single = med(&|r| r.single_cpu);
+    println!("{:<44} {single:>14.2} {:>11.2}x", "single node", 1.0);
     // Nodes by role: the leader, then the followers.
     let leader = med(&|r| r.cpu.values().find(|c| c.1).map_or(0.0, |c| c.0));
-    println!("{:<44} {leader:>14.2}", "cluster leader");
+    println!(
+        "{:<44} {leader:>14.2} {:>11.2}x",
+        "cluster leader",
+        leader / single
+    );
     for k in 0..nodes.saturating_sub(1) {
         let follower = med(&|r| {
             let mut followers: Vec<f64> = r.cpu.values().filter(|c| !c.1).map(|c| c.0).collect();
@@ -766,8 +780,9 @@ fn report(args: &BenchArgs, nodes: usize, runs: &[Run]) {
             followers.get(k).copied().unwrap_or(0.0)
         });
         println!(
-            "{:<44} {follower:>14.2}",
-            format!("cluster follower {}", k + 1)
+            "{:<44} {follower:>14.2} {:>11.2}x",
+            format!("cluster follower {}", k + 1),
+            follower / single
         );
     }
     println!(
