@@ -35,8 +35,8 @@ pub(crate) struct SegmentColumns {
     /// ([`crate::IndexOptions::field_bitmaps`]).
     pub(crate) bitmaps: Option<FieldBitmaps>,
     /// The message terms that hold a letter, listed when a query first
-    /// asks for a part of a word ([`crate::parts`]).
-    words: OnceLock<Arc<Words>>,
+    /// asks for a part of a word ([`crate::parts`]), with their field.
+    words: OnceLock<(tantivy::schema::Field, Arc<Words>)>,
 }
 
 impl SegmentColumns {
@@ -59,17 +59,26 @@ impl SegmentColumns {
         })
     }
 
-    /// The segment's terms of `field` that hold a letter, listed once.
+    /// The segment's terms of `field` that hold a letter, listed once
+    /// (for the first field asked: the message; another is listed anew).
     pub(crate) fn words(
         &self,
         reader: &SegmentReader,
         field: tantivy::schema::Field,
     ) -> tantivy::Result<Arc<Words>> {
-        if let Some(words) = self.words.get() {
-            return Ok(Arc::clone(words));
+        if let Some((kept, words)) = self.words.get() {
+            if *kept == field {
+                return Ok(Arc::clone(words));
+            }
+            return Ok(Arc::new(Words::build(reader, field)?));
         }
-        let words = Arc::new(Words::build(reader, field)?);
-        Ok(Arc::clone(self.words.get_or_init(|| words)))
+        let built = Arc::new(Words::build(reader, field)?);
+        let (kept, words) = self.words.get_or_init(|| (field, Arc::clone(&built)));
+        Ok(if *kept == field {
+            Arc::clone(words)
+        } else {
+            built
+        })
     }
 }
 

@@ -15,12 +15,18 @@ use std::sync::Arc;
 
 use tantivy::postings::TermInfo;
 use tantivy::query::{
-    BitSetDocSet, ConstScorer, EnableScoring, Explanation, Query, RegexQuery, Scorer, Weight,
+    BitSetDocSet, BooleanQuery, ConstScorer, EmptyScorer, EnableScoring, Explanation, Occur, Query,
+    RegexQuery, Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError};
+use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError, Term};
 
 use crate::recheck::Recheck;
+
+/// Most terms whose postings are merged as they are read (a union that
+/// seeks: a time range or another filter skips through them); more are
+/// gathered into a bitset first, as tantivy's `AutomatonWeight` does.
+const MAX_UNION_TERMS: usize = 32;
 
 /// Most terms a segment's list keeps (about 70 bytes each in memory);
 /// past it the segment's parts go through the regex.
@@ -110,9 +116,27 @@ impl Weight for PartWeight {
         let (false, Some(words)) = (only_digits, words.0.as_ref()) else {
             return self.regex.scorer(reader, boost);
         };
+        let matching: Vec<&(Box<str>, TermInfo)> = words
+            .iter()
+            .filter(|(term, _)| self.part.holds(term))
+            .collect();
+        if matching.is_empty() {
+            return Ok(Box::new(EmptyScorer));
+        }
+        if matching.len() <= MAX_UNION_TERMS {
+            let terms = matching.iter().map(|(term, _)| {
+                let term = Term::from_field_text(self.part.field, term);
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Should, query)
+            });
+            return BooleanQuery::new(terms.collect())
+                .weight(EnableScoring::disabled_from_schema(reader.schema()))?
+                .scorer(reader, boost);
+        }
         let index = reader.inverted_index(self.part.field)?;
         let mut docs = BitSet::with_max_value(reader.max_doc());
-        for (_, info) in words.iter().filter(|(term, _)| self.part.holds(term)) {
+        for (_, info) in matching {
             let mut postings =
                 index.read_block_postings_from_terminfo(info, IndexRecordOption::Basic)?;
             while !postings.docs().is_empty() {

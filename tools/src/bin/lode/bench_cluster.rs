@@ -112,14 +112,13 @@ pub(crate) async fn bench_cluster(args: &BenchArgs, nodes: usize) -> Result<(), 
             .collect();
         figures.cluster =
             remote_ingest(std::slice::from_ref(&client), &batches, args.window).await?;
-        for addr in cluster.tcp.values() {
-            let node = Client::connect_tcp(addr).await?;
-            wait_searchable(&node, args.records as u64, SEARCHABLE_WITHIN).await?;
-        }
+        // Each node's CPU is read once it has every record searchable.
         for (id, child) in &cluster.children {
-            let Some(start) = before.get(id) else {
+            let (Some(start), Some(addr)) = (before.get(id), cluster.tcp.get(id)) else {
                 continue;
             };
+            let node = Client::connect_tcp(addr).await?;
+            wait_searchable(&node, args.records as u64, SEARCHABLE_WITHIN).await?;
             let spent = Cpu::now(Some(child.0.id())).since(start);
             figures
                 .cpu
