@@ -318,8 +318,9 @@ fn substring_words(text: &str) -> Vec<String> {
 /// a part that holds a letter in a list of its terms that hold one (2.5
 /// ms for a part no term holds at 1M records), so a filter whose other
 /// words give nothing asks for it: at 10M records the newest 1,000 lines of
-/// `{service_name="hdfs"} |= "xyzzy"` took 3.7-4.2 s and take 12-13
-/// ms, those of `|= "block"` 29 → 34-46 ms. A part of digits only is
+/// `{service_name="hdfs"} |= "xyzzy"` took 3.7-4.2 s and take 12-15
+/// ms, those of `|= "block"` over a range whose last minutes are empty
+/// 29-45 → 52-60 ms. A part of digits only is
 /// found by reading the whole term dictionary (150 ms per million
 /// records), so a query asks for that one only when nothing else
 /// narrows its candidates.
