@@ -29,21 +29,7 @@ fn status_field(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of all files under `path`.
-pub fn disk_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
-
-pub use lode_tools::median;
+pub use lode_tools::{disk_bytes, median};
 
 /// Runs this same executable with `args` and parses the last line of its
 /// standard output as JSON.

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
 use crate::recheck::Recheck;
 use crate::schema::{
-    Fields, TOKENIZER, analyzer, document, schema, settings, translate_restricted,
+    Fields, TOKENIZER, analyzer, document, reads_messages, schema, settings, translate_restricted,
 };
 use crate::time::{TimeRange, span};
 
@@ -572,12 +572,12 @@ impl Index {
         {
             return Ok(counts.iter().sum());
         }
-        let reads_messages = !self.fields.positions && contains_phrase(&query);
+        let reads_messages = reads_messages(&self.fields, &query);
         self.rechecking(|recheck| {
             let tquery = self.query(&query, since, until, None, recheck)?;
             let searcher = self.reader.searcher();
-            // Counting a phrase reads its candidates' messages from the
-            // engine: worth a thread per core. Other counts take
+            // Counting a phrase or a long number reads its candidates'
+            // messages from the engine: worth a thread per core. Other counts take
             // microseconds, less than handing segments to the pool.
             let count = if reads_messages {
                 self.scan(&searcher, tquery.as_ref(), &Count)?
@@ -865,22 +865,6 @@ impl Index {
             Some(Err(_)) => Err(Error::Indexer("the indexer thread panicked".into())),
             None => Ok(()),
         }
-    }
-}
-
-/// Whether `query` holds a phrase anywhere.
-fn contains_phrase(query: &Query) -> bool {
-    match query {
-        Query::Phrase(_) => true,
-        Query::And(parts) | Query::Or(parts) => parts.iter().any(contains_phrase),
-        Query::Not(inner) => contains_phrase(inner),
-        Query::All
-        | Query::Word(_)
-        | Query::WordPrefix(_)
-        | Query::WordPart { .. }
-        | Query::FieldIs(..)
-        | Query::FieldPrefix(..)
-        | Query::LevelCmp(..) => false,
     }
 }
 
@@ -1313,6 +1297,58 @@ mod tests {
         tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
         let (_engine, index) = open(dir.path(), &[1, 2, 3]);
         assert_eq!(index.count("*", None, None, None).unwrap(), 3);
+    }
+
+    /// An index of the tokenizer before long numbers went into buckets
+    /// (named "lode", every number a term of its own) is rebuilt at open:
+    /// a long number is then found through its bucket.
+    #[test]
+    fn an_index_without_number_buckets_is_rebuilt() {
+        use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default()).unwrap());
+        let record = LogRecord {
+            message: "served block 1608999687919862906 to 10.0.3.7".into(),
+            ..LogRecord::default()
+        };
+        engine.append(std::slice::from_ref(&record)).unwrap();
+        // The index of before: every number a term, and the tokenizer's
+        // name in its schema "lode".
+        let index_dir = dir.path().join("index");
+        std::fs::create_dir_all(&index_dir).unwrap();
+        let (schema, fields) = schema(false);
+        let old = tantivy::Index::create_in_dir(&index_dir, schema).unwrap();
+        let words = TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser);
+        old.tokenizers().register(TOKENIZER, words.build());
+        let mut writer: tantivy::IndexWriter = old.writer(15_000_000).unwrap();
+        engine
+            .visit(1..2, |seq, record| {
+                writer.add_document(document(&fields, seq, record)).unwrap();
+            })
+            .unwrap();
+        let mut prepared = writer.prepare_commit().unwrap();
+        prepared.set_payload("1");
+        prepared.commit().unwrap();
+        drop(writer);
+        let meta = index_dir.join("meta.json");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let renamed = text.replace(&format!("\"{TOKENIZER}\""), "\"lode\"");
+        std::fs::write(&meta, renamed).unwrap();
+        let index = Index::open(engine, &index_dir, IndexOptions::default()).unwrap();
+        assert!(index.wait_indexed(1, Duration::from_secs(30)));
+        for query in [
+            "1608999687919862906",
+            "block 1608999687919862906",
+            "160899*",
+        ] {
+            assert_eq!(index.count(query, None, None, None).unwrap(), 1, "{query}");
+        }
+        assert_eq!(
+            index
+                .count("1608999687919862907", None, None, None)
+                .unwrap(),
+            0
+        );
     }
 
     /// Phrases beside other conditions of an AND are checked together,

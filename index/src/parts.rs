@@ -9,7 +9,9 @@
 //! letter (anything but a digit), with where their postings are; a part
 //! that holds a letter is looked for in that list alone, and the docs of
 //! the terms that hold it are gathered into a bitset, as tantivy's
-//! `AutomatonWeight` does. A part of digits only goes through the regex.
+//! `AutomatonWeight` does. A part of digits only may lie in a long number,
+//! which is a term of its bucket ([`crate::numbers`]): it is settled by
+//! reading ([`crate::reading`]) instead.
 
 use std::sync::Arc;
 
@@ -21,7 +23,9 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError, Term};
 
+use crate::numbers::is_bucket_term;
 use crate::recheck::Recheck;
+use crate::schema::regex_escaped;
 
 /// Most terms whose postings are merged as they are read (a union that
 /// seeks: a time range or another filter skips through them); more, or
@@ -48,7 +52,7 @@ impl Words {
         let mut words = Vec::new();
         while stream.advance() {
             let key = stream.key();
-            if key.iter().all(u8::is_ascii_digit) {
+            if key.iter().all(u8::is_ascii_digit) || is_bucket_term(key) {
                 continue;
             }
             if words.len() == MAX_WORDS {
@@ -80,16 +84,7 @@ impl Part {
 
     /// The regex the dictionary is read with when the list cannot serve.
     fn regex(&self) -> tantivy::Result<RegexQuery> {
-        let escaped: String = self
-            .part
-            .chars()
-            .flat_map(|c| {
-                (c.is_ascii() && !c.is_ascii_alphanumeric())
-                    .then_some('\\')
-                    .into_iter()
-                    .chain([c])
-            })
-            .collect();
+        let escaped = regex_escaped(&self.part);
         let pattern = match self.at_end {
             true => format!(".*{escaped}"),
             false => format!(".*{escaped}.*"),
@@ -99,17 +94,15 @@ impl Part {
 }
 
 impl Query for Part {
-    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        Ok(Box::new(PartWeight {
-            part: self.clone(),
-            regex: self.regex()?.weight(scoring)?,
-        }))
+    fn weight(&self, _: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        // Nothing is scored; the regex is compiled only for a segment whose
+        // list cannot serve.
+        Ok(Box::new(PartWeight { part: self.clone() }))
     }
 }
 
 struct PartWeight {
     part: Part,
-    regex: Box<dyn Weight>,
 }
 
 impl Weight for PartWeight {
@@ -118,7 +111,8 @@ impl Weight for PartWeight {
         let columns = self.part.recheck.columns(reader)?;
         let words = columns.words(reader, self.part.field)?;
         let (false, Some(words)) = (only_digits, words.0.as_ref()) else {
-            return self.regex.scorer(reader, boost);
+            let scoring = EnableScoring::disabled_from_schema(reader.schema());
+            return self.part.regex()?.weight(scoring)?.scorer(reader, boost);
         };
         let matching: Vec<&(Box<str>, TermInfo)> = words
             .iter()

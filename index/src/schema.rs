@@ -19,14 +19,18 @@ use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
+use crate::numbers::{Buckets, bucketed};
 use crate::parts::Part;
-use crate::phrase::Phrase;
+use crate::reading::{Check, Reading};
 use crate::recheck::Recheck;
 use crate::time::{TimeRange, grain};
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
-/// runs, lowercased per character).
-pub(crate) const TOKENIZER: &str = "lode";
+/// runs, lowercased per character), long numbers as their bucket's term
+/// ([`crate::numbers`]). Its name is in the schema: an index tokenized
+/// otherwise (before buckets, "lode") does not open as this one and is
+/// rebuilt.
+pub(crate) const TOKENIZER: &str = "lode-buckets";
 /// Column of each record's seq.
 pub(crate) const SEQ_FIELD: &str = "seq";
 /// Attribute terms: key, [`ATTR_SEP`], lowercased value.
@@ -116,6 +120,7 @@ pub(crate) fn settings() -> IndexSettings {
 pub(crate) fn analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(LowerCaser)
+        .filter(Buckets)
         .build()
 }
 
@@ -142,17 +147,21 @@ pub(crate) fn document(fields: &Fields, seq: u64, record: RecordRef<'_>) -> Tant
     doc
 }
 
-/// A regex that matches exactly the strings starting with `prefix`.
-fn prefix_pattern(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() * 2 + 2);
-    for c in prefix.chars() {
+/// `text` as a regex that matches it literally.
+pub(crate) fn regex_escaped(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
         if c.is_ascii() && !c.is_ascii_alphanumeric() {
             pattern.push('\\');
         }
         pattern.push(c);
     }
-    pattern.push_str(".*");
     pattern
+}
+
+/// A regex that matches exactly the strings starting with `prefix`.
+fn prefix_pattern(prefix: &str) -> String {
+    format!("{}.*", regex_escaped(prefix))
 }
 
 fn field_term(fields: &Fields, field: &QField, value: &str) -> (Field, String) {
@@ -205,6 +214,9 @@ fn translate(
     query: &Query,
     recheck: &Arc<Recheck>,
 ) -> tantivy::Result<Box<dyn TQuery>> {
+    if settled_by_reading(fields, query).is_some() {
+        return conjunction(fields, query, Vec::new(), recheck);
+    }
     Ok(match query {
         Query::All => Box::new(AllQuery),
         Query::Word(word) => term_query(fields.message, word),
@@ -252,11 +264,41 @@ fn conjuncts(query: &Query) -> Vec<&Query> {
     }
 }
 
-/// Every conjunct of `query` and every query of `also`. Without positions,
-/// the phrases among the conjuncts are settled last, in one check: only
-/// the records that every other conjunct and every word of the phrases
-/// match are read (two-phase matching). A phrase beside a filter, a time
-/// range or a page's cursor reads no record the rest excludes.
+/// What a message must hold for `query` (a conjunct) when the index
+/// cannot tell: a phrase without positions, or with a long number (whose
+/// term is its bucket's); a long number; a prefix or part of digits only
+/// (which any long number may hold).
+fn settled_by_reading(fields: &Fields, query: &Query) -> Option<Check> {
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    match query {
+        Query::Phrase(words) if !fields.positions || words.iter().any(|w| bucketed(w)) => {
+            Some(Check::Phrase(words.as_slice().into()))
+        }
+        Query::Word(word) if bucketed(word) => Some(Check::Phrase([word.clone()].into())),
+        Query::WordPrefix(prefix) if digits(prefix) => Some(Check::Prefix(prefix.clone())),
+        Query::WordPart { part, at_end } if digits(part) => Some(Check::Part {
+            part: part.clone(),
+            at_end: *at_end,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether answering `query` reads messages from the engine.
+pub(crate) fn reads_messages(fields: &Fields, query: &Query) -> bool {
+    match query {
+        Query::And(parts) | Query::Or(parts) => parts.iter().any(|q| reads_messages(fields, q)),
+        Query::Not(inner) => reads_messages(fields, inner),
+        other => settled_by_reading(fields, other).is_some(),
+    }
+}
+
+/// Every conjunct of `query` and every query of `also`. The conjuncts the
+/// index cannot settle ([`settled_by_reading`]) are settled last, in one
+/// check: only the records that every other conjunct and every word of
+/// the checks match are read (two-phase matching). A phrase beside a
+/// filter, a time range or a page's cursor reads no record the rest
+/// excludes.
 fn conjunction(
     fields: &Fields,
     query: &Query,
@@ -264,25 +306,25 @@ fn conjunction(
     recheck: &Arc<Recheck>,
 ) -> tantivy::Result<Box<dyn TQuery>> {
     let mut within = also;
-    let mut phrases: Vec<Arc<[String]>> = Vec::new();
+    let mut checks: Vec<Check> = Vec::new();
     for part in conjuncts(query) {
-        match part {
-            Query::Phrase(words) if fields.positions => within.push(Box::new(PhraseQuery::new(
+        match (settled_by_reading(fields, part), part) {
+            (Some(check), _) => checks.push(check),
+            (None, Query::Phrase(words)) => within.push(Box::new(PhraseQuery::new(
                 words
                     .iter()
                     .map(|w| Term::from_field_text(fields.message, w))
                     .collect(),
             ))),
-            Query::Phrase(words) => phrases.push(words.as_slice().into()),
-            other => within.push(translate(fields, other, recheck)?),
+            (None, other) => within.push(translate(fields, other, recheck)?),
         }
     }
-    if phrases.is_empty() {
+    if checks.is_empty() {
         return Ok(all_of(within));
     }
-    Ok(Box::new(Phrase {
+    Ok(Box::new(Reading {
         field: fields.message,
-        phrases: phrases.into(),
+        checks: checks.into(),
         within: within.into(),
         recheck: Arc::clone(recheck),
     }))

@@ -27,6 +27,21 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Bytes of the files under `path` (recursively), or of `path` itself when
+/// it is a file; 0 for what cannot be read.
+pub fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map_or(0, |m| m.len());
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 /// `text` percent-encoded for a URL's query string (everything but
 /// RFC 3986's unreserved characters).
 pub fn url_encode(text: &str) -> String {

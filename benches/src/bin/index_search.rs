@@ -321,8 +321,9 @@ fn print_index_space(dir: &Path, records: f64) -> Result<(), Box<dyn std::error:
 }
 
 /// tantivy alone: the same fields, options (word positions or not) and
-/// tokenizer, one writer thread with the same memory, the same records, one
-/// commit at the end.
+/// tokenizer, but every number a term of its own (lode puts long numbers
+/// into buckets), one writer thread with the same memory, the same
+/// records, one commit at the end.
 fn tantivy_alone(
     dir: &Path,
     records: &[LogRecord],

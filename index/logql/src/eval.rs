@@ -297,7 +297,9 @@ fn runs(text: &str) -> Vec<(usize, usize)> {
 /// The words a record's message must hold if it holds `text`, in lode's
 /// query language: each run of letters and digits in `text` is a whole
 /// token when `text` goes on past both its ends, and the start of one
-/// (`run*`) when it ends `text`.
+/// (`run*`) when it ends `text`, unless it is digits only: the index
+/// settles a prefix of digits by reading every record the rest leaves,
+/// which the query's own check does anyway.
 fn substring_words(text: &str) -> Vec<String> {
     runs(text)
         .into_iter()
@@ -305,11 +307,15 @@ fn substring_words(text: &str) -> Vec<String> {
             let run = lowered_run(text, (s, e))?;
             match (s == 0, e == text.len()) {
                 (false, false) => Some(run),
-                (false, true) => Some(format!("{run}*")),
+                (false, true) if !only_digits(&run) => Some(format!("{run}*")),
                 _ => None,
             }
         })
         .collect()
+}
+
+fn only_digits(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The run of letters and digits that starts `text`, as the end of a
@@ -320,14 +326,12 @@ fn substring_words(text: &str) -> Vec<String> {
 /// words give nothing asks for it: at 10M records the newest 1,000 lines of
 /// `{service_name="hdfs"} |= "xyzzy"` took 3.7-4.2 s and take 12-15
 /// ms, those of `|= "block"` over a range whose last minutes are empty
-/// 29-45 → 52-60 ms. A part of digits only is
-/// found by reading the whole term dictionary (150 ms per million
-/// records), so a query asks for that one only when nothing else
-/// narrows its candidates.
+/// 29-45 → 52-60 ms. A part of digits only may lie in any long number,
+/// which the index keeps only as a bucket: it narrows nothing.
 fn substring_part(text: &str) -> Option<String> {
     let &(s, e) = runs(text).first().filter(|&&(s, _)| s == 0)?;
     let run = lowered_run(text, (s, e))?;
-    (run.chars().count() >= MIN_PART).then(|| match e == text.len() {
+    (run.chars().count() >= MIN_PART && !only_digits(&run)).then(|| match e == text.len() {
         true => format!("*{run}*"),
         false => format!("*{run}"),
     })
@@ -349,7 +353,6 @@ impl LogQuery {
     /// one selects; `*` when nothing narrows it.
     pub fn candidates(&self) -> String {
         let mut terms: Vec<String> = self.selector.iter().filter_map(field_filter).collect();
-        let mut parts = Vec::new();
         for stage in &self.stages {
             match stage {
                 Stage::Line {
@@ -361,8 +364,7 @@ impl LogQuery {
                     let words = substring_words(text);
                     match substring_part(text) {
                         _ if !words.is_empty() => terms.extend(words),
-                        Some(part) if part.chars().any(char::is_alphabetic) => terms.push(part),
-                        digits => parts.extend(digits),
+                        part => terms.extend(part),
                     }
                 }
                 // Filters after a stage that changes the line look at
@@ -381,9 +383,6 @@ impl LogQuery {
                 | Stage::Label(_)
                 | Stage::Line { .. } => {}
             }
-        }
-        if terms.is_empty() {
-            terms.extend(parts.into_iter().max_by_key(String::len));
         }
         terms.dedup();
         terms.truncate(MAX_TERMS);
@@ -2087,6 +2086,16 @@ mod tests {
         }
     }
 
+    /// The times of the lines of `lines` that the log query `text` keeps.
+    fn times_kept(lines: &[LogRecord], text: &str) -> Vec<i64> {
+        let q = log_query(text);
+        lines
+            .iter()
+            .filter(|r| q.process(*r).is_some())
+            .map(|r| r.ts)
+            .collect()
+    }
+
     fn record(ts: i64, service: &str, level: Level, message: &str) -> LogRecord {
         LogRecord {
             ts,
@@ -2228,7 +2237,8 @@ mod tests {
         assert_eq!(substring_part("İzmir"), None);
         assert_eq!(substring_words(" İzmir "), Vec::<String>::new());
         assert_eq!(substring_part(" reset"), None);
-        // Parts of digits only narrow only what nothing else does.
+        // Prefixes and parts of digits only narrow nothing: the index
+        // would read every record to settle them.
         let candidates = |q: &str| log_query(q).candidates();
         assert_eq!(candidates(r#"{a=~".+"} |= "Error""#), "*error*");
         assert_eq!(
@@ -2240,7 +2250,12 @@ mod tests {
             "*error* AND *get"
         );
         assert_eq!(candidates(r#"{a=~".+"} |= "404" |= " GET /""#), "get");
-        assert_eq!(candidates(r#"{a=~".+"} |= "404""#), "*404*");
+        assert_eq!(candidates(r#"{a=~".+"} |= "404""#), "*");
+        assert_eq!(candidates(r#"{a=~".+"} |= "port 80""#), "*port");
+        assert_eq!(
+            candidates(r#"{a=~".+"} |= "a 1608999687919 b""#),
+            "1608999687919 AND b*"
+        );
     }
 
     #[test]
@@ -2324,12 +2339,7 @@ mod tests {
     fn logs_are_the_newest_or_oldest_by_time() {
         let mut source = corpus();
         let q = log_query(r#"{service_name="api"} |= "took 1""#);
-        let all: Vec<i64> = source
-            .0
-            .iter()
-            .filter(|r| q.process(*r).is_some())
-            .map(|r| r.ts)
-            .collect();
+        let all = times_kept(&source.0, r#"{service_name="api"} |= "took 1""#);
         let newest = select_logs(&mut source, &q, (0, 700_000_000_000), 7, true).unwrap();
         let mut expected = all.clone();
         expected.sort_by(|a, b| b.cmp(a));
@@ -2531,14 +2541,7 @@ mod tests {
             ),
             record(3, "api", Level::Info, "addr=2001:db8::5 took=3m size=10B"),
         ];
-        let kept = |text: &str| -> Vec<i64> {
-            let q = log_query(text);
-            lines
-                .iter()
-                .filter(|r| q.process(*r).is_some())
-                .map(|r| r.ts)
-                .collect()
-        };
+        let kept = |text: &str| times_kept(&lines, text);
         assert_eq!(kept(r#"{app="api"} |= ip("10.0.0.0/8")"#), [1]);
         assert_eq!(kept(r#"{app="api"} != ip("10.0.0.0/8")"#), [2, 3]);
         assert_eq!(
@@ -2742,14 +2745,7 @@ mod tests {
             record(3, "api", Level::Info, "POST /items 500 in 9ms"),
             record(4, "db", Level::Error, "GET /items/2 404 in 2ms"),
         ];
-        let passing = |text: &str| -> Vec<i64> {
-            let q = log_query(text);
-            lines
-                .iter()
-                .filter(|r| q.process(*r).is_some())
-                .map(|r| r.ts)
-                .collect()
-        };
+        let passing = |text: &str| times_kept(&lines, text);
         assert_eq!(
             passing(r#"{service_name=~".+"} | detected_level="error" or detected_level="warn""#),
             [1, 2, 4]

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lode_tools::{median, to_json_line};
+use lode_tools::{disk_bytes, median, to_json_line};
 
 use crate::CliError;
 use crate::bench::{
@@ -64,20 +64,6 @@ impl Bytes {
     fn total(self) -> u64 {
         self.store + self.index + self.wal + self.other
     }
-}
-
-/// Bytes of the files under `path`, or of `path` itself.
-fn disk_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return std::fs::metadata(path).map_or(0, |m| m.len());
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }
 
 pub(crate) async fn bench_cost(args: &BenchArgs) -> Result<(), CliError> {
