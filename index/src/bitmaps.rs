@@ -256,12 +256,16 @@ fn attr_bitmaps(reader: &SegmentReader) -> tantivy::Result<AttrBitmaps> {
 
 /// The docs of a postings list.
 fn doc_bitmap(mut postings: impl DocSet) -> RoaringBitmap {
-    let mut docs = RoaringBitmap::new();
+    let mut docs = Vec::with_capacity(postings.size_hint() as usize);
     let mut doc = postings.doc();
     while doc != TERMINATED {
-        // Postings are in doc order: each doc goes at the end.
         docs.push(doc);
         doc = postings.advance();
     }
-    docs
+    // Postings are in doc order, so each doc is appended at the end.
+    // Not with `RoaringBitmap::push`, which first looks for the largest
+    // value, scanning a dense container from its end: that was 11% of the
+    // instructions of importing 1M records (callgrind).
+    RoaringBitmap::from_sorted_iter(docs.iter().copied())
+        .unwrap_or_else(|_| docs.into_iter().collect())
 }
