@@ -256,16 +256,26 @@ fn attr_bitmaps(reader: &SegmentReader) -> tantivy::Result<AttrBitmaps> {
 
 /// The docs of a postings list.
 fn doc_bitmap(mut postings: impl DocSet) -> RoaringBitmap {
-    let mut docs = Vec::with_capacity(postings.size_hint() as usize);
+    // Postings are in doc order, so each run of docs is appended at the
+    // end. Not with `RoaringBitmap::push`, which first looks for the
+    // largest value, scanning a dense container from its end: building
+    // bitmaps that way was 11% of the instructions of importing 1M
+    // records (callgrind).
+    let mut bitmap = RoaringBitmap::new();
+    let mut run = Vec::with_capacity(RUN);
     let mut doc = postings.doc();
     while doc != TERMINATED {
-        docs.push(doc);
-        doc = postings.advance();
+        run.clear();
+        while run.len() < RUN && doc != TERMINATED {
+            run.push(doc);
+            doc = postings.advance();
+        }
+        if bitmap.append(run.iter().copied()).is_err() {
+            bitmap.extend(run.iter().copied());
+        }
     }
-    // Postings are in doc order, so each doc is appended at the end.
-    // Not with `RoaringBitmap::push`, which first looks for the largest
-    // value, scanning a dense container from its end: that was 11% of the
-    // instructions of importing 1M records (callgrind).
-    RoaringBitmap::from_sorted_iter(docs.iter().copied())
-        .unwrap_or_else(|_| docs.into_iter().collect())
+    bitmap
 }
+
+/// Docs appended to a bitmap at once.
+const RUN: usize = 4096;

@@ -721,8 +721,17 @@ impl Index {
         let searcher = self.reader.searcher();
         self.rechecking(|recheck| {
             // The collector applies the time range (it reads every match's
-            // grain anyway), which spares the query a time filter.
-            let tquery = self.query(parsed, None, None, None, recheck)?;
+            // grain anyway), which spares the query a time filter; unless
+            // the query reads messages: then the range keeps it from
+            // reading records outside it.
+            let range = reads_messages(&self.fields, parsed).then_some((since, until));
+            let tquery = self.query(
+                parsed,
+                range.map(|r| r.0),
+                range.map(|r| r.1),
+                None,
+                recheck,
+            )?;
             let collector = HistogramCollector {
                 origin,
                 width,

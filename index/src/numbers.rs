@@ -13,8 +13,8 @@ use std::borrow::Cow;
 
 use tantivy::tokenizer::{Token, TokenFilter, TokenStream, Tokenizer};
 
-/// Numbers shorter than this stay terms: there are few of them, and
-/// prefixes of numbers (`12*`) find them through the dictionary.
+/// Numbers shorter than this stay terms: there are few distinct ones, and
+/// a word such as a port or a year is found without reading records.
 pub(crate) const MIN_DIGITS: usize = 5;
 
 /// Bucket terms a segment can hold.

@@ -14,8 +14,9 @@
 //! A long number is a term of its bucket ([`crate::numbers`]): the
 //! records of the bucket are its candidates, read and checked as a phrase
 //! of one word. A prefix or part of digits only can lie in any long
-//! number, which no term tells: every record the rest of the query
-//! leaves is read.
+//! number, which no term tells: in an AND, every record the rest of the
+//! AND leaves is read; under OR or NOT, every record of the windows the
+//! query's scorers step through.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

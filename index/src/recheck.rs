@@ -1,7 +1,8 @@
 //! What the index does not keep, read back from the engine: a record's
 //! exact time (the index keeps its millisecond, [`crate::time`]) and the
 //! order of its message's words (the index keeps which words a message
-//! holds, not where, [`crate::phrase`]).
+//! holds, not where) and its long numbers (the index keeps their buckets):
+//! [`crate::reading`].
 //!
 //! Both work the same way: the index finds the candidates, and a
 //! [`Filtered`] scorer keeps those whose record, read in place from the

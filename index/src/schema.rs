@@ -70,7 +70,7 @@ fn indexing(tokenizer: &str, option: IndexRecordOption) -> TextFieldIndexing {
 pub(crate) fn schema(positions: bool) -> (Schema, Fields) {
     let mut builder = Schema::builder();
     // Without positions, which words a message holds, not where: phrases
-    // are settled by reading the message ([`crate::phrase`]).
+    // are settled by reading the message ([`crate::reading`]).
     let message_option = if positions {
         IndexRecordOption::WithFreqsAndPositions
     } else {
