@@ -577,8 +577,9 @@ impl Index {
             let tquery = self.query(&query, since, until, None, recheck)?;
             let searcher = self.reader.searcher();
             // Counting a phrase or a long number reads its candidates'
-            // messages from the engine: worth a thread per core. Other counts take
-            // microseconds, less than handing segments to the pool.
+            // messages from the engine: worth a thread per core. Other
+            // counts take microseconds, less than handing segments to the
+            // pool.
             let count = if reads_messages {
                 self.scan(&searcher, tquery.as_ref(), &Count)?
             } else {
@@ -724,14 +725,11 @@ impl Index {
             // grain anyway), which spares the query a time filter; unless
             // the query reads messages: then the range keeps it from
             // reading records outside it.
-            let range = reads_messages(&self.fields, parsed).then_some((since, until));
-            let tquery = self.query(
-                parsed,
-                range.map(|r| r.0),
-                range.map(|r| r.1),
-                None,
-                recheck,
-            )?;
+            let (from, to) = match reads_messages(&self.fields, parsed) {
+                true => (Some(since), Some(until)),
+                false => (None, None),
+            };
+            let tquery = self.query(parsed, from, to, None, recheck)?;
             let collector = HistogramCollector {
                 origin,
                 width,

@@ -20,9 +20,14 @@ pub(crate) const MIN_DIGITS: usize = 5;
 /// Bucket terms a segment can hold.
 pub(crate) const BUCKETS: u64 = 1 << 16;
 
+/// Whether `text` is ASCII digits only (and not empty).
+pub(crate) fn only_digits(text: &[u8]) -> bool {
+    !text.is_empty() && text.iter().all(u8::is_ascii_digit)
+}
+
 /// Whether `token` (a lowercased token) is indexed by its bucket.
 pub(crate) fn bucketed(token: &str) -> bool {
-    token.len() >= MIN_DIGITS && token.bytes().all(|b| b.is_ascii_digit())
+    token.len() >= MIN_DIGITS && only_digits(token.as_bytes())
 }
 
 /// Stands for a hex digit in a bucket's term: no letter or digit, so no

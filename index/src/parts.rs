@@ -23,7 +23,7 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{BitSet, DocId, Score, SegmentReader, TantivyError, Term};
 
-use crate::numbers::is_bucket_term;
+use crate::numbers::{is_bucket_term, only_digits};
 use crate::recheck::Recheck;
 use crate::schema::regex_escaped;
 
@@ -52,7 +52,7 @@ impl Words {
         let mut words = Vec::new();
         while stream.advance() {
             let key = stream.key();
-            if key.iter().all(u8::is_ascii_digit) || is_bucket_term(key) {
+            if only_digits(key) || is_bucket_term(key) {
                 continue;
             }
             if words.len() == MAX_WORDS {
@@ -107,10 +107,10 @@ struct PartWeight {
 
 impl Weight for PartWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        let only_digits = self.part.part.bytes().all(|b| b.is_ascii_digit());
+        let digits = only_digits(self.part.part.as_bytes());
         let columns = self.part.recheck.columns(reader)?;
         let words = columns.words(reader, self.part.field)?;
-        let (false, Some(words)) = (only_digits, words.0.as_ref()) else {
+        let (false, Some(words)) = (digits, words.0.as_ref()) else {
             let scoring = EnableScoring::disabled_from_schema(reader.schema());
             return self.part.regex()?.weight(scoring)?.scorer(reader, boost);
         };

@@ -19,7 +19,7 @@ use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
-use crate::numbers::{Buckets, bucketed};
+use crate::numbers::{Buckets, bucketed, only_digits};
 use crate::parts::Part;
 use crate::reading::{Check, Reading};
 use crate::recheck::Recheck;
@@ -269,7 +269,7 @@ fn conjuncts(query: &Query) -> Vec<&Query> {
 /// term is its bucket's); a long number; a prefix or part of digits only
 /// (which any long number may hold).
 fn settled_by_reading(fields: &Fields, query: &Query) -> Option<Check> {
-    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let digits = |text: &str| only_digits(text.as_bytes());
     match query {
         Query::Phrase(words) if !fields.positions || words.iter().any(|w| bucketed(w)) => {
             Some(Check::Phrase(words.as_slice().into()))

@@ -362,9 +362,10 @@ impl LogQuery {
                     ..
                 } if or.is_empty() => {
                     let words = substring_words(text);
-                    match substring_part(text) {
-                        _ if !words.is_empty() => terms.extend(words),
-                        part => terms.extend(part),
+                    if words.is_empty() {
+                        terms.extend(substring_part(text));
+                    } else {
+                        terms.extend(words);
                     }
                 }
                 // Filters after a stage that changes the line look at
