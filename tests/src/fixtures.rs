@@ -224,18 +224,7 @@ fn golden_data_v1_is_still_read() {
         append_seqs(&engine, 41..61);
         engine.close().expect("close");
         copy_dir(scratch.path(), golden);
-        // RocksDB's own logs are not part of the format.
-        for entry in fs::read_dir(golden.join("db")).expect("read") {
-            let path = entry.expect("entry").path();
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if name.starts_with("LOG") {
-                fs::remove_file(&path).expect("remove");
-            }
-        }
+        remove_rocksdb_logs(&golden.join("db"));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(golden, dir.path());
@@ -259,6 +248,100 @@ fn golden_data_v1_is_still_read() {
     engine.close().expect("close");
     let engine = Engine::open(dir.path(), Options::default()).expect("reopen");
     check(&engine);
+}
+
+/// A data directory of record format 3 (each sealed value a record's
+/// tenant then its archive, one value per record), written by
+/// `golden_data_v3_is_still_read` with `LODE_WRITE_GOLDEN=1`:
+/// `record_for(1..=20)` of the default tenant and `record_for(21..=40)` of
+/// tenant `acme` sealed in RocksDB, `record_for(41..=60)` of `acme` in the
+/// WAL.
+const GOLDEN_DATA_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data-v3");
+
+/// The record `golden_data_v3_is_still_read` expects at `seq`.
+fn record_v3(seq: u64) -> lode_engine::LogRecord {
+    let tenant = if seq > 20 { "acme" } else { "" };
+    lode_engine::LogRecord {
+        tenant: tenant.to_owned(),
+        ..record_for(seq)
+    }
+}
+
+/// Records sealed one value each, of two tenants, are read as they were
+/// and sealed again in today's format.
+#[test]
+fn golden_data_v3_is_still_read() {
+    let golden = Path::new(GOLDEN_DATA_V3);
+    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+        write_golden_v3(golden);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(golden, dir.path());
+    let engine = Engine::open(dir.path(), Options::default()).expect("open golden fixture");
+    assert_eq!(
+        engine.stats().sealed_records,
+        40,
+        "the fixture's sealed records"
+    );
+    let check = |engine: &Engine| {
+        let records = all_records(engine);
+        assert_eq!(records.len(), 60);
+        for record in &records {
+            assert_eq!(record.log, record_v3(record.seq));
+        }
+        let some: Vec<_> = engine.get_many(&[3, 20, 21, 39, 41]).expect("get_many");
+        let seqs: Vec<u64> = some.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [3, 20, 21, 39, 41]);
+        for record in &some {
+            assert_eq!(record.log, record_v3(record.seq));
+        }
+    };
+    check(&engine);
+    engine.seal().expect("the fixture's WAL seals");
+    assert_eq!(engine.stats().sealed_records, 60);
+    check(&engine);
+    engine.close().expect("close");
+    let engine = Engine::open(dir.path(), Options::default()).expect("reopen");
+    check(&engine);
+}
+
+fn write_golden_v3(golden: &Path) {
+    let _ = fs::remove_dir_all(golden);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        background_sealing: false,
+        ..Options::default()
+    };
+    let append = |engine: &Engine, seqs: std::ops::Range<u64>| {
+        let batch: Vec<_> = seqs.clone().map(record_v3).collect();
+        let range = engine.append(&batch).expect("append");
+        assert_eq!(range.start..range.end, seqs);
+    };
+    let engine = Engine::open(scratch.path(), opts.clone()).expect("open");
+    append(&engine, 1..21);
+    append(&engine, 21..41);
+    engine.seal().expect("seal");
+    engine.close().expect("close");
+    let engine = Engine::open(scratch.path(), opts).expect("reopen");
+    append(&engine, 41..61);
+    engine.close().expect("close");
+    copy_dir(scratch.path(), golden);
+    remove_rocksdb_logs(&golden.join("db"));
+}
+
+/// RocksDB's own logs are not part of the format.
+fn remove_rocksdb_logs(db: &Path) {
+    for entry in fs::read_dir(db).expect("read") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("LOG") {
+            fs::remove_file(&path).expect("remove");
+        }
+    }
 }
 
 /// Offsets of the frames of a WAL file, read from its length fields.
