@@ -25,7 +25,7 @@ use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
 use lode_codec::SegmentMeta;
-use lode_codec::{KeyedEntry, RecordsCrc, SeqRange, encode_sealed_value};
+use lode_codec::{ChunkBuilder, KeyedEntry, Layout, RecordsCrc, SeqRange, encode_sealed_value};
 
 /// Waits for the sealer's answer to `rx`, this process's idle-priority
 /// threads running as normal ones meanwhile: someone waits on work that
@@ -246,7 +246,7 @@ impl Sealer {
             sst_crc32c,
             sealed_at: now_ns(),
             records_crc32c: Some(records_crc32c),
-            tenant_prefix: true,
+            layout: Layout::Chunks,
         };
         self.keep_file(&tmp, &meta)?;
         self.shared.store.ingest(&tmp, first_seq, last_seq)?;
@@ -311,6 +311,8 @@ impl Sealer {
         let mut crc = RecordsCrc::default();
         let mut value = Vec::new();
         let mut keys = Vec::new();
+        let mut chunk = ChunkBuilder::default();
+        let mut chunk_seq = 0;
         for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
             if let Some(key) = frame.key() {
@@ -326,21 +328,46 @@ impl Sealer {
             let batch = frame
                 .batch()
                 .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
-            // The record bytes are stored as they are (encoded once, at
-            // append), after the tenant their batch names.
+            // The checksum is of each record as one value per record
+            // holds it (its tenant, then its archive), whatever the layout.
             for (i, seq) in (loc.first_seq..loc.end_seq()).enumerate() {
-                let bytes = batch.record_bytes(i).ok_or_else(|| {
-                    Error::corrupt(&finished.path, loc.offset, format!("record {seq} missing"))
-                })?;
+                let corrupt = |e| Error::corrupt(&finished.path, loc.offset, e);
+                let bytes = batch
+                    .record_bytes(i)
+                    .ok_or_else(|| corrupt(format!("record {seq} missing")))?;
                 value.clear();
                 encode_sealed_value(batch.tenant(), bytes, &mut value)
-                    .map_err(|e| Error::corrupt(&finished.path, loc.offset, e))?;
-                sst.put(seq, &value)?;
+                    .map_err(|e| corrupt(e.to_string()))?;
                 crc.add(&value);
+                if chunk.is_empty() {
+                    chunk_seq = seq;
+                }
+                chunk.push(batch.record(i).map_err(|e| corrupt(e.to_string()))?);
+                if chunk.raw_bytes() >= self.shared.opts.sealed_block_bytes {
+                    self.put_chunk(&mut sst, &mut chunk, chunk_seq, &mut value)?;
+                }
             }
+        }
+        if !chunk.is_empty() {
+            self.put_chunk(&mut sst, &mut chunk, chunk_seq, &mut value)?;
         }
         sst.finish()?;
         Ok((crc.value(), keys))
+    }
+
+    /// Writes the records in `chunk` as the value of `seq`, its first.
+    fn put_chunk(
+        &self,
+        sst: &mut crate::store::SstBuilder<'_>,
+        chunk: &mut ChunkBuilder,
+        seq: u64,
+        value: &mut Vec<u8>,
+    ) -> Result<()> {
+        value.clear();
+        chunk
+            .finish(value)
+            .map_err(|e| Error::corrupt(&self.shared.tmp_dir, seq, e))?;
+        sst.put(seq, value)
     }
 
     /// Switches readers from the WAL segment to its sealed form and deletes

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use lode_codec::{KeyedEntry, access_sealed_value};
+use lode_codec::{Chunk, ChunkReader, KeyedEntry, Layout, access_sealed_value};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
@@ -98,9 +98,10 @@ pub(crate) struct Store {
     db: DB,
     path: PathBuf,
     records_options: RocksOptions,
-    /// Seq ranges (inclusive) of segments sealed before tenants existed,
-    /// whose values are records alone; usually none.
-    legacy: std::sync::RwLock<std::sync::Arc<Vec<(u64, u64)>>>,
+    /// Seq ranges (inclusive) of segments sealed by older versions, one
+    /// value per record, and their layouts; usually none. Every other
+    /// sealed record is in a chunk.
+    archives: std::sync::RwLock<std::sync::Arc<Archives>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,7 +163,7 @@ impl Store {
             db,
             path: path.to_owned(),
             records_options: records_options(zstd_level, block_bytes, None),
-            legacy: std::sync::RwLock::default(),
+            archives: std::sync::RwLock::default(),
         })
     }
 
@@ -222,23 +223,23 @@ impl Store {
         Ok(manifest)
     }
 
-    /// Notes which of `segments` hold values without a tenant.
+    /// Notes which of `segments` hold one value per record.
     pub(crate) fn set_segments(&self, segments: &[SegmentMeta]) {
-        let legacy: Vec<(u64, u64)> = segments
+        let archives: Archives = segments
             .iter()
-            .filter(|s| !s.tenant_prefix)
-            .map(|s| (s.first_seq, s.last_seq))
+            .filter(|s| s.layout != Layout::Chunks)
+            .map(|s| (s.first_seq, s.last_seq, s.layout))
             .collect();
         *self
-            .legacy
+            .archives
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(legacy);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(archives);
     }
 
-    fn legacy(&self) -> std::sync::Arc<Vec<(u64, u64)>> {
+    fn archives(&self) -> std::sync::Arc<Archives> {
         std::sync::Arc::clone(
             &self
-                .legacy
+                .archives
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
@@ -443,9 +444,30 @@ impl Store {
             KEY_SNAPSHOT,
             Self::snapshot_value(applied, &install.description),
         );
-        batch.delete_range_cf(records, seq_key(0), seq_key(floor));
+        batch.delete_range_cf(records, seq_key(0), seq_key(self.cut(floor)?));
         self.db.write_opt(batch, &Self::synced())?;
         self.reclaim_below(floor)
+    }
+
+    /// The key below which every value holds records below `floor` only:
+    /// `floor`, or the key of the chunk that holds it (whose records
+    /// below `floor` stay stored, and hidden by the floor).
+    fn cut(&self, floor: u64) -> Result<u64> {
+        if layout_of(&self.archives(), floor) != Layout::Chunks {
+            return Ok(floor);
+        }
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        iter.seek_for_prev(seq_key(floor));
+        let Some(key) = self.key_seq(&iter)? else {
+            return Ok(floor);
+        };
+        let chunk = Chunk::parse(iter.value().unwrap_or_default())
+            .map_err(|e| Error::corrupt(&self.path, key, format!("chunk at {key}: {e}")))?;
+        Ok(if key + chunk.len() as u64 > floor {
+            key
+        } else {
+            floor
+        })
     }
 
     /// Drops whole segments below `floor`: the floor and the manifest change
@@ -458,7 +480,7 @@ impl Store {
         for segment in dropped {
             batch.delete_cf(meta, segment_key(segment.first_seq));
         }
-        batch.delete_range_cf(records, seq_key(0), seq_key(floor));
+        batch.delete_range_cf(records, seq_key(0), seq_key(self.cut(floor)?));
         self.db.write_opt(batch, &Self::synced())?;
         self.reclaim_below(floor)
     }
@@ -468,16 +490,20 @@ impl Store {
         if floor == 0 {
             return Ok(());
         }
+        let cut = self.cut(floor)?;
+        if cut == 0 {
+            return Ok(());
+        }
         let records = self.cf(CF_RECORDS)?;
         self.db
-            .delete_file_in_range_cf(records, seq_key(0), seq_key(floor - 1))?;
+            .delete_file_in_range_cf(records, seq_key(0), seq_key(cut - 1))?;
         self.db
-            .compact_range_cf(records, Some(seq_key(0)), Some(seq_key(floor)));
+            .compact_range_cf(records, Some(seq_key(0)), Some(seq_key(cut)));
         Ok(())
     }
 
     /// Calls `f` with up to `max` records with seq in `[from, end)`, in seq
-    /// order, read in place and checked; returns the last seq visited.
+    /// order, checked; returns the last seq visited.
     pub(crate) fn visit(
         &self,
         from: u64,
@@ -485,57 +511,163 @@ impl Store {
         max: usize,
         f: &mut Visitor<'_>,
     ) -> Result<Option<u64>> {
+        let archives = self.archives();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
-        iter.seek(seq_key(from));
-        let legacy = self.legacy();
+        // The chunk that holds `from`, else the first value after it.
+        iter.seek_for_prev(seq_key(from));
+        if self
+            .key_seq(&iter)?
+            .is_none_or(|key| layout_of(&archives, key) != Layout::Chunks)
+        {
+            iter.seek(seq_key(from));
+        }
+        let mut reader = ChunkReader::default();
         let mut last = None;
-        for _ in 0..max {
-            let Some(seq) = self.key_seq(&iter)?.filter(|&seq| seq < end) else {
+        let mut left = max;
+        while left > 0 {
+            let Some(key) = self.key_seq(&iter)?.filter(|&key| key < end) else {
                 break;
             };
             let value = iter.value().unwrap_or_default();
-            access_sealed_value(value, !is_legacy(&legacy, seq))
-                .and_then(|record| f(seq, record))
-                .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
-            last = Some(seq);
+            match layout_of(&archives, key) {
+                Layout::Chunks => {
+                    let chunk = self.chunk(key, value)?;
+                    let first = from.max(key);
+                    let seqs = (first..end.min(key + chunk.len() as u64)).take(left);
+                    let read = self.read_chunk(key, &chunk, seqs, &mut reader, f)?;
+                    if read > 0 {
+                        last = Some(first + read as u64 - 1);
+                        left -= read;
+                    }
+                }
+                layout => {
+                    access_sealed_value(value, layout == Layout::TenantArchives)
+                        .and_then(|record| f(key, record))
+                        .map_err(|e| self.corrupt(key, e))?;
+                    last = Some(key);
+                    left -= 1;
+                }
+            }
             iter.next();
         }
         iter.status()?;
         Ok(last)
     }
 
-    /// Calls `f` with each of `seqs` (ascending) that is stored, read in
-    /// place and checked; one iterator serves them all (a point read
-    /// otherwise pays for an iterator of its own). A seq a little past the
+    /// Calls `f` with each of `seqs` (ascending) that is stored, checked;
+    /// one iterator serves them all (a point read otherwise pays for an
+    /// iterator of its own), and a chunk is parsed once for all its seqs.
+    /// In segments of one value per record, a seq a little past the
     /// previous one is reached by stepping, not seeking (`STEP_LIMIT`): a
     /// page of a common word's matches is a few records apart.
     pub(crate) fn visit_seqs(&self, seqs: &[u64], f: &mut Visitor<'_>) -> Result<()> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
-        let legacy = self.legacy();
+        let archives = self.archives();
+        let mut reader = ChunkReader::default();
         let mut at: Option<u64> = None;
-        for &seq in seqs {
-            match at {
-                Some(key) if key <= seq && seq - key <= STEP_LIMIT => {
-                    while at.is_some_and(|key| key < seq) {
-                        iter.next();
-                        at = self.key_seq(&iter)?;
-                    }
-                }
-                _ => {
-                    iter.seek(seq_key(seq));
-                    at = self.key_seq(&iter)?;
-                }
+        let mut rest = seqs;
+        while let Some((&seq, after)) = rest.split_first() {
+            let layout = layout_of(&archives, seq);
+            if layout == Layout::Chunks {
+                at = None;
+                rest = self.visit_chunk(&mut iter, &mut reader, rest, f)?;
+                continue;
             }
-            if at != Some(seq) {
+            rest = after;
+            if !self.step_to(&mut iter, &mut at, seq)? {
                 continue; // dropped by retention
             }
             let value = iter.value().unwrap_or_default();
-            access_sealed_value(value, !is_legacy(&legacy, seq))
+            access_sealed_value(value, layout == Layout::TenantArchives)
                 .and_then(|record| f(seq, record))
-                .map_err(|e| Error::corrupt(&self.path, seq, format!("record {seq}: {e}")))?;
+                .map_err(|e| self.corrupt(seq, e))?;
         }
         iter.status()?;
         Ok(())
+    }
+
+    /// Visits the first of `seqs` and those after it in the same chunk;
+    /// returns the seqs left.
+    fn visit_chunk<'s>(
+        &self,
+        iter: &mut rocksdb::DBRawIterator<'_>,
+        reader: &mut ChunkReader,
+        seqs: &'s [u64],
+        f: &mut Visitor<'_>,
+    ) -> Result<&'s [u64]> {
+        let Some(&seq) = seqs.first() else {
+            return Ok(seqs);
+        };
+        iter.seek_for_prev(seq_key(seq));
+        let Some(key) = self.key_seq(iter)? else {
+            return Ok(seqs.get(1..).unwrap_or_default());
+        };
+        let chunk = self.chunk(key, iter.value().unwrap_or_default())?;
+        let inside = seqs.partition_point(|&s| s < key + chunk.len() as u64);
+        let (here, rest) = seqs.split_at(inside.max(1));
+        if inside == 0 {
+            return Ok(rest); // dropped by retention
+        }
+        self.read_chunk(key, &chunk, here.iter().copied(), reader, f)?;
+        Ok(rest)
+    }
+
+    /// Calls `f` with the records at `seqs` (ascending, all inside the
+    /// chunk stored under `key`); returns how many it read.
+    fn read_chunk(
+        &self,
+        key: u64,
+        chunk: &Chunk<'_>,
+        seqs: impl Iterator<Item = u64>,
+        reader: &mut ChunkReader,
+        f: &mut Visitor<'_>,
+    ) -> Result<usize> {
+        let mut at = chunk.start();
+        let mut read = 0;
+        for seq in seqs {
+            chunk
+                .seek(at, (seq - key) as usize)
+                .and_then(|found| {
+                    at = found;
+                    f(seq, reader.read(chunk, &mut at)?)
+                })
+                .map_err(|e| self.corrupt(seq, e))?;
+            read += 1;
+        }
+        Ok(read)
+    }
+
+    /// Moves `iter` to the value of `seq`, stepping from `at` when it is a
+    /// little before, else seeking; whether it is stored.
+    fn step_to(
+        &self,
+        iter: &mut rocksdb::DBRawIterator<'_>,
+        at: &mut Option<u64>,
+        seq: u64,
+    ) -> Result<bool> {
+        match *at {
+            Some(key) if key <= seq && seq - key <= STEP_LIMIT => {
+                while at.is_some_and(|key| key < seq) {
+                    iter.next();
+                    *at = self.key_seq(iter)?;
+                }
+            }
+            _ => {
+                iter.seek(seq_key(seq));
+                *at = self.key_seq(iter)?;
+            }
+        }
+        Ok(*at == Some(seq))
+    }
+
+    /// The chunk stored under `key`, parsed.
+    fn chunk<'v>(&self, key: u64, value: &'v [u8]) -> Result<Chunk<'v>> {
+        Chunk::parse(value)
+            .map_err(|e| Error::corrupt(&self.path, key, format!("chunk at {key}: {e}")))
+    }
+
+    fn corrupt(&self, seq: u64, e: lode_codec::CodecError) -> Error {
+        Error::corrupt(&self.path, seq, format!("record {seq}: {e}"))
     }
 
     /// The seq of the iterator's key; `None` past the end.
@@ -550,13 +682,18 @@ impl Store {
     }
 }
 
-/// Whether `seq` lies in one of the `legacy` ranges (sorted by seq).
-fn is_legacy(legacy: &[(u64, u64)], seq: u64) -> bool {
-    if legacy.is_empty() {
-        return false;
+/// Seq ranges (inclusive, sorted) of segments of one value per record,
+/// with their layouts.
+type Archives = Vec<(u64, u64, Layout)>;
+
+/// The layout of the segment that holds `seq`: one of `archives`, else
+/// chunks.
+fn layout_of(archives: &Archives, seq: u64) -> Layout {
+    let at = archives.partition_point(|(first, _, _)| *first <= seq);
+    match at.checked_sub(1).and_then(|i| archives.get(i)) {
+        Some(&(_, last, layout)) if seq <= last => layout,
+        _ => Layout::Chunks,
     }
-    let at = legacy.partition_point(|(first, _)| *first <= seq);
-    at > 0 && legacy.get(at - 1).is_some_and(|(_, last)| seq <= *last)
 }
 
 /// An SST being written; keys must be added in increasing seq order.

@@ -582,6 +582,58 @@ fn a_replicated_log_drops_only_on_a_decision() {
     assert_eq!(left.len(), 2, "the two kept segments' files");
 }
 
+/// A segment sealed in many chunks reads back whole, by scans from any
+/// seq and by scattered point reads, and a floor inside one of its
+/// chunks hides exactly the records below it, also after reopening.
+#[test]
+fn a_floor_inside_a_chunk_hides_what_is_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        sealed_block_bytes: 1024,
+        background_sealing: false,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+    engine.append(&records(0..300)).unwrap();
+    engine.seal().unwrap();
+    assert_eq!(engine.stats().sealed_records, 300);
+    let check = |engine: &Engine, first: u64| {
+        let all: Vec<_> = engine.scan(..).map(Result::unwrap).collect();
+        let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (first..=300).collect::<Vec<_>>());
+        for r in &all {
+            assert_eq!(r.log, record(r.seq - 1));
+        }
+        for from in [first, first + 1, 150.max(first), 299] {
+            let got: Vec<u64> = engine
+                .scan(from..from + 7)
+                .map(|r| r.unwrap().seq)
+                .collect();
+            let expected: Vec<u64> = (from.max(first)..(from + 7).min(301)).collect();
+            assert_eq!(got, expected);
+        }
+        let wanted = [
+            1, 2, 17, 18, 19, 150, 151, 152, 153, 154, 155, 156, 157, 299, 300,
+        ];
+        let got = engine.get_many(&wanted).unwrap();
+        let expected: Vec<u64> = wanted.into_iter().filter(|&s| s >= first).collect();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), expected);
+        for r in &got {
+            assert_eq!(r.log, record(r.seq - 1));
+        }
+    };
+    check(&engine, 1);
+    engine.drop_below(153).unwrap();
+    check(&engine, 153);
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    check(&engine, 153);
+    engine.drop_below(300).unwrap();
+    check(&engine, 300);
+    engine.drop_below(301).unwrap();
+    assert_eq!(engine.scan(..).count(), 0);
+}
+
 /// Two nodes' logs that receive the same entries in other groupings (and
 /// one reopened half way) cut their files, hence their sealed segments,
 /// at the same entries: what a snapshot compares.

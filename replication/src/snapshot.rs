@@ -706,7 +706,7 @@ mod tests {
             sst_crc32c: 0,
             sealed_at: 0,
             records_crc32c,
-            tenant_prefix: true,
+            layout: lode_codec::Layout::Chunks,
         }
     }
 

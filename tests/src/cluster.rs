@@ -1238,13 +1238,7 @@ fn a_follower_killed_during_a_snapshot_transfer_resumes_each_time() {
             let batch: Vec<LogRecord> = (0..100)
                 .map(|i| {
                     let mut r = tagged(b * 100 + i);
-                    r.message = format!(
-                        "{:016x}{:016x}{:016x}{:016x}",
-                        rng.next_u64(),
-                        rng.next_u64(),
-                        rng.next_u64(),
-                        rng.next_u64()
-                    );
+                    r.message = (0..6).map(|_| format!("{:016x}", rng.next_u64())).collect();
                     r
                 })
                 .collect();

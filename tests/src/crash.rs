@@ -20,6 +20,7 @@ const KILLS: usize = 60;
 fn options() -> Options {
     Options {
         segment_bytes: 256 << 10,
+        sealed_block_bytes: 16 << 10,
         tick: Duration::from_millis(20),
         ..Options::default()
     }

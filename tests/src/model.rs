@@ -52,6 +52,8 @@ fn record(base_ns: i64, seq: u64) -> LogRecord {
 fn options(max_bytes: u64) -> Options {
     Options {
         segment_bytes: 4096,
+        // Several chunks per sealed segment: reads cross their bounds.
+        sealed_block_bytes: 512,
         retention: Retention {
             max_age: Some(Duration::from_secs(1000)),
             max_bytes: Some(max_bytes),

@@ -25,6 +25,7 @@
 //! ```
 
 mod batch;
+mod chunk;
 mod crc;
 mod frame;
 mod keys;
@@ -34,6 +35,7 @@ mod time;
 
 pub use batch::BatchView;
 pub use batch::MAX_BATCH_RECORDS;
+pub use chunk::{Chunk, ChunkBuilder, ChunkReader, Cursor};
 pub use frame::{
     BatchKey, EncodedBatch, Frame, FrameError, FrameKind, HEADER_LEN, KEY_LEN, MAX_PAYLOAD,
     decode_frame, decode_frame_unchecksummed,
@@ -44,7 +46,7 @@ pub use record::{
     Record, RecordRef, access_record, access_sealed_value, encode_record, encode_sealed_value,
     stored_tenant, tenant_name,
 };
-pub use segment::{RecordsCrc, SegmentMeta};
+pub use segment::{Layout, RecordsCrc, SegmentMeta};
 pub use time::{civil_from_days, days_from_civil, format_rfc3339, parse_rfc3339};
 
 /// Errors of encoding and decoding.

@@ -262,6 +262,14 @@ pub fn encode_record(record: &LogRecord) -> Result<Vec<u8>> {
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// As [`encode_record`], into `out` (cleared first): a reader that
+/// archives many records one after another reuses one buffer.
+pub(crate) fn encode_record_into(record: &LogRecord, mut out: Vec<u8>) -> Result<Vec<u8>> {
+    out.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, out)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Checks and reads a single-record value in place.
 pub fn access_record(bytes: &[u8]) -> Result<&ArchivedLogRecord> {
     rkyv::access::<ArchivedLogRecord, rancor::Error>(bytes)

@@ -7,8 +7,35 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Manifest format version, the first byte of every entry. Version 1
 /// had no records checksum; version 2 entries are of segments whose
 /// values are records alone (sealed before tenants existed), version 3
-/// of segments whose values start with their record's tenant.
-const VERSION: u8 = 3;
+/// of segments whose values start with their record's tenant, version 4
+/// of segments whose values are chunks of records in columns.
+const VERSION: u8 = 4;
+
+/// What a sealed segment's SST values are, said by its manifest entry's
+/// version byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// One value per record, its archive alone (the default tenant):
+    /// sealed before tenants existed.
+    Archives,
+    /// One value per record: its tenant, then its archive
+    /// (`lode_codec::encode_sealed_value`).
+    TenantArchives,
+    /// Runs of consecutive records in columns ([`crate::Chunk`]), each
+    /// under the seq of its first record.
+    #[default]
+    Chunks,
+}
+
+impl Layout {
+    fn version(self) -> u8 {
+        match self {
+            Layout::Archives => 2,
+            Layout::TenantArchives => 3,
+            Layout::Chunks => VERSION,
+        }
+    }
+}
 
 /// A sealed, immutable segment: one SST file of consecutive records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -35,12 +62,10 @@ pub struct SegmentMeta {
     /// records, whatever its SST file looks like (a cluster compares
     /// segments by it). `None` for a segment sealed by a version before it.
     pub records_crc32c: Option<u32>,
-    /// Each value is its record's tenant, then the record
-    /// (`lode_codec::encode_sealed_value`); false for a segment sealed
-    /// before tenants existed, whose values are records alone. Said by the
-    /// entry's version byte, not archived.
+    /// What the SST's values are. Said by the entry's version byte, not
+    /// archived.
     #[rkyv(with = rkyv::with::Skip)]
-    pub tenant_prefix: bool,
+    pub layout: Layout,
 }
 
 /// A manifest entry of version 1.
@@ -81,8 +106,7 @@ impl SegmentMeta {
     /// then the rkyv archive.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain integers into a Vec cannot fail.
-        let version = if self.tenant_prefix { VERSION } else { 2 };
-        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, vec![version])
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, vec![self.layout.version()])
             .unwrap_or_else(|e| unreachable!("encoding a SegmentMeta failed: {e}"))
     }
 
@@ -91,10 +115,14 @@ impl SegmentMeta {
     pub fn decode(bytes: &[u8]) -> Result<SegmentMeta, String> {
         let (&version, body) = bytes.split_first().ok_or("empty manifest entry")?;
         match version {
-            2 | VERSION => {
+            2..=VERSION => {
                 let mut meta = rkyv::from_bytes::<SegmentMeta, rancor::Error>(body)
                     .map_err(|e| e.to_string())?;
-                meta.tenant_prefix = version == VERSION;
+                meta.layout = match version {
+                    2 => Layout::Archives,
+                    3 => Layout::TenantArchives,
+                    _ => Layout::Chunks,
+                };
                 Ok(meta)
             }
             1 => {
@@ -113,7 +141,7 @@ impl SegmentMeta {
                     sst_crc32c: v1.sst_crc32c,
                     sealed_at: v1.sealed_at,
                     records_crc32c: None,
-                    tenant_prefix: false,
+                    layout: Layout::Archives,
                 })
             }
             other => Err(format!("unsupported manifest version {other}")),
@@ -145,20 +173,19 @@ mod tests {
             sst_crc32c: 0xdead_beef,
             sealed_at: 42,
             records_crc32c: Some(7),
-            tenant_prefix: true,
+            layout: Layout::Chunks,
         };
         assert_eq!(SegmentMeta::decode(&meta.encode()).unwrap(), meta);
-        let older = SegmentMeta {
-            tenant_prefix: false,
-            ..meta.clone()
-        };
-        assert_eq!(
-            older.encode()[0],
-            2,
-            "a segment without tenants stays version 2"
-        );
-        assert_eq!(SegmentMeta::decode(&older.encode()).unwrap(), older);
+        for (layout, version) in [(Layout::Archives, 2), (Layout::TenantArchives, 3)] {
+            let older = SegmentMeta {
+                layout,
+                ..meta.clone()
+            };
+            assert_eq!(older.encode()[0], version, "{layout:?} keeps its version");
+            assert_eq!(SegmentMeta::decode(&older.encode()).unwrap(), older);
+        }
         assert!(SegmentMeta::decode(&[]).is_err());
+        assert!(SegmentMeta::decode(&[5, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[4, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[3, 0, 0]).is_err());
         assert!(SegmentMeta::decode(&[2, 0, 0]).is_err());
@@ -182,7 +209,7 @@ mod tests {
             SegmentMeta::decode(&bytes).unwrap(),
             SegmentMeta {
                 records_crc32c: None,
-                tenant_prefix: false,
+                layout: Layout::Archives,
                 ..meta
             }
         );

@@ -1,10 +1,14 @@
 //! Feeds arbitrary bytes to the WAL frame decoder and, when a frame
 //! decodes, to its batch trailer and the checked rkyv access of every
-//! record in it. Nothing may panic; every failure must be an error value.
+//! record in it, and to the sealed values' decoders (one record, a chunk
+//! of records in columns). Nothing may panic; every failure must be an
+//! error value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lode_codec::{BatchView, access_record, decode_frame, decode_frame_unchecksummed};
+use lode_codec::{
+    BatchView, Chunk, ChunkReader, access_record, decode_frame, decode_frame_unchecksummed,
+};
 
 fn read_batch(batch: BatchView<'_>) {
     let _ = batch.ts_range();
@@ -33,5 +37,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(record) = access_record(data) {
         let _ = record.to_owned_record();
+    }
+    if let Ok(chunk) = Chunk::parse(data) {
+        let mut reader = ChunkReader::default();
+        let mut at = chunk.start();
+        for _ in 0..chunk.len() {
+            if reader.read(&chunk, &mut at).is_err() {
+                break;
+            }
+        }
+        let _ = chunk.seek(chunk.start(), chunk.len() - 1);
     }
 });

@@ -1191,7 +1191,7 @@ mod tests {
             sst_crc32c: 0xfeed,
             sealed_at: 3,
             records_crc32c: Some(9),
-            tenant_prefix: true,
+            layout: lode_codec::Layout::Chunks,
         }
     }
 
