@@ -201,24 +201,37 @@ impl Column<'_> {
 
     /// The sum of values `[from, to)`, which must exist.
     fn sum(&self, from: usize, to: usize) -> Result<u64> {
+        self.fold(from, to, 0, u64::wrapping_add)
+    }
+
+    /// The sum of the zigzag-encoded deltas `[from, to)`.
+    fn sum_deltas(&self, from: usize, to: usize) -> Result<i64> {
+        self.fold(from, to, 0, |sum, value| sum.wrapping_add(unzigzag(value)))
+    }
+
+    /// Folds values `[from, to)`, which must exist, with `step`: one loop
+    /// per width, so each compiles to plain loads (a seek sums thousands).
+    fn fold<T>(&self, from: usize, to: usize, init: T, step: impl Fn(T, u64) -> T) -> Result<T> {
         let bytes = self
             .bytes
             .get(from * self.width..to * self.width)
             .ok_or_else(|| invalid(format!("values {from}..{to} past their column")))?;
-        // One loop per width, so each compiles to plain loads and adds.
-        let sum = match self.width {
-            1 => bytes.iter().map(|&b| u64::from(b)).sum(),
-            2 => bytes
-                .chunks_exact(2)
-                .map(|b| u64::from(u16::from_le_bytes(b.try_into().unwrap_or_default())))
-                .sum(),
-            4 => bytes
-                .chunks_exact(4)
-                .map(|b| u64::from(u32::from_le_bytes(b.try_into().unwrap_or_default())))
-                .sum(),
-            _ => bytes.chunks_exact(8).map(le).fold(0, u64::wrapping_add),
-        };
-        Ok(sum)
+        Ok(match self.width {
+            1 => bytes.iter().fold(init, |acc, &b| step(acc, u64::from(b))),
+            2 => bytes.chunks_exact(2).fold(init, |acc, b| {
+                step(
+                    acc,
+                    u64::from(u16::from_le_bytes(b.try_into().unwrap_or_default())),
+                )
+            }),
+            4 => bytes.chunks_exact(4).fold(init, |acc, b| {
+                step(
+                    acc,
+                    u64::from(u32::from_le_bytes(b.try_into().unwrap_or_default())),
+                )
+            }),
+            _ => bytes.chunks_exact(8).fold(init, |acc, b| step(acc, le(b))),
+        })
     }
 }
 
@@ -349,9 +362,9 @@ impl<'a> Chunk<'a> {
         } else {
             self.start()
         };
-        let ts = &self.columns[TS];
-        for i in at.index + 1..=index {
-            at.ts = at.ts.wrapping_add(unzigzag(ts.get(i)?));
+        if index > at.index {
+            let deltas = self.columns[TS].sum_deltas(at.index + 1, index + 1)?;
+            at.ts = at.ts.wrapping_add(deltas);
         }
         let attrs = usize::try_from(self.columns[ATTRS].sum(at.index, index)?)
             .map_err(|_| invalid("attribute counts overflow"))?;
@@ -435,12 +448,23 @@ impl<'a> Chunk<'a> {
     }
 }
 
-/// The dictionary's strings, each checked to be UTF-8.
+/// The dictionary's strings: the area is checked to be UTF-8 once (a
+/// point read parses a chunk for one record), each string to start and
+/// end on a character.
 fn dictionary<'a>(lens: Column<'a>, bytes: &'a [u8]) -> Result<Vec<&'a str>> {
+    let area = std::str::from_utf8(bytes).map_err(invalid)?;
     let mut at = 0usize;
     let mut strings = Vec::with_capacity(lens.len());
     for i in 0..lens.len() {
-        strings.push(text(bytes, &mut at, lens.get(i)?)?);
+        let end = usize::try_from(lens.get(i)?)
+            .ok()
+            .and_then(|len| at.checked_add(len))
+            .ok_or_else(|| invalid("a length overflows"))?;
+        let string = area
+            .get(at..end)
+            .ok_or_else(|| invalid(format!("string {i} past its area or inside a character")))?;
+        strings.push(string);
+        at = end;
     }
     Ok(strings)
 }
