@@ -349,7 +349,15 @@ impl Sealer {
             }
         }
         if !chunk.is_empty() {
+            let last = chunk_seq + chunk.len() as u64 - 1;
             self.put_chunk(&mut sst, &mut chunk, chunk_seq, &mut value)?;
+            // The segment's end, an empty value: the file's keys span the
+            // segment's seqs, as one value per record did, so deleting the
+            // files within a replaced segment's seqs spares a file that
+            // holds more (`free_replaced`).
+            if last > chunk_seq {
+                sst.put(last, &[])?;
+            }
         }
         sst.finish()?;
         Ok((crc.value(), keys))
@@ -450,11 +458,12 @@ impl Sealer {
             .filter(|held| !install.segments.contains(held))
             .cloned()
             .collect();
+        // The store cuts below the floor by the installed segments' layouts.
+        self.shared.store.set_segments(&install.segments);
         self.shared.store.install(install, &replaced)?;
         self.shared
             .keyed
             .store(install.keys.len(), Ordering::Release);
-        self.shared.store.set_segments(&install.segments);
         if install.settings.is_some() {
             self.shared.reload_settings()?;
         }

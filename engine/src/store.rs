@@ -1,10 +1,12 @@
 //! RocksDB: sealed segments and the manifest.
 //!
 //! Column families:
-//! - `records`: key = seq (u64 big-endian, so keys sort by seq), value = one
-//!   record's rkyv encoding. Filled only by ingesting whole SST files, one
-//!   per sealed segment; nothing goes through the memtable, so RocksDB's own
-//!   WAL never carries a record.
+//! - `records`: key = seq (u64 big-endian, so keys sort by seq), value = a
+//!   chunk of records in columns under its first seq (`lode_codec::Chunk`),
+//!   an empty value marking a segment's last seq, or, in segments sealed
+//!   by older versions, one record's tenant and rkyv encoding. Filled only
+//!   by ingesting whole SST files, one per sealed segment; nothing goes
+//!   through the memtable, so RocksDB's own WAL never carries a record.
 //! - `meta`: `applied` (u64 LE: last WAL index whose records are sealed),
 //!   `floor` (u64 LE: first seq retention keeps), `seg/` + first seq (u64
 //!   BE) → [`SegmentMeta`], `set/` + name → a setting's bytes (opaque to
@@ -46,18 +48,23 @@ const SETTING_END: &[u8] = b"set0";
 const KEYED_PREFIX: &[u8] = b"key/";
 /// One past every keyed-batch key.
 const KEYED_END: &[u8] = b"key0";
-/// Keys between full keys in a block of `records`: a seek within a block
+/// Keys between full keys in a block of `records` (of one value per
+/// record; a block of chunks holds about one key): a seek within a block
 /// binary-searches the full keys, then decodes keys one by one from there,
 /// half this many on average.
 const RESTART_INTERVAL: u64 = 128;
-/// A wanted seq at most this far past the iterator's key is reached by
-/// stepping rather than by seeking (a binary search, then
+/// In a segment of one value per record, a wanted seq at most this far
+/// past the iterator's key is reached by stepping rather than by seeking (a binary search, then
 /// `RESTART_INTERVAL / 2` keys decoded on average). A step goes through
 /// RocksDB's whole iterator stack and costs several in-block key decodes:
 /// a phrase's page at 1M records, whose candidates lie about 25 records
 /// apart, took 0.97–1.60 ms with a limit of 64 and 0.73–0.75 with 16
 /// (`index-pages`, see ARCHITECTURE).
 const STEP_LIMIT: u64 = 16;
+/// Values looked at, from the greatest key at or below a seq down, for a
+/// chunk that holds it: a segment's end marker or an older file's chunk
+/// may come first (see `seek_holder`).
+const HOLDER_STEPS: usize = 4;
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -119,8 +126,10 @@ fn records_options(zstd_level: i32, block_bytes: usize, cache: Option<&Cache>) -
         table.set_block_cache(cache);
     }
     // Large blocks give zstd the context that log text needs (measured with
-    // `engine-append`: 64 KiB blocks 55 bytes/record, 512 KiB 44). Sealed
-    // records are read mostly by scans; a point read decompresses a block.
+    // `engine-append` when values were single records: 64 KiB blocks 55
+    // bytes/record, 512 KiB 44; chunks of columns cut at the block size:
+    // 32.5). Sealed records are read mostly by scans; a point read
+    // decompresses a block.
     table.set_block_size(block_bytes);
     // Fewer full keys and restart offsets: seq keys delta-encode to a byte.
     table.set_block_restart_interval(RESTART_INTERVAL as i32);
@@ -450,24 +459,62 @@ impl Store {
     }
 
     /// The key below which every value holds records below `floor` only:
-    /// `floor`, or the key of the chunk that holds it (whose records
-    /// below `floor` stay stored, and hidden by the floor).
+    /// `floor`, or the smallest key of the chunks that hold it (whose
+    /// records below `floor` stay stored, and hidden by the floor).
     fn cut(&self, floor: u64) -> Result<u64> {
-        if layout_of(&self.archives(), floor) != Layout::Chunks {
-            return Ok(floor);
-        }
+        let archives = self.archives();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
         iter.seek_for_prev(seq_key(floor));
-        let Some(key) = self.key_seq(&iter)? else {
-            return Ok(floor);
-        };
-        let chunk = Chunk::parse(iter.value().unwrap_or_default())
-            .map_err(|e| Error::corrupt(&self.path, key, format!("chunk at {key}: {e}")))?;
-        Ok(if key + chunk.len() as u64 > floor {
-            key
-        } else {
-            floor
-        })
+        let mut cut = floor;
+        for _ in 0..HOLDER_STEPS {
+            let Some(key) = self.key_seq(&iter)? else {
+                break;
+            };
+            match self.holds(&archives, key, iter.value().unwrap_or_default(), floor)? {
+                Some(true) => cut = key,
+                Some(false) => break,
+                None => {} // a segment's end
+            }
+            iter.prev();
+        }
+        Ok(cut)
+    }
+
+    /// Whether the value under `key` is a chunk that holds `seq`; `None`
+    /// for a segment's end marker.
+    fn holds(&self, archives: &Archives, key: u64, value: &[u8], seq: u64) -> Result<Option<bool>> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if layout_of(archives, key) != Layout::Chunks {
+            return Ok(Some(false));
+        }
+        let len = self.chunk(key, value)?.len() as u64;
+        Ok(Some(key <= seq && seq < key.saturating_add(len)))
+    }
+
+    /// Places `iter` at a chunk that holds `seq` and says so, else at the
+    /// first value after `seq`. The greatest key at or below `seq` is
+    /// usually it; a segment's end marker, or a shorter chunk of an
+    /// installed segment over the node's own, may come first.
+    fn seek_holder(
+        &self,
+        iter: &mut rocksdb::DBRawIterator<'_>,
+        archives: &Archives,
+        seq: u64,
+    ) -> Result<bool> {
+        iter.seek_for_prev(seq_key(seq));
+        for _ in 0..HOLDER_STEPS {
+            let Some(key) = self.key_seq(iter)? else {
+                break;
+            };
+            if self.holds(archives, key, iter.value().unwrap_or_default(), seq)? == Some(true) {
+                return Ok(true);
+            }
+            iter.prev();
+        }
+        iter.seek(seq_key(seq));
+        Ok(false)
     }
 
     /// Drops whole segments below `floor`: the floor and the manifest change
@@ -513,45 +560,43 @@ impl Store {
     ) -> Result<Option<u64>> {
         let archives = self.archives();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
-        // The chunk that holds `from`, else the first value after it.
-        iter.seek_for_prev(seq_key(from));
-        if self
-            .key_seq(&iter)?
-            .is_none_or(|key| layout_of(&archives, key) != Layout::Chunks)
-        {
-            iter.seek(seq_key(from));
-        }
+        self.seek_holder(&mut iter, &archives, from)?;
         let mut reader = ChunkReader::default();
-        let mut last = None;
+        // Values are visited in key order; one holding seqs already read
+        // (an older file's, until it is freed) gives only those after.
+        let mut next = from;
         let mut left = max;
-        while left > 0 {
+        while left > 0 && next < end {
             let Some(key) = self.key_seq(&iter)?.filter(|&key| key < end) else {
                 break;
             };
             let value = iter.value().unwrap_or_default();
             match layout_of(&archives, key) {
+                _ if value.is_empty() => {} // a segment's end
                 Layout::Chunks => {
                     let chunk = self.chunk(key, value)?;
-                    let first = from.max(key);
-                    let seqs = (first..end.min(key + chunk.len() as u64)).take(left);
+                    let first = next.max(key);
+                    let stop = end.min(key.saturating_add(chunk.len() as u64));
+                    let seqs = (first..stop).take(left);
                     let read = self.read_chunk(key, &chunk, seqs, &mut reader, f)?;
                     if read > 0 {
-                        last = Some(first + read as u64 - 1);
+                        next = first + read as u64;
                         left -= read;
                     }
                 }
-                layout => {
+                layout if key >= next => {
                     access_sealed_value(value, layout == Layout::TenantArchives)
                         .and_then(|record| f(key, record))
                         .map_err(|e| self.corrupt(key, e))?;
-                    last = Some(key);
+                    next = key + 1;
                     left -= 1;
                 }
+                _ => {}
             }
             iter.next();
         }
         iter.status()?;
-        Ok(last)
+        Ok((next > from).then(|| next - 1))
     }
 
     /// Calls `f` with each of `seqs` (ascending) that is stored, checked;
@@ -570,7 +615,7 @@ impl Store {
             let layout = layout_of(&archives, seq);
             if layout == Layout::Chunks {
                 at = None;
-                rest = self.visit_chunk(&mut iter, &mut reader, rest, f)?;
+                rest = self.visit_chunk(&mut iter, &archives, &mut reader, rest, f)?;
                 continue;
             }
             rest = after;
@@ -591,6 +636,7 @@ impl Store {
     fn visit_chunk<'s>(
         &self,
         iter: &mut rocksdb::DBRawIterator<'_>,
+        archives: &Archives,
         reader: &mut ChunkReader,
         seqs: &'s [u64],
         f: &mut Visitor<'_>,
@@ -598,16 +644,16 @@ impl Store {
         let Some(&seq) = seqs.first() else {
             return Ok(seqs);
         };
-        iter.seek_for_prev(seq_key(seq));
-        let Some(key) = self.key_seq(iter)? else {
-            return Ok(seqs.get(1..).unwrap_or_default());
-        };
-        let chunk = self.chunk(key, iter.value().unwrap_or_default())?;
-        let inside = seqs.partition_point(|&s| s < key + chunk.len() as u64);
-        let (here, rest) = seqs.split_at(inside.max(1));
-        if inside == 0 {
+        let rest = seqs.get(1..).unwrap_or_default();
+        if !self.seek_holder(iter, archives, seq)? {
             return Ok(rest); // dropped by retention
         }
+        let Some(key) = self.key_seq(iter)? else {
+            return Ok(rest);
+        };
+        let chunk = self.chunk(key, iter.value().unwrap_or_default())?;
+        let end = key.saturating_add(chunk.len() as u64);
+        let (here, rest) = seqs.split_at(seqs.partition_point(|&s| s < end));
         self.read_chunk(key, &chunk, here.iter().copied(), reader, f)?;
         Ok(rest)
     }

@@ -14,10 +14,10 @@
 //! Format 1 (count's top byte 0) had no tenant and no `len`: its records
 //! are the default tenant's. All records of a batch have one tenant.
 //!
-//! Each record is encoded once, on its own, so a sealed segment stores the
-//! very same bytes as its value (no re-encoding at seal), and recovery
-//! learns counts and time ranges from the trailer without touching the
-//! records. Readers check each record with rkyv's checked access.
+//! Each record is encoded once, on its own, so it is read in place by its
+//! position, and recovery learns counts and time ranges from the trailer
+//! without touching the records. Readers check each record with rkyv's
+//! checked access. (Sealing reads them in place into columns: `chunk`.)
 
 use rkyv::rancor;
 

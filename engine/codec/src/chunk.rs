@@ -191,10 +191,9 @@ impl Column<'_> {
     }
 
     fn get(&self, i: usize) -> Result<u64> {
-        let at = i * self.width;
-        let bytes = self
-            .bytes
-            .get(at..at + self.width)
+        let bytes = i
+            .checked_mul(self.width)
+            .and_then(|at| self.bytes.get(at..at.checked_add(self.width)?))
             .ok_or_else(|| invalid(format!("value {i} past its column")))?;
         Ok(le(bytes))
     }
@@ -212,9 +211,10 @@ impl Column<'_> {
     /// Folds values `[from, to)`, which must exist, with `step`: one loop
     /// per width, so each compiles to plain loads (a seek sums thousands).
     fn fold<T>(&self, from: usize, to: usize, init: T, step: impl Fn(T, u64) -> T) -> Result<T> {
-        let bytes = self
-            .bytes
-            .get(from * self.width..to * self.width)
+        let bytes = from
+            .checked_mul(self.width)
+            .zip(to.checked_mul(self.width))
+            .and_then(|(from, to)| self.bytes.get(from..to))
             .ok_or_else(|| invalid(format!("values {from}..{to} past their column")))?;
         Ok(match self.width {
             1 => bytes.iter().fold(init, |acc, &b| step(acc, u64::from(b))),
@@ -367,10 +367,12 @@ impl<'a> Chunk<'a> {
             at.ts = at.ts.wrapping_add(deltas);
         }
         let attrs = usize::try_from(self.columns[ATTRS].sum(at.index, index)?)
-            .map_err(|_| invalid("attribute counts overflow"))?;
-        let value = self.columns[VALUE_LEN].sum(at.attr, at.attr + attrs)?;
+            .ok()
+            .and_then(|attrs| at.attr.checked_add(attrs))
+            .ok_or_else(|| invalid("attribute counts overflow"))?;
+        let value = self.columns[VALUE_LEN].sum(at.attr, attrs)?;
         let message = self.columns[MESSAGE_LEN].sum(at.index, index)?;
-        at.attr += attrs;
+        at.attr = attrs;
         at.value = at
             .value
             .checked_add(usize::try_from(value).map_err(|_| invalid("value lengths overflow"))?)
@@ -419,8 +421,11 @@ impl<'a> Chunk<'a> {
             self.string(self.columns[SERVICE].get(i)?)?,
         );
         set(&mut out.host, self.string(self.columns[HOST].get(i)?)?);
+        // At most the attributes left: a damaged count allocates nothing.
         let attrs = usize::try_from(self.columns[ATTRS].get(i)?)
-            .map_err(|_| invalid("attribute count overflows"))?;
+            .ok()
+            .filter(|&n| n <= self.columns[ATTR_KEY].len().saturating_sub(at.attr))
+            .ok_or_else(|| invalid("more attributes than the chunk holds"))?;
         out.attrs.resize_with(attrs, Default::default);
         for (n, (key, value)) in out.attrs.iter_mut().enumerate() {
             set(key, self.string(self.columns[ATTR_KEY].get(at.attr + n)?)?);
