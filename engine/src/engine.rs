@@ -296,7 +296,7 @@ impl Engine {
         )?;
         let manifest = store.load_manifest()?;
         store.set_segments(&manifest.segments);
-        store.reclaim_below(manifest.floor)?;
+        store.reclaim_below(crate::store::cut(manifest.floor, manifest.segments.iter()))?;
         let sealed: std::collections::BTreeMap<u64, SegmentMeta> = manifest
             .segments
             .into_iter()

@@ -313,6 +313,8 @@ impl Sealer {
         let mut keys = Vec::new();
         let mut chunk = ChunkBuilder::default();
         let mut chunk_seq = 0;
+        // The last record's seq and the key of the last chunk written.
+        let (mut last_seq, mut last_key) = (0, 0);
         for loc in finished.frames.iter().filter(|f| f.count > 0) {
             let frame = wal::read_frame(&finished.map, &finished.path, loc)?;
             if let Some(key) = frame.key() {
@@ -342,22 +344,24 @@ impl Sealer {
                 if chunk.is_empty() {
                     chunk_seq = seq;
                 }
+                last_seq = seq;
                 chunk.push(batch.record(i).map_err(|e| corrupt(e.to_string()))?);
                 if chunk.raw_bytes() >= self.shared.opts.sealed_block_bytes {
                     self.put_chunk(&mut sst, &mut chunk, chunk_seq, &mut value)?;
+                    last_key = chunk_seq;
                 }
             }
         }
         if !chunk.is_empty() {
-            let last = chunk_seq + chunk.len() as u64 - 1;
             self.put_chunk(&mut sst, &mut chunk, chunk_seq, &mut value)?;
-            // The segment's end, an empty value: the file's keys span the
-            // segment's seqs, as one value per record did, so deleting the
-            // files within a replaced segment's seqs spares a file that
-            // holds more (`free_replaced`).
-            if last > chunk_seq {
-                sst.put(last, &[])?;
-            }
+            last_key = chunk_seq;
+        }
+        // The segment's end, an empty value: the file's keys span the
+        // segment's seqs, as one value per record did, so deleting the
+        // files within a replaced segment's seqs spares a file that holds
+        // more (`free_replaced`).
+        if last_seq > last_key {
+            sst.put(last_seq, &[])?;
         }
         sst.finish()?;
         Ok((crc.value(), keys))
@@ -503,16 +507,18 @@ impl Sealer {
     }
 
     /// Deletes the record file of `replaced`, a segment the manifest no
-    /// longer names, where the file of an installed segment covers its
-    /// seqs and more (a file of the very same seqs would go with it: it
-    /// stays, unread, until retention drops those seqs).
+    /// longer names, unless an installed segment lies within its seqs (a
+    /// file of the very same seqs would go with it: it stays, its keys
+    /// those of the installed file, until retention drops those seqs). A
+    /// file left would hold chunks of other bounds beside the installed
+    /// ones.
     fn free_replaced(&self, replaced: &SegmentMeta, installed: &[SegmentMeta]) -> Result<()> {
-        let covered = installed.iter().any(|s| {
-            s.first_seq <= replaced.first_seq
-                && replaced.last_seq <= s.last_seq
-                && (s.first_seq, s.last_seq) != (replaced.first_seq, replaced.last_seq)
-        });
-        if covered {
+        // The files within its seqs hold no installed segment's keys (a
+        // file's keys span its segment's seqs) unless one lies inside.
+        let holds_installed = installed
+            .iter()
+            .any(|s| replaced.first_seq <= s.first_seq && s.last_seq <= replaced.last_seq);
+        if !holds_installed {
             self.shared
                 .store
                 .delete_files_within(replaced.first_seq, replaced.last_seq)?;
@@ -562,7 +568,11 @@ impl Sealer {
             }
             state.first_seq = state.first_seq.max(floor);
         }
-        self.shared.store.drop_below(floor, doomed)?;
+        let cut = {
+            let state = self.shared.read();
+            crate::store::cut(floor, state.sealed.values())
+        };
+        self.shared.store.drop_below(floor, cut, doomed)?;
         for segment in doomed {
             if let Some(path) = self.shared.segment_path(segment) {
                 let _ = fs::remove_file(path);

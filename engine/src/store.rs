@@ -453,31 +453,10 @@ impl Store {
             KEY_SNAPSHOT,
             Self::snapshot_value(applied, &install.description),
         );
-        batch.delete_range_cf(records, seq_key(0), seq_key(self.cut(floor)?));
+        let cut = cut(floor, install.segments.iter());
+        batch.delete_range_cf(records, seq_key(0), seq_key(cut));
         self.db.write_opt(batch, &Self::synced())?;
-        self.reclaim_below(floor)
-    }
-
-    /// The key below which every value holds records below `floor` only:
-    /// `floor`, or the smallest key of the chunks that hold it (whose
-    /// records below `floor` stay stored, and hidden by the floor).
-    fn cut(&self, floor: u64) -> Result<u64> {
-        let archives = self.archives();
-        let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
-        iter.seek_for_prev(seq_key(floor));
-        let mut cut = floor;
-        for _ in 0..HOLDER_STEPS {
-            let Some(key) = self.key_seq(&iter)? else {
-                break;
-            };
-            match self.holds(&archives, key, iter.value().unwrap_or_default(), floor)? {
-                Some(true) => cut = key,
-                Some(false) => break,
-                None => {} // a segment's end
-            }
-            iter.prev();
-        }
-        Ok(cut)
+        self.reclaim_below(cut)
     }
 
     /// Whether the value under `key` is a chunk that holds `seq`; `None`
@@ -518,8 +497,9 @@ impl Store {
     }
 
     /// Drops whole segments below `floor`: the floor and the manifest change
-    /// atomically first, then the files go.
-    pub(crate) fn drop_below(&self, floor: u64, dropped: &[SegmentMeta]) -> Result<()> {
+    /// atomically first, then the values below `cut` ([`cut`]) and their
+    /// files go.
+    pub(crate) fn drop_below(&self, floor: u64, cut: u64, dropped: &[SegmentMeta]) -> Result<()> {
         let meta = self.cf(CF_META)?;
         let records = self.cf(CF_RECORDS)?;
         let mut batch = WriteBatch::default();
@@ -527,17 +507,14 @@ impl Store {
         for segment in dropped {
             batch.delete_cf(meta, segment_key(segment.first_seq));
         }
-        batch.delete_range_cf(records, seq_key(0), seq_key(self.cut(floor)?));
+        batch.delete_range_cf(records, seq_key(0), seq_key(cut));
         self.db.write_opt(batch, &Self::synced())?;
-        self.reclaim_below(floor)
+        self.reclaim_below(cut)
     }
 
-    /// Frees the files of records below `floor`; idempotent, run at open too.
-    pub(crate) fn reclaim_below(&self, floor: u64) -> Result<()> {
-        if floor == 0 {
-            return Ok(());
-        }
-        let cut = self.cut(floor)?;
+    /// Frees the files whose values all lie below `cut` ([`cut`]);
+    /// idempotent, run at open too.
+    pub(crate) fn reclaim_below(&self, cut: u64) -> Result<()> {
         if cut == 0 {
             return Ok(());
         }
@@ -563,14 +540,21 @@ impl Store {
         self.seek_holder(&mut iter, &archives, from)?;
         let mut reader = ChunkReader::default();
         // Values are visited in key order; one holding seqs already read
-        // (an older file's, until it is freed) gives only those after.
-        let mut next = from;
+        // (an older file's, until it is freed) gives only those after, and
+        // before passing over seqs, a chunk of a lower key that holds them
+        // is looked for (`sought`: the seq last looked for).
+        let (mut next, mut sought) = (from, from);
         let mut left = max;
         while left > 0 && next < end {
             let Some(key) = self.key_seq(&iter)?.filter(|&key| key < end) else {
                 break;
             };
             let value = iter.value().unwrap_or_default();
+            if key > next && sought != next && !value.is_empty() {
+                sought = next;
+                self.seek_holder(&mut iter, &archives, next)?;
+                continue;
+            }
             match layout_of(&archives, key) {
                 _ if value.is_empty() => {} // a segment's end
                 Layout::Chunks => {
@@ -716,6 +700,19 @@ impl Store {
         Error::corrupt(&self.path, seq, format!("record {seq}: {e}"))
     }
 
+    /// Every key of `records`, in order.
+    #[cfg(test)]
+    pub(crate) fn record_keys(&self) -> Result<Vec<u64>> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_RECORDS)?);
+        iter.seek_to_first();
+        let mut keys = Vec::new();
+        while let Some(key) = self.key_seq(&iter)? {
+            keys.push(key);
+            iter.next();
+        }
+        Ok(keys)
+    }
+
     /// The seq of the iterator's key; `None` past the end.
     fn key_seq(&self, iter: &rocksdb::DBRawIterator<'_>) -> Result<Option<u64>> {
         iter.key()
@@ -726,6 +723,18 @@ impl Store {
             })
             .transpose()
     }
+}
+
+/// The key below which values may be deleted for a retention `floor`:
+/// the first seq of the segment (of `segments`) that holds the floor, whose
+/// file's keys all lie at or above it (its records below the floor stay
+/// stored, hidden by the floor), else the floor.
+pub(crate) fn cut<'a>(floor: u64, segments: impl Iterator<Item = &'a SegmentMeta>) -> u64 {
+    segments
+        .filter(|s| s.first_seq <= floor && floor <= s.last_seq)
+        .map(|s| s.first_seq)
+        .min()
+        .unwrap_or(floor)
 }
 
 /// Seq ranges (inclusive, sorted) of segments of one value per record,

@@ -634,6 +634,42 @@ fn a_floor_inside_a_chunk_hides_what_is_below_it() {
     assert_eq!(engine.scan(..).count(), 0);
 }
 
+/// Every sealed segment has a key at its first and at its last seq (its
+/// first chunk's, and its last chunk's or an end marker), however its
+/// records fall into chunks: a snapshot install deletes the files whose
+/// keys lie within a replaced segment's seqs, and must not take a file
+/// that holds more.
+#[test]
+fn a_sealed_file_has_keys_at_both_ends_of_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        sealed_block_bytes: 300,
+        background_sealing: false,
+        ..Options::default()
+    };
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    let mut next = 0;
+    for size in 1..=40 {
+        engine.append(&records(next..next + size)).unwrap();
+        engine.seal().unwrap();
+        next += size;
+    }
+    let keys = engine.shared.store.record_keys().unwrap();
+    let segments = engine.segments();
+    assert_eq!(segments.len(), 40);
+    for segment in &segments {
+        for end in [segment.first_seq, segment.last_seq] {
+            assert!(
+                keys.binary_search(&end).is_ok(),
+                "no key at {end} of segment {}..={}",
+                segment.first_seq,
+                segment.last_seq
+            );
+        }
+    }
+    assert_eq!(engine.scan(..).count() as u64, next);
+}
+
 /// Two nodes' logs that receive the same entries in other groupings (and
 /// one reopened half way) cut their files, hence their sealed segments,
 /// at the same entries: what a snapshot compares.
