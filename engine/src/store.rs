@@ -468,8 +468,9 @@ impl Store {
         if layout_of(archives, key) != Layout::Chunks {
             return Ok(Some(false));
         }
-        let len = self.chunk(key, value)?.len() as u64;
-        Ok(Some(key <= seq && seq < key.saturating_add(len)))
+        // The header alone: the chunk is parsed when it is read.
+        let len = Chunk::records_in(value).map_err(|e| self.bad_chunk(key, e))?;
+        Ok(Some(key <= seq && seq < key.saturating_add(len as u64)))
     }
 
     /// Places `iter` at a chunk that holds `seq` and says so, else at the
@@ -692,8 +693,11 @@ impl Store {
 
     /// The chunk stored under `key`, parsed.
     fn chunk<'v>(&self, key: u64, value: &'v [u8]) -> Result<Chunk<'v>> {
-        Chunk::parse(value)
-            .map_err(|e| Error::corrupt(&self.path, key, format!("chunk at {key}: {e}")))
+        Chunk::parse(value).map_err(|e| self.bad_chunk(key, e))
+    }
+
+    fn bad_chunk(&self, key: u64, e: lode_codec::CodecError) -> Error {
+        Error::corrupt(&self.path, key, format!("chunk at {key}: {e}"))
     }
 
     fn corrupt(&self, seq: u64, e: lode_codec::CodecError) -> Error {

@@ -342,6 +342,17 @@ impl<'a> Chunk<'a> {
         })
     }
 
+    /// The number of records a chunk's header says it holds, read from the
+    /// header alone ([`Chunk::parse`] checks the rest).
+    pub fn records_in(bytes: &[u8]) -> Result<usize> {
+        let mut at = 0;
+        let version = byte(bytes, &mut at)?;
+        if version != VERSION {
+            return Err(invalid(format!("unknown version {version}")));
+        }
+        Ok(le_u32(take(bytes, &mut at, 4)?))
+    }
+
     /// Records in the chunk (at least one).
     pub fn len(&self) -> usize {
         self.count
@@ -590,6 +601,7 @@ mod tests {
         fn records_read_back(records in proptest::collection::vec(record(), 1..60), from in any::<prop::sample::Index>()) {
             let bytes = chunk_of(&records);
             prop_assert_eq!(&read_all(&bytes).unwrap(), &records);
+            prop_assert_eq!(Chunk::records_in(&bytes).unwrap(), records.len());
             let chunk = Chunk::parse(&bytes).unwrap();
             let start = from.index(records.len());
             let mut reader = ChunkReader::default();
