@@ -60,6 +60,8 @@ pub struct ChunkBuilder {
     first_ts: i64,
     prev_ts: i64,
     columns: [Vec<u64>; COLUMNS],
+    /// Each column's largest value so far.
+    largest: [u64; COLUMNS],
     ids: HashMap<String, u64>,
     strings: Vec<u8>,
     values: Vec<u8>,
@@ -76,10 +78,17 @@ impl ChunkBuilder {
         self.count == 0
     }
 
-    /// About what the chunk will take before compression.
+    /// What the chunk will take before compression, its header aside.
     pub fn raw_bytes(&self) -> usize {
-        let numbers: usize = self.columns.iter().map(|c| c.len() * 2).sum();
+        let numbers: usize = (self.columns.iter().zip(self.largest))
+            .map(|(column, largest)| column.len() * width(Some(&largest)))
+            .sum();
         numbers + self.strings.len() + self.values.len() + self.messages.len()
+    }
+
+    fn put(&mut self, column: usize, value: u64) {
+        self.columns[column].push(value);
+        self.largest[column] = self.largest[column].max(value);
     }
 
     /// Adds the next record.
@@ -91,7 +100,7 @@ impl ChunkBuilder {
         }
         let delta = ts.wrapping_sub(self.prev_ts);
         self.prev_ts = ts;
-        self.columns[TS].push(((delta << 1) ^ (delta >> 63)) as u64);
+        self.put(TS, ((delta << 1) ^ (delta >> 63)) as u64);
         let level = match &record.level {
             ArchivedLevel::Trace => 0,
             ArchivedLevel::Debug => 1,
@@ -101,21 +110,21 @@ impl ChunkBuilder {
             ArchivedLevel::Fatal => 5,
             ArchivedLevel::Other(text) => LEVEL_OTHER + self.id(text),
         };
-        self.columns[LEVEL].push(level);
+        self.put(LEVEL, level);
         let tenant = self.id(record.tenant);
-        self.columns[TENANT].push(tenant);
+        self.put(TENANT, tenant);
         let service = self.id(&record.service);
-        self.columns[SERVICE].push(service);
+        self.put(SERVICE, service);
         let host = self.id(&record.host);
-        self.columns[HOST].push(host);
-        self.columns[ATTRS].push(record.attrs.len() as u64);
+        self.put(HOST, host);
+        self.put(ATTRS, record.attrs.len() as u64);
         for pair in record.attrs.iter() {
             let key = self.id(&pair.0);
-            self.columns[ATTR_KEY].push(key);
-            self.columns[VALUE_LEN].push(pair.1.len() as u64);
+            self.put(ATTR_KEY, key);
+            self.put(VALUE_LEN, pair.1.len() as u64);
             self.values.extend_from_slice(pair.1.as_bytes());
         }
-        self.columns[MESSAGE_LEN].push(record.message.len() as u64);
+        self.put(MESSAGE_LEN, record.message.len() as u64);
         self.messages.extend_from_slice(record.message.as_bytes());
         self.count += 1;
     }
@@ -127,7 +136,7 @@ impl ChunkBuilder {
         }
         let id = self.ids.len() as u64;
         self.ids.insert(text.to_owned(), id);
-        self.columns[STRING_LEN].push(text.len() as u64);
+        self.put(STRING_LEN, text.len() as u64);
         self.strings.extend_from_slice(text.as_bytes());
         id
     }
