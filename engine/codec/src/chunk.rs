@@ -87,8 +87,12 @@ impl ChunkBuilder {
     }
 
     fn put(&mut self, column: usize, value: u64) {
-        self.columns[column].push(value);
-        self.largest[column] = self.largest[column].max(value);
+        if let (Some(values), Some(largest)) =
+            (self.columns.get_mut(column), self.largest.get_mut(column))
+        {
+            values.push(value);
+            *largest = (*largest).max(value);
+        }
     }
 
     /// Adds the next record.
