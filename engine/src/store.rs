@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use lode_codec::{Chunk, ChunkReader, KeyedEntry, Layout, access_sealed_value};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    IngestExternalFileOptions, Options as RocksOptions, SstFileWriter, WriteBatch, WriteOptions,
+    IngestExternalFileOptions, LruCacheOptions, Options as RocksOptions, SstFileWriter, WriteBatch,
+    WriteOptions,
 };
 
 use crate::error::{Error, Result};
@@ -144,6 +145,35 @@ fn records_options(zstd_level: i32, block_bytes: usize, cache: Option<&Cache>) -
     opts
 }
 
+/// Least number of blocks each shard of the block cache holds.
+const BLOCKS_PER_SHARD: usize = 64;
+
+/// The cache of decompressed blocks of sealed records, for point reads: a
+/// page of records spread over old segments reads a block each. RocksDB
+/// shards a cache by key hash into up to 64 parts of at least 512 KiB
+/// (sized for its default 4 KiB blocks), each its own LRU: a 256 MiB cache
+/// of 512 KiB blocks became 64 shards of 7 blocks, and a page reading a few
+/// hundred scattered blocks over and over overflowed some shards and
+/// decompressed their blocks on every read. Shards hold at least
+/// [`BLOCKS_PER_SHARD`] blocks instead.
+fn block_cache(cache_bytes: usize, block_bytes: usize) -> Cache {
+    let mut opts = LruCacheOptions::default();
+    opts.set_capacity(cache_bytes);
+    opts.set_num_shard_bits(shard_bits(cache_bytes, block_bytes));
+    Cache::new_lru_cache_opts(&opts)
+}
+
+/// log2 of the number of shards of a cache of `cache_bytes` for blocks of
+/// `block_bytes`: at most 64 shards (RocksDB's own most), each holding at
+/// least [`BLOCKS_PER_SHARD`] blocks.
+fn shard_bits(cache_bytes: usize, block_bytes: usize) -> i32 {
+    let shard_least = block_bytes.max(1).saturating_mul(BLOCKS_PER_SHARD);
+    let bits = (0..6)
+        .take_while(|bits| cache_bytes >> (bits + 1) >= shard_least)
+        .count();
+    bits as i32
+}
+
 impl Store {
     pub(crate) fn open(
         path: &Path,
@@ -159,9 +189,7 @@ impl Store {
         // Every sealed segment is one SST; keep RocksDB's table cache well
         // inside the usual 1024 descriptors per process.
         db_opts.set_max_open_files(512);
-        // Decompressed blocks of sealed records, for point reads: a page of
-        // records spread over old segments reads a 512 KiB block each.
-        let cache = Cache::new_lru_cache(cache_bytes);
+        let cache = block_cache(cache_bytes, block_bytes);
         let records = ColumnFamilyDescriptor::new(
             CF_RECORDS,
             records_options(zstd_level, block_bytes, Some(&cache)),
@@ -786,4 +814,20 @@ pub(crate) fn file_crc(path: &Path) -> Result<(u64, u32)> {
         len += n as u64;
     }
     Ok((len, crc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_bits;
+
+    #[test]
+    fn a_cache_shard_holds_many_blocks() {
+        // The defaults: 256 MiB of 512 KiB blocks, 8 shards of 64 blocks.
+        assert_eq!(shard_bits(256 << 20, 512 << 10), 3);
+        assert_eq!(shard_bits(32 << 20, 512 << 10), 0);
+        assert_eq!(shard_bits(1 << 20, 512 << 10), 0);
+        // Never more than RocksDB's 64 shards.
+        assert_eq!(shard_bits(64 << 30, 4 << 10), 6);
+        assert_eq!(shard_bits(256 << 20, 0), 6);
+    }
 }
