@@ -242,6 +242,23 @@ fn golden_data_v3_is_still_read() {
     read_golden(golden, record_v3, &[3, 20, 21, 39, 41]);
 }
 
+/// A data directory of manifest format 4 with chunks of version 1 (before
+/// chunks had marks), written by `golden_data_v4_is_still_read` with
+/// `LODE_WRITE_GOLDEN=1`: the records of `record_v3`, 1..=40 sealed in
+/// one chunk, 41..=60 in the WAL.
+const GOLDEN_DATA_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data-v4");
+
+/// Records sealed in a chunk of the first chunk format are read as they
+/// were and sealed again in today's.
+#[test]
+fn golden_data_v4_is_still_read() {
+    let golden = Path::new(GOLDEN_DATA_V4);
+    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+        write_golden(golden, record_v3);
+    }
+    read_golden(golden, record_v3, &[3, 20, 21, 39, 40, 41]);
+}
+
 /// Opens a copy of a golden data directory (`record(1..=40)` sealed,
 /// `record(41..=60)` in the WAL) and checks its records, by a scan and
 /// by `get_many` of `points`, as found, sealed and reopened.

@@ -653,6 +653,62 @@ mod tests {
         }
     }
 
+    /// The record at `i` of the golden chunk: times that go back now and
+    /// then, every level, two tenants, attributes of 0-2 pairs.
+    fn golden_record(i: u64) -> LogRecord {
+        let back = if i % 7 == 3 { -5_000_000 } else { 1_234_567 };
+        LogRecord {
+            ts: 1_700_000_000_000_000_000 + i as i64 * back,
+            level: match i % 7 {
+                0 => Level::Trace,
+                1 => Level::Debug,
+                2 => Level::Info,
+                3 => Level::Warn,
+                4 => Level::Error,
+                5 => Level::Fatal,
+                _ => Level::Other("notice".to_owned()),
+            },
+            tenant: if i % 5 == 0 {
+                "acme".to_owned()
+            } else {
+                String::new()
+            },
+            service: format!("svc{}", i % 3),
+            host: format!("host-{}", i % 11),
+            attrs: (0..i % 3)
+                .map(|n| (format!("k{n}"), format!("v{}", i * n)))
+                .collect(),
+            message: format!("message {i} {}", "é".repeat((i % 20) as usize)),
+        }
+    }
+
+    /// A chunk of version 1 (no marks), written by this test with
+    /// `LODE_WRITE_GOLDEN=1` before marks existed: `golden_record(0..150)`.
+    const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/chunk-v1.bin");
+
+    #[test]
+    fn golden_chunk_v1_is_still_read() {
+        let records: Vec<LogRecord> = (0..150).map(golden_record).collect();
+        if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(GOLDEN_V1).parent().unwrap()).unwrap();
+            std::fs::write(GOLDEN_V1, chunk_of(&records)).unwrap();
+        }
+        let bytes = std::fs::read(GOLDEN_V1).unwrap();
+        assert_eq!(bytes[0], 1, "a chunk of version 1");
+        assert_eq!(read_all(&bytes).unwrap(), records);
+        let chunk = Chunk::parse(&bytes).unwrap();
+        let mut reader = ChunkReader::default();
+        for i in [0, 63, 64, 65, 149, 100, 5] {
+            let mut at = chunk.seek(chunk.start(), i).unwrap();
+            let read = reader
+                .read(&chunk, &mut at)
+                .unwrap()
+                .to_owned_record()
+                .unwrap();
+            assert_eq!(read, records[i]);
+        }
+    }
+
     #[test]
     fn widths_follow_the_largest_value() {
         let records: Vec<LogRecord> = (0..300)
