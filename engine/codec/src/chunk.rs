@@ -5,17 +5,24 @@
 //! the block compressor (RocksDB's zstd) sees like next to like: time
 //! deltas, then level, tenant, service and host as ids into the chunk's
 //! dictionary of strings, attribute counts, keys (ids) and value lengths,
-//! message lengths, and then the dictionary's, the values' and the
-//! messages' bytes. Each integer column has a fixed width (1, 2, 4 or 8
+//! message lengths, where each dictionary string ends, and then the
+//! dictionary's, the values' and the messages' bytes. Each integer column has a fixed width (1, 2, 4 or 8
 //! bytes, the least its largest value needs), so a record in the middle is
 //! reached by summing lengths, not by decoding everything before it.
 //!
+//! Every [`MARK_EVERY`]th record (from the 64th on) has a mark: its time
+//! and its first attribute's, value's and message's offsets, four more
+//! columns, so a point read sums at most 63 lengths of each column.
+//!
 //! ```text
-//! u8 version (1) | u32 count | i64 first ts
+//! u8 version (2) | u32 count | i64 first ts
 //! per integer column (COLUMNS, in order): u8 width | u32 values
 //! per byte area (dictionary, values, messages): u32 length
 //! the integer columns' values, then the byte areas
 //! ```
+//!
+//! Version 1 (still read) is the same without the four mark columns, with
+//! each dictionary string's length where version 2 has its end.
 //!
 //! All integers are little-endian. A time delta is zigzag-encoded and
 //! added with wrapping arithmetic; a level is 0-5 for the named levels and
@@ -27,10 +34,15 @@ use std::collections::HashMap;
 use crate::record::{ArchivedLevel, Level, LogRecord, RecordRef, access_record};
 use crate::{CodecError, Result};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The chunk format before marks: its columns are the first
+/// [`COLUMNS_V1`].
+const VERSION_V1: u8 = 1;
 
 /// The integer columns, in their order in a chunk.
-const COLUMNS: usize = 10;
+const COLUMNS: usize = 14;
+const COLUMNS_V1: usize = 10;
 const TS: usize = 0;
 const LEVEL: usize = 1;
 const TENANT: usize = 2;
@@ -40,13 +52,27 @@ const ATTRS: usize = 5;
 const ATTR_KEY: usize = 6;
 const VALUE_LEN: usize = 7;
 const MESSAGE_LEN: usize = 8;
-const STRING_LEN: usize = 9;
+/// Per string of the dictionary, in id order: where its bytes end in the
+/// dictionary's area (version 1: its length).
+const STRING_END: usize = 9;
+/// Per mark: zigzag of the marked record's time minus the first record's.
+const MARK_TS: usize = 10;
+/// Per mark: the marked record's first attribute.
+const MARK_ATTR: usize = 11;
+/// Per mark: the marked record's first value byte.
+const MARK_VALUE: usize = 12;
+/// Per mark: the marked record's first message byte.
+const MARK_MESSAGE: usize = 13;
+
+/// Records `k * MARK_EVERY` (k >= 1) are marked.
+const MARK_EVERY: usize = 64;
 
 /// Level codes below this are the named levels; `LEVEL_OTHER + id` is
 /// `Level::Other` of dictionary string `id`.
 const LEVEL_OTHER: u64 = 6;
 
-const HEADER_LEN: usize = 1 + 4 + 8 + COLUMNS * 5 + 3 * 4;
+/// The shortest header, version 1's.
+const HEADER_LEN: usize = 1 + 4 + 8 + COLUMNS_V1 * 5 + 3 * 4;
 
 fn invalid(what: impl std::fmt::Display) -> CodecError {
     CodecError::Invalid(format!("sealed chunk: {what}"))
@@ -102,9 +128,14 @@ impl ChunkBuilder {
             self.first_ts = ts;
             self.prev_ts = ts;
         }
-        let delta = ts.wrapping_sub(self.prev_ts);
+        if self.count > 0 && self.count.is_multiple_of(MARK_EVERY) {
+            self.put(MARK_TS, zigzag(ts.wrapping_sub(self.first_ts)));
+            self.put(MARK_ATTR, self.columns[ATTR_KEY].len() as u64);
+            self.put(MARK_VALUE, self.values.len() as u64);
+            self.put(MARK_MESSAGE, self.messages.len() as u64);
+        }
+        self.put(TS, zigzag(ts.wrapping_sub(self.prev_ts)));
         self.prev_ts = ts;
-        self.put(TS, ((delta << 1) ^ (delta >> 63)) as u64);
         let level = match &record.level {
             ArchivedLevel::Trace => 0,
             ArchivedLevel::Debug => 1,
@@ -140,8 +171,8 @@ impl ChunkBuilder {
         }
         let id = self.ids.len() as u64;
         self.ids.insert(text.to_owned(), id);
-        self.put(STRING_LEN, text.len() as u64);
         self.strings.extend_from_slice(text.as_bytes());
+        self.put(STRING_END, self.strings.len() as u64);
         id
     }
 
@@ -255,7 +286,7 @@ pub struct Chunk<'a> {
     count: usize,
     first_ts: i64,
     columns: [Column<'a>; COLUMNS],
-    strings: Vec<&'a str>,
+    strings: Dictionary<'a>,
     values: &'a [u8],
     messages: &'a [u8],
 }
@@ -303,14 +334,11 @@ impl<'a> Chunk<'a> {
             return Err(invalid(format!("{} bytes", bytes.len())));
         }
         let mut at = 0;
-        let version = byte(bytes, &mut at)?;
-        if version != VERSION {
-            return Err(invalid(format!("unknown version {version}")));
-        }
+        let columns_in = columns_of(byte(bytes, &mut at)?)?;
         let count = le_u32(take(bytes, &mut at, 4)?);
         let first_ts = i64::from_le_bytes(take(bytes, &mut at, 8)?.try_into().unwrap_or_default());
-        let mut shapes = [(0usize, 0usize); COLUMNS];
-        for shape in &mut shapes {
+        let mut shapes = [(1usize, 0usize); COLUMNS];
+        for shape in shapes.iter_mut().take(columns_in) {
             let width = usize::from(byte(bytes, &mut at)?);
             if ![1, 2, 4, 8].contains(&width) {
                 return Err(invalid(format!("a column of width {width}")));
@@ -345,10 +373,20 @@ impl<'a> Chunk<'a> {
         if columns[ATTR_KEY].len() != columns[VALUE_LEN].len() {
             return Err(invalid("attribute keys and values disagree"));
         }
+        let marks = match columns_in {
+            COLUMNS => (count - 1) / MARK_EVERY,
+            _ => 0,
+        };
+        if [MARK_TS, MARK_ATTR, MARK_VALUE, MARK_MESSAGE]
+            .iter()
+            .any(|&c| lens.get(c) != Some(&marks))
+        {
+            return Err(invalid(format!("marks that disagree on {count} records")));
+        }
         Ok(Chunk {
             count,
             first_ts,
-            strings: dictionary(columns[STRING_LEN], strings)?,
+            strings: Dictionary::parse(columns_in, columns[STRING_END], strings)?,
             columns,
             values,
             messages,
@@ -359,10 +397,7 @@ impl<'a> Chunk<'a> {
     /// header alone ([`Chunk::parse`] checks the rest).
     pub fn records_in(bytes: &[u8]) -> Result<usize> {
         let mut at = 0;
-        let version = byte(bytes, &mut at)?;
-        if version != VERSION {
-            return Err(invalid(format!("unknown version {version}")));
-        }
+        columns_of(byte(bytes, &mut at)?)?;
         Ok(le_u32(take(bytes, &mut at, 4)?))
     }
 
@@ -386,6 +421,11 @@ impl<'a> Chunk<'a> {
         } else {
             self.start()
         };
+        if let Some(mark) = self.mark_at_or_before(index)?
+            && mark.index > at.index
+        {
+            at = mark;
+        }
         if index > at.index {
             let deltas = self.columns[TS].sum_deltas(at.index + 1, index + 1)?;
             at.ts = at.ts.wrapping_add(deltas);
@@ -407,6 +447,29 @@ impl<'a> Chunk<'a> {
             .ok_or_else(|| invalid("message lengths overflow"))?;
         at.index = index;
         Ok(at)
+    }
+
+    /// A cursor at the last mark at or before record `index`, if any.
+    fn mark_at_or_before(&self, index: usize) -> Result<Option<Cursor>> {
+        let Some(mark) = (index / MARK_EVERY).checked_sub(1) else {
+            return Ok(None);
+        };
+        if mark >= self.columns[MARK_TS].len() {
+            return Ok(None); // a chunk of version 1
+        }
+        let offset = |column: Column<'_>| {
+            usize::try_from(column.get(mark)?)
+                .map_err(|_| invalid(format!("mark {mark} overflows")))
+        };
+        Ok(Some(Cursor {
+            index: (mark + 1) * MARK_EVERY,
+            ts: self
+                .first_ts
+                .wrapping_add(unzigzag(self.columns[MARK_TS].get(mark)?)),
+            attr: offset(self.columns[MARK_ATTR])?,
+            value: offset(self.columns[MARK_VALUE])?,
+            message: offset(self.columns[MARK_MESSAGE])?,
+        }))
     }
 
     /// A cursor at the first record.
@@ -469,33 +532,78 @@ impl<'a> Chunk<'a> {
     }
 
     fn string(&self, id: u64) -> Result<&'a str> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|id| self.strings.get(id))
-            .copied()
-            .ok_or_else(|| invalid(format!("string {id} of {}", self.strings.len())))
+        self.strings.get(id)
     }
 }
 
-/// The dictionary's strings: the area is checked to be UTF-8 once (a
-/// point read parses a chunk for one record), each string to start and
-/// end on a character.
-fn dictionary<'a>(lens: Column<'a>, bytes: &'a [u8]) -> Result<Vec<&'a str>> {
-    let area = std::str::from_utf8(bytes).map_err(invalid)?;
-    let mut at = 0usize;
-    let mut strings = Vec::with_capacity(lens.len());
-    for i in 0..lens.len() {
-        let end = usize::try_from(lens.get(i)?)
-            .ok()
-            .and_then(|len| at.checked_add(len))
-            .ok_or_else(|| invalid("a length overflows"))?;
-        let string = area
-            .get(at..end)
-            .ok_or_else(|| invalid(format!("string {i} past its area or inside a character")))?;
-        strings.push(string);
-        at = end;
+/// How many integer columns a chunk of `version` has.
+fn columns_of(version: u8) -> Result<usize> {
+    match version {
+        VERSION => Ok(COLUMNS),
+        VERSION_V1 => Ok(COLUMNS_V1),
+        _ => Err(invalid(format!("unknown version {version}"))),
     }
-    Ok(strings)
+}
+
+/// A chunk's dictionary: its strings' bytes, checked to be UTF-8 once
+/// when the chunk is parsed, and where each string ends.
+#[derive(Debug)]
+struct Dictionary<'a> {
+    area: &'a str,
+    ends: Ends<'a>,
+}
+
+#[derive(Debug)]
+enum Ends<'a> {
+    /// The chunk's own column of ends (version 2): parsing a chunk for a
+    /// point read does nothing per string.
+    Stored(Column<'a>),
+    /// Summed from a column of lengths (version 1).
+    Summed(Vec<usize>),
+}
+
+impl<'a> Dictionary<'a> {
+    fn parse(columns_in: usize, column: Column<'a>, bytes: &'a [u8]) -> Result<Dictionary<'a>> {
+        let area = std::str::from_utf8(bytes).map_err(invalid)?;
+        let ends = match columns_in {
+            COLUMNS => Ends::Stored(column),
+            _ => {
+                let mut ends = Vec::with_capacity(column.len());
+                let mut end = 0usize;
+                for i in 0..column.len() {
+                    end = usize::try_from(column.get(i)?)
+                        .ok()
+                        .and_then(|len| end.checked_add(len))
+                        .ok_or_else(|| invalid("a string length overflows"))?;
+                    ends.push(end);
+                }
+                Ends::Summed(ends)
+            }
+        };
+        Ok(Dictionary { area, ends })
+    }
+
+    /// Where string `id` ends.
+    fn end(&self, id: usize) -> Result<usize> {
+        let end = match &self.ends {
+            Ends::Stored(column) => usize::try_from(column.get(id)?).ok(),
+            Ends::Summed(ends) => ends.get(id).copied(),
+        };
+        end.ok_or_else(|| invalid(format!("string {id} not in the dictionary")))
+    }
+
+    /// String `id`, which must start and end on a character.
+    fn get(&self, id: u64) -> Result<&'a str> {
+        let id = usize::try_from(id).map_err(|_| invalid(format!("string {id}")))?;
+        let start = match id.checked_sub(1) {
+            Some(before) => self.end(before)?,
+            None => 0,
+        };
+        let end = self.end(id)?;
+        self.area
+            .get(start..end)
+            .ok_or_else(|| invalid(format!("string {id} past its area or inside a character")))
+    }
 }
 
 /// The UTF-8 text of `len` bytes at `*at` in `area`; moves past it.
@@ -514,6 +622,10 @@ fn text<'a>(area: &'a [u8], at: &mut usize, len: u64) -> Result<&'a str> {
 fn set(field: &mut String, value: &str) {
     field.clear();
     field.push_str(value);
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
 }
 
 fn unzigzag(value: u64) -> i64 {
@@ -611,7 +723,7 @@ mod tests {
         /// Whatever the records, a chunk reads them back exactly, in
         /// order and from any record on.
         #[test]
-        fn records_read_back(records in proptest::collection::vec(record(), 1..60), from in any::<prop::sample::Index>()) {
+        fn records_read_back(records in proptest::collection::vec(record(), 1..300), from in any::<prop::sample::Index>()) {
             let bytes = chunk_of(&records);
             prop_assert_eq!(&read_all(&bytes).unwrap(), &records);
             prop_assert_eq!(Chunk::records_in(&bytes).unwrap(), records.len());
@@ -622,6 +734,13 @@ mod tests {
             for expected in &records[start..] {
                 prop_assert_eq!(&reader.read(&chunk, &mut at).unwrap().to_owned_record().unwrap(), expected);
             }
+            // Reading up to a record lands where seeking it (by its mark
+            // and the lengths after) does.
+            let mut walked = chunk.start();
+            for _ in 0..start {
+                reader.read(&chunk, &mut walked).unwrap();
+            }
+            prop_assert_eq!(walked, chunk.seek(chunk.start(), start).unwrap());
             // Seeking on from an earlier cursor lands where seeking from
             // the start does.
             let half = chunk.seek(chunk.start(), start / 2).unwrap();
@@ -631,7 +750,7 @@ mod tests {
         /// Damaged chunks read as errors, never as panics.
         #[test]
         fn damaged_chunks_never_panic(
-            records in proptest::collection::vec(record(), 1..8),
+            records in proptest::collection::vec(record(), 1..150),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
             cut in any::<prop::sample::Index>(),
         ) {
@@ -668,7 +787,7 @@ mod tests {
                 5 => Level::Fatal,
                 _ => Level::Other("notice".to_owned()),
             },
-            tenant: if i % 5 == 0 {
+            tenant: if i.is_multiple_of(5) {
                 "acme".to_owned()
             } else {
                 String::new()
@@ -722,9 +841,12 @@ mod tests {
         let bytes = chunk_of(&records);
         // Widths: ts 1 (deltas of 3 zigzag to 6), level 1, tenant 1,
         // service 2 (300 distinct), host 1, attrs 1, keys and value
-        // lengths 1 (empty), message lengths 2, string lengths 1.
+        // lengths 1 (empty), message lengths 2, string ends 2 (1,090
+        // bytes of strings); marks
+        // (records 64, 128, 192, 256): times 2 (up to 1536), attributes 1
+        // and values 1 (none), messages 2 (up to 32640).
         let widths: Vec<u8> = (0..COLUMNS).map(|c| bytes[13 + c * 5]).collect();
-        assert_eq!(widths, [1, 1, 1, 2, 1, 1, 1, 1, 2, 1]);
+        assert_eq!(widths, [1, 1, 1, 2, 1, 1, 1, 1, 2, 2, 2, 1, 1, 2]);
         assert_eq!(read_all(&bytes).unwrap(), records);
     }
 }
