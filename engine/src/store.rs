@@ -145,7 +145,8 @@ fn records_options(zstd_level: i32, block_bytes: usize, cache: Option<&Cache>) -
     opts
 }
 
-/// Least number of blocks each shard of the block cache holds.
+/// Blocks each shard of the block cache has room for, about (a block is
+/// a little over `sealed_block_bytes`: a chunk is cut once it reaches it).
 const BLOCKS_PER_SHARD: usize = 64;
 
 /// The cache of decompressed blocks of sealed records, for point reads: a
@@ -154,7 +155,7 @@ const BLOCKS_PER_SHARD: usize = 64;
 /// (sized for its default 4 KiB blocks), each its own LRU: a 256 MiB cache
 /// of 512 KiB blocks became 64 shards of 7 blocks, and a page reading a few
 /// hundred scattered blocks over and over overflowed some shards and
-/// decompressed their blocks on every read. Shards hold at least
+/// decompressed their blocks on every read. Shards have room for about
 /// [`BLOCKS_PER_SHARD`] blocks instead.
 fn block_cache(cache_bytes: usize, block_bytes: usize) -> Cache {
     let mut opts = LruCacheOptions::default();
@@ -164,8 +165,8 @@ fn block_cache(cache_bytes: usize, block_bytes: usize) -> Cache {
 }
 
 /// log2 of the number of shards of a cache of `cache_bytes` for blocks of
-/// `block_bytes`: at most 64 shards (RocksDB's own most), each holding at
-/// least [`BLOCKS_PER_SHARD`] blocks.
+/// `block_bytes`: at most 64 shards (RocksDB's own most), each with
+/// room for about [`BLOCKS_PER_SHARD`] blocks.
 fn shard_bits(cache_bytes: usize, block_bytes: usize) -> i32 {
     let shard_least = block_bytes.max(1).saturating_mul(BLOCKS_PER_SHARD);
     let bits = (0..6)

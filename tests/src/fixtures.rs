@@ -173,8 +173,7 @@ fn missing_wal_file_is_corruption() {
 #[test]
 fn golden_wal_v1_is_still_read() {
     let golden = Path::new(GOLDEN);
-    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
-        let _ = fs::remove_dir_all(golden);
+    if write_missing_golden(golden) {
         let scratch = tempfile::tempdir().expect("tempdir");
         let wal = three_frames(scratch.path());
         fs::create_dir_all(golden.join("wal")).expect("mkdir");
@@ -208,7 +207,7 @@ const GOLDEN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data-v1
 #[test]
 fn golden_data_v1_is_still_read() {
     let golden = Path::new(GOLDEN_DATA);
-    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+    if write_missing_golden(golden) {
         write_golden(golden, record_for);
     }
     read_golden(golden, record_for, &[]);
@@ -236,7 +235,7 @@ fn record_v3(seq: u64) -> lode_engine::LogRecord {
 #[test]
 fn golden_data_v3_is_still_read() {
     let golden = Path::new(GOLDEN_DATA_V3);
-    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+    if write_missing_golden(golden) {
         write_golden(golden, record_v3);
     }
     read_golden(golden, record_v3, &[3, 20, 21, 39, 41]);
@@ -253,7 +252,7 @@ const GOLDEN_DATA_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data
 #[test]
 fn golden_data_v4_is_still_read() {
     let golden = Path::new(GOLDEN_DATA_V4);
-    if std::env::var_os("LODE_WRITE_GOLDEN").is_some() {
+    if write_missing_golden(golden) {
         write_golden(golden, record_v3);
     }
     read_golden(golden, record_v3, &[3, 20, 21, 39, 40, 41]);
@@ -293,10 +292,17 @@ fn read_golden(golden: &Path, record: fn(u64) -> lode_engine::LogRecord, points:
     check(&engine);
 }
 
+/// Whether to write the golden fixture `golden`: asked for with
+/// `LODE_WRITE_GOLDEN=1`, and only when it is missing, so that a later
+/// format never overwrites the fixture of an older one (delete it first
+/// to write it again).
+fn write_missing_golden(golden: &Path) -> bool {
+    std::env::var_os("LODE_WRITE_GOLDEN").is_some() && !golden.exists()
+}
+
 /// Writes a golden data directory with today's code: `record(1..=40)`
 /// sealed, `record(41..=60)` in the WAL.
 fn write_golden(golden: &Path, record: fn(u64) -> lode_engine::LogRecord) {
-    let _ = fs::remove_dir_all(golden);
     let scratch = tempfile::tempdir().expect("tempdir");
     let opts = Options {
         background_sealing: false,
