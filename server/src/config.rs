@@ -41,6 +41,7 @@
 //! background = "idle"         # sealing and indexing: "idle", "nice:N" or "normal"
 //! phrase_positions = false     # true: fast phrase counts, index 11 bytes/record larger
 //! field_bitmaps = true         # false: saves ~3.6 bytes/record of memory (~5.4 once attributes are queried); field-filter counts slower
+//! index_commit_ms = 500        # new records searchable within this (plus indexing time); longer: fewer, larger index segments
 //! retention_max_age_s = 604800
 //! retention_max_bytes = 107374182400
 //! free_space_floor = 1073741824  # writes refused (507) below this many free bytes; absent: 1 GiB or 5% of a smaller disk; 0: only a full disk
@@ -344,6 +345,9 @@ pub struct Storage {
     /// Keep field bitmaps in memory; see
     /// [`lode_index::IndexOptions::field_bitmaps`].
     pub field_bitmaps: bool,
+    /// How often the index commits; see
+    /// [`lode_index::IndexOptions::commit_interval`].
+    pub index_commit_ms: u64,
     pub retention_max_age_s: Option<u64>,
     pub retention_max_bytes: Option<u64>,
     /// Writes are refused while the data directory's disk has fewer free
@@ -471,6 +475,9 @@ impl Default for Storage {
             background: "idle".into(),
             phrase_positions: false,
             field_bitmaps: true,
+            index_commit_ms: lode_index::IndexOptions::default()
+                .commit_interval
+                .as_millis() as u64,
             retention_max_age_s: None,
             retention_max_bytes: None,
             free_space_floor: None,
@@ -627,6 +634,17 @@ impl Config {
             .map_err(|e| Error::BadConfig(format!("storage.background = {e}")))
     }
 
+    /// How often the index commits (`storage.index_commit_ms`, at least 1).
+    pub fn index_commit_interval(&self) -> Result<Duration> {
+        match self.storage.index_commit_ms {
+            0 => Err(Error::BadConfig(
+                "storage.index_commit_ms = 0: at least 1 (new records are searchable within it)"
+                    .into(),
+            )),
+            ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+
     /// The engine options these settings give.
     pub fn engine_options(&self) -> Result<Options> {
         let durability = match self.storage.durability.as_str() {
@@ -686,7 +704,7 @@ mod tests {
         let path = dir.path().join("lode.toml");
         std::fs::write(
             &path,
-            "data = \"/tmp/x\"\n[limits]\nmax_in_flight = 3\n[storage]\ndurability = \"buffered\"\nphrase_positions = true\nfield_bitmaps = false\n",
+            "data = \"/tmp/x\"\n[limits]\nmax_in_flight = 3\n[storage]\ndurability = \"buffered\"\nphrase_positions = true\nfield_bitmaps = false\nindex_commit_ms = 2000\n",
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
@@ -702,6 +720,23 @@ mod tests {
         assert!(!Config::default().storage.phrase_positions);
         assert!(!config.storage.field_bitmaps);
         assert!(Config::default().storage.field_bitmaps);
+        assert_eq!(
+            config.index_commit_interval().unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            Config::default().index_commit_interval().unwrap(),
+            lode_index::IndexOptions::default().commit_interval
+        );
+        let never = Config {
+            storage: Storage {
+                index_commit_ms: 0,
+                ..Storage::default()
+            },
+            ..Config::default()
+        };
+        let err = never.index_commit_interval().unwrap_err().to_string();
+        assert!(err.contains("index_commit_ms"), "{err}");
         std::fs::write(&path, "[limits]\nmax_inflight = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");

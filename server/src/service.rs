@@ -125,6 +125,7 @@ impl Service {
                 background: config.background()?,
                 positions: config.storage.phrase_positions,
                 field_bitmaps: config.storage.field_bitmaps,
+                commit_interval: config.index_commit_interval()?,
                 ..IndexOptions::default()
             },
         )?;
