@@ -40,10 +40,12 @@ pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 fn digits(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
-    let part = text.get(range)?;
-    part.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| part.parse().ok())?
+    // At most 9 digits (a fraction of a second): no overflow. A fold, not
+    // `str::parse`: a timestamp is parsed per ingested line.
+    let part = text.get(range).filter(|part| !part.is_empty())?;
+    part.bytes().try_fold(0i64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+    })
 }
 
 /// `2026-01-01T10:00:00Z`, `2026-01-01 10:00:00.5+02:00` to ns since the

@@ -9,6 +9,8 @@
 //!
 //! Out: [`JsonRecord`], `ts` as RFC 3339 with nanoseconds.
 
+use std::borrow::Cow;
+
 use lode_codec::{Level, LogRecord, format_rfc3339, parse_rfc3339};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -16,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Which JSON fields hold the record's own fields: the first name present
-/// in each list is taken.
+/// in each list is taken (a name in two lists fills the field where it
+/// ranks higher).
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub ts: Vec<String>,
@@ -84,35 +87,56 @@ enum Slot {
     Message,
 }
 
+/// Every slot, in the order a [`Draft`] holds them.
+const SLOTS: [Slot; 5] = [
+    Slot::Ts,
+    Slot::Level,
+    Slot::Service,
+    Slot::Host,
+    Slot::Message,
+];
+
 impl Shape {
+    /// Names are tried rank by rank (every field's first name, then every
+    /// second name ...): most keys are a field's first name, found in a
+    /// few comparisons.
     fn slot(&self, key: &str) -> Option<(Slot, usize)> {
-        [
+        let lists = [
             (Slot::Ts, &self.ts),
             (Slot::Level, &self.level),
             (Slot::Service, &self.service),
             (Slot::Host, &self.host),
             (Slot::Message, &self.message),
-        ]
-        .into_iter()
-        .find_map(|(slot, names)| names.iter().position(|n| n == key).map(|rank| (slot, rank)))
+        ];
+        let ranks = lists
+            .iter()
+            .map(|(_, names)| names.len())
+            .max()
+            .unwrap_or(0);
+        (0..ranks).find_map(|rank| {
+            lists
+                .iter()
+                .find(|(_, names)| names.get(rank).is_some_and(|name| name == key))
+                .map(|(slot, _)| (*slot, rank))
+        })
     }
 }
 
-/// A JSON value as lode keeps it: text, an integer, nothing, or (rarely)
-/// something structured.
+/// A JSON value as lode keeps it: text (borrowed from the line when it
+/// has no escapes), an integer, nothing, or (rarely) something structured.
 #[derive(Debug)]
-enum Scalar {
-    Text(String),
+enum Scalar<'de> {
+    Text(Cow<'de, str>),
     Int(i64),
     Null,
     Other(Value),
 }
 
-impl Scalar {
+impl Scalar<'_> {
     /// The value as attribute or field text; objects and arrays as JSON.
     fn into_text(self) -> Option<String> {
         match self {
-            Scalar::Text(s) => Some(s),
+            Scalar::Text(s) => Some(s.into_owned()),
             Scalar::Int(n) => Some(n.to_string()),
             Scalar::Null => None,
             Scalar::Other(Value::String(s)) => Some(s),
@@ -131,39 +155,42 @@ impl Scalar {
     }
 }
 
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Scalar, D::Error> {
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Scalar<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
+            type Value = Scalar<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v.to_owned()))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Borrowed(v)))
             }
-            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v))
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_owned())))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+            fn visit_string<E>(self, v: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Int(v))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'de>, E> {
                 Ok(i64::try_from(v).map_or(Scalar::Other(Value::from(v)), Scalar::Int))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other(Value::from(v)))
             }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v.to_string()))
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_string())))
             }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Null)
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<'de>, A::Error> {
                 Value::deserialize(MapAccessDeserializer::new(map)).map(Scalar::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<'de>, A::Error> {
                 Value::deserialize(SeqAccessDeserializer::new(seq)).map(Scalar::Other)
             }
         }
@@ -171,28 +198,61 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
-/// A record being read: each field with the rank of the name it came from.
+/// An object's key, borrowed from the line when it has no escapes: most
+/// keys name a field and are never kept.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Key<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        de.deserialize_str(V)
+    }
+}
+
+/// One of a record's own fields as read: the rank of the name it came
+/// from, that name, its value.
+type Field<'de> = (usize, Cow<'de, str>, Scalar<'de>);
+
+/// A record being read: each of its own fields by [`SLOTS`] order.
 #[derive(Debug, Default)]
-struct Draft {
-    fields: Vec<(Slot, usize, String, Scalar)>,
+struct Draft<'de> {
+    fields: [Option<Field<'de>>; SLOTS.len()],
     /// From the `attrs` object, then from other keys.
     attrs: Vec<(String, String)>,
     others: Vec<(String, String)>,
 }
 
-impl Draft {
-    fn offer(&mut self, slot: Slot, rank: usize, key: String, value: Scalar) {
+impl<'de> Draft<'de> {
+    fn offer(&mut self, slot: Slot, rank: usize, key: Cow<'de, str>, value: Scalar<'de>) {
         if matches!(value, Scalar::Null) {
             return;
         }
-        match self.fields.iter_mut().find(|(s, _, _, _)| *s == slot) {
-            None => self.fields.push((slot, rank, key, value)),
+        let Some(held) = self.fields.get_mut(slot as usize) else {
+            return;
+        };
+        match held {
+            None => *held = Some((rank, key, value)),
             // The better-ranked name keeps the field, the other is an attribute.
-            Some(held) if rank < held.1 => {
-                let old = std::mem::replace(held, (slot, rank, key, value));
-                add_attr(&mut self.others, old.2, old.3);
+            Some(field) if rank < field.0 => {
+                let (_, old_key, old_value) = std::mem::replace(field, (rank, key, value));
+                add_attr(&mut self.others, old_key.into_owned(), old_value);
             }
-            Some(_) => add_attr(&mut self.others, key, value),
+            Some(_) => add_attr(&mut self.others, key.into_owned(), value),
         }
     }
 
@@ -202,13 +262,14 @@ impl Draft {
             ..LogRecord::default()
         };
         let mut parsed = Parsed { defaulted_ts: true };
-        for (slot, _, name, value) in self.fields {
+        let fields = SLOTS.into_iter().zip(self.fields);
+        for (slot, (_, name, value)) in fields.filter_map(|(slot, f)| Some((slot, f?))) {
             match slot {
                 Slot::Ts => {
                     record.ts = scalar_ts(&name, value)?;
                     parsed.defaulted_ts = false;
                 }
-                Slot::Level => record.level = Level::parse(&field_text(&name, value)?),
+                Slot::Level => record.level = level(&name, value)?,
                 Slot::Service => record.service = field_text(&name, value)?,
                 Slot::Host => record.host = field_text(&name, value)?,
                 Slot::Message => record.message = field_text(&name, value)?,
@@ -220,7 +281,15 @@ impl Draft {
     }
 }
 
-fn field_text(name: &str, value: Scalar) -> Result<String, String> {
+/// The level a field holds, its text read in place.
+fn level(name: &str, value: Scalar<'_>) -> Result<Level, String> {
+    match value {
+        Scalar::Text(text) => Ok(Level::parse(&text)),
+        other => Ok(Level::parse(&field_text(name, other)?)),
+    }
+}
+
+fn field_text(name: &str, value: Scalar<'_>) -> Result<String, String> {
     match value {
         Scalar::Other(Value::Object(_) | Value::Array(_)) => Err(format!(
             "field '{name}' must be a string, got {}",
@@ -230,7 +299,7 @@ fn field_text(name: &str, value: Scalar) -> Result<String, String> {
     }
 }
 
-fn scalar_ts(name: &str, value: Scalar) -> Result<i64, String> {
+fn scalar_ts(name: &str, value: Scalar<'_>) -> Result<i64, String> {
     match value {
         Scalar::Text(s) => parse_rfc3339(&s).ok_or_else(|| {
             format!("field '{name}': '{s}' is not an RFC 3339 time (2026-01-01T10:00:00Z)")
@@ -247,7 +316,7 @@ fn scalar_ts(name: &str, value: Scalar) -> Result<i64, String> {
 }
 
 /// Adds `value` under `key`: nested objects become dotted keys.
-fn add_attr(out: &mut Vec<(String, String)>, key: String, value: Scalar) {
+fn add_attr(out: &mut Vec<(String, String)>, key: String, value: Scalar<'_>) {
     match value {
         Scalar::Other(Value::Object(inner)) => flatten(&key, inner, out),
         other => {
@@ -263,35 +332,35 @@ struct RecordSeed<'s> {
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
-    type Value = Draft;
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Draft, D::Error> {
+    type Value = Draft<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Draft<'de>, D::Error> {
         de.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for RecordSeed<'_> {
-    type Value = Draft;
+    type Value = Draft<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Draft, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Draft<'de>, A::Error> {
         let mut draft = Draft::default();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if key == "seq" {
                 // A seq is lode's to give: one in the input (an export read
                 // back) is dropped, not kept as an attribute.
                 map.next_value::<IgnoredAny>()?;
             } else if key == "attrs" {
                 if let Some(other) = map.next_value_seed(AttrsSeed(&mut draft.attrs))? {
-                    add_attr(&mut draft.others, key, other);
+                    add_attr(&mut draft.others, key.into_owned(), other);
                 }
             } else if let Some((slot, rank)) = self.shape.slot(&key) {
                 let value = map.next_value::<Scalar>()?;
                 draft.offer(slot, rank, key, value);
             } else {
                 let value = map.next_value::<Scalar>()?;
-                add_attr(&mut draft.others, key, value);
+                add_attr(&mut draft.others, key.into_owned(), value);
             }
         }
         Ok(draft)
@@ -303,42 +372,42 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 struct AttrsSeed<'a>(&'a mut Vec<(String, String)>);
 
 impl<'de> DeserializeSeed<'de> for AttrsSeed<'_> {
-    type Value = Option<Scalar>;
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<Scalar>, D::Error> {
+    type Value = Option<Scalar<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<Scalar<'de>>, D::Error> {
         de.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for AttrsSeed<'_> {
-    type Value = Option<Scalar>;
+    type Value = Option<Scalar<'de>>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an attrs object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Scalar>, A::Error> {
-        while let Some((key, value)) = map.next_entry::<String, Scalar>()? {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Scalar<'de>>, A::Error> {
+        while let Some((key, value)) = map.next_entry::<String, Scalar<'de>>()? {
             add_attr(self.0, key, value);
         }
         Ok(None)
     }
-    fn visit_str<E>(self, v: &str) -> Result<Option<Scalar>, E> {
-        Ok(Some(Scalar::Text(v.to_owned())))
+    fn visit_str<E>(self, v: &str) -> Result<Option<Scalar<'de>>, E> {
+        Ok(Some(Scalar::Text(Cow::Owned(v.to_owned()))))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Option<Scalar>, E> {
+    fn visit_i64<E>(self, v: i64) -> Result<Option<Scalar<'de>>, E> {
         Ok(Some(Scalar::Int(v)))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Option<Scalar>, E> {
+    fn visit_u64<E>(self, v: u64) -> Result<Option<Scalar<'de>>, E> {
         Ok(Some(Scalar::Other(Value::from(v))))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Option<Scalar>, E> {
+    fn visit_f64<E>(self, v: f64) -> Result<Option<Scalar<'de>>, E> {
         Ok(Some(Scalar::Other(Value::from(v))))
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Option<Scalar>, E> {
-        Ok(Some(Scalar::Text(v.to_string())))
+    fn visit_bool<E>(self, v: bool) -> Result<Option<Scalar<'de>>, E> {
+        Ok(Some(Scalar::Text(Cow::Owned(v.to_string()))))
     }
-    fn visit_unit<E>(self) -> Result<Option<Scalar>, E> {
+    fn visit_unit<E>(self) -> Result<Option<Scalar<'de>>, E> {
         Ok(None)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Scalar>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Scalar<'de>>, A::Error> {
         Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| Some(Scalar::Other(v)))
     }
 }
@@ -543,6 +612,31 @@ mod tests {
         assert_eq!((r.ts, parsed.defaulted_ts), (17, false));
         let (r, parsed) = parse_record(r#"{"message":"m"}"#, &Shape::default(), 9).unwrap();
         assert_eq!((r.ts, parsed.defaulted_ts), (9, true));
+    }
+
+    /// Keys and values with escapes (read into owned text) and without
+    /// (borrowed from the line) give the same record; of two names of one
+    /// field the better-ranked wins wherever it stands, the other is kept
+    /// as an attribute.
+    #[test]
+    fn escapes_and_aliases_in_any_order() {
+        let plain =
+            parse(r#"{"message":"a","msg":"b","level":"error","ts":"2026-01-01T00:00:00Z"}"#);
+        let escaped =
+            parse(r#"{"message":"a","msg":"b","level":"error","ts":"2026-01-01T00:00:00Z"}"#);
+        let reversed =
+            parse(r#"{"ts":"2026-01-01T00:00:00Z","level":"error","msg":"b","message":"a"}"#);
+        for r in [plain, escaped, reversed] {
+            let r = r.unwrap();
+            assert_eq!(r.message, "a");
+            assert_eq!(r.level, Level::Error);
+            assert_eq!(r.ts, 1_767_225_600_000_000_000);
+            assert_eq!(r.attrs, vec![("msg".to_owned(), "b".to_owned())]);
+        }
+        let r = parse(r#"{"severity":"warn","level":null,"hostname":"h","host":"i"}"#).unwrap();
+        assert_eq!(r.level, Level::Warn, "a null field is no field");
+        assert_eq!(r.host, "i");
+        assert_eq!(r.attrs, vec![("hostname".to_owned(), "h".to_owned())]);
     }
 
     #[test]
