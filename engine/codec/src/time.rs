@@ -40,11 +40,13 @@ pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 fn digits(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
-    // At most 9 digits (a fraction of a second): no overflow. A fold, not
-    // `str::parse`: a timestamp is parsed per ingested line.
+    // A fold, not `str::parse`: a timestamp is parsed per ingested line.
     let part = text.get(range).filter(|part| !part.is_empty())?;
     part.bytes().try_fold(0i64, |n, b| {
-        b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(i64::from(b - b'0'))
     })
 }
 

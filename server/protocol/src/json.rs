@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 /// Which JSON fields hold the record's own fields: the first name present
 /// in each list is taken (a name in two lists fills the field where it
-/// ranks higher).
+/// ranks higher; at equal ranks, the earlier list's).
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub ts: Vec<String>,
@@ -622,8 +622,9 @@ mod tests {
     fn escapes_and_aliases_in_any_order() {
         let plain =
             parse(r#"{"message":"a","msg":"b","level":"error","ts":"2026-01-01T00:00:00Z"}"#);
-        let escaped =
-            parse(r#"{"message":"a","msg":"b","level":"error","ts":"2026-01-01T00:00:00Z"}"#);
+        let escaped = parse(
+            r#"{"m\u0065ssage":"\u0061","m\u0073g":"b","lev\u0065l":"\u0065rror","\u0074s":"2026-01-01T00:00:00\u005a"}"#,
+        );
         let reversed =
             parse(r#"{"ts":"2026-01-01T00:00:00Z","level":"error","msg":"b","message":"a"}"#);
         for r in [plain, escaped, reversed] {

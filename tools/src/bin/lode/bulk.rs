@@ -170,8 +170,25 @@ impl Sink for ServerSink {
     }
 }
 
+/// The default shape with the fields named on the command line first in
+/// their lists, and out of every other list (`--msg-field time`: the
+/// message, not the time).
 fn shape(args: &ImportArgs) -> Shape {
     let mut shape = Shape::default();
+    for name in [&args.ts_field, &args.msg_field, &args.level_field]
+        .into_iter()
+        .flatten()
+    {
+        for list in [
+            &mut shape.ts,
+            &mut shape.level,
+            &mut shape.service,
+            &mut shape.host,
+            &mut shape.message,
+        ] {
+            list.retain(|n| n != name);
+        }
+    }
     for (given, list) in [
         (&args.ts_field, &mut shape.ts),
         (&args.msg_field, &mut shape.message),
@@ -401,4 +418,36 @@ async fn export_remote(
     out.flush()?;
     backend.close()?;
     Ok((records, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        import: ImportArgs,
+    }
+
+    /// A field named on the command line is taken out of every other
+    /// list: `--msg-field time` is the message, not the time.
+    #[test]
+    fn a_named_field_leaves_the_other_lists() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "import",
+            "--msg-field",
+            "time",
+            "--level-field",
+            "sev",
+            "f.jsonl",
+        ])
+        .unwrap();
+        let shape = shape(&cli.import);
+        assert_eq!(shape.message.first().map(String::as_str), Some("time"));
+        assert!(!shape.ts.iter().any(|n| n == "time"));
+        assert_eq!(shape.level.first().map(String::as_str), Some("sev"));
+        assert!(shape.ts.iter().any(|n| n == "ts"));
+    }
 }
