@@ -25,7 +25,7 @@ use crate::shared::{Counters, Shared, now_ns};
 use crate::store::file_crc;
 use crate::wal::{self, FrameLoc};
 use lode_codec::SegmentMeta;
-use lode_codec::{ChunkBuilder, KeyedEntry, Layout, RecordsCrc, SeqRange, encode_sealed_value};
+use lode_codec::{ChunkBuilder, KeyedEntry, Layout, RecordsCrc, SeqRange};
 
 /// Waits for the sealer's answer to `rx`, this process's idle-priority
 /// threads running as normal ones meanwhile: someone waits on work that
@@ -337,10 +337,8 @@ impl Sealer {
                 let bytes = batch
                     .record_bytes(i)
                     .ok_or_else(|| corrupt(format!("record {seq} missing")))?;
-                value.clear();
-                encode_sealed_value(batch.tenant(), bytes, &mut value)
+                crc.add_sealed(batch.tenant(), bytes)
                     .map_err(|e| corrupt(e.to_string()))?;
-                crc.add(&value);
                 if chunk.is_empty() {
                     chunk_seq = seq;
                 }

@@ -90,10 +90,30 @@ struct SegmentMetaV1 {
 pub struct RecordsCrc(u32);
 
 impl RecordsCrc {
+    /// Adds one record's value: its length (u32 LE), then its bytes.
     pub fn add(&mut self, record: &[u8]) {
-        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.add_parts(&[record]);
+    }
+
+    /// Adds a record as a value of one record per key holds it (its
+    /// tenant's length and bytes, then its archive:
+    /// [`crate::encode_sealed_value`]) without building that value, so a
+    /// segment's checksum is the same whatever its layout.
+    pub fn add_sealed(&mut self, tenant: &str, record: &[u8]) -> crate::Result<()> {
+        let len = u8::try_from(tenant.len())
+            .map_err(|_| crate::CodecError::Encode(format!("tenant of {} bytes", tenant.len())))?;
+        self.add_parts(&[&[len], tenant.as_bytes(), record]);
+        Ok(())
+    }
+
+    /// Adds the value made of `parts` one after another.
+    fn add_parts(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
         self.0 = crc32c::crc32c_append(self.0, &len.to_le_bytes());
-        self.0 = crc32c::crc32c_append(self.0, record);
+        for part in parts {
+            self.0 = crc32c::crc32c_append(self.0, part);
+        }
     }
 
     pub fn value(self) -> u32 {
@@ -157,6 +177,25 @@ impl SegmentMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record added by its tenant and archive counts as its one-value
+    /// form does.
+    #[test]
+    fn a_sealed_record_is_checked_as_its_value() {
+        for tenant in ["", "team-a"] {
+            let mut value = Vec::new();
+            crate::encode_sealed_value(tenant, b"archive bytes", &mut value).unwrap();
+            let (mut whole, mut parts) = (RecordsCrc::default(), RecordsCrc::default());
+            whole.add(&value);
+            parts.add_sealed(tenant, b"archive bytes").unwrap();
+            assert_eq!(whole.value(), parts.value());
+        }
+        assert!(
+            RecordsCrc::default()
+                .add_sealed(&"x".repeat(256), b"")
+                .is_err()
+        );
+    }
 
     #[test]
     fn round_trip_and_rejects_garbage() {
