@@ -196,7 +196,10 @@ fn facet(field: &QField) -> Option<FacetField> {
 }
 
 /// A bitmap per term of `field` in the segment, from its postings.
-fn value_bitmaps(reader: &SegmentReader, field: FacetField) -> tantivy::Result<ValueBitmaps> {
+pub(crate) fn value_bitmaps(
+    reader: &SegmentReader,
+    field: FacetField,
+) -> tantivy::Result<ValueBitmaps> {
     let field = reader.schema().get_field(field.name())?;
     let inverted = reader.inverted_index(field)?;
     let mut out = ValueBitmaps::new();
@@ -256,25 +259,45 @@ fn attr_bitmaps(reader: &SegmentReader) -> tantivy::Result<AttrBitmaps> {
 
 /// The docs of a postings list.
 fn doc_bitmap(mut postings: impl DocSet) -> RoaringBitmap {
-    // Postings are in doc order, so each run of docs is appended at the
-    // end. Not with `RoaringBitmap::push`, which first looks for the
-    // largest value, scanning a dense container from its end: building
-    // bitmaps that way was 11% of the instructions of importing 1M
-    // records (callgrind).
-    let mut bitmap = RoaringBitmap::new();
-    let mut run = Vec::with_capacity(RUN);
+    let mut docs = AscendingDocs::default();
     let mut doc = postings.doc();
     while doc != TERMINATED {
-        run.clear();
-        while run.len() < RUN && doc != TERMINATED {
-            run.push(doc);
-            doc = postings.advance();
-        }
-        if bitmap.append(run.iter().copied()).is_err() {
-            bitmap.extend(run.iter().copied());
+        docs.push(doc);
+        doc = postings.advance();
+    }
+    docs.finish()
+}
+
+/// A bitmap of docs given in increasing order (postings, a query's
+/// matches), appended in runs. Not with `RoaringBitmap::push`, which first
+/// looks for the largest value, scanning a dense container from its end:
+/// building bitmaps that way was 11% of the instructions of importing 1M
+/// records (callgrind), and tallying top values four times slower.
+#[derive(Default)]
+pub(crate) struct AscendingDocs {
+    bitmap: RoaringBitmap,
+    run: Vec<u32>,
+}
+
+impl AscendingDocs {
+    pub(crate) fn push(&mut self, doc: u32) {
+        self.run.push(doc);
+        if self.run.len() >= RUN {
+            self.flush();
         }
     }
-    bitmap
+
+    fn flush(&mut self) {
+        if self.bitmap.append(self.run.iter().copied()).is_err() {
+            self.bitmap.extend(self.run.iter().copied());
+        }
+        self.run.clear();
+    }
+
+    pub(crate) fn finish(mut self) -> RoaringBitmap {
+        self.flush();
+        self.bitmap
+    }
 }
 
 /// Docs appended to a bitmap at once.

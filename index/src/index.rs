@@ -32,7 +32,7 @@ use tantivy::{
 use crate::bitmaps::FieldBitmaps;
 use crate::columns::Columns;
 use crate::error::{Error, Result};
-use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width};
+use crate::facets::{HistogramCollector, TopValuesCollector, ceil_div, choose_width, tally_values};
 use crate::recheck::Recheck;
 use crate::schema::{
     Fields, TOKENIZER, analyzer, document, reads_messages, schema, settings, translate_restricted,
@@ -132,7 +132,8 @@ pub struct IndexOptions {
     /// host in memory (about 3.6 bytes a record on generated logs), and per
     /// value of attributes with few values once a query names one (about
     /// 1.8 more), so counts and top values of field filters visit no
-    /// document. Off, they go through tantivy like every other query.
+    /// document. Off, they go through tantivy like every other query, and
+    /// top values build the bitmaps of the field they tally, per query.
     pub field_bitmaps: bool,
 }
 
@@ -757,7 +758,7 @@ impl Index {
         if since.is_none()
             && until.is_none()
             && let Some(tallies) =
-                self.field_matches(&parsed, |b, docs| tally_values(b, docs, field))?
+                self.field_matches(&parsed, |b, docs| tally_values(b.of(field), docs))?
         {
             let mut counts = HashMap::new();
             for (value, n) in tallies.into_iter().flatten() {
@@ -768,7 +769,8 @@ impl Index {
         let counts = self.rechecking(|recheck| {
             let tquery = self.query(&parsed, since, until, None, recheck)?;
             let collector = TopValuesCollector {
-                field: field.name(),
+                field,
+                columns: Arc::clone(&self.columns),
             };
             Ok(self.scan(&self.reader.searcher(), tquery.as_ref(), &collector)?)
         })?;
@@ -873,22 +875,6 @@ impl Index {
             None => Ok(()),
         }
     }
-}
-
-/// How many of a segment's matches `docs` hold each value of `field`.
-fn tally_values(
-    bitmaps: &FieldBitmaps,
-    docs: &RoaringBitmap,
-    field: FacetField,
-) -> HashMap<String, u64> {
-    let mut counts = HashMap::new();
-    for (value, holding) in bitmaps.of(field) {
-        let n = docs.intersection_len(holding);
-        if n > 0 {
-            counts.insert(value.clone(), n);
-        }
-    }
-    counts
 }
 
 /// The `k` largest counts, largest first (ties by value).

@@ -41,6 +41,7 @@ mod reading;
 mod recheck;
 mod schema;
 mod time;
+mod tokenizer;
 
 pub use error::{Error, Result};
 pub use index::{

@@ -11,8 +11,6 @@
 
 use std::borrow::Cow;
 
-use tantivy::tokenizer::{Token, TokenFilter, TokenStream, Tokenizer};
-
 /// Numbers shorter than this stay terms: there are few distinct ones, and
 /// a word such as a port or a year is found without reading records.
 pub(crate) const MIN_DIGITS: usize = 5;
@@ -38,19 +36,24 @@ const BUCKET_DIGITS: &[u8; 16] = b"!$%&()*+,-./:;<=";
 /// hex written with [`BUCKET_DIGITS`]. The hash (64-bit FNV-1a) and the
 /// spelling are part of the index format.
 pub(crate) fn bucket_term(number: &str) -> String {
+    let mut term = String::with_capacity(5);
+    push_bucket_term(number, &mut term);
+    term
+}
+
+/// [`bucket_term`] of `number`, pushed onto `out`.
+pub(crate) fn push_bucket_term(number: &str, out: &mut String) {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in number.bytes() {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     let bucket = hash % BUCKETS;
-    let mut term = String::with_capacity(5);
-    term.push('#');
+    out.push('#');
     for shift in [12, 8, 4, 0] {
         let digit = BUCKET_DIGITS.get(((bucket >> shift) & 0xf) as usize);
-        term.push(char::from(digit.copied().unwrap_or(b'!')));
+        out.push(char::from(digit.copied().unwrap_or(b'!')));
     }
-    term
 }
 
 /// Whether a term of the message field is a bucket's.
@@ -63,52 +66,6 @@ pub(crate) fn index_term(word: &str) -> Cow<'_, str> {
     match bucketed(word) {
         true => Cow::Owned(bucket_term(word)),
         false => Cow::Borrowed(word),
-    }
-}
-
-/// The token filter that replaces long numbers by their bucket term.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Buckets;
-
-impl TokenFilter for Buckets {
-    type Tokenizer<T: Tokenizer> = BucketsFilter<T>;
-
-    fn transform<T: Tokenizer>(self, tokenizer: T) -> BucketsFilter<T> {
-        BucketsFilter(tokenizer)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct BucketsFilter<T>(T);
-
-impl<T: Tokenizer> Tokenizer for BucketsFilter<T> {
-    type TokenStream<'a> = BucketsStream<T::TokenStream<'a>>;
-
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
-        BucketsStream(self.0.token_stream(text))
-    }
-}
-
-pub(crate) struct BucketsStream<S>(S);
-
-impl<S: TokenStream> TokenStream for BucketsStream<S> {
-    fn advance(&mut self) -> bool {
-        if !self.0.advance() {
-            return false;
-        }
-        let token = self.0.token_mut();
-        if bucketed(&token.text) {
-            token.text = bucket_term(&token.text);
-        }
-        true
-    }
-
-    fn token(&self) -> &Token {
-        self.0.token()
-    }
-
-    fn token_mut(&mut self) -> &mut Token {
-        self.0.token_mut()
     }
 }
 
@@ -135,10 +92,11 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_replaces_long_numbers_only() {
+    fn the_analyzer_replaces_long_numbers_only() {
         let mut analyzer = crate::schema::analyzer();
         let mut stream = analyzer.token_stream("Block 1608999687919862906 of 1234 at 12345x");
         let mut seen = Vec::new();
+        use tantivy::tokenizer::TokenStream;
         stream.process(&mut |token| seen.push(token.text.clone()));
         assert_eq!(
             seen,

@@ -17,14 +17,15 @@ use tantivy::query::{
 };
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
+use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{IndexSettings, TantivyDocument, Term};
 
-use crate::numbers::{Buckets, bucketed, only_digits};
+use crate::numbers::{bucketed, only_digits};
 use crate::parts::Part;
 use crate::reading::{Check, Reading};
 use crate::recheck::Recheck;
 use crate::time::{TimeRange, grain};
+use crate::tokenizer::MessageTokenizer;
 
 /// The tokenizer of messages: `lode_query::tokens` exactly (alphanumeric
 /// runs, lowercased per character), long numbers as their bucket's term
@@ -78,27 +79,21 @@ pub(crate) fn schema(positions: bool) -> (Schema, Fields) {
         IndexRecordOption::Basic
     };
     let message = TextOptions::default().set_indexing_options(indexing(TOKENIZER, message_option));
-    // Whole lowercased values; a column too, for top values.
-    let value = |fast: bool| {
-        let options =
-            TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
-        if fast {
-            options.set_fast("raw")
-        } else {
-            options
-        }
-    };
+    // Whole lowercased values, without a column: top values are tallied
+    // from bitmaps ([`crate::facets`]).
+    let value =
+        TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
     let fields = Fields {
         // Fast fields only: range queries run on the columns, and an
         // inverted index of unique values would cost a term per record.
         seq: builder.add_u64_field(SEQ_FIELD, FAST),
         ts_ms: builder.add_i64_field(TS_FIELD, FAST),
         message: builder.add_text_field("message", message),
-        level: builder.add_text_field("level", value(true)),
-        service: builder.add_text_field("service", value(true)),
-        host: builder.add_text_field("host", value(true)),
-        tenant: builder.add_text_field("tenant", value(true)),
-        attr: builder.add_text_field(ATTR_FIELD, value(false)),
+        level: builder.add_text_field("level", value.clone()),
+        service: builder.add_text_field("service", value.clone()),
+        host: builder.add_text_field("host", value.clone()),
+        tenant: builder.add_text_field("tenant", value.clone()),
+        attr: builder.add_text_field(ATTR_FIELD, value),
         positions,
     };
     (builder.build(), fields)
@@ -119,10 +114,7 @@ pub(crate) fn settings() -> IndexSettings {
 }
 
 pub(crate) fn analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(LowerCaser)
-        .filter(Buckets)
-        .build()
+    TextAnalyzer::from(MessageTokenizer::default())
 }
 
 pub(crate) fn attr_term(key: &str, value: &str) -> String {
