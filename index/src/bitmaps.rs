@@ -1,6 +1,7 @@
-//! Roaring bitmaps of each segment's docs per value of level, service and
-//! host, and of the attributes whose keys have few values, and the
-//! field-filter queries they answer without visiting a doc.
+//! Roaring bitmaps of each segment's docs per value of level, service,
+//! host and tenant, and of the attributes whose keys have few values, and
+//! the field-filter queries they answer without visiting a doc; top values
+//! of other queries are tallied against them ([`crate::facets`]).
 //!
 //! A segment's bitmaps of level, service and host are built from its
 //! postings when a reader first warms it (with its columns,

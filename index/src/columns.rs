@@ -30,7 +30,7 @@ pub(crate) struct SegmentColumns {
     /// Whether the docs are in increasing seq order (what the
     /// single-threaded indexer writes; a merge may interleave).
     pub(crate) ordered: bool,
-    /// Docs per value of level, service and host (and of attributes with
+    /// Docs per value of level, service, host and tenant (and of attributes with
     /// few values, once asked for), unless turned off
     /// ([`crate::IndexOptions::field_bitmaps`]).
     pub(crate) bitmaps: Option<FieldBitmaps>,

@@ -321,12 +321,16 @@ impl SegmentCollector for TopValuesSegment {
     }
 
     fn harvest(self) -> HashMap<String, u64> {
+        let matches = self.matches.finish();
         let values = match (&self.built, &self.columns.bitmaps) {
+            _ if matches.is_empty() => return HashMap::new(),
             (Some(built), _) => built,
             (None, Some(bitmaps)) => bitmaps.of(self.field),
+            // Not reached: `for_segment` builds them when the segment
+            // keeps none.
             (None, None) => return HashMap::new(),
         };
-        tally_values(values, &self.matches.finish())
+        tally_values(values, &matches)
     }
 }
 

@@ -128,8 +128,8 @@ pub struct IndexOptions {
     /// bucketing a common phrase reads every candidate (a scan of the
     /// engine). Changing it rebuilds the index from the engine at open.
     pub positions: bool,
-    /// Keep roaring bitmaps of each segment's docs per level, service and
-    /// host in memory (about 3.6 bytes a record on generated logs), and per
+    /// Keep roaring bitmaps of each segment's docs per level, service,
+    /// host and tenant in memory (about 3.6 bytes a record on generated logs), and per
     /// value of attributes with few values once a query names one (about
     /// 1.8 more), so counts and top values of field filters visit no
     /// document. Off, they go through tantivy like every other query, and
@@ -1290,6 +1290,60 @@ mod tests {
         tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
         let (_engine, index) = open(dir.path(), &[1, 2, 3]);
         assert_eq!(index.count("*", None, None, None).unwrap(), 3);
+    }
+
+    /// An index of before top values were tallied from bitmaps (level,
+    /// service, host and tenant columns too) is rebuilt at open, without
+    /// them.
+    #[test]
+    fn an_index_with_value_columns_is_rebuilt() {
+        use tantivy::schema::{FAST, IndexRecordOption, TextFieldIndexing, TextOptions};
+
+        use crate::schema::{ATTR_FIELD, SEQ_FIELD, TS_FIELD};
+        let old_schema = |columns: bool| {
+            let indexing = |tokenizer: &str| {
+                let indexing = TextFieldIndexing::default()
+                    .set_tokenizer(tokenizer)
+                    .set_index_option(IndexRecordOption::Basic)
+                    .set_fieldnorms(false);
+                TextOptions::default().set_indexing_options(indexing)
+            };
+            let mut builder = tantivy::schema::Schema::builder();
+            builder.add_u64_field(SEQ_FIELD, FAST);
+            builder.add_i64_field(TS_FIELD, FAST);
+            builder.add_text_field("message", indexing(TOKENIZER));
+            for name in ["level", "service", "host", "tenant"] {
+                let value = indexing("raw");
+                builder.add_text_field(
+                    name,
+                    if columns {
+                        value.set_fast("raw")
+                    } else {
+                        value
+                    },
+                );
+            }
+            builder.add_text_field(ATTR_FIELD, indexing("raw"));
+            builder.build()
+        };
+        // The columns are the only difference.
+        assert_eq!(old_schema(false), schema(false).0);
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = dir.path().join("index");
+        std::fs::create_dir_all(&index_dir).unwrap();
+        tantivy::Index::create_in_dir(&index_dir, old_schema(true)).unwrap();
+        let (_engine, index) = open(dir.path(), &[1, 2, 3]);
+        assert_eq!(index.count("*", None, None, None).unwrap(), 3);
+        let level = FacetField::Level;
+        assert_eq!(
+            index
+                .top_values("*", None, Some(0), None, level, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        let rebuilt = tantivy::Index::open_in_dir(&index_dir).unwrap().schema();
+        assert_eq!(rebuilt, schema(false).0);
     }
 
     /// An index of the tokenizer before long numbers went into buckets

@@ -355,14 +355,14 @@ fn tantivy_alone(
     let text = TextOptions::default().set_indexing_options(indexing("lode", words));
     let plain =
         TextOptions::default().set_indexing_options(indexing("raw", IndexRecordOption::Basic));
-    let value = plain.clone().set_fast("raw");
+    // Values and attributes as lode indexes them: terms, no column (`attr`
+    // a `key\x1fvalue` term each).
     let seq = builder.add_u64_field("seq", FAST);
     let ts = builder.add_i64_field("ts", FAST);
     let message = builder.add_text_field("message", text);
-    let level = builder.add_text_field("level", value.clone());
-    let service = builder.add_text_field("service", value.clone());
-    let host = builder.add_text_field("host", value);
-    // Attributes as lode indexes them: a `key\x1fvalue` term each, no column.
+    let level = builder.add_text_field("level", plain.clone());
+    let service = builder.add_text_field("service", plain.clone());
+    let host = builder.add_text_field("host", plain.clone());
     let attr = builder.add_text_field("attr", plain);
     let index = tantivy::Index::create_in_dir(dir, builder.build())?;
     index.tokenizers().register(
