@@ -42,6 +42,28 @@ pub fn disk_bytes(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Bytes of zstd -3 of the file at `path`, as one stream: the reference
+/// the benchmarks set lode's bytes on disk beside.
+pub fn zstd3_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut encoder = zstd::Encoder::new(CountingSink(0), 3)?;
+    std::io::copy(&mut std::fs::File::open(path)?, &mut encoder)?;
+    Ok(encoder.finish()?.0)
+}
+
+/// A writer that only counts.
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `text` percent-encoded for a URL's query string (everything but
 /// RFC 3986's unreserved characters).
 pub fn url_encode(text: &str) -> String {

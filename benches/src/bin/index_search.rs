@@ -147,6 +147,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tantivy alone, the same fields (an index only: no record kept to return), merges settled: {:.1} bytes per record",
         tantivy_bytes as f64 / n
     );
+    println!(
+        "the records as JSON lines: {:.1} bytes per record; zstd -3 of them: {:.1}",
+        disk_bytes(&jsonl) as f64 / n,
+        lode_tools::zstd3_bytes(&jsonl)? as f64 / n
+    );
     print_index_space(&dir.join("index"), n)?;
     println!(
         "  field bitmaps in memory per record: {:.2} bytes",

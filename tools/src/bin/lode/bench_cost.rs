@@ -70,7 +70,7 @@ pub(crate) async fn bench_cost(args: &BenchArgs) -> Result<(), CliError> {
     let workload = Workload::new(args)?;
     let jsonl = workload.root.join("records.jsonl");
     let json_bytes = write_jsonl(&jsonl, &workload)?;
-    let zstd_bytes = zstd_size(&jsonl)?;
+    let zstd_bytes = lode_tools::zstd3_bytes(&jsonl)?;
     let mut sides: [Vec<Run>; 2] = [vec![], vec![]];
     for run in 0..args.runs.max(1) {
         eprintln!("run {}/{}", run + 1, args.runs);
@@ -108,27 +108,6 @@ fn write_jsonl(path: &Path, workload: &Workload) -> Result<u64, CliError> {
     }
     out.flush()?;
     Ok(bytes)
-}
-
-/// zstd -3 of the file, as one stream.
-fn zstd_size(path: &Path) -> Result<u64, CliError> {
-    let mut encoder = zstd::Encoder::new(CountingSink(0), 3)?;
-    std::io::copy(&mut std::fs::File::open(path)?, &mut encoder)?;
-    Ok(encoder.finish()?.0)
-}
-
-/// A writer that only counts.
-struct CountingSink(u64);
-
-impl Write for CountingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn over_http(dir: &Path, workload: &Workload, args: &BenchArgs) -> Result<Run, CliError> {
