@@ -688,7 +688,8 @@ mod tests {
             8 => "[a-zA-Z0-9 .:_-]{0,12}".prop_map(|s| format!("\"{s}\"")),
             2 => "\\PC{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
             1 => "[\\x00-\\x7f]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
-            2 => any::<i64>().prop_map(|n| n.to_string()),
+            2 => (-1000i64..1000).prop_map(|n| n.to_string()),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
             1 => any::<u64>().prop_map(|n| n.to_string()),
             1 => any::<f64>().prop_map(|n| serde_json::to_string(&n).unwrap()),
             1 => Just("2026-01-01T00:00:00.5Z".to_owned()).prop_map(|s| format!("\"{s}\"")),
@@ -708,6 +709,26 @@ mod tests {
                 "nul",
                 "\"\\u0041\"",
                 "\"\t\"",
+                "\"\u{1}\"",
+                "\"abc",
+                "0",
+                "-7",
+                "00",
+                "-01",
+                "1.",
+                "1e",
+                "+1",
+                "--1",
+                "999999999999999999",
+                "-999999999999999999",
+                "1000000000000000000",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "truex",
+                "fals",
+                "nullx",
             ])
             .prop_map(str::to_owned),
         ]
@@ -738,23 +759,27 @@ mod tests {
         ]
     }
 
-    fn member() -> impl Strategy<Value = String> {
-        let attrs = proptest::collection::vec((key(), value()), 0..4).prop_map(|pairs| {
-            let members: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-            format!("\"attrs\":{{{}}}", members.join(","))
-        });
+    /// Whitespace between tokens, JSON's or not.
+    fn space() -> impl Strategy<Value = &'static str> {
         prop_oneof![
-            4 => (key(), value()).prop_map(|(k, v)| format!("{k}:{v}")),
-            1 => attrs,
+            8 => prop::sample::select(vec!["", " ", "\t", "\r\n "]),
+            1 => prop::sample::select(vec!["\u{b}", "\u{c}", "\u{a0}", "\u{feff}"]),
         ]
+    }
+
+    fn member() -> impl Strategy<Value = String> {
+        let pair = || (key(), space(), value()).prop_map(|(k, s, v)| format!("{k}{s}:{s}{v}"));
+        let attrs = (proptest::collection::vec(pair(), 0..4), space()).prop_map(|(pairs, s)| {
+            format!("\"attrs\"{s}:{s}{{{s}{}{s}}}", pairs.join(&format!("{s},{s}")))
+        });
+        prop_oneof![4 => pair(), 1 => attrs]
     }
 
     /// A JSON object of generated members, with whitespace between tokens
     /// or not, then possibly damaged: cut short or a byte put in.
     fn line() -> impl Strategy<Value = String> {
-        let space = prop::sample::select(vec!["", " ", "\t", "\r\n "]);
         let object =
-            (proptest::collection::vec(member(), 0..8), space).prop_map(|(members, space)| {
+            (proptest::collection::vec(member(), 0..8), space()).prop_map(|(members, space)| {
                 format!(
                     "{space}{{{space}{}{space}}}{space}",
                     members.join(&format!("{space},{space}"))
@@ -762,7 +787,11 @@ mod tests {
             });
         let damage = prop_oneof![
             3 => Just(None),
-            1 => prop::sample::select(vec!["", ",", "}", "\"", "x", "\\"]).prop_map(Some),
+            1 => prop::sample::select(vec![
+                "", ",", "}", "{", "[", ":", "\"", "x", "\\", "-", "0", ".", "e", " ", "\0",
+                "\u{feff}", "\u{b}",
+            ])
+            .prop_map(Some),
         ];
         (object, any::<prop::sample::Index>(), damage).prop_map(|(line, at, damage)| match damage {
             None => line,

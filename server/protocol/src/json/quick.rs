@@ -196,7 +196,7 @@ mod tests {
         #[test]
         fn special_bytes_are_found_as_one_by_one(
             bytes in proptest::collection::vec(prop_oneof![
-                8 => 0x20u8..0x7f,
+                8 => 0x20u8..=0x7f,
                 1 => Just(b'"'),
                 1 => Just(b'\\'),
                 1 => 0u8..0x20,
