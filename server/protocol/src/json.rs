@@ -770,7 +770,10 @@ mod tests {
     fn member() -> impl Strategy<Value = String> {
         let pair = || (key(), space(), value()).prop_map(|(k, s, v)| format!("{k}{s}:{s}{v}"));
         let attrs = (proptest::collection::vec(pair(), 0..4), space()).prop_map(|(pairs, s)| {
-            format!("\"attrs\"{s}:{s}{{{s}{}{s}}}", pairs.join(&format!("{s},{s}")))
+            format!(
+                "\"attrs\"{s}:{s}{{{s}{}{s}}}",
+                pairs.join(&format!("{s},{s}"))
+            )
         });
         prop_oneof![4 => pair(), 1 => attrs]
     }
