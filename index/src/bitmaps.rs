@@ -24,7 +24,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use lode_query::{Field as QField, Query, levels_selected};
 use roaring::RoaringBitmap;
@@ -32,6 +32,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocSet, SegmentReader, TERMINATED};
 
 use crate::FacetField;
+use crate::ordinals::Ordinals;
 use crate::schema::{ATTR_SEP, attr_term};
 
 /// Most values an attribute key may have in a segment for its values to
@@ -55,6 +56,10 @@ pub(crate) struct FieldBitmaps {
     /// memory; `None` if reading the postings failed (tantivy then answers,
     /// and meets the same error).
     attrs: OnceLock<Option<AttrBitmaps>>,
+    /// Each doc's value of level, service, host and tenant (by
+    /// [`FacetField::index`]), built when top values of the field are
+    /// first asked; `None` for a field of too many values.
+    ordinals: [OnceLock<Option<Arc<Ordinals>>>; 4],
     /// Docs in the segment, deleted ones included.
     max_doc: u32,
 }
@@ -78,8 +83,19 @@ impl FieldBitmaps {
             host: value_bitmaps(reader, FacetField::Host)?,
             tenant: value_bitmaps(reader, FacetField::Tenant)?,
             attrs: OnceLock::new(),
+            ordinals: Default::default(),
             max_doc: reader.max_doc(),
         })
+    }
+
+    /// Each doc's value of `field`, built once; `None` for a field of too
+    /// many values ([`Ordinals`]).
+    pub(crate) fn ordinals(&self, field: FacetField) -> Option<Arc<Ordinals>> {
+        let built = self
+            .ordinals
+            .get(field.index())?
+            .get_or_init(|| Ordinals::build(self.of(field), self.max_doc).map(Arc::new));
+        built.clone()
     }
 
     pub(crate) fn of(&self, field: FacetField) -> &ValueBitmaps {
@@ -128,7 +144,12 @@ impl FieldBitmaps {
         let fields = [&self.level, &self.service, &self.host, &self.tenant];
         let fields = fields.into_iter().chain(attrs.map(|a| &a.terms));
         let values = fields.flat_map(|f| f.values());
-        values.map(|b| b.serialized_size() as u64).sum()
+        let bitmaps: u64 = values.map(|b| b.serialized_size() as u64).sum();
+        let ordinals = self
+            .ordinals
+            .iter()
+            .filter_map(|o| o.get().and_then(Option::as_ref));
+        bitmaps + ordinals.map(|o| o.bytes()).sum::<u64>()
     }
 
     /// The docs `query` matches in `reader` (the segment of these

@@ -12,6 +12,7 @@ use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 use crate::FacetField;
 use crate::bitmaps::{AscendingDocs, ValueBitmaps, value_bitmaps};
 use crate::columns::{Columns, SegmentColumns};
+use crate::ordinals::Ordinals;
 use crate::recheck::Recheck;
 use crate::time::{GRAIN_NS, span};
 
@@ -248,23 +249,30 @@ impl SegmentCollector for HistogramSegment {
     }
 }
 
-/// Counts matches per value of a field: each segment's matches are
-/// gathered into a bitmap and tallied against the segment's bitmap of each
-/// value ([`crate::bitmaps`]). The values have no column: a text column
-/// cost tantivy's indexing thread about a tenth of its instructions
-/// (callgrind), and the bitmaps are built anyway.
+/// Counts matches per value of a field: by each doc's value
+/// ([`crate::ordinals`]), or, for a field of too many values in a segment
+/// or a segment without bitmaps, by gathering the matches into a bitmap
+/// tallied against each value's. The values have no tantivy column: a text
+/// column cost tantivy's indexing thread about a tenth of its
+/// instructions, and the bitmaps are built anyway.
 pub(crate) struct TopValuesCollector {
     pub(crate) field: FacetField,
     pub(crate) columns: Arc<Columns>,
 }
 
-pub(crate) struct TopValuesSegment {
-    field: FacetField,
-    columns: Arc<SegmentColumns>,
-    /// The field's bitmaps, built for this query when the segment keeps
-    /// none ([`crate::IndexOptions::field_bitmaps`] off).
-    built: Option<ValueBitmaps>,
-    matches: AscendingDocs,
+pub(crate) enum TopValuesSegment {
+    ByOrdinal {
+        ordinals: Arc<Ordinals>,
+        counts: Vec<u64>,
+    },
+    ByBitmap {
+        field: FacetField,
+        columns: Arc<SegmentColumns>,
+        /// The field's bitmaps, built for this query when the segment
+        /// keeps none ([`crate::IndexOptions::field_bitmaps`] off).
+        built: Option<ValueBitmaps>,
+        matches: AscendingDocs,
+    },
 }
 
 impl Collector for TopValuesCollector {
@@ -277,11 +285,19 @@ impl Collector for TopValuesCollector {
         segment: &SegmentReader,
     ) -> tantivy::Result<TopValuesSegment> {
         let columns = self.columns.of(segment)?;
+        let ordinals = columns
+            .bitmaps
+            .as_ref()
+            .and_then(|b| b.ordinals(self.field));
+        if let Some(ordinals) = ordinals {
+            let counts = vec![0; ordinals.len()];
+            return Ok(TopValuesSegment::ByOrdinal { ordinals, counts });
+        }
         let built = match columns.bitmaps {
             Some(_) => None,
             None => Some(value_bitmaps(segment, self.field)?),
         };
-        Ok(TopValuesSegment {
+        Ok(TopValuesSegment::ByBitmap {
             field: self.field,
             columns,
             built,
@@ -311,26 +327,41 @@ impl SegmentCollector for TopValuesSegment {
     type Fruit = HashMap<String, u64>;
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        self.matches.push(doc);
+        self.collect_block(&[doc]);
     }
 
     fn collect_block(&mut self, docs: &[DocId]) {
-        for &doc in docs {
-            self.matches.push(doc);
+        match self {
+            TopValuesSegment::ByOrdinal { ordinals, counts } => ordinals.count(docs, counts),
+            TopValuesSegment::ByBitmap { matches, .. } => {
+                for &doc in docs {
+                    matches.push(doc);
+                }
+            }
         }
     }
 
     fn harvest(self) -> HashMap<String, u64> {
-        let matches = self.matches.finish();
-        let values = match (&self.built, &self.columns.bitmaps) {
-            _ if matches.is_empty() => return HashMap::new(),
-            (Some(built), _) => built,
-            (None, Some(bitmaps)) => bitmaps.of(self.field),
-            // Not reached: `for_segment` builds them when the segment
-            // keeps none.
-            (None, None) => return HashMap::new(),
-        };
-        tally_values(values, &matches)
+        match self {
+            TopValuesSegment::ByOrdinal { ordinals, counts } => ordinals.tally(&counts),
+            TopValuesSegment::ByBitmap {
+                field,
+                columns,
+                built,
+                matches,
+            } => {
+                let matches = matches.finish();
+                let values = match (&built, &columns.bitmaps) {
+                    _ if matches.is_empty() => return HashMap::new(),
+                    (Some(built), _) => built,
+                    (None, Some(bitmaps)) => bitmaps.of(field),
+                    // Not reached: `for_segment` builds them when the
+                    // segment keeps none.
+                    (None, None) => return HashMap::new(),
+                };
+                tally_values(values, &matches)
+            }
+        }
     }
 }
 

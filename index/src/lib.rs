@@ -36,6 +36,7 @@ mod error;
 mod facets;
 mod index;
 mod numbers;
+mod ordinals;
 mod parts;
 mod reading;
 mod recheck;
