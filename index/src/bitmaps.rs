@@ -1,7 +1,8 @@
 //! Roaring bitmaps of each segment's docs per value of level, service,
 //! host and tenant, and of the attributes whose keys have few values, and
 //! the field-filter queries they answer without visiting a doc; top values
-//! of other queries are tallied against them ([`crate::facets`]).
+//! of other queries are counted by each doc's value, built from them
+//! ([`crate::ordinals`]).
 //!
 //! A segment's bitmaps of level, service and host are built from its
 //! postings when a reader first warms it (with its columns,
