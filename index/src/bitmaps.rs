@@ -138,8 +138,8 @@ impl FieldBitmaps {
         all
     }
 
-    /// Bytes the bitmaps take serialized; in memory they take at least
-    /// this.
+    /// Bytes the bitmaps take serialized (in memory they take at least
+    /// this), and the ordinals built from them.
     pub(crate) fn bytes(&self) -> u64 {
         let attrs = self.attrs.get().and_then(Option::as_ref);
         let fields = [&self.level, &self.service, &self.host, &self.tenant];

@@ -212,7 +212,9 @@ pub struct IndexStats {
     pub indexed_upto: u64,
     /// Durable records not yet searchable.
     pub lag: u64,
-    /// Memory the segments' field bitmaps take ([`crate::bitmaps`]).
+    /// Memory the segments' field bitmaps take ([`crate::bitmaps`]), with
+    /// the ordinals of the fields whose top values were asked
+    /// ([`crate::ordinals`]).
     pub bitmap_bytes: u64,
 }
 

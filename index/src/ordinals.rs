@@ -24,7 +24,8 @@ pub(crate) struct Ordinals {
 }
 
 /// Each doc's ordinal; the largest number of the width stands for no value
-/// (a deleted doc, or a field the record lacked).
+/// (a value too long for tantivy to index, say). Deleted docs keep theirs
+/// until a merge drops them: tantivy leaves them out of the matches.
 #[derive(Debug)]
 enum OfDoc {
     Narrow(Vec<u8>),

@@ -260,7 +260,7 @@ const ENGINE_FIGURES: &[(&str, &str, bool)] = &[
     ("index_lag", "Durable records not yet searchable.", false),
     (
         "index_bitmap_bytes",
-        "Memory the index's field bitmaps take.",
+        "Memory the index's field bitmaps take (with the per-record values built for top values).",
         false,
     ),
     (
