@@ -1690,6 +1690,54 @@ mod field_bitmaps {
         );
     }
 
+    /// A segment with more hosts than ordinals tell apart tallies top
+    /// hosts against its bitmaps, and levels by ordinals: both as counted.
+    #[test]
+    fn top_values_of_a_field_of_too_many_values_for_ordinals() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path().join("data"), Options::default()).unwrap());
+        let records: Vec<LogRecord> = (0..66_000u32)
+            .map(|i| LogRecord {
+                ts: 1_700_000_000_000_000_000 + i64::from(i),
+                level: if i % 3 == 0 {
+                    Level::Error
+                } else {
+                    Level::Info
+                },
+                host: format!("h{}", i % 65_600),
+                message: "tick".into(),
+                ..LogRecord::default()
+            })
+            .collect();
+        engine.append(&records).unwrap();
+        // One commit, long after everything is indexed (about half a
+        // second here; a busy machine has 40 times that): one segment.
+        let opts = IndexOptions {
+            commit_interval: Duration::from_secs(20),
+            ..IndexOptions::default()
+        };
+        let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
+        assert!(index.wait_indexed(66_000, Duration::from_secs(120)));
+        let searcher = index.reader.searcher();
+        assert_eq!(searcher.segment_readers().len(), 1);
+        let columns = index.columns.of(&searcher.segment_readers()[0]).unwrap();
+        let bitmaps = columns.bitmaps.as_ref().unwrap();
+        assert!(bitmaps.ordinals(FacetField::Host).is_none());
+        assert!(bitmaps.ordinals(FacetField::Level).is_some());
+        // Hosts h0 to h399 hold two records each, the rest one.
+        let hosts = index
+            .top_values("tick", None, Some(0), None, FacetField::Host, 2)
+            .unwrap();
+        assert_eq!(hosts, vec![("h0".to_owned(), 2), ("h1".to_owned(), 2)]);
+        let levels = index
+            .top_values("tick", None, Some(0), None, FacetField::Level, 2)
+            .unwrap();
+        assert_eq!(
+            levels,
+            vec![("info".to_owned(), 44_000), ("error".to_owned(), 22_000)]
+        );
+    }
+
     /// Off, no bitmaps are built or used, and answers are the same.
     #[test]
     fn field_bitmaps_can_be_turned_off() {
