@@ -1710,14 +1710,26 @@ mod field_bitmaps {
             })
             .collect();
         engine.append(&records).unwrap();
-        // One commit, long after everything is indexed (about half a
-        // second here; a busy machine has 40 times that): one segment.
-        let opts = IndexOptions {
-            commit_interval: Duration::from_secs(20),
-            ..IndexOptions::default()
-        };
-        let index = Index::open(Arc::clone(&engine), dir.path().join("index"), opts).unwrap();
-        assert!(index.wait_indexed(66_000, Duration::from_secs(120)));
+        // One segment, written and committed here as the indexer would
+        // (its payload the last seq indexed), so no commit falls midway.
+        let index_dir = dir.path().join("index");
+        std::fs::create_dir_all(&index_dir).unwrap();
+        let (schema, fields) = schema(false);
+        let built = tantivy::Index::create_in_dir(&index_dir, schema).unwrap();
+        built.tokenizers().register(TOKENIZER, analyzer());
+        let mut writer: tantivy::IndexWriter =
+            built.writer_with_num_threads(1, 50_000_000).unwrap();
+        engine
+            .visit(1..66_001, |seq, record| {
+                writer.add_document(document(&fields, seq, record)).unwrap();
+            })
+            .unwrap();
+        let mut prepared = writer.prepare_commit().unwrap();
+        prepared.set_payload("66000");
+        prepared.commit().unwrap();
+        drop(writer);
+        let index = Index::open(Arc::clone(&engine), &index_dir, IndexOptions::default()).unwrap();
+        assert_eq!(index.stats().indexed_upto, 66_000);
         let searcher = index.reader.searcher();
         assert_eq!(searcher.segment_readers().len(), 1);
         let columns = index.columns.of(&searcher.segment_readers()[0]).unwrap();
